@@ -1,0 +1,75 @@
+use async_graphql::{Context, Object, SimpleObject};
+use postbridge_core::model::{Account, ApiKey, Page, PageRequest, Role, Tenant, TokenConfig};
+use postbridge_core::service::{accounts, api_keys, tenants, token_configs};
+use uuid::Uuid;
+
+use super::{caller, tenant_scope, GqlResultExt};
+
+#[derive(Default)]
+pub struct Query;
+
+/// The authenticated caller.
+#[derive(SimpleObject)]
+pub struct Me {
+    pub subject: String,
+    pub role: Role,
+    pub tenant_id: Option<Uuid>,
+}
+
+fn page(limit: Option<u64>, cursor: Option<Uuid>) -> PageRequest {
+    PageRequest { limit, cursor }
+}
+
+#[Object]
+impl Query {
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let (_, p) = caller(ctx)?;
+        Ok(Me { subject: p.subject, role: p.role, tenant_id: p.tenant_id })
+    }
+
+    /// All tenants (operator).
+    async fn tenants(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<Tenant>> {
+        let (app, p) = caller(ctx)?;
+        tenants::list(&app, &p, page(limit, cursor)).await.gql()
+    }
+
+    async fn tenant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Tenant> {
+        let (app, p) = caller(ctx)?;
+        tenants::get(&app, &p, id).await.gql()
+    }
+
+    async fn api_keys(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<ApiKey>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        api_keys::list(&app, &scope, page(limit, cursor)).await.gql()
+    }
+
+    async fn api_key(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<ApiKey> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        api_keys::get(&app, &scope, id).await.gql()
+    }
+
+    async fn token_configs(
+        &self,
+        ctx: &Context<'_>,
+        limit: Option<u64>,
+        cursor: Option<Uuid>,
+    ) -> async_graphql::Result<Page<TokenConfig>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        token_configs::list(&app, &scope, page(limit, cursor)).await.gql()
+    }
+
+    async fn token_config(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<TokenConfig> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        token_configs::get(&app, &scope, id).await.gql()
+    }
+
+    async fn accounts(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<Account>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        accounts::list(&app, &scope, page(limit, cursor)).await.gql()
+    }
+
+    async fn account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Account> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        accounts::get(&app, &scope, id).await.gql()
+    }
+}

@@ -1,0 +1,10 @@
+//! Postbridge's HTTP API: REST under `/v1`, GraphQL at `/graphql`, OpenAPI at `/openapi.json`.
+
+pub mod error;
+pub mod extract;
+pub mod graphql;
+pub mod openapi;
+pub mod rest;
+pub mod startup;
+
+pub use startup::Application;

@@ -1,0 +1,29 @@
+//! The OpenAPI document served at `/openapi.json` (and rendered at `/docs`).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::rest::{accounts, api_keys, health, tenants, token_configs};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Postbridge API", description = "Connect, receive and send tenants' mailboxes. Authenticate with `Authorization: Bearer <API key or JWT>`; operators add `X-Postbridge-Tenant: <tenant id>` on tenant-scoped routes. Errors are `{code, message, field?}`."),
+    paths(
+        health::healthz, health::readyz,
+        tenants::issue_token, tenants::list, tenants::create, tenants::get, tenants::update, tenants::suspend, tenants::resume, tenants::delete,
+        api_keys::list, api_keys::create, api_keys::get, api_keys::revoke,
+        token_configs::list, token_configs::create, token_configs::get, token_configs::update, token_configs::delete,
+        accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}

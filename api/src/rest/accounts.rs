@@ -1,0 +1,55 @@
+use actix_web::{web, HttpResponse};
+use postbridge_core::error::ErrorBody;
+use postbridge_core::model::{CreateAccount, Page, PageRequest, Account, UpdateAccount};
+use postbridge_core::service::accounts;
+use postbridge_core::AppContext;
+use uuid::Uuid;
+
+use crate::error::ApiResult;
+use crate::extract::Tenant;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/accounts", web::get().to(list))
+        .route("/accounts", web::post().to(create))
+        .route("/accounts/{id}", web::get().to(get))
+        .route("/accounts/{id}", web::patch().to(update))
+        .route("/accounts/{id}", web::delete().to(delete));
+}
+
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), params(PageRequest),
+    responses((status = 200, body = Page<Account>)))]
+pub async fn list(ctx: web::Data<AppContext>, Tenant(scope): Tenant, page: web::Query<PageRequest>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(accounts::list(&ctx, &scope, page.into_inner()).await?))
+}
+
+/// Add a mailbox connection (member or above); it starts in draft.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), request_body = CreateAccount,
+    responses((status = 201, body = Account), (status = 422, body = ErrorBody)))]
+pub async fn create(ctx: web::Data<AppContext>, Tenant(scope): Tenant, input: web::Json<CreateAccount>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Created().json(accounts::create(&ctx, &scope, input.into_inner()).await?))
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Account), (status = 404, body = ErrorBody)))]
+pub async fn get(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(accounts::get(&ctx, &scope, id.into_inner()).await?))
+}
+
+#[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])), request_body = UpdateAccount,
+    responses((status = 200, body = Account), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    id: web::Path<Uuid>,
+    input: web::Json<UpdateAccount>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(accounts::update(&ctx, &scope, id.into_inner(), input.into_inner()).await?))
+}
+
+/// Delete an account (its owner or an admin).
+#[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    accounts::delete(&ctx, &scope, id.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

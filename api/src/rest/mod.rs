@@ -1,0 +1,20 @@
+//! REST under `/v1`: thin handlers over the service layer.
+
+pub mod accounts;
+pub mod api_keys;
+pub mod health;
+pub mod tenants;
+pub mod token_configs;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1")
+            .configure(tenants::routes)
+            .configure(api_keys::routes)
+            .configure(token_configs::routes)
+            .configure(accounts::routes),
+    )
+    .configure(health::routes);
+}

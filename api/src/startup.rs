@@ -1,0 +1,82 @@
+//! `Application::build(settings)`: used by `main` and by the tests alike.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use async_graphql::http::GraphiQLSource;
+use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse};
+use postbridge_core::{AppContext, Settings};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::{json_config, path_config, query_config};
+use crate::extract::{requested_tenant, resolve_caller};
+use crate::graphql::{build_schema, ApiSchema, RequestAuth};
+use crate::openapi::ApiDoc;
+use crate::rest;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    context: AppContext,
+}
+
+impl Application {
+    /// Connects to Postgres and binds the listener. Migrations are not run here: they are explicit.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listen = settings.listen_addr;
+        let context = AppContext::build(settings).await?;
+        let listener = TcpListener::bind(listen).with_context(|| format!("failed to bind {listen}"))?;
+        Self::with_listener(context, listener)
+    }
+
+    pub fn with_listener(context: AppContext, listener: TcpListener) -> anyhow::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let schema = build_schema(context.clone());
+        let data = web::Data::new(context.clone());
+        let schema = web::Data::new(schema);
+        let openapi = ApiDoc::openapi();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms"))
+                .app_data(data.clone())
+                .app_data(schema.clone())
+                .app_data(json_config())
+                .app_data(path_config())
+                .app_data(query_config())
+                .configure(rest::configure)
+                .service(web::resource("/graphql").guard(guard::Post()).to(graphql))
+                .service(web::resource("/graphql").guard(guard::Get()).to(graphiql))
+                .route("/docs", web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }))
+                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+        })
+        .listen(listener)?
+        .run();
+        Ok(Application { port, server, context })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn context(&self) -> &AppContext {
+        &self.context
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn graphql(schema: web::Data<ApiSchema>, http: HttpRequest, request: GraphQLRequest) -> GraphQLResponse {
+    let auth = RequestAuth { caller: resolve_caller(&http).await, requested_tenant: requested_tenant(&http) };
+    schema.execute(request.into_inner().data(auth)).await.into()
+}
+
+async fn graphiql() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(GraphiQLSource::build().endpoint("/graphql").finish())
+}

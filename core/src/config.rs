@@ -1,0 +1,341 @@
+//! One `Settings` tree, loaded from `POSTBRIDGE_*` environment variables.
+//!
+//! Loading goes through a lookup function so tests can build settings without touching the
+//! process environment (and so run in parallel).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use base64::Engine;
+use url::Url;
+
+pub const ENV_PREFIX: &str = "POSTBRIDGE_";
+
+/// A setting that is missing or malformed; names the variable so start-up errors are actionable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in {variable}: {message}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+fn config_error(name: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { variable: format!("{ENV_PREFIX}{name}"), message: message.into() }
+}
+
+#[derive(Clone)]
+pub struct Settings {
+    /// Postgres connection URL.
+    pub database_url: String,
+    pub database_max_connections: u32,
+    /// Redis connection URL; Redis only dispatches jobs, Postgres is the source of truth.
+    pub redis_url: String,
+    /// Namespace for every Redis key, so several deployments (or tests) share one Redis.
+    pub redis_prefix: String,
+    /// Address the API listens on; port 0 picks a free port (tests).
+    pub listen_addr: SocketAddr,
+    /// Externally reachable base URL; the OAuth redirect URI is derived from it.
+    pub public_url: Url,
+    pub encryption: EncryptionSettings,
+    pub jwt: JwtSettings,
+    /// Bootstrap operator credential, presented as a bearer token.
+    pub operator_token: Option<String>,
+    /// Allow tenant-supplied hosts and URLs on loopback/private networks (development and tests only).
+    pub allow_private_hosts: bool,
+}
+
+impl fmt::Debug for Settings {
+    // Never print key material or the operator token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen_addr", &self.listen_addr)
+            .field("public_url", &self.public_url.as_str())
+            .field("redis_prefix", &self.redis_prefix)
+            .field("active_key_id", &self.encryption.active_key_id)
+            .field("allow_private_hosts", &self.allow_private_hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct EncryptionSettings {
+    /// Master keys by key id (32 bytes each).
+    pub keys: BTreeMap<String, [u8; 32]>,
+    /// The key new values are encrypted with.
+    pub active_key_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    ES256,
+    ES384,
+}
+
+impl JwtAlgorithm {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "HS256" => Self::HS256,
+            "HS384" => Self::HS384,
+            "HS512" => Self::HS512,
+            "RS256" => Self::RS256,
+            "RS384" => Self::RS384,
+            "RS512" => Self::RS512,
+            "ES256" => Self::ES256,
+            "ES384" => Self::ES384,
+            _ => return None,
+        })
+    }
+
+    pub fn is_symmetric(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+/// Key material of one configured JWT key: a shared secret (HS*) or a public key PEM (RS*/ES*).
+#[derive(Clone)]
+pub enum JwtKeyMaterial {
+    Secret(Vec<u8>),
+    PublicPem(Vec<u8>),
+}
+
+#[derive(Clone)]
+pub struct JwtKeySettings {
+    pub kid: String,
+    pub algorithm: JwtAlgorithm,
+    pub material: JwtKeyMaterial,
+}
+
+#[derive(Clone)]
+pub struct JwtSettings {
+    pub keys: Vec<JwtKeySettings>,
+    /// Key used to issue tokens (must be a symmetric key).
+    pub signing_key_id: String,
+    pub issuer: String,
+    pub audience: String,
+    pub ttl_seconds: i64,
+    pub leeway_seconds: u64,
+}
+
+impl Settings {
+    /// Loads settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Loads settings through `lookup`, which receives full variable names (`POSTBRIDGE_...`).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(&format!("{ENV_PREFIX}{name}")).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        };
+        let required = |name: &str| get(name).ok_or_else(|| config_error(name, "is required but not set"));
+
+        let database_url = required("DATABASE_URL")?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(config_error("DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let database_max_connections = parse_or(get("DATABASE_MAX_CONNECTIONS"), "DATABASE_MAX_CONNECTIONS", 10u32)?;
+        let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(config_error("REDIS_URL", "must be a redis:// or rediss:// URL"));
+        }
+        let redis_prefix = get("REDIS_PREFIX").unwrap_or_else(|| "postbridge".to_owned());
+        let listen_addr = parse_or(get("LISTEN_ADDR"), "LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let public_url = match get("PUBLIC_URL") {
+            Some(v) => Url::parse(&v).map_err(|e| config_error("PUBLIC_URL", format!("is not a URL: {e}")))?,
+            None => Url::parse(&format!("http://{listen_addr}")).map_err(|e| config_error("PUBLIC_URL", e.to_string()))?,
+        };
+        if !matches!(public_url.scheme(), "http" | "https") {
+            return Err(config_error("PUBLIC_URL", "must be an http(s) URL"));
+        }
+
+        let encryption = parse_master_keys(&required("MASTER_KEYS")?, get("ACTIVE_KEY_ID"))?;
+        let jwt = JwtSettings {
+            keys: parse_jwt_keys(&required("JWT_KEYS")?)?,
+            signing_key_id: String::new(),
+            issuer: get("JWT_ISSUER").unwrap_or_else(|| "postbridge".to_owned()),
+            audience: get("JWT_AUDIENCE").unwrap_or_else(|| "postbridge-api".to_owned()),
+            ttl_seconds: parse_or(get("JWT_TTL_SECONDS"), "JWT_TTL_SECONDS", 3600i64)?,
+            leeway_seconds: parse_or(get("JWT_LEEWAY_SECONDS"), "JWT_LEEWAY_SECONDS", 30u64)?,
+        };
+        let jwt = with_signing_key(jwt, get("JWT_SIGNING_KEY_ID"))?;
+
+        let operator_token = get("OPERATOR_TOKEN");
+        if operator_token.as_ref().is_some_and(|t| t.len() < 32) {
+            return Err(config_error("OPERATOR_TOKEN", "must be at least 32 characters"));
+        }
+        let allow_private_hosts = match get("ALLOW_PRIVATE_HOSTS").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => return Err(config_error("ALLOW_PRIVATE_HOSTS", "must be true or false")),
+        };
+
+        Ok(Settings {
+            database_url,
+            database_max_connections,
+            redis_url,
+            redis_prefix,
+            listen_addr,
+            public_url,
+            encryption,
+            jwt,
+            operator_token,
+            allow_private_hosts,
+        })
+    }
+
+    /// The one OAuth redirect URI of this deployment, pasted at every provider.
+    pub fn oauth_redirect_uri(&self) -> String {
+        format!("{}/oauth/callback", self.public_url.as_str().trim_end_matches('/'))
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(value: Option<String>, name: &str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e| config_error(name, format!("is malformed: {e}"))),
+    }
+}
+
+/// `kid:BASE64,kid:BASE64` — 32-byte AES-256 keys.
+fn parse_master_keys(raw: &str, active: Option<String>) -> Result<EncryptionSettings, ConfigError> {
+    let mut keys = BTreeMap::new();
+    let mut first = None;
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (kid, b64) = item
+            .split_once(':')
+            .ok_or_else(|| config_error("MASTER_KEYS", "each entry must be KEY_ID:BASE64_KEY"))?;
+        if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(config_error("MASTER_KEYS", "key ids may hold only letters, digits, '-' and '_'"));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| config_error("MASTER_KEYS", format!("key {kid} is not valid base64")))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| config_error("MASTER_KEYS", format!("key {kid} must be 32 bytes (base64 of 32 random bytes)")))?;
+        if keys.insert(kid.to_owned(), key).is_some() {
+            return Err(config_error("MASTER_KEYS", format!("key id {kid} is listed twice")));
+        }
+        first.get_or_insert_with(|| kid.to_owned());
+    }
+    let first = first.ok_or_else(|| config_error("MASTER_KEYS", "must list at least one key"))?;
+    let active_key_id = active.unwrap_or(first);
+    if !keys.contains_key(&active_key_id) {
+        return Err(config_error("ACTIVE_KEY_ID", format!("names {active_key_id}, which is not in POSTBRIDGE_MASTER_KEYS")));
+    }
+    Ok(EncryptionSettings { keys, active_key_id })
+}
+
+/// `kid:ALG:VALUE,...` — VALUE is a base64 secret for HS*, or a path to a PEM public key for RS*/ES*.
+fn parse_jwt_keys(raw: &str) -> Result<Vec<JwtKeySettings>, ConfigError> {
+    let mut keys: Vec<JwtKeySettings> = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut parts = item.splitn(3, ':');
+        let (Some(kid), Some(alg), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(config_error("JWT_KEYS", "each entry must be KEY_ID:ALGORITHM:VALUE"));
+        };
+        let algorithm = JwtAlgorithm::parse(alg)
+            .ok_or_else(|| config_error("JWT_KEYS", format!("key {kid}: unsupported algorithm {alg}")))?;
+        let material = if algorithm.is_symmetric() {
+            let secret = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .map_err(|_| config_error("JWT_KEYS", format!("key {kid}: secret is not valid base64")))?;
+            if secret.len() < 32 {
+                return Err(config_error("JWT_KEYS", format!("key {kid}: secret must be at least 32 bytes")));
+            }
+            JwtKeyMaterial::Secret(secret)
+        } else {
+            let pem = std::fs::read(value)
+                .map_err(|e| config_error("JWT_KEYS", format!("key {kid}: cannot read PEM file: {e}")))?;
+            JwtKeyMaterial::PublicPem(pem)
+        };
+        if keys.iter().any(|k| k.kid == kid) {
+            return Err(config_error("JWT_KEYS", format!("key id {kid} is listed twice")));
+        }
+        keys.push(JwtKeySettings { kid: kid.to_owned(), algorithm, material });
+    }
+    if keys.is_empty() {
+        return Err(config_error("JWT_KEYS", "must list at least one key"));
+    }
+    Ok(keys)
+}
+
+fn with_signing_key(mut jwt: JwtSettings, chosen: Option<String>) -> Result<JwtSettings, ConfigError> {
+    let signing = match chosen {
+        Some(kid) => jwt
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| config_error("JWT_SIGNING_KEY_ID", format!("names {kid}, which is not in POSTBRIDGE_JWT_KEYS")))?,
+        None => jwt
+            .keys
+            .iter()
+            .find(|k| k.algorithm.is_symmetric())
+            .ok_or_else(|| config_error("JWT_KEYS", "at least one HS256/HS384/HS512 key is needed to issue tokens"))?,
+    };
+    if !signing.algorithm.is_symmetric() {
+        return Err(config_error("JWT_SIGNING_KEY_ID", "must name an HS256/HS384/HS512 key"));
+    }
+    jwt.signing_key_id = signing.kid.clone();
+    Ok(jwt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> BTreeMap<&'static str, String> {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        BTreeMap::from([
+            ("POSTBRIDGE_DATABASE_URL", "postgres://postgres@127.0.0.1/postbridge".to_owned()),
+            ("POSTBRIDGE_MASTER_KEYS", format!("k1:{key}")),
+            ("POSTBRIDGE_JWT_KEYS", format!("j1:HS256:{key}")),
+        ])
+    }
+
+    fn load(vars: &BTreeMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn minimal_environment_loads_with_defaults() {
+        let s = load(&base()).expect("valid settings");
+        assert_eq!(s.encryption.active_key_id, "k1");
+        assert_eq!(s.jwt.signing_key_id, "j1");
+        assert_eq!(s.oauth_redirect_uri(), "http://127.0.0.1:8080/oauth/callback");
+        assert!(!s.allow_private_hosts);
+    }
+
+    #[test]
+    fn missing_or_malformed_variables_are_named() {
+        for (name, value) in [
+            ("POSTBRIDGE_DATABASE_URL", None),
+            ("POSTBRIDGE_MASTER_KEYS", Some("k1:short")),
+            ("POSTBRIDGE_MASTER_KEYS", None),
+            ("POSTBRIDGE_JWT_KEYS", Some("j1:none:abc")),
+            ("POSTBRIDGE_LISTEN_ADDR", Some("not-an-address")),
+            ("POSTBRIDGE_ALLOW_PRIVATE_HOSTS", Some("maybe")),
+            ("POSTBRIDGE_OPERATOR_TOKEN", Some("short")),
+            ("POSTBRIDGE_ACTIVE_KEY_ID", Some("k9")),
+        ] {
+            let mut vars = base();
+            match value {
+                Some(v) => vars.insert(name, v.to_owned()),
+                None => vars.remove(name),
+            };
+            let err = load(&vars).expect_err(name);
+            let expected = if name == "POSTBRIDGE_ACTIVE_KEY_ID" { "POSTBRIDGE_ACTIVE_KEY_ID" } else { name };
+            assert_eq!(err.variable, expected, "{err}");
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Everything a service call needs, built once from `Settings` and shared by the API and the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::crypto::Cipher;
+use crate::netguard::NetGuard;
+
+#[derive(Clone)]
+pub struct AppContext {
+    pub db: DatabaseConnection,
+    pub redis: redis::Client,
+    pub cipher: Arc<Cipher>,
+    pub jwt: Arc<JwtKeys>,
+    pub guard: NetGuard,
+    pub settings: Arc<Settings>,
+}
+
+impl AppContext {
+    /// Connects to Postgres (no migrations: those run explicitly) and prepares the Redis client.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let mut options = ConnectOptions::new(settings.database_url.clone());
+        options
+            .max_connections(settings.database_max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await.context("failed to connect to Postgres (POSTBRIDGE_DATABASE_URL)")?;
+        let redis = redis::Client::open(settings.redis_url.as_str()).context("invalid POSTBRIDGE_REDIS_URL")?;
+        let jwt = JwtKeys::new(&settings.jwt).context("invalid JWT key material (POSTBRIDGE_JWT_KEYS)")?;
+        Ok(AppContext {
+            db,
+            redis,
+            cipher: Arc::new(Cipher::new(&settings.encryption)),
+            jwt: Arc::new(jwt),
+            guard: NetGuard::new(settings.allow_private_hosts),
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// Postgres and Redis both answer; used by `/readyz`.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        let timeout = Duration::from_secs(2);
+        match tokio::time::timeout(timeout, self.db.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("postgres unreachable".into()),
+            Err(_) => return Err("postgres timed out".into()),
+        }
+        let redis_ping = async {
+            let mut conn = self.redis.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(timeout, redis_ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("redis unreachable".into()),
+            Err(_) => Err("redis timed out".into()),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "email_accounts")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub direction: String,
+    pub protocol: String,
+    pub host: String,
+    pub port: i32,
+    pub security: String,
+    pub auth_method: String,
+    pub login: String,
+    /// Encrypted envelope (see `crypto`).
+    pub password: Option<String>,
+    pub token_config_id: Option<Uuid>,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub enabled: bool,
+    pub from_filter: Option<String>,
+    pub is_default: bool,
+    pub shared_mailbox: bool,
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<String>,
+    pub move_to_folder: Option<String>,
+    pub owner_subject: String,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,30 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "token_configs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub provider: String,
+    pub flow: String,
+    pub client_id: String,
+    /// Encrypted envelope (see `crypto`).
+    pub client_secret: Option<String>,
+    pub client_secret_expires_at: Option<Date>,
+    pub directory_tenant_id: Option<String>,
+    pub auth_url: Option<String>,
+    pub token_url: String,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub scopes: Json,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub extra_auth_params: Json,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,103 @@
+//! One error type for the service layer; REST and GraphQL both render it as `{code, message, field?}`.
+
+/// A machine-readable error: `code` is stable, `message` is for people and never holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad input; `field` names the offending input field.
+    #[error("{message}")]
+    Validation { field: String, code: &'static str, message: String },
+    /// A request that could not be read at all (malformed JSON, bad path or query parameter).
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{resource} not found")]
+    NotFound { resource: &'static str },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// No credential, or one that is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid credential whose role does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the tenant is suspended")]
+    TenantSuspended,
+    /// An operator called a tenant-scoped operation without naming the tenant.
+    #[error("this operation needs a tenant: operators pass its id in the X-Postbridge-Tenant header")]
+    TenantRequired,
+    /// Anything unexpected; logged in full, answered opaquely.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl AppError {
+    pub fn validation(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        AppError::Validation { field: field.into(), code, message: message.into() }
+    }
+
+    pub fn not_found(resource: &'static str) -> Self {
+        AppError::NotFound { resource }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        AppError::Forbidden(message.into())
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Validation { code, .. } => code,
+            AppError::BadRequest { code, .. } => code,
+            AppError::NotFound { .. } => "not_found",
+            AppError::Conflict { code, .. } => code,
+            AppError::Unauthenticated(_) => "unauthenticated",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::TenantSuspended => "tenant_suspended",
+            AppError::TenantRequired => "tenant_required",
+            AppError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AppError::Validation { .. } => 422,
+            AppError::NotFound { .. } => 404,
+            AppError::Conflict { .. } => 409,
+            AppError::Unauthenticated(_) => 401,
+            AppError::Forbidden(_) | AppError::TenantSuspended => 403,
+            AppError::TenantRequired | AppError::BadRequest { .. } => 400,
+            AppError::Internal(_) => 500,
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            AppError::Validation { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        AppError::Internal(anyhow::Error::new(err).context("database operation failed"))
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// The JSON body of every error response.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `invalid_email`, `not_found`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The input field at fault, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl From<&AppError> for ErrorBody {
+    fn from(err: &AppError) -> Self {
+        ErrorBody { code: err.code().to_owned(), message: err.to_string(), field: err.field().map(str::to_owned) }
+    }
+}

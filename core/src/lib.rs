@@ -1,0 +1,19 @@
+//! Postbridge's shared library: configuration, domain model, storage, crypto, auth and the service
+//! layer used by both the API and the worker.
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod crypto;
+pub mod entities;
+pub mod error;
+pub mod model;
+pub mod netguard;
+pub mod presets;
+pub mod service;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Settings;
+pub use context::AppContext;
+pub use error::{AppError, AppResult};

@@ -1,0 +1,369 @@
+//! Types the API speaks: views (output) and inputs, shared by REST (serde + OpenAPI) and GraphQL.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_graphql::{InputObject, MaybeUndefined, SimpleObject};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Defines a closed set of values stored as text, spoken as snake_case in REST and as enum values in GraphQL.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, async_graphql::Enum)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses the stored/REST spelling.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+
+            /// Parses a value read from the database, where anything else is a bug.
+            pub fn from_db(text: &str) -> Result<Self, crate::error::AppError> {
+                Self::parse(text).ok_or_else(|| crate::error::AppError::Internal(anyhow::anyhow!(
+                    concat!("unknown ", stringify!($name), " value in database: {}"), text)))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+string_enum!(TenantStatus { Active => "active", Suspended => "suspended" });
+string_enum!(
+    /// What a credential may do: operator (every tenant), admin, member (own accounts), viewer (read only).
+    Role { Operator => "operator", Admin => "admin", Member => "member", Viewer => "viewer" }
+);
+string_enum!(Provider { Microsoft => "microsoft", Google => "google", Generic => "generic" });
+string_enum!(
+    /// `user`: authorization code with consent; `app`: client credentials, no browser.
+    OAuthFlow { User => "user", App => "app" }
+);
+string_enum!(Direction { Inbound => "inbound", Outbound => "outbound" });
+string_enum!(Protocol { Imap => "imap", Pop3 => "pop3", Smtp => "smtp" });
+string_enum!(Security { Tls => "tls", Starttls => "starttls", None => "none" });
+string_enum!(AuthMethod { Password => "password", Oauth2 => "oauth2" });
+string_enum!(AccountState {
+    Draft => "draft",
+    Authorized => "authorized",
+    Confirmed => "confirmed",
+    Error => "error",
+    Disabled => "disabled",
+});
+string_enum!(AfterFetch { Keep => "keep", MarkSeen => "mark_seen", Move => "move", Delete => "delete" });
+
+impl Role {
+    /// Roles an API key may carry; operator is a deployment credential, never a tenant key.
+    pub fn is_tenant_role(self) -> bool {
+        !matches!(self, Role::Operator)
+    }
+}
+
+impl Protocol {
+    pub fn direction(self) -> Direction {
+        match self {
+            Protocol::Imap | Protocol::Pop3 => Direction::Inbound,
+            Protocol::Smtp => Direction::Outbound,
+        }
+    }
+}
+
+/// A write-only secret in an input. Its `Debug` never shows the value, so it cannot reach logs.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretInput(String);
+
+impl SecretInput {
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretInput(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretInput([redacted])")
+    }
+}
+
+/// A write-only secret (password, client secret). Accepted as a string, never returned.
+#[async_graphql::Scalar(name = "Secret")]
+impl async_graphql::ScalarType for SecretInput {
+    fn parse(value: async_graphql::Value) -> async_graphql::InputValueResult<Self> {
+        match value {
+            async_graphql::Value::String(s) => Ok(SecretInput(s)),
+            // The message must not echo the value.
+            _ => Err(async_graphql::InputValueError::custom("a secret must be a string")),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::String("[redacted]".to_owned())
+    }
+}
+
+/// One page of a list; pass `next_cursor` back as `cursor` for the next page.
+#[derive(Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+#[graphql(concrete(name = "TenantPage", params(Tenant)))]
+#[graphql(concrete(name = "ApiKeyPage", params(ApiKey)))]
+#[graphql(concrete(name = "TokenConfigPage", params(TokenConfig)))]
+#[graphql(concrete(name = "AccountPage", params(Account)))]
+pub struct Page<T: async_graphql::OutputType> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageRequest {
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<u64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+impl PageRequest {
+    pub const MAX_LIMIT: u64 = 200;
+
+    pub fn limit(&self) -> Result<u64, crate::error::AppError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=Self::MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(crate::error::AppError::validation("limit", "invalid_limit", "limit must be between 1 and 200")),
+        }
+    }
+}
+
+// ---- tenants ----
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub status: TenantStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct CreateTenant {
+    /// Lowercase letters, digits and '-', 2 to 63 characters; unique.
+    pub slug: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    /// `suspended` stops every credential of the tenant; `active` restores them.
+    pub status: Option<TenantStatus>,
+}
+
+// ---- API keys ----
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub role: Role,
+    /// The public start of the key, to recognise it; the secret is shown only once, at creation.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// admin, member or viewer.
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct CreatedApiKey {
+    pub api_key: ApiKey,
+    /// The full key. Shown only in this response; store it now.
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+}
+
+// ---- token configurations ----
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct TokenConfig {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub provider: Provider,
+    pub flow: OAuthFlow,
+    pub client_id: String,
+    /// Whether a client secret is stored (the secret itself is write-only).
+    pub client_secret_set: bool,
+    pub client_secret_expires_at: Option<NaiveDate>,
+    /// Microsoft directory (tenant id, domain, `common` or `organizations`).
+    pub directory_tenant_id: Option<String>,
+    pub auth_url: Option<String>,
+    pub token_url: String,
+    pub scopes: Vec<String>,
+    pub extra_auth_params: BTreeMap<String, String>,
+    /// Paste this at the provider as the app's redirect URI.
+    pub redirect_uri: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct CreateTokenConfig {
+    pub name: String,
+    pub provider: Provider,
+    /// Default `user`.
+    pub flow: Option<OAuthFlow>,
+    pub client_id: String,
+    /// Required for the app flow and for Microsoft/Google; write-only.
+    #[schema(value_type = Option<String>, format = Password)]
+    pub client_secret: Option<SecretInput>,
+    pub client_secret_expires_at: Option<NaiveDate>,
+    /// Microsoft only, required there.
+    pub directory_tenant_id: Option<String>,
+    /// Derived for microsoft/google; required for generic user flow.
+    pub auth_url: Option<String>,
+    /// Derived for microsoft/google; required for generic.
+    pub token_url: Option<String>,
+    /// Derived from provider and flow when omitted.
+    pub scopes: Option<Vec<String>>,
+    pub extra_auth_params: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+pub struct UpdateTokenConfig {
+    pub name: Option<String>,
+    pub client_id: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub client_secret: Option<SecretInput>,
+    /// `null` clears the date.
+    #[serde(default)]
+    #[schema(value_type = Option<NaiveDate>)]
+    pub client_secret_expires_at: MaybeUndefined<NaiveDate>,
+    pub directory_tenant_id: Option<String>,
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub extra_auth_params: Option<BTreeMap<String, String>>,
+}
+
+// ---- email accounts ----
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct Account {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: i32,
+    pub security: Security,
+    pub auth: AuthMethod,
+    pub login: String,
+    /// Whether a password is stored (the password itself is write-only).
+    pub password_set: bool,
+    pub token_config_id: Option<Uuid>,
+    pub state: AccountState,
+    pub last_error: Option<String>,
+    pub enabled: bool,
+    /// Outbound: the From address or domain this account sends for.
+    pub from_filter: Option<String>,
+    /// Outbound: the tenant's fallback sender (at most one per tenant).
+    pub is_default: bool,
+    /// A shared or delegated mailbox: the consenting user may differ from the login.
+    pub shared_mailbox: bool,
+    /// Inbound: the folder to fetch from.
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<AfterFetch>,
+    pub move_to_folder: Option<String>,
+    /// The credential subject that created the account (members see only their own).
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct CreateAccount {
+    /// Defaults to the login.
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    /// Implied by the protocol; if given it must match.
+    pub direction: Option<Direction>,
+    /// Derived from the token configuration's provider when omitted (Microsoft, Google).
+    pub host: Option<String>,
+    /// Derived from protocol and security when omitted.
+    pub port: Option<i32>,
+    /// Default: tls for IMAP/POP3, starttls for SMTP (or the provider's).
+    pub security: Option<Security>,
+    pub auth: AuthMethod,
+    pub login: String,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<SecretInput>,
+    pub token_config_id: Option<Uuid>,
+    pub enabled: Option<bool>,
+    pub from_filter: Option<String>,
+    pub is_default: Option<bool>,
+    pub shared_mailbox: Option<bool>,
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<AfterFetch>,
+    pub move_to_folder: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+pub struct UpdateAccount {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i32>,
+    pub security: Option<Security>,
+    pub auth: Option<AuthMethod>,
+    pub login: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<SecretInput>,
+    #[serde(default)]
+    #[schema(value_type = Option<Uuid>)]
+    pub token_config_id: MaybeUndefined<Uuid>,
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub from_filter: MaybeUndefined<String>,
+    pub is_default: Option<bool>,
+    pub shared_mailbox: Option<bool>,
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<AfterFetch>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub move_to_folder: MaybeUndefined<String>,
+}

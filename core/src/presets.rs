@@ -1,0 +1,83 @@
+//! Provider presets: what the vendors' setup guides make administrators type by hand.
+
+use crate::model::{OAuthFlow, Protocol, Provider, Security};
+
+pub const MICROSOFT_USER_SCOPES: &[&str] = &[
+    "offline_access",
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/POP.AccessAsUser.All",
+    "https://outlook.office.com/SMTP.Send",
+    "openid",
+    "email",
+];
+pub const MICROSOFT_APP_SCOPES: &[&str] = &["https://outlook.office365.com/.default"];
+pub const GOOGLE_USER_SCOPES: &[&str] = &["https://mail.google.com/", "openid", "email"];
+
+/// Microsoft directories that name no single tenant; fine for consent, not for client credentials.
+pub const MICROSOFT_MULTI_TENANT_DIRECTORIES: &[&str] = &["common", "organizations", "consumers"];
+
+pub struct Endpoints {
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub extra_auth_params: Vec<(String, String)>,
+}
+
+/// Endpoints and scopes derived from the provider; `generic` derives nothing.
+pub fn endpoints(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -> Endpoints {
+    let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    match provider {
+        Provider::Microsoft => {
+            let dir = directory.unwrap_or("organizations");
+            Endpoints {
+                auth_url: Some(format!("https://login.microsoftonline.com/{dir}/oauth2/v2.0/authorize")),
+                token_url: Some(format!("https://login.microsoftonline.com/{dir}/oauth2/v2.0/token")),
+                scopes: owned(if flow == OAuthFlow::App { MICROSOFT_APP_SCOPES } else { MICROSOFT_USER_SCOPES }),
+                extra_auth_params: Vec::new(),
+            }
+        }
+        Provider::Google => Endpoints {
+            auth_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
+            token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
+            scopes: owned(GOOGLE_USER_SCOPES),
+            // Google returns a refresh token only when the user is shown the consent screen.
+            extra_auth_params: vec![
+                ("access_type".to_owned(), "offline".to_owned()),
+                ("prompt".to_owned(), "consent".to_owned()),
+            ],
+        },
+        Provider::Generic => Endpoints { auth_url: None, token_url: None, scopes: Vec::new(), extra_auth_params: Vec::new() },
+    }
+}
+
+/// The provider's mail server for a protocol, with its security.
+pub fn mail_host(provider: Provider, protocol: Protocol) -> Option<(&'static str, i32, Security)> {
+    match (provider, protocol) {
+        (Provider::Microsoft, Protocol::Imap) => Some(("outlook.office365.com", 993, Security::Tls)),
+        (Provider::Microsoft, Protocol::Pop3) => Some(("outlook.office365.com", 995, Security::Tls)),
+        (Provider::Microsoft, Protocol::Smtp) => Some(("smtp.office365.com", 587, Security::Starttls)),
+        (Provider::Google, Protocol::Imap) => Some(("imap.gmail.com", 993, Security::Tls)),
+        (Provider::Google, Protocol::Pop3) => Some(("pop.gmail.com", 995, Security::Tls)),
+        (Provider::Google, Protocol::Smtp) => Some(("smtp.gmail.com", 465, Security::Tls)),
+        (Provider::Generic, _) => None,
+    }
+}
+
+pub fn default_security(protocol: Protocol) -> Security {
+    match protocol {
+        Protocol::Imap | Protocol::Pop3 => Security::Tls,
+        Protocol::Smtp => Security::Starttls,
+    }
+}
+
+pub fn default_port(protocol: Protocol, security: Security) -> i32 {
+    match (protocol, security) {
+        (Protocol::Imap, Security::Tls) => 993,
+        (Protocol::Imap, _) => 143,
+        (Protocol::Pop3, Security::Tls) => 995,
+        (Protocol::Pop3, _) => 110,
+        (Protocol::Smtp, Security::Tls) => 465,
+        (Protocol::Smtp, Security::Starttls) => 587,
+        (Protocol::Smtp, Security::None) => 25,
+    }
+}

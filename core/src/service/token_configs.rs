@@ -1,0 +1,301 @@
+//! Token configurations: one OAuth2 app registration at a provider, with presets for Microsoft and Google.
+
+use std::collections::BTreeMap;
+
+use async_graphql::MaybeUndefined;
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set};
+use uuid::Uuid;
+
+use super::{is_foreign_key_violation, limit_of, page_of};
+use crate::auth::TenantScope;
+use crate::context::AppContext;
+use crate::crypto::SecretLocation;
+use crate::entities::token_config;
+use crate::error::{AppError, AppResult};
+use crate::model::{CreateTokenConfig, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig};
+use crate::presets;
+use crate::validate;
+
+pub const TABLE: &str = "token_configs";
+pub const SECRET_COLUMN: &str = "client_secret";
+
+/// Parameters Postbridge sets itself; a tenant may not override them through extra parameters.
+const RESERVED_AUTH_PARAMS: &[&str] =
+    &["client_id", "redirect_uri", "response_type", "scope", "state", "code_challenge", "code_challenge_method"];
+
+pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<TokenConfig> {
+    let scopes: Vec<String> = serde_json::from_value(model.scopes)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.scopes is not a string list: {e}")))?;
+    let extra_auth_params: BTreeMap<String, String> = serde_json::from_value(model.extra_auth_params)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.extra_auth_params is not a string map: {e}")))?;
+    Ok(TokenConfig {
+        id: model.id,
+        tenant_id: model.tenant_id,
+        name: model.name,
+        provider: Provider::from_db(&model.provider)?,
+        flow: OAuthFlow::from_db(&model.flow)?,
+        client_id: model.client_id,
+        client_secret_set: model.client_secret.is_some(),
+        client_secret_expires_at: model.client_secret_expires_at,
+        directory_tenant_id: model.directory_tenant_id,
+        auth_url: model.auth_url,
+        token_url: model.token_url,
+        scopes,
+        extra_auth_params,
+        redirect_uri: ctx.settings.oauth_redirect_uri(),
+        created_at: model.created_at,
+        updated_at: model.updated_at,
+    })
+}
+
+/// Loads a token configuration of the caller's tenant; any other id answers not found.
+pub async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<token_config::Model> {
+    token_config::Entity::find_by_id(id)
+        .filter(token_config::Column::TenantId.eq(tenant_id))
+        .one(&ctx.db)
+        .await?
+        .ok_or(AppError::not_found("token configuration"))
+}
+
+/// The effective settings of a configuration, checked as a whole (used by create and update).
+struct Spec {
+    name: String,
+    provider: Provider,
+    flow: OAuthFlow,
+    client_id: String,
+    has_secret: bool,
+    directory_tenant_id: Option<String>,
+    auth_url: Option<String>,
+    token_url: Option<String>,
+    scopes: Vec<String>,
+    extra_auth_params: BTreeMap<String, String>,
+}
+
+fn check_directory(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -> AppResult<Option<String>> {
+    let field = "directory_tenant_id";
+    match (provider, directory.map(str::trim)) {
+        (Provider::Microsoft, None) | (Provider::Microsoft, Some("")) => Err(AppError::validation(
+            field,
+            "required",
+            "directory_tenant_id is required for Microsoft: the Directory (tenant) ID from the app registration's overview",
+        )),
+        (Provider::Microsoft, Some(dir)) => {
+            let is_word = presets::MICROSOFT_MULTI_TENANT_DIRECTORIES.contains(&dir);
+            if !(is_word || Uuid::parse_str(dir).is_ok() || validate::is_domain(dir)) {
+                return Err(AppError::validation(
+                    field,
+                    "invalid_directory",
+                    "directory_tenant_id must be a tenant GUID, a verified domain, or common/organizations/consumers",
+                ));
+            }
+            if is_word && flow == OAuthFlow::App {
+                return Err(AppError::validation(
+                    field,
+                    "invalid_directory",
+                    "the app flow needs the directory's own tenant id; common/organizations/consumers only work for user consent",
+                ));
+            }
+            Ok(Some(dir.to_owned()))
+        }
+        (_, Some(dir)) if !dir.is_empty() => {
+            Err(AppError::validation(field, "not_applicable", "directory_tenant_id applies to Microsoft configurations only"))
+        }
+        (_, _) => Ok(None),
+    }
+}
+
+async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<()> {
+    spec.name = validate::non_empty("name", &spec.name, 200)?;
+    spec.client_id = validate::non_empty("client_id", &spec.client_id, 512)?;
+    if spec.provider == Provider::Google && spec.flow == OAuthFlow::App {
+        return Err(AppError::validation(
+            "flow",
+            "unsupported_flow",
+            "Google offers no client-credentials access to Gmail; use the user flow",
+        ));
+    }
+    let needs_secret = spec.flow == OAuthFlow::App || spec.provider != Provider::Generic;
+    if needs_secret && !spec.has_secret {
+        return Err(AppError::validation("client_secret", "required", "client_secret is required for this provider and flow"));
+    }
+    spec.directory_tenant_id = check_directory(spec.provider, spec.flow, spec.directory_tenant_id.as_deref())?;
+    let preset = presets::endpoints(spec.provider, spec.flow, spec.directory_tenant_id.as_deref());
+    if spec.flow == OAuthFlow::User {
+        let auth_url = spec.auth_url.clone().or(preset.auth_url).ok_or_else(|| {
+            AppError::validation("auth_url", "required", "auth_url is required for a generic user-flow configuration")
+        })?;
+        spec.auth_url = Some(ctx.guard.check_url_for_storage(&auth_url, "auth_url").await?.to_string());
+    } else {
+        spec.auth_url = None;
+    }
+    let token_url = spec
+        .token_url
+        .clone()
+        .or(preset.token_url)
+        .ok_or_else(|| AppError::validation("token_url", "required", "token_url is required for a generic configuration"))?;
+    spec.token_url = Some(ctx.guard.check_url_for_storage(&token_url, "token_url").await?.to_string());
+    if spec.scopes.is_empty() {
+        spec.scopes = preset.scopes;
+    }
+    if spec.scopes.is_empty() {
+        return Err(AppError::validation("scopes", "required", "scopes must list at least one scope"));
+    }
+    for scope in &spec.scopes {
+        if scope.is_empty() || scope.len() > 512 || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AppError::validation("scopes", "invalid_scope", "each scope must be a non-empty string without spaces"));
+        }
+    }
+    for (key, value) in &spec.extra_auth_params {
+        if key.is_empty() || key.len() > 100 || value.len() > 2000 {
+            return Err(AppError::validation("extra_auth_params", "invalid_param", "extra_auth_params keys and values are too long or empty"));
+        }
+        if RESERVED_AUTH_PARAMS.contains(&key.as_str()) {
+            return Err(AppError::validation(
+                "extra_auth_params",
+                "reserved_param",
+                format!("extra_auth_params may not set {key}: Postbridge sets it"),
+            ));
+        }
+    }
+    for (key, value) in preset.extra_auth_params {
+        spec.extra_auth_params.entry(key).or_insert(value);
+    }
+    Ok(())
+}
+
+fn encrypt_secret(ctx: &AppContext, tenant_id: Uuid, id: Uuid, secret: &str) -> AppResult<String> {
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(AppError::validation("client_secret", "required", "client_secret must not be empty"));
+    }
+    if secret.len() > 4096 {
+        return Err(AppError::validation("client_secret", "too_long", "client_secret is too long"));
+    }
+    let location = SecretLocation { tenant_id, table: TABLE, column: SECRET_COLUMN, row_id: id };
+    ctx.cipher.encrypt(location, secret).map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting client secret: {e}")))
+}
+
+fn json_of<T: serde::Serialize>(value: &T) -> AppResult<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| AppError::Internal(e.into()))
+}
+
+pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenConfig) -> AppResult<TokenConfig> {
+    scope.require(Role::Admin)?;
+    let mut spec = Spec {
+        name: input.name,
+        provider: input.provider,
+        flow: input.flow.unwrap_or(OAuthFlow::User),
+        client_id: input.client_id,
+        has_secret: input.client_secret.as_ref().is_some_and(|s| !s.expose().trim().is_empty()),
+        directory_tenant_id: input.directory_tenant_id,
+        auth_url: input.auth_url,
+        token_url: input.token_url,
+        scopes: input.scopes.unwrap_or_default(),
+        extra_auth_params: input.extra_auth_params.unwrap_or_default(),
+    };
+    check_spec(ctx, &mut spec).await?;
+    let id = Uuid::now_v7();
+    let client_secret = match &input.client_secret {
+        Some(secret) if !secret.expose().trim().is_empty() => Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?),
+        _ => None,
+    };
+    let now = Utc::now();
+    let row = token_config::ActiveModel {
+        id: Set(id),
+        tenant_id: Set(scope.tenant_id),
+        name: Set(spec.name),
+        provider: Set(spec.provider.as_str().to_owned()),
+        flow: Set(spec.flow.as_str().to_owned()),
+        client_id: Set(spec.client_id),
+        client_secret: Set(client_secret),
+        client_secret_expires_at: Set(input.client_secret_expires_at),
+        directory_tenant_id: Set(spec.directory_tenant_id),
+        auth_url: Set(spec.auth_url),
+        token_url: Set(spec.token_url.unwrap_or_default()),
+        scopes: Set(json_of(&spec.scopes)?),
+        extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    view(ctx, row.insert(&ctx.db).await?)
+}
+
+pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<TokenConfig>> {
+    scope.require(Role::Viewer)?;
+    let limit = limit_of(&page)?;
+    let mut query = token_config::Entity::find()
+        .filter(token_config::Column::TenantId.eq(scope.tenant_id))
+        .order_by_asc(token_config::Column::Id)
+        .limit(limit + 1);
+    if let Some(cursor) = page.cursor {
+        query = query.filter(token_config::Column::Id.gt(cursor));
+    }
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id, |m| view(ctx, m))
+}
+
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<TokenConfig> {
+    scope.require(Role::Viewer)?;
+    view(ctx, find(ctx, scope.tenant_id, id).await?)
+}
+
+pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateTokenConfig) -> AppResult<TokenConfig> {
+    scope.require(Role::Admin)?;
+    let model = find(ctx, scope.tenant_id, id).await?;
+    let current = view(ctx, model.clone())?;
+    let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
+    let directory_changed =
+        input.directory_tenant_id.is_some() && input.directory_tenant_id != current.directory_tenant_id;
+    // Preset URLs follow a directory change unless the caller sets URLs explicitly.
+    let keep_urls = current.provider == Provider::Generic || !directory_changed;
+    let mut spec = Spec {
+        name: input.name.unwrap_or(current.name),
+        provider: current.provider,
+        flow: current.flow,
+        client_id: input.client_id.unwrap_or(current.client_id),
+        has_secret: current.client_secret_set || new_secret.is_some(),
+        directory_tenant_id: input.directory_tenant_id.or(current.directory_tenant_id),
+        auth_url: input.auth_url.or(if keep_urls { current.auth_url } else { None }),
+        token_url: input.token_url.or(if keep_urls { Some(current.token_url) } else { None }),
+        scopes: input.scopes.unwrap_or(current.scopes),
+        extra_auth_params: input.extra_auth_params.unwrap_or(current.extra_auth_params),
+    };
+    check_spec(ctx, &mut spec).await?;
+    let mut active = model.into_active_model();
+    if let Some(secret) = new_secret {
+        active.client_secret = Set(Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?));
+    }
+    match input.client_secret_expires_at {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.client_secret_expires_at = Set(None),
+        MaybeUndefined::Value(date) => active.client_secret_expires_at = Set(Some(date)),
+    }
+    active.name = Set(spec.name);
+    active.client_id = Set(spec.client_id);
+    active.directory_tenant_id = Set(spec.directory_tenant_id);
+    active.auth_url = Set(spec.auth_url);
+    active.token_url = Set(spec.token_url.unwrap_or_default());
+    active.scopes = Set(json_of(&spec.scopes)?);
+    active.extra_auth_params = Set(json_of(&spec.extra_auth_params)?);
+    active.updated_at = Set(Utc::now());
+    view(ctx, active.update(&ctx.db).await?)
+}
+
+/// Deletes a configuration no account uses; one still in use answers 409.
+pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+    scope.require(Role::Admin)?;
+    find(ctx, scope.tenant_id, id).await?;
+    let result = token_config::Entity::delete_many()
+        .filter(token_config::Column::Id.eq(id))
+        .filter(token_config::Column::TenantId.eq(scope.tenant_id))
+        .exec(&ctx.db)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_foreign_key_violation(&e) => Err(AppError::Conflict {
+            code: "token_config_in_use",
+            message: "email accounts still use this token configuration; delete or re-point them first".to_owned(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
