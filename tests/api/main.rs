@@ -1,1 +1,10 @@
+//! One test binary for the API; each module is one area.
 
+mod accounts;
+mod auth;
+mod cross_tenant;
+mod health;
+mod schema;
+mod secrets;
+mod tenants;
+mod token_configs;

@@ -1,0 +1,1 @@
+//! Tests: token_configs.
