@@ -248,4 +248,32 @@ mod tests {
         let relaxed = NetGuard::new(true);
         relaxed.check_url_for_storage("http://127.0.0.1:9000/token", "token_url").await.expect("dev allows http to loopback");
     }
+
+    /// A one-shot HTTP server on loopback answering every request with a redirect.
+    async fn redirecting_server() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let reply = "HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn guarded_http_client_refuses_names_resolving_to_private_addresses_and_never_follows_redirects() {
+        let port = redirecting_server().await;
+        let strict = NetGuard::new(false).http_client().expect("client");
+        let refused = strict.get(format!("http://localhost:{port}/token")).send().await;
+        assert!(refused.is_err(), "a name resolving to loopback must not be reached");
+
+        let relaxed = NetGuard::new(true).http_client().expect("client");
+        let response = relaxed.get(format!("http://localhost:{port}/token")).send().await.expect("allowed in development");
+        assert_eq!(response.status(), reqwest::StatusCode::FOUND, "the redirect is returned, not followed");
+    }
 }
