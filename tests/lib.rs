@@ -9,7 +9,7 @@ use base64::Engine;
 use postbridge_api::Application;
 use postbridge_core::{AppContext, Settings};
 use reqwest::{Method, StatusCode};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::MigratorTrait;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -178,6 +178,13 @@ impl Reply {
 }
 
 impl TestApp {
+    /// A column of a row exactly as stored (e.g. an encrypted secret), read straight from the database.
+    pub async fn stored_value(&self, table: &str, column: &str, id: &str) -> Option<String> {
+        let sql = format!("SELECT {column}::text AS v FROM {table} WHERE id = '{id}'");
+        let row = self.ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect("query").expect("row");
+        row.try_get("", "v").expect("column")
+    }
+
     pub fn operator_token(&self) -> String {
         self.env.get("OPERATOR_TOKEN").cloned().expect("operator token")
     }
@@ -253,5 +260,31 @@ impl TestApp {
     pub fn microsoft_config() -> Value {
         json!({"name": "Contoso M365", "provider": "microsoft", "client_id": "11111111-2222-3333-4444-555555555555",
                "client_secret": "ms-client-secret-value", "directory_tenant_id": "contoso.onmicrosoft.com"})
+    }
+}
+
+// ---- Assertions and set-up shared by the auth, tenant and cross-tenant tests ----
+
+/// Asserts an error reply: its status and its machine-readable `code`.
+#[track_caller]
+pub fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!((reply.status, reply.code()), (status, code), "unexpected reply: {}", reply.text);
+}
+
+/// The `extensions.code` of the first GraphQL error ("" when there is none).
+pub fn graphql_error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+}
+
+impl TestApp {
+    /// Creates an API key with `token` (an admin of the tenant, or the operator naming `tenant_id`);
+    /// returns its id and its secret.
+    pub async fn api_key_with_id(&self, token: &str, tenant_id: Option<&str>, role: &str) -> (String, String) {
+        let body = json!({"name": format!("{role} key"), "role": role});
+        let reply = self.request(Method::POST, "/v1/api-keys", Some(token), tenant_id, Some(body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        let id = reply.body["api_key"]["id"].as_str().expect("api key id").to_owned();
+        let secret = reply.body["secret"].as_str().expect("secret").to_owned();
+        (id, secret)
     }
 }

@@ -7,11 +7,11 @@ use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
 use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse};
-use postbridge_core::{AppContext, Settings};
+use postbridge_core::{AppContext, AppError, Settings};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::error::{json_config, path_config, query_config};
+use crate::error::{json_config, path_config, query_config, ApiError};
 use crate::extract::{requested_tenant, resolve_caller};
 use crate::graphql::{build_schema, ApiSchema, RequestAuth};
 use crate::openapi::ApiDoc;
@@ -51,6 +51,7 @@ impl Application {
                 .service(web::resource("/graphql").guard(guard::Get()).to(graphiql))
                 .route("/docs", web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }))
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .default_service(web::to(unknown_route))
         })
         .listen(listener)?
         .run();
@@ -68,6 +69,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// Unknown paths and methods answer in the same `{code, message}` shape as every other error.
+async fn unknown_route() -> Result<HttpResponse, ApiError> {
+    Err(ApiError(AppError::NotFound { resource: "route" }))
 }
 
 async fn graphql(schema: web::Data<ApiSchema>, http: HttpRequest, request: GraphQLRequest) -> GraphQLResponse {

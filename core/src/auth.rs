@@ -260,6 +260,7 @@ pub async fn authenticate(ctx: &AppContext, bearer: &str) -> AppResult<Principal
         (Role::Operator, _) => Ok(Principal { subject: claims.sub, role: Role::Operator, tenant_id: None }),
         (role, Some(tid)) => {
             ensure_tenant_active(ctx, tid).await?;
+            ensure_source_key_usable(ctx, &claims.sub, tid).await?;
             Ok(Principal { subject: claims.sub, role, tenant_id: Some(tid) })
         }
         (_, None) => Err(AppError::Unauthenticated("invalid bearer token: no tenant".to_owned())),
@@ -293,6 +294,22 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
     }
     let role = Role::from_db(&key.role)?;
     Ok(Principal { subject: format!("apikey:{}", key.id), role, tenant_id: Some(key.tenant_id) })
+}
+
+/// A token exchanged from an API key (subject `apikey:<id>`) lives no longer than the key: revoking the key ends it too.
+async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Uuid) -> AppResult<()> {
+    let Some(key_id) = subject.strip_prefix("apikey:") else { return Ok(()) };
+    let revoked = || AppError::Unauthenticated("the API key this token was issued for was revoked or no longer exists".to_owned());
+    let key_id = Uuid::parse_str(key_id).map_err(|_| revoked())?;
+    let key = api_key::Entity::find_by_id(key_id)
+        .filter(api_key::Column::TenantId.eq(tenant_id))
+        .one(&ctx.db)
+        .await?
+        .ok_or_else(revoked)?;
+    if key.revoked_at.is_some() {
+        return Err(revoked());
+    }
+    Ok(())
 }
 
 async fn ensure_tenant_active(ctx: &AppContext, tenant_id: Uuid) -> AppResult<()> {

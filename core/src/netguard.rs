@@ -114,7 +114,8 @@ impl NetGuard {
         if self.allow_private {
             return Ok(());
         }
-        let lower = host.to_ascii_lowercase();
+        // `localhost.` is the same name written fully qualified (RFC 6761).
+        let lower = host.trim_end_matches('.').to_ascii_lowercase();
         if lower == "localhost" || lower.ends_with(".localhost") {
             return Err(as_error(GuardError::Forbidden {
                 host: host.to_owned(),
@@ -247,6 +248,16 @@ mod tests {
         assert_eq!(err.code(), "invalid_url");
         let relaxed = NetGuard::new(true);
         relaxed.check_url_for_storage("http://127.0.0.1:9000/token", "token_url").await.expect("dev allows http to loopback");
+    }
+
+    #[tokio::test]
+    async fn localhost_names_are_refused_for_storage_even_fully_qualified() {
+        let strict = NetGuard::new(false);
+        for host in ["localhost", "LOCALHOST", "localhost.", "mail.localhost", "Mail.LocalHost."] {
+            let err = strict.check_host_for_storage(host, "host").await.expect_err(host);
+            assert_eq!(err.code(), "forbidden_address", "{host}");
+        }
+        NetGuard::new(true).check_host_for_storage("localhost.", "host").await.expect("allowed in development");
     }
 
     /// A one-shot HTTP server on loopback answering every request with a redirect.

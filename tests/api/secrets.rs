@@ -5,19 +5,12 @@ use postbridge_core::service::rekey;
 use postbridge_core::AppContext;
 use postbridge_tests::{captured_logs, random_key_b64, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::{Method, StatusCode};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use uuid::Uuid;
 
 async fn stored_secret(app: &TestApp, table: &str, column: &str, id: &str) -> String {
-    let row = app
-        .ctx
-        .db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, format!("SELECT {column}::text AS v FROM {table} WHERE id = '{id}'")))
-        .await
-        .expect("query")
-        .expect("row");
-    row.try_get("", "v").expect("secret column")
+    app.stored_value(table, column, id).await.expect("a stored value")
 }
 
 fn location<'a>(tenant: &str, table: &'a str, column: &'a str, id: &str) -> SecretLocation<'a> {

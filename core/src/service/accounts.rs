@@ -119,7 +119,7 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
                 return Err(AppError::validation("token_config_id", "not_applicable", "a password account takes no token configuration"));
             }
             match spec.password {
-                PasswordChange::Set(p) if !p.is_empty() => {
+                PasswordChange::Set(p) if !p.trim().is_empty() => {
                     if p.len() > 1024 {
                         return Err(AppError::validation("password", "too_long", "password is too long"));
                     }
@@ -375,13 +375,16 @@ fn merge<T>(patch: MaybeUndefined<T>, current: Option<T>) -> Option<T> {
 }
 
 pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateAccount) -> AppResult<Account> {
-    scope.require(Role::Member)?;
+    // Look up first: an id the caller cannot see answers 404 whatever the caller's role.
     let model = find_visible(ctx, scope, id).await?;
+    scope.require(Role::Member)?;
     let current = view(model.clone())?;
     let is_default = input.is_default.unwrap_or(current.is_default);
     let shared_mailbox = input.shared_mailbox.unwrap_or(current.shared_mailbox);
     check_admin_only_fields(scope, is_default && !current.is_default, shared_mailbox != current.shared_mailbox && shared_mailbox)?;
     let auth = input.auth.unwrap_or(current.auth);
+    // Leaving `move` drops its target unless the caller sets one explicitly.
+    let drop_move_target = input.after_fetch.is_some_and(|a| a != AfterFetch::Move) && input.move_to_folder.is_undefined();
     let password = match &input.password {
         Some(p) => PasswordChange::Set(p.expose()),
         // Switching to password auth needs a new password; a stored one is kept otherwise.
@@ -407,6 +410,9 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         after_fetch: input.after_fetch.or(current.after_fetch),
         move_to_folder: merge(input.move_to_folder, current.move_to_folder.clone()),
     };
+    if drop_move_target {
+        spec.move_to_folder = None;
+    }
     if spec.auth == AuthMethod::Oauth2 && current.auth == AuthMethod::Password && input.token_config_id.is_undefined() {
         spec.token_config_id = None;
     }
@@ -463,8 +469,8 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
 }
 
 pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
-    scope.require(Role::Member)?;
     let model = find_visible(ctx, scope, id).await?;
+    scope.require(Role::Member)?;
     email_account::Entity::delete_many()
         .filter(email_account::Column::Id.eq(model.id))
         .filter(email_account::Column::TenantId.eq(scope.tenant_id))

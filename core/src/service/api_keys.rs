@@ -69,14 +69,16 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
 }
 
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<ApiKey> {
+    // Look up first: another tenant's id answers 404 whatever the caller's role.
+    let model = find(ctx, scope, id).await?;
     scope.require(Role::Admin)?;
-    view(find(ctx, scope, id).await?)
+    view(model)
 }
 
 /// Revokes a key; it stops working at once. Revoking twice keeps the first revocation time.
 pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<ApiKey> {
-    scope.require(Role::Admin)?;
     let model = find(ctx, scope, id).await?;
+    scope.require(Role::Admin)?;
     if model.revoked_at.is_some() {
         return view(model);
     }

@@ -150,7 +150,16 @@ async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<()> {
         if key.is_empty() || key.len() > 100 || value.len() > 2000 {
             return Err(AppError::validation("extra_auth_params", "invalid_param", "extra_auth_params keys and values are too long or empty"));
         }
-        if RESERVED_AUTH_PARAMS.contains(&key.as_str()) {
+        // Postgres cannot store NUL in jsonb; control characters make no parameter name.
+        if key.chars().any(char::is_control) || value.contains('\0') {
+            return Err(AppError::validation(
+                "extra_auth_params",
+                "invalid_param",
+                "extra_auth_params keys must not contain control characters, nor values NUL characters",
+            ));
+        }
+        // Parameter names differing only in case reach case-insensitive servers as the same parameter.
+        if RESERVED_AUTH_PARAMS.iter().any(|reserved| reserved.eq_ignore_ascii_case(key)) {
             return Err(AppError::validation(
                 "extra_auth_params",
                 "reserved_param",
@@ -240,8 +249,9 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<T
 }
 
 pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateTokenConfig) -> AppResult<TokenConfig> {
-    scope.require(Role::Admin)?;
+    // Look up first: another tenant's id answers 404 whatever the caller's role.
     let model = find(ctx, scope.tenant_id, id).await?;
+    scope.require(Role::Admin)?;
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let directory_changed =
@@ -283,8 +293,8 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
 
 /// Deletes a configuration no account uses; one still in use answers 409.
 pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
-    scope.require(Role::Admin)?;
     find(ctx, scope.tenant_id, id).await?;
+    scope.require(Role::Admin)?;
     let result = token_config::Entity::delete_many()
         .filter(token_config::Column::Id.eq(id))
         .filter(token_config::Column::TenantId.eq(scope.tenant_id))
