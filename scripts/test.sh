@@ -2,6 +2,7 @@
 # Runs every test of the workspace (unit and integration tests) against a local PostgreSQL and Redis.
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p postbridge-core some_test_name   # extra arguments go to `cargo test`
+#                                                       # (with -p, --workspace is left out)
 # Does not need a running Postbridge. The integration tests create one database per test
 # (pbtest_*) through POSTBRIDGE_TEST_DATABASE_URL; they are dropped before and after the run.
 set -euo pipefail
@@ -29,11 +30,18 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-locked=()
+flags=(--workspace)
+# `cargo test --workspace -p X` would ignore -p: leave --workspace out when a package is chosen.
+for arg in "$@"; do
+    case "$arg" in
+        --) break ;;
+        -p | -p?* | --package | --package=* | --workspace | --all) flags=() ; break ;;
+    esac
+done
 if [[ -f Cargo.lock ]]; then
-    locked=(--locked)
+    flags+=(--locked)
 fi
 
 status=0
-cargo test --workspace ${locked[@]+"${locked[@]}"} "$@" || status=$?
+cargo test ${flags[@]+"${flags[@]}"} "$@" || status=$?
 exit "$status"

@@ -81,6 +81,9 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// Replaced by the app's real address when the app starts.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+
 /// The environment a test app starts with; tests may change entries before spawning.
 pub struct TestEnv {
     pub vars: HashMap<String, String>,
@@ -99,7 +102,7 @@ impl TestEnv {
         set("REDIS_URL", redis_url());
         set("REDIS_PREFIX", format!("pbtest:{}", Uuid::new_v4().simple()));
         set("LISTEN_ADDR", "127.0.0.1:0".to_owned());
-        set("PUBLIC_URL", "http://127.0.0.1:8080".to_owned());
+        set("PUBLIC_URL", DEFAULT_PUBLIC_URL.to_owned());
         set("MASTER_KEYS", format!("k1:{}", random_key_b64()));
         set("JWT_KEYS", format!("j1:HS256:{}", random_key_b64()));
         set("OPERATOR_TOKEN", format!("pbo_{}", Uuid::new_v4().simple()));
@@ -148,10 +151,17 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(TestEnv::new()).await
 }
 
-pub async fn spawn_app_with(env: TestEnv) -> TestApp {
+pub async fn spawn_app_with(mut env: TestEnv) -> TestApp {
     init_logging();
     create_database(&env.database_name).await;
-    let app = Application::build(env.settings()).await.expect("application builds");
+    // Bind first, so PUBLIC_URL (and with it the OAuth redirect URI) is the app's real address.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a test port");
+    let port = listener.local_addr().expect("local address").port();
+    if env.get("PUBLIC_URL").is_none_or(|u| u == DEFAULT_PUBLIC_URL) {
+        env.set("PUBLIC_URL", format!("http://127.0.0.1:{port}"));
+    }
+    let context = AppContext::build(env.settings()).await.expect("context builds");
+    let app = Application::with_listener(context, listener).expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let ctx = app.context().clone();
     tokio::spawn(app.run_until_stopped());

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::rest::{accounts, api_keys, health, tenants, token_configs};
+use crate::rest::{accounts, api_keys, grants, health, oauth_callback, tenants, token_configs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,8 @@ use crate::rest::{accounts, api_keys, health, tenants, token_configs};
         api_keys::list, api_keys::create, api_keys::get, api_keys::revoke,
         token_configs::list, token_configs::create, token_configs::get, token_configs::update, token_configs::delete,
         accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete,
+        grants::authorize, grants::list, grants::get, grants::revoke, grants::expiring,
+        oauth_callback::callback,
     ),
     modifiers(&BearerAuth)
 )]

@@ -18,6 +18,8 @@ pub struct AppContext {
     pub cipher: Arc<Cipher>,
     pub jwt: Arc<JwtKeys>,
     pub guard: NetGuard,
+    /// HTTP client for tenant-supplied URLs (token endpoints): guarded resolver, no redirects. Shared.
+    pub http: reqwest::Client,
     pub settings: Arc<Settings>,
 }
 
@@ -34,12 +36,15 @@ impl AppContext {
         let db = Database::connect(options).await.context("failed to connect to Postgres (POSTBRIDGE_DATABASE_URL)")?;
         let redis = redis::Client::open(settings.redis_url.as_str()).context("invalid POSTBRIDGE_REDIS_URL")?;
         let jwt = JwtKeys::new(&settings.jwt).context("invalid JWT key material (POSTBRIDGE_JWT_KEYS)")?;
+        let guard = NetGuard::new(settings.allow_private_hosts);
+        let http = guard.http_client().context("failed to build the HTTP client")?;
         Ok(AppContext {
             db,
             redis,
             cipher: Arc::new(Cipher::new(&settings.encryption)),
             jwt: Arc::new(jwt),
-            guard: NetGuard::new(settings.allow_private_hosts),
+            guard,
+            http,
             settings: Arc::new(settings),
         })
     }

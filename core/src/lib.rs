@@ -9,6 +9,7 @@ pub mod entities;
 pub mod error;
 pub mod model;
 pub mod netguard;
+pub mod oauth;
 pub mod presets;
 pub mod service;
 pub mod telemetry;

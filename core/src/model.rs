@@ -124,6 +124,7 @@ impl async_graphql::ScalarType for SecretInput {
 #[graphql(concrete(name = "ApiKeyPage", params(ApiKey)))]
 #[graphql(concrete(name = "TokenConfigPage", params(TokenConfig)))]
 #[graphql(concrete(name = "AccountPage", params(Account)))]
+#[graphql(concrete(name = "GrantPage", params(Grant)))]
 pub struct Page<T: async_graphql::OutputType> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -158,6 +159,8 @@ pub struct Tenant {
     pub slug: String,
     pub name: String,
     pub status: TenantStatus,
+    /// Origins (`https://app.example.com`) that post-consent return URLs may point at.
+    pub allowed_return_origins: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -167,6 +170,7 @@ pub struct CreateTenant {
     /// Lowercase letters, digits and '-', 2 to 63 characters; unique.
     pub slug: String,
     pub name: String,
+    pub allowed_return_origins: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
@@ -174,6 +178,7 @@ pub struct UpdateTenant {
     pub name: Option<String>,
     /// `suspended` stops every credential of the tenant; `active` restores them.
     pub status: Option<TenantStatus>,
+    pub allowed_return_origins: Option<Vec<String>>,
 }
 
 // ---- API keys ----
@@ -233,6 +238,9 @@ pub struct TokenConfig {
     pub extra_auth_params: BTreeMap<String, String>,
     /// Paste this at the provider as the app's redirect URI.
     pub redirect_uri: String,
+    /// The provider refused the client id or secret: create a new secret at the provider and paste it here.
+    pub needs_admin: bool,
+    pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -293,6 +301,8 @@ pub struct Account {
     /// Whether a password is stored (the password itself is write-only).
     pub password_set: bool,
     pub token_config_id: Option<Uuid>,
+    /// The OAuth grant in use, once someone consented (shared by the mailbox's inbound and outbound accounts).
+    pub grant_id: Option<Uuid>,
     pub state: AccountState,
     pub last_error: Option<String>,
     pub enabled: bool,
@@ -366,4 +376,60 @@ pub struct UpdateAccount {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub move_to_folder: MaybeUndefined<String>,
+}
+
+// ---- OAuth grants ----
+
+string_enum!(
+    /// `reauth_required`: the provider refused the refresh token; someone must consent again.
+    GrantStatus { Valid => "valid", Refreshing => "refreshing", ReauthRequired => "reauth_required", Revoked => "revoked" }
+);
+string_enum!(
+    /// `redirect`: send the browser to `authorization_url`; `authorized`: done (app flow).
+    AuthorizeStatus { Redirect => "redirect", Authorized => "authorized" }
+);
+
+/// Tokens one identity granted to one token configuration (the tokens themselves are never shown).
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct Grant {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub token_config_id: Uuid,
+    /// The mailbox login the grant serves, or `app` for the app flow.
+    pub subject: String,
+    /// Who consented, as the provider said.
+    pub consented_by: Option<String>,
+    pub status: GrantStatus,
+    /// When the current access token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: Vec<String>,
+    pub has_refresh_token: bool,
+    pub last_error: Option<String>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+pub struct AuthorizeAccount {
+    /// Where the browser goes after consent (must be on one of the tenant's `allowed_return_origins`);
+    /// `status`, `reason` and `account_id` are appended.
+    pub return_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct AuthorizeResult {
+    pub status: AuthorizeStatus,
+    /// The provider's consent page (user flow).
+    pub authorization_url: Option<String>,
+    /// The authorization must finish before this time.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub account: Account,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExpiringQuery {
+    /// Days ahead to look (default 30, at most 365).
+    pub within_days: Option<i64>,
 }

@@ -48,6 +48,12 @@ async fn openapi_document_covers_every_rest_route() {
         ("/v1/accounts/{id}", "get"),
         ("/v1/accounts/{id}", "patch"),
         ("/v1/accounts/{id}", "delete"),
+        ("/v1/accounts/{id}/authorize", "post"),
+        ("/v1/grants", "get"),
+        ("/v1/grants/{id}", "get"),
+        ("/v1/grants/{id}", "delete"),
+        ("/v1/token-configs/expiring", "get"),
+        ("/oauth/callback", "get"),
     ];
     for (path, method) in routes {
         assert!(doc.body["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");
@@ -87,7 +93,7 @@ async fn migrations_apply_and_revert_cleanly_on_an_empty_database() {
     let name = format!("pbtest_{}", Uuid::new_v4().simple());
     let db = create_database(&name).await;
     let tables = public_tables(&db).await;
-    for expected in ["api_keys", "email_accounts", "tenants", "token_configs"] {
+    for expected in ["api_keys", "email_accounts", "events", "grants", "oauth_states", "tenants", "token_configs"] {
         assert!(tables.iter().any(|t| t == expected), "{expected} missing after up: {tables:?}");
     }
     postbridge_migration::Migrator::down(&db, None).await.expect("down applies");

@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// `{PUBLIC_URL}/oauth/callback` for the test settings.
-const REDIRECT_URI: &str = "http://127.0.0.1:8080/oauth/callback";
+/// The deployment's one redirect URI: `{PUBLIC_URL}/oauth/callback`, the app's own address in tests.
+fn redirect_uri(app: &TestApp) -> String {
+    format!("{}/oauth/callback", app.address)
+}
 const DIRECTORY_GUID: &str = "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
 
 const GQL_FIELDS: &str = "id tenantId name provider flow clientId clientSecretSet clientSecretExpiresAt directoryTenantId \
@@ -170,7 +173,7 @@ async fn token_configs_can_be_created_read_listed_updated_and_deleted_over_graph
     assert_eq!(config["clientSecretSet"], json!(true));
     assert_eq!(config["clientSecretExpiresAt"], json!("2030-01-31"));
     assert_eq!(config["tokenUrl"], json!(format!("https://login.microsoftonline.com/{DIRECTORY_GUID}/oauth2/v2.0/token")));
-    assert_eq!(config["redirectUri"], json!(REDIRECT_URI));
+    assert_eq!(config["redirectUri"], json!(redirect_uri(&app)));
     assert!(!created.to_string().contains("gql-secret-value"), "the secret is never returned: {created}");
 
     let one = app.graphql(Some(&key), &format!("query($id: UUID!) {{ tokenConfig(id: $id) {{ {GQL_FIELDS} }} }}"), json!({"id": id})).await;
@@ -314,7 +317,7 @@ async fn microsoft_config_needs_only_name_client_id_secret_and_directory() {
     assert!(!scopes.iter().any(|s| s.ends_with("/.default")), "user flow does not ask for .default: {scopes:?}");
     assert_eq!(body["extra_auth_params"], json!({}));
     assert_eq!(body["client_secret_set"], json!(true));
-    assert_eq!(body["redirect_uri"], json!(REDIRECT_URI));
+    assert_eq!(body["redirect_uri"], json!(redirect_uri(&app)));
 
     // A tenant GUID and the multi-tenant words work for the user flow too.
     for directory in [DIRECTORY_GUID, "common", "organizations"] {
@@ -581,20 +584,20 @@ async fn every_token_config_response_carries_the_public_redirect_uri() {
     for body in [microsoft(), google(), generic_user(), generic_app()] {
         let reply = create(&app, &key, body).await;
         ids.push(created_id(&reply));
-        assert_eq!(reply.body["redirect_uri"], json!(REDIRECT_URI));
+        assert_eq!(reply.body["redirect_uri"], json!(redirect_uri(&app)));
     }
     for id in &ids {
-        assert_eq!(app.get(&format!("/v1/token-configs/{id}"), &key).await.body["redirect_uri"], json!(REDIRECT_URI));
+        assert_eq!(app.get(&format!("/v1/token-configs/{id}"), &key).await.body["redirect_uri"], json!(redirect_uri(&app)));
         let patched = app.patch(&format!("/v1/token-configs/{id}"), &key, json!({"name": "patched"})).await;
-        assert_eq!(patched.body["redirect_uri"], json!(REDIRECT_URI), "{}", patched.text);
+        assert_eq!(patched.body["redirect_uri"], json!(redirect_uri(&app)), "{}", patched.text);
     }
     let list = app.get("/v1/token-configs", &key).await;
     let items = list.body["items"].as_array().expect("items");
     assert_eq!(items.len(), 4);
-    assert!(items.iter().all(|i| i["redirect_uri"] == json!(REDIRECT_URI)), "{}", list.text);
+    assert!(items.iter().all(|i| i["redirect_uri"] == json!(redirect_uri(&app))), "{}", list.text);
     let gql = app.graphql(Some(&key), "{ tokenConfigs { items { redirectUri } } }", json!({})).await;
     let items = gql["data"]["tokenConfigs"]["items"].as_array().expect("items");
-    assert!(items.len() == 4 && items.iter().all(|i| i["redirectUri"] == json!(REDIRECT_URI)), "{gql}");
+    assert!(items.len() == 4 && items.iter().all(|i| i["redirectUri"] == json!(redirect_uri(&app))), "{gql}");
 }
 
 async fn stored_secret(app: &TestApp, id: &str) -> Option<String> {

@@ -1,9 +1,9 @@
 use async_graphql::{Context, Object};
 use postbridge_core::model::{
-    Account, ApiKey, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig, CreatedApiKey, IssuedToken, Tenant,
+    Account, ApiKey, AuthorizeAccount, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig, CreatedApiKey, IssuedToken, Tenant,
     TenantStatus, TokenConfig, UpdateAccount, UpdateTenant, UpdateTokenConfig,
 };
-use postbridge_core::service::{accounts, api_keys, tenants, token_configs};
+use postbridge_core::service::{accounts, api_keys, grants, tenants, token_configs};
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};
@@ -90,6 +90,20 @@ impl Mutation {
     async fn delete_account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
         let (app, scope) = tenant_scope(ctx).await?;
         accounts::delete(&app, &scope, id).await.gql()?;
+        Ok(id)
+    }
+
+    /// "Authenticate account": the provider URL to send the browser to (user flow), or an
+    /// immediate client-credentials authorization (app flow).
+    async fn authorize_account(&self, ctx: &Context<'_>, id: Uuid, input: Option<AuthorizeAccount>) -> async_graphql::Result<AuthorizeResult> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        grants::authorize(&app, &scope, id, input.unwrap_or_default()).await.gql()
+    }
+
+    /// Deletes a grant; its accounts go back to draft. Returns the grant's id.
+    async fn revoke_grant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        grants::revoke(&app, &scope, id).await.gql()?;
         Ok(id)
     }
 }

@@ -1,6 +1,6 @@
 use async_graphql::{Context, Object, SimpleObject};
-use postbridge_core::model::{Account, ApiKey, Page, PageRequest, Role, Tenant, TokenConfig};
-use postbridge_core::service::{accounts, api_keys, tenants, token_configs};
+use postbridge_core::model::{Account, ApiKey, ExpiringQuery, Grant, Page, PageRequest, Role, Tenant, TokenConfig};
+use postbridge_core::service::{accounts, api_keys, grants, tenants, token_configs};
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};
@@ -71,5 +71,21 @@ impl Query {
     async fn account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Account> {
         let (app, scope) = tenant_scope(ctx).await?;
         accounts::get(&app, &scope, id).await.gql()
+    }
+
+    /// Token configurations whose client secret expires within `withinDays` (default 30), soonest first.
+    async fn expiring_token_configs(&self, ctx: &Context<'_>, within_days: Option<i64>) -> async_graphql::Result<Vec<TokenConfig>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        token_configs::expiring(&app, &scope, ExpiringQuery { within_days }).await.gql()
+    }
+
+    async fn grants(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<Grant>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        grants::list(&app, &scope, page(limit, cursor)).await.gql()
+    }
+
+    async fn grant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Grant> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        grants::get(&app, &scope, id).await.gql()
     }
 }

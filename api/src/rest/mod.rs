@@ -2,7 +2,9 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod grants;
 pub mod health;
+pub mod oauth_callback;
 pub mod tenants;
 pub mod token_configs;
 
@@ -13,8 +15,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .configure(tenants::routes)
             .configure(api_keys::routes)
+            .configure(grants::routes)
             .configure(token_configs::routes)
             .configure(accounts::routes),
     )
-    .configure(health::routes);
+    .configure(health::routes)
+    .configure(oauth_callback::routes);
 }

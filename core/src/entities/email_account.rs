@@ -17,6 +17,8 @@ pub struct Model {
     /// Encrypted envelope (see `crypto`).
     pub password: Option<String>,
     pub token_config_id: Option<Uuid>,
+    /// The grant (shared by the mailbox's inbound and outbound accounts) once someone consented.
+    pub grant_id: Option<Uuid>,
     pub state: String,
     pub last_error: Option<String>,
     pub enabled: bool,

@@ -2,5 +2,7 @@
 
 pub mod api_key;
 pub mod email_account;
+pub mod grant;
+pub mod oauth_state;
 pub mod tenant;
 pub mod token_config;

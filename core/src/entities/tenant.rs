@@ -8,6 +8,9 @@ pub struct Model {
     pub slug: String,
     pub name: String,
     pub status: String,
+    /// Origins a post-consent return URL may point at.
+    #[sea_orm(column_type = "JsonBinary")]
+    pub allowed_return_origins: Json,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -20,6 +20,11 @@ pub struct Model {
     pub scopes: Json,
     #[sea_orm(column_type = "JsonBinary")]
     pub extra_auth_params: Json,
+    /// The provider refused the client credentials (wrong or expired secret): an admin must act.
+    pub needs_admin: bool,
+    pub last_error: Option<String>,
+    /// The smallest expiry warning window (30, 14, 1 days) already announced for the current secret.
+    pub secret_expiry_notified_days: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -14,10 +14,10 @@ use super::{is_unique_violation, limit_of, page_of, token_configs};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
 use crate::crypto::SecretLocation;
-use crate::entities::email_account;
+use crate::entities::{email_account, grant};
 use crate::error::{AppError, AppResult};
 use crate::model::{
-    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, Page, PageRequest, Protocol, Provider, Role,
+    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, GrantStatus, Page, PageRequest, Protocol, Provider, Role,
     Security, UpdateAccount,
 };
 use crate::{presets, validate};
@@ -27,7 +27,7 @@ pub const SECRET_COLUMN: &str = "password";
 pub const DEFAULT_POLL_INTERVAL_SECONDS: i32 = 60;
 pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<i32> = 10..=86_400;
 
-fn view(model: email_account::Model) -> AppResult<Account> {
+pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
     Ok(Account {
         id: model.id,
         tenant_id: model.tenant_id,
@@ -41,6 +41,7 @@ fn view(model: email_account::Model) -> AppResult<Account> {
         login: model.login,
         password_set: model.password.is_some(),
         token_config_id: model.token_config_id,
+        grant_id: model.grant_id,
         state: AccountState::from_db(&model.state)?,
         last_error: model.last_error,
         enabled: model.enabled,
@@ -67,7 +68,7 @@ fn visible(scope: &TenantScope) -> Select<email_account::Entity> {
     }
 }
 
-async fn find_visible(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<email_account::Model> {
+pub(crate) async fn find_visible(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<email_account::Model> {
     visible(scope)
         .filter(email_account::Column::Id.eq(id))
         .one(&ctx.db)
@@ -242,6 +243,19 @@ fn encrypt_password(ctx: &AppContext, tenant_id: Uuid, id: Uuid, password: &str)
     ctx.cipher.encrypt(location, password).map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting password: {e}")))
 }
 
+/// A valid grant this mailbox can use already (its other direction was authorized first): consent once, both authorized.
+async fn existing_grant(ctx: &AppContext, tenant_id: Uuid, auth: AuthMethod, config_id: Option<Uuid>, login: &str) -> AppResult<Option<Uuid>> {
+    let (AuthMethod::Oauth2, Some(config_id)) = (auth, config_id) else { return Ok(None) };
+    let found = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .filter(grant::Column::Subject.is_in([login.to_lowercase(), super::grants::APP_SUBJECT.to_owned()]))
+        .filter(grant::Column::Status.eq(GrantStatus::Valid.as_str()))
+        .one(&ctx.db)
+        .await?;
+    Ok(found.map(|g| g.id))
+}
+
 /// Only admins set up a tenant's default sender or shared mailboxes.
 fn check_admin_only_fields(scope: &TenantScope, is_default: bool, shared: bool) -> AppResult<()> {
     if (is_default || shared) && scope.principal.role == Role::Member {
@@ -320,7 +334,12 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         _ => None,
     };
     let now = Utc::now();
-    let state = if spec.enabled { AccountState::Draft } else { AccountState::Disabled };
+    let grant_id = existing_grant(ctx, scope.tenant_id, spec.auth, spec.token_config_id, &spec.login).await?;
+    let state = match (spec.enabled, grant_id) {
+        (false, _) => AccountState::Disabled,
+        (true, Some(_)) => AccountState::Authorized,
+        (true, None) => AccountState::Draft,
+    };
     let active = email_account::ActiveModel {
         id: Set(id),
         tenant_id: Set(scope.tenant_id),
@@ -334,6 +353,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         login: Set(spec.login),
         password: Set(password),
         token_config_id: Set(spec.token_config_id),
+        grant_id: Set(grant_id),
         state: Set(state.as_str().to_owned()),
         last_error: Set(None),
         enabled: Set(spec.enabled),
@@ -438,6 +458,13 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         PasswordChange::Keep { .. } if spec.auth == AuthMethod::Oauth2 => active.password = Set(None),
         PasswordChange::Keep { .. } => {}
     }
+    // A grant serves one login at one configuration; another identity needs its own.
+    let identity_changed = spec.auth != current.auth || spec.login != current.login || spec.token_config_id != current.token_config_id;
+    let grant_id = if identity_changed {
+        existing_grant(ctx, scope.tenant_id, spec.auth, spec.token_config_id, &spec.login).await?
+    } else {
+        current.grant_id
+    };
     // A confirmed connection is only confirmed for the settings it was tested with.
     let state = match (spec.enabled, current.state) {
         (false, _) => AccountState::Disabled,
@@ -445,6 +472,8 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         (true, _) if credentials_or_server_changed => AccountState::Draft,
         (true, state) => state,
     };
+    let state = if state == AccountState::Draft && grant_id.is_some() { AccountState::Authorized } else { state };
+    active.grant_id = Set(grant_id);
     if state != current.state {
         active.state = Set(state.as_str().to_owned());
         active.last_error = Set(None);

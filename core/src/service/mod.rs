@@ -3,6 +3,8 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod events;
+pub mod grants;
 pub mod rekey;
 pub mod tenants;
 pub mod token_configs;

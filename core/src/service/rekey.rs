@@ -10,6 +10,9 @@ use crate::crypto::{Cipher, SecretLocation};
 pub const SECRET_COLUMNS: &[(&str, &str)] = &[
     (super::token_configs::TABLE, super::token_configs::SECRET_COLUMN),
     (super::accounts::TABLE, super::accounts::SECRET_COLUMN),
+    (super::grants::TABLE, super::grants::ACCESS_COLUMN),
+    (super::grants::TABLE, super::grants::REFRESH_COLUMN),
+    (super::grants::STATE_TABLE, super::grants::VERIFIER_COLUMN),
 ];
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -12,12 +12,31 @@ use crate::error::{AppError, AppResult};
 use crate::model::{CreateTenant, Page, PageRequest, Role, Tenant, TenantStatus, UpdateTenant};
 use crate::validate;
 
+/// Each entry must be a bare origin: `https://app.example.com[:port]`, no path.
+fn check_origins(origins: Vec<String>) -> AppResult<serde_json::Value> {
+    let field = "allowed_return_origins";
+    let mut checked = Vec::with_capacity(origins.len());
+    for origin in origins {
+        let trimmed = origin.trim().trim_end_matches('/');
+        let parsed = url::Url::parse(trimmed).ok().filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+        match parsed {
+            Some(url) if url.origin().ascii_serialization() == trimmed => checked.push(trimmed.to_owned()),
+            _ => {
+                return Err(AppError::validation(field, "invalid_origin", "each allowed return origin must look like https://app.example.com (no path)"))
+            }
+        }
+    }
+    serde_json::to_value(checked).map_err(|e| AppError::Internal(e.into()))
+}
+
 fn view(model: tenant::Model) -> AppResult<Tenant> {
     Ok(Tenant {
         id: model.id,
         slug: model.slug,
         name: model.name,
         status: TenantStatus::from_db(&model.status)?,
+        allowed_return_origins: serde_json::from_value(model.allowed_return_origins)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("tenants.allowed_return_origins: {e}")))?,
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
@@ -33,6 +52,7 @@ pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant
         slug: Set(slug),
         name: Set(name),
         status: Set(TenantStatus::Active.as_str().to_owned()),
+        allowed_return_origins: Set(check_origins(input.allowed_return_origins.unwrap_or_default())?),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -74,6 +94,9 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
     if let Some(name) = input.name {
         active.name = Set(validate::non_empty("name", &name, 200)?);
     }
+    if let Some(origins) = input.allowed_return_origins {
+        active.allowed_return_origins = Set(check_origins(origins)?);
+    }
     if let Some(status) = input.status {
         active.status = Set(status.as_str().to_owned());
     }
@@ -82,7 +105,7 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
 }
 
 pub async fn set_status(ctx: &AppContext, principal: &Principal, id: Uuid, status: TenantStatus) -> AppResult<Tenant> {
-    update(ctx, principal, id, UpdateTenant { name: None, status: Some(status) }).await
+    update(ctx, principal, id, UpdateTenant { status: Some(status), ..Default::default() }).await
 }
 
 /// Deletes the tenant and, by cascade, everything it owns.

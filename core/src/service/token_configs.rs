@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use async_graphql::MaybeUndefined;
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait};
 use uuid::Uuid;
 
 use super::{is_foreign_key_violation, limit_of, page_of};
@@ -13,7 +13,7 @@ use crate::context::AppContext;
 use crate::crypto::SecretLocation;
 use crate::entities::token_config;
 use crate::error::{AppError, AppResult};
-use crate::model::{CreateTokenConfig, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig};
+use crate::model::{CreateTokenConfig, ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig};
 use crate::presets;
 use crate::validate;
 
@@ -44,6 +44,8 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         scopes,
         extra_auth_params,
         redirect_uri: ctx.settings.oauth_redirect_uri(),
+        needs_admin: model.needs_admin,
+        last_error: model.last_error,
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
@@ -224,6 +226,9 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         token_url: Set(spec.token_url.unwrap_or_default()),
         scopes: Set(json_of(&spec.scopes)?),
         extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
+        needs_admin: Set(false),
+        last_error: Set(None),
+        secret_expiry_notified_days: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -254,6 +259,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     scope.require(Role::Admin)?;
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
+    let client_id_changed = input.client_id.is_some();
     let directory_changed =
         input.directory_tenant_id.is_some() && input.directory_tenant_id != current.directory_tenant_id;
     // Preset URLs follow a directory change unless the caller sets URLs explicitly.
@@ -274,11 +280,23 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     let mut active = model.into_active_model();
     if let Some(secret) = new_secret {
         active.client_secret = Set(Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?));
+        // A new secret is the fix for a refused one; let the next token request tell.
+        active.needs_admin = Set(false);
+        active.last_error = Set(None);
+    }
+    if new_secret.is_some() || client_id_changed {
+        active.needs_admin = Set(false);
     }
     match input.client_secret_expires_at {
         MaybeUndefined::Undefined => {}
-        MaybeUndefined::Null => active.client_secret_expires_at = Set(None),
-        MaybeUndefined::Value(date) => active.client_secret_expires_at = Set(Some(date)),
+        MaybeUndefined::Null => {
+            active.client_secret_expires_at = Set(None);
+            active.secret_expiry_notified_days = Set(None);
+        }
+        MaybeUndefined::Value(date) => {
+            active.client_secret_expires_at = Set(Some(date));
+            active.secret_expiry_notified_days = Set(None);
+        }
     }
     active.name = Set(spec.name);
     active.client_id = Set(spec.client_id);
@@ -308,4 +326,76 @@ pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
         }),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Configurations whose client secret expires within `within_days` (default 30), soonest first: an
+/// expired secret stops every grant of that app at once.
+pub async fn expiring(ctx: &AppContext, scope: &TenantScope, query: ExpiringQuery) -> AppResult<Vec<TokenConfig>> {
+    scope.require(Role::Viewer)?;
+    let days = query.within_days.unwrap_or(30);
+    if !(0..=365).contains(&days) {
+        return Err(AppError::validation("within_days", "invalid_window", "within_days must be between 0 and 365"));
+    }
+    let horizon = Utc::now().date_naive() + chrono::Duration::days(days);
+    let rows = token_config::Entity::find()
+        .filter(token_config::Column::TenantId.eq(scope.tenant_id))
+        .filter(token_config::Column::ClientSecretExpiresAt.lte(horizon))
+        .order_by_asc(token_config::Column::ClientSecretExpiresAt)
+        .order_by_asc(token_config::Column::Id)
+        .all(&ctx.db)
+        .await?;
+    rows.into_iter().map(|m| view(ctx, m)).collect()
+}
+
+/// Warning windows for an expiring client secret, in days.
+pub const SECRET_EXPIRY_WINDOWS: [i32; 3] = [30, 14, 1];
+
+/// The smallest warning window that `days_left` falls in, if any.
+pub fn expiry_window(days_left: i64) -> Option<i32> {
+    SECRET_EXPIRY_WINDOWS.iter().rev().copied().find(|w| days_left <= i64::from(*w))
+}
+
+/// Records `token_config.secret_expiring` once per window (30, 14, 1 days) for every tenant; run periodically.
+pub async fn scan_secret_expiry(ctx: &AppContext) -> AppResult<u64> {
+    let today = Utc::now().date_naive();
+    let horizon = today + chrono::Duration::days(i64::from(SECRET_EXPIRY_WINDOWS[0]));
+    let candidates = token_config::Entity::find()
+        .filter(token_config::Column::ClientSecretExpiresAt.lte(horizon))
+        .all(&ctx.db)
+        .await?;
+    let mut recorded = 0;
+    for config in candidates {
+        let Some(expires) = config.client_secret_expires_at else { continue };
+        let days_left = (expires - today).num_days();
+        let Some(window) = expiry_window(days_left) else { continue };
+        if config.secret_expiry_notified_days.is_some_and(|done| done <= window) {
+            continue;
+        }
+        let txn = ctx.db.begin().await?;
+        // Compare-and-set, so two workers scanning at once announce a window only once.
+        let claimed = token_config::Entity::update_many()
+            .col_expr(token_config::Column::SecretExpiryNotifiedDays, sea_orm::sea_query::Expr::value(window))
+            .filter(token_config::Column::Id.eq(config.id))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(token_config::Column::SecretExpiryNotifiedDays.is_null())
+                    .add(token_config::Column::SecretExpiryNotifiedDays.gt(window)),
+            )
+            .exec(&txn)
+            .await?;
+        if claimed.rows_affected == 1 {
+            super::events::record(
+                &txn,
+                config.tenant_id,
+                super::events::TOKEN_CONFIG_SECRET_EXPIRING,
+                "token_config",
+                Some(config.id),
+                serde_json::json!({"name": config.name, "expires_on": expires, "days_left": days_left, "window_days": window}),
+            )
+            .await?;
+            recorded += 1;
+        }
+        txn.commit().await?;
+    }
+    Ok(recorded)
 }

@@ -156,7 +156,8 @@ fn html_escape(text: &str) -> String {
 /// An HTML error page (what a browser shows when the provider must not redirect).
 fn html_page(status: StatusCode, title: &str, message: &str) -> HttpResponse {
     let body = format!(
-        "<!DOCTYPE html>\n<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{message}</p></body></html>\n",
+        "<!DOCTYPE html>\n<html><head><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{message}</p></body></html>\n",
         title = html_escape(title),
         message = html_escape(message),
     );
@@ -801,7 +802,10 @@ fn refresh_token_grant(
                 return Err(OAuthError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
-                    format!("AADSTS70011: The provided value for the input parameter 'scope' is not valid: '{extra}' was not granted."),
+                    format!(
+                        "AADSTS70011: The provided value for the input parameter 'scope' is not valid: \
+                         '{extra}' was not granted."
+                    ),
                 ));
             }
             requested.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -972,7 +976,9 @@ async fn discovery(shared: web::Data<Shared>) -> HttpResponse {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["HS256"],
         "scopes_supported": ["openid", "email", "profile", "offline_access"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "email", "email_verified", "preferred_username", "nonce"],
+        "claims_supported": [
+            "iss", "sub", "aud", "exp", "iat", "email", "email_verified", "preferred_username", "nonce"
+        ],
     }))
 }
 

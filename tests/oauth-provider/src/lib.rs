@@ -7,6 +7,19 @@
 //! [`TokenFailure`] injects the failures real providers produce (throttling, outages, withdrawn consent).
 //!
 //! Error descriptions imitate Microsoft Entra ID (`AADSTS…`), so code that shows provider messages sees realistic text.
+//!
+//! ```no_run
+//! use postbridge_oauth_provider::{MockProvider, TokenFailure};
+//!
+//! # async fn example() {
+//! let provider = MockProvider::start().await;
+//! provider.register_client("app", Some("secret"), &["http://127.0.0.1:8080/oauth/callback"]);
+//! provider.set_consenting_user("alice@example.com");
+//! // Point a "generic" token configuration at provider.authorize_url() / provider.token_url(), then:
+//! provider.fail_next_token_requests(2, TokenFailure::RateLimited { retry_after_seconds: 1 });
+//! assert_eq!(provider.token_requests("refresh_token"), 0);
+//! # }
+//! ```
 
 mod handlers;
 mod state;
@@ -243,7 +256,7 @@ impl MockProvider {
         self.shared.lock().last_authorize.clone()
     }
 
-    /// Issues an access and a refresh token for `email` as if the user had consented to `client_id` (None: unknown client).
+    /// Issues access and refresh tokens for `email` as if the user had consented to `client_id` (None: unknown client).
     pub fn mint_tokens(&self, client_id: &str, email: &str, scope: &str) -> Option<MintedTokens> {
         let mut state = self.shared.lock();
         if !state.clients.contains_key(client_id) {

@@ -29,7 +29,12 @@ struct Args {
     user: Option<String>,
 
     /// `expires_in` of access tokens, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = postbridge_oauth_provider::DEFAULT_ACCESS_TOKEN_TTL_SECONDS, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = postbridge_oauth_provider::DEFAULT_ACCESS_TOKEN_TTL_SECONDS,
+        allow_negative_numbers = true
+    )]
     access_token_ttl: i64,
 
     /// Keep refresh tokens valid on refresh instead of rotating them.

@@ -1,0 +1,33 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "grants")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub token_config_id: Uuid,
+    /// The mailbox login the grant serves (lower-cased), or `app` for client-credentials grants.
+    pub subject: String,
+    /// Who consented, as the provider said (may differ for shared mailboxes).
+    pub consented_by: Option<String>,
+    /// Encrypted envelope (see `crypto`).
+    pub access_token: Option<String>,
+    /// Encrypted envelope (see `crypto`).
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<DateTimeUtc>,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub scopes: Json,
+    pub status: String,
+    pub last_error: Option<String>,
+    pub refresh_failures: i32,
+    pub next_refresh_at: Option<DateTimeUtc>,
+    pub last_refreshed_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,25 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "oauth_states")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    /// SHA-256 of the `state` sent to the provider; the state itself is never stored.
+    pub state_hash: String,
+    pub tenant_id: Uuid,
+    pub account_id: Uuid,
+    pub token_config_id: Uuid,
+    /// Encrypted envelope (see `crypto`).
+    pub pkce_verifier: String,
+    pub return_url: Option<String>,
+    pub created_by: String,
+    pub expires_at: DateTimeUtc,
+    pub consumed_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

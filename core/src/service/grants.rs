@@ -1,0 +1,779 @@
+//! OAuth grants: "Authenticate account" (user flow with consent, or app flow), the callback, revocation,
+//! and the one function that gives a caller a valid access token, refreshing at most once at a time.
+
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::{Rng, RngCore};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{accounts, events, is_unique_violation, limit_of, page_of, token_configs};
+use crate::auth::TenantScope;
+use crate::context::AppContext;
+use crate::crypto::SecretLocation;
+use crate::entities::{email_account, grant, oauth_state, tenant, token_config};
+use crate::error::{AppError, AppResult};
+use crate::model::{
+    AccountState, AuthMethod, AuthorizeAccount, AuthorizeResult, AuthorizeStatus, Grant, GrantStatus, OAuthFlow, Page,
+    PageRequest, Provider, Role,
+};
+use crate::oauth::{id_token_identity, OAuthClient, ProviderConfig, TokenError, TokenSet};
+
+pub const TABLE: &str = "grants";
+pub const ACCESS_COLUMN: &str = "access_token";
+pub const REFRESH_COLUMN: &str = "refresh_token";
+pub const STATE_TABLE: &str = "oauth_states";
+pub const VERIFIER_COLUMN: &str = "pkce_verifier";
+/// The subject of a client-credentials grant: the app itself.
+pub const APP_SUBJECT: &str = "app";
+
+/// An access token with less than this left is refreshed before use.
+pub fn refresh_margin() -> chrono::Duration {
+    chrono::Duration::minutes(5)
+}
+
+fn state_ttl() -> chrono::Duration {
+    chrono::Duration::minutes(10)
+}
+
+fn scopes_of(model: &grant::Model) -> Vec<String> {
+    serde_json::from_value(model.scopes.clone()).unwrap_or_default()
+}
+
+fn view(model: grant::Model) -> AppResult<Grant> {
+    Ok(Grant {
+        id: model.id,
+        tenant_id: model.tenant_id,
+        token_config_id: model.token_config_id,
+        scopes: scopes_of(&model),
+        subject: model.subject,
+        consented_by: model.consented_by,
+        status: GrantStatus::from_db(&model.status)?,
+        expires_at: model.expires_at,
+        has_refresh_token: model.refresh_token.is_some(),
+        last_error: model.last_error,
+        last_refreshed_at: model.last_refreshed_at,
+        created_at: model.created_at,
+        updated_at: model.updated_at,
+    })
+}
+
+fn location(tenant_id: Uuid, table: &'static str, column: &'static str, row_id: Uuid) -> SecretLocation<'static> {
+    SecretLocation { tenant_id, table, column, row_id }
+}
+
+fn internal(context: &str, err: impl std::fmt::Display) -> AppError {
+    AppError::Internal(anyhow::anyhow!("{context}: {err}"))
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash_state(state: &str) -> String {
+    Sha256::digest(state.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The provider side of a token configuration, with its client secret decrypted.
+pub fn provider_config(ctx: &AppContext, config: &token_config::Model) -> AppResult<ProviderConfig> {
+    let client_secret = config
+        .client_secret
+        .as_deref()
+        .map(|stored| {
+            let loc = location(config.tenant_id, token_configs::TABLE, token_configs::SECRET_COLUMN, config.id);
+            ctx.cipher.decrypt(loc, stored).map_err(|e| internal("decrypting client secret", e))
+        })
+        .transpose()?;
+    Ok(ProviderConfig {
+        client_id: config.client_id.clone(),
+        client_secret,
+        auth_url: config.auth_url.clone(),
+        token_url: config.token_url.clone(),
+        scopes: serde_json::from_value(config.scopes.clone()).map_err(|e| internal("token_configs.scopes", e))?,
+        redirect_uri: ctx.settings.oauth_redirect_uri(),
+    })
+}
+
+fn oauth_client(ctx: &AppContext, config: &token_config::Model) -> AppResult<OAuthClient> {
+    Ok(OAuthClient::new(ctx.http.clone(), &ctx.guard, provider_config(ctx, config)?))
+}
+
+// ---- authorize -------------------------------------------------------------------------------
+
+/// The return URL must be on one of the tenant's allowed origins (open redirects help phishing).
+async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<&str>) -> AppResult<Option<String>> {
+    let Some(raw) = return_url else { return Ok(None) };
+    let field = "return_url";
+    let url = url::Url::parse(raw).map_err(|_| AppError::validation(field, "invalid_url", "return_url is not a valid URL"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(AppError::validation(field, "invalid_url", "return_url must be an http(s) URL"));
+    }
+    let origin = url.origin().ascii_serialization();
+    let tenant = tenant::Entity::find_by_id(tenant_id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
+    let allowed: Vec<String> = serde_json::from_value(tenant.allowed_return_origins).unwrap_or_default();
+    if !allowed.iter().any(|o| o.trim_end_matches('/') == origin) {
+        return Err(AppError::validation(
+            field,
+            "return_url_not_allowed",
+            format!("return_url's origin {origin} is not among the tenant's allowed_return_origins"),
+        ));
+    }
+    Ok(Some(url.to_string()))
+}
+
+/// Starts "Authenticate account": for the user flow, the provider URL to send the browser to;
+/// for the app flow, a client-credentials request that authorizes the account at once.
+pub async fn authorize(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, input: AuthorizeAccount) -> AppResult<AuthorizeResult> {
+    scope.require(Role::Member)?;
+    let account = accounts::find_visible(ctx, scope, account_id).await?;
+    if account.auth_method != AuthMethod::Oauth2.as_str() {
+        return Err(AppError::validation("auth", "not_oauth2", "only oauth2 accounts are authorized through a provider"));
+    }
+    let config_id = account
+        .token_config_id
+        .ok_or_else(|| AppError::validation("token_config_id", "required", "the account has no token configuration"))?;
+    let config = token_configs::find(ctx, scope.tenant_id, config_id).await?;
+    let return_url = check_return_url(ctx, scope.tenant_id, input.return_url.as_deref()).await?;
+    match OAuthFlow::from_db(&config.flow)? {
+        OAuthFlow::App => authorize_app(ctx, scope, &account, &config).await,
+        OAuthFlow::User => start_user_flow(ctx, scope, &account, &config, return_url).await,
+    }
+}
+
+async fn start_user_flow(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    account: &email_account::Model,
+    config: &token_config::Model,
+    return_url: Option<String>,
+) -> AppResult<AuthorizeResult> {
+    let client = oauth_client(ctx, config)?;
+    let mut params: Vec<(String, String)> = serde_json::from_value::<std::collections::BTreeMap<String, String>>(config.extra_auth_params.clone())
+        .map_err(|e| internal("token_configs.extra_auth_params", e))?
+        .into_iter()
+        .collect();
+    let subject = account.login.to_lowercase();
+    let existing = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config.id))
+        .filter(grant::Column::Subject.eq(subject.clone()))
+        .one(&ctx.db)
+        .await?;
+    let config_scopes: Vec<String> = serde_json::from_value(config.scopes.clone()).unwrap_or_default();
+    // Without a stored refresh token, or with new scopes, only a consent screen yields a refresh token (Google).
+    let needs_consent = existing.as_ref().is_none_or(|g| g.refresh_token.is_none() || scopes_of(g) != config_scopes);
+    if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
+        params.push(("prompt".to_owned(), "consent".to_owned()));
+    }
+    if Provider::from_db(&config.provider)? == Provider::Microsoft && !account.shared_mailbox && !params.iter().any(|(k, _)| k == "login_hint") {
+        params.push(("login_hint".to_owned(), account.login.clone()));
+    }
+    let state = random_token();
+    let request = client.authorization_request(&state, &params).map_err(|e| AppError::validation("token_config_id", "token_config_unusable", e.to_string()))?;
+    let id = Uuid::now_v7();
+    let verifier = ctx
+        .cipher
+        .encrypt(location(scope.tenant_id, STATE_TABLE, VERIFIER_COLUMN, id), &request.pkce_verifier)
+        .map_err(|e| internal("encrypting PKCE verifier", e))?;
+    let now = Utc::now();
+    let expires_at = now + state_ttl();
+    oauth_state::ActiveModel {
+        id: Set(id),
+        state_hash: Set(hash_state(&state)),
+        tenant_id: Set(scope.tenant_id),
+        account_id: Set(account.id),
+        token_config_id: Set(config.id),
+        pkce_verifier: Set(verifier),
+        return_url: Set(return_url),
+        created_by: Set(scope.principal.subject.clone()),
+        expires_at: Set(expires_at),
+        consumed_at: Set(None),
+        created_at: Set(now),
+    }
+    .insert(&ctx.db)
+    .await?;
+    Ok(AuthorizeResult {
+        status: AuthorizeStatus::Redirect,
+        authorization_url: Some(request.url),
+        expires_at: Some(expires_at),
+        account: accounts::view(accounts::find_visible(ctx, scope, account.id).await?)?,
+    })
+}
+
+/// Client credentials: a successful token request is the authorization.
+async fn authorize_app(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    account: &email_account::Model,
+    config: &token_config::Model,
+) -> AppResult<AuthorizeResult> {
+    let tokens = oauth_client(ctx, config)?.client_credentials().await.map_err(|e| provider_error_to_app(&e))?;
+    let txn = ctx.db.begin().await?;
+    let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, APP_SUBJECT, None, &tokens).await?;
+    link_accounts(&txn, scope.tenant_id, config.id, None, grant_id).await?;
+    events::record(&txn, scope.tenant_id, events::GRANT_CONNECTED, "grant", Some(grant_id), json!({"token_config_id": config.id, "flow": "app"})).await?;
+    txn.commit().await?;
+    Ok(AuthorizeResult {
+        status: AuthorizeStatus::Authorized,
+        authorization_url: None,
+        expires_at: None,
+        account: accounts::view(accounts::find_visible(ctx, scope, account.id).await?)?,
+    })
+}
+
+fn provider_error_to_app(err: &TokenError) -> AppError {
+    let (code, hint) = if err.needs_admin() {
+        ("provider_rejected_client", "check the token configuration's client id and secret (it may have expired)")
+    } else if err.is_transient() {
+        ("provider_unavailable", "the provider did not answer; try again")
+    } else {
+        ("provider_error", "see the provider's message")
+    };
+    AppError::Conflict { code, message: format!("{err}; {hint}") }
+}
+
+/// Creates or replaces (re-consent) the grant of `subject` at `config`, tokens encrypted.
+async fn store_grant(
+    ctx: &AppContext,
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    subject: &str,
+    consented_by: Option<String>,
+    tokens: &TokenSet,
+) -> AppResult<Uuid> {
+    let existing = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .filter(grant::Column::Subject.eq(subject))
+        .lock_exclusive()
+        .one(txn)
+        .await?;
+    let id = existing.as_ref().map(|g| g.id).unwrap_or_else(Uuid::now_v7);
+    let encrypt = |column: &'static str, value: &str| {
+        ctx.cipher.encrypt(location(tenant_id, TABLE, column, id), value).map_err(|e| internal("encrypting token", e))
+    };
+    let access = encrypt(ACCESS_COLUMN, &tokens.access_token)?;
+    let refresh = tokens.refresh_token.as_deref().map(|t| encrypt(REFRESH_COLUMN, t)).transpose()?;
+    let now = Utc::now();
+    let scopes = serde_json::to_value(&tokens.scopes).map_err(|e| internal("scopes", e))?;
+    match existing {
+        Some(model) => {
+            let keep_refresh = model.refresh_token.clone();
+            let mut active = model.into_active_model();
+            active.access_token = Set(Some(access));
+            active.refresh_token = Set(refresh.or(keep_refresh));
+            active.expires_at = Set(tokens.expires_at);
+            active.scopes = Set(scopes);
+            active.status = Set(GrantStatus::Valid.as_str().to_owned());
+            active.consented_by = Set(consented_by);
+            active.last_error = Set(None);
+            active.refresh_failures = Set(0);
+            active.next_refresh_at = Set(None);
+            active.last_refreshed_at = Set(Some(now));
+            active.updated_at = Set(now);
+            active.update(txn).await?;
+        }
+        None => {
+            let inserted = grant::ActiveModel {
+                id: Set(id),
+                tenant_id: Set(tenant_id),
+                token_config_id: Set(config_id),
+                subject: Set(subject.to_owned()),
+                consented_by: Set(consented_by),
+                access_token: Set(Some(access)),
+                refresh_token: Set(refresh),
+                expires_at: Set(tokens.expires_at),
+                scopes: Set(scopes),
+                status: Set(GrantStatus::Valid.as_str().to_owned()),
+                last_error: Set(None),
+                refresh_failures: Set(0),
+                next_refresh_at: Set(None),
+                last_refreshed_at: Set(Some(now)),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(txn)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(AppError::Conflict {
+                        code: "concurrent_authorization",
+                        message: "another authorization of this mailbox finished at the same moment; try again".to_owned(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(id)
+}
+
+/// Points every oauth2 account of the mailbox (inbound and outbound) at the grant and marks it authorized.
+/// `login = None` links every account of the configuration (app flow).
+async fn link_accounts(txn: &DatabaseTransaction, tenant_id: Uuid, config_id: Uuid, login: Option<&str>, grant_id: Uuid) -> AppResult<u64> {
+    let mut update = email_account::Entity::update_many()
+        .col_expr(email_account::Column::GrantId, Expr::value(grant_id))
+        .col_expr(
+            email_account::Column::State,
+            Expr::cust("CASE WHEN state IN ('draft', 'error') THEN 'authorized' ELSE state END"),
+        )
+        .col_expr(email_account::Column::LastError, Expr::value(Option::<String>::None))
+        .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(email_account::Column::TenantId.eq(tenant_id))
+        .filter(email_account::Column::TokenConfigId.eq(config_id))
+        .filter(email_account::Column::AuthMethod.eq(AuthMethod::Oauth2.as_str()));
+    if let Some(login) = login {
+        update = update.filter(Expr::cust_with_values("lower(login) = $1", [login.to_lowercase()]));
+    }
+    Ok(update.exec(txn).await?.rows_affected)
+}
+
+// ---- callback --------------------------------------------------------------------------------
+
+/// What the provider sent to `/oauth/callback`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// How a callback ended; the browser is sent to `return_url` (if any) with `status` and `reason`.
+#[derive(Clone, Debug)]
+pub struct CallbackOutcome {
+    pub success: bool,
+    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`, ...
+    pub reason: String,
+    pub message: String,
+    pub account_id: Option<Uuid>,
+    pub return_url: Option<String>,
+}
+
+impl CallbackOutcome {
+    fn failure(reason: &str, message: impl Into<String>, state: Option<&oauth_state::Model>) -> Self {
+        CallbackOutcome {
+            success: false,
+            reason: reason.to_owned(),
+            message: message.into(),
+            account_id: state.map(|s| s.account_id),
+            return_url: state.and_then(|s| s.return_url.clone()),
+        }
+    }
+
+    /// The return URL with `status`, `reason` and `account_id` appended.
+    pub fn redirect_url(&self) -> Option<String> {
+        let mut url = url::Url::parse(self.return_url.as_deref()?).ok()?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("status", if self.success { "success" } else { "error" });
+            query.append_pair("reason", &self.reason);
+            if let Some(id) = self.account_id {
+                query.append_pair("account_id", &id.to_string());
+            }
+        }
+        Some(url.to_string())
+    }
+}
+
+/// Completes the user flow. A failed, replayed, expired or forged callback stores nothing.
+pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppResult<CallbackOutcome> {
+    let Some(state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(CallbackOutcome::failure("invalid_state", "the callback carries no state", None));
+    };
+    // Single use: the first callback consumes the state, any replay finds nothing.
+    let consumed = oauth_state::Entity::update_many()
+        .col_expr(oauth_state::Column::ConsumedAt, Expr::value(Utc::now()))
+        .filter(oauth_state::Column::StateHash.eq(hash_state(state)))
+        .filter(oauth_state::Column::ConsumedAt.is_null())
+        .exec_with_returning(&ctx.db)
+        .await?;
+    let Some(state_row) = consumed.into_iter().next() else {
+        return Ok(CallbackOutcome::failure("invalid_state", "this sign-in link is unknown or was already used; start again", None));
+    };
+    if state_row.expires_at < Utc::now() {
+        return Ok(CallbackOutcome::failure("state_expired", "this sign-in link expired; start again", Some(&state_row)));
+    }
+    if let Some(error) = params.error.as_deref() {
+        let description = params.error_description.as_deref().unwrap_or("no description");
+        let reason = if error == "access_denied" { "access_denied" } else { "provider_error" };
+        return Ok(CallbackOutcome::failure(reason, format!("the provider answered {error}: {description}"), Some(&state_row)));
+    }
+    let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
+        return Ok(CallbackOutcome::failure("invalid_request", "the callback carries no code", Some(&state_row)));
+    };
+    let account = email_account::Entity::find_by_id(state_row.account_id)
+        .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+        .one(&ctx.db)
+        .await?;
+    let Some(account) = account.filter(|a| a.token_config_id == Some(state_row.token_config_id) && a.auth_method == AuthMethod::Oauth2.as_str()) else {
+        return Ok(CallbackOutcome::failure("account_changed", "the account changed while signing in; start again", Some(&state_row)));
+    };
+    let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
+    let verifier = ctx
+        .cipher
+        .decrypt(location(state_row.tenant_id, STATE_TABLE, VERIFIER_COLUMN, state_row.id), &state_row.pkce_verifier)
+        .map_err(|e| internal("decrypting PKCE verifier", e))?;
+
+    let tokens = match oauth_client(ctx, &config)?.exchange_code(code, &verifier).await {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            let reason = if e.needs_admin() {
+                "invalid_client"
+            } else if e.is_transient() {
+                "provider_unavailable"
+            } else {
+                "token_exchange_failed"
+            };
+            let hint = if e.needs_admin() { " An admin must fix the token configuration's client id or secret." } else { "" };
+            return Ok(CallbackOutcome::failure(reason, format!("{e}.{hint}"), Some(&state_row)));
+        }
+    };
+    if tokens.refresh_token.is_none() {
+        return Ok(CallbackOutcome::failure(
+            "no_refresh_token",
+            "the provider returned no refresh token: make sure the configuration asks for offline access (Microsoft: the offline_access scope; Google: access_type=offline with prompt=consent) and sign in again",
+            Some(&state_row),
+        ));
+    }
+    let consented_by = tokens.id_token.as_deref().and_then(id_token_identity);
+    let login = account.login.to_lowercase();
+    if let Some(who) = &consented_by {
+        if *who != login && !account.shared_mailbox {
+            return Ok(CallbackOutcome::failure(
+                "wrong_mailbox",
+                format!("consent was given by {who}, but this account is {login}: sign in as {login}, or mark the account as a shared mailbox"),
+                Some(&state_row),
+            ));
+        }
+    }
+
+    let txn = ctx.db.begin().await?;
+    let grant_id = match store_grant(ctx, &txn, state_row.tenant_id, config.id, &login, consented_by.clone(), &tokens).await {
+        Ok(id) => id,
+        Err(AppError::Conflict { message, .. }) => return Ok(CallbackOutcome::failure("concurrent_authorization", message, Some(&state_row))),
+        Err(e) => return Err(e),
+    };
+    let linked = link_accounts(&txn, state_row.tenant_id, config.id, Some(&login), grant_id).await?;
+    events::record(
+        &txn,
+        state_row.tenant_id,
+        events::GRANT_CONNECTED,
+        "grant",
+        Some(grant_id),
+        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by, "accounts": linked}),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(CallbackOutcome {
+        success: true,
+        reason: "connected".to_owned(),
+        message: format!("{login} is connected"),
+        account_id: Some(account.id),
+        return_url: state_row.return_url,
+    })
+}
+
+// ---- read and revoke -------------------------------------------------------------------------
+
+pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<Grant>> {
+    scope.require(Role::Viewer)?;
+    let limit = limit_of(&page)?;
+    let mut query = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+        .order_by_asc(grant::Column::Id)
+        .limit(limit + 1);
+    if let Some(cursor) = page.cursor {
+        query = query.filter(grant::Column::Id.gt(cursor));
+    }
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+}
+
+async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<grant::Model> {
+    grant::Entity::find_by_id(id)
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .one(&ctx.db)
+        .await?
+        .ok_or(AppError::not_found("grant"))
+}
+
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Grant> {
+    scope.require(Role::Viewer)?;
+    view(find(ctx, scope.tenant_id, id).await?)
+}
+
+/// Deletes a grant; its accounts go back to draft until someone consents again.
+pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+    scope.require(Role::Admin)?;
+    let model = find(ctx, scope.tenant_id, id).await?;
+    let txn = ctx.db.begin().await?;
+    email_account::Entity::update_many()
+        .col_expr(email_account::Column::State, Expr::cust("CASE WHEN state = 'disabled' THEN 'disabled' ELSE 'draft' END"))
+        .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(email_account::Column::TenantId.eq(scope.tenant_id))
+        .filter(email_account::Column::GrantId.eq(id))
+        .exec(&txn)
+        .await?;
+    grant::Entity::delete_many()
+        .filter(grant::Column::Id.eq(id))
+        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+        .exec(&txn)
+        .await?;
+    events::record(&txn, scope.tenant_id, events::GRANT_REVOKED, "grant", Some(id), json!({"subject": model.subject, "by": scope.principal.subject})).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+// ---- access tokens and refresh ---------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenAccessError {
+    /// The grant is dead (revoked, expired, consent withdrawn): someone must consent again.
+    #[error("the grant needs re-consent: {0}")]
+    ReauthRequired(String),
+    /// The token configuration's client credentials were refused: its admin must fix them.
+    #[error("the token configuration needs its admin: {0}")]
+    NeedsAdmin(String),
+    /// The provider could not be reached; nothing changed, try again later.
+    #[error("the provider is unavailable: {reason}")]
+    Unavailable { reason: String, retry_after: Option<Duration> },
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl From<sea_orm::DbErr> for TokenAccessError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        TokenAccessError::App(err.into())
+    }
+}
+
+fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
+    let usable = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_none_or(|exp| exp > now + refresh_margin());
+    match (&model.access_token, usable) {
+        (Some(stored), true) => {
+            let token = ctx
+                .cipher
+                .decrypt(location(model.tenant_id, TABLE, ACCESS_COLUMN, model.id), stored)
+                .map_err(|e| internal("decrypting access token", e))?;
+            Ok(Some(token))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
+    (model.status == GrantStatus::ReauthRequired.as_str() || model.status == GrantStatus::Revoked.as_str())
+        .then(|| TokenAccessError::ReauthRequired(model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned())))
+}
+
+/// Exponential backoff with jitter for a grant whose refresh failed `failures` times; at least Retry-After.
+fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
+    let base = 30i64.saturating_mul(1i64 << failures.clamp(0, 7)).min(3600);
+    let jittered = (base as f64 * rand::rng().random_range(0.8..1.2)) as i64;
+    let floor = retry_after.map(|d| d.as_secs() as i64).unwrap_or(0);
+    chrono::Duration::seconds(jittered.max(floor))
+}
+
+/// A valid access token for the grant: the stored one while it has more than the margin left, else a
+/// refresh. One refresh per grant at a time across all processes: the row lock makes concurrent callers
+/// wait, then they re-read and reuse the new token instead of refreshing again (a provider that rotates
+/// refresh tokens would otherwise invalidate the grant).
+pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> Result<String, TokenAccessError> {
+    let now = Utc::now();
+    let model = find(ctx, tenant_id, grant_id).await?;
+    if let Some(token) = fresh_access_token(ctx, &model, now)? {
+        return Ok(token);
+    }
+    if let Some(dead) = dead_grant_error(&model) {
+        return Err(dead);
+    }
+
+    let txn = ctx.db.begin().await?;
+    let locked = grant::Entity::find_by_id(grant_id)
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or(AppError::not_found("grant"))?;
+    // Another process may have refreshed (or buried) the grant while we waited for the lock.
+    if let Some(token) = fresh_access_token(ctx, &locked, Utc::now())? {
+        txn.commit().await?;
+        return Ok(token);
+    }
+    if let Some(dead) = dead_grant_error(&locked) {
+        txn.commit().await?;
+        return Err(dead);
+    }
+    let config = token_configs::find(ctx, tenant_id, locked.token_config_id).await?;
+    let client = oauth_client(ctx, &config)?;
+    let result = if config.flow == OAuthFlow::App.as_str() {
+        client.client_credentials().await
+    } else {
+        match &locked.refresh_token {
+            Some(stored) => {
+                let refresh = ctx
+                    .cipher
+                    .decrypt(location(tenant_id, TABLE, REFRESH_COLUMN, grant_id), stored)
+                    .map_err(|e| internal("decrypting refresh token", e))?;
+                client.refresh(&refresh).await
+            }
+            None => Err(TokenError::Rejected { error: "invalid_grant".to_owned(), description: Some("no refresh token stored".to_owned()) }),
+        }
+    };
+    match result {
+        Ok(tokens) => {
+            let access = tokens.access_token.clone();
+            save_refreshed(ctx, &txn, locked, &tokens).await?;
+            if config.needs_admin {
+                mark_config(&txn, &config, false, None).await?;
+            }
+            txn.commit().await?;
+            Ok(access)
+        }
+        Err(e) if e.needs_reauth() => {
+            let message = e.to_string();
+            bury_grant(&txn, &locked, &message).await?;
+            txn.commit().await?;
+            Err(TokenAccessError::ReauthRequired(message))
+        }
+        Err(e) if e.needs_admin() => {
+            let message = e.to_string();
+            mark_config(&txn, &config, true, Some(&message)).await?;
+            record_failure(&txn, &locked, &message, None).await?;
+            txn.commit().await?;
+            Err(TokenAccessError::NeedsAdmin(message))
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let retry_after = match &e {
+                TokenError::Unavailable { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            record_failure(&txn, &locked, &message, retry_after).await?;
+            txn.commit().await?;
+            Err(TokenAccessError::Unavailable { reason: message, retry_after })
+        }
+    }
+}
+
+/// Stores new tokens; a rotated refresh token goes in the same transaction, a missing one keeps the old.
+async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: grant::Model, tokens: &TokenSet) -> AppResult<()> {
+    let (tenant_id, id) = (model.tenant_id, model.id);
+    let encrypt = |column: &'static str, value: &str| {
+        ctx.cipher.encrypt(location(tenant_id, TABLE, column, id), value).map_err(|e| internal("encrypting token", e))
+    };
+    let now = Utc::now();
+    let mut active = model.into_active_model();
+    active.access_token = Set(Some(encrypt(ACCESS_COLUMN, &tokens.access_token)?));
+    if let Some(rotated) = &tokens.refresh_token {
+        active.refresh_token = Set(Some(encrypt(REFRESH_COLUMN, rotated)?));
+    }
+    active.expires_at = Set(tokens.expires_at);
+    active.status = Set(GrantStatus::Valid.as_str().to_owned());
+    active.last_error = Set(None);
+    active.refresh_failures = Set(0);
+    active.next_refresh_at = Set(None);
+    active.last_refreshed_at = Set(Some(now));
+    active.updated_at = Set(now);
+    active.update(txn).await?;
+    Ok(())
+}
+
+/// `invalid_grant` and friends: the grant needs re-consent, its accounts are in error, an event says so.
+async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &str) -> AppResult<()> {
+    let now = Utc::now();
+    grant::Entity::update_many()
+        .col_expr(grant::Column::Status, Expr::value(GrantStatus::ReauthRequired.as_str()))
+        .col_expr(grant::Column::LastError, Expr::value(message))
+        .col_expr(grant::Column::UpdatedAt, Expr::value(now))
+        .filter(grant::Column::Id.eq(model.id))
+        .exec(txn)
+        .await?;
+    email_account::Entity::update_many()
+        .col_expr(email_account::Column::State, Expr::value(AccountState::Error.as_str()))
+        .col_expr(email_account::Column::LastError, Expr::value(format!("sign-in needed again: {message}")))
+        .col_expr(email_account::Column::UpdatedAt, Expr::value(now))
+        .filter(email_account::Column::TenantId.eq(model.tenant_id))
+        .filter(email_account::Column::GrantId.eq(model.id))
+        .filter(email_account::Column::State.ne(AccountState::Disabled.as_str()))
+        .exec(txn)
+        .await?;
+    events::record(txn, model.tenant_id, events::GRANT_REAUTH_REQUIRED, "grant", Some(model.id), json!({"subject": model.subject, "error": message})).await?;
+    Ok(())
+}
+
+/// A failed refresh that is not the grant's fault: tokens and status stay, the next attempt waits.
+async fn record_failure(txn: &DatabaseTransaction, model: &grant::Model, message: &str, retry_after: Option<Duration>) -> AppResult<()> {
+    let failures = model.refresh_failures.saturating_add(1);
+    let now = Utc::now();
+    grant::Entity::update_many()
+        .col_expr(grant::Column::LastError, Expr::value(message))
+        .col_expr(grant::Column::RefreshFailures, Expr::value(failures))
+        .col_expr(grant::Column::NextRefreshAt, Expr::value(now + backoff(failures, retry_after)))
+        .col_expr(grant::Column::UpdatedAt, Expr::value(now))
+        .filter(grant::Column::Id.eq(model.id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+async fn mark_config(txn: &DatabaseTransaction, config: &token_config::Model, needs_admin: bool, message: Option<&str>) -> AppResult<()> {
+    token_config::Entity::update_many()
+        .col_expr(token_config::Column::NeedsAdmin, Expr::value(needs_admin))
+        .col_expr(token_config::Column::LastError, Expr::value(message.map(str::to_owned)))
+        .filter(token_config::Column::Id.eq(config.id))
+        .exec(txn)
+        .await?;
+    if needs_admin && !config.needs_admin {
+        events::record(txn, config.tenant_id, events::TOKEN_CONFIG_NEEDS_ADMIN, "token_config", Some(config.id), json!({"error": message})).await?;
+    }
+    Ok(())
+}
+
+/// Outcome of one background refresh pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RefreshPass {
+    pub refreshed: u64,
+    pub reauth_required: u64,
+    pub failed: u64,
+}
+
+/// Refreshes user-flow grants whose access token expires within the margin and whose backoff has passed.
+pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass> {
+    let rows = ctx
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id, tenant_id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL \
+             AND expires_at < $1 AND (next_refresh_at IS NULL OR next_refresh_at <= now()) ORDER BY expires_at LIMIT $2",
+            [(Utc::now() + refresh_margin()).into(), (limit as i64).into()],
+        ))
+        .await?;
+    let mut pass = RefreshPass::default();
+    for row in rows {
+        let id: Uuid = row.try_get("", "id")?;
+        let tenant_id: Uuid = row.try_get("", "tenant_id")?;
+        match access_token(ctx, tenant_id, id).await {
+            Ok(_) => pass.refreshed += 1,
+            Err(TokenAccessError::ReauthRequired(_)) => pass.reauth_required += 1,
+            Err(TokenAccessError::App(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(grant_id = %id, error = %e, "grant refresh failed; will retry");
+                pass.failed += 1;
+            }
+        }
+    }
+    Ok(pass)
+}
