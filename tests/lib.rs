@@ -1,6 +1,8 @@
 //! Test harness shared by every test binary: each test gets its own database (migrated with the real
 //! migrations), its own Redis key prefix and its own keys, and the app on a random port.
 
+pub mod oauth;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -4,6 +4,7 @@ mod accounts;
 mod auth;
 mod cross_tenant;
 mod health;
+mod oauth_flow;
 mod schema;
 mod secrets;
 mod tenants;
