@@ -4,7 +4,8 @@
 #   scripts/test.sh -p postbridge-core some_test_name   # extra arguments go to `cargo test`
 #                                                       # (with -p, --workspace is left out)
 # Does not need a running Postbridge. The integration tests create one database per test
-# (pbtest_*) through POSTBRIDGE_TEST_DATABASE_URL; they are dropped before and after the run.
+# (named POSTBRIDGE_TEST_DB_PREFIX*) through POSTBRIDGE_TEST_DATABASE_URL; this run's are dropped after it,
+# idle leftovers of earlier runs before it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,15 +16,14 @@ bash scripts/ensure-services.sh
 export POSTBRIDGE_TEST_DATABASE_URL="${POSTBRIDGE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export POSTBRIDGE_TEST_REDIS_URL="${POSTBRIDGE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 
-drop_test_dbs() {
-    bash scripts/drop-test-dbs.sh || echo "test.sh: warning: could not drop the pbtest_* databases" >&2
-}
+# This run's databases carry their own prefix, so cleaning up never touches a concurrent run's.
+export POSTBRIDGE_TEST_DB_PREFIX="pbtest_r$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')_"
 
-drop_test_dbs
+bash scripts/drop-test-dbs.sh --idle || echo "test.sh: warning: could not drop leftover test databases" >&2
 on_exit() {
     local rc=$?
     trap - EXIT
-    drop_test_dbs
+    bash scripts/drop-test-dbs.sh "$POSTBRIDGE_TEST_DB_PREFIX" || echo "test.sh: warning: could not drop this run's test databases" >&2
     exit "$rc"
 }
 trap on_exit EXIT

@@ -25,6 +25,11 @@ pub fn redis_url() -> String {
     std::env::var("POSTBRIDGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Test databases are named `{prefix}{uuid}`; `scripts/test.sh` sets a prefix per run to clean up after itself.
+pub fn test_database_prefix() -> String {
+    std::env::var("POSTBRIDGE_TEST_DB_PREFIX").unwrap_or_else(|_| "pbtest_".to_owned())
+}
+
 fn database_url_for(name: &str) -> String {
     let admin = admin_database_url();
     let base = admin.rsplit_once('/').map(|(base, _)| base).unwrap_or(&admin);
@@ -94,7 +99,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
-        let database_name = format!("pbtest_{}", Uuid::new_v4().simple());
+        let database_name = format!("{}{}", test_database_prefix(), Uuid::new_v4().simple());
         let mut vars = HashMap::new();
         let mut set = |k: &str, v: String| {
             vars.insert(format!("POSTBRIDGE_{k}"), v);

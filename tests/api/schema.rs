@@ -90,7 +90,7 @@ async fn public_tables(db: &sea_orm::DatabaseConnection) -> Vec<String> {
 
 #[tokio::test]
 async fn migrations_apply_and_revert_cleanly_on_an_empty_database() {
-    let name = format!("pbtest_{}", Uuid::new_v4().simple());
+    let name = format!("{}{}", postbridge_tests::test_database_prefix(), Uuid::new_v4().simple());
     let db = create_database(&name).await;
     let tables = public_tables(&db).await;
     for expected in ["api_keys", "email_accounts", "events", "grants", "oauth_states", "tenants", "token_configs"] {
