@@ -2,6 +2,7 @@
 //! migrations), its own Redis key prefix and its own keys, and the app on a random port.
 
 pub mod oauth;
+pub mod mail;
 
 use std::collections::HashMap;
 use std::io::Write;

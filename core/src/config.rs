@@ -43,6 +43,8 @@ pub struct Settings {
     pub operator_token: Option<String>,
     /// Allow tenant-supplied hosts and URLs on loopback/private networks (development and tests only).
     pub allow_private_hosts: bool,
+    /// Grant refreshes a worker runs at once (keep at or below the database pool size).
+    pub refresh_concurrency: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -176,6 +178,11 @@ impl Settings {
             Some(_) => return Err(config_error("ALLOW_PRIVATE_HOSTS", "must be true or false")),
         };
 
+        let refresh_concurrency = parse_or(get("REFRESH_CONCURRENCY"), "REFRESH_CONCURRENCY", 8usize)?;
+        if refresh_concurrency == 0 {
+            return Err(config_error("REFRESH_CONCURRENCY", "must be at least 1"));
+        }
+
         Ok(Settings {
             database_url,
             database_max_connections,
@@ -187,6 +194,7 @@ impl Settings {
             jwt,
             operator_token,
             allow_private_hosts,
+            refresh_concurrency,
         })
     }
 

@@ -5,6 +5,7 @@ mod auth;
 mod cross_tenant;
 mod health;
 mod oauth_flow;
+mod oauth_refresh;
 mod schema;
 mod secrets;
 mod tenants;

@@ -1,9 +1,15 @@
 //! The user flow end to end: authorize → provider consent → callback → grant → account authorized.
 
-use postbridge_tests::oauth::{CONSENTING_USER, RETURN_ORIGIN};
-use postbridge_tests::spawn_app;
+use std::collections::BTreeMap;
+
+use postbridge_core::crypto::SecretLocation;
+use postbridge_oauth_provider::{pkce_challenge, TokenFailure};
+use postbridge_tests::oauth::{ConsentOutcome, OAuthSetup, CONSENTING_USER, RETURN_ORIGIN};
+use postbridge_tests::{assert_error, graphql_error_code, spawn_app, TestApp};
 use reqwest::StatusCode;
-use serde_json::json;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 #[tokio::test]
 async fn consent_stores_an_encrypted_grant_and_authorizes_both_accounts_of_the_mailbox() {
@@ -34,4 +40,826 @@ async fn consent_stores_an_encrypted_grant_and_authorizes_both_accounts_of_the_m
     let stored = app.stored_value("grants", "refresh_token", grant_id).await.expect("refresh token stored");
     assert!(stored.starts_with("k1:"), "encrypted at rest");
     assert!(!grant.text.contains("access_token\":\""), "tokens never shown: {}", grant.text);
+}
+
+// ---- helpers ----
+
+const OTHER_USER: &str = "someone.else@example.com";
+
+fn return_url() -> String {
+    format!("{RETURN_ORIGIN}/done")
+}
+
+/// Rows of a query as JSON (one object per row, in the query's order).
+async fn rows(app: &TestApp, sql: &str) -> Vec<Value> {
+    let wrapped = format!("SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]'::jsonb)::text AS v FROM ({sql}) r");
+    let row = app
+        .ctx
+        .db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, wrapped))
+        .await
+        .expect("query runs")
+        .expect("one row");
+    let text: String = row.try_get("", "v").expect("json text");
+    serde_json::from_str::<Vec<Value>>(&text).expect("a JSON array")
+}
+
+async fn execute(app: &TestApp, sql: &str) -> u64 {
+    app.ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned())).await.expect("statement runs").rows_affected()
+}
+
+/// What a callback may change: every grant, every account's state and grant, every event.
+async fn stored(app: &TestApp) -> Value {
+    json!({
+        "grants": rows(app, "SELECT * FROM grants ORDER BY id").await,
+        "accounts": rows(app, "SELECT id, state, grant_id, last_error FROM email_accounts ORDER BY id").await,
+        "events": rows(app, "SELECT * FROM events ORDER BY id").await,
+    })
+}
+
+#[track_caller]
+fn assert_nothing_changed(before: &Value, after: &Value, context: &str) {
+    assert_eq!(before, after, "{context}: a failed callback must change nothing stored");
+}
+
+async fn events_of(app: &TestApp, tenant: &str) -> Vec<Value> {
+    rows(app, &format!("SELECT event_type, resource_type, resource_id, data FROM events WHERE tenant_id = '{tenant}' ORDER BY created_at, id")).await
+}
+
+/// `POST .../authorize` as the setup's admin; returns the provider URL.
+async fn start(app: &TestApp, setup: &OAuthSetup, account: &str, return_url: Option<&str>) -> String {
+    let started = app.authorize(setup, account, return_url).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.text);
+    assert_eq!(started.body["status"], json!("redirect"), "{}", started.text);
+    started.body["authorization_url"].as_str().expect("authorization_url").to_owned()
+}
+
+/// The browser at the provider: returns where the provider sends it back (the callback URL), without opening it.
+async fn at_provider(app: &TestApp, authorization_url: &str) -> String {
+    let response = app.http.get(authorization_url).send().await.expect("provider reachable");
+    assert_eq!(response.status(), StatusCode::FOUND, "the provider redirects back");
+    response.headers().get("location").and_then(|v| v.to_str().ok()).expect("a Location header").to_owned()
+}
+
+fn query_of(url: &str) -> BTreeMap<String, String> {
+    url::Url::parse(url).expect("a URL").query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+fn query_count(url: &str, name: &str) -> usize {
+    url::Url::parse(url).expect("a URL").query_pairs().filter(|(k, _)| k == name).count()
+}
+
+/// Replaces (or with `None` removes) one query parameter of a URL.
+fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
+    let mut parsed = url::Url::parse(url).expect("a URL");
+    let kept: Vec<(String, String)> = parsed.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    {
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (k, v) in &kept {
+            query.append_pair(k, v);
+        }
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    parsed.to_string()
+}
+
+#[track_caller]
+fn assert_failed_with(outcome: &ConsentOutcome, reason: &str, account: &str) {
+    assert_eq!(outcome.status, StatusCode::FOUND, "{outcome:?}");
+    assert!(outcome.location.as_deref().is_some_and(|l| l.starts_with(&format!("{RETURN_ORIGIN}/done?"))), "{outcome:?}");
+    assert_eq!(outcome.param("status").as_deref(), Some("error"), "{outcome:?}");
+    assert_eq!(outcome.param("reason").as_deref(), Some(reason), "{outcome:?}");
+    assert_eq!(outcome.param("account_id").as_deref(), Some(account), "{outcome:?}");
+}
+
+/// A callback that cannot be tied to any authorization: a 400 page naming the reason, no redirect.
+#[track_caller]
+fn assert_rejected_page(outcome: &ConsentOutcome, reason: &str) {
+    assert_eq!(outcome.status, StatusCode::BAD_REQUEST, "{outcome:?}");
+    assert!(outcome.location.is_none(), "no redirect without a known state: {outcome:?}");
+    assert!(outcome.body.contains(reason), "the page names the reason {reason}: {}", outcome.body);
+}
+
+async fn grant_id_of(app: &TestApp, setup: &OAuthSetup, account: &str) -> String {
+    let body = app.account_json(setup, account).await;
+    body["grant_id"].as_str().unwrap_or_else(|| panic!("no grant on {body}")).to_owned()
+}
+
+fn decrypt(app: &TestApp, tenant: &str, table: &str, column: &str, row: &str, stored: &str) -> String {
+    let location = SecretLocation {
+        tenant_id: Uuid::parse_str(tenant).expect("tenant uuid"),
+        table,
+        column,
+        row_id: Uuid::parse_str(row).expect("row uuid"),
+    };
+    app.ctx.cipher.decrypt(location, stored).expect("decrypts with the row's location")
+}
+
+/// A setup with an inbound and an outbound account of the consenting user's mailbox.
+async fn mailbox(app: &TestApp) -> (OAuthSetup, String, String) {
+    let setup = app.oauth_setup().await;
+    let inbound = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
+    let outbound = app.oauth_account(&setup, "smtp", CONSENTING_USER).await;
+    (setup, inbound, outbound)
+}
+
+// ---- callback failures ----
+
+#[tokio::test]
+async fn declined_consent_redirects_with_access_denied_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    setup.provider.set_deny_consent(true);
+    let before = stored(&app).await;
+
+    let outcome = app.consent(&setup, &inbound).await;
+    assert_failed_with(&outcome, "access_denied", &inbound);
+    assert_eq!(setup.provider.token_requests("authorization_code"), 0, "nothing to exchange");
+    assert_nothing_changed(&before, &stored(&app).await, "access_denied");
+    assert_eq!(app.account_json(&setup, &inbound).await["state"], json!("draft"));
+}
+
+#[tokio::test]
+async fn a_rejected_client_secret_fails_re_consent_with_invalid_client_and_keeps_the_existing_grant() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let before = stored(&app).await;
+
+    setup.provider.fail_next_token_requests(1, TokenFailure::InvalidClient { description: "AADSTS7000222: The provided client secret keys are expired.".to_owned() });
+    let outcome = app.consent(&setup, &inbound).await;
+    assert_failed_with(&outcome, "invalid_client", &inbound);
+    assert_eq!(setup.provider.pending_token_failures(), 0, "the code exchange was attempted");
+    assert_nothing_changed(&before, &stored(&app).await, "invalid_client");
+
+    // Without a return URL the page says who must act.
+    setup.provider.fail_next_token_requests(1, TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".to_owned() });
+    let url = start(&app, &setup, &inbound, None).await;
+    let page = app.follow_authorization(&url).await;
+    assert_rejected_page(&page, "invalid_client");
+    assert!(page.body.contains("admin") && page.body.contains("secret"), "tells an admin to fix the secret: {}", page.body);
+    assert!(!page.body.contains(&setup.client_secret), "never shows the secret");
+    assert_nothing_changed(&before, &stored(&app).await, "invalid_client without return URL");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_outage_fails_with_provider_unavailable_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+
+    setup.provider.fail_next_token_requests(1, TokenFailure::ServerError);
+    let outcome = app.consent(&setup, &inbound).await;
+    assert_failed_with(&outcome, "provider_unavailable", &inbound);
+    assert_eq!(setup.provider.token_requests("authorization_code"), 1);
+    assert_nothing_changed(&before, &stored(&app).await, "provider_unavailable");
+    assert_eq!(app.account_json(&setup, &inbound).await["state"], json!("draft"));
+
+    // A new attempt once the provider is back succeeds.
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+}
+
+#[tokio::test]
+async fn a_consent_without_refresh_token_fails_with_no_refresh_token_and_says_what_to_do() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    setup.provider.set_issue_refresh_token(false);
+    let before = stored(&app).await;
+
+    let outcome = app.consent(&setup, &inbound).await;
+    assert_failed_with(&outcome, "no_refresh_token", &inbound);
+    assert_nothing_changed(&before, &stored(&app).await, "no_refresh_token");
+
+    let url = start(&app, &setup, &inbound, None).await;
+    let page = app.follow_authorization(&url).await;
+    assert_rejected_page(&page, "no_refresh_token");
+    assert!(page.body.contains("offline"), "names offline access: {}", page.body);
+    assert!(page.body.contains("sign in again"), "says to sign in again: {}", page.body);
+    assert_nothing_changed(&before, &stored(&app).await, "no_refresh_token without return URL");
+}
+
+#[tokio::test]
+async fn a_callback_without_state_is_refused_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+
+    let callback = at_provider(&app, &start(&app, &setup, &inbound, Some(&return_url())).await).await;
+    let stateless = with_param(&callback, "state", None);
+    assert!(!stateless.contains("state="), "{stateless}");
+    assert_rejected_page(&app.open_callback(&stateless).await, "invalid_state");
+    assert_rejected_page(&app.open_callback(&with_param(&callback, "state", Some(""))).await, "invalid_state");
+    assert_rejected_page(&app.open_callback(&format!("{}/oauth/callback", app.address)).await, "invalid_state");
+    assert_eq!(setup.provider.token_requests("authorization_code"), 0, "no code is exchanged without a state");
+    assert_nothing_changed(&before, &stored(&app).await, "no state");
+}
+
+#[tokio::test]
+async fn a_tampered_state_is_refused_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+
+    let callback = at_provider(&app, &start(&app, &setup, &inbound, Some(&return_url())).await).await;
+    let state = query_of(&callback).get("state").cloned().expect("state in the callback");
+    let mut tampered = state.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    for forged in [tampered.as_str(), &state[..state.len() - 1], &format!("{state}x"), "not-a-state"] {
+        assert_rejected_page(&app.open_callback(&with_param(&callback, "state", Some(forged))).await, "invalid_state");
+    }
+    assert_eq!(setup.provider.token_requests("authorization_code"), 0, "no code is exchanged for a forged state");
+    assert_nothing_changed(&before, &stored(&app).await, "tampered state");
+
+    // The genuine state was not burnt by the forgeries.
+    let genuine = app.open_callback(&callback).await;
+    assert_eq!(genuine.param("status").as_deref(), Some("success"), "{genuine:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_invalid_state_and_leaves_the_first_grant_unchanged() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+
+    let callback = at_provider(&app, &start(&app, &setup, &inbound, Some(&return_url())).await).await;
+    let first = app.open_callback(&callback).await;
+    assert_eq!(first.param("status").as_deref(), Some("success"), "{first:?}");
+    let after_first = stored(&app).await;
+    assert_eq!(after_first["grants"].as_array().map(Vec::len), Some(1));
+
+    let replay = app.open_callback(&callback).await;
+    assert_rejected_page(&replay, "invalid_state");
+    assert_eq!(setup.provider.token_requests("authorization_code"), 1, "the replayed code never reaches the provider");
+    assert_nothing_changed(&after_first, &stored(&app).await, "replay");
+    let grant = app.get(&format!("/v1/grants/{}", grant_id_of(&app, &setup, &inbound).await), &setup.admin).await;
+    assert_eq!(grant.body["status"], json!("valid"), "{}", grant.text);
+}
+
+#[tokio::test]
+async fn an_expired_state_fails_with_state_expired_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+
+    let callback = at_provider(&app, &start(&app, &setup, &inbound, Some(&return_url())).await).await;
+    assert_eq!(execute(&app, "UPDATE oauth_states SET expires_at = now() - interval '1 second'").await, 1);
+    let outcome = app.open_callback(&callback).await;
+    assert_failed_with(&outcome, "state_expired", &inbound);
+    assert_eq!(setup.provider.token_requests("authorization_code"), 0, "an expired state exchanges no code");
+    assert_nothing_changed(&before, &stored(&app).await, "expired state");
+    // Expired is also used up.
+    assert_rejected_page(&app.open_callback(&callback).await, "invalid_state");
+}
+
+#[tokio::test]
+async fn another_tenants_state_only_ever_affects_that_tenants_account() {
+    let app = spawn_app().await;
+    let (a, a_inbound, a_outbound) = mailbox(&app).await;
+    let (b, b_inbound, b_outbound) = mailbox(&app).await;
+    let b_other = app.oauth_account(&b, "imap", OTHER_USER).await;
+    let before = stored(&app).await;
+
+    // A code issued in A's flow presented with B's state: B's configuration cannot redeem it; nothing stored.
+    let a_callback = at_provider(&app, &start(&app, &a, &a_inbound, Some(&return_url())).await).await;
+    let b_callback = at_provider(&app, &start(&app, &b, &b_inbound, Some(&return_url())).await).await;
+    let b_state = query_of(&b_callback).get("state").cloned().expect("B's state");
+    let swapped = app.open_callback(&with_param(&a_callback, "state", Some(&b_state))).await;
+    assert_failed_with(&swapped, "token_exchange_failed", &b_inbound);
+    assert_nothing_changed(&before, &stored(&app).await, "A's code with B's state");
+    // B's state was spent by that attempt; B's own callback now is a replay.
+    assert_rejected_page(&app.open_callback(&b_callback).await, "invalid_state");
+
+    // B consents for real: only B's mailbox is connected.
+    let outcome = app.consent(&b, &b_inbound).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    assert_eq!(outcome.param("account_id").as_deref(), Some(b_inbound.as_str()));
+    for account in [&a_inbound, &a_outbound] {
+        let body = app.account_json(&a, account).await;
+        assert_eq!((body["state"].clone(), body["grant_id"].clone()), (json!("draft"), Value::Null), "A untouched: {body}");
+    }
+    assert_eq!(app.account_json(&b, &b_other).await["state"], json!("draft"), "another mailbox of B is untouched");
+    let b_grant = grant_id_of(&app, &b, &b_outbound).await;
+    assert_eq!(grant_id_of(&app, &b, &b_inbound).await, b_grant);
+    assert!(events_of(&app, &a.tenant).await.is_empty(), "no event in A");
+    assert_eq!(app.get("/v1/grants", &a.admin).await.body["items"], json!([]), "A has no grant");
+    assert_error(&app.get(&format!("/v1/grants/{b_grant}"), &a.admin).await, StatusCode::NOT_FOUND, "not_found");
+    let grants_of_a = rows(&app, &format!("SELECT id FROM grants WHERE tenant_id = '{}'", a.tenant)).await;
+    assert!(grants_of_a.is_empty(), "{grants_of_a:?}");
+
+    // A's own (still unused) callback works and stays in A.
+    let a_outcome = app.open_callback(&a_callback).await;
+    assert_eq!(a_outcome.param("status").as_deref(), Some("success"), "{a_outcome:?}");
+    assert_ne!(grant_id_of(&app, &a, &a_inbound).await, b_grant, "each tenant has its own grant");
+    assert_eq!(grant_id_of(&app, &b, &b_inbound).await, b_grant, "B's grant is unchanged by A's consent");
+}
+
+// ---- who consented ----
+
+#[tokio::test]
+async fn consent_by_another_user_fails_with_wrong_mailbox_naming_both_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    setup.provider.set_consenting_user(OTHER_USER);
+    let before = stored(&app).await;
+
+    let outcome = app.consent(&setup, &inbound).await;
+    assert_failed_with(&outcome, "wrong_mailbox", &inbound);
+    assert_nothing_changed(&before, &stored(&app).await, "wrong_mailbox");
+
+    let page = app.follow_authorization(&start(&app, &setup, &inbound, None).await).await;
+    assert_rejected_page(&page, "wrong_mailbox");
+    assert!(page.body.contains(OTHER_USER) && page.body.contains(CONSENTING_USER), "names both identities: {}", page.body);
+    assert_nothing_changed(&before, &stored(&app).await, "wrong_mailbox without return URL");
+}
+
+#[tokio::test]
+async fn consent_by_another_user_connects_a_shared_mailbox_and_records_who_consented() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    let shared = app.patch(&format!("/v1/accounts/{inbound}"), &setup.admin, json!({"shared_mailbox": true})).await;
+    assert_eq!((shared.status, shared.body["shared_mailbox"].clone()), (StatusCode::OK, json!(true)), "{}", shared.text);
+    setup.provider.set_consenting_user(OTHER_USER);
+
+    let outcome = app.consent(&setup, &inbound).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
+    assert_eq!(grant.body["consented_by"], json!(OTHER_USER), "{}", grant.text);
+    assert_eq!(grant.body["subject"], json!(CONSENTING_USER), "the grant serves the shared mailbox: {}", grant.text);
+    assert_eq!(grant.body["status"], json!("valid"));
+    assert_eq!(grant_id_of(&app, &setup, &outbound).await, grant_id, "the mailbox's other account shares the grant");
+    let events = events_of(&app, &setup.tenant).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event_type"], json!("grant.connected"));
+    assert_eq!(events[0]["data"]["consented_by"], json!(OTHER_USER));
+}
+
+// ---- one grant per mailbox ----
+
+#[tokio::test]
+async fn an_account_created_after_consent_is_authorized_at_once_with_the_same_grant() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let inbound = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
+    let other = app.oauth_account(&setup, "imap", OTHER_USER).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    assert_eq!(app.account_json(&setup, &other).await["state"], json!("draft"), "another mailbox needs its own consent");
+
+    let outbound = app.oauth_account(&setup, "smtp", CONSENTING_USER).await;
+    let body = app.account_json(&setup, &outbound).await;
+    assert_eq!(body["state"], json!("authorized"), "{body}");
+    assert_eq!(body["grant_id"], json!(grant_id), "{body}");
+    assert_eq!(rows(&app, "SELECT id FROM grants").await.len(), 1, "no second grant");
+    assert_eq!(setup.provider.token_requests("authorization_code"), 1, "one consent serves both");
+}
+
+#[tokio::test]
+async fn re_consent_replaces_the_grants_tokens_in_place() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    let old_refresh = app.stored_value("grants", "refresh_token", &grant_id).await.expect("refresh token");
+    let old_access = app.stored_value("grants", "access_token", &grant_id).await.expect("access token");
+
+    // The grant died meanwhile (consent withdrawn at the provider): re-consent brings it back.
+    execute(&app, &format!("UPDATE grants SET status = 'reauth_required', last_error = 'invalid_grant' WHERE id = '{grant_id}'")).await;
+    execute(&app, &format!("UPDATE email_accounts SET state = 'error', last_error = 'sign-in needed again' WHERE grant_id = '{grant_id}'")).await;
+
+    let outcome = app.consent(&setup, &outbound).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    assert_eq!(grant_id_of(&app, &setup, &inbound).await, grant_id, "same grant id");
+    assert_eq!(grant_id_of(&app, &setup, &outbound).await, grant_id, "same grant id");
+    assert_eq!(rows(&app, "SELECT id FROM grants").await.len(), 1);
+    let new_refresh = app.stored_value("grants", "refresh_token", &grant_id).await.expect("refresh token");
+    let new_access = app.stored_value("grants", "access_token", &grant_id).await.expect("access token");
+    assert_ne!(new_refresh, old_refresh);
+    assert!(new_refresh.starts_with("k1:"));
+    let plain = |stored: &str, column: &str| decrypt(&app, &setup.tenant, "grants", column, &grant_id, stored);
+    assert_ne!(plain(&new_refresh, "refresh_token"), plain(&old_refresh, "refresh_token"), "the new consent's refresh token is stored");
+    assert_ne!(plain(&new_access, "access_token"), plain(&old_access, "access_token"), "the new consent's access token is stored");
+    let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
+    assert_eq!((grant.body["status"].clone(), grant.body["last_error"].clone()), (json!("valid"), Value::Null), "{}", grant.text);
+    for account in [&inbound, &outbound] {
+        let body = app.account_json(&setup, account).await;
+        assert_eq!((body["state"].clone(), body["last_error"].clone()), (json!("authorized"), Value::Null), "{body}");
+    }
+    let connected = events_of(&app, &setup.tenant).await.iter().filter(|e| e["event_type"] == json!("grant.connected")).count();
+    assert_eq!(connected, 2, "each consent is recorded");
+}
+
+// ---- the authorization URL ----
+
+#[tokio::test]
+async fn prompt_consent_is_sent_until_a_refresh_token_is_stored() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    let first = start(&app, &setup, &inbound, None).await;
+    assert_eq!(query_of(&first).get("prompt").map(String::as_str), Some("consent"), "{first}");
+    assert_eq!(app.follow_authorization(&first).await.status, StatusCode::OK);
+
+    let later = start(&app, &setup, &outbound, None).await;
+    assert_eq!(query_of(&later).get("prompt"), None, "a refresh token is stored: {later}");
+    for url in [&first, &later] {
+        let params = query_of(url);
+        assert_eq!(params.get("code_challenge_method").map(String::as_str), Some("S256"), "{url}");
+        assert_eq!(params.get("code_challenge").map(String::len), Some(43), "{url}");
+        assert!(params.get("state").is_some_and(|s| s.len() >= 32), "{url}");
+        assert_eq!(params.get("response_type").map(String::as_str), Some("code"), "{url}");
+        assert_eq!(params.get("client_id"), Some(&setup.client_id), "{url}");
+        assert_eq!(params.get("redirect_uri"), Some(&format!("{}/oauth/callback", app.address)), "{url}");
+    }
+    assert_ne!(query_of(&first).get("state"), query_of(&later).get("state"), "a fresh state per attempt");
+    assert_ne!(query_of(&first).get("code_challenge"), query_of(&later).get("code_challenge"), "a fresh PKCE verifier per attempt");
+    // Without a usable refresh token the consent screen is needed again.
+    execute(&app, "UPDATE grants SET refresh_token = NULL").await;
+    let again = start(&app, &setup, &outbound, None).await;
+    assert_eq!(query_of(&again).get("prompt").map(String::as_str), Some("consent"), "{again}");
+}
+
+#[tokio::test]
+async fn a_prompt_set_in_the_configuration_is_sent_as_is() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    let patched = app
+        .patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"extra_auth_params": {"prompt": "select_account"}}))
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+
+    let first = start(&app, &setup, &inbound, None).await;
+    assert_eq!(query_count(&first, "prompt"), 1, "{first}");
+    assert_eq!(query_of(&first).get("prompt").map(String::as_str), Some("select_account"), "{first}");
+    assert_eq!(app.follow_authorization(&first).await.status, StatusCode::OK);
+    let later = start(&app, &setup, &outbound, None).await;
+    assert_eq!(query_of(&later).get("prompt").map(String::as_str), Some("select_account"), "{later}");
+}
+
+#[tokio::test]
+async fn a_microsoft_authorization_url_names_the_directory_the_login_and_the_preset_scopes() {
+    let app = spawn_app().await;
+    let (tenant, admin) = app.tenant_with_admin().await;
+    let config = app.post("/v1/token-configs", &admin, TestApp::microsoft_config()).await;
+    assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);
+    let login = "alice@contoso.com";
+    let create = |login: &str, shared: bool| {
+        json!({"protocol": "imap", "auth": "oauth2", "login": login, "token_config_id": config.id(), "shared_mailbox": shared})
+    };
+    let account = app.post("/v1/accounts", &admin, create(login, false)).await;
+    assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
+    let started = app.post(&format!("/v1/accounts/{}/authorize", account.id()), &admin, json!({})).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.text);
+    let url = started.body["authorization_url"].as_str().expect("authorization_url");
+
+    let parsed = url::Url::parse(url).expect("a URL");
+    assert_eq!(parsed.scheme(), "https");
+    assert_eq!(parsed.host_str(), Some("login.microsoftonline.com"), "{url}");
+    assert_eq!(parsed.path(), "/contoso.onmicrosoft.com/oauth2/v2.0/authorize", "{url}");
+    let params = query_of(url);
+    assert_eq!(params.get("login_hint").map(String::as_str), Some(login), "{url}");
+    let scopes: Vec<&str> = params.get("scope").map(|s| s.split(' ').collect()).unwrap_or_default();
+    for preset in postbridge_core::presets::MICROSOFT_USER_SCOPES {
+        assert!(scopes.contains(preset), "scope {preset} missing: {url}");
+    }
+    assert_eq!(params.get("client_id").map(String::as_str), Some("11111111-2222-3333-4444-555555555555"));
+    assert_eq!(params.get("code_challenge_method").map(String::as_str), Some("S256"));
+    assert!(params.get("state").is_some_and(|s| !s.is_empty()));
+    assert_eq!(params.get("prompt").map(String::as_str), Some("consent"), "no refresh token stored yet");
+    assert!(!url.contains("ms-client-secret-value"), "the secret never goes to the browser");
+
+    // A shared mailbox is signed into by someone else: no login hint then.
+    let shared = app.post("/v1/accounts", &admin, create("shared@contoso.com", true)).await;
+    assert_eq!(shared.status, StatusCode::CREATED, "{}", shared.text);
+    let started = app.post(&format!("/v1/accounts/{}/authorize", shared.id()), &admin, json!({})).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.text);
+    assert_eq!(query_of(started.body["authorization_url"].as_str().expect("url")).get("login_hint"), None);
+    assert_eq!(rows(&app, &format!("SELECT id FROM oauth_states WHERE tenant_id = '{tenant}'")).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_google_authorization_url_asks_for_offline_access_with_consent() {
+    let app = spawn_app().await;
+    let (_, admin) = app.tenant_with_admin().await;
+    let config = app
+        .post(
+            "/v1/token-configs",
+            &admin,
+            json!({"name": "Gmail", "provider": "google", "client_id": "1234.apps.googleusercontent.com", "client_secret": "google-secret-value"}),
+        )
+        .await;
+    assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);
+    let account = app
+        .post("/v1/accounts", &admin, json!({"protocol": "imap", "auth": "oauth2", "login": "bob@gmail.com", "token_config_id": config.id()}))
+        .await;
+    assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
+    let started = app.post(&format!("/v1/accounts/{}/authorize", account.id()), &admin, json!({})).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.text);
+    let url = started.body["authorization_url"].as_str().expect("authorization_url");
+
+    assert!(url.starts_with("https://accounts.google.com/o/oauth2/v2/auth?"), "{url}");
+    let params = query_of(url);
+    assert_eq!(params.get("access_type").map(String::as_str), Some("offline"), "{url}");
+    assert_eq!(params.get("prompt").map(String::as_str), Some("consent"), "{url}");
+    assert_eq!(query_count(url, "prompt"), 1, "{url}");
+    assert!(params.get("scope").is_some_and(|s| s.split(' ').any(|s| s == "https://mail.google.com/")), "{url}");
+    assert_eq!(params.get("code_challenge_method").map(String::as_str), Some("S256"));
+    assert!(params.get("state").is_some_and(|s| !s.is_empty()));
+}
+
+#[tokio::test]
+async fn the_authorize_state_is_stored_hashed_with_an_encrypted_pkce_verifier_and_bound_to_the_account() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let url = start(&app, &setup, &inbound, Some(&return_url())).await;
+    let params = query_of(&url);
+    let state = params.get("state").cloned().expect("state");
+    let challenge = params.get("code_challenge").cloned().expect("code_challenge");
+
+    let states = rows(&app, "SELECT * FROM oauth_states").await;
+    assert_eq!(states.len(), 1);
+    let row = &states[0];
+    let whole = row.to_string();
+    assert!(!whole.contains(&state), "the state itself is never stored: {whole}");
+    let hash = row["state_hash"].as_str().expect("state_hash");
+    assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "a SHA-256 hex digest: {hash}");
+    assert_eq!(row["tenant_id"], json!(setup.tenant));
+    assert_eq!(row["account_id"], json!(inbound));
+    assert_eq!(row["token_config_id"], json!(setup.config_id));
+    assert_eq!(row["return_url"], json!(return_url()));
+    assert_eq!(row["consumed_at"], Value::Null);
+    let verifier_stored = row["pkce_verifier"].as_str().expect("pkce_verifier");
+    assert!(verifier_stored.starts_with("k1:"), "encrypted: {verifier_stored}");
+    let id = row["id"].as_str().expect("id");
+    let verifier = decrypt(&app, &setup.tenant, "oauth_states", "pkce_verifier", id, verifier_stored);
+    assert!(!whole.contains(&verifier), "the verifier is not stored in clear");
+    assert_eq!(pkce_challenge(&verifier), challenge, "the stored verifier is the one behind the URL's challenge");
+    let lifetime = rows(&app, "SELECT extract(epoch FROM expires_at - created_at)::int AS s FROM oauth_states").await;
+    assert!(lifetime[0]["s"].as_i64().is_some_and(|s| s > 0 && s <= 3600), "short-lived: {lifetime:?}");
+
+    let outcome = app.follow_authorization(&url).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    let consumed = rows(&app, "SELECT consumed_at FROM oauth_states").await;
+    assert!(consumed[0]["consumed_at"].is_string(), "used up: {consumed:?}");
+}
+
+// ---- return URLs ----
+
+#[tokio::test]
+async fn a_return_url_outside_the_allowed_origins_is_refused_and_stores_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+    for bad in [
+        "https://evil.example.net/done",
+        "https://app.example.com.evil.net/done",
+        "http://app.example.com/done",
+        "https://app.example.com:8443/done",
+        "javascript:alert(1)",
+    ] {
+        let reply = app.authorize(&setup, &inbound, Some(bad)).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {}", reply.text);
+        assert!(matches!(reply.code(), "return_url_not_allowed" | "invalid_url"), "{bad}: {}", reply.text);
+        assert_eq!(reply.body["field"], json!("return_url"), "{}", reply.text);
+    }
+    assert_error(&app.authorize(&setup, &inbound, Some("https://evil.example.net/done")).await, StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed");
+    assert!(rows(&app, "SELECT id FROM oauth_states").await.is_empty(), "no state was issued");
+    assert!(setup.provider.last_authorize_params().is_none());
+    assert_nothing_changed(&before, &stored(&app).await, "refused return URL");
+    // Allowed: any path on the allowed origin.
+    assert_eq!(app.authorize(&setup, &inbound, Some(&format!("{RETURN_ORIGIN}/settings/mail?tab=1"))).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_a_return_url_the_callback_answers_an_html_page() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+
+    setup.provider.set_deny_consent(true);
+    let denied = app.follow_authorization(&start(&app, &setup, &inbound, None).await).await;
+    assert_rejected_page(&denied, "access_denied");
+    assert!(denied.body.starts_with("<!doctype html>"), "{}", denied.body);
+
+    setup.provider.set_deny_consent(false);
+    let connected = app.follow_authorization(&start(&app, &setup, &inbound, None).await).await;
+    assert_eq!(connected.status, StatusCode::OK, "{connected:?}");
+    assert!(connected.location.is_none());
+    assert!(connected.body.starts_with("<!doctype html>") && connected.body.contains("connected"), "{}", connected.body);
+    assert!(!connected.body.contains("<script"), "{}", connected.body);
+    assert_eq!(app.account_json(&setup, &inbound).await["state"], json!("authorized"));
+}
+
+#[tokio::test]
+async fn allowed_return_origins_must_be_bare_origins() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let path = format!("/v1/tenants/{}", setup.tenant);
+    for bad in ["https://app.example.com/done", "app.example.com", "ftp://app.example.com", "https://app.example.com/?x=1"] {
+        let reply = app.patch(&path, &app.operator_token(), json!({"allowed_return_origins": [RETURN_ORIGIN, bad]})).await;
+        assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_origin");
+        assert_eq!(reply.body["field"], json!("allowed_return_origins"), "{}", reply.text);
+    }
+    let tenant = app.get(&path, &app.operator_token()).await;
+    assert_eq!(tenant.body["allowed_return_origins"], json!([RETURN_ORIGIN]), "unchanged: {}", tenant.text);
+}
+
+// ---- who may authorize ----
+
+#[tokio::test]
+async fn only_oauth2_accounts_can_be_authorized() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let password = app.post("/v1/accounts", &setup.admin, TestApp::smtp_account("pw@example.com")).await;
+    assert_eq!(password.status, StatusCode::CREATED, "{}", password.text);
+    let reply = app.authorize(&setup, &password.id(), Some(&return_url())).await;
+    assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "not_oauth2");
+    assert!(rows(&app, "SELECT id FROM oauth_states").await.is_empty());
+}
+
+#[tokio::test]
+async fn viewers_cannot_authorize_and_members_only_their_own_accounts() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let admins = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
+    let viewer = app.api_key(&setup.tenant, "viewer").await;
+    let member = app.api_key(&setup.tenant, "member").await;
+    let other_member = app.api_key(&setup.tenant, "member").await;
+    let body = json!({"return_url": return_url()});
+    let authorize = |account: &str| format!("/v1/accounts/{account}/authorize");
+
+    assert_error(&app.post(&authorize(&admins), &viewer, body.clone()).await, StatusCode::FORBIDDEN, "forbidden");
+
+    let own = app
+        .post("/v1/accounts", &member, json!({"protocol": "imap", "auth": "oauth2", "login": "member@example.com", "token_config_id": setup.config_id, "host": "mail.example.com"}))
+        .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.text);
+    let own = own.id();
+    let started = app.post(&authorize(&own), &member, body.clone()).await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.text);
+    assert!(started.body["authorization_url"].as_str().is_some_and(|u| u.starts_with(&setup.provider.authorize_url())));
+
+    assert_error(&app.post(&authorize(&admins), &member, body.clone()).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&app.post(&authorize(&own), &other_member, body.clone()).await, StatusCode::NOT_FOUND, "not_found");
+    let states = rows(&app, "SELECT account_id FROM oauth_states").await;
+    assert_eq!(states, vec![json!({"account_id": own})], "only the member's own authorization started");
+
+    // Another tenant's account is unknown here.
+    let other = app.oauth_setup().await;
+    let foreign = app.oauth_account(&other, "imap", CONSENTING_USER).await;
+    assert_error(&app.post(&authorize(&foreign), &setup.admin, body.clone()).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&app.post(&authorize(&Uuid::now_v7().to_string()), &setup.admin, body).await, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(rows(&app, "SELECT id FROM oauth_states").await.len(), 1);
+}
+
+// ---- revoking ----
+
+#[tokio::test]
+async fn revoking_a_grant_sends_its_accounts_back_to_draft_and_records_an_event() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    let path = format!("/v1/grants/{grant_id}");
+
+    let member = app.api_key(&setup.tenant, "member").await;
+    let viewer = app.api_key(&setup.tenant, "viewer").await;
+    let before = stored(&app).await;
+    assert_error(&app.delete(&path, &member).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(&app.delete(&path, &viewer).await, StatusCode::FORBIDDEN, "forbidden");
+    let other = app.oauth_setup().await;
+    assert_error(&app.delete(&path, &other.admin).await, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(before, stored(&app).await, "refused revocations change nothing");
+
+    let revoked = app.delete(&path, &setup.admin).await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.text);
+    for account in [&inbound, &outbound] {
+        let body = app.account_json(&setup, account).await;
+        assert_eq!((body["state"].clone(), body["grant_id"].clone()), (json!("draft"), Value::Null), "{body}");
+    }
+    assert_error(&app.get(&path, &setup.admin).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&app.delete(&path, &setup.admin).await, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(app.get("/v1/grants", &setup.admin).await.body["items"], json!([]));
+    assert!(rows(&app, "SELECT id FROM grants").await.is_empty(), "the tokens are gone");
+    let events = events_of(&app, &setup.tenant).await;
+    let last = events.last().expect("events");
+    assert_eq!(last["event_type"], json!("grant.revoked"), "{events:?}");
+    assert_eq!(last["resource_type"], json!("grant"));
+    assert_eq!(last["resource_id"], json!(grant_id));
+    assert_eq!(last["data"]["subject"], json!(CONSENTING_USER));
+
+    // Consent again: a new grant.
+    assert_eq!(app.consent(&setup, &outbound).await.param("status").as_deref(), Some("success"));
+    assert_ne!(grant_id_of(&app, &setup, &inbound).await, grant_id);
+}
+
+#[tokio::test]
+async fn grants_are_authorized_listed_read_and_revoked_over_graphql() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    let started = app
+        .graphql(
+            Some(&setup.admin),
+            "mutation($id: UUID!, $input: AuthorizeAccount) { authorizeAccount(id: $id, input: $input) { status authorizationUrl expiresAt account { id state } } }",
+            json!({"id": inbound, "input": {"returnUrl": return_url()}}),
+        )
+        .await;
+    let result = &started["data"]["authorizeAccount"];
+    assert_eq!(result["status"], json!("REDIRECT"), "{started}");
+    assert_eq!(result["account"]["state"], json!("DRAFT"), "{started}");
+    assert!(result["expiresAt"].is_string(), "{started}");
+    let url = result["authorizationUrl"].as_str().expect("authorizationUrl");
+    let outcome = app.follow_authorization(url).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+
+    let refused = app
+        .graphql(
+            Some(&setup.admin),
+            "mutation($id: UUID!, $input: AuthorizeAccount) { authorizeAccount(id: $id, input: $input) { status } }",
+            json!({"id": inbound, "input": {"returnUrl": "https://evil.example.net/"}}),
+        )
+        .await;
+    assert_eq!(graphql_error_code(&refused), "return_url_not_allowed", "{refused}");
+
+    let grant_id = grant_id_of(&app, &setup, &outbound).await;
+    let list = app.graphql(Some(&setup.admin), "{ grants { items { id subject consentedBy status hasRefreshToken } nextCursor } }", json!({})).await;
+    assert_eq!(
+        list["data"]["grants"]["items"],
+        json!([{"id": grant_id, "subject": CONSENTING_USER, "consentedBy": CONSENTING_USER, "status": "VALID", "hasRefreshToken": true}]),
+        "{list}"
+    );
+    let one_query = "query($id: UUID!) { grant(id: $id) { id status scopes } }";
+    let one = app.graphql(Some(&setup.admin), one_query, json!({"id": grant_id})).await;
+    assert_eq!(one["data"]["grant"]["id"], json!(grant_id), "{one}");
+    assert!(!one.to_string().contains("accessToken"), "{one}");
+
+    let revoke = "mutation($id: UUID!) { revokeGrant(id: $id) }";
+    let member = app.api_key(&setup.tenant, "member").await;
+    let forbidden = app.graphql(Some(&member), revoke, json!({"id": grant_id})).await;
+    assert_eq!(graphql_error_code(&forbidden), "forbidden", "{forbidden}");
+    let other = app.oauth_setup().await;
+    let foreign = app.graphql(Some(&other.admin), revoke, json!({"id": grant_id})).await;
+    assert_eq!(graphql_error_code(&foreign), "not_found", "{foreign}");
+    assert_eq!(app.account_json(&setup, &inbound).await["state"], json!("authorized"), "refused revocations change nothing");
+
+    let revoked = app.graphql(Some(&setup.admin), revoke, json!({"id": grant_id})).await;
+    assert_eq!(revoked["data"]["revokeGrant"], json!(grant_id), "{revoked}");
+    let gone = app.graphql(Some(&setup.admin), one_query, json!({"id": grant_id})).await;
+    assert_eq!(graphql_error_code(&gone), "not_found", "{gone}");
+    for account in [&inbound, &outbound] {
+        let body = app.account_json(&setup, account).await;
+        assert_eq!((body["state"].clone(), body["grant_id"].clone()), (json!("draft"), Value::Null), "{body}");
+    }
+    let events = events_of(&app, &setup.tenant).await;
+    assert_eq!(events.last().map(|e| e["event_type"].clone()), Some(json!("grant.revoked")), "{events:?}");
+}
+
+// ---- consent after a refresh token is stored ----
+
+#[tokio::test]
+async fn a_later_consent_without_a_new_refresh_token_keeps_the_stored_one() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    let refresh = app.stored_value("grants", "refresh_token", &grant_id).await.expect("refresh token");
+    let access = app.stored_value("grants", "access_token", &grant_id).await.expect("access token");
+
+    // Like Google without prompt=consent: the provider returns no refresh token, since one was given before.
+    setup.provider.set_issue_refresh_token(false);
+    let url = start(&app, &setup, &outbound, Some(&return_url())).await;
+    assert_eq!(query_of(&url).get("prompt"), None, "a refresh token is stored: {url}");
+    let outcome = app.follow_authorization(&url).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    assert_eq!(outcome.param("account_id").as_deref(), Some(outbound.as_str()));
+    assert_eq!(grant_id_of(&app, &setup, &outbound).await, grant_id, "same grant");
+    assert_eq!(app.stored_value("grants", "refresh_token", &grant_id).await.as_deref(), Some(refresh.as_str()), "the stored refresh token is kept");
+    assert_ne!(app.stored_value("grants", "access_token", &grant_id).await.as_deref(), Some(access.as_str()), "the new access token is stored");
+    let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
+    assert_eq!((grant.body["status"].clone(), grant.body["has_refresh_token"].clone()), (json!("valid"), json!(true)), "{}", grant.text);
+}
+
+#[tokio::test]
+async fn a_grant_that_needs_re_consent_asks_for_the_consent_screen_and_a_new_refresh_token() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    // The refresh token was refused (consent withdrawn): it is still stored, but dead.
+    execute(&app, &format!("UPDATE grants SET status = 'reauth_required', last_error = 'invalid_grant' WHERE id = '{grant_id}'")).await;
+    execute(&app, &format!("UPDATE email_accounts SET state = 'error' WHERE grant_id = '{grant_id}'")).await;
+
+    let url = start(&app, &setup, &inbound, Some(&return_url())).await;
+    assert_eq!(query_of(&url).get("prompt").map(String::as_str), Some("consent"), "the dead refresh token must be replaced: {url}");
+
+    // A consent that brings no new refresh token cannot revive the grant with the dead one.
+    setup.provider.set_issue_refresh_token(false);
+    let before = stored(&app).await;
+    let outcome = app.follow_authorization(&url).await;
+    assert_failed_with(&outcome, "no_refresh_token", &inbound);
+    assert_nothing_changed(&before, &stored(&app).await, "no refresh token for a dead grant");
+    let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
+    assert_eq!(grant.body["status"], json!("reauth_required"), "{}", grant.text);
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use futures::StreamExt;
 use chrono::{DateTime, Utc};
 use rand::{Rng, RngCore};
 use sea_orm::sea_query::Expr;
@@ -170,8 +171,11 @@ async fn start_user_flow(
         .one(&ctx.db)
         .await?;
     let config_scopes: Vec<String> = serde_json::from_value(config.scopes.clone()).unwrap_or_default();
-    // Without a stored refresh token, or with new scopes, only a consent screen yields a refresh token (Google).
-    let needs_consent = existing.as_ref().is_none_or(|g| g.refresh_token.is_none() || scopes_of(g) != config_scopes);
+    // Without a live refresh token (none stored, or the stored one was refused), or with new scopes, only a
+    // consent screen yields a refresh token (Google).
+    let needs_consent = existing
+        .as_ref()
+        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid.as_str() || scopes_of(g) != config_scopes);
     if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
         params.push(("prompt".to_owned(), "consent".to_owned()));
     }
@@ -441,7 +445,17 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             return Ok(CallbackOutcome::failure(reason, format!("{e}.{hint}"), Some(&state_row)));
         }
     };
-    if tokens.refresh_token.is_none() {
+    // Without prompt=consent a provider may return no new refresh token; a live stored one then stays.
+    let keeps_refresh_token = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(state_row.tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config.id))
+        .filter(grant::Column::Subject.eq(account.login.to_lowercase()))
+        .filter(grant::Column::Status.eq(GrantStatus::Valid.as_str()))
+        .filter(grant::Column::RefreshToken.is_not_null())
+        .one(&ctx.db)
+        .await?
+        .is_some();
+    if tokens.refresh_token.is_none() && !keeps_refresh_token {
         return Ok(CallbackOutcome::failure(
             "no_refresh_token",
             "the provider returned no refresh token: make sure the configuration asks for offline access (Microsoft: the offline_access scope; Google: access_type=offline with prompt=consent) and sign in again",
@@ -573,6 +587,19 @@ fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>
     }
 }
 
+/// The stored access token if it has not expired yet (with a little slack for the request in flight).
+fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Option<String>, TokenAccessError> {
+    let valid = model.expires_at.is_some_and(|exp| exp > Utc::now() + chrono::Duration::seconds(30));
+    match (&model.access_token, valid) {
+        (Some(stored), true) => Ok(Some(
+            ctx.cipher
+                .decrypt(location(model.tenant_id, TABLE, ACCESS_COLUMN, model.id), stored)
+                .map_err(|e| internal("decrypting access token", e))?,
+        )),
+        _ => Ok(None),
+    }
+}
+
 fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
     (model.status == GrantStatus::ReauthRequired.as_str() || model.status == GrantStatus::Revoked.as_str())
         .then(|| TokenAccessError::ReauthRequired(model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned())))
@@ -616,7 +643,16 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
         txn.commit().await?;
         return Err(dead);
     }
-    let config = token_configs::find(ctx, tenant_id, locked.token_config_id).await?;
+    // Inside the transaction: a refresh holds one connection, never two (the pool is shared by concurrent refreshes).
+    let config = token_configs::find_in(&txn, tenant_id, locked.token_config_id).await?;
+    // Backing off after a provider outage: while the stored token still works, use it rather than hammer the
+    // provider. (A refused client is not an outage: keep asking, so the admin's fix is seen at once.)
+    if !config.needs_admin && locked.next_refresh_at.is_some_and(|next| next > Utc::now()) {
+        if let Some(token) = still_valid_access_token(ctx, &locked)? {
+            txn.commit().await?;
+            return Ok(token);
+        }
+    }
     let client = oauth_client(ctx, &config)?;
     let result = if config.flow == OAuthFlow::App.as_str() {
         client.client_credentials().await
@@ -663,7 +699,11 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
             };
             record_failure(&txn, &locked, &message, retry_after).await?;
             txn.commit().await?;
-            Err(TokenAccessError::Unavailable { reason: message, retry_after })
+            // An early refresh that failed leaves the current token usable until it really expires.
+            match still_valid_access_token(ctx, &locked)? {
+                Some(token) => Ok(token),
+                None => Err(TokenAccessError::Unavailable { reason: message, retry_after }),
+            }
         }
     }
 }
@@ -761,11 +801,19 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
             [(Utc::now() + refresh_margin()).into(), (limit as i64).into()],
         ))
         .await?;
+    let due = rows
+        .iter()
+        .map(|row| Ok((row.try_get::<Uuid>("", "id")?, row.try_get::<Uuid>("", "tenant_id")?)))
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    // Each refresh waits on the provider; run several at once (each holds its own row lock).
+    let outcomes: Vec<(Uuid, Result<String, TokenAccessError>)> = futures::stream::iter(due)
+        .map(|(id, tenant_id)| async move { (id, access_token(ctx, tenant_id, id).await) })
+        .buffer_unordered(ctx.settings.refresh_concurrency)
+        .collect()
+        .await;
     let mut pass = RefreshPass::default();
-    for row in rows {
-        let id: Uuid = row.try_get("", "id")?;
-        let tenant_id: Uuid = row.try_get("", "tenant_id")?;
-        match access_token(ctx, tenant_id, id).await {
+    for (id, outcome) in outcomes {
+        match outcome {
             Ok(_) => pass.refreshed += 1,
             Err(TokenAccessError::ReauthRequired(_)) => pass.reauth_required += 1,
             Err(TokenAccessError::App(e)) => return Err(e),

@@ -11,7 +11,7 @@ use super::{is_foreign_key_violation, limit_of, page_of};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
 use crate::crypto::SecretLocation;
-use crate::entities::token_config;
+use crate::entities::{grant, token_config};
 use crate::error::{AppError, AppResult};
 use crate::model::{CreateTokenConfig, ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig};
 use crate::presets;
@@ -53,9 +53,14 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
 
 /// Loads a token configuration of the caller's tenant; any other id answers not found.
 pub async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<token_config::Model> {
+    find_in(&ctx.db, tenant_id, id).await
+}
+
+/// `find` on a given connection or transaction (so a caller holding a transaction needs no second connection).
+pub async fn find_in<C: sea_orm::ConnectionTrait>(db: &C, tenant_id: Uuid, id: Uuid) -> AppResult<token_config::Model> {
     token_config::Entity::find_by_id(id)
         .filter(token_config::Column::TenantId.eq(tenant_id))
-        .one(&ctx.db)
+        .one(db)
         .await?
         .ok_or(AppError::not_found("token configuration"))
 }
@@ -284,8 +289,10 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         active.needs_admin = Set(false);
         active.last_error = Set(None);
     }
-    if new_secret.is_some() || client_id_changed {
+    let credentials_changed = new_secret.is_some() || client_id_changed;
+    if credentials_changed {
         active.needs_admin = Set(false);
+        active.last_error = Set(None);
     }
     match input.client_secret_expires_at {
         MaybeUndefined::Undefined => {}
@@ -306,7 +313,19 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.scopes = Set(json_of(&spec.scopes)?);
     active.extra_auth_params = Set(json_of(&spec.extra_auth_params)?);
     active.updated_at = Set(Utc::now());
-    view(ctx, active.update(&ctx.db).await?)
+    let txn = ctx.db.begin().await?;
+    let saved = active.update(&txn).await?;
+    if credentials_changed {
+        // Grants waiting out a backoff caused by the old credentials may try again at once.
+        grant::Entity::update_many()
+            .col_expr(grant::Column::NextRefreshAt, sea_orm::sea_query::Expr::value(Option::<chrono::DateTime<Utc>>::None))
+            .filter(grant::Column::TenantId.eq(scope.tenant_id))
+            .filter(grant::Column::TokenConfigId.eq(id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    view(ctx, saved)
 }
 
 /// Deletes a configuration no account uses; one still in use answers 409.
