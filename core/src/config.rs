@@ -45,6 +45,8 @@ pub struct Settings {
     pub allow_private_hosts: bool,
     /// Grant refreshes a worker runs at once (keep at or below the database pool size).
     pub refresh_concurrency: usize,
+    /// PEM file of extra CA certificates trusted for mail servers (private CAs; the throwaway CA in tests).
+    pub extra_ca_file: Option<String>,
 }
 
 impl fmt::Debug for Settings {
@@ -195,6 +197,7 @@ impl Settings {
             operator_token,
             allow_private_hosts,
             refresh_concurrency,
+            extra_ca_file: get("EXTRA_CA_FILE"),
         })
     }
 

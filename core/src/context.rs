@@ -20,6 +20,8 @@ pub struct AppContext {
     pub guard: NetGuard,
     /// HTTP client for tenant-supplied URLs (token endpoints): guarded resolver, no redirects. Shared.
     pub http: reqwest::Client,
+    /// TLS client configuration for mail servers (web PKI plus POSTBRIDGE_EXTRA_CA_FILE).
+    pub mail_tls: Arc<tokio_rustls::rustls::ClientConfig>,
     pub settings: Arc<Settings>,
 }
 
@@ -38,6 +40,7 @@ impl AppContext {
         let jwt = JwtKeys::new(&settings.jwt).context("invalid JWT key material (POSTBRIDGE_JWT_KEYS)")?;
         let guard = NetGuard::new(settings.allow_private_hosts);
         let http = guard.http_client().context("failed to build the HTTP client")?;
+        let mail_tls = crate::mail::tls::client_config(settings.extra_ca_file.as_deref())?;
         Ok(AppContext {
             db,
             redis,
@@ -45,6 +48,7 @@ impl AppContext {
             jwt: Arc::new(jwt),
             guard,
             http,
+            mail_tls,
             settings: Arc::new(settings),
         })
     }
