@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::rest::{accounts, api_keys, grants, health, oauth_callback, tenants, token_configs};
+use crate::rest::{accounts, api_keys, grants, health, messages, oauth_callback, tenants, token_configs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,9 +13,11 @@ use crate::rest::{accounts, api_keys, grants, health, oauth_callback, tenants, t
         tenants::issue_token, tenants::list, tenants::create, tenants::get, tenants::update, tenants::suspend, tenants::resume, tenants::delete,
         api_keys::list, api_keys::create, api_keys::get, api_keys::revoke,
         token_configs::list, token_configs::create, token_configs::get, token_configs::update, token_configs::delete,
-        accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete,
+        accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete, accounts::test,
         grants::authorize, grants::list, grants::get, grants::revoke, grants::expiring,
         oauth_callback::callback,
+        messages::list_received, messages::get_received, messages::raw_received,
+        messages::send, messages::list_sent, messages::get_sent, messages::explain_route,
     ),
     modifiers(&BearerAuth)
 )]

@@ -45,6 +45,8 @@ pub struct Settings {
     pub allow_private_hosts: bool,
     /// Grant refreshes a worker runs at once (keep at or below the database pool size).
     pub refresh_concurrency: usize,
+    /// Largest message accepted by `POST /v1/messages`, composed, in bytes.
+    pub max_message_bytes: usize,
     /// PEM file of extra CA certificates trusted for mail servers (private CAs; the throwaway CA in tests).
     pub extra_ca_file: Option<String>,
 }
@@ -198,6 +200,7 @@ impl Settings {
             allow_private_hosts,
             refresh_concurrency,
             extra_ca_file: get("EXTRA_CA_FILE"),
+            max_message_bytes: parse_or(get("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES", 25 * 1024 * 1024usize)?,
         })
     }
 

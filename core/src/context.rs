@@ -22,6 +22,8 @@ pub struct AppContext {
     pub http: reqwest::Client,
     /// TLS client configuration for mail servers (web PKI plus POSTBRIDGE_EXTRA_CA_FILE).
     pub mail_tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// SMTP client with authenticated connections pooled per server and credential.
+    pub smtp: Arc<crate::mail::smtp::SmtpClient>,
     pub settings: Arc<Settings>,
 }
 
@@ -41,6 +43,7 @@ impl AppContext {
         let guard = NetGuard::new(settings.allow_private_hosts);
         let http = guard.http_client().context("failed to build the HTTP client")?;
         let mail_tls = crate::mail::tls::client_config(settings.extra_ca_file.as_deref())?;
+        let smtp = crate::mail::smtp::SmtpClient::from_settings(&settings, crate::mail::smtp::SmtpConfig::default())?;
         Ok(AppContext {
             db,
             redis,
@@ -49,6 +52,7 @@ impl AppContext {
             guard,
             http,
             mail_tls,
+            smtp: Arc::new(smtp),
             settings: Arc::new(settings),
         })
     }

@@ -125,6 +125,8 @@ impl async_graphql::ScalarType for SecretInput {
 #[graphql(concrete(name = "TokenConfigPage", params(TokenConfig)))]
 #[graphql(concrete(name = "AccountPage", params(Account)))]
 #[graphql(concrete(name = "GrantPage", params(Grant)))]
+#[graphql(concrete(name = "InboundMessagePage", params(InboundMessage)))]
+#[graphql(concrete(name = "OutboundMessagePage", params(OutboundMessage)))]
 pub struct Page<T: async_graphql::OutputType> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -432,4 +434,102 @@ pub struct AuthorizeResult {
 pub struct ExpiringQuery {
     /// Days ahead to look (default 30, at most 365).
     pub within_days: Option<i64>,
+}
+
+// ---- messages ----
+
+string_enum!(
+    /// `unknown`: the connection was lost after the message content was sent; not resent blindly.
+    OutboundStatus { Queued => "queued", Sending => "sending", Sent => "sent", Failed => "failed", Cancelled => "cancelled", Unknown => "unknown" }
+);
+string_enum!(
+    /// How the sending account was chosen: its from filter is the address, or the domain, or it is the tenant's default.
+    RoutedBy { Address => "address", Domain => "domain", Default => "default" }
+);
+
+/// A file attached to an outgoing message.
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct AttachmentInput {
+    pub filename: String,
+    /// e.g. `application/pdf`; default `application/octet-stream`.
+    pub content_type: Option<String>,
+    /// The file's bytes, base64.
+    pub content_base64: String,
+}
+
+/// A message to send. From decides the sending account (see the routing rules).
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct SendMessage {
+    /// `address@example.com` or `Display Name <address@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    #[graphql(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    #[graphql(default)]
+    pub cc: Vec<String>,
+    #[serde(default)]
+    #[graphql(default)]
+    pub bcc: Vec<String>,
+    pub reply_to: Option<String>,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    /// Extra headers (`X-…` and the like); structural headers are refused.
+    pub headers: Option<BTreeMap<String, String>>,
+    pub attachments: Option<Vec<AttachmentInput>>,
+    /// The same key returns the same message and never sends twice.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct OutboundMessage {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub idempotency_key: Option<String>,
+    pub requested_from: String,
+    /// The account used (chosen at submission).
+    pub account_id: Option<Uuid>,
+    pub routed_by: RoutedBy,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub message_id: String,
+    pub size: i32,
+    pub status: OutboundStatus,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// The SMTP server's final reply.
+    pub smtp_reply: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A fetched message, parsed (the raw bytes are at `.../raw`).
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct InboundMessage {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub folder: String,
+    pub uid_validity: i64,
+    pub uid: i64,
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub subject: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub size: i32,
+    pub received_at: DateTime<Utc>,
+}
+
+/// "Which account would send From X, and why".
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct RouteExplanation {
+    pub account_id: Uuid,
+    pub routed_by: RoutedBy,
+    /// The From the message will carry (the default sender's address when the fallback is used).
+    pub effective_from: String,
+    /// Set when the fallback rewrote From: the original address goes to Reply-To.
+    pub reply_to: Option<String>,
 }

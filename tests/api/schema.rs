@@ -54,6 +54,14 @@ async fn openapi_document_covers_every_rest_route() {
         ("/v1/grants/{id}", "delete"),
         ("/v1/token-configs/expiring", "get"),
         ("/oauth/callback", "get"),
+        ("/v1/accounts/{id}/test", "post"),
+        ("/v1/accounts/{id}/messages", "get"),
+        ("/v1/received-messages/{id}", "get"),
+        ("/v1/received-messages/{id}/raw", "get"),
+        ("/v1/messages", "post"),
+        ("/v1/messages", "get"),
+        ("/v1/messages/{id}", "get"),
+        ("/v1/routing", "get"),
     ];
     for (path, method) in routes {
         assert!(doc.body["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");
@@ -93,7 +101,7 @@ async fn migrations_apply_and_revert_cleanly_on_an_empty_database() {
     let name = format!("{}{}", postbridge_tests::test_database_prefix(), Uuid::new_v4().simple());
     let db = create_database(&name).await;
     let tables = public_tables(&db).await;
-    for expected in ["api_keys", "email_accounts", "events", "grants", "oauth_states", "tenants", "token_configs"] {
+    for expected in ["api_keys", "email_accounts", "events", "grants", "inbound_messages", "oauth_states", "outbound_messages", "tenants", "token_configs"] {
         assert!(tables.iter().any(|t| t == expected), "{expected} missing after up: {tables:?}");
     }
     postbridge_migration::Migrator::down(&db, None).await.expect("down applies");

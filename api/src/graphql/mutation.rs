@@ -1,9 +1,9 @@
 use async_graphql::{Context, Object};
 use postbridge_core::model::{
-    Account, ApiKey, AuthorizeAccount, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig, CreatedApiKey, IssuedToken, Tenant,
+    Account, ApiKey, AuthorizeAccount, OutboundMessage, SendMessage, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig, CreatedApiKey, IssuedToken, Tenant,
     TenantStatus, TokenConfig, UpdateAccount, UpdateTenant, UpdateTokenConfig,
 };
-use postbridge_core::service::{accounts, api_keys, grants, tenants, token_configs};
+use postbridge_core::service::{accounts, api_keys, grants, outbound, tenants, token_configs};
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};
@@ -105,5 +105,17 @@ impl Mutation {
         let (app, scope) = tenant_scope(ctx).await?;
         grants::revoke(&app, &scope, id).await.gql()?;
         Ok(id)
+    }
+
+    /// Queue a message; the same idempotency key returns the same message.
+    async fn send_message(&self, ctx: &Context<'_>, input: SendMessage) -> async_graphql::Result<OutboundMessage> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        outbound::submit(&app, &scope, input).await.gql()
+    }
+
+    /// "Test & confirm": connect with the current credentials; confirmed on success, else the failing step.
+    async fn test_account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<postbridge_core::service::mailbox::TestResult> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        postbridge_core::service::mailbox::test_and_confirm(&app, &scope, id).await.gql()
     }
 }

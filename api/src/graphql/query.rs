@@ -1,6 +1,8 @@
 use async_graphql::{Context, Object, SimpleObject};
-use postbridge_core::model::{Account, ApiKey, ExpiringQuery, Grant, Page, PageRequest, Role, Tenant, TokenConfig};
-use postbridge_core::service::{accounts, api_keys, grants, tenants, token_configs};
+use postbridge_core::model::{
+    Account, ApiKey, ExpiringQuery, Grant, InboundMessage, OutboundMessage, Page, PageRequest, Role, RouteExplanation, Tenant, TokenConfig,
+};
+use postbridge_core::service::{accounts, api_keys, grants, inbound, outbound, routing, tenants, token_configs};
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};
@@ -87,5 +89,38 @@ impl Query {
     async fn grant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Grant> {
         let (app, scope) = tenant_scope(ctx).await?;
         grants::get(&app, &scope, id).await.gql()
+    }
+
+    /// An inbound account's received messages, newest first.
+    async fn received_messages(
+        &self,
+        ctx: &Context<'_>,
+        account_id: Uuid,
+        limit: Option<u64>,
+        cursor: Option<Uuid>,
+    ) -> async_graphql::Result<Page<InboundMessage>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        inbound::list(&app, &scope, account_id, page(limit, cursor)).await.gql()
+    }
+
+    async fn received_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<InboundMessage> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        inbound::get(&app, &scope, id).await.gql()
+    }
+
+    async fn sent_messages(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<OutboundMessage>> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        outbound::list(&app, &scope, page(limit, cursor)).await.gql()
+    }
+
+    async fn sent_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<OutboundMessage> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        outbound::get(&app, &scope, id).await.gql()
+    }
+
+    /// Which account would send From `from`, and why.
+    async fn explain_route(&self, ctx: &Context<'_>, from: String) -> async_graphql::Result<RouteExplanation> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        routing::explain(&app, &scope, &from).await.gql()
     }
 }

@@ -13,7 +13,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/accounts", web::post().to(create))
         .route("/accounts/{id}", web::get().to(get))
         .route("/accounts/{id}", web::patch().to(update))
-        .route("/accounts/{id}", web::delete().to(delete));
+        .route("/accounts/{id}", web::delete().to(delete))
+        .route("/accounts/{id}/test", web::post().to(test));
 }
 
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), params(PageRequest),
@@ -52,4 +53,12 @@ pub async fn update(
 pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     accounts::delete(&ctx, &scope, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// "Test & confirm": connects with the account's current credentials and moves it to confirmed, or
+/// answers which step failed with the server's own words (200 either way; see `ok`).
+#[utoipa::path(post, path = "/v1/accounts/{id}/test", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = postbridge_core::service::mailbox::TestResult), (status = 404, body = ErrorBody)))]
+pub async fn test(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(postbridge_core::service::mailbox::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
 }

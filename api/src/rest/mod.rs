@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod api_keys;
 pub mod grants;
 pub mod health;
+pub mod messages;
 pub mod oauth_callback;
 pub mod tenants;
 pub mod token_configs;
@@ -17,7 +18,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(api_keys::routes)
             .configure(grants::routes)
             .configure(token_configs::routes)
-            .configure(accounts::routes),
+            .configure(accounts::routes)
+            .configure(messages::routes)
+            .configure(messages::outbox_routes),
     )
     .configure(health::routes)
     .configure(oauth_callback::routes);

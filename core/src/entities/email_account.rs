@@ -30,6 +30,16 @@ pub struct Model {
     pub after_fetch: Option<String>,
     pub move_to_folder: Option<String>,
     pub owner_subject: String,
+    /// Inbound sync position: the folder it belongs to, its UIDVALIDITY and the last stored UID.
+    pub sync_folder: Option<String>,
+    pub uid_validity: Option<i64>,
+    pub last_uid: Option<i64>,
+    pub next_poll_at: Option<DateTimeUtc>,
+    pub last_polled_at: Option<DateTimeUtc>,
+    pub poll_failures: i32,
+    /// A worker holds the account (poll or test) until then; expired leases are free again.
+    pub lease_until: Option<DateTimeUtc>,
+    pub confirmed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

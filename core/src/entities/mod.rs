@@ -3,6 +3,8 @@
 pub mod api_key;
 pub mod email_account;
 pub mod grant;
+pub mod inbound_message;
 pub mod oauth_state;
+pub mod outbound_message;
 pub mod tenant;
 pub mod token_config;

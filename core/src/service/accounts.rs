@@ -367,6 +367,8 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         owner_subject: Set(scope.principal.subject.clone()),
         created_at: Set(now),
         updated_at: Set(now),
+        // Sync position and schedule start empty; the database's defaults apply.
+        ..Default::default()
     };
     view(save(ctx, scope.tenant_id, active, true).await?)
 }

@@ -782,6 +782,19 @@ async fn mark_config(txn: &DatabaseTransaction, config: &token_config::Model, ne
     Ok(())
 }
 
+/// Marks the stored access token as used up (a mail server refused it although it looked valid), so
+/// the next `access_token` call refreshes.
+pub async fn expire_access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> AppResult<()> {
+    grant::Entity::update_many()
+        .col_expr(grant::Column::ExpiresAt, Expr::value(Utc::now() - chrono::Duration::seconds(1)))
+        .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(grant::Column::Id.eq(grant_id))
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .exec(&ctx.db)
+        .await?;
+    Ok(())
+}
+
 /// Outcome of one background refresh pass.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RefreshPass {

@@ -3,9 +3,16 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod delivery;
 pub mod events;
 pub mod grants;
+pub mod inbound;
+pub mod mailbox;
+pub mod outbound;
 pub mod rekey;
+pub mod routing;
+pub mod scheduler;
+pub mod sync;
 pub mod tenants;
 pub mod token_configs;
 

@@ -1,0 +1,31 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "inbound_messages")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub account_id: Uuid,
+    pub folder: String,
+    pub uid_validity: i64,
+    pub uid: i64,
+    pub pop3_uid: Option<String>,
+    pub message_id: Option<String>,
+    pub from_address: Option<String>,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub to_addresses: Json,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub cc_addresses: Json,
+    pub subject: Option<String>,
+    pub sent_at: Option<DateTimeUtc>,
+    pub size: i32,
+    pub content_hash: String,
+    pub raw: Vec<u8>,
+    pub received_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

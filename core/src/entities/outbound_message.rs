@@ -1,0 +1,35 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "outbound_messages")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub idempotency_key: Option<String>,
+    pub requested_from: String,
+    pub account_id: Option<Uuid>,
+    pub routed_by: String,
+    pub envelope_from: String,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub recipients: Json,
+    pub subject: String,
+    pub message_id: String,
+    /// The composed RFC 5322 message, fixed before the first attempt (stable Message-ID).
+    pub raw: Vec<u8>,
+    pub size: i32,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTimeUtc,
+    pub lease_until: Option<DateTimeUtc>,
+    pub last_error: Option<String>,
+    pub smtp_reply: Option<String>,
+    pub created_at: DateTimeUtc,
+    pub sent_at: Option<DateTimeUtc>,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

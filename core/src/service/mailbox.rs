@@ -1,0 +1,152 @@
+//! Talking to an account's mail server: its endpoint and credentials (a password, or a fresh access token
+//! from its grant), leases so one worker at a time holds a mailbox, and "test & confirm".
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement};
+use uuid::Uuid;
+
+use super::grants::{self, TokenAccessError};
+use super::{accounts, token_configs};
+use crate::auth::TenantScope;
+use crate::context::AppContext;
+use crate::crypto::SecretLocation;
+use crate::entities::email_account;
+use crate::error::{AppError, AppResult};
+use crate::mail::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::model::{AccountState, AuthMethod, Protocol, Role, Security};
+
+pub fn endpoint(account: &email_account::Model) -> AppResult<Endpoint> {
+    let security = Security::from_db(&account.security)?;
+    let port = u16::try_from(account.port).map_err(|_| AppError::Internal(anyhow::anyhow!("stored port out of range")))?;
+    Ok(Endpoint::new(account.host.clone(), port, security))
+}
+
+/// The account's credentials now: its password, or a valid access token of its grant.
+pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Result<MailAuth, MailError> {
+    match AuthMethod::from_db(&account.auth_method).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))? {
+        AuthMethod::Password => {
+            let stored = account.password.as_deref().ok_or_else(|| MailError::new(MailStep::Auth, "no password is stored"))?;
+            let location = SecretLocation { tenant_id: account.tenant_id, table: accounts::TABLE, column: accounts::SECRET_COLUMN, row_id: account.id };
+            let password = ctx.cipher.decrypt(location, stored).map_err(|e| MailError::new(MailStep::Unknown, format!("stored password: {e}")))?;
+            Ok(MailAuth::Password { login: account.login.clone(), password })
+        }
+        AuthMethod::Oauth2 => {
+            let grant_id = account
+                .grant_id
+                .ok_or_else(|| MailError::new(MailStep::Auth, "the account is not authorized yet: authorize it first"))?;
+            let access_token = grants::access_token(ctx, account.tenant_id, grant_id).await.map_err(|e| match e {
+                TokenAccessError::Unavailable { reason, .. } => MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}")),
+                other => MailError::new(MailStep::Auth, other.to_string()),
+            })?;
+            Ok(MailAuth::XOAuth2 { login: account.login.clone(), access_token })
+        }
+    }
+}
+
+/// Takes the account for `seconds` unless another worker holds it; `None` when it is held.
+pub async fn lease<C: ConnectionTrait>(db: &C, account_id: Uuid, seconds: i64) -> AppResult<Option<email_account::Model>> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE email_accounts SET lease_until = now() + make_interval(secs => $2) \
+             WHERE id = $1 AND (lease_until IS NULL OR lease_until < now()) RETURNING *",
+            [account_id.into(), (seconds as f64).into()],
+        ))
+        .await?;
+    row.map(|r| email_account::Model::from_query_result(&r, "")).transpose().map_err(AppError::from)
+}
+
+pub async fn release<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<()> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE email_accounts SET lease_until = NULL WHERE id = $1",
+        [account_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The outcome of "test & confirm".
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+pub struct TestResult {
+    pub ok: bool,
+    /// The failing step: dns, connect, tls, greeting, auth, folder, command, timeout.
+    pub step: Option<String>,
+    /// The server's own words on failure.
+    pub message: Option<String>,
+    pub account: crate::model::Account,
+}
+
+/// Connects with the account's current credentials (IMAP: log in and select the folder; POP3: log in
+/// and STAT; SMTP: EHLO, STARTTLS, AUTH) and moves it to confirmed, or says which step failed and why.
+pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id: Uuid) -> AppResult<TestResult> {
+    let account = accounts::find_visible(ctx, scope, account_id).await?;
+    scope.require(Role::Member)?;
+    if !account.enabled {
+        return Err(AppError::validation("enabled", "account_disabled", "enable the account before testing it"));
+    }
+    if let Some(config_id) = account.token_config_id {
+        token_configs::find(ctx, scope.tenant_id, config_id).await?;
+    }
+    let outcome = probe(ctx, &account).await;
+    let now = Utc::now();
+    let (sql, values): (&str, Vec<sea_orm::Value>) = match &outcome {
+        Ok(()) => (
+            "UPDATE email_accounts SET state = 'confirmed', confirmed_at = $2, last_error = NULL, next_poll_at = $2, \
+             poll_failures = 0, updated_at = $2 WHERE id = $1",
+            vec![account.id.into(), now.into()],
+        ),
+        Err(e) => ("UPDATE email_accounts SET last_error = $2, updated_at = $3 WHERE id = $1", vec![account.id.into(), e.to_string().into(), now.into()]),
+    };
+    ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    if outcome.is_ok() {
+        super::events::record(&ctx.db, scope.tenant_id, "account.confirmed", "account", Some(account.id), serde_json::json!({"login": account.login})).await?;
+    }
+    let refreshed = email_account::Entity::find_by_id(account.id).one(&ctx.db).await?.ok_or(AppError::not_found("account"))?;
+    Ok(TestResult {
+        ok: outcome.is_ok(),
+        step: outcome.as_ref().err().map(|e| e.step.as_str().to_owned()),
+        message: outcome.as_ref().err().map(|e| e.message.clone()),
+        account: accounts::view(refreshed)?,
+    })
+}
+
+/// One connection attempt with the current credentials, bounded by the timeouts.
+async fn probe(ctx: &AppContext, account: &email_account::Model) -> Result<(), MailError> {
+    let endpoint = endpoint(account).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))?;
+    let auth = credentials(ctx, account).await?;
+    let timeouts = Timeouts::default();
+    let overall = timeouts.connect + timeouts.io * 3;
+    let attempt = async {
+        match Protocol::from_db(&account.protocol).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))? {
+            Protocol::Imap => {
+                let mut session = crate::mail::imap::ImapSession::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
+                session.select(account.folder.as_deref().unwrap_or("INBOX")).await?;
+                let _ = session.logout().await;
+                Ok(())
+            }
+            Protocol::Pop3 => {
+                let mut session = crate::mail::pop3::Pop3Session::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
+                session.stat().await?;
+                session.quit().await?;
+                Ok(())
+            }
+            Protocol::Smtp => ctx.smtp.test_connection(&endpoint, &auth).await.map(|_| ()),
+        }
+    };
+    match tokio::time::timeout(overall, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(MailError::timeout("the test", overall)),
+    }
+}
+
+/// Marks an account as failing with the server's words; auth failures need a person.
+pub async fn record_account_error<C: ConnectionTrait>(db: &C, account: &email_account::Model, error: &MailError) -> AppResult<()> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE email_accounts SET state = $2, last_error = $3, lease_until = NULL, updated_at = now() WHERE id = $1",
+        [account.id.into(), AccountState::Error.as_str().into(), error.to_string().into()],
+    ))
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The worker's run loop as a library, so `main` and the tests start the same thing.
+//!
+//! A scheduler reads what is due from Postgres and pushes job ids to Redis (apalis); workers take the
+//! jobs and reload their rows under a lease. Any number of worker processes can run side by side.
+
+pub mod queue;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use apalis::prelude::*;
+use postbridge_core::service::{delivery, grants, scheduler, token_configs};
+use postbridge_core::AppContext;
+use queue::{DeliverMessage, PollMailbox};
+
+/// How many due grants one refresh pass handles.
+const REFRESH_BATCH: u64 = 200;
+/// Jobs one worker process runs at once, per kind.
+const POLL_CONCURRENCY: usize = 4;
+const SEND_CONCURRENCY: usize = 16;
+
+/// Runs the scheduler and the job workers until `stop` turns true; jobs in flight are finished first.
+pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    let conn = apalis_redis::connect(ctx.settings.redis_url.as_str()).await.context("failed to connect to Redis (POSTBRIDGE_REDIS_URL)")?;
+    let prefix = ctx.settings.redis_prefix.clone();
+    let polls = queue::storage::<PollMailbox>(conn.clone(), &prefix, "poll");
+    let sends = queue::storage::<DeliverMessage>(conn, &prefix, "send");
+    tracing::info!(%prefix, "postbridge-worker started");
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+        Ok::<(), std::io::Error>(())
+    };
+    let poll_worker = WorkerBuilder::new("postbridge-poll")
+        .backend(polls.clone())
+        .concurrency(POLL_CONCURRENCY)
+        .data(ctx.clone())
+        .build(queue::poll_mailbox)
+        .run_until(stopped(stop.clone()));
+    let send_worker = WorkerBuilder::new("postbridge-send")
+        .backend(sends.clone())
+        .concurrency(SEND_CONCURRENCY)
+        .data(ctx.clone())
+        .build(queue::deliver_message)
+        .run_until(stopped(stop.clone()));
+    let (polled, sent, ()) = tokio::join!(poll_worker, send_worker, schedule(ctx.clone(), polls, sends, stop));
+    polled.context("poll worker")?;
+    sent.context("send worker")?;
+    Ok(())
+}
+
+/// Pushes what is due, refreshes grants, settles abandoned sends and scans secret expiry, until stopped.
+pub async fn schedule(
+    ctx: AppContext,
+    mut polls: apalis_redis::RedisStorage<PollMailbox>,
+    mut sends: apalis_redis::RedisStorage<DeliverMessage>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut dispatch = tokio::time::interval(Duration::from_millis(500));
+    let mut refresh = tokio::time::interval(Duration::from_secs(30));
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(60));
+    let mut secret_scan = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = dispatch.tick() => {
+                if let Err(e) = dispatch_due(&ctx, &mut polls, &mut sends).await {
+                    tracing::error!(error = %e, "dispatching due jobs failed");
+                }
+            }
+            _ = refresh.tick() => refresh_pass(&ctx).await,
+            _ = housekeeping.tick() => match delivery::settle_abandoned(&ctx).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(messages = n, "messages whose delivery was interrupted are now unknown"),
+                Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),
+            },
+            _ = secret_scan.tick() => match token_configs::scan_secret_expiry(&ctx).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "announced expiring client secrets"),
+                Err(e) => tracing::error!(error = %e, "client secret expiry scan failed"),
+            },
+        }
+    }
+}
+
+pub async fn dispatch_due(
+    ctx: &AppContext,
+    polls: &mut apalis_redis::RedisStorage<PollMailbox>,
+    sends: &mut apalis_redis::RedisStorage<DeliverMessage>,
+) -> anyhow::Result<()> {
+    loop {
+        let due = scheduler::claim_due_sends(ctx, 1_000).await?;
+        let count = due.len();
+        if count > 0 {
+            sends.push_bulk(due.into_iter().map(|message_id| DeliverMessage { message_id }).collect()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if count < 1_000 {
+            break;
+        }
+    }
+    let due = scheduler::claim_due_polls(ctx, 500).await?;
+    if !due.is_empty() {
+        polls.push_bulk(due.into_iter().map(|account_id| PollMailbox { account_id }).collect()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+/// Refreshes every grant that is due, batch after batch, until none is left.
+async fn refresh_pass(ctx: &AppContext) {
+    loop {
+        match grants::refresh_due(ctx, REFRESH_BATCH).await {
+            Ok(pass) => {
+                if pass != grants::RefreshPass::default() {
+                    tracing::info!(refreshed = pass.refreshed, reauth_required = pass.reauth_required, failed = pass.failed, "grant refresh pass");
+                }
+                // Failed grants have moved their next attempt into the future, so a full batch means more work.
+                if pass.refreshed + pass.reauth_required + pass.failed < REFRESH_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "grant refresh pass failed");
+                break;
+            }
+        }
+    }
+}
+
