@@ -2,6 +2,10 @@
 //!
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- refresh [GRANTS]   (default 10000)
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- api [REQUESTS]     (default 2000)
+//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- inbound [MESSAGES] (default 10000)
+//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- send [MESSAGES]    (default 2000)
+//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- memory [ACCOUNTS]  (default 1000; needs a
+//!       release `postbridge-worker` beside the bench binary: `cargo build --release -p postbridge-worker`)
 //!
 //! Needs the local Postgres and Redis (`scripts/ensure-services.sh`); uses a throwaway database.
 
@@ -11,7 +15,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use postbridge_core::crypto::SecretLocation;
 use postbridge_core::service::grants;
-use postbridge_tests::{spawn_app, TestApp};
+use postbridge_core::service::{outbound, sync};
+use postbridge_tests::mail::MailServers;
+use postbridge_tests::{spawn_app, spawn_app_with, TestApp, TestEnv};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value as SqlValue};
 use serde_json::json;
 use uuid::Uuid;
@@ -23,8 +29,11 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("refresh") => bench_refresh(count(10_000)).await,
         Some("api") => bench_api(count(2_000)).await,
+        Some("inbound") => bench_inbound(count(10_000)).await,
+        Some("send") => bench_send(count(2_000)).await,
+        Some("memory") => bench_memory(count(1_000)).await,
         _ => {
-            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS]");
+            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | memory [ACCOUNTS]");
             std::process::exit(2);
         }
     }
@@ -172,5 +181,197 @@ async fn bench_api(requests: usize) -> anyhow::Result<()> {
     let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
     println!("API list benchmark: GET /v1/accounts?limit=50 over 1000 accounts, {requests} requests, 4 concurrent (API key auth)");
     println!("  p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {:.2?}  throughput {:.0} req/s", pct(0.50), pct(0.90), pct(0.99), latencies[latencies.len() - 1], requests as f64 / total.as_secs_f64());
+    Ok(())
+}
+
+/// An app that trusts the test servers' CA, with a tenant and an admin key.
+async fn mail_app(servers: &MailServers) -> anyhow::Result<(TestApp, String, String)> {
+    let mut env = TestEnv::new();
+    env.set("EXTRA_CA_FILE", servers.ca_file().to_string_lossy().into_owned());
+    env.set("DATABASE_MAX_CONNECTIONS", "20");
+    let app = spawn_app_with(env).await;
+    let (tenant, key) = app.tenant_with_admin().await;
+    Ok((app, tenant, key))
+}
+
+/// Creates a password account on the test servers and confirms it; returns its id.
+async fn confirmed_account(app: &TestApp, key: &str, body: serde_json::Value) -> anyhow::Result<Uuid> {
+    let created = app.post("/v1/accounts", key, body).await;
+    anyhow::ensure!(created.status.is_success(), "account: {}", created.text);
+    let id = created.id();
+    let tested = app.post(&format!("/v1/accounts/{id}/test"), key, json!({})).await;
+    anyhow::ensure!(tested.body["ok"] == json!(true), "test & confirm: {}", tested.text);
+    Ok(Uuid::parse_str(&id)?)
+}
+
+fn sample_message(i: usize) -> Vec<u8> {
+    let body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(30);
+    format!(
+        "From: Sender {i} <sender{i}@example.net>\r\nTo: bench@example.com\r\nSubject: Benchmark message {i}\r\n\
+         Message-ID: <bench-{i}-{}@example.net>\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain\r\n\r\n{body}\r\n",
+        Uuid::new_v4().simple()
+    )
+    .into_bytes()
+}
+
+async fn bench_inbound(messages: usize) -> anyhow::Result<()> {
+    let servers = MailServers::shared().await;
+    let login = format!("bench-{}@example.com", Uuid::new_v4().simple());
+    servers.add_password_user(&login, "bench-password");
+    let seeded: Vec<Vec<u8>> = (0..messages).map(sample_message).collect();
+    servers.seed_messages(&login, "INBOX", &seeded);
+    let (app, _, key) = mail_app(servers).await?;
+    let account = confirmed_account(
+        &app,
+        &key,
+        json!({"protocol": "imap", "auth": "password", "login": login, "password": "bench-password",
+               "host": "127.0.0.1", "port": servers.imaps_port(), "security": "tls"}),
+    )
+    .await?;
+    let started = Instant::now();
+    let report = sync::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(report.stored == messages as u64, "stored {} of {messages}", report.stored);
+    let bytes: usize = seeded.iter().map(Vec::len).sum();
+
+    // One new message: the time from its arrival to its storage, for one poll (the scheduler adds the poll interval).
+    app.ctx.db.execute_unprepared(&format!("UPDATE email_accounts SET lease_until = NULL WHERE id = '{account}'")).await?;
+    servers.seed_messages(&login, "INBOX", &[sample_message(messages + 1)]);
+    let arrived = Instant::now();
+    let one = sync::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let latency = arrived.elapsed();
+    anyhow::ensure!(one.stored == 1, "the new message was not stored");
+
+    println!("inbound benchmark: first sync of {messages} messages ({:.1} MB) over IMAPS from the local Dovecot into Postgres", bytes as f64 / 1e6);
+    println!("  {:>8.0} messages/s ({:.2?})", messages as f64 / elapsed.as_secs_f64(), elapsed);
+    println!("  new message → stored: {latency:.2?} for one poll (plus up to the poll interval, min 10 s, when the scheduler drives it)");
+    Ok(())
+}
+
+async fn bench_send(messages: usize) -> anyhow::Result<()> {
+    let servers = MailServers::shared().await;
+    let login = format!("sender-{}@example.com", Uuid::new_v4().simple());
+    servers.add_password_user(&login, "bench-password");
+    let (app, tenant, key) = mail_app(servers).await?;
+    let account = confirmed_account(
+        &app,
+        &key,
+        json!({"protocol": "smtp", "auth": "password", "login": login, "password": "bench-password",
+               "host": "127.0.0.1", "port": servers.smtp_port(), "security": "starttls", "from_filter": login}),
+    )
+    .await?;
+    let scope = postbridge_core::auth::TenantScope {
+        tenant_id: Uuid::parse_str(&tenant)?,
+        principal: postbridge_core::auth::Principal { subject: "bench".into(), role: postbridge_core::model::Role::Admin, tenant_id: Some(Uuid::parse_str(&tenant)?) },
+    };
+    let submit = |i: usize| postbridge_core::model::SendMessage {
+        from: login.clone(),
+        to: vec![format!("rcpt{i}@example.org")],
+        cc: vec![],
+        bcc: vec![],
+        reply_to: None,
+        subject: format!("Benchmark {i}"),
+        text: Some("Hello from the benchmark.\r\n".repeat(20)),
+        html: None,
+        headers: None,
+        attachments: None,
+        idempotency_key: None,
+    };
+
+    // Baseline: the same number of messages in a plain loop of direct sends over the pooled connection.
+    let mut composed = Vec::with_capacity(messages);
+    for i in 0..messages {
+        let row = outbound::submit(&app.ctx, &scope, submit(i)).await?;
+        composed.push(row.id);
+    }
+    let raws = app
+        .ctx
+        .db
+        .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, "SELECT envelope_from, recipients, raw FROM outbound_messages WHERE account_id = $1", [account.into()]))
+        .await?;
+    let endpoint = postbridge_core::mail::error::Endpoint::new("127.0.0.1", servers.smtp_port(), postbridge_core::model::Security::Starttls);
+    let auth = postbridge_core::mail::error::MailAuth::Password { login: login.clone(), password: "bench-password".into() };
+    let started = Instant::now();
+    for row in &raws {
+        let from: String = row.try_get("", "envelope_from")?;
+        let to: Vec<String> = serde_json::from_value(row.try_get("", "recipients")?)?;
+        let raw: Vec<u8> = row.try_get("", "raw")?;
+        app.ctx.smtp.send_raw(&endpoint, &auth, &from, &to, &raw).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let direct = started.elapsed();
+
+    // Through the product: the scheduler claims the queued rows, Redis dispatches, the send workers deliver.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(postbridge_worker::run(app.ctx.clone(), stop_rx));
+    let started = Instant::now();
+    loop {
+        let row = app
+            .ctx
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) FILTER (WHERE status = 'sent') AS sent, count(*) FILTER (WHERE status IN ('failed', 'unknown')) AS bad FROM outbound_messages WHERE account_id = $1",
+                [account.into()],
+            ))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no count"))?;
+        let (sent, bad): (i64, i64) = (row.try_get("", "sent")?, row.try_get("", "bad")?);
+        anyhow::ensure!(bad == 0, "{bad} messages failed");
+        if sent as usize == messages {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {sent} of {messages} sent in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let queued = started.elapsed();
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    let rate = |d: Duration| messages as f64 / d.as_secs_f64();
+    println!("send benchmark: {messages} messages to the local SMTP server (STARTTLS, AUTH PLAIN), one worker process");
+    println!("  plain loop of direct sends:   {:>8.0} messages/s ({direct:.2?})", rate(direct));
+    println!("  through the queue (worker):   {:>8.0} messages/s ({queued:.2?}); queue cost x{:.2}", rate(queued), queued.as_secs_f64() / direct.as_secs_f64());
+    println!("  SMTP connections opened: {}", app.ctx.smtp.connections_opened());
+    Ok(())
+}
+
+async fn bench_memory(accounts: usize) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (tenant, _) = app.tenant_with_admin().await;
+    let tenant = Uuid::parse_str(&tenant)?;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let rows = (0..accounts)
+        .map(|i| {
+            vec![
+                Uuid::now_v7().into(),
+                tenant.into(),
+                format!("idle {i}").into(),
+                "inbound".into(),
+                "imap".into(),
+                "imap.example.com".into(),
+                993i32.into(),
+                "tls".into(),
+                "password".into(),
+                format!("idle{i}@example.com").into(),
+                "admin".into(),
+                "confirmed".into(),
+                later.into(),
+            ]
+        })
+        .collect();
+    insert_rows(
+        &app,
+        "email_accounts (id, tenant_id, name, direction, protocol, host, port, security, auth_method, login, owner_subject, state, next_poll_at)",
+        rows,
+    )
+    .await?;
+    let worker = std::env::current_exe()?.with_file_name("postbridge-worker");
+    anyhow::ensure!(worker.exists(), "build the worker first: cargo build --release -p postbridge-worker");
+    let mut child = std::process::Command::new(worker).envs(app.env.vars.iter()).env("RUST_LOG", "warn").spawn()?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l.trim().to_owned()).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("worker memory with {accounts} idle inbound accounts after 20 s: {} / {}", field("VmRSS"), field("VmHWM"));
     Ok(())
 }

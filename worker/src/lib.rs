@@ -61,7 +61,8 @@ pub async fn schedule(
     let mut secret_scan = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            // The guard `wait_for` returns is not Send: drop it inside the branch's own future.
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             _ = dispatch.tick() => {
                 if let Err(e) = dispatch_due(&ctx, &mut polls, &mut sends).await {
                     tracing::error!(error = %e, "dispatching due jobs failed");
