@@ -10,7 +10,7 @@
 //! Needs what `scripts/ensure-mail-tools.sh` installs: Dovecot, Node.js with `tests/mail-servers/node_modules`,
 //! `openssl` and the system user `pbmail`. Set `POSTBRIDGE_KEEP_MAIL_SERVERS=1` to keep the run folder (configs, logs,
 //! Maildirs, SMTP spool) after the process exits; `POSTBRIDGE_MAIL_SERVERS_DIR` chooses where run folders go (default:
-//! `postbridge-mail-servers` in the temp folder).
+//! `postbridge-mail-servers` on the `/dev/shm` tmpfs if it has 2 GiB free, else in the temp folder).
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -225,14 +225,25 @@ impl MailServers {
     // ---- accounts -------------------------------------------------------------------------------------------------
 
     /// A password account on Dovecot (PLAIN / LOGIN) and the SMTP server (PLAIN / LOGIN), with an empty Maildir.
-    /// Dovecot lower-cases logins; the password must not contain `:` or a line break.
+    /// Dovecot lower-cases logins; the password must not contain `:` or a line break. Calling it again for the same
+    /// login replaces the password.
     pub fn add_password_user(&self, login: &str, password: &str) {
         assert!(valid_login(login), "unusable login {login:?}");
         assert!(!password.contains([':', '\n', '\r']), "passwords may not contain ':' or line breaks");
         let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let lower = login.to_lowercase();
-        append_line(&self.run_dir.join("dovecot/passwd"), &format!("{lower}:{{PLAIN}}{password}")).expect("write Dovecot's passwd file");
-        append_line(&self.run_dir.join("smtp/users"), &format!("{login}:{password}")).expect("write the SMTP users file");
+        // One passwd-file per login (see dovecot.conf.in); replaced by a rename, so Dovecot never reads half of it.
+        let users = self.run_dir.join("dovecot/users");
+        write_atomically(&users.join(&lower), format!("{lower}:{{PLAIN}}{password}\n").as_bytes()).expect("write Dovecot's passwd-file");
+        let smtp_users = self.run_dir.join("smtp/users");
+        let mut lines: Vec<String> = std::fs::read_to_string(&smtp_users)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.split_once(':').is_some_and(|(user, _)| user.eq_ignore_ascii_case(login)))
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("{login}:{password}\n"));
+        write_atomically(&smtp_users, lines.join("\n").as_bytes()).expect("write the SMTP users file");
         drop(_guard);
         self.ensure_folder(login, "INBOX");
     }
@@ -251,6 +262,14 @@ impl MailServers {
         append_line(&self.run_dir.join("smtp/auth-disabled"), login).expect("write the SMTP auth-disabled file");
     }
 
+    /// Lets app-only tokens (client credentials) of `client_id` authenticate at the SMTP server as `login` (`"*"`: any
+    /// login), as Exchange Online does for an app granted SMTP.SendAsApp on a mailbox. Dovecot accepts user tokens only.
+    pub fn allow_app_sender(&self, client_id: &str, login: &str) {
+        assert!(!client_id.contains(char::is_whitespace) && valid_login(login), "unusable client id or login");
+        let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        append_line(&self.run_dir.join("smtp/app-senders"), &format!("{client_id} {login}")).expect("write the SMTP app-senders file");
+    }
+
     // ---- mailboxes ------------------------------------------------------------------------------------------------
 
     /// Writes messages straight into the folder's `new/` (created if needed; `"INBOX"` or e.g. `"Archive/2024"`),
@@ -266,8 +285,12 @@ impl MailServers {
             let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
             let name = format!("{}.M{}P{pid}Q{seq}.pbseed", base + seq / 1_000_000, seq % 1_000_000);
             let path = dir.join(name);
-            std::fs::write(&path, message).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-            std::os::unix::fs::chown(&path, Some(self.mail_uid), Some(self.mail_gid)).expect("chown a seeded message");
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&path)?;
+                std::io::Write::write_all(&mut file, message)?;
+                std::os::unix::fs::fchown(&file, Some(self.mail_uid), Some(self.mail_gid))
+            };
+            write().unwrap_or_else(|e| panic!("seed {}: {e}", path.display()));
         }
     }
 
@@ -502,7 +525,8 @@ impl MailServers {
         let provider_port = provider.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or("provider URL has no port")?;
         let introspection_url = format!("http://{client_id}:{client_secret}@127.0.0.1:{provider_port}/introspect");
 
-        for file in ["dovecot/passwd", "smtp/users", "smtp/auth-disabled"] {
+        std::fs::create_dir_all(run.join("dovecot/users")).map_err(|e| format!("create dovecot/users: {e}"))?;
+        for file in ["smtp/users", "smtp/auth-disabled", "smtp/app-senders"] {
             std::fs::write(run.join(file), b"").map_err(|e| format!("write {file}: {e}"))?;
         }
         let templates = templates_dir();
@@ -555,8 +579,14 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     }
     content.extend_from_slice(line.as_bytes());
     content.push(b'\n');
-    let tmp = path.with_extension(format!("tmp-{}", Uuid::new_v4().simple()));
-    std::fs::write(&tmp, &content)?;
+    write_atomically(path, &content)
+}
+
+/// Writes a file under a temporary name in the same folder, then renames it into place.
+fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".tmp-{name}-{}", Uuid::new_v4().simple()));
+    std::fs::write(&tmp, content)?;
     std::fs::rename(&tmp, path)
 }
 
@@ -596,6 +626,9 @@ fn which(name: &str) -> Option<PathBuf> {
 impl Tools {
     fn find() -> Result<Tools, String> {
         let hint = "run scripts/ensure-mail-tools.sh (as root) first";
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the mail servers need root (Dovecot's private instance, Maildirs owned by pbmail)".to_owned());
+        }
         let dovecot = which("dovecot").ok_or_else(|| format!("dovecot not found; {hint}"))?;
         let node = which("node").or_else(|| which("nodejs")).ok_or_else(|| format!("node not found; {hint}"))?;
         let openssl = which("openssl").ok_or_else(|| format!("openssl not found; {hint}"))?;
@@ -616,10 +649,29 @@ impl Tools {
 
 // ---- run folders and leftovers ----------------------------------------------------------------------------------------
 
+/// Free bytes of the file system holding `path` (0 if unknown).
+fn free_bytes(path: &Path) -> u64 {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return 0 };
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return 0;
+    }
+    (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
+}
+
+/// `POSTBRIDGE_MAIL_SERVERS_DIR`, else `postbridge-mail-servers` on the shared-memory tmpfs when it has room (creating
+/// and chowning thousands of seeded messages there takes a tenth of the time it takes on a busy disk), else in the
+/// temp folder.
 fn runs_folder() -> Result<PathBuf, String> {
-    let base = std::env::var_os("POSTBRIDGE_MAIL_SERVERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("postbridge-mail-servers"));
+    const SHM: &str = "/dev/shm";
+    let base = std::env::var_os("POSTBRIDGE_MAIL_SERVERS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let shm = Path::new(SHM);
+        if shm.is_dir() && free_bytes(shm) >= 2 << 30 {
+            shm.join("postbridge-mail-servers")
+        } else {
+            std::env::temp_dir().join("postbridge-mail-servers")
+        }
+    });
     match std::fs::create_dir(&base) {
         Ok(()) => {
             let _ = std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755));
@@ -970,6 +1022,8 @@ async fn start_smtp(run: &Path, tools: &Tools, templates: &Path, introspection_u
             .arg(smtp.join("users"))
             .arg("--auth-disabled")
             .arg(smtp.join("auth-disabled"))
+            .arg("--app-senders")
+            .arg(smtp.join("app-senders"))
             .arg("--spool")
             .arg(smtp.join("spool"))
             .arg("--introspection-url")
@@ -1125,6 +1179,12 @@ impl RawConnection {
 pub fn xoauth2_initial_response(login: &str, token: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("user={login}\x01auth=Bearer {token}\x01\x01"))
+}
+
+/// `base64("n,a=LOGIN,\x01auth=Bearer TOKEN\x01\x01")`, the SASL OAUTHBEARER initial response (RFC 7628).
+pub fn oauthbearer_initial_response(login: &str, token: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("n,a={login},\x01auth=Bearer {token}\x01\x01"))
 }
 
 /// `base64("\0LOGIN\0PASSWORD")`, the SASL PLAIN initial response.

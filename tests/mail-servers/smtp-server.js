@@ -5,7 +5,9 @@
 // smtp.office365.com:587) and an implicit-TLS port (like smtp.gmail.com:465). It authenticates with
 //   PLAIN / LOGIN  against a users file (`login:password` lines, re-read on every AUTH), and
 //   XOAUTH2        against an RFC 7662 introspection endpoint (POST token=...; `active` must be true and `email` or
-//                  `username` must equal the login, case-insensitively),
+//                  `username` must equal the login, case-insensitively; an app-only token, one with a `client_id` but
+//                  no `email`, is accepted for the logins its client is given in the app-senders file: lines
+//                  `CLIENT_ID LOGIN`, LOGIN `*` = any; like Exchange's SMTP.SendAsApp),
 // answering failures the way Exchange Online does:
 //   535 5.7.3 Authentication unsuccessful
 //   535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.
@@ -22,7 +24,7 @@
 //
 // Usage (every option may also be given as an environment variable, e.g. PB_SMTP_PORT):
 //   node smtp-server.js --port 0 --secure-port 0 --cert server.crt --key server.key \
-//        --users smtp-users --auth-disabled smtp-auth-disabled --spool spool \
+//        --users smtp-users --auth-disabled smtp-auth-disabled [--app-senders app-senders] --spool spool \
 //        --introspection-url http://CLIENT:SECRET@127.0.0.1:PORT/introspect [--host 127.0.0.1] [--name localhost]
 //        [--max-size 36700160] [--exit-on-stdin-eof] [--debug]
 // Port 0 picks a free port. Once both ports listen it prints one line on stdout:
@@ -47,6 +49,7 @@ const OPTIONS = {
     key: { env: 'PB_SMTP_KEY', required: true },
     users: { env: 'PB_SMTP_USERS', required: true },
     'auth-disabled': { env: 'PB_SMTP_AUTH_DISABLED', required: true },
+    'app-senders': { env: 'PB_SMTP_APP_SENDERS', default: '' },
     spool: { env: 'PB_SMTP_SPOOL', required: true },
     'introspection-url': { env: 'PB_SMTP_INTROSPECTION_URL', required: true },
     name: { env: 'PB_SMTP_NAME', default: 'localhost' },
@@ -212,10 +215,22 @@ function introspect(token) {
     });
 }
 
+function appMaySendAs(clientId, login) {
+    if (!opts['app-senders']) return false;
+    const wanted = login.toLowerCase();
+    return readLines(opts['app-senders']).some(line => {
+        const [client, who] = line.trim().split(/\s+/);
+        return client === clientId && who !== undefined && (who === '*' || who.toLowerCase() === wanted);
+    });
+}
+
 async function tokenBelongsTo(token, login) {
     const info = await introspect(token);
     if (!info || info.active !== true) return false;
     const wanted = login.toLowerCase();
+    if (typeof info.email !== 'string' && typeof info.client_id === 'string' && appMaySendAs(info.client_id, login)) {
+        return true;
+    }
     return [info.email, info.username].some(v => typeof v === 'string' && v.toLowerCase() === wanted);
 }
 

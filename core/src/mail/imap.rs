@@ -168,7 +168,8 @@ impl ImapSession {
     }
 
     /// The first `max` messages with a UID above `last_uid` in the selected folder, ascending by UID, without
-    /// setting `\Seen`. One `UID SEARCH` finds the UIDs, one `UID FETCH` of exactly that range streams the messages.
+    /// setting `\Seen`. A NOOP lets the server notice new mail, one `UID SEARCH` finds the UIDs, and one `UID FETCH`
+    /// of exactly the wanted range streams the messages.
     pub async fn fetch_new(&mut self, last_uid: u32, max: usize) -> Result<Vec<FetchedMessage>, MailError> {
         if max == 0 {
             return Ok(Vec::new());
