@@ -3,6 +3,7 @@
 
 pub mod oauth;
 pub mod mail;
+pub mod mailflow;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -15,6 +15,7 @@ ALTER TABLE email_accounts
     ADD COLUMN last_polled_at     timestamptz,
     ADD COLUMN poll_failures      integer NOT NULL DEFAULT 0,
     ADD COLUMN lease_until        timestamptz,
+    ADD COLUMN dispatched_until   timestamptz,
     ADD COLUMN confirmed_at       timestamptz;
 CREATE INDEX email_accounts_poll_due_idx ON email_accounts (next_poll_at)
     WHERE direction = 'inbound' AND enabled AND state = 'confirmed';
@@ -63,6 +64,8 @@ CREATE TABLE outbound_messages (
     attempts          integer NOT NULL DEFAULT 0,
     next_attempt_at   timestamptz NOT NULL DEFAULT now(),
     lease_until       timestamptz,
+    -- A job for this row sits in Redis until then; afterwards the scheduler may dispatch it again.
+    dispatched_until  timestamptz,
     last_error        text,
     smtp_reply        text,
     created_at        timestamptz NOT NULL DEFAULT now(),
@@ -82,7 +85,7 @@ DROP INDEX IF EXISTS email_accounts_poll_due_idx;
 ALTER TABLE email_accounts
     DROP COLUMN IF EXISTS sync_folder, DROP COLUMN IF EXISTS uid_validity, DROP COLUMN IF EXISTS last_uid,
     DROP COLUMN IF EXISTS next_poll_at, DROP COLUMN IF EXISTS last_polled_at, DROP COLUMN IF EXISTS poll_failures,
-    DROP COLUMN IF EXISTS lease_until, DROP COLUMN IF EXISTS confirmed_at;
+    DROP COLUMN IF EXISTS lease_until, DROP COLUMN IF EXISTS dispatched_until, DROP COLUMN IF EXISTS confirmed_at;
 "#;
 
 #[async_trait::async_trait]

@@ -54,7 +54,11 @@ async fn insert_rows(app: &TestApp, table_and_columns: &str, rows: Vec<Vec<SqlVa
 }
 
 async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
-    let app = spawn_app().await;
+    // A production-like pool: each concurrent refresh holds one connection for its transaction.
+    let mut env = TestEnv::new();
+    env.set("DATABASE_MAX_CONNECTIONS", "20");
+    env.set("REFRESH_CONCURRENCY", std::env::var("BENCH_REFRESH_CONCURRENCY").unwrap_or_else(|_| "16".to_owned()));
+    let app = spawn_app_with(env).await;
     let setup = app.oauth_setup().await;
     let tenant = Uuid::parse_str(&setup.tenant)?;
     let config = Uuid::parse_str(&setup.config_id)?;

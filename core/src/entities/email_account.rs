@@ -39,6 +39,8 @@ pub struct Model {
     pub poll_failures: i32,
     /// A worker holds the account (poll or test) until then; expired leases are free again.
     pub lease_until: Option<DateTimeUtc>,
+    /// A job for this row was pushed to Redis; until then the scheduler does not push another.
+    pub dispatched_until: Option<DateTimeUtc>,
     pub confirmed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -22,6 +22,8 @@ pub struct Model {
     pub attempts: i32,
     pub next_attempt_at: DateTimeUtc,
     pub lease_until: Option<DateTimeUtc>,
+    /// A job for this row was pushed to Redis; until then the scheduler does not push another.
+    pub dispatched_until: Option<DateTimeUtc>,
     pub last_error: Option<String>,
     pub smtp_reply: Option<String>,
     pub created_at: DateTimeUtc,

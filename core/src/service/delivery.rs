@@ -44,8 +44,8 @@ async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<outbound_
             DbBackend::Postgres,
             "UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1, \
              lease_until = now() + make_interval(secs => $2), updated_at = now() \
-             WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() + make_interval(secs => $3) RETURNING *",
-            [message_id.into(), LEASE_SECONDS.into(), (super::scheduler::DISPATCH_GRACE_SECONDS + 5.0).into()],
+             WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() RETURNING *",
+            [message_id.into(), LEASE_SECONDS.into()],
         ))
         .await?;
     row.map(|r| outbound_message::Model::from_query_result(&r, "")).transpose().map_err(Into::into)
@@ -57,7 +57,7 @@ async fn set_outcome(ctx: &AppContext, id: Uuid, status: OutboundStatus, error: 
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE outbound_messages SET status = $2, last_error = $3, smtp_reply = COALESCE($4, smtp_reply), \
-             next_attempt_at = COALESCE($5, next_attempt_at), lease_until = NULL, updated_at = now(), \
+             next_attempt_at = COALESCE($5, next_attempt_at), lease_until = NULL, dispatched_until = NULL, updated_at = now(), \
              sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END WHERE id = $1",
             [id.into(), status.as_str().into(), error.map(str::to_owned).into(), reply.map(str::to_owned).into(), next.into()],
         ))

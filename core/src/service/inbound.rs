@@ -126,13 +126,43 @@ pub async fn store_batch<C: ConnectionTrait>(
         let sql = format!(
             "INSERT INTO inbound_messages (id, tenant_id, account_id, folder, uid_validity, uid, pop3_uid, message_id, \
              from_address, to_addresses, cc_addresses, subject, sent_at, size, content_hash, raw) VALUES {} \
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING RETURNING id, message_id",
             tuples.join(", ")
         );
-        inserted += db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?.rows_affected();
+        let stored = db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+        inserted += stored.len() as u64;
+        record_received(db, account, &stored, now).await?;
     }
-    let _ = now;
     Ok(inserted)
+}
+
+/// `message.received` for each newly stored message, in the transaction that stores it (so a crash neither
+/// loses an event nor, since a refetch stores nothing, duplicates one).
+async fn record_received<C: ConnectionTrait>(db: &C, account: &email_account::Model, stored: &[sea_orm::QueryResult], now: DateTime<Utc>) -> AppResult<()> {
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<Value> = Vec::with_capacity(stored.len() * 5);
+    for row in stored {
+        let id: Uuid = row.try_get("", "id")?;
+        let message_id: Option<String> = row.try_get("", "message_id")?;
+        values.extend([
+            Uuid::now_v7().into(),
+            account.tenant_id.into(),
+            id.into(),
+            serde_json::json!({"account_id": account.id, "message_id": message_id}).into(),
+            now.into(),
+        ]);
+    }
+    let tuples: Vec<String> = (0..stored.len())
+        .map(|r| format!("(${}, ${}, 'message.received', 'received_message', ${}, ${}, ${})", r * 5 + 1, r * 5 + 2, r * 5 + 3, r * 5 + 4, r * 5 + 5))
+        .collect();
+    let sql = format!(
+        "INSERT INTO events (id, tenant_id, event_type, resource_type, resource_id, data, created_at) VALUES {}",
+        tuples.join(", ")
+    );
+    db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Ok(())
 }
 
 fn view(model: inbound_message::Model) -> InboundMessage {

@@ -144,7 +144,7 @@ async fn probe(ctx: &AppContext, account: &email_account::Model) -> Result<(), M
 pub async fn record_account_error<C: ConnectionTrait>(db: &C, account: &email_account::Model, error: &MailError) -> AppResult<()> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE email_accounts SET state = $2, last_error = $3, lease_until = NULL, updated_at = now() WHERE id = $1",
+        "UPDATE email_accounts SET state = $2, last_error = $3, lease_until = NULL, dispatched_until = NULL, updated_at = now() WHERE id = $1",
         [account.id.into(), AccountState::Error.as_str().into(), error.to_string().into()],
     ))
     .await?;

@@ -132,6 +132,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
         attempts: Set(0),
         next_attempt_at: Set(now),
         lease_until: Set(None),
+        dispatched_until: Set(None),
         last_error: Set(None),
         smtp_reply: Set(None),
         created_at: Set(now),

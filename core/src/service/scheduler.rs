@@ -1,7 +1,8 @@
 //! What is due, read from Postgres (the source of truth) and claimed atomically, so any number of
-//! schedulers can run: a claim pushes the row's due time forward by a dispatch grace, and if the job is
-//! lost (Redis flushed or restarted, a worker killed) the row simply becomes due again afterwards.
-//! The jobs themselves take leases, so a job dispatched twice still runs once in effect.
+//! schedulers can run: a claim marks the row dispatched for a grace period (its due time is left as is),
+//! the job clears the mark when it finishes, and if the job is lost (Redis flushed or restarted, a worker
+//! killed) the row is dispatched again once the grace has passed. The jobs themselves take leases, so a
+//! job dispatched twice still runs once in effect.
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
@@ -9,7 +10,7 @@ use uuid::Uuid;
 use crate::context::AppContext;
 use crate::error::AppResult;
 
-/// How long a dispatched job has to start before its row is dispatched again.
+/// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
 
 async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
@@ -24,9 +25,10 @@ async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> 
 pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
     claim(
         ctx,
-        "UPDATE email_accounts SET next_poll_at = now() + make_interval(secs => $1) WHERE id IN ( \
+        "UPDATE email_accounts SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM email_accounts WHERE direction = 'inbound' AND enabled AND state = 'confirmed' \
            AND (next_poll_at IS NULL OR next_poll_at <= now()) AND (lease_until IS NULL OR lease_until < now()) \
+           AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY next_poll_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
         limit,
     )
@@ -37,8 +39,9 @@ pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid
 pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
     claim(
         ctx,
-        "UPDATE outbound_messages SET next_attempt_at = now() + make_interval(secs => $1) WHERE id IN ( \
+        "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM outbound_messages WHERE status = 'queued' AND next_attempt_at <= now() \
+           AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
         limit,
     )

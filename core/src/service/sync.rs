@@ -160,8 +160,12 @@ async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<P
         if fetched_raw.is_empty() {
             continue;
         }
-        let fetched: Vec<Fetched<'_>> = fetched_raw.iter().map(|(_, uid, raw)| Fetched { uid: 0, pop3_uid: Some(uid), raw }).collect();
         let txn = ctx.db.begin().await?;
+        // POP3 has no UIDs: number the account's messages in arrival order so the (folder, UIDVALIDITY, UID) key
+        // stays unique per message (a constant 0 made every message after the first a "duplicate"); UIDL dedups.
+        let next = next_pop3_number(&txn, account.id).await?;
+        let fetched: Vec<Fetched<'_>> =
+            fetched_raw.iter().zip(next..).map(|((_, uid, raw), n)| Fetched { uid: n, pop3_uid: Some(uid), raw }).collect();
         report.stored += inbound::store_batch(&txn, account, "INBOX", 0, &fetched, None).await?;
         txn.commit().await?;
         report.fetched += fetched_raw.len() as u64;
@@ -177,6 +181,18 @@ async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<P
     Ok(report)
 }
 
+/// The number the account's next POP3 message gets (its stand-in for a UID).
+async fn next_pop3_number<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<i64> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT COALESCE(MAX(uid), 0) + 1 AS next FROM inbound_messages WHERE account_id = $1 AND pop3_uid IS NOT NULL",
+            [account_id.into()],
+        ))
+        .await?;
+    Ok(row.map(|r| r.try_get::<i64>("", "next")).transpose()?.unwrap_or(1))
+}
+
 /// Schedules the next poll, records the outcome and frees the mailbox.
 async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Result<PollReport, PollError>) -> AppResult<()> {
     let interval = i64::from(account.poll_interval_seconds.unwrap_or(60));
@@ -185,7 +201,7 @@ async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Resul
             ctx.db
                 .execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
-                    "UPDATE email_accounts SET lease_until = NULL, last_polled_at = now(), poll_failures = 0, last_error = NULL, \
+                    "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, last_polled_at = now(), poll_failures = 0, last_error = NULL, \
                      next_poll_at = now() + make_interval(secs => $2) WHERE id = $1",
                     [account.id.into(), (interval as f64).into()],
                 ))
@@ -199,7 +215,7 @@ async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Resul
             ctx.db
                 .execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
-                    "UPDATE email_accounts SET lease_until = NULL, poll_failures = $2, last_error = $3, \
+                    "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, poll_failures = $2, last_error = $3, \
                      next_poll_at = $4 WHERE id = $1",
                     [account.id.into(), failures.into(), e.to_string().into(), (Utc::now() + chrono::Duration::seconds(jittered)).into()],
                 ))
