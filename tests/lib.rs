@@ -1,9 +1,9 @@
 //! Test harness shared by every test binary: each test gets its own database (migrated with the real
 //! migrations), its own Redis key prefix and its own keys, and the app on a random port.
 
-pub mod oauth;
 pub mod mail;
 pub mod mailflow;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 /// Admin connection used to create one database per test.
 pub fn admin_database_url() -> String {
-    std::env::var("POSTBRIDGE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("POSTBRIDGE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 pub fn redis_url() -> String {
@@ -208,7 +209,14 @@ impl TestApp {
         self.env.get("OPERATOR_TOKEN").cloned().expect("operator token")
     }
 
-    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, tenant: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        tenant: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut req = self.http.request(method, format!("{}{path}", self.address));
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -248,7 +256,8 @@ impl TestApp {
     }
 
     pub async fn create_tenant(&self, slug: &str) -> String {
-        let reply = self.post("/v1/tenants", &self.operator_token(), json!({"slug": slug, "name": format!("Tenant {slug}")})).await;
+        let reply =
+            self.post("/v1/tenants", &self.operator_token(), json!({"slug": slug, "name": format!("Tenant {slug}")})).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
         reply.id()
     }
@@ -256,7 +265,13 @@ impl TestApp {
     /// Creates an API key through the operator and returns its secret.
     pub async fn api_key(&self, tenant_id: &str, role: &str) -> String {
         let reply = self
-            .request(Method::POST, "/v1/api-keys", Some(&self.operator_token()), Some(tenant_id), Some(json!({"name": format!("{role} key"), "role": role})))
+            .request(
+                Method::POST,
+                "/v1/api-keys",
+                Some(&self.operator_token()),
+                Some(tenant_id),
+                Some(json!({"name": format!("{role} key"), "role": role})),
+            )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
         reply.body["secret"].as_str().expect("secret").to_owned()

@@ -219,7 +219,10 @@ impl MailServers {
     /// An access token for `email` (client [`Self::client_id`], scope [`DEFAULT_MAIL_SCOPE`]) that the servers accept
     /// with XOAUTH2 / OAUTHBEARER until it expires or `provider().revoke_user(email)` is called.
     pub fn mint_access_token(&self, email: &str) -> String {
-        self.provider.mint_tokens(&self.client_id, email, DEFAULT_MAIL_SCOPE).expect("the servers' client is registered").access_token
+        self.provider
+            .mint_tokens(&self.client_id, email, DEFAULT_MAIL_SCOPE)
+            .expect("the servers' client is registered")
+            .access_token
     }
 
     // ---- accounts -------------------------------------------------------------------------------------------------
@@ -234,7 +237,8 @@ impl MailServers {
         let lower = login.to_lowercase();
         // One passwd-file per login (see dovecot.conf.in); replaced by a rename, so Dovecot never reads half of it.
         let users = self.run_dir.join("dovecot/users");
-        write_atomically(&users.join(&lower), format!("{lower}:{{PLAIN}}{password}\n").as_bytes()).expect("write Dovecot's passwd-file");
+        write_atomically(&users.join(&lower), format!("{lower}:{{PLAIN}}{password}\n").as_bytes())
+            .expect("write Dovecot's passwd-file");
         let smtp_users = self.run_dir.join("smtp/users");
         let mut lines: Vec<String> = std::fs::read_to_string(&smtp_users)
             .unwrap_or_default()
@@ -267,7 +271,8 @@ impl MailServers {
     pub fn allow_app_sender(&self, client_id: &str, login: &str) {
         assert!(!client_id.contains(char::is_whitespace) && valid_login(login), "unusable client id or login");
         let _guard = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        append_line(&self.run_dir.join("smtp/app-senders"), &format!("{client_id} {login}")).expect("write the SMTP app-senders file");
+        append_line(&self.run_dir.join("smtp/app-senders"), &format!("{client_id} {login}"))
+            .expect("write the SMTP app-senders file");
     }
 
     // ---- mailboxes ------------------------------------------------------------------------------------------------
@@ -413,7 +418,10 @@ impl MailServers {
                 raw,
                 auth_user: meta["auth_user"].as_str().map(str::to_owned),
                 mail_from: meta["mail_from"].as_str().unwrap_or_default().to_owned(),
-                rcpt_to: meta["rcpt_to"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
+                rcpt_to: meta["rcpt_to"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
             });
         }
         out
@@ -468,7 +476,8 @@ impl MailServers {
                 .lines()
                 .filter(|line| line.contains(&needle))
                 .map(|line| {
-                    let protocol = line.split_once("-login:").and_then(|(head, _)| head.rsplit(' ').next()).unwrap_or("").to_owned();
+                    let protocol =
+                        line.split_once("-login:").and_then(|(head, _)| head.rsplit(' ').next()).unwrap_or("").to_owned();
                     let fields: Vec<&str> = line.split(", ").map(str::trim).collect();
                     let method = fields.iter().find_map(|f| f.strip_prefix("method=")).unwrap_or("").to_owned();
                     DovecotLogin { protocol, method, tls: fields.contains(&"TLS") }
@@ -508,7 +517,8 @@ impl MailServers {
         }
         let mail = run.join("mail");
         std::fs::create_dir_all(&mail).map_err(|e| format!("create mail folder: {e}"))?;
-        std::os::unix::fs::chown(&mail, Some(tools.mail_uid), Some(tools.mail_gid)).map_err(|e| format!("chown mail folder: {e}"))?;
+        std::os::unix::fs::chown(&mail, Some(tools.mail_uid), Some(tools.mail_gid))
+            .map_err(|e| format!("chown mail folder: {e}"))?;
         {
             let mut cleanup = CLEANUP.lock().unwrap_or_else(|e| e.into_inner());
             cleanup.run_dir = Some(run.to_path_buf());
@@ -522,7 +532,8 @@ impl MailServers {
         let client_id = format!("postbridge-mail-servers-{}", &Uuid::new_v4().simple().to_string()[..8]);
         let client_secret = Uuid::new_v4().simple().to_string();
         provider.register_client(&client_id, Some(&client_secret), &[]);
-        let provider_port = provider.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or("provider URL has no port")?;
+        let provider_port =
+            provider.base_url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).ok_or("provider URL has no port")?;
         let introspection_url = format!("http://{client_id}:{client_secret}@127.0.0.1:{provider_port}/introspect");
 
         std::fs::create_dir_all(run.join("dovecot/users")).map_err(|e| format!("create dovecot/users: {e}"))?;
@@ -532,7 +543,11 @@ impl MailServers {
         let templates = templates_dir();
         let oauth2 = render(
             &templates.join("oauth2.conf.ext.in"),
-            &[("CLIENT_ID", client_id.clone()), ("CLIENT_SECRET", client_secret.clone()), ("PROVIDER_PORT", provider_port.to_string())],
+            &[
+                ("CLIENT_ID", client_id.clone()),
+                ("CLIENT_SECRET", client_secret.clone()),
+                ("PROVIDER_PORT", provider_port.to_string()),
+            ],
         )?;
         std::fs::write(run.join("dovecot/oauth2.conf.ext"), oauth2).map_err(|e| format!("write oauth2.conf.ext: {e}"))?;
 
@@ -700,7 +715,10 @@ fn runs_folder() -> Result<PathBuf, String> {
     }
     // Unix socket paths (base_dir/...) are limited to 107 bytes.
     if base.as_os_str().len() > 60 {
-        return Err(format!("{} is too long for Dovecot's sockets; set POSTBRIDGE_MAIL_SERVERS_DIR to a shorter path", base.display()));
+        return Err(format!(
+            "{} is too long for Dovecot's sockets; set POSTBRIDGE_MAIL_SERVERS_DIR to a shorter path",
+            base.display()
+        ));
     }
     Ok(base)
 }
@@ -718,7 +736,8 @@ fn create_run_dir(base: &Path) -> Result<PathBuf, String> {
     let pid = std::process::id();
     let run = base.join(format!("run-{pid}-{}", &Uuid::new_v4().simple().to_string()[..8]));
     std::fs::create_dir(&run).map_err(|e| format!("create {}: {e}", run.display()))?;
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", run.display()))?;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", run.display()))?;
     let identity = process_identity(pid).unwrap_or_else(|| format!("{pid} 0"));
     std::fs::write(run.join("owner"), format!("{identity}\n")).map_err(|e| format!("write owner: {e}"))?;
     Ok(run)
@@ -742,14 +761,21 @@ fn clean_leftovers(base: &Path) {
             }
             Err(_) => {
                 // Being created right now, unless it is old.
-                let young = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_none_or(|age| age < Duration::from_secs(120));
+                let young = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < Duration::from_secs(120));
                 if young {
                     continue;
                 }
             }
         }
         for pidfile in ["dovecot/run/master.pid", "smtp/smtp-server.pid"] {
-            let Some(pid) = std::fs::read_to_string(run.join(pidfile)).ok().and_then(|p| p.trim().parse::<i32>().ok()) else { continue };
+            let Some(pid) = std::fs::read_to_string(run.join(pidfile)).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+                continue;
+            };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if pid > 1 && String::from_utf8_lossy(&cmdline).contains(&*run.to_string_lossy()) {
                 unsafe {
@@ -862,20 +888,67 @@ fn make_certificates(openssl: &Path, dir: &Path) -> Result<String, String> {
     .map_err(|e| format!("write ca.ext: {e}"))?;
     let steps: [&[&str]; 3] = [
         &[
-            "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.crt", "-days", "2", "-subj", "/CN=Postbridge test CA", "-config", "ca.ext",
+            "req",
+            "-x509",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Postbridge test CA",
+            "-config",
+            "ca.ext",
         ],
         &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=localhost", "-config", "ca.ext",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+            "-config",
+            "ca.ext",
         ],
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days",
-            "2", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
         ],
     ];
     for args in steps {
-        let out = Command::new(openssl).args(args).current_dir(dir).stdin(Stdio::null()).output().map_err(|e| format!("run openssl: {e}"))?;
+        let out = Command::new(openssl)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run openssl: {e}"))?;
         if !out.status.success() {
             return Err(format!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
         }
@@ -953,7 +1026,8 @@ async fn start_dovecot(run: &Path, tools: &Tools, templates: &Path) -> Result<(u
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 kill_and_forget(&mut child);
-                last_error = format!("dovecot exited ({status})\n{}\n{}", log_tail(&run.join("dovecot/stdout.log")), log_tail(&log));
+                last_error =
+                    format!("dovecot exited ({status})\n{}\n{}", log_tail(&run.join("dovecot/stdout.log")), log_tail(&log));
                 break;
             }
             if imap_greets(imap).await && ports_accept(&[imaps, pop3, pop3s]).await {
@@ -1006,7 +1080,12 @@ async fn ports_accept(ports: &[u16]) -> bool {
 
 // ---- SMTP -------------------------------------------------------------------------------------------------------------
 
-async fn start_smtp(run: &Path, tools: &Tools, templates: &Path, introspection_url: &str) -> Result<(u16, u16, ChildStdin), String> {
+async fn start_smtp(
+    run: &Path,
+    tools: &Tools,
+    templates: &Path,
+    introspection_url: &str,
+) -> Result<(u16, u16, ChildStdin), String> {
     let smtp = run.join("smtp");
     let log = smtp.join("smtp-server.log");
     let log_file = std::fs::File::create(&log).map_err(|e| format!("create smtp-server.log: {e}"))?;
@@ -1034,7 +1113,8 @@ async fn start_smtp(run: &Path, tools: &Tools, templates: &Path, introspection_u
             .stderr(log_file),
     )
     .map_err(|e| format!("start {}: {e}", tools.node.display()))?;
-    std::fs::write(smtp.join("smtp-server.pid"), format!("{}\n", child.id())).map_err(|e| format!("write smtp-server.pid: {e}"))?;
+    std::fs::write(smtp.join("smtp-server.pid"), format!("{}\n", child.id()))
+        .map_err(|e| format!("write smtp-server.pid: {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin pipe")?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1049,8 +1129,12 @@ async fn start_smtp(run: &Path, tools: &Tools, templates: &Path, introspection_u
         Ok(Ok(Ok(line))) => line,
         _ => String::new(),
     };
-    let ports: BTreeMap<&str, u16> =
-        line.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect();
+    let ports: BTreeMap<&str, u16> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect();
     match (line.starts_with("ready "), ports.get("smtp"), ports.get("smtps")) {
         (true, Some(&smtp_port), Some(&smtps_port)) => {
             if !ports_accept(&[smtp_port, smtps_port]).await {

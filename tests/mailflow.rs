@@ -115,7 +115,9 @@ impl TestApp {
 
     /// Allows `RETURN_ORIGIN` for the tenant and sets up [`SharedOAuth`].
     pub async fn shared_oauth(&self, servers: &MailServers, tenant: &str, admin: &str) -> SharedOAuth {
-        let origins = self.patch(&format!("/v1/tenants/{tenant}"), &self.operator_token(), json!({"allowed_return_origins": [RETURN_ORIGIN]})).await;
+        let origins = self
+            .patch(&format!("/v1/tenants/{tenant}"), &self.operator_token(), json!({"allowed_return_origins": [RETURN_ORIGIN]}))
+            .await;
         assert_eq!(origins.status, StatusCode::OK, "{}", origins.text);
         let provider = servers.provider();
         let client_id = format!("mailflow-{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -136,8 +138,16 @@ impl TestApp {
 
     /// The consent flow for `account_id` with `login` consenting at the shared provider (its consenting user is global:
     /// held under [`MailServers::lock_provider`]); asserts success.
-    pub async fn consent_on_shared_provider(&self, servers: &MailServers, admin: &str, account_id: &str, login: &str) -> ConsentOutcome {
-        let started = self.post(&format!("/v1/accounts/{account_id}/authorize"), admin, json!({"return_url": format!("{RETURN_ORIGIN}/done")})).await;
+    pub async fn consent_on_shared_provider(
+        &self,
+        servers: &MailServers,
+        admin: &str,
+        account_id: &str,
+        login: &str,
+    ) -> ConsentOutcome {
+        let started = self
+            .post(&format!("/v1/accounts/{account_id}/authorize"), admin, json!({"return_url": format!("{RETURN_ORIGIN}/done")}))
+            .await;
         assert_eq!(started.status, StatusCode::OK, "{}", started.text);
         let url = started.body["authorization_url"].as_str().expect("authorization_url").to_owned();
         let outcome = {
@@ -170,24 +180,42 @@ impl TestApp {
 
     /// One row, one column, as text (`NULL` → `None`).
     pub async fn sql_text(&self, sql: &str) -> Option<String> {
-        let row = self.ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned())).await.expect("query").expect("a row");
+        let row = self
+            .ctx
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .await
+            .expect("query")
+            .expect("a row");
         row.try_get_by_index::<Option<String>>(0).expect("a text column")
     }
 
     /// One row, one bigint column.
     pub async fn sql_i64(&self, sql: &str) -> i64 {
-        let row = self.ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned())).await.expect("query").expect("a row");
+        let row = self
+            .ctx
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .await
+            .expect("query")
+            .expect("a row");
         row.try_get_by_index::<i64>(0).expect("a bigint column")
     }
 
     /// Runs a statement; returns the rows affected.
     pub async fn sql_exec(&self, sql: &str) -> u64 {
-        self.ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned())).await.expect("statement").rows_affected()
+        self.ctx
+            .db
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .await
+            .expect("statement")
+            .rows_affected()
     }
 
     /// How many events of this type the tenant log holds about `resource_id`.
     pub async fn event_count(&self, event_type: &str, resource_id: &str) -> i64 {
-        self.sql_i64(&format!("SELECT count(*) FROM events WHERE event_type = '{event_type}' AND resource_id = '{resource_id}'")).await
+        self.sql_i64(&format!("SELECT count(*) FROM events WHERE event_type = '{event_type}' AND resource_id = '{resource_id}'"))
+            .await
     }
 
     /// Every received message of an account through the REST list (all pages), newest first.

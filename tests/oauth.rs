@@ -53,7 +53,9 @@ impl TestApp {
         provider.register_client(&client_id, Some(&client_secret), &[&redirect_uri]);
         provider.set_consenting_user(CONSENTING_USER);
         let (tenant, admin) = self.tenant_with_admin().await;
-        let origins = self.patch(&format!("/v1/tenants/{tenant}"), &self.operator_token(), json!({"allowed_return_origins": [RETURN_ORIGIN]})).await;
+        let origins = self
+            .patch(&format!("/v1/tenants/{tenant}"), &self.operator_token(), json!({"allowed_return_origins": [RETURN_ORIGIN]}))
+            .await;
         assert_eq!(origins.status, StatusCode::OK, "{}", origins.text);
         let scopes = if flow == "app" { json!(["mail.app"]) } else { json!(["openid", "email", "offline_access", "mail"]) };
         let config = self
@@ -95,12 +97,7 @@ impl TestApp {
     pub async fn follow_authorization(&self, authorization_url: &str) -> ConsentOutcome {
         let at_provider = self.http.get(authorization_url).send().await.expect("provider reachable");
         assert_eq!(at_provider.status(), StatusCode::FOUND, "the provider redirects back");
-        let callback = at_provider
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .expect("a Location header")
-            .to_owned();
+        let callback = at_provider.headers().get("location").and_then(|v| v.to_str().ok()).expect("a Location header").to_owned();
         self.open_callback(&callback).await
     }
 

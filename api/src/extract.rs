@@ -21,12 +21,10 @@ pub fn bearer_token(req: &HttpRequest) -> Option<String> {
 pub fn requested_tenant(req: &HttpRequest) -> Result<Option<Uuid>, AppError> {
     match req.headers().get(TENANT_HEADER) {
         None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| Uuid::parse_str(v.trim()).ok())
-            .map(Some)
-            .ok_or(AppError::BadRequest { code: "invalid_tenant_header", message: format!("{TENANT_HEADER} must be a tenant id") }),
+        Some(value) => value.to_str().ok().and_then(|v| Uuid::parse_str(v.trim()).ok()).map(Some).ok_or(AppError::BadRequest {
+            code: "invalid_tenant_header",
+            message: format!("{TENANT_HEADER} must be a tenant id"),
+        }),
     }
 }
 
@@ -38,8 +36,9 @@ fn context(req: &HttpRequest) -> Result<web::Data<AppContext>, AppError> {
 
 pub async fn resolve_caller(req: &HttpRequest) -> Result<Principal, AppError> {
     let ctx = context(req)?;
-    let token = bearer_token(req)
-        .ok_or_else(|| AppError::Unauthenticated("missing bearer token: send Authorization: Bearer <API key or JWT>".to_owned()))?;
+    let token = bearer_token(req).ok_or_else(|| {
+        AppError::Unauthenticated("missing bearer token: send Authorization: Bearer <API key or JWT>".to_owned())
+    })?;
     authenticate(&ctx, &token).await
 }
 

@@ -82,7 +82,5 @@ async fn graphql(schema: web::Data<ApiSchema>, http: HttpRequest, request: Graph
 }
 
 async fn graphiql() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(GraphiQLSource::build().endpoint("/graphql").finish())
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(GraphiQLSource::build().endpoint("/graphql").finish())
 }

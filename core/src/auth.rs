@@ -270,11 +270,7 @@ pub async fn authenticate(ctx: &AppContext, bearer: &str) -> AppResult<Principal
 async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> AppResult<Principal> {
     let invalid = || AppError::Unauthenticated("invalid API key".to_owned());
     let (prefix, _) = rest.split_once('_').ok_or_else(invalid)?;
-    let key = api_key::Entity::find()
-        .filter(api_key::Column::Prefix.eq(prefix))
-        .one(&ctx.db)
-        .await?
-        .ok_or_else(invalid)?;
+    let key = api_key::Entity::find().filter(api_key::Column::Prefix.eq(prefix)).one(&ctx.db).await?.ok_or_else(invalid)?;
     let presented = hash_api_key(full_key);
     if !bool::from(presented.as_bytes().ct_eq(key.secret_hash.as_bytes())) {
         return Err(invalid());
@@ -299,7 +295,8 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
 /// A token exchanged from an API key (subject `apikey:<id>`) lives no longer than the key: revoking the key ends it too.
 async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Uuid) -> AppResult<()> {
     let Some(key_id) = subject.strip_prefix("apikey:") else { return Ok(()) };
-    let revoked = || AppError::Unauthenticated("the API key this token was issued for was revoked or no longer exists".to_owned());
+    let revoked =
+        || AppError::Unauthenticated("the API key this token was issued for was revoked or no longer exists".to_owned());
     let key_id = Uuid::parse_str(key_id).map_err(|_| revoked())?;
     let key = api_key::Entity::find_by_id(key_id)
         .filter(api_key::Column::TenantId.eq(tenant_id))

@@ -137,9 +137,7 @@ impl Settings {
 
     /// Loads settings through `lookup`, which receives full variable names (`POSTBRIDGE_...`).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            lookup(&format!("{ENV_PREFIX}{name}")).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-        };
+        let get = |name: &str| lookup(&format!("{ENV_PREFIX}{name}")).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let required = |name: &str| get(name).ok_or_else(|| config_error(name, "is required but not set"));
 
         let database_url = required("DATABASE_URL")?;
@@ -225,9 +223,8 @@ fn parse_master_keys(raw: &str, active: Option<String>) -> Result<EncryptionSett
     let mut keys = BTreeMap::new();
     let mut first = None;
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (kid, b64) = item
-            .split_once(':')
-            .ok_or_else(|| config_error("MASTER_KEYS", "each entry must be KEY_ID:BASE64_KEY"))?;
+        let (kid, b64) =
+            item.split_once(':').ok_or_else(|| config_error("MASTER_KEYS", "each entry must be KEY_ID:BASE64_KEY"))?;
         if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(config_error("MASTER_KEYS", "key ids may hold only letters, digits, '-' and '_'"));
         }
@@ -269,8 +266,8 @@ fn parse_jwt_keys(raw: &str) -> Result<Vec<JwtKeySettings>, ConfigError> {
             }
             JwtKeyMaterial::Secret(secret)
         } else {
-            let pem = std::fs::read(value)
-                .map_err(|e| config_error("JWT_KEYS", format!("key {kid}: cannot read PEM file: {e}")))?;
+            let pem =
+                std::fs::read(value).map_err(|e| config_error("JWT_KEYS", format!("key {kid}: cannot read PEM file: {e}")))?;
             JwtKeyMaterial::PublicPem(pem)
         };
         if keys.iter().any(|k| k.kid == kid) {

@@ -50,11 +50,7 @@ pub struct Cipher {
 
 impl Cipher {
     pub fn new(settings: &EncryptionSettings) -> Self {
-        let keys = settings
-            .keys
-            .iter()
-            .map(|(kid, key)| (kid.clone(), Aes256Gcm::new(&(*key).into())))
-            .collect();
+        let keys = settings.keys.iter().map(|(kid, key)| (kid.clone(), Aes256Gcm::new(&(*key).into()))).collect();
         Cipher { keys, active_key_id: settings.active_key_id.clone() }
     }
 
@@ -68,9 +64,8 @@ impl Cipher {
         rand::rng().fill_bytes(&mut nonce_bytes);
         let nonce = Nonce::from(nonce_bytes);
         let aad = location.associated_data();
-        let sealed = cipher
-            .encrypt(&nonce, Payload { msg: plaintext.as_bytes(), aad: &aad })
-            .map_err(|_| CryptoError::Encryption)?;
+        let sealed =
+            cipher.encrypt(&nonce, Payload { msg: plaintext.as_bytes(), aad: &aad }).map_err(|_| CryptoError::Encryption)?;
         let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
         blob.extend_from_slice(&nonce_bytes);
         blob.extend_from_slice(&sealed);

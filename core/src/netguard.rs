@@ -153,7 +153,8 @@ impl NetGuard {
 
     /// Checks a URL's scheme and host: https always, http only where private hosts are allowed.
     pub async fn check_url_for_storage(&self, raw: &str, field: &str) -> Result<Url, AppError> {
-        let url = Url::parse(raw).map_err(|e| AppError::validation(field, "invalid_url", format!("{field} is not a valid URL: {e}")))?;
+        let url = Url::parse(raw)
+            .map_err(|e| AppError::validation(field, "invalid_url", format!("{field} is not a valid URL: {e}")))?;
         match url.scheme() {
             "https" => {}
             "http" if self.allow_private => {}
@@ -162,9 +163,7 @@ impl NetGuard {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(AppError::validation(field, "invalid_url", format!("{field} must not carry credentials")));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| AppError::validation(field, "invalid_url", format!("{field} has no host")))?;
+        let host = url.host_str().ok_or_else(|| AppError::validation(field, "invalid_url", format!("{field} has no host")))?;
         self.check_host_for_storage(host, field).await?;
         Ok(url)
     }
@@ -190,7 +189,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.guard.clone();
         Box::pin(async move {
-            let addrs = guard.resolve(name.as_str(), 0).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            let addrs =
+                guard.resolve(name.as_str(), 0).await.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }

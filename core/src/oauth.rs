@@ -140,8 +140,10 @@ impl OAuthClient {
     }
 
     fn base_client(&self) -> Result<ProviderClient<EndpointNotSet, EndpointSet>, TokenError> {
-        let token_url = TokenUrl::new(self.config.token_url.clone()).map_err(|e| TokenError::Configuration(format!("token_url: {e}")))?;
-        let redirect = RedirectUrl::new(self.config.redirect_uri.clone()).map_err(|e| TokenError::Configuration(format!("redirect URI: {e}")))?;
+        let token_url =
+            TokenUrl::new(self.config.token_url.clone()).map_err(|e| TokenError::Configuration(format!("token_url: {e}")))?;
+        let redirect = RedirectUrl::new(self.config.redirect_uri.clone())
+            .map_err(|e| TokenError::Configuration(format!("redirect URI: {e}")))?;
         let mut client = ProviderClient::<EndpointNotSet, EndpointNotSet>::new(ClientId::new(self.config.client_id.clone()))
             .set_token_uri(token_url)
             .set_redirect_uri(redirect);
@@ -152,7 +154,11 @@ impl OAuthClient {
     }
 
     /// Builds the provider's authorization URL with `state`, PKCE S256 and the extra parameters.
-    pub fn authorization_request(&self, state: &str, extra_params: &[(String, String)]) -> Result<AuthorizationRequest, TokenError> {
+    pub fn authorization_request(
+        &self,
+        state: &str,
+        extra_params: &[(String, String)],
+    ) -> Result<AuthorizationRequest, TokenError> {
         let auth_url = self.config.auth_url.clone().ok_or_else(|| TokenError::Configuration("no auth_url".to_owned()))?;
         let auth_url = AuthUrl::new(auth_url).map_err(|e| TokenError::Configuration(format!("auth_url: {e}")))?;
         let client = self.base_client()?.set_auth_uri(auth_url);
@@ -214,10 +220,7 @@ impl OAuthClient {
             Ok(response) => Ok(TokenSet {
                 access_token: response.access_token().secret().clone(),
                 refresh_token: response.refresh_token().map(|t| t.secret().clone()),
-                expires_at: response
-                    .expires_in()
-                    .and_then(|d| chrono::Duration::from_std(d).ok())
-                    .map(|d| Utc::now() + d),
+                expires_at: response.expires_in().and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d),
                 scopes: response
                     .scopes()
                     .map(|s| s.iter().map(|s| s.to_string()).collect())
@@ -237,7 +240,9 @@ impl OAuthClient {
             Err(RequestTokenError::Parse(_, _)) | Err(RequestTokenError::Other(_)) if retryable_status => {
                 Err(unavailable(format!("HTTP {}", meta.status)))
             }
-            Err(RequestTokenError::Parse(e, _)) => Err(TokenError::Protocol(format!("HTTP {}: malformed token response: {e}", meta.status))),
+            Err(RequestTokenError::Parse(e, _)) => {
+                Err(TokenError::Protocol(format!("HTTP {}: malformed token response: {e}", meta.status)))
+            }
             Err(RequestTokenError::Other(e)) => Err(TokenError::Protocol(format!("HTTP {}: {e}", meta.status))),
         }
     }
@@ -246,7 +251,9 @@ impl OAuthClient {
     fn http_adapter(
         &self,
         capture: Arc<Mutex<ResponseMeta>>,
-    ) -> impl Fn(oauth2::HttpRequest) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpCallError>> + Send>> {
+    ) -> impl Fn(
+        oauth2::HttpRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpCallError>> + Send>> {
         let (http, guard) = (self.http.clone(), self.guard.clone());
         move |request| Box::pin(send(http.clone(), guard.clone(), request, capture.clone()))
     }
@@ -267,13 +274,20 @@ async fn send(
             let port = url.port_or_known_default().unwrap_or(443);
             guard.resolve(host, port).await.map_err(|e| HttpCallError(e.to_string()))?;
         }
-        let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes()).map_err(|e| HttpCallError(e.to_string()))?;
+        let method =
+            reqwest::Method::from_bytes(request.method().as_str().as_bytes()).map_err(|e| HttpCallError(e.to_string()))?;
         let mut builder = http.request(method, url);
         for (name, value) in request.headers() {
             builder = builder.header(name.as_str(), value.as_bytes());
         }
         let response = builder.body(request.into_body()).send().await.map_err(|e| {
-            let kind = if e.is_timeout() { "timed out" } else if e.is_connect() { "could not connect" } else { "request failed" };
+            let kind = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "could not connect"
+            } else {
+                "request failed"
+            };
             HttpCallError(format!("token endpoint {kind}"))
         })?;
         let status = response.status().as_u16();
@@ -317,7 +331,10 @@ mod tests {
             format!("{}.{}.sig", b64(br#"{"alg":"RS256"}"#), b64(claims.to_string().as_bytes()))
         };
         assert_eq!(id_token_identity(&encode(serde_json::json!({"email": "Ann@Example.com"}))), Some("ann@example.com".into()));
-        assert_eq!(id_token_identity(&encode(serde_json::json!({"preferred_username": "bob@example.com"}))), Some("bob@example.com".into()));
+        assert_eq!(
+            id_token_identity(&encode(serde_json::json!({"preferred_username": "bob@example.com"}))),
+            Some("bob@example.com".into())
+        );
         assert_eq!(id_token_identity(&encode(serde_json::json!({"sub": "123"}))), None);
         assert_eq!(id_token_identity("not-a-jwt"), None);
     }

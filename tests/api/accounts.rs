@@ -80,8 +80,12 @@ async fn microsoft_config(app: &TestApp, key: &str) -> String {
 }
 
 async fn google_config(app: &TestApp, key: &str) -> String {
-    token_config(app, key, json!({"name": "Gmail", "provider": "google", "client_id": "1.apps.googleusercontent.com", "client_secret": "g-secret"}))
-        .await
+    token_config(
+        app,
+        key,
+        json!({"name": "Gmail", "provider": "google", "client_id": "1.apps.googleusercontent.com", "client_secret": "g-secret"}),
+    )
+    .await
 }
 
 async fn generic_config(app: &TestApp, key: &str) -> String {
@@ -130,7 +134,8 @@ async fn accounts_can_be_created_read_listed_updated_and_deleted_over_rest() {
     let app = spawn_app().await;
     let (tenant, key) = app.tenant_with_admin().await;
 
-    let reply = create(&app, &key, with(smtp("sales@example.com"), json!({"name": "Sales", "from_filter": "sales@example.com"}))).await;
+    let reply =
+        create(&app, &key, with(smtp("sales@example.com"), json!({"name": "Sales", "from_filter": "sales@example.com"}))).await;
     let id = created(&reply);
     let account = &reply.body;
     assert_eq!(account["tenant_id"], json!(tenant));
@@ -212,7 +217,8 @@ async fn accounts_can_be_created_read_listed_updated_and_deleted_over_graphql() 
     assert_eq!(account["pollIntervalSeconds"], json!(300));
     assert_eq!(account["name"], json!("jane@contoso.com"), "the name defaults to the login");
 
-    let one = app.graphql(Some(&key), &format!("query($id: UUID!) {{ account(id: $id) {{ {GQL_FIELDS} }} }}"), json!({"id": id})).await;
+    let one =
+        app.graphql(Some(&key), &format!("query($id: UUID!) {{ account(id: $id) {{ {GQL_FIELDS} }} }}"), json!({"id": id})).await;
     assert_eq!(one["data"]["account"], account, "{one}");
     let list = app.graphql(Some(&key), &format!("{{ accounts {{ items {{ {GQL_FIELDS} }} nextCursor }} }}"), json!({})).await;
     assert_eq!(list["data"]["accounts"]["items"], json!([account.clone()]), "{list}");
@@ -221,7 +227,9 @@ async fn accounts_can_be_created_read_listed_updated_and_deleted_over_graphql() 
     let updated = app
         .graphql(
             Some(&key),
-            &format!("mutation($id: UUID!, $input: UpdateAccount!) {{ updateAccount(id: $id, input: $input) {{ {GQL_FIELDS} }} }}"),
+            &format!(
+                "mutation($id: UUID!, $input: UpdateAccount!) {{ updateAccount(id: $id, input: $input) {{ {GQL_FIELDS} }} }}"
+            ),
             json!({"id": id, "input": {"name": "Jane's inbox", "afterFetch": "MARK_SEEN", "moveToFolder": null}}),
         )
         .await;
@@ -345,7 +353,8 @@ async fn pop3_defaults_to_port_995_over_tls() {
     assert_eq!(reply.body["folder"], Value::Null, "POP3 has no folders");
     assert_eq!(reply.body["after_fetch"], json!("keep"));
     assert_eq!(reply.body["poll_interval_seconds"], json!(60));
-    let deleting = create_ok(&app, &key, with(pop3("pop2@example.com"), json!({"after_fetch": "delete", "security": "starttls"}))).await;
+    let deleting =
+        create_ok(&app, &key, with(pop3("pop2@example.com"), json!({"after_fetch": "delete", "security": "starttls"}))).await;
     assert_eq!((deleting.body["after_fetch"].clone(), deleting.body["port"].clone()), (json!("delete"), json!(110)));
 }
 
@@ -466,7 +475,16 @@ async fn oauth2_accounts_need_a_known_token_config_no_password_and_an_email_logi
 async fn invalid_hosts_and_ports_are_refused() {
     let app = spawn_app().await;
     let (_, key) = app.tenant_with_admin().await;
-    for host in ["bad_host!", "bad_host.example.com", "-x.example.com", "a..b", "http://smtp.example.com", "smtp.example.com:25", "[::1]", ""] {
+    for host in [
+        "bad_host!",
+        "bad_host.example.com",
+        "-x.example.com",
+        "a..b",
+        "http://smtp.example.com",
+        "smtp.example.com:25",
+        "[::1]",
+        "",
+    ] {
         let reply = create(&app, &key, with(smtp("a@example.com"), json!({"host": host}))).await;
         assert_invalid(&reply, "invalid_host", "host");
     }
@@ -498,7 +516,11 @@ async fn from_filter_must_be_an_address_or_a_domain_and_only_on_outbound_account
     let id = address.id();
     assert_invalid(&app.patch(&path(&id), &key, json!({"from_filter": "nope nope"})).await, "invalid_from_filter", "from_filter");
     let inbound = created(&create(&app, &key, imap("in@example.com")).await);
-    assert_invalid(&app.patch(&path(&inbound), &key, json!({"from_filter": "example.com"})).await, "not_applicable", "from_filter");
+    assert_invalid(
+        &app.patch(&path(&inbound), &key, json!({"from_filter": "example.com"})).await,
+        "not_applicable",
+        "from_filter",
+    );
 }
 
 #[tokio::test]
@@ -508,7 +530,11 @@ async fn inbound_settings_are_checked() {
     let cases = [
         (with(pop3("a@example.com"), json!({"folder": "INBOX"})), "not_applicable", "folder"),
         (with(pop3("a@example.com"), json!({"after_fetch": "mark_seen"})), "unsupported_action", "after_fetch"),
-        (with(pop3("a@example.com"), json!({"after_fetch": "move", "move_to_folder": "Done"})), "unsupported_action", "after_fetch"),
+        (
+            with(pop3("a@example.com"), json!({"after_fetch": "move", "move_to_folder": "Done"})),
+            "unsupported_action",
+            "after_fetch",
+        ),
         (with(imap("a@example.com"), json!({"after_fetch": "move"})), "required", "move_to_folder"),
         (with(imap("a@example.com"), json!({"move_to_folder": "Archive"})), "not_applicable", "move_to_folder"),
         (with(imap("a@example.com"), json!({"poll_interval_seconds": 5})), "invalid_interval", "poll_interval_seconds"),
@@ -529,7 +555,15 @@ async fn inbound_settings_are_checked() {
     }
     assert_eq!(account_count(&app).await, 0);
 
-    let moving = create_ok(&app, &key, with(imap("a@example.com"), json!({"after_fetch": "move", "move_to_folder": "Archive", "folder": "Support", "poll_interval_seconds": 10}))).await;
+    let moving = create_ok(
+        &app,
+        &key,
+        with(
+            imap("a@example.com"),
+            json!({"after_fetch": "move", "move_to_folder": "Archive", "folder": "Support", "poll_interval_seconds": 10}),
+        ),
+    )
+    .await;
     assert_eq!(moving.body["after_fetch"], json!("move"));
     assert_eq!(moving.body["move_to_folder"], json!("Archive"));
     assert_eq!(moving.body["folder"], json!("Support"));
@@ -537,7 +571,12 @@ async fn inbound_settings_are_checked() {
     let id = moving.id();
     assert_invalid(&app.patch(&path(&id), &key, json!({"move_to_folder": null})).await, "required", "move_to_folder");
     let kept = app.patch(&path(&id), &key, json!({"after_fetch": "keep", "move_to_folder": null})).await;
-    assert_eq!((kept.body["after_fetch"].clone(), kept.body["move_to_folder"].clone()), (json!("keep"), Value::Null), "{}", kept.text);
+    assert_eq!(
+        (kept.body["after_fetch"].clone(), kept.body["move_to_folder"].clone()),
+        (json!("keep"), Value::Null),
+        "{}",
+        kept.text
+    );
 }
 
 #[tokio::test]
@@ -662,7 +701,11 @@ async fn an_inbound_account_cannot_be_the_default_sender() {
     assert_invalid(&reply, "not_applicable", "is_default");
     let inbound = created(&create(&app, &key, imap("in@example.com")).await);
     assert_invalid(&app.patch(&path(&inbound), &key, json!({"is_default": true})).await, "not_applicable", "is_default");
-    assert_eq!(app.get(&path(&sender), &key).await.body["is_default"], json!(true), "the refused attempts left the default alone");
+    assert_eq!(
+        app.get(&path(&sender), &key).await.body["is_default"],
+        json!(true),
+        "the refused attempts left the default alone"
+    );
 }
 
 // ---- state machine ----
@@ -765,7 +808,8 @@ async fn strict_mode_refuses_connections_without_transport_security() {
     let (_, key) = app.tenant_with_admin().await;
     let reply = create(&app, &key, with(smtp("a@example.com"), json!({"host": "93.184.216.34", "security": "none"}))).await;
     assert_invalid(&reply, "insecure_connection", "security");
-    let reply = create(&app, &key, with(imap("a@example.com"), json!({"host": "93.184.216.34", "security": "none", "port": 143}))).await;
+    let reply =
+        create(&app, &key, with(imap("a@example.com"), json!({"host": "93.184.216.34", "security": "none", "port": 143}))).await;
     assert_invalid(&reply, "insecure_connection", "security");
     let id = created(&create(&app, &key, with(smtp("a@example.com"), json!({"host": "93.184.216.34"}))).await);
     assert_invalid(&app.patch(&path(&id), &key, json!({"security": "none"})).await, "insecure_connection", "security");
@@ -780,7 +824,8 @@ async fn development_mode_accepts_loopback_hosts() {
         let reply = create_ok(&app, &key, with(imap("a@example.com"), json!({"host": host, "port": 3993}))).await;
         assert_eq!(reply.body["host"], json!(host));
     }
-    let plain = create_ok(&app, &key, with(smtp("a@example.com"), json!({"host": "127.0.0.1", "port": 2525, "security": "none"}))).await;
+    let plain =
+        create_ok(&app, &key, with(smtp("a@example.com"), json!({"host": "127.0.0.1", "port": 2525, "security": "none"}))).await;
     assert_eq!(plain.body["security"], json!("none"));
 }
 
@@ -802,7 +847,8 @@ async fn the_password_is_write_only_in_every_response() {
     let stored = stored_password(&app, &id).await.expect("stored");
     assert!(!stored.contains(password), "the password is stored encrypted");
 
-    let mut texts = vec![created_reply.text.clone(), app.get(&path(&id), &key).await.text, app.get("/v1/accounts", &key).await.text];
+    let mut texts =
+        vec![created_reply.text.clone(), app.get(&path(&id), &key).await.text, app.get("/v1/accounts", &key).await.text];
     let new_password = "Rotated-Pa55-Hidden-2";
     let updated = app.patch(&path(&id), &key, json!({"password": new_password})).await;
     assert_eq!(updated.body["password_set"], json!(true), "{}", updated.text);
@@ -823,7 +869,9 @@ async fn the_password_is_write_only_in_every_response() {
     let gql_update = app
         .graphql(
             Some(&key),
-            &format!("mutation($id: UUID!, $input: UpdateAccount!) {{ updateAccount(id: $id, input: $input) {{ {GQL_FIELDS} }} }}"),
+            &format!(
+                "mutation($id: UUID!, $input: UpdateAccount!) {{ updateAccount(id: $id, input: $input) {{ {GQL_FIELDS} }} }}"
+            ),
             json!({"id": gql_id, "input": {"password": "Gql-Pa55-Hidden-4"}}),
         )
         .await;
@@ -908,7 +956,11 @@ async fn a_refused_create_or_update_writes_nothing() {
 
     for (body, code, field) in [
         (with(smtp("b@example.com"), json!({"is_default": true, "port": 0})), "invalid_port", "port"),
-        (with(smtp("b@example.com"), json!({"is_default": true, "from_filter": "bad filter"})), "invalid_from_filter", "from_filter"),
+        (
+            with(smtp("b@example.com"), json!({"is_default": true, "from_filter": "bad filter"})),
+            "invalid_from_filter",
+            "from_filter",
+        ),
         (with(smtp("b@example.com"), json!({"is_default": true, "password": null})), "required", "password"),
         (with(imap("b@example.com"), json!({"poll_interval_seconds": 1})), "invalid_interval", "poll_interval_seconds"),
         (with(smtp("b@example.com"), json!({"host": "bad_host!"})), "invalid_host", "host"),
@@ -921,7 +973,11 @@ async fn a_refused_create_or_update_writes_nothing() {
             reply.text
         );
     }
-    assert_error(&create(&app, &key, with(smtp("b@example.com"), json!({"protocol": "nntp"}))).await, StatusCode::BAD_REQUEST, "invalid_body");
+    assert_error(
+        &create(&app, &key, with(smtp("b@example.com"), json!({"protocol": "nntp"}))).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+    );
     assert_eq!(account_count(&app).await, before_count, "no refused create left a row");
     assert_eq!(app.get("/v1/accounts", &key).await.body, before_list, "the list is unchanged");
 
@@ -943,7 +999,11 @@ async fn a_refused_create_or_update_writes_nothing() {
             reply.text
         );
     }
-    assert_error(&app.patch(&path(&id), &key, json!({"is_default": false, "port": "x"})).await, StatusCode::BAD_REQUEST, "invalid_body");
+    assert_error(
+        &app.patch(&path(&id), &key, json!({"is_default": false, "port": "x"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+    );
     assert_eq!(stored_password(&app, &id).await, stored, "the stored password is untouched");
     let after = app.get(&path(&id), &key).await.body;
     assert_eq!(after, before, "refused updates leave the account as it was (state, default flag, password)");
@@ -965,6 +1025,10 @@ async fn viewers_read_accounts_but_cannot_change_them() {
     // Members may add their own accounts, but not the tenant's default sender.
     let member = app.api_key(&tenant, "member").await;
     created(&create(&app, &member, smtp("m@example.com")).await);
-    assert_error(&create(&app, &member, with(smtp("d@example.com"), json!({"is_default": true}))).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(
+        &create(&app, &member, with(smtp("d@example.com"), json!({"is_default": true}))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
     assert_eq!(account_count(&app).await, 2);
 }

@@ -299,7 +299,8 @@ async fn a_jwt_without_a_key_id_is_refused_when_several_keys_are_configured() {
     let tenant = app.create_tenant("acme").await;
     let claims = valid_claims("admin", Some(&tenant));
     assert_refused(&app, &sign(Algorithm::RS256, None, &claims, &rsa_private_key()), "missing key id").await;
-    assert_refused(&app, &sign(Algorithm::HS256, None, &claims, &EncodingKey::from_secret(&hs_secret(&app))), "missing key id").await;
+    assert_refused(&app, &sign(Algorithm::HS256, None, &claims, &EncodingKey::from_secret(&hs_secret(&app))), "missing key id")
+        .await;
 }
 
 // ---- API keys ----
@@ -314,7 +315,9 @@ async fn a_created_api_key_authenticates_as_its_tenant_and_role() {
     // The real prefix with any other secret is refused.
     let (prefix, rest) = secret.rsplit_once('_').expect("pbk_PREFIX_SECRET");
     let flipped: String = rest.chars().rev().collect();
-    for wrong in [format!("{prefix}_{flipped}"), format!("{prefix}_"), format!("{secret}x"), secret[..secret.len() - 1].to_owned()] {
+    for wrong in
+        [format!("{prefix}_{flipped}"), format!("{prefix}_"), format!("{secret}x"), secret[..secret.len() - 1].to_owned()]
+    {
         assert_refused(&app, &wrong, "invalid API key").await;
     }
     let me = app.graphql(Some(&secret), ME, json!({})).await;
@@ -363,7 +366,9 @@ async fn an_api_key_cannot_be_given_the_operator_role() {
         assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_role");
         assert_eq!(reply.body["field"], json!("role"), "{}", reply.text);
     }
-    let body = app.graphql(Some(&admin), "mutation { createApiKey(input: {name: \"root\", role: OPERATOR}) { secret } }", json!({})).await;
+    let body = app
+        .graphql(Some(&admin), "mutation { createApiKey(input: {name: \"root\", role: OPERATOR}) { secret } }", json!({}))
+        .await;
     assert_eq!(graphql_error_code(&body), "invalid_role", "{body}");
     let keys = app.get("/v1/api-keys", &admin).await;
     assert_eq!(keys.body["items"].as_array().map(Vec::len), Some(1), "no key was created: {}", keys.text);
@@ -473,7 +478,8 @@ async fn a_suspended_tenants_keys_and_tokens_are_refused_until_it_resumes() {
     let app = spawn_app().await;
     let (tenant, admin) = app.tenant_with_admin().await;
     let (_, other_admin) = app.tenant_with_admin().await;
-    let jwt = app.ctx.jwt.issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid")), None).expect("issue").access_token;
+    let jwt =
+        app.ctx.jwt.issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid")), None).expect("issue").access_token;
     let exchanged = app.request(Method::POST, "/v1/auth/token", Some(&admin), None, None).await.body["access_token"]
         .as_str()
         .expect("token")
@@ -705,7 +711,11 @@ async fn a_member_cannot_make_an_account_the_default_sender_or_a_shared_mailbox(
         assert_error(&app.patch(&path, &member, patch).await, StatusCode::FORBIDDEN, "forbidden");
     }
     let body = app
-        .graphql(Some(&member), "mutation($id: UUID!) { updateAccount(id: $id, input: {isDefault: true}) { id } }", json!({"id": mine}))
+        .graphql(
+            Some(&member),
+            "mutation($id: UUID!) { updateAccount(id: $id, input: {isDefault: true}) { id } }",
+            json!({"id": mine}),
+        )
         .await;
     assert_eq!(graphql_error_code(&body), "forbidden", "{body}");
     assert_eq!(app.get(&path, &member).await.body["is_default"], json!(false));

@@ -45,7 +45,11 @@ async fn world(app: &TestApp) -> World {
 /// A's rows as A (and the operator) see them.
 async fn snapshot(app: &TestApp, w: &World) -> Vec<Value> {
     let mut rows = Vec::new();
-    for path in [format!("/v1/api-keys/{}", w.a_key_id), format!("/v1/token-configs/{}", w.a_config), format!("/v1/accounts/{}", w.a_account)] {
+    for path in [
+        format!("/v1/api-keys/{}", w.a_key_id),
+        format!("/v1/token-configs/{}", w.a_config),
+        format!("/v1/accounts/{}", w.a_account),
+    ] {
         let reply = app.get(&path, &w.a_admin).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text);
         rows.push(reply.body);
@@ -66,7 +70,12 @@ async fn assert_a_unchanged(app: &TestApp, w: &World, before: &[Value]) {
 }
 
 fn ids_in(items: &Value) -> Vec<String> {
-    items.as_array().unwrap_or_else(|| panic!("not a list: {items}")).iter().map(|r| r["id"].as_str().expect("id").to_owned()).collect()
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {items}"))
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -95,7 +104,8 @@ async fn every_rest_route_on_another_tenants_resource_answers_not_found() {
             let reply = app.request(method.clone(), path, Some(token), None, body.clone()).await;
             assert_eq!((reply.status, reply.code()), (StatusCode::NOT_FOUND, "not_found"), "{method} {path}: {}", reply.text);
             // Word for word what an id that exists nowhere answers: nothing tells B the row exists.
-            let nowhere = path.replace(&w.a_key_id, &Uuid::new_v4().to_string())
+            let nowhere = path
+                .replace(&w.a_key_id, &Uuid::new_v4().to_string())
                 .replace(&w.a_config, &Uuid::new_v4().to_string())
                 .replace(&w.a_account, &Uuid::new_v4().to_string())
                 .replace(&w.a, &Uuid::new_v4().to_string());
@@ -172,7 +182,11 @@ async fn another_tenants_rows_never_appear_in_lists() {
         assert!(b_seen.contains(&b_config) && b_seen.contains(&b_account), "B's lists hold B's own rows: {b_seen:?}");
 
         let gql = app
-            .graphql(Some(token), "{ apiKeys { items { id tenantId } } tokenConfigs { items { id tenantId } } accounts { items { id tenantId } } }", json!({}))
+            .graphql(
+                Some(token),
+                "{ apiKeys { items { id tenantId } } tokenConfigs { items { id tenantId } } accounts { items { id tenantId } } }",
+                json!({}),
+            )
             .await;
         assert!(gql["errors"].is_null(), "{gql}");
         for list in ["apiKeys", "tokenConfigs", "accounts"] {
@@ -197,7 +211,8 @@ async fn an_account_cannot_reference_another_tenants_token_config() {
     let app = spawn_app().await;
     let w = world(&app).await;
     let before = snapshot(&app, &w).await;
-    let oauth_account = |config: &str| json!({"protocol": "smtp", "auth": "oauth2", "login": "bob@b.example.com", "token_config_id": config});
+    let oauth_account =
+        |config: &str| json!({"protocol": "smtp", "auth": "oauth2", "login": "bob@b.example.com", "token_config_id": config});
 
     let reply = app.post("/v1/accounts", &w.b_admin, oauth_account(&w.a_config)).await;
     assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "unknown_token_config");

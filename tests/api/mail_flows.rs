@@ -62,7 +62,10 @@ async fn received_oldest_first(app: &TestApp, key: &str, account: &str) -> Vec<V
 
 /// `message.received` events about an account's messages.
 async fn received_events(app: &TestApp, account: &str) -> i64 {
-    app.sql_i64(&format!("SELECT count(*) FROM events WHERE event_type = 'message.received' AND data->>'account_id' = '{account}'")).await
+    app.sql_i64(&format!(
+        "SELECT count(*) FROM events WHERE event_type = 'message.received' AND data->>'account_id' = '{account}'"
+    ))
+    .await
 }
 
 fn message_ids(items: &[Value]) -> Vec<String> {
@@ -85,7 +88,9 @@ async fn test_and_confirm_confirms_imap_pop3_and_smtp_accounts_and_records_an_ev
     let (_, admin) = app.tenant_with_admin().await;
     let login = new_login();
     servers.add_password_user(&login, MAIL_PASSWORD);
-    for (protocol, security) in [("imap", "tls"), ("imap", "starttls"), ("pop3", "tls"), ("pop3", "starttls"), ("smtp", "starttls"), ("smtp", "tls")] {
+    for (protocol, security) in
+        [("imap", "tls"), ("imap", "starttls"), ("pop3", "tls"), ("pop3", "starttls"), ("smtp", "starttls"), ("smtp", "tls")]
+    {
         let id = app.create_mail_account(&admin, password_account(servers, protocol, security, &login, json!({}))).await;
         assert_eq!(account_json(&app, &admin, &id).await["state"], "draft");
         let reply = app.test_mail_account(&admin, &id).await;
@@ -98,9 +103,17 @@ async fn test_and_confirm_confirms_imap_pop3_and_smtp_accounts_and_records_an_ev
     // And over GraphQL.
     let id = app.create_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({}))).await;
     let body = app
-        .graphql(Some(&admin), "mutation($id: UUID!) { testAccount(id: $id) { ok step message account { state } } }", json!({"id": id}))
+        .graphql(
+            Some(&admin),
+            "mutation($id: UUID!) { testAccount(id: $id) { ok step message account { state } } }",
+            json!({"id": id}),
+        )
         .await;
-    assert_eq!(body["data"]["testAccount"], json!({"ok": true, "step": null, "message": null, "account": {"state": "CONFIRMED"}}), "{body}");
+    assert_eq!(
+        body["data"]["testAccount"],
+        json!({"ok": true, "step": null, "message": null, "account": {"state": "CONFIRMED"}}),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -142,7 +155,9 @@ async fn test_and_confirm_names_the_folder_step_for_a_folder_that_does_not_exist
     let (_, admin) = app.tenant_with_admin().await;
     let login = new_login();
     servers.add_password_user(&login, MAIL_PASSWORD);
-    let id = app.create_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({"folder": "No/Such/Folder"}))).await;
+    let id = app
+        .create_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({"folder": "No/Such/Folder"})))
+        .await;
     let reply = app.test_mail_account(&admin, &id).await;
     assert_eq!((reply.body["ok"].clone(), reply.body["step"].clone()), (json!(false), json!("folder")), "{}", reply.text);
     let message = reply.body["message"].as_str().unwrap_or_default();
@@ -165,7 +180,12 @@ async fn test_and_confirm_names_the_connect_step_for_a_closed_port() {
         let body = password_account(servers, protocol, "tls", &new_login(), json!({"port": closed}));
         let id = app.create_mail_account(&admin, body).await;
         let reply = app.test_mail_account(&admin, &id).await;
-        assert_eq!((reply.body["ok"].clone(), reply.body["step"].clone()), (json!(false), json!("connect")), "{protocol}: {}", reply.text);
+        assert_eq!(
+            (reply.body["ok"].clone(), reply.body["step"].clone()),
+            (json!(false), json!("connect")),
+            "{protocol}: {}",
+            reply.text
+        );
         assert_eq!(reply.body["account"]["state"], "draft");
     }
 }
@@ -220,10 +240,18 @@ async fn one_imap_poll_stores_every_message_once_in_uid_order_with_parsed_header
             json!({"a": account, "id": first}),
         )
         .await;
-    let newest: Vec<&str> = body["data"]["receivedMessages"]["items"].as_array().expect("items").iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    let newest: Vec<&str> = body["data"]["receivedMessages"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap())
+        .collect();
     assert_eq!(newest, ["Message 200", "Message 199", "Message 198"], "{body}");
     assert!(body["data"]["receivedMessages"]["nextCursor"].is_string());
-    assert_eq!(body["data"]["receivedMessage"], json!({"subject": "Message 1", "messageId": messages[0].0, "from": "sender@example.net"}));
+    assert_eq!(
+        body["data"]["receivedMessage"],
+        json!({"subject": "Message 1", "messageId": messages[0].0, "from": "sender@example.net"})
+    );
     // The next poll is scheduled one interval (60 s) ahead and the position is the highest UID.
     let scheduled = app
         .sql_text(&format!(
@@ -283,7 +311,14 @@ async fn imap_after_fetch_move_moves_the_fetched_messages_to_the_target_folder()
     let login = new_login();
     servers.add_password_user(&login, MAIL_PASSWORD);
     servers.seed_messages(&login, "Processed", &[]);
-    let account = imap_account_with_after_fetch(&app, servers, &admin, &login, json!({"after_fetch": "move", "move_to_folder": "Processed"})).await;
+    let account = imap_account_with_after_fetch(
+        &app,
+        servers,
+        &admin,
+        &login,
+        json!({"after_fetch": "move", "move_to_folder": "Processed"}),
+    )
+    .await;
     let messages = seeded(&login, 4, "Move");
     servers.seed_messages(&login, "INBOX", &raws(&messages));
     assert_eq!(poll(&app, &account).await.stored, 4);
@@ -324,7 +359,8 @@ async fn an_xoauth2_imap_account_authorized_by_consent_is_confirmed_and_polled()
     let oauth = app.shared_oauth(servers, &tenant, &admin).await;
     let login = new_login();
     servers.add_oauth_user(&login);
-    let account = app.create_mail_account(&admin, oauth_account(servers, "imap", "tls", &login, &oauth.config_id, json!({}))).await;
+    let account =
+        app.create_mail_account(&admin, oauth_account(servers, "imap", "tls", &login, &oauth.config_id, json!({}))).await;
     app.consent_on_shared_provider(servers, &admin, &account, &login).await;
     assert_eq!(account_json(&app, &admin, &account).await["state"], "authorized");
     app.confirm_mail_account(&admin, &account).await;
@@ -332,20 +368,25 @@ async fn an_xoauth2_imap_account_authorized_by_consent_is_confirmed_and_polled()
     servers.seed_messages(&login, "INBOX", &raws(&messages));
     assert_eq!(poll(&app, &account).await, PollReport { polled: true, fetched: 3, stored: 3, resynchronised: false });
     let stored = received_oldest_first(&app, &admin, &account).await;
-    assert_eq!(stored.iter().map(|m| m["message_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>(), messages.iter().map(|m| m.0.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        stored.iter().map(|m| m["message_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>(),
+        messages.iter().map(|m| m.0.clone()).collect::<Vec<_>>()
+    );
     // Every login of this mailbox (test and poll) used XOAUTH2 over TLS.
     let logins = servers.dovecot_logins(&login, 2).await;
     assert!(logins.len() >= 2 && logins.iter().all(|l| l.method == "XOAUTH2" && l.tls && l.protocol == "imap"), "{logins:?}");
 }
 
 #[tokio::test]
-async fn a_token_the_server_refuses_and_a_refresh_answered_invalid_grant_put_the_account_in_error_and_the_grant_in_reauth_required() {
+async fn a_token_the_server_refuses_and_a_refresh_answered_invalid_grant_put_the_account_in_error_and_the_grant_in_reauth_required(
+) {
     let (app, servers) = spawn_mail_app().await;
     let (tenant, admin) = app.tenant_with_admin().await;
     let oauth = app.shared_oauth(servers, &tenant, &admin).await;
     let login = new_login();
     servers.add_oauth_user(&login);
-    let account = app.create_mail_account(&admin, oauth_account(servers, "imap", "tls", &login, &oauth.config_id, json!({}))).await;
+    let account =
+        app.create_mail_account(&admin, oauth_account(servers, "imap", "tls", &login, &oauth.config_id, json!({}))).await;
     app.consent_on_shared_provider(servers, &admin, &account, &login).await;
     app.confirm_mail_account(&admin, &account).await;
     let grant = account_json(&app, &admin, &account).await["grant_id"].as_str().expect("grant_id").to_owned();
@@ -377,7 +418,8 @@ async fn an_access_token_the_imap_server_refuses_is_refreshed_once_and_the_poll_
     let oauth = app.shared_oauth(servers, &tenant, &admin).await;
     let login = new_login();
     servers.add_oauth_user(&login);
-    let account = app.create_mail_account(&admin, oauth_account(servers, "imap", "tls", &login, &oauth.config_id, json!({}))).await;
+    let account =
+        app.create_mail_account(&admin, oauth_account(servers, "imap", "tls", &login, &oauth.config_id, json!({}))).await;
     app.consent_on_shared_provider(servers, &admin, &account, &login).await;
     app.confirm_mail_account(&admin, &account).await;
     let grant = account_json(&app, &admin, &account).await["grant_id"].as_str().expect("grant_id").to_owned();
@@ -387,7 +429,9 @@ async fn an_access_token_the_imap_server_refuses_is_refreshed_once_and_the_poll_
     assert_eq!(poll(&app, &account).await.stored, 2);
     let stored_now = app.sql_text(&format!("SELECT access_token FROM grants WHERE id = '{grant}'")).await;
     assert_ne!(stored_now.as_deref(), Some(planted.as_str()), "a new access token was obtained");
-    let refreshed = app.sql_text(&format!("SELECT (last_refreshed_at > now() - interval '1 minute')::text FROM grants WHERE id = '{grant}'")).await;
+    let refreshed = app
+        .sql_text(&format!("SELECT (last_refreshed_at > now() - interval '1 minute')::text FROM grants WHERE id = '{grant}'"))
+        .await;
     assert_eq!(refreshed.as_deref(), Some("true"));
     assert_eq!(app.get(&format!("/v1/grants/{grant}"), &admin).await.body["status"], "valid");
     assert_eq!(account_json(&app, &admin, &account).await["state"], "confirmed");
@@ -407,7 +451,8 @@ async fn a_poll_that_lost_its_position_fetches_again_but_stores_nothing_twice() 
     // A crash between storing and saving the position, simulated: the position goes back to an earlier UID.
     app.sql_exec(&format!("UPDATE email_accounts SET last_uid = 500 WHERE id = '{account}'")).await;
     assert_eq!(poll(&app, &account).await, PollReport { polled: true, fetched: 550, stored: 0, resynchronised: false });
-    let distinct = app.sql_i64(&format!("SELECT count(DISTINCT message_id) FROM inbound_messages WHERE account_id = '{account}'")).await;
+    let distinct =
+        app.sql_i64(&format!("SELECT count(DISTINCT message_id) FROM inbound_messages WHERE account_id = '{account}'")).await;
     let rows = app.sql_i64(&format!("SELECT count(*) FROM inbound_messages WHERE account_id = '{account}'")).await;
     assert_eq!((distinct, rows), (1_050, 1_050));
     assert_eq!(received_events(&app, &account).await, 1_050, "no event twice either");
@@ -450,7 +495,8 @@ async fn a_uidvalidity_change_resynchronises_without_storing_anything_twice_or_s
     servers.add_password_user(&login, MAIL_PASSWORD);
     let first = seeded(&login, 5, "Before");
     servers.seed_messages(&login, "Projects", &raws(&first));
-    let account = app.confirmed_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({"folder": "Projects"}))).await;
+    let account =
+        app.confirmed_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({"folder": "Projects"}))).await;
     assert_eq!(poll(&app, &account).await.stored, 5);
     let validity_before = app.sql_i64(&format!("SELECT uid_validity FROM email_accounts WHERE id = '{account}'")).await;
 
@@ -479,7 +525,10 @@ async fn a_uidvalidity_change_resynchronises_without_storing_anything_twice_or_s
     servers.seed_messages(&login, "Projects", &raws(&latest));
     assert_eq!(poll(&app, &account).await, PollReport { polled: true, fetched: 1, stored: 1, resynchronised: false });
     let newest = &app.all_received(&admin, &account).await[0];
-    assert_eq!((newest["message_id"].as_str(), newest["uid_validity"].as_i64()), (Some(latest[0].0.as_str()), Some(validity_after)));
+    assert_eq!(
+        (newest["message_id"].as_str(), newest["uid_validity"].as_i64()),
+        (Some(latest[0].0.as_str()), Some(validity_after))
+    );
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM inbound_messages WHERE account_id = '{account}'")).await, 9);
 }
 
@@ -507,7 +556,8 @@ async fn members_see_only_their_own_accounts_received_messages() {
     assert_error(&app.get(&format!("/v1/accounts/{bob_account}/messages"), &alice).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(&app.get(&format!("/v1/received-messages/{bob_message}"), &alice).await, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(app.received_raw(&alice, bob_message).await.0, StatusCode::NOT_FOUND);
-    let body = app.graphql(Some(&alice), "query($id: UUID!) { receivedMessage(id: $id) { id } }", json!({"id": bob_message})).await;
+    let body =
+        app.graphql(Some(&alice), "query($id: UUID!) { receivedMessage(id: $id) { id } }", json!({"id": bob_message})).await;
     assert_eq!(graphql_error_code(&body), "not_found", "{body}");
     // Her own, yes; the admin sees both.
     let own = alice_messages[0]["id"].as_str().unwrap();
@@ -532,11 +582,12 @@ async fn another_tenants_received_message_answers_not_found() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!String::from_utf8_lossy(&bytes).contains("Tenant secret"));
     assert_error(&app.get(&format!("/v1/accounts/{account}/messages"), &stranger).await, StatusCode::NOT_FOUND, "not_found");
-    let body = app
-        .graphql(Some(&stranger), "query($id: UUID!) { receivedMessage(id: $id) { id } }", json!({"id": message}))
-        .await;
+    let body =
+        app.graphql(Some(&stranger), "query($id: UUID!) { receivedMessage(id: $id) { id } }", json!({"id": message})).await;
     assert_eq!(graphql_error_code(&body), "not_found", "{body}");
-    let body = app.graphql(Some(&stranger), "query($a: UUID!) { receivedMessages(accountId: $a) { items { id } } }", json!({"a": account})).await;
+    let body = app
+        .graphql(Some(&stranger), "query($a: UUID!) { receivedMessages(accountId: $a) { items { id } } }", json!({"a": account}))
+        .await;
     assert_eq!(graphql_error_code(&body), "not_found", "{body}");
 }
 
@@ -558,9 +609,16 @@ async fn a_pop3_poll_stores_every_message_once_by_its_uidl_and_a_second_poll_sto
     assert_eq!(message_ids(&stored), expected);
     for item in &stored {
         let (_, raw) = messages.iter().find(|(id, _)| item["message_id"] == json!(id)).expect("a seeded message");
-        assert!(app.received_raw(&admin, item["id"].as_str().unwrap()).await.1 == *raw, "POP3 bytes must be exact (dot-unstuffed)");
+        assert!(
+            app.received_raw(&admin, item["id"].as_str().unwrap()).await.1 == *raw,
+            "POP3 bytes must be exact (dot-unstuffed)"
+        );
     }
-    let uidls = app.sql_i64(&format!("SELECT count(DISTINCT pop3_uid) FROM inbound_messages WHERE account_id = '{account}' AND pop3_uid IS NOT NULL")).await;
+    let uidls = app
+        .sql_i64(&format!(
+            "SELECT count(DISTINCT pop3_uid) FROM inbound_messages WHERE account_id = '{account}' AND pop3_uid IS NOT NULL"
+        ))
+        .await;
     assert_eq!(uidls, 7, "each message is keyed by its own UIDL");
     let mut uids: Vec<i64> = stored.iter().map(|m| m["uid"].as_i64().expect("uid")).collect();
     uids.dedup();
@@ -581,8 +639,9 @@ async fn pop3_after_fetch_delete_removes_the_fetched_messages_from_the_server() 
     let login = new_login();
     servers.add_password_user(&login, MAIL_PASSWORD);
     servers.seed_messages(&login, "INBOX", &raws(&seeded(&login, 4, "Pop delete")));
-    let account =
-        app.confirmed_mail_account(&admin, password_account(servers, "pop3", "starttls", &login, json!({"after_fetch": "delete"}))).await;
+    let account = app
+        .confirmed_mail_account(&admin, password_account(servers, "pop3", "starttls", &login, json!({"after_fetch": "delete"})))
+        .await;
     assert_eq!(poll(&app, &account).await.stored, 4);
     assert_eq!(servers.mailbox_count(&login, "INBOX"), 0);
     assert_eq!(app.all_received(&admin, &account).await.len(), 4);
@@ -603,7 +662,9 @@ async fn outbox(app: &TestApp, servers: &MailServers, security: &str) -> Outbox 
     let (tenant, admin) = app.tenant_with_admin().await;
     let sender = new_login();
     servers.add_password_user(&sender, MAIL_PASSWORD);
-    let account = app.confirmed_mail_account(&admin, password_account(servers, "smtp", security, &sender, json!({"is_default": true}))).await;
+    let account = app
+        .confirmed_mail_account(&admin, password_account(servers, "smtp", security, &sender, json!({"is_default": true})))
+        .await;
     Outbox { tenant, admin, sender, account }
 }
 
@@ -659,7 +720,12 @@ async fn posting_a_message_twice_with_one_idempotency_key_returns_the_same_messa
     assert_eq!(gql["data"]["sendMessage"], json!({"id": first, "status": "QUEUED"}), "{gql}");
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await, 1);
     // Another key is another message; delivering the first twice sends it once.
-    let other = submit(&app, &o.admin, json!({"from": o.sender, "to": body["to"], "subject": "Invoice 43", "text": "Hi", "idempotency_key": "invoice-43"})).await;
+    let other = submit(
+        &app,
+        &o.admin,
+        json!({"from": o.sender, "to": body["to"], "subject": "Invoice 43", "text": "Hi", "idempotency_key": "invoice-43"}),
+    )
+    .await;
     assert_ne!(other, first);
     assert_eq!(deliver(&app, &first).await, Delivery::Sent);
     assert_eq!(deliver(&app, &first).await, Delivery::Skipped);
@@ -684,7 +750,10 @@ async fn deliver_sends_over_password_auth_with_the_right_headers_and_bcc_only_in
     assert_eq!(deliver(&app, &id).await, Delivery::Sent);
     let row = outbound_json(&app, &o.admin, &id).await;
     assert_eq!((row["status"].as_str(), row["attempts"].as_i64()), (Some("sent"), Some(1)), "{row}");
-    assert!(row["smtp_reply"].as_str().unwrap_or_default().contains("Queued mail for delivery"), "the server's reply is recorded: {row}");
+    assert!(
+        row["smtp_reply"].as_str().unwrap_or_default().contains("Queued mail for delivery"),
+        "the server's reply is recorded: {row}"
+    );
     assert!(row["sent_at"].is_string());
     assert_eq!(app.event_count("message.sent", &id).await, 1);
 
@@ -707,7 +776,10 @@ async fn deliver_sends_over_password_auth_with_the_right_headers_and_bcc_only_in
     assert_eq!(parsed.header_raw("X-Campaign").map(str::trim), Some("spring"));
     let text = String::from_utf8_lossy(&accepted.raw);
     assert!(!text.contains(&bcc) && parsed.header_raw("Bcc").is_none(), "Bcc must be in the envelope only");
-    let logged_in = servers.smtp_log().lines().any(|l| l.contains(&format!("auth PLAIN {}: ok", o.sender)) || l.contains(&format!("auth LOGIN {}: ok", o.sender)));
+    let logged_in = servers
+        .smtp_log()
+        .lines()
+        .any(|l| l.contains(&format!("auth PLAIN {}: ok", o.sender)) || l.contains(&format!("auth LOGIN {}: ok", o.sender)));
     assert!(logged_in, "a password login");
 }
 
@@ -719,12 +791,17 @@ async fn deliver_sends_over_xoauth2_with_the_consented_token() {
     let login = new_login();
     servers.add_oauth_user(&login);
     let account = app
-        .create_mail_account(&admin, oauth_account(servers, "smtp", "tls", &login, &oauth.config_id, json!({"from_filter": login})))
+        .create_mail_account(
+            &admin,
+            oauth_account(servers, "smtp", "tls", &login, &oauth.config_id, json!({"from_filter": login})),
+        )
         .await;
     app.consent_on_shared_provider(servers, &admin, &account, &login).await;
     app.confirm_mail_account(&admin, &account).await;
     let to = recipient("oauth-to-");
-    let id = submit(&app, &admin, json!({"from": format!("Ann <{login}>"), "to": [to], "subject": "Sent with a token", "text": "Hi"})).await;
+    let id =
+        submit(&app, &admin, json!({"from": format!("Ann <{login}>"), "to": [to], "subject": "Sent with a token", "text": "Hi"}))
+            .await;
     let row = outbound_json(&app, &admin, &id).await;
     assert_eq!((row["account_id"].as_str(), row["routed_by"].as_str()), (Some(account.as_str()), Some("address")));
     assert_eq!(deliver(&app, &id).await, Delivery::Sent);
@@ -733,7 +810,10 @@ async fn deliver_sends_over_xoauth2_with_the_consented_token() {
     let parsed = parse(&accepted[0]);
     let from = parsed.from().and_then(|a| a.first()).expect("From");
     assert_eq!((from.name(), from.address()), (Some("Ann"), Some(login.as_str())));
-    assert_eq!(parsed.message_id().map(|m| format!("<{m}>")), outbound_json(&app, &admin, &id).await["message_id"].as_str().map(str::to_owned));
+    assert_eq!(
+        parsed.message_id().map(|m| format!("<{m}>")),
+        outbound_json(&app, &admin, &id).await["message_id"].as_str().map(str::to_owned)
+    );
     assert!(servers.smtp_log().contains(&format!("auth XOAUTH2 {login}: ok")), "an XOAUTH2 login");
 }
 
@@ -745,7 +825,10 @@ async fn an_access_token_the_smtp_server_refuses_is_refreshed_once_and_the_messa
     let login = new_login();
     servers.add_oauth_user(&login);
     let account = app
-        .create_mail_account(&admin, oauth_account(servers, "smtp", "starttls", &login, &oauth.config_id, json!({"is_default": true})))
+        .create_mail_account(
+            &admin,
+            oauth_account(servers, "smtp", "starttls", &login, &oauth.config_id, json!({"is_default": true})),
+        )
         .await;
     app.consent_on_shared_provider(servers, &admin, &account, &login).await;
     app.confirm_mail_account(&admin, &account).await;
@@ -763,7 +846,8 @@ async fn an_access_token_the_smtp_server_refuses_is_refreshed_once_and_the_messa
     // Consent withdrawn: the refresh gets invalid_grant, the message fails, the grant needs a new consent.
     servers.provider().revoke_user(&login);
     app.plant_access_token(&tenant, &grant, "refused-again").await;
-    let id = submit(&app, &admin, json!({"from": login, "to": [recipient("refresh-")], "subject": "Revoked", "text": "Hi"})).await;
+    let id =
+        submit(&app, &admin, json!({"from": login, "to": [recipient("refresh-")], "subject": "Revoked", "text": "Hi"})).await;
     assert_eq!(deliver(&app, &id).await, Delivery::Failed);
     assert_eq!(app.get(&format!("/v1/grants/{grant}"), &admin).await.body["status"], "reauth_required");
     assert_eq!(account_json(&app, &admin, &account).await["state"], "error");
@@ -778,16 +862,33 @@ async fn routing_prefers_the_exact_from_filter_then_the_domain_then_the_default_
     for filter in ["sales@acme.test", "acme.test"] {
         let login = new_login();
         servers.add_password_user(&login, MAIL_PASSWORD);
-        let id = app.confirmed_mail_account(&o.admin, password_account(servers, "smtp", "tls", &login, json!({"from_filter": filter}))).await;
+        let id = app
+            .confirmed_mail_account(&o.admin, password_account(servers, "smtp", "tls", &login, json!({"from_filter": filter})))
+            .await;
         sender_for.push((filter, id, login));
     }
     let (exact, domain) = (&sender_for[0], &sender_for[1]);
     let route = explain(&app, &o.admin, "sales@acme.test").await;
-    assert_eq!(route.body, json!({"account_id": exact.1, "routed_by": "address", "effective_from": "sales@acme.test", "reply_to": null}), "{}", route.text);
+    assert_eq!(
+        route.body,
+        json!({"account_id": exact.1, "routed_by": "address", "effective_from": "sales@acme.test", "reply_to": null}),
+        "{}",
+        route.text
+    );
     let route = explain(&app, &o.admin, "SALES@Acme.Test").await;
-    assert_eq!((route.body["account_id"].as_str(), route.body["routed_by"].as_str()), (Some(exact.1.as_str()), Some("address")), "{}", route.text);
+    assert_eq!(
+        (route.body["account_id"].as_str(), route.body["routed_by"].as_str()),
+        (Some(exact.1.as_str()), Some("address")),
+        "{}",
+        route.text
+    );
     let route = explain(&app, &o.admin, "Bob <bob@acme.test>").await;
-    assert_eq!(route.body, json!({"account_id": domain.1, "routed_by": "domain", "effective_from": "Bob <bob@acme.test>", "reply_to": null}), "{}", route.text);
+    assert_eq!(
+        route.body,
+        json!({"account_id": domain.1, "routed_by": "domain", "effective_from": "Bob <bob@acme.test>", "reply_to": null}),
+        "{}",
+        route.text
+    );
     let route = explain(&app, &o.admin, "Carol <carol@elsewhere.test>").await;
     assert_eq!(
         route.body,
@@ -807,7 +908,11 @@ async fn routing_prefers_the_exact_from_filter_then_the_domain_then_the_default_
     }
     // An account that is not usable (draft) is never chosen.
     let draft_login = new_login();
-    app.create_mail_account(&o.admin, password_account(servers, "smtp", "tls", &draft_login, json!({"from_filter": "draft@acme.test"}))).await;
+    app.create_mail_account(
+        &o.admin,
+        password_account(servers, "smtp", "tls", &draft_login, json!({"from_filter": "draft@acme.test"})),
+    )
+    .await;
     assert_eq!(explain(&app, &o.admin, "draft@acme.test").await.body["routed_by"], "domain");
 }
 
@@ -816,7 +921,12 @@ async fn the_default_sender_rewrites_from_keeps_the_display_name_and_puts_the_or
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "starttls").await;
     let to = recipient("fallback-");
-    let id = submit(&app, &o.admin, json!({"from": "Dana Sales <dana@customer.test>", "to": [to], "subject": "Fallback", "text": "Hi"})).await;
+    let id = submit(
+        &app,
+        &o.admin,
+        json!({"from": "Dana Sales <dana@customer.test>", "to": [to], "subject": "Fallback", "text": "Hi"}),
+    )
+    .await;
     let row = outbound_json(&app, &o.admin, &id).await;
     assert_eq!((row["routed_by"].as_str(), row["account_id"].as_str()), (Some("default"), Some(o.account.as_str())), "{row}");
     assert_eq!(deliver(&app, &id).await, Delivery::Sent);
@@ -829,7 +939,12 @@ async fn the_default_sender_rewrites_from_keeps_the_display_name_and_puts_the_or
     assert_eq!((reply_to.name(), reply_to.address()), (Some("Dana Sales"), Some("dana@customer.test")));
     // An explicit reply_to wins over the original address.
     let to2 = recipient("fallback-explicit-");
-    let id = submit(&app, &o.admin, json!({"from": "dana@customer.test", "to": [to2], "reply_to": "desk@customer.test", "subject": "x", "text": "y"})).await;
+    let id = submit(
+        &app,
+        &o.admin,
+        json!({"from": "dana@customer.test", "to": [to2], "reply_to": "desk@customer.test", "subject": "x", "text": "y"}),
+    )
+    .await;
     assert_eq!(deliver(&app, &id).await, Delivery::Sent);
     let accepted = servers.wait_for_messages_to(&to2, 1, Duration::from_secs(10)).await;
     let parsed = parse(&accepted[0]);
@@ -843,8 +958,11 @@ async fn without_a_matching_account_or_a_default_sender_sending_is_refused_with_
     let (tenant, admin) = app.tenant_with_admin().await;
     let login = new_login();
     servers.add_password_user(&login, MAIL_PASSWORD);
-    app.confirmed_mail_account(&admin, password_account(servers, "smtp", "tls", &login, json!({"from_filter": "acme.test"}))).await;
-    let reply = app.post("/v1/messages", &admin, json!({"from": "someone@other.test", "to": ["x@example.org"], "subject": "s", "text": "t"})).await;
+    app.confirmed_mail_account(&admin, password_account(servers, "smtp", "tls", &login, json!({"from_filter": "acme.test"})))
+        .await;
+    let reply = app
+        .post("/v1/messages", &admin, json!({"from": "someone@other.test", "to": ["x@example.org"], "subject": "s", "text": "t"}))
+        .await;
     assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "no_sender");
     assert_eq!(reply.body["field"], "from");
     let route = app.get("/v1/routing?from=someone%40other.test", &admin).await;
@@ -862,14 +980,17 @@ async fn without_a_matching_account_or_a_default_sender_sending_is_refused_with_
 async fn a_temporary_recipient_failure_requeues_the_message_with_backoff_and_the_servers_reply() {
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "starttls").await;
-    let id = submit(&app, &o.admin, json!({"from": o.sender, "to": [recipient("tempfail+")], "subject": "Later", "text": "Hi"})).await;
+    let id =
+        submit(&app, &o.admin, json!({"from": o.sender, "to": [recipient("tempfail+")], "subject": "Later", "text": "Hi"})).await;
     assert_eq!(deliver(&app, &id).await, Delivery::Retry);
     let row = outbound_json(&app, &o.admin, &id).await;
     assert_eq!((row["status"].as_str(), row["attempts"].as_i64()), (Some("queued"), Some(1)), "{row}");
     let error = row["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("451") && error.contains("Try again later"), "{error:?}");
     let later = app
-        .sql_text(&format!("SELECT (next_attempt_at > now() + interval '20 seconds')::text FROM outbound_messages WHERE id = '{id}'"))
+        .sql_text(&format!(
+            "SELECT (next_attempt_at > now() + interval '20 seconds')::text FROM outbound_messages WHERE id = '{id}'"
+        ))
         .await;
     assert_eq!(later.as_deref(), Some("true"), "the retry waits: {row}");
     assert_eq!(app.sql_text(&format!("SELECT lease_until::text FROM outbound_messages WHERE id = '{id}'")).await, None);
@@ -879,7 +1000,11 @@ async fn a_temporary_recipient_failure_requeues_the_message_with_backoff_and_the
     assert_eq!(deliver(&app, &id).await, Delivery::Retry);
     assert_eq!(outbound_json(&app, &o.admin, &id).await["attempts"].as_i64(), Some(2));
     // The last allowed attempt gives up.
-    app.sql_exec(&format!("UPDATE outbound_messages SET next_attempt_at = now(), attempts = {} WHERE id = '{id}'", delivery::MAX_ATTEMPTS - 1)).await;
+    app.sql_exec(&format!(
+        "UPDATE outbound_messages SET next_attempt_at = now(), attempts = {} WHERE id = '{id}'",
+        delivery::MAX_ATTEMPTS - 1
+    ))
+    .await;
     assert_eq!(deliver(&app, &id).await, Delivery::Failed);
     let row = outbound_json(&app, &o.admin, &id).await;
     assert_eq!(row["status"], "failed");
@@ -891,7 +1016,8 @@ async fn a_temporary_recipient_failure_requeues_the_message_with_backoff_and_the
 async fn a_permanent_recipient_failure_fails_the_message_and_records_message_failed() {
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "tls").await;
-    let id = submit(&app, &o.admin, json!({"from": o.sender, "to": [recipient("reject+")], "subject": "Nobody", "text": "Hi"})).await;
+    let id =
+        submit(&app, &o.admin, json!({"from": o.sender, "to": [recipient("reject+")], "subject": "Nobody", "text": "Hi"})).await;
     assert_eq!(deliver(&app, &id).await, Delivery::Failed);
     let row = outbound_json(&app, &o.admin, &id).await;
     assert_eq!(row["status"], "failed", "{row}");
@@ -900,7 +1026,11 @@ async fn a_permanent_recipient_failure_fails_the_message_and_records_message_fai
     assert_eq!(app.event_count("message.failed", &id).await, 1);
     assert_eq!(app.event_count("message.sent", &id).await, 0);
     assert_eq!(deliver(&app, &id).await, Delivery::Skipped, "a failed message is not retried");
-    assert_eq!(account_json(&app, &o.admin, &o.account).await["state"], "confirmed", "a refused recipient is not the account's fault");
+    assert_eq!(
+        account_json(&app, &o.admin, &o.account).await["state"],
+        "confirmed",
+        "a refused recipient is not the account's fault"
+    );
 }
 
 #[tokio::test]
@@ -915,7 +1045,8 @@ async fn a_connection_dropped_after_data_leaves_the_message_unknown_and_it_is_ne
     assert!(row["last_error"].as_str().unwrap_or_default().contains("uncertain"), "{row}");
     assert_eq!(deliver(&app, &id).await, Delivery::Skipped);
     assert_eq!(outbound_json(&app, &o.admin, &id).await["attempts"].as_i64(), Some(1), "never attempted again");
-    let attempts_at_server = servers.smtp_log().lines().filter(|l| l.contains("dropping the connection after DATA") && l.contains(&rcpt)).count();
+    let attempts_at_server =
+        servers.smtp_log().lines().filter(|l| l.contains("dropping the connection after DATA") && l.contains(&rcpt)).count();
     assert_eq!(attempts_at_server, 1);
     // The client recovers: the next message on the same account goes out.
     let to = recipient("after-drop-");
@@ -928,7 +1059,8 @@ async fn smtp_auth_disabled_fails_the_message_with_the_admin_hint_and_puts_the_a
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "starttls").await;
     servers.disable_smtp_auth(&o.sender);
-    let id = submit(&app, &o.admin, json!({"from": o.sender, "to": [recipient("blocked-")], "subject": "Blocked", "text": "Hi"})).await;
+    let id = submit(&app, &o.admin, json!({"from": o.sender, "to": [recipient("blocked-")], "subject": "Blocked", "text": "Hi"}))
+        .await;
     assert_eq!(deliver(&app, &id).await, Delivery::Failed);
     let row = outbound_json(&app, &o.admin, &id).await;
     assert_eq!(row["status"], "failed");
@@ -940,7 +1072,8 @@ async fn smtp_auth_disabled_fails_the_message_with_the_admin_hint_and_puts_the_a
     assert!(account["last_error"].as_str().unwrap_or_default().contains("5.7.139"), "{account}");
     assert_eq!(app.event_count("message.failed", &id).await, 1);
     // Now that the account is in error it is not a usable sender any more.
-    let reply = app.post("/v1/messages", &o.admin, json!({"from": o.sender, "to": ["x@example.org"], "subject": "s", "text": "t"})).await;
+    let reply =
+        app.post("/v1/messages", &o.admin, json!({"from": o.sender, "to": ["x@example.org"], "subject": "s", "text": "t"})).await;
     assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "no_sender");
 }
 
@@ -996,7 +1129,11 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
         (with(json!({"to": []})), "invalid_message", "to"),
         (with(json!({"to": ["bad address"]})), "invalid_email", "to[0]"),
         (with(json!({"text": null})), "required", "text"),
-        (with(json!({"attachments": [{"filename": "a.pdf", "content_base64": "not base64!!"}]})), "invalid_base64", "attachments[0].content_base64"),
+        (
+            with(json!({"attachments": [{"filename": "a.pdf", "content_base64": "not base64!!"}]})),
+            "invalid_base64",
+            "attachments[0].content_base64",
+        ),
         (with(json!({"headers": {"From": "ceo@example.com"}})), "invalid_message", "headers"),
         (with(json!({"headers": {"Bcc": "spy@example.com"}})), "invalid_message", "headers"),
         (with(json!({"headers": {"X-Injected": "a\r\nBcc: spy@example.com"}})), "invalid_message", "headers"),
@@ -1009,9 +1146,15 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
         let got = reply.body["field"].as_str().unwrap_or_default();
         assert!(got.starts_with(field), "field {field:?} expected for {body}: {}", reply.text);
     }
-    assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await, 0, "nothing stored");
+    assert_eq!(
+        app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await,
+        0,
+        "nothing stored"
+    );
     // The limit is about size only: a small message with a small attachment passes.
-    let small = with(json!({"attachments": [{"filename": "note.txt", "content_type": "text/plain", "content_base64": base64_of(b"tiny")}]}));
+    let small = with(
+        json!({"attachments": [{"filename": "note.txt", "content_type": "text/plain", "content_base64": base64_of(b"tiny")}]}),
+    );
     submit(&app, &o.admin, small).await;
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await, 1);
 }

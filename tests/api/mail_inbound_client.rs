@@ -171,7 +171,8 @@ async fn imap_wrong_password_is_an_auth_failure_in_dovecots_words() {
     assert_eq!(err.to_string(), "auth: [AUTHENTICATIONFAILED] Authentication failed.");
 
     // Over STARTTLS too.
-    let err = assert_auth_failure(server.imap_with(Security::Starttls, &password(&login, "wrong-secret-pw")).await, "wrong-secret-pw");
+    let err =
+        assert_auth_failure(server.imap_with(Security::Starttls, &password(&login, "wrong-secret-pw")).await, "wrong-secret-pw");
     assert!(err.message.contains("Authentication failed"), "{err}");
 }
 
@@ -354,11 +355,13 @@ async fn imap_refuses_a_host_the_guard_forbids_without_connecting() {
     let strict = NetGuard::new(false);
     let auth = password("someone@example.com", "pw");
 
-    let result = ImapSession::connect(&strict, &server.tls, &Endpoint::new("127.0.0.1", port, Security::Tls), &auth, timeouts()).await;
+    let result =
+        ImapSession::connect(&strict, &server.tls, &Endpoint::new("127.0.0.1", port, Security::Tls), &auth, timeouts()).await;
     let err = result.expect_err("refused by the guard");
     assert_eq!(err.step, MailStep::Forbidden, "{err}");
     assert!(!err.is_transient());
-    let result = Pop3Session::connect(&strict, &server.tls, &Endpoint::new("localhost", port, Security::None), &auth, timeouts()).await;
+    let result =
+        Pop3Session::connect(&strict, &server.tls, &Endpoint::new("localhost", port, Security::None), &auth, timeouts()).await;
     assert_eq!(result.expect_err("refused by the guard").step, MailStep::Forbidden);
     // Nothing ever reached the listener.
     assert!(tokio::time::timeout(Duration::from_millis(300), listener.accept()).await.is_err());

@@ -115,7 +115,8 @@ async fn imaps_xoauth2_with_a_minted_token_and_with_bad_tokens() {
     assert!(last(&reply).starts_with("s OK"), "{reply:?}");
     // OAUTHBEARER too.
     let mut conn = imaps(servers).await;
-    let reply = conn.imap("o", &format!("AUTHENTICATE OAUTHBEARER {}", oauthbearer_initial_response(&login, &token))).await.unwrap();
+    let reply =
+        conn.imap("o", &format!("AUTHENTICATE OAUTHBEARER {}", oauthbearer_initial_response(&login, &token))).await.unwrap();
     assert!(last(&reply).starts_with("o OK"), "{reply:?}");
 
     // The user's own token after revocation, a token of someone else, and an unknown token (concurrently: each failure

@@ -455,7 +455,10 @@ async fn concurrent_sends_use_separate_connections_and_a_changed_credential_a_ne
     // A new password (e.g. after an account update) never rides on a connection made with the old one.
     let new_secret = format!("new-{}", Uuid::new_v4().simple());
     servers.add_password_user(&login, &new_secret);
-    sent_reply(smtp.send(&endpoint, &password(&login, &new_secret), &composed(&message(&login, &to, "New password"))).await, servers);
+    sent_reply(
+        smtp.send(&endpoint, &password(&login, &new_secret), &composed(&message(&login, &to, "New password"))).await,
+        servers,
+    );
     assert_eq!(smtp.connections_opened(), opened + 1);
 }
 
@@ -471,7 +474,10 @@ async fn an_idle_timeout_of_zero_disables_reuse() {
     .unwrap();
     let to = new_rcpt("noreuse-");
     for i in 0..2 {
-        sent_reply(smtp.send(&implicit_tls(servers), &auth, &composed(&message(&login, &to, &format!("No reuse {i}")))).await, servers);
+        sent_reply(
+            smtp.send(&implicit_tls(servers), &auth, &composed(&message(&login, &to, &format!("No reuse {i}")))).await,
+            servers,
+        );
     }
     assert_eq!(smtp.connections_opened(), 2);
     assert_eq!(smtp_auth_count(servers, &login), 2);
@@ -527,7 +533,8 @@ async fn test_connection_names_the_failing_step_and_the_servers_words() {
     assert_eq!(err.step, MailStep::Connect, "{err}");
 
     // Implicit TLS spoken to the STARTTLS port: no TLS handshake answer.
-    let err = smtp.test_connection(&Endpoint::new(servers.host(), servers.smtp_port(), Security::Tls), &password(&login, "x")).await;
+    let err =
+        smtp.test_connection(&Endpoint::new(servers.host(), servers.smtp_port(), Security::Tls), &password(&login, "x")).await;
     assert_eq!(err.unwrap_err().step, MailStep::Tls);
 
     let err = smtp.test_connection(&Endpoint::new("no-such-host.invalid", 587, Security::Starttls), &password(&login, "x")).await;

@@ -65,7 +65,12 @@ async fn rows(app: &TestApp, sql: &str) -> Vec<Value> {
 }
 
 async fn execute(app: &TestApp, sql: &str) -> u64 {
-    app.ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned())).await.expect("statement runs").rows_affected()
+    app.ctx
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+        .await
+        .expect("statement runs")
+        .rows_affected()
 }
 
 /// What a callback may change: every grant, every account's state and grant, every event.
@@ -112,7 +117,8 @@ fn query_count(url: &str, name: &str) -> usize {
 /// Replaces (or with `None` removes) one query parameter of a URL.
 fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
     let mut parsed = url::Url::parse(url).expect("a URL");
-    let kept: Vec<(String, String)> = parsed.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let kept: Vec<(String, String)> =
+        parsed.query_pairs().filter(|(k, _)| k != name).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     {
         let mut query = parsed.query_pairs_mut();
         query.clear();
@@ -189,14 +195,20 @@ async fn a_rejected_client_secret_fails_re_consent_with_invalid_client_and_keeps
     assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
     let before = stored(&app).await;
 
-    setup.provider.fail_next_token_requests(1, TokenFailure::InvalidClient { description: "AADSTS7000222: The provided client secret keys are expired.".to_owned() });
+    setup.provider.fail_next_token_requests(
+        1,
+        TokenFailure::InvalidClient { description: "AADSTS7000222: The provided client secret keys are expired.".to_owned() },
+    );
     let outcome = app.consent(&setup, &inbound).await;
     assert_failed_with(&outcome, "invalid_client", &inbound);
     assert_eq!(setup.provider.pending_token_failures(), 0, "the code exchange was attempted");
     assert_nothing_changed(&before, &stored(&app).await, "invalid_client");
 
     // Without a return URL the page says who must act.
-    setup.provider.fail_next_token_requests(1, TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".to_owned() });
+    setup.provider.fail_next_token_requests(
+        1,
+        TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".to_owned() },
+    );
     let url = start(&app, &setup, &inbound, None).await;
     let page = app.follow_authorization(&url).await;
     assert_rejected_page(&page, "invalid_client");
@@ -428,8 +440,13 @@ async fn re_consent_replaces_the_grants_tokens_in_place() {
     let old_access = app.stored_value("grants", "access_token", &grant_id).await.expect("access token");
 
     // The grant died meanwhile (consent withdrawn at the provider): re-consent brings it back.
-    execute(&app, &format!("UPDATE grants SET status = 'reauth_required', last_error = 'invalid_grant' WHERE id = '{grant_id}'")).await;
-    execute(&app, &format!("UPDATE email_accounts SET state = 'error', last_error = 'sign-in needed again' WHERE grant_id = '{grant_id}'")).await;
+    execute(&app, &format!("UPDATE grants SET status = 'reauth_required', last_error = 'invalid_grant' WHERE id = '{grant_id}'"))
+        .await;
+    execute(
+        &app,
+        &format!("UPDATE email_accounts SET state = 'error', last_error = 'sign-in needed again' WHERE grant_id = '{grant_id}'"),
+    )
+    .await;
 
     let outcome = app.consent(&setup, &outbound).await;
     assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
@@ -441,8 +458,16 @@ async fn re_consent_replaces_the_grants_tokens_in_place() {
     assert_ne!(new_refresh, old_refresh);
     assert!(new_refresh.starts_with("k1:"));
     let plain = |stored: &str, column: &str| decrypt(&app, &setup.tenant, "grants", column, &grant_id, stored);
-    assert_ne!(plain(&new_refresh, "refresh_token"), plain(&old_refresh, "refresh_token"), "the new consent's refresh token is stored");
-    assert_ne!(plain(&new_access, "access_token"), plain(&old_access, "access_token"), "the new consent's access token is stored");
+    assert_ne!(
+        plain(&new_refresh, "refresh_token"),
+        plain(&old_refresh, "refresh_token"),
+        "the new consent's refresh token is stored"
+    );
+    assert_ne!(
+        plain(&new_access, "access_token"),
+        plain(&old_access, "access_token"),
+        "the new consent's access token is stored"
+    );
     let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
     assert_eq!((grant.body["status"].clone(), grant.body["last_error"].clone()), (json!("valid"), Value::Null), "{}", grant.text);
     for account in [&inbound, &outbound] {
@@ -475,7 +500,11 @@ async fn prompt_consent_is_sent_until_a_refresh_token_is_stored() {
         assert_eq!(params.get("redirect_uri"), Some(&format!("{}/oauth/callback", app.address)), "{url}");
     }
     assert_ne!(query_of(&first).get("state"), query_of(&later).get("state"), "a fresh state per attempt");
-    assert_ne!(query_of(&first).get("code_challenge"), query_of(&later).get("code_challenge"), "a fresh PKCE verifier per attempt");
+    assert_ne!(
+        query_of(&first).get("code_challenge"),
+        query_of(&later).get("code_challenge"),
+        "a fresh PKCE verifier per attempt"
+    );
     // Without a usable refresh token the consent screen is needed again.
     execute(&app, "UPDATE grants SET refresh_token = NULL").await;
     let again = start(&app, &setup, &outbound, None).await;
@@ -487,7 +516,11 @@ async fn a_prompt_set_in_the_configuration_is_sent_as_is() {
     let app = spawn_app().await;
     let (setup, inbound, outbound) = mailbox(&app).await;
     let patched = app
-        .patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"extra_auth_params": {"prompt": "select_account"}}))
+        .patch(
+            &format!("/v1/token-configs/{}", setup.config_id),
+            &setup.admin,
+            json!({"extra_auth_params": {"prompt": "select_account"}}),
+        )
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
 
@@ -506,9 +539,7 @@ async fn a_microsoft_authorization_url_names_the_directory_the_login_and_the_pre
     let config = app.post("/v1/token-configs", &admin, TestApp::microsoft_config()).await;
     assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);
     let login = "alice@contoso.com";
-    let create = |login: &str, shared: bool| {
-        json!({"protocol": "imap", "auth": "oauth2", "login": login, "token_config_id": config.id(), "shared_mailbox": shared})
-    };
+    let create = |login: &str, shared: bool| json!({"protocol": "imap", "auth": "oauth2", "login": login, "token_config_id": config.id(), "shared_mailbox": shared});
     let account = app.post("/v1/accounts", &admin, create(login, false)).await;
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
     let started = app.post(&format!("/v1/accounts/{}/authorize", account.id()), &admin, json!({})).await;
@@ -553,7 +584,11 @@ async fn a_google_authorization_url_asks_for_offline_access_with_consent() {
         .await;
     assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);
     let account = app
-        .post("/v1/accounts", &admin, json!({"protocol": "imap", "auth": "oauth2", "login": "bob@gmail.com", "token_config_id": config.id()}))
+        .post(
+            "/v1/accounts",
+            &admin,
+            json!({"protocol": "imap", "auth": "oauth2", "login": "bob@gmail.com", "token_config_id": config.id()}),
+        )
         .await;
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
     let started = app.post(&format!("/v1/accounts/{}/authorize", account.id()), &admin, json!({})).await;
@@ -625,12 +660,19 @@ async fn a_return_url_outside_the_allowed_origins_is_refused_and_stores_nothing(
         assert!(matches!(reply.code(), "return_url_not_allowed" | "invalid_url"), "{bad}: {}", reply.text);
         assert_eq!(reply.body["field"], json!("return_url"), "{}", reply.text);
     }
-    assert_error(&app.authorize(&setup, &inbound, Some("https://evil.example.net/done")).await, StatusCode::UNPROCESSABLE_ENTITY, "return_url_not_allowed");
+    assert_error(
+        &app.authorize(&setup, &inbound, Some("https://evil.example.net/done")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "return_url_not_allowed",
+    );
     assert!(rows(&app, "SELECT id FROM oauth_states").await.is_empty(), "no state was issued");
     assert!(setup.provider.last_authorize_params().is_none());
     assert_nothing_changed(&before, &stored(&app).await, "refused return URL");
     // Allowed: any path on the allowed origin.
-    assert_eq!(app.authorize(&setup, &inbound, Some(&format!("{RETURN_ORIGIN}/settings/mail?tab=1"))).await.status, StatusCode::OK);
+    assert_eq!(
+        app.authorize(&setup, &inbound, Some(&format!("{RETURN_ORIGIN}/settings/mail?tab=1"))).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -710,7 +752,11 @@ async fn viewers_cannot_authorize_and_members_only_their_own_accounts() {
     let other = app.oauth_setup().await;
     let foreign = app.oauth_account(&other, "imap", CONSENTING_USER).await;
     assert_error(&app.post(&authorize(&foreign), &setup.admin, body.clone()).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&app.post(&authorize(&Uuid::now_v7().to_string()), &setup.admin, body).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &app.post(&authorize(&Uuid::now_v7().to_string()), &setup.admin, body).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     assert_eq!(rows(&app, "SELECT id FROM oauth_states").await.len(), 1);
 }
 
@@ -784,7 +830,13 @@ async fn grants_are_authorized_listed_read_and_revoked_over_graphql() {
     assert_eq!(graphql_error_code(&refused), "return_url_not_allowed", "{refused}");
 
     let grant_id = grant_id_of(&app, &setup, &outbound).await;
-    let list = app.graphql(Some(&setup.admin), "{ grants { items { id subject consentedBy status hasRefreshToken } nextCursor } }", json!({})).await;
+    let list = app
+        .graphql(
+            Some(&setup.admin),
+            "{ grants { items { id subject consentedBy status hasRefreshToken } nextCursor } }",
+            json!({}),
+        )
+        .await;
     assert_eq!(
         list["data"]["grants"]["items"],
         json!([{"id": grant_id, "subject": CONSENTING_USER, "consentedBy": CONSENTING_USER, "status": "VALID", "hasRefreshToken": true}]),
@@ -835,10 +887,23 @@ async fn a_later_consent_without_a_new_refresh_token_keeps_the_stored_one() {
     assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
     assert_eq!(outcome.param("account_id").as_deref(), Some(outbound.as_str()));
     assert_eq!(grant_id_of(&app, &setup, &outbound).await, grant_id, "same grant");
-    assert_eq!(app.stored_value("grants", "refresh_token", &grant_id).await.as_deref(), Some(refresh.as_str()), "the stored refresh token is kept");
-    assert_ne!(app.stored_value("grants", "access_token", &grant_id).await.as_deref(), Some(access.as_str()), "the new access token is stored");
+    assert_eq!(
+        app.stored_value("grants", "refresh_token", &grant_id).await.as_deref(),
+        Some(refresh.as_str()),
+        "the stored refresh token is kept"
+    );
+    assert_ne!(
+        app.stored_value("grants", "access_token", &grant_id).await.as_deref(),
+        Some(access.as_str()),
+        "the new access token is stored"
+    );
     let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
-    assert_eq!((grant.body["status"].clone(), grant.body["has_refresh_token"].clone()), (json!("valid"), json!(true)), "{}", grant.text);
+    assert_eq!(
+        (grant.body["status"].clone(), grant.body["has_refresh_token"].clone()),
+        (json!("valid"), json!(true)),
+        "{}",
+        grant.text
+    );
 }
 
 #[tokio::test]
@@ -848,11 +913,16 @@ async fn a_grant_that_needs_re_consent_asks_for_the_consent_screen_and_a_new_ref
     assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
     let grant_id = grant_id_of(&app, &setup, &inbound).await;
     // The refresh token was refused (consent withdrawn): it is still stored, but dead.
-    execute(&app, &format!("UPDATE grants SET status = 'reauth_required', last_error = 'invalid_grant' WHERE id = '{grant_id}'")).await;
+    execute(&app, &format!("UPDATE grants SET status = 'reauth_required', last_error = 'invalid_grant' WHERE id = '{grant_id}'"))
+        .await;
     execute(&app, &format!("UPDATE email_accounts SET state = 'error' WHERE grant_id = '{grant_id}'")).await;
 
     let url = start(&app, &setup, &inbound, Some(&return_url())).await;
-    assert_eq!(query_of(&url).get("prompt").map(String::as_str), Some("consent"), "the dead refresh token must be replaced: {url}");
+    assert_eq!(
+        query_of(&url).get("prompt").map(String::as_str),
+        Some("consent"),
+        "the dead refresh token must be replaced: {url}"
+    );
 
     // A consent that brings no new refresh token cannot revive the grant with the dead one.
     setup.provider.set_issue_refresh_token(false);

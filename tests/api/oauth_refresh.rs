@@ -170,7 +170,8 @@ async fn access_token_returns_the_stored_token_while_fresh_and_refreshes_once_wi
     let c = connect(&app).await;
     let provider = &c.setup.provider;
     let before = grant_row(&app, c.grant).await;
-    let stored = decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, before.access_token.as_deref().expect("access token"));
+    let stored =
+        decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, before.access_token.as_deref().expect("access token"));
 
     // An hour left: the stored token, no provider call.
     let first = token(&app, &c).await.expect("a token");
@@ -189,7 +190,10 @@ async fn access_token_returns_the_stored_token_while_fresh_and_refreshes_once_wi
     assert_eq!(after.status, "valid");
     let expires_at = after.expires_at.expect("expiry stored");
     assert!(expires_at > Utc::now() + chrono::Duration::minutes(50), "the new expiry is stored: {expires_at}");
-    assert_eq!(decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, after.access_token.as_deref().expect("access")), refreshed);
+    assert_eq!(
+        decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, after.access_token.as_deref().expect("access")),
+        refreshed
+    );
 
     // Fresh again: no further refresh.
     assert_eq!(token(&app, &c).await.expect("a token"), refreshed);
@@ -215,7 +219,9 @@ async fn a_refresh_persists_the_rotated_refresh_token_so_the_next_refresh_works_
     setup.provider.set_access_token_ttl(60);
     let c = connect_with(&app, setup).await;
     let provider = &c.setup.provider;
-    let decrypt_refresh = |row: &GrantRow| decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("refresh token"));
+    let decrypt_refresh = |row: &GrantRow| {
+        decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("refresh token"))
+    };
 
     let r0 = grant_row(&app, c.grant).await;
     let rt0 = decrypt_refresh(&r0);
@@ -239,7 +245,11 @@ async fn a_refresh_persists_the_rotated_refresh_token_so_the_next_refresh_works_
     assert!(rt2 != rt1 && rt2 != rt0);
 
     let (status, body) = present_refresh_token(&app, &c.setup, &rt0).await;
-    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")), "a rotated-away token is dead: {body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "a rotated-away token is dead: {body}"
+    );
     // The stored one is the live one (presenting it rotates it, so this comes last).
     let (status, body) = present_refresh_token(&app, &c.setup, &rt2).await;
     assert_eq!(status, StatusCode::OK, "the stored refresh token is the provider's current one: {body}");
@@ -269,7 +279,12 @@ async fn without_rotation_a_refresh_response_lacking_a_refresh_token_keeps_the_s
     assert_ne!(second, first);
     assert_eq!(c.setup.provider.token_requests("refresh_token"), 2);
     let grant = app.get(&format!("/v1/grants/{}", c.grant), &c.setup.admin).await;
-    assert_eq!((grant.body["status"].clone(), grant.body["has_refresh_token"].clone()), (json!("valid"), json!(true)), "{}", grant.text);
+    assert_eq!(
+        (grant.body["status"].clone(), grant.body["has_refresh_token"].clone()),
+        (json!("valid"), json!(true)),
+        "{}",
+        grant.text
+    );
 }
 
 #[tokio::test]
@@ -302,7 +317,9 @@ async fn a_refused_refresh_grant_needs_reauth_puts_its_accounts_in_error_and_lat
     let app = spawn_app().await;
     let cases = [
         (
-            TokenFailure::InvalidGrant { description: "AADSTS700082: The refresh token has expired due to inactivity.".to_owned() },
+            TokenFailure::InvalidGrant {
+                description: "AADSTS700082: The refresh token has expired due to inactivity.".to_owned(),
+            },
             "AADSTS700082",
         ),
         (TokenFailure::InteractionRequired, "AADSTS50076"),
@@ -326,7 +343,10 @@ async fn a_refused_refresh_grant_needs_reauth_puts_its_accounts_in_error_and_lat
             let json = app.account_json(&c.setup, account).await;
             assert_eq!(json["state"], json!("error"), "{failure:?}: {json}");
             let last_error = json["last_error"].as_str().unwrap_or_default();
-            assert!(last_error.contains("sign-in needed again") && last_error.contains(provider_code), "a readable error: {last_error}");
+            assert!(
+                last_error.contains("sign-in needed again") && last_error.contains(provider_code),
+                "a readable error: {last_error}"
+            );
         }
         let grant = app.get(&format!("/v1/grants/{}", c.grant), &c.setup.admin).await;
         assert_eq!(grant.body["status"], json!("reauth_required"), "{}", grant.text);
@@ -380,7 +400,11 @@ async fn invalid_client_flags_the_token_config_for_its_admin_and_a_new_secret_cl
     assert!(matches!(&err, TokenAccessError::NeedsAdmin(m) if m.contains("AADSTS7000222")), "{err:?}");
     let config = app.get(&config_path, &c.setup.admin).await;
     assert_eq!(config.body["needs_admin"], json!(true), "{}", config.text);
-    assert!(config.body["last_error"].as_str().is_some_and(|e| e.contains("invalid_client") && e.contains("AADSTS7000222")), "{}", config.text);
+    assert!(
+        config.body["last_error"].as_str().is_some_and(|e| e.contains("invalid_client") && e.contains("AADSTS7000222")),
+        "{}",
+        config.text
+    );
     assert_eq!(events(&app, c.tenant, "token_config.needs_admin", &c.setup.config_id).await, 1);
 
     let row = grant_row(&app, c.grant).await;
@@ -399,7 +423,12 @@ async fn invalid_client_flags_the_token_config_for_its_admin_and_a_new_secret_cl
     c.setup.provider.register_client(&c.setup.client_id, Some(&new_secret), &[&format!("{}/oauth/callback", app.address)]);
     let patched = app.patch(&config_path, &c.setup.admin, json!({"client_secret": new_secret})).await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
-    assert_eq!((patched.body["needs_admin"].clone(), patched.body["last_error"].clone()), (json!(false), Value::Null), "{}", patched.text);
+    assert_eq!(
+        (patched.body["needs_admin"].clone(), patched.body["last_error"].clone()),
+        (json!(false), Value::Null),
+        "{}",
+        patched.text
+    );
     assert!(!patched.text.contains(&new_secret));
 
     let fresh = token(&app, &c).await.expect("the new secret works");
@@ -433,7 +462,10 @@ async fn provider_outages_keep_the_grant_and_back_off_until_next_refresh_at_then
         assert_eq!(before.refresh_failures, 0, "{name}");
         match &outage {
             Outage::Inject(failure) => provider.fail_next_token_requests(2, failure.clone()),
-            Outage::Unreachable => sql(&app, &format!("UPDATE token_configs SET token_url = '{unreachable}' WHERE id = '{}'", c.setup.config_id)).await,
+            Outage::Unreachable => {
+                sql(&app, &format!("UPDATE token_configs SET token_url = '{unreachable}' WHERE id = '{}'", c.setup.config_id))
+                    .await
+            }
         }
 
         let started = Utc::now();
@@ -444,13 +476,20 @@ async fn provider_outages_keep_the_grant_and_back_off_until_next_refresh_at_then
         }
         let row = grant_row(&app, c.grant).await;
         assert_eq!(row.status, "valid", "{name}");
-        assert_eq!((&row.access_token, &row.refresh_token, row.expires_at), (&before.access_token, &before.refresh_token, before.expires_at), "{name}: tokens unchanged");
+        assert_eq!(
+            (&row.access_token, &row.refresh_token, row.expires_at),
+            (&before.access_token, &before.refresh_token, before.expires_at),
+            "{name}: tokens unchanged"
+        );
         assert_eq!(row.refresh_failures, 1, "{name}");
         assert!(row.last_error.is_some(), "{name}");
         let next = row.next_refresh_at.unwrap_or_else(|| panic!("{name}: next_refresh_at is set"));
         assert!(next > started + chrono::Duration::seconds(20), "{name}: backs off ({next})");
         if retry_after > 0 {
-            assert!(next >= started + chrono::Duration::seconds(retry_after as i64), "{name}: at least Retry-After ahead ({next})");
+            assert!(
+                next >= started + chrono::Duration::seconds(retry_after as i64),
+                "{name}: at least Retry-After ahead ({next})"
+            );
         }
         // The background pass leaves it alone until then.
         let requests = provider.token_requests("refresh_token");
@@ -459,7 +498,11 @@ async fn provider_outages_keep_the_grant_and_back_off_until_next_refresh_at_then
 
         // Backoff over, provider still down: one more failure, counted.
         sql(&app, &format!("UPDATE grants SET next_refresh_at = now() - interval '1 second' WHERE id = '{}'", c.grant)).await;
-        assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass { refreshed: 0, reauth_required: 0, failed: 1 }, "{name}");
+        assert_eq!(
+            grants::refresh_due(&app.ctx, 100).await.expect("pass"),
+            RefreshPass { refreshed: 0, reauth_required: 0, failed: 1 },
+            "{name}"
+        );
         let row = grant_row(&app, c.grant).await;
         assert_eq!((row.status.as_str(), row.refresh_failures), ("valid", 2), "{name}");
         assert_eq!(row.refresh_token, before.refresh_token, "{name}");
@@ -471,9 +514,17 @@ async fn provider_outages_keep_the_grant_and_back_off_until_next_refresh_at_then
         assert_eq!(provider.pending_token_failures(), 0, "{name}");
         assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "{name}: still backing off");
         sql(&app, &format!("UPDATE grants SET next_refresh_at = now() - interval '1 second' WHERE id = '{}'", c.grant)).await;
-        assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass { refreshed: 1, reauth_required: 0, failed: 0 }, "{name}");
+        assert_eq!(
+            grants::refresh_due(&app.ctx, 100).await.expect("pass"),
+            RefreshPass { refreshed: 1, reauth_required: 0, failed: 0 },
+            "{name}"
+        );
         let row = grant_row(&app, c.grant).await;
-        assert_eq!((row.status.as_str(), row.refresh_failures, row.next_refresh_at, row.last_error.as_deref()), ("valid", 0, None, None), "{name}");
+        assert_eq!(
+            (row.status.as_str(), row.refresh_failures, row.next_refresh_at, row.last_error.as_deref()),
+            ("valid", 0, None, None),
+            "{name}"
+        );
         assert_ne!(row.access_token, before.access_token, "{name}");
         assert_ne!(row.refresh_token, before.refresh_token, "{name}: rotated");
         let current = token(&app, &c).await.expect("a token");
@@ -514,7 +565,15 @@ async fn refresh_due_refreshes_only_grants_expiring_within_the_margin_and_counts
     let grant = |name: &str| grants_by_login.iter().find(|(n, _)| *n == name).map(|(_, g)| *g).expect("grant");
     // Another tenant's grant, due, whose provider cannot be reached.
     let other = connect(&app).await;
-    sql(&app, &format!("UPDATE token_configs SET token_url = 'http://127.0.0.1:{}/token' WHERE id = '{}'", dead_port(), other.setup.config_id)).await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE token_configs SET token_url = 'http://127.0.0.1:{}/token' WHERE id = '{}'",
+            dead_port(),
+            other.setup.config_id
+        ),
+    )
+    .await;
 
     expire_in(&app, grant("fresh"), 3600).await;
     expire_in(&app, grant("soon"), 120).await;
@@ -525,7 +584,8 @@ async fn refresh_due_refreshes_only_grants_expiring_within_the_margin_and_counts
     expire_in(&app, grant("backoff"), 30).await;
     expire_in(&app, other.grant, 30).await;
     provider_ref.revoke_user("revoked@example.com");
-    sql(&app, &format!("UPDATE grants SET next_refresh_at = now() + interval '10 minutes' WHERE id = '{}'", grant("backoff"))).await;
+    sql(&app, &format!("UPDATE grants SET next_refresh_at = now() + interval '10 minutes' WHERE id = '{}'", grant("backoff")))
+        .await;
     let rows_before: Vec<(String, GrantRow)> = {
         let mut rows = Vec::new();
         for (name, id) in &grants_by_login {
@@ -587,7 +647,12 @@ async fn app_flow_authorize_gets_a_client_credentials_grant_whose_token_is_cache
     let grant_id = json["grant_id"].as_str().expect("grant id").to_owned();
     let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
     assert_eq!(grant.body["subject"], json!("app"), "{}", grant.text);
-    assert_eq!((grant.body["status"].clone(), grant.body["has_refresh_token"].clone()), (json!("valid"), json!(false)), "{}", grant.text);
+    assert_eq!(
+        (grant.body["status"].clone(), grant.body["has_refresh_token"].clone()),
+        (json!("valid"), json!(false)),
+        "{}",
+        grant.text
+    );
     let (tenant, grant) = (Uuid::parse_str(&setup.tenant).expect("tenant"), Uuid::parse_str(&grant_id).expect("grant"));
     assert_eq!(app.stored_value("grants", "refresh_token", &grant_id).await, None);
 
@@ -619,9 +684,10 @@ async fn app_flow_authorize_with_a_refused_client_secret_answers_409_and_stores_
     let app = spawn_app().await;
     let setup = app.oauth_setup_with_flow("app").await;
     let account = app.oauth_account(&setup, "smtp", "sender@example.com").await;
-    setup
-        .provider
-        .fail_next_token_requests(1, TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".to_owned() });
+    setup.provider.fail_next_token_requests(
+        1,
+        TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".to_owned() },
+    );
 
     let reply = app.authorize(&setup, &account, None).await;
     assert_error(&reply, StatusCode::CONFLICT, "provider_rejected_client");
@@ -653,13 +719,19 @@ async fn expiring_token_configs_lists_only_secrets_expiring_within_the_window_so
         body
     };
     let mut ids = std::collections::HashMap::new();
-    for (name, days) in [("in-20", Some(20)), ("in-5", Some(5)), ("in-60", Some(60)), ("today", Some(0)), ("expired", Some(-3)), ("never", None)] {
+    for (name, days) in
+        [("in-20", Some(20)), ("in-5", Some(5)), ("in-60", Some(60)), ("today", Some(0)), ("expired", Some(-3)), ("never", None)]
+    {
         let reply = app.post("/v1/token-configs", &admin, create(name, days.map(today_plus))).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
         ids.insert(name, reply.id());
     }
     let names = |body: &Value| -> Vec<String> {
-        body.as_array().unwrap_or_else(|| panic!("a list: {body}")).iter().map(|c| c["name"].as_str().expect("name").to_owned()).collect()
+        body.as_array()
+            .unwrap_or_else(|| panic!("a list: {body}"))
+            .iter()
+            .map(|c| c["name"].as_str().expect("name").to_owned())
+            .collect()
     };
 
     let within = |days: i64| expiring_within(&app, &admin, days);
@@ -670,13 +742,28 @@ async fn expiring_token_configs_lists_only_secrets_expiring_within_the_window_so
     assert_eq!(names(&within(5).await.body), ["expired", "today", "in-5"]);
     assert_eq!(names(&within(4).await.body), ["expired", "today"]);
     assert_eq!(names(&within(60).await.body), ["expired", "today", "in-5", "in-20", "in-60"]);
-    assert_eq!(names(&app.get("/v1/token-configs/expiring", &admin).await.body), ["expired", "today", "in-5", "in-20"], "30 days by default");
+    assert_eq!(
+        names(&app.get("/v1/token-configs/expiring", &admin).await.body),
+        ["expired", "today", "in-5", "in-20"],
+        "30 days by default"
+    );
     assert!(!within(365).await.text.contains("never"));
     let too_far = within(400).await;
-    assert_eq!((too_far.status, too_far.code(), too_far.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_window", Some("within_days")), "{}", too_far.text);
+    assert_eq!(
+        (too_far.status, too_far.code(), too_far.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_window", Some("within_days")),
+        "{}",
+        too_far.text
+    );
     assert_eq!(within(-1).await.status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let gql = app.graphql(Some(&admin), "query($d: Int) { expiringTokenConfigs(withinDays: $d) { id name clientSecretExpiresAt } }", json!({"d": 10})).await;
+    let gql = app
+        .graphql(
+            Some(&admin),
+            "query($d: Int) { expiringTokenConfigs(withinDays: $d) { id name clientSecretExpiresAt } }",
+            json!({"d": 10}),
+        )
+        .await;
     let list = gql["data"]["expiringTokenConfigs"].as_array().unwrap_or_else(|| panic!("{gql}"));
     let gql_names: Vec<&str> = list.iter().map(|c| c["name"].as_str().expect("name")).collect();
     assert_eq!(gql_names, ["expired", "today", "in-5"]);
@@ -718,7 +805,9 @@ async fn scan_secret_expiry_records_one_event_per_window_and_a_new_date_starts_o
     set_date(15).await;
     assert_eq!(scan().await.expect("scan"), 0, "still the 30-day window");
     assert_eq!(warnings().await, 1);
-    let data = count(&app, &format!("SELECT count(*) AS n FROM events WHERE resource_id = '{id}' AND data->>'window_days' = '30'")).await;
+    let data =
+        count(&app, &format!("SELECT count(*) AS n FROM events WHERE resource_id = '{id}' AND data->>'window_days' = '30'"))
+            .await;
     assert_eq!(data, 1, "the event names its window");
 
     // Closer: the 14-day window, then the 1-day window, each once.
@@ -732,7 +821,8 @@ async fn scan_secret_expiry_records_one_event_per_window_and_a_new_date_starts_o
     assert_eq!(warnings().await, 3);
 
     // A new secret date far away resets the windows: nothing now, the 30-day window again once it comes near.
-    let patched = app.patch(&format!("/v1/token-configs/{id}"), &admin, json!({"client_secret_expires_at": today_plus(200)})).await;
+    let patched =
+        app.patch(&format!("/v1/token-configs/{id}"), &admin, json!({"client_secret_expires_at": today_plus(200)})).await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
     assert_eq!(scan().await.expect("scan"), 0);
     set_date(25).await;
@@ -756,7 +846,8 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     let app = spawn_app_with(env).await;
     let c = connect(&app).await;
     let before = grant_row(&app, c.grant).await;
-    let (access_before, refresh_before) = (before.access_token.clone().expect("access"), before.refresh_token.clone().expect("refresh"));
+    let (access_before, refresh_before) =
+        (before.access_token.clone().expect("access"), before.refresh_token.clone().expect("refresh"));
     assert!(access_before.starts_with("old:") && refresh_before.starts_with("old:"));
     let plain_access = decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, &access_before);
     let plain_refresh = decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, &refresh_before);
@@ -772,7 +863,8 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     assert_eq!(report, rekey::RekeyReport { reencrypted: 4, failed: 0 });
 
     let after = grant_row(&app, c.grant).await;
-    let (access_after, refresh_after) = (after.access_token.clone().expect("access"), after.refresh_token.clone().expect("refresh"));
+    let (access_after, refresh_after) =
+        (after.access_token.clone().expect("access"), after.refresh_token.clone().expect("refresh"));
     assert!(access_after.starts_with("new:") && refresh_after.starts_with("new:"), "{after:?}");
 
     let mut new_only_env = TestEnv::new();
@@ -790,5 +882,8 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     let stored = grant_row(&app, c.grant).await;
     assert!(stored.access_token.as_deref().is_some_and(|t| t.starts_with("new:")));
     assert!(stored.refresh_token.as_deref().is_some_and(|t| t.starts_with("new:")));
-    assert_eq!(decrypt(&new_only, c.tenant, c.grant, grants::ACCESS_COLUMN, stored.access_token.as_deref().expect("access")), refreshed);
+    assert_eq!(
+        decrypt(&new_only, c.tenant, c.grant, grants::ACCESS_COLUMN, stored.access_token.as_deref().expect("access")),
+        refreshed
+    );
 }

@@ -66,7 +66,8 @@ async fn openapi_document_covers_every_rest_route() {
     for (path, method) in routes {
         assert!(doc.body["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");
     }
-    let documented: usize = doc.body["paths"].as_object().expect("paths").values().map(|p| p.as_object().map_or(0, |m| m.len())).sum();
+    let documented: usize =
+        doc.body["paths"].as_object().expect("paths").values().map(|p| p.as_object().map_or(0, |m| m.len())).sum();
     assert_eq!(documented, routes.len(), "every documented operation is a real route and vice versa");
     assert!(doc.body["components"]["schemas"]["ErrorBody"].is_object());
     assert_eq!(doc.body["components"]["securitySchemes"]["bearer"]["scheme"], json!("bearer"));
@@ -101,7 +102,17 @@ async fn migrations_apply_and_revert_cleanly_on_an_empty_database() {
     let name = format!("{}{}", postbridge_tests::test_database_prefix(), Uuid::new_v4().simple());
     let db = create_database(&name).await;
     let tables = public_tables(&db).await;
-    for expected in ["api_keys", "email_accounts", "events", "grants", "inbound_messages", "oauth_states", "outbound_messages", "tenants", "token_configs"] {
+    for expected in [
+        "api_keys",
+        "email_accounts",
+        "events",
+        "grants",
+        "inbound_messages",
+        "oauth_states",
+        "outbound_messages",
+        "tenants",
+        "token_configs",
+    ] {
         assert!(tables.iter().any(|t| t == expected), "{expected} missing after up: {tables:?}");
     }
     postbridge_migration::Migrator::down(&db, None).await.expect("down applies");

@@ -34,7 +34,8 @@ async fn secrets_are_stored_encrypted_and_fail_to_decrypt_when_moved_to_another_
     let stored = stored_secret(&app, "email_accounts", "password", &first_id).await;
     assert!(stored.starts_with("k1:"), "envelope carries the key id: {stored}");
     assert!(!stored.contains("first-secret-pw"));
-    let plain = app.ctx.cipher.decrypt(location(&tenant, "email_accounts", "password", &first_id), &stored).expect("decrypts in place");
+    let plain =
+        app.ctx.cipher.decrypt(location(&tenant, "email_accounts", "password", &first_id), &stored).expect("decrypts in place");
     assert_eq!(plain, "first-secret-pw");
 
     // Copy the ciphertext onto the second row: it must not decrypt there, nor under another tenant or column.
@@ -66,7 +67,13 @@ async fn secrets_never_appear_in_responses_errors_or_logs() {
     assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);
     assert_eq!(config.body["client_secret_set"], json!(true));
     responses.push(config.text.clone());
-    let account = app.post("/v1/accounts", &admin, json!({"protocol": "smtp", "auth": "password", "login": "bob", "password": password, "host": "smtp.example.com"})).await;
+    let account = app
+        .post(
+            "/v1/accounts",
+            &admin,
+            json!({"protocol": "smtp", "auth": "password", "login": "bob", "password": password, "host": "smtp.example.com"}),
+        )
+        .await;
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
     assert_eq!(account.body["password_set"], json!(true));
     responses.push(account.text.clone());
@@ -79,9 +86,7 @@ async fn secrets_never_appear_in_responses_errors_or_logs() {
     let invalid = app.post("/v1/accounts", &admin, json!({"protocol": "smtp", "auth": "password", "login": "bob", "password": password, "host": "smtp.example.com", "port": 0})).await;
     assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
     responses.push(invalid.text);
-    let malformed = app
-        .request(Method::POST, "/v1/accounts", Some(&admin), None, None)
-        .await;
+    let malformed = app.request(Method::POST, "/v1/accounts", Some(&admin), None, None).await;
     responses.push(malformed.text);
     let raw = app
         .http
@@ -113,7 +118,13 @@ async fn secrets_never_appear_in_responses_errors_or_logs() {
         .await;
     assert_eq!(failed["errors"][0]["extensions"]["code"], json!("invalid_port"), "{failed}");
     responses.push(failed.to_string());
-    let listed = app.graphql(Some(&admin), "{ accounts { items { id login passwordSet } } tokenConfigs { items { clientSecretSet } } }", json!({})).await;
+    let listed = app
+        .graphql(
+            Some(&admin),
+            "{ accounts { items { id login passwordSet } } tokenConfigs { items { clientSecretSet } } }",
+            json!({}),
+        )
+        .await;
     responses.push(listed.to_string());
 
     let operator_token = app.operator_token();
@@ -163,6 +174,12 @@ async fn rotating_keys_reencrypts_every_secret_and_retires_the_old_key() {
     let secret = stored_secret(&app, "token_configs", "client_secret", &config_id).await;
     let password = stored_secret(&app, "email_accounts", "password", &account_id).await;
     assert!(secret.starts_with("new:") && password.starts_with("new:"));
-    assert_eq!(new_only.cipher.decrypt(location(&tenant, "token_configs", "client_secret", &config_id), &secret).expect("secret"), "ms-client-secret-value");
-    assert_eq!(new_only.cipher.decrypt(location(&tenant, "email_accounts", "password", &account_id), &password).expect("password"), "app-password-1");
+    assert_eq!(
+        new_only.cipher.decrypt(location(&tenant, "token_configs", "client_secret", &config_id), &secret).expect("secret"),
+        "ms-client-secret-value"
+    );
+    assert_eq!(
+        new_only.cipher.decrypt(location(&tenant, "email_accounts", "password", &account_id), &password).expect("password"),
+        "app-password-1"
+    );
 }

@@ -74,7 +74,11 @@ async fn an_operator_creates_reads_renames_and_deletes_a_tenant_over_rest() {
     let deleted = app.delete(&format!("/v1/tenants/{id}"), &op).await;
     assert_eq!((deleted.status, deleted.text.as_str()), (StatusCode::NO_CONTENT, ""));
     assert_error(&app.get(&format!("/v1/tenants/{id}"), &op).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&app.patch(&format!("/v1/tenants/{id}"), &op, json!({"name": "Back"})).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &app.patch(&format!("/v1/tenants/{id}"), &op, json!({"name": "Back"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     assert_error(&app.post(&format!("/v1/tenants/{id}/resume"), &op, json!({})).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(&app.delete(&format!("/v1/tenants/{id}"), &op).await, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(app.get("/v1/tenants", &op).await.body["items"], json!([]));
@@ -132,7 +136,8 @@ async fn deleting_a_tenant_stops_its_api_keys_and_tokens() {
     let (other, other_admin) = app.tenant_with_admin().await;
     let account = app.post("/v1/accounts", &admin, TestApp::smtp_account("a@example.com")).await;
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
-    let jwt = app.ctx.jwt.issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid")), None).expect("issue").access_token;
+    let jwt =
+        app.ctx.jwt.issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid")), None).expect("issue").access_token;
     assert_eq!(app.get("/v1/accounts", &jwt).await.status, StatusCode::OK);
 
     let deleted = app.delete(&format!("/v1/tenants/{tenant}"), &app.operator_token()).await;
@@ -161,7 +166,8 @@ async fn an_operator_manages_tenants_over_graphql() {
 
     let listed = gql_ok(&app, "{ tenants { items { id slug } nextCursor } }", json!({})).await;
     assert_eq!(listed["tenants"], json!({"items": [{"id": id, "slug": "globex"}], "nextCursor": null}));
-    let fetched = gql_ok(&app, &format!("query($id: UUID!) {{ tenant(id: $id) {{ {TENANT_FIELDS} }} }}"), json!({"id": id})).await;
+    let fetched =
+        gql_ok(&app, &format!("query($id: UUID!) {{ tenant(id: $id) {{ {TENANT_FIELDS} }} }}"), json!({"id": id})).await;
     assert_eq!(fetched["tenant"], created);
 
     let update = "mutation($id: UUID!, $input: UpdateTenant!) { updateTenant(id: $id, input: $input) { name status } }";
@@ -180,7 +186,8 @@ async fn an_operator_manages_tenants_over_graphql() {
     assert_eq!(deleted["deleteTenant"], json!(id));
     let gone = app.graphql(Some(&app.operator_token()), "query($id: UUID!) { tenant(id: $id) { id } }", json!({"id": id})).await;
     assert_eq!(graphql_error_code(&gone), "not_found", "{gone}");
-    let again = app.graphql(Some(&app.operator_token()), "mutation($id: UUID!) { deleteTenant(id: $id) }", json!({"id": id})).await;
+    let again =
+        app.graphql(Some(&app.operator_token()), "mutation($id: UUID!) { deleteTenant(id: $id) }", json!({"id": id})).await;
     assert_eq!(graphql_error_code(&again), "not_found", "{again}");
     assert_error(&app.get("/v1/accounts", &key).await, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
@@ -194,9 +201,8 @@ async fn a_duplicate_slug_is_a_conflict() {
         let reply = app.post("/v1/tenants", &op, json!({"slug": slug, "name": "Another Acme"})).await;
         assert_error(&reply, StatusCode::CONFLICT, "slug_taken");
     }
-    let body = app
-        .graphql(Some(&op), "mutation { createTenant(input: {slug: \"acme\", name: \"Again\"}) { id } }", json!({}))
-        .await;
+    let body =
+        app.graphql(Some(&op), "mutation { createTenant(input: {slug: \"acme\", name: \"Again\"}) { id } }", json!({})).await;
     assert_eq!(graphql_error_code(&body), "slug_taken", "{body}");
     let list = app.get("/v1/tenants", &op).await;
     assert_eq!(ids_of(&list.body["items"]), [first]);
@@ -213,7 +219,8 @@ async fn an_invalid_slug_is_rejected_naming_the_field() {
         assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug");
         assert_eq!(reply.body["field"], json!("slug"), "{slug:?}: {}", reply.text);
     }
-    let body = app.graphql(Some(&op), "mutation { createTenant(input: {slug: \"Bad Slug\", name: \"Acme\"}) { id } }", json!({})).await;
+    let body =
+        app.graphql(Some(&op), "mutation { createTenant(input: {slug: \"Bad Slug\", name: \"Acme\"}) { id } }", json!({})).await;
     assert_eq!(graphql_error_code(&body), "invalid_slug", "{body}");
     assert_eq!(body["errors"][0]["extensions"]["field"], json!("slug"), "{body}");
     // The limits themselves are fine.

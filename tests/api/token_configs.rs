@@ -176,7 +176,9 @@ async fn token_configs_can_be_created_read_listed_updated_and_deleted_over_graph
     assert_eq!(config["redirectUri"], json!(redirect_uri(&app)));
     assert!(!created.to_string().contains("gql-secret-value"), "the secret is never returned: {created}");
 
-    let one = app.graphql(Some(&key), &format!("query($id: UUID!) {{ tokenConfig(id: $id) {{ {GQL_FIELDS} }} }}"), json!({"id": id})).await;
+    let one = app
+        .graphql(Some(&key), &format!("query($id: UUID!) {{ tokenConfig(id: $id) {{ {GQL_FIELDS} }} }}"), json!({"id": id}))
+        .await;
     assert_eq!(&one["data"]["tokenConfig"], config, "{one}");
 
     let list = app.graphql(Some(&key), &format!("{{ tokenConfigs {{ items {{ {GQL_FIELDS} }} nextCursor }} }}"), json!({})).await;
@@ -271,9 +273,14 @@ async fn token_config_list_pages_with_limit_and_next_cursor() {
     assert_eq!(page["items"].as_array().map(Vec::len), Some(3), "{first}");
     let next = page["nextCursor"].as_str().expect("next cursor").to_owned();
     let second = app
-        .graphql(Some(&key), "query($c: UUID) { tokenConfigs(limit: 3, cursor: $c) { items { id } nextCursor } }", json!({"c": next}))
+        .graphql(
+            Some(&key),
+            "query($c: UUID) { tokenConfigs(limit: 3, cursor: $c) { items { id } nextCursor } }",
+            json!({"c": next}),
+        )
         .await;
-    let rest: Vec<&str> = second["data"]["tokenConfigs"]["items"].as_array().expect("items").iter().filter_map(|i| i["id"].as_str()).collect();
+    let rest: Vec<&str> =
+        second["data"]["tokenConfigs"]["items"].as_array().expect("items").iter().filter_map(|i| i["id"].as_str()).collect();
     assert_eq!(rest, [ids[3].as_str(), ids[4].as_str()]);
     assert_eq!(second["data"]["tokenConfigs"]["nextCursor"], Value::Null);
 }
@@ -284,7 +291,11 @@ async fn unknown_or_malformed_token_config_ids_answer_not_found_or_bad_request()
     let (_, key) = app.tenant_with_admin().await;
     let missing = Uuid::new_v4();
     assert_error(&app.get(&format!("/v1/token-configs/{missing}"), &key).await, StatusCode::NOT_FOUND, "not_found");
-    assert_error(&app.patch(&format!("/v1/token-configs/{missing}"), &key, json!({"name": "x"})).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &app.patch(&format!("/v1/token-configs/{missing}"), &key, json!({"name": "x"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     assert_error(&app.delete(&format!("/v1/token-configs/{missing}"), &key).await, StatusCode::NOT_FOUND, "not_found");
     assert_error(&app.get("/v1/token-configs/not-a-uuid", &key).await, StatusCode::BAD_REQUEST, "invalid_id");
 }
@@ -398,7 +409,10 @@ async fn changing_the_directory_of_a_microsoft_config_re_derives_its_urls() {
     let moved = app.patch(&path, &key, json!({"directory_tenant_id": DIRECTORY_GUID})).await;
     assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
     assert_eq!(moved.body["directory_tenant_id"], json!(DIRECTORY_GUID));
-    assert_eq!(moved.body["auth_url"], json!(format!("https://login.microsoftonline.com/{DIRECTORY_GUID}/oauth2/v2.0/authorize")));
+    assert_eq!(
+        moved.body["auth_url"],
+        json!(format!("https://login.microsoftonline.com/{DIRECTORY_GUID}/oauth2/v2.0/authorize"))
+    );
     assert_eq!(moved.body["token_url"], json!(format!("https://login.microsoftonline.com/{DIRECTORY_GUID}/oauth2/v2.0/token")));
     assert_eq!(moved.body["scopes"], renamed.body["scopes"], "scopes are kept");
 
@@ -502,7 +516,13 @@ async fn reserved_extra_auth_params_are_refused() {
     assert_invalid(&reply, "invalid_param", "extra_auth_params");
 
     let id = reply_id(&app, &key, with(generic_user(), json!({"extra_auth_params": {"domain_hint": "contoso.com"}}))).await;
-    let reply = app.patch(&format!("/v1/token-configs/{id}"), &key, json!({"extra_auth_params": {"redirect_uri": "https://evil.example/cb"}})).await;
+    let reply = app
+        .patch(
+            &format!("/v1/token-configs/{id}"),
+            &key,
+            json!({"extra_auth_params": {"redirect_uri": "https://evil.example/cb"}}),
+        )
+        .await;
     assert_invalid(&reply, "reserved_param", "extra_auth_params");
     let kept = app.get(&format!("/v1/token-configs/{id}"), &key).await;
     assert_eq!(kept.body["extra_auth_params"], json!({"domain_hint": "contoso.com"}));
@@ -512,7 +532,9 @@ async fn reserved_extra_auth_params_are_refused() {
 async fn extra_auth_params_with_nul_or_control_characters_are_refused_not_a_server_error() {
     let app = spawn_app().await;
     let (_, key) = app.tenant_with_admin().await;
-    for extra in [json!({"hint": "a\u{0000}b"}), json!({"hi\u{0000}nt": "x"}), json!({"hi\nnt": "x"}), json!({"x": "y".repeat(2001)})] {
+    for extra in
+        [json!({"hint": "a\u{0000}b"}), json!({"hi\u{0000}nt": "x"}), json!({"hi\nnt": "x"}), json!({"x": "y".repeat(2001)})]
+    {
         let reply = create(&app, &key, with(generic_user(), json!({"extra_auth_params": extra}))).await;
         assert_invalid(&reply, "invalid_param", "extra_auth_params");
     }
@@ -521,7 +543,9 @@ async fn extra_auth_params_with_nul_or_control_characters_are_refused_not_a_serv
     assert_invalid(&reply, "invalid_param", "extra_auth_params");
     // Ordinary values, even multi-line ones such as a JSON `claims` request, are kept as given.
     let claims = "{\n  \"id_token\": {}\n}";
-    let reply = create(&app, &key, with(generic_user(), json!({"extra_auth_params": {"claims": claims, "domain_hint": "contoso.com"}}))).await;
+    let reply =
+        create(&app, &key, with(generic_user(), json!({"extra_auth_params": {"claims": claims, "domain_hint": "contoso.com"}})))
+            .await;
     created_id(&reply);
     assert_eq!(reply.body["extra_auth_params"], json!({"claims": claims, "domain_hint": "contoso.com"}));
 }
@@ -534,7 +558,8 @@ async fn scopes_must_be_single_tokens() {
         let reply = create(&app, &key, with(generic_user(), json!({"scopes": bad}))).await;
         assert_invalid(&reply, "invalid_scope", "scopes");
     }
-    let reply = create(&app, &key, with(microsoft(), json!({"scopes": ["offline_access https://outlook.office.com/SMTP.Send"]}))).await;
+    let reply =
+        create(&app, &key, with(microsoft(), json!({"scopes": ["offline_access https://outlook.office.com/SMTP.Send"]}))).await;
     assert_invalid(&reply, "invalid_scope", "scopes");
 }
 
@@ -568,7 +593,11 @@ async fn updates_are_validated_like_creates_and_a_refused_update_changes_nothing
     assert_invalid(&app.patch(&path, &key, json!({"client_id": ""})).await, "required", "client_id");
     assert_invalid(&app.patch(&path, &key, json!({"name": "ok", "scopes": ["a b"]})).await, "invalid_scope", "scopes");
     assert_invalid(&app.patch(&path, &key, json!({"name": "ok", "token_url": "not a url"})).await, "invalid_url", "token_url");
-    assert_invalid(&app.patch(&path, &key, json!({"name": "ok", "auth_url": "ftp://idp.example.com/x"})).await, "insecure_url", "auth_url");
+    assert_invalid(
+        &app.patch(&path, &key, json!({"name": "ok", "auth_url": "ftp://idp.example.com/x"})).await,
+        "insecure_url",
+        "auth_url",
+    );
     assert_error(&app.patch(&path, &key, json!({"name": 7})).await, StatusCode::BAD_REQUEST, "invalid_body");
 
     assert_eq!(app.get(&path, &key).await.body, before.body, "refused updates leave the configuration as it was");
@@ -635,7 +664,9 @@ async fn the_client_secret_is_write_only_in_every_response() {
     let gql = app
         .graphql(
             Some(&key),
-            &format!("query($id: UUID!) {{ tokenConfig(id: $id) {{ {GQL_FIELDS} }} tokenConfigs {{ items {{ {GQL_FIELDS} }} }} }}"),
+            &format!(
+                "query($id: UUID!) {{ tokenConfig(id: $id) {{ {GQL_FIELDS} }} tokenConfigs {{ items {{ {GQL_FIELDS} }} }} }}"
+            ),
             json!({"id": id}),
         )
         .await;
@@ -822,7 +853,11 @@ async fn a_token_config_used_by_an_account_cannot_be_deleted_until_the_account_i
     let (_, key) = app.tenant_with_admin().await;
     let config = reply_id(&app, &key, microsoft()).await;
     let account = app
-        .post("/v1/accounts", &key, json!({"protocol": "imap", "auth": "oauth2", "login": "user@contoso.com", "token_config_id": config}))
+        .post(
+            "/v1/accounts",
+            &key,
+            json!({"protocol": "imap", "auth": "oauth2", "login": "user@contoso.com", "token_config_id": config}),
+        )
         .await;
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
     let account = account.id();
@@ -874,4 +909,3 @@ async fn viewers_and_members_can_read_token_configs_but_not_change_them() {
     assert_eq!(app.get(&path, &admin).await.body, original, "nothing changed");
     assert_eq!(app.get("/v1/token-configs", &admin).await.body["items"].as_array().map(Vec::len), Some(1));
 }
-

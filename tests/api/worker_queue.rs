@@ -28,7 +28,9 @@ async fn messages_queued_when_redis_loses_its_jobs_are_still_all_sent_exactly_on
     app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
     let rcpt = format!("flush-{}@example.org", Uuid::new_v4().simple());
     for i in 0..10 {
-        let reply = app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("m{i}"), "text": "hello"})).await;
+        let reply = app
+            .post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("m{i}"), "text": "hello"}))
+            .await;
         assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
     }
 

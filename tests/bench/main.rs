@@ -67,14 +67,16 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
     // Baseline: the provider's own speed for the same number of refreshes at the same concurrency.
     let mut baseline_tokens = Vec::with_capacity(grant_count);
     for i in 0..grant_count {
-        let minted = setup.provider.mint_tokens(&setup.client_id, &format!("base{i}@bench.example"), "openid email offline_access mail");
+        let minted =
+            setup.provider.mint_tokens(&setup.client_id, &format!("base{i}@bench.example"), "openid email offline_access mail");
         baseline_tokens.push(minted.ok_or_else(|| anyhow::anyhow!("provider refused to mint"))?.refresh_token);
     }
     let http = reqwest::Client::new();
     let started = Instant::now();
     let statuses: Vec<u16> = futures::stream::iter(baseline_tokens)
         .map(|refresh| {
-            let (http, url, id, secret) = (http.clone(), setup.provider.token_url(), setup.client_id.clone(), setup.client_secret.clone());
+            let (http, url, id, secret) =
+                (http.clone(), setup.provider.token_url(), setup.client_id.clone(), setup.client_secret.clone());
             async move {
                 let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
                 http.post(url).basic_auth(id, Some(secret)).form(&form).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
@@ -91,9 +93,14 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
     let mut rows = Vec::with_capacity(grant_count);
     for i in 0..grant_count {
         let email = format!("user{i}@bench.example");
-        let minted = setup.provider.mint_tokens(&setup.client_id, &email, "openid email offline_access mail").ok_or_else(|| anyhow::anyhow!("mint"))?;
+        let minted = setup
+            .provider
+            .mint_tokens(&setup.client_id, &email, "openid email offline_access mail")
+            .ok_or_else(|| anyhow::anyhow!("mint"))?;
         let id = Uuid::now_v7();
-        let seal = |column: &'static str, value: &str| app.ctx.cipher.encrypt(SecretLocation { tenant_id: tenant, table: "grants", column, row_id: id }, value);
+        let seal = |column: &'static str, value: &str| {
+            app.ctx.cipher.encrypt(SecretLocation { tenant_id: tenant, table: "grants", column, row_id: id }, value)
+        };
         rows.push(vec![
             id.into(),
             tenant.into(),
@@ -106,7 +113,12 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
             "valid".into(),
         ]);
     }
-    insert_rows(&app, "grants (id, tenant_id, token_config_id, subject, access_token, refresh_token, expires_at, scopes, status)", rows).await?;
+    insert_rows(
+        &app,
+        "grants (id, tenant_id, token_config_id, subject, access_token, refresh_token, expires_at, scopes, status)",
+        rows,
+    )
+    .await?;
     let before = setup.provider.token_requests("refresh_token");
 
     let started = Instant::now();
@@ -126,7 +138,10 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
     println!("refresh benchmark: {grant_count} expiring grants, concurrency {concurrency}");
     println!("  provider alone (direct HTTP):   {:>8.0} refreshes/s ({:.2?})", rate(grant_count, baseline), baseline);
     println!("  postbridge refresh_due:         {:>8.0} refreshes/s ({:.2?})", rate(refreshed as usize, elapsed), elapsed);
-    println!("  refreshed {refreshed}, provider refresh requests {provider_calls} (one per grant: {})", provider_calls == grant_count);
+    println!(
+        "  refreshed {refreshed}, provider refresh requests {provider_calls} (one per grant: {})",
+        provider_calls == grant_count
+    );
     Ok(())
 }
 
@@ -183,8 +198,17 @@ async fn bench_api(requests: usize) -> anyhow::Result<()> {
     let total = started.elapsed();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
-    println!("API list benchmark: GET /v1/accounts?limit=50 over 1000 accounts, {requests} requests, 4 concurrent (API key auth)");
-    println!("  p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {:.2?}  throughput {:.0} req/s", pct(0.50), pct(0.90), pct(0.99), latencies[latencies.len() - 1], requests as f64 / total.as_secs_f64());
+    println!(
+        "API list benchmark: GET /v1/accounts?limit=50 over 1000 accounts, {requests} requests, 4 concurrent (API key auth)"
+    );
+    println!(
+        "  p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {:.2?}  throughput {:.0} req/s",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        latencies[latencies.len() - 1],
+        requests as f64 / total.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -246,7 +270,10 @@ async fn bench_inbound(messages: usize) -> anyhow::Result<()> {
     let latency = arrived.elapsed();
     anyhow::ensure!(one.stored == 1, "the new message was not stored");
 
-    println!("inbound benchmark: first sync of {messages} messages ({:.1} MB) over IMAPS from the local Dovecot into Postgres", bytes as f64 / 1e6);
+    println!(
+        "inbound benchmark: first sync of {messages} messages ({:.1} MB) over IMAPS from the local Dovecot into Postgres",
+        bytes as f64 / 1e6
+    );
     println!("  {:>8.0} messages/s ({:.2?})", messages as f64 / elapsed.as_secs_f64(), elapsed);
     println!("  new message → stored: {latency:.2?} for one poll (plus up to the poll interval, min 10 s, when the scheduler drives it)");
     Ok(())
@@ -266,7 +293,11 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
     .await?;
     let scope = postbridge_core::auth::TenantScope {
         tenant_id: Uuid::parse_str(&tenant)?,
-        principal: postbridge_core::auth::Principal { subject: "bench".into(), role: postbridge_core::model::Role::Admin, tenant_id: Some(Uuid::parse_str(&tenant)?) },
+        principal: postbridge_core::auth::Principal {
+            subject: "bench".into(),
+            role: postbridge_core::model::Role::Admin,
+            tenant_id: Some(Uuid::parse_str(&tenant)?),
+        },
     };
     let submit = |i: usize| postbridge_core::model::SendMessage {
         from: login.clone(),
@@ -291,9 +322,14 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
     let raws = app
         .ctx
         .db
-        .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, "SELECT envelope_from, recipients, raw FROM outbound_messages WHERE account_id = $1", [account.into()]))
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT envelope_from, recipients, raw FROM outbound_messages WHERE account_id = $1",
+            [account.into()],
+        ))
         .await?;
-    let endpoint = postbridge_core::mail::error::Endpoint::new("127.0.0.1", servers.smtp_port(), postbridge_core::model::Security::Starttls);
+    let endpoint =
+        postbridge_core::mail::error::Endpoint::new("127.0.0.1", servers.smtp_port(), postbridge_core::model::Security::Starttls);
     let auth = postbridge_core::mail::error::MailAuth::Password { login: login.clone(), password: "bench-password".into() };
     let started = Instant::now();
     for row in &raws {
@@ -333,7 +369,11 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
     let rate = |d: Duration| messages as f64 / d.as_secs_f64();
     println!("send benchmark: {messages} messages to the local SMTP server (STARTTLS, AUTH PLAIN), one worker process");
     println!("  plain loop of direct sends:   {:>8.0} messages/s ({direct:.2?})", rate(direct));
-    println!("  through the queue (worker):   {:>8.0} messages/s ({queued:.2?}); queue cost x{:.2}", rate(queued), queued.as_secs_f64() / direct.as_secs_f64());
+    println!(
+        "  through the queue (worker):   {:>8.0} messages/s ({queued:.2?}); queue cost x{:.2}",
+        rate(queued),
+        queued.as_secs_f64() / direct.as_secs_f64()
+    );
     println!("  SMTP connections opened: {}", app.ctx.smtp.connections_opened());
     Ok(())
 }

@@ -21,7 +21,9 @@ const SEND_CONCURRENCY: usize = 16;
 
 /// Runs the scheduler and the job workers until `stop` turns true; jobs in flight are finished first.
 pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-    let conn = apalis_redis::connect(ctx.settings.redis_url.as_str()).await.context("failed to connect to Redis (POSTBRIDGE_REDIS_URL)")?;
+    let conn = apalis_redis::connect(ctx.settings.redis_url.as_str())
+        .await
+        .context("failed to connect to Redis (POSTBRIDGE_REDIS_URL)")?;
     let prefix = ctx.settings.redis_prefix.clone();
     let polls = queue::storage::<PollMailbox>(conn.clone(), &prefix, "poll");
     let sends = queue::storage::<DeliverMessage>(conn, &prefix, "send");
@@ -92,7 +94,10 @@ pub async fn dispatch_due(
         let due = scheduler::claim_due_sends(ctx, 1_000).await?;
         let count = due.len();
         if count > 0 {
-            sends.push_bulk(due.into_iter().map(|message_id| DeliverMessage { message_id }).collect()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            sends
+                .push_bulk(due.into_iter().map(|message_id| DeliverMessage { message_id }).collect())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if count < 1_000 {
             break;
@@ -100,7 +105,10 @@ pub async fn dispatch_due(
     }
     let due = scheduler::claim_due_polls(ctx, 500).await?;
     if !due.is_empty() {
-        polls.push_bulk(due.into_iter().map(|account_id| PollMailbox { account_id }).collect()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        polls
+            .push_bulk(due.into_iter().map(|account_id| PollMailbox { account_id }).collect())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(())
 }
@@ -111,7 +119,12 @@ async fn refresh_pass(ctx: &AppContext) {
         match grants::refresh_due(ctx, REFRESH_BATCH).await {
             Ok(pass) => {
                 if pass != grants::RefreshPass::default() {
-                    tracing::info!(refreshed = pass.refreshed, reauth_required = pass.reauth_required, failed = pass.failed, "grant refresh pass");
+                    tracing::info!(
+                        refreshed = pass.refreshed,
+                        reauth_required = pass.reauth_required,
+                        failed = pass.failed,
+                        "grant refresh pass"
+                    );
                 }
                 // Failed grants have moved their next attempt into the future, so a full batch means more work.
                 if pass.refreshed + pass.reauth_required + pass.failed < REFRESH_BATCH {
@@ -125,4 +138,3 @@ async fn refresh_pass(ctx: &AppContext) {
         }
     }
 }
-

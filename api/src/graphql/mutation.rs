@@ -1,7 +1,8 @@
 use async_graphql::{Context, Object};
 use postbridge_core::model::{
-    Account, ApiKey, AuthorizeAccount, OutboundMessage, SendMessage, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig, CreatedApiKey, IssuedToken, Tenant,
-    TenantStatus, TokenConfig, UpdateAccount, UpdateTenant, UpdateTokenConfig,
+    Account, ApiKey, AuthorizeAccount, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig,
+    CreatedApiKey, IssuedToken, OutboundMessage, SendMessage, Tenant, TenantStatus, TokenConfig, UpdateAccount, UpdateTenant,
+    UpdateTokenConfig,
 };
 use postbridge_core::service::{accounts, api_keys, grants, outbound, tenants, token_configs};
 use uuid::Uuid;
@@ -95,7 +96,12 @@ impl Mutation {
 
     /// "Authenticate account": the provider URL to send the browser to (user flow), or an
     /// immediate client-credentials authorization (app flow).
-    async fn authorize_account(&self, ctx: &Context<'_>, id: Uuid, input: Option<AuthorizeAccount>) -> async_graphql::Result<AuthorizeResult> {
+    async fn authorize_account(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+        input: Option<AuthorizeAccount>,
+    ) -> async_graphql::Result<AuthorizeResult> {
         let (app, scope) = tenant_scope(ctx).await?;
         grants::authorize(&app, &scope, id, input.unwrap_or_default()).await.gql()
     }
@@ -114,7 +120,11 @@ impl Mutation {
     }
 
     /// "Test & confirm": connect with the current credentials; confirmed on success, else the failing step.
-    async fn test_account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<postbridge_core::service::mailbox::TestResult> {
+    async fn test_account(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<postbridge_core::service::mailbox::TestResult> {
         let (app, scope) = tenant_scope(ctx).await?;
         postbridge_core::service::mailbox::test_and_confirm(&app, &scope, id).await.gql()
     }

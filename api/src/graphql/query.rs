@@ -1,6 +1,7 @@
 use async_graphql::{Context, Object, SimpleObject};
 use postbridge_core::model::{
-    Account, ApiKey, ExpiringQuery, Grant, InboundMessage, OutboundMessage, Page, PageRequest, Role, RouteExplanation, Tenant, TokenConfig,
+    Account, ApiKey, ExpiringQuery, Grant, InboundMessage, OutboundMessage, Page, PageRequest, Role, RouteExplanation, Tenant,
+    TokenConfig,
 };
 use postbridge_core::service::{accounts, api_keys, grants, inbound, outbound, routing, tenants, token_configs};
 use uuid::Uuid;
@@ -65,7 +66,12 @@ impl Query {
         token_configs::get(&app, &scope, id).await.gql()
     }
 
-    async fn accounts(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<Account>> {
+    async fn accounts(
+        &self,
+        ctx: &Context<'_>,
+        limit: Option<u64>,
+        cursor: Option<Uuid>,
+    ) -> async_graphql::Result<Page<Account>> {
         let (app, scope) = tenant_scope(ctx).await?;
         accounts::list(&app, &scope, page(limit, cursor)).await.gql()
     }
@@ -76,7 +82,11 @@ impl Query {
     }
 
     /// Token configurations whose client secret expires within `withinDays` (default 30), soonest first.
-    async fn expiring_token_configs(&self, ctx: &Context<'_>, within_days: Option<i64>) -> async_graphql::Result<Vec<TokenConfig>> {
+    async fn expiring_token_configs(
+        &self,
+        ctx: &Context<'_>,
+        within_days: Option<i64>,
+    ) -> async_graphql::Result<Vec<TokenConfig>> {
         let (app, scope) = tenant_scope(ctx).await?;
         token_configs::expiring(&app, &scope, ExpiringQuery { within_days }).await.gql()
     }
@@ -108,7 +118,12 @@ impl Query {
         inbound::get(&app, &scope, id).await.gql()
     }
 
-    async fn sent_messages(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<OutboundMessage>> {
+    async fn sent_messages(
+        &self,
+        ctx: &Context<'_>,
+        limit: Option<u64>,
+        cursor: Option<Uuid>,
+    ) -> async_graphql::Result<Page<OutboundMessage>> {
         let (app, scope) = tenant_scope(ctx).await?;
         outbound::list(&app, &scope, page(limit, cursor)).await.gql()
     }

@@ -1,6 +1,6 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{CreateAccount, Page, PageRequest, Account, UpdateAccount};
+use postbridge_core::model::{Account, CreateAccount, Page, PageRequest, UpdateAccount};
 use postbridge_core::service::accounts;
 use postbridge_core::AppContext;
 use uuid::Uuid;
@@ -26,7 +26,11 @@ pub async fn list(ctx: web::Data<AppContext>, Tenant(scope): Tenant, page: web::
 /// Add a mailbox connection (member or above); it starts in draft.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), request_body = CreateAccount,
     responses((status = 201, body = Account), (status = 422, body = ErrorBody)))]
-pub async fn create(ctx: web::Data<AppContext>, Tenant(scope): Tenant, input: web::Json<CreateAccount>) -> ApiResult<HttpResponse> {
+pub async fn create(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    input: web::Json<CreateAccount>,
+) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Created().json(accounts::create(&ctx, &scope, input.into_inner()).await?))
 }
 

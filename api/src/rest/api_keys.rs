@@ -25,7 +25,11 @@ pub async fn list(ctx: web::Data<AppContext>, Tenant(scope): Tenant, page: web::
 /// Create an API key (admin). The response holds the secret, once.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = [])), request_body = CreateApiKey,
     responses((status = 201, body = CreatedApiKey), (status = 422, body = ErrorBody)))]
-pub async fn create(ctx: web::Data<AppContext>, Tenant(scope): Tenant, input: web::Json<CreateApiKey>) -> ApiResult<HttpResponse> {
+pub async fn create(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    input: web::Json<CreateApiKey>,
+) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Created().json(api_keys::create(&ctx, &scope, input.into_inner()).await?))
 }
 

@@ -55,6 +55,10 @@ pub async fn revoke(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
 /// Token configurations whose client secret expires within `within_days` (default 30), soonest first.
 #[utoipa::path(get, path = "/v1/token-configs/expiring", tag = "token-configs", security(("bearer" = [])), params(ExpiringQuery),
     responses((status = 200, body = Vec<TokenConfig>)))]
-pub async fn expiring(ctx: web::Data<AppContext>, Tenant(scope): Tenant, query: web::Query<ExpiringQuery>) -> ApiResult<HttpResponse> {
+pub async fn expiring(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    query: web::Query<ExpiringQuery>,
+) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(token_configs::expiring(&ctx, &scope, query.into_inner()).await?))
 }

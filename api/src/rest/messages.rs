@@ -68,7 +68,11 @@ pub async fn send(
 /// The tenant's outgoing messages, newest first.
 #[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(PageRequest),
     responses((status = 200, body = Page<OutboundMessage>)))]
-pub async fn list_sent(ctx: web::Data<AppContext>, Tenant(scope): Tenant, page: web::Query<PageRequest>) -> ApiResult<HttpResponse> {
+pub async fn list_sent(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    page: web::Query<PageRequest>,
+) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(outbound::list(&ctx, &scope, page.into_inner()).await?))
 }
 
@@ -89,6 +93,10 @@ pub struct RoutingQuery {
 /// Which account would send From X for this tenant, and why (`routed_by: default` means the fallback sender).
 #[utoipa::path(get, path = "/v1/routing", tag = "messages", security(("bearer" = [])), params(RoutingQuery),
     responses((status = 200, body = RouteExplanation), (status = 422, body = ErrorBody)))]
-pub async fn explain_route(ctx: web::Data<AppContext>, Tenant(scope): Tenant, query: web::Query<RoutingQuery>) -> ApiResult<HttpResponse> {
+pub async fn explain_route(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    query: web::Query<RoutingQuery>,
+) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(routing::explain(&ctx, &scope, &query.from).await?))
 }

@@ -25,7 +25,11 @@ pub async fn list(ctx: web::Data<AppContext>, Tenant(scope): Tenant, page: web::
 /// Register an OAuth app (admin). Microsoft needs only client id, secret and directory id.
 #[utoipa::path(post, path = "/v1/token-configs", tag = "token-configs", security(("bearer" = [])), request_body = CreateTokenConfig,
     responses((status = 201, body = TokenConfig), (status = 422, body = ErrorBody)))]
-pub async fn create(ctx: web::Data<AppContext>, Tenant(scope): Tenant, input: web::Json<CreateTokenConfig>) -> ApiResult<HttpResponse> {
+pub async fn create(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    input: web::Json<CreateTokenConfig>,
+) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Created().json(token_configs::create(&ctx, &scope, input.into_inner()).await?))
 }
 

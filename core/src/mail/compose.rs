@@ -135,9 +135,8 @@ impl ComposeError {
 /// by `postbridge.invalid`).
 pub fn new_message_id(domain: &str) -> String {
     let domain = domain.trim().trim_start_matches('@').trim_end_matches('.').to_ascii_lowercase();
-    let usable = !domain.is_empty()
-        && domain.len() <= 200
-        && domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let usable =
+        !domain.is_empty() && domain.len() <= 200 && domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     let domain = if usable { domain } else { "postbridge.invalid".to_owned() };
     format!("<{}@{}>", uuid::Uuid::new_v4().simple(), domain)
 }
@@ -214,9 +213,9 @@ enum Body {
 
 fn body_part(message: &OutgoingMessage) -> Result<Body, ComposeError> {
     let content = match (&message.text, &message.html) {
-        (Some(text), Some(html)) => {
-            Body::Multi(MultiPart::alternative().singlepart(SinglePart::plain(text.clone())).singlepart(SinglePart::html(html.clone())))
-        }
+        (Some(text), Some(html)) => Body::Multi(
+            MultiPart::alternative().singlepart(SinglePart::plain(text.clone())).singlepart(SinglePart::html(html.clone())),
+        ),
         (None, Some(html)) => Body::Single(SinglePart::html(html.clone())),
         (Some(text), None) => Body::Single(SinglePart::plain(text.clone())),
         (None, None) => Body::Single(SinglePart::plain(String::new())),

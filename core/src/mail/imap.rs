@@ -44,7 +44,11 @@ pub struct FetchedMessage {
 
 impl fmt::Debug for FetchedMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FetchedMessage").field("uid", &self.uid).field("len", &self.raw.len()).field("flags_seen", &self.flags_seen).finish()
+        f.debug_struct("FetchedMessage")
+            .field("uid", &self.uid)
+            .field("len", &self.raw.len())
+            .field("flags_seen", &self.flags_seen)
+            .finish()
     }
 }
 

@@ -52,7 +52,12 @@ pub async fn connect_tcp(guard: &NetGuard, host: &str, port: u16, timeout: Durat
 }
 
 /// Wraps a connected stream in TLS, verifying the certificate for `host`.
-pub async fn start_tls<S>(config: Arc<ClientConfig>, host: &str, stream: S, timeout: Duration) -> Result<TlsStream<S>, ConnectError>
+pub async fn start_tls<S>(
+    config: Arc<ClientConfig>,
+    host: &str,
+    stream: S,
+    timeout: Duration,
+) -> Result<TlsStream<S>, ConnectError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

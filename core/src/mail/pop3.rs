@@ -155,7 +155,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Ok(())
         } else {
             let words = text.strip_prefix("-ERR").unwrap_or(text).trim();
-            Err(MailError::new(MailStep::Greeting, if words.is_empty() { "not a POP3 greeting".to_owned() } else { truncate(words) }))
+            Err(MailError::new(
+                MailStep::Greeting,
+                if words.is_empty() { "not a POP3 greeting".to_owned() } else { truncate(words) },
+            ))
         }
     }
 

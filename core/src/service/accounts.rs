@@ -17,8 +17,8 @@ use crate::crypto::SecretLocation;
 use crate::entities::{email_account, grant};
 use crate::error::{AppError, AppResult};
 use crate::model::{
-    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, GrantStatus, Page, PageRequest, Protocol, Provider, Role,
-    Security, UpdateAccount,
+    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, GrantStatus, Page, PageRequest, Protocol, Provider,
+    Role, Security, UpdateAccount,
 };
 use crate::{presets, validate};
 
@@ -69,11 +69,7 @@ fn visible(scope: &TenantScope) -> Select<email_account::Entity> {
 }
 
 pub(crate) async fn find_visible(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<email_account::Model> {
-    visible(scope)
-        .filter(email_account::Column::Id.eq(id))
-        .one(&ctx.db)
-        .await?
-        .ok_or(AppError::not_found("account"))
+    visible(scope).filter(email_account::Column::Id.eq(id)).one(&ctx.db).await?.ok_or(AppError::not_found("account"))
 }
 
 /// What a password field asks for.
@@ -117,7 +113,11 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
     let provider = match spec.auth {
         AuthMethod::Password => {
             if spec.token_config_id.is_some() {
-                return Err(AppError::validation("token_config_id", "not_applicable", "a password account takes no token configuration"));
+                return Err(AppError::validation(
+                    "token_config_id",
+                    "not_applicable",
+                    "a password account takes no token configuration",
+                ));
             }
             match spec.password {
                 PasswordChange::Set(p) if !p.trim().is_empty() => {
@@ -139,7 +139,9 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
             }
             // Another tenant's configuration is indistinguishable from a missing one.
             let config = token_configs::find(ctx, scope.tenant_id, id).await.map_err(|e| match e {
-                AppError::NotFound { .. } => AppError::validation("token_config_id", "unknown_token_config", "no such token configuration"),
+                AppError::NotFound { .. } => {
+                    AppError::validation("token_config_id", "unknown_token_config", "no such token configuration")
+                }
                 other => other,
             })?;
             spec.login = validate::email("login", &spec.login)?;
@@ -215,7 +217,11 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
                     return Err(AppError::validation("folder", "not_applicable", "POP3 has no folders"));
                 }
                 if !matches!(after_fetch, AfterFetch::Keep | AfterFetch::Delete) {
-                    return Err(AppError::validation("after_fetch", "unsupported_action", "POP3 can only keep or delete fetched messages"));
+                    return Err(AppError::validation(
+                        "after_fetch",
+                        "unsupported_action",
+                        "POP3 can only keep or delete fetched messages",
+                    ));
                 }
             } else {
                 spec.folder = Some(validate::non_empty("folder", spec.folder.as_deref().unwrap_or("INBOX"), 255)?);
@@ -228,7 +234,11 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
                     return Err(AppError::validation("move_to_folder", "required", "after_fetch move needs move_to_folder"));
                 }
                 (_, Some(_)) => {
-                    return Err(AppError::validation("move_to_folder", "not_applicable", "move_to_folder goes with after_fetch move"));
+                    return Err(AppError::validation(
+                        "move_to_folder",
+                        "not_applicable",
+                        "move_to_folder goes with after_fetch move",
+                    ));
                 }
                 (_, None) => {}
             }
@@ -244,7 +254,13 @@ fn encrypt_password(ctx: &AppContext, tenant_id: Uuid, id: Uuid, password: &str)
 }
 
 /// A valid grant this mailbox can use already (its other direction was authorized first): consent once, both authorized.
-async fn existing_grant(ctx: &AppContext, tenant_id: Uuid, auth: AuthMethod, config_id: Option<Uuid>, login: &str) -> AppResult<Option<Uuid>> {
+async fn existing_grant(
+    ctx: &AppContext,
+    tenant_id: Uuid,
+    auth: AuthMethod,
+    config_id: Option<Uuid>,
+    login: &str,
+) -> AppResult<Option<Uuid>> {
     let (AuthMethod::Oauth2, Some(config_id)) = (auth, config_id) else { return Ok(None) };
     let found = grant::Entity::find()
         .filter(grant::Column::TenantId.eq(tenant_id))
@@ -265,7 +281,12 @@ fn check_admin_only_fields(scope: &TenantScope, is_default: bool, shared: bool) 
 }
 
 /// Saves `active` and, for a new default sender, clears the previous one in the same transaction.
-async fn save(ctx: &AppContext, tenant_id: Uuid, active: email_account::ActiveModel, insert: bool) -> AppResult<email_account::Model> {
+async fn save(
+    ctx: &AppContext,
+    tenant_id: Uuid,
+    active: email_account::ActiveModel,
+    insert: bool,
+) -> AppResult<email_account::Model> {
     let becomes_default = matches!(active.is_default, sea_orm::ActiveValue::Set(true));
     let id = match &active.id {
         sea_orm::ActiveValue::Set(id) | sea_orm::ActiveValue::Unchanged(id) => *id,
@@ -300,7 +321,11 @@ async fn save(ctx: &AppContext, tenant_id: Uuid, active: email_account::ActiveMo
 pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount) -> AppResult<Account> {
     scope.require(Role::Member)?;
     if input.direction.is_some_and(|d| d != input.protocol.direction()) {
-        return Err(AppError::validation("direction", "direction_mismatch", format!("{} accounts are {}", input.protocol, input.protocol.direction())));
+        return Err(AppError::validation(
+            "direction",
+            "direction_mismatch",
+            format!("{} accounts are {}", input.protocol, input.protocol.direction()),
+        ));
     }
     let is_default = input.is_default.unwrap_or(false);
     let shared_mailbox = input.shared_mailbox.unwrap_or(false);
@@ -403,7 +428,11 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     let current = view(model.clone())?;
     let is_default = input.is_default.unwrap_or(current.is_default);
     let shared_mailbox = input.shared_mailbox.unwrap_or(current.shared_mailbox);
-    check_admin_only_fields(scope, is_default && !current.is_default, shared_mailbox != current.shared_mailbox && shared_mailbox)?;
+    check_admin_only_fields(
+        scope,
+        is_default && !current.is_default,
+        shared_mailbox != current.shared_mailbox && shared_mailbox,
+    )?;
     let auth = input.auth.unwrap_or(current.auth);
     // Leaving `move` drops its target unless the caller sets one explicitly.
     let drop_move_target = input.after_fetch.is_some_and(|a| a != AfterFetch::Move) && input.move_to_folder.is_undefined();
@@ -461,7 +490,8 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         PasswordChange::Keep { .. } => {}
     }
     // A grant serves one login at one configuration; another identity needs its own.
-    let identity_changed = spec.auth != current.auth || spec.login != current.login || spec.token_config_id != current.token_config_id;
+    let identity_changed =
+        spec.auth != current.auth || spec.login != current.login || spec.token_config_id != current.token_config_id;
     let grant_id = if identity_changed {
         existing_grant(ctx, scope.tenant_id, spec.auth, spec.token_config_id, &spec.login).await?
     } else {

@@ -51,7 +51,14 @@ async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<outbound_
     row.map(|r| outbound_message::Model::from_query_result(&r, "")).transpose().map_err(Into::into)
 }
 
-async fn set_outcome(ctx: &AppContext, id: Uuid, status: OutboundStatus, error: Option<&str>, reply: Option<&str>, retry_in: Option<i64>) -> AppResult<()> {
+async fn set_outcome(
+    ctx: &AppContext,
+    id: Uuid,
+    status: OutboundStatus,
+    error: Option<&str>,
+    reply: Option<&str>,
+    retry_in: Option<i64>,
+) -> AppResult<()> {
     let next = retry_in.map(|s| Utc::now() + chrono::Duration::seconds(s));
     ctx.db
         .execute_raw(Statement::from_sql_and_values(
@@ -88,10 +95,19 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
         match outcome {
             Ok(sent) => {
                 set_outcome(ctx, message.id, OutboundStatus::Sent, None, Some(sent.reply()), None).await?;
-                events::record(&ctx.db, message.tenant_id, "message.sent", "message", Some(message.id), json!({"message_id": message.message_id})).await?;
+                events::record(
+                    &ctx.db,
+                    message.tenant_id,
+                    "message.sent",
+                    "message",
+                    Some(message.id),
+                    json!({"message_id": message.message_id}),
+                )
+                .await?;
                 return Ok(Delivery::Sent);
             }
-            Err(Failure::Send(SendError::Auth { message: words, .. })) | Err(Failure::Credentials(MailError { message: words, .. }))
+            Err(Failure::Send(SendError::Auth { message: words, .. }))
+            | Err(Failure::Credentials(MailError { message: words, .. }))
                 if !refreshed && account.grant_id.is_some() =>
             {
                 // A token that should be valid was refused: refresh once and retry.
@@ -104,14 +120,18 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
             Err(Failure::Send(SendError::Auth { code, message: words })) => {
                 let hint = auth_hint(&words);
                 let error = MailError::new(crate::mail::error::MailStep::Auth, format!("{words}{hint}"));
-                let error = match code { Some(c) => error.with_code(c), None => error };
+                let error = match code {
+                    Some(c) => error.with_code(c),
+                    None => error,
+                };
                 mailbox::record_account_error(&ctx.db, &account, &error).await?;
                 return fail(ctx, &message, &error.to_string()).await;
             }
             Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, &message, &e.to_string()).await,
             Err(Failure::Credentials(e)) => return fail(ctx, &message, &e.to_string()).await,
             Err(Failure::Send(SendError::Unknown { message: words })) => {
-                set_outcome(ctx, message.id, OutboundStatus::Unknown, Some(&format!("delivery uncertain: {words}")), None, None).await?;
+                set_outcome(ctx, message.id, OutboundStatus::Unknown, Some(&format!("delivery uncertain: {words}")), None, None)
+                    .await?;
                 return Ok(Delivery::Unknown);
             }
             Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, &message, &e.to_string()).await,
@@ -131,7 +151,8 @@ async fn send_once(
     message: &outbound_message::Model,
     recipients: &[String],
 ) -> Result<SendOutcome, Failure> {
-    let endpoint = endpoint(account).map_err(|e| Failure::Credentials(MailError::new(crate::mail::error::MailStep::Unknown, e.to_string())))?;
+    let endpoint = endpoint(account)
+        .map_err(|e| Failure::Credentials(MailError::new(crate::mail::error::MailStep::Unknown, e.to_string())))?;
     let auth = credentials(ctx, account).await.map_err(Failure::Credentials)?;
     ctx.smtp.send_raw(&endpoint, &auth, &message.envelope_from, recipients, &message.raw).await.map_err(Failure::Send)
 }

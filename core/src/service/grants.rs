@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use futures::StreamExt;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use rand::{Rng, RngCore};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -134,7 +134,12 @@ async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<
 
 /// Starts "Authenticate account": for the user flow, the provider URL to send the browser to;
 /// for the app flow, a client-credentials request that authorizes the account at once.
-pub async fn authorize(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, input: AuthorizeAccount) -> AppResult<AuthorizeResult> {
+pub async fn authorize(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    account_id: Uuid,
+    input: AuthorizeAccount,
+) -> AppResult<AuthorizeResult> {
     scope.require(Role::Member)?;
     let account = accounts::find_visible(ctx, scope, account_id).await?;
     if account.auth_method != AuthMethod::Oauth2.as_str() {
@@ -159,10 +164,11 @@ async fn start_user_flow(
     return_url: Option<String>,
 ) -> AppResult<AuthorizeResult> {
     let client = oauth_client(ctx, config)?;
-    let mut params: Vec<(String, String)> = serde_json::from_value::<std::collections::BTreeMap<String, String>>(config.extra_auth_params.clone())
-        .map_err(|e| internal("token_configs.extra_auth_params", e))?
-        .into_iter()
-        .collect();
+    let mut params: Vec<(String, String)> =
+        serde_json::from_value::<std::collections::BTreeMap<String, String>>(config.extra_auth_params.clone())
+            .map_err(|e| internal("token_configs.extra_auth_params", e))?
+            .into_iter()
+            .collect();
     let subject = account.login.to_lowercase();
     let existing = grant::Entity::find()
         .filter(grant::Column::TenantId.eq(scope.tenant_id))
@@ -179,11 +185,16 @@ async fn start_user_flow(
     if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
         params.push(("prompt".to_owned(), "consent".to_owned()));
     }
-    if Provider::from_db(&config.provider)? == Provider::Microsoft && !account.shared_mailbox && !params.iter().any(|(k, _)| k == "login_hint") {
+    if Provider::from_db(&config.provider)? == Provider::Microsoft
+        && !account.shared_mailbox
+        && !params.iter().any(|(k, _)| k == "login_hint")
+    {
         params.push(("login_hint".to_owned(), account.login.clone()));
     }
     let state = random_token();
-    let request = client.authorization_request(&state, &params).map_err(|e| AppError::validation("token_config_id", "token_config_unusable", e.to_string()))?;
+    let request = client
+        .authorization_request(&state, &params)
+        .map_err(|e| AppError::validation("token_config_id", "token_config_unusable", e.to_string()))?;
     let id = Uuid::now_v7();
     let verifier = ctx
         .cipher
@@ -225,7 +236,15 @@ async fn authorize_app(
     let txn = ctx.db.begin().await?;
     let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, APP_SUBJECT, None, &tokens).await?;
     link_accounts(&txn, scope.tenant_id, config.id, None, grant_id).await?;
-    events::record(&txn, scope.tenant_id, events::GRANT_CONNECTED, "grant", Some(grant_id), json!({"token_config_id": config.id, "flow": "app"})).await?;
+    events::record(
+        &txn,
+        scope.tenant_id,
+        events::GRANT_CONNECTED,
+        "grant",
+        Some(grant_id),
+        json!({"token_config_id": config.id, "flow": "app"}),
+    )
+    .await?;
     txn.commit().await?;
     Ok(AuthorizeResult {
         status: AuthorizeStatus::Authorized,
@@ -326,7 +345,13 @@ async fn store_grant(
 
 /// Points every oauth2 account of the mailbox (inbound and outbound) at the grant and marks it authorized.
 /// `login = None` links every account of the configuration (app flow).
-async fn link_accounts(txn: &DatabaseTransaction, tenant_id: Uuid, config_id: Uuid, login: Option<&str>, grant_id: Uuid) -> AppResult<u64> {
+async fn link_accounts(
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    login: Option<&str>,
+    grant_id: Uuid,
+) -> AppResult<u64> {
     let mut update = email_account::Entity::update_many()
         .col_expr(email_account::Column::GrantId, Expr::value(grant_id))
         .col_expr(
@@ -405,7 +430,11 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         .exec_with_returning(&ctx.db)
         .await?;
     let Some(state_row) = consumed.into_iter().next() else {
-        return Ok(CallbackOutcome::failure("invalid_state", "this sign-in link is unknown or was already used; start again", None));
+        return Ok(CallbackOutcome::failure(
+            "invalid_state",
+            "this sign-in link is unknown or was already used; start again",
+            None,
+        ));
     };
     if state_row.expires_at < Utc::now() {
         return Ok(CallbackOutcome::failure("state_expired", "this sign-in link expired; start again", Some(&state_row)));
@@ -422,8 +451,14 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
         .one(&ctx.db)
         .await?;
-    let Some(account) = account.filter(|a| a.token_config_id == Some(state_row.token_config_id) && a.auth_method == AuthMethod::Oauth2.as_str()) else {
-        return Ok(CallbackOutcome::failure("account_changed", "the account changed while signing in; start again", Some(&state_row)));
+    let Some(account) =
+        account.filter(|a| a.token_config_id == Some(state_row.token_config_id) && a.auth_method == AuthMethod::Oauth2.as_str())
+    else {
+        return Ok(CallbackOutcome::failure(
+            "account_changed",
+            "the account changed while signing in; start again",
+            Some(&state_row),
+        ));
     };
     let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
     let verifier = ctx
@@ -477,7 +512,9 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     let txn = ctx.db.begin().await?;
     let grant_id = match store_grant(ctx, &txn, state_row.tenant_id, config.id, &login, consented_by.clone(), &tokens).await {
         Ok(id) => id,
-        Err(AppError::Conflict { message, .. }) => return Ok(CallbackOutcome::failure("concurrent_authorization", message, Some(&state_row))),
+        Err(AppError::Conflict { message, .. }) => {
+            return Ok(CallbackOutcome::failure("concurrent_authorization", message, Some(&state_row)))
+        }
         Err(e) => return Err(e),
     };
     let linked = link_accounts(&txn, state_row.tenant_id, config.id, Some(&login), grant_id).await?;
@@ -545,7 +582,15 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
         .filter(grant::Column::TenantId.eq(scope.tenant_id))
         .exec(&txn)
         .await?;
-    events::record(&txn, scope.tenant_id, events::GRANT_REVOKED, "grant", Some(id), json!({"subject": model.subject, "by": scope.principal.subject})).await?;
+    events::record(
+        &txn,
+        scope.tenant_id,
+        events::GRANT_REVOKED,
+        "grant",
+        Some(id),
+        json!({"subject": model.subject, "by": scope.principal.subject}),
+    )
+    .await?;
     txn.commit().await?;
     Ok(())
 }
@@ -665,7 +710,10 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
                     .map_err(|e| internal("decrypting refresh token", e))?;
                 client.refresh(&refresh).await
             }
-            None => Err(TokenError::Rejected { error: "invalid_grant".to_owned(), description: Some("no refresh token stored".to_owned()) }),
+            None => Err(TokenError::Rejected {
+                error: "invalid_grant".to_owned(),
+                description: Some("no refresh token stored".to_owned()),
+            }),
         }
     };
     match result {
@@ -750,12 +798,25 @@ async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &s
         .filter(email_account::Column::State.ne(AccountState::Disabled.as_str()))
         .exec(txn)
         .await?;
-    events::record(txn, model.tenant_id, events::GRANT_REAUTH_REQUIRED, "grant", Some(model.id), json!({"subject": model.subject, "error": message})).await?;
+    events::record(
+        txn,
+        model.tenant_id,
+        events::GRANT_REAUTH_REQUIRED,
+        "grant",
+        Some(model.id),
+        json!({"subject": model.subject, "error": message}),
+    )
+    .await?;
     Ok(())
 }
 
 /// A failed refresh that is not the grant's fault: tokens and status stay, the next attempt waits.
-async fn record_failure(txn: &DatabaseTransaction, model: &grant::Model, message: &str, retry_after: Option<Duration>) -> AppResult<()> {
+async fn record_failure(
+    txn: &DatabaseTransaction,
+    model: &grant::Model,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> AppResult<()> {
     let failures = model.refresh_failures.saturating_add(1);
     let now = Utc::now();
     grant::Entity::update_many()
@@ -769,7 +830,12 @@ async fn record_failure(txn: &DatabaseTransaction, model: &grant::Model, message
     Ok(())
 }
 
-async fn mark_config(txn: &DatabaseTransaction, config: &token_config::Model, needs_admin: bool, message: Option<&str>) -> AppResult<()> {
+async fn mark_config(
+    txn: &DatabaseTransaction,
+    config: &token_config::Model,
+    needs_admin: bool,
+    message: Option<&str>,
+) -> AppResult<()> {
     token_config::Entity::update_many()
         .col_expr(token_config::Column::NeedsAdmin, Expr::value(needs_admin))
         .col_expr(token_config::Column::LastError, Expr::value(message.map(str::to_owned)))
@@ -777,7 +843,15 @@ async fn mark_config(txn: &DatabaseTransaction, config: &token_config::Model, ne
         .exec(txn)
         .await?;
     if needs_admin && !config.needs_admin {
-        events::record(txn, config.tenant_id, events::TOKEN_CONFIG_NEEDS_ADMIN, "token_config", Some(config.id), json!({"error": message})).await?;
+        events::record(
+            txn,
+            config.tenant_id,
+            events::TOKEN_CONFIG_NEEDS_ADMIN,
+            "token_config",
+            Some(config.id),
+            json!({"error": message}),
+        )
+        .await?;
     }
     Ok(())
 }

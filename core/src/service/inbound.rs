@@ -33,9 +33,7 @@ struct Summary {
 }
 
 fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
-    address
-        .map(|a| a.iter().filter_map(|addr| addr.address().map(str::to_owned)).collect())
-        .unwrap_or_default()
+    address.map(|a| a.iter().filter_map(|addr| addr.address().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
 /// Headers for listing; a message that does not parse is still stored, with empty fields.
@@ -138,7 +136,12 @@ pub async fn store_batch<C: ConnectionTrait>(
 
 /// `message.received` for each newly stored message, in the transaction that stores it (so a crash neither
 /// loses an event nor, since a refetch stores nothing, duplicates one).
-async fn record_received<C: ConnectionTrait>(db: &C, account: &email_account::Model, stored: &[sea_orm::QueryResult], now: DateTime<Utc>) -> AppResult<()> {
+async fn record_received<C: ConnectionTrait>(
+    db: &C,
+    account: &email_account::Model,
+    stored: &[sea_orm::QueryResult],
+    now: DateTime<Utc>,
+) -> AppResult<()> {
     if stored.is_empty() {
         return Ok(());
     }
@@ -155,7 +158,16 @@ async fn record_received<C: ConnectionTrait>(db: &C, account: &email_account::Mo
         ]);
     }
     let tuples: Vec<String> = (0..stored.len())
-        .map(|r| format!("(${}, ${}, 'message.received', 'received_message', ${}, ${}, ${})", r * 5 + 1, r * 5 + 2, r * 5 + 3, r * 5 + 4, r * 5 + 5))
+        .map(|r| {
+            format!(
+                "(${}, ${}, 'message.received', 'received_message', ${}, ${}, ${})",
+                r * 5 + 1,
+                r * 5 + 2,
+                r * 5 + 3,
+                r * 5 + 4,
+                r * 5 + 5
+            )
+        })
         .collect();
     let sql = format!(
         "INSERT INTO events (id, tenant_id, event_type, resource_type, resource_id, data, created_at) VALUES {}",

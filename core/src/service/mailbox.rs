@@ -26,8 +26,16 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
     match AuthMethod::from_db(&account.auth_method).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))? {
         AuthMethod::Password => {
             let stored = account.password.as_deref().ok_or_else(|| MailError::new(MailStep::Auth, "no password is stored"))?;
-            let location = SecretLocation { tenant_id: account.tenant_id, table: accounts::TABLE, column: accounts::SECRET_COLUMN, row_id: account.id };
-            let password = ctx.cipher.decrypt(location, stored).map_err(|e| MailError::new(MailStep::Unknown, format!("stored password: {e}")))?;
+            let location = SecretLocation {
+                tenant_id: account.tenant_id,
+                table: accounts::TABLE,
+                column: accounts::SECRET_COLUMN,
+                row_id: account.id,
+            };
+            let password = ctx
+                .cipher
+                .decrypt(location, stored)
+                .map_err(|e| MailError::new(MailStep::Unknown, format!("stored password: {e}")))?;
             Ok(MailAuth::Password { login: account.login.clone(), password })
         }
         AuthMethod::Oauth2 => {
@@ -35,7 +43,9 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
                 .grant_id
                 .ok_or_else(|| MailError::new(MailStep::Auth, "the account is not authorized yet: authorize it first"))?;
             let access_token = grants::access_token(ctx, account.tenant_id, grant_id).await.map_err(|e| match e {
-                TokenAccessError::Unavailable { reason, .. } => MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}")),
+                TokenAccessError::Unavailable { reason, .. } => {
+                    MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}"))
+                }
                 other => MailError::new(MailStep::Auth, other.to_string()),
             })?;
             Ok(MailAuth::XOAuth2 { login: account.login.clone(), access_token })
@@ -96,11 +106,22 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
              poll_failures = 0, updated_at = $2 WHERE id = $1",
             vec![account.id.into(), now.into()],
         ),
-        Err(e) => ("UPDATE email_accounts SET last_error = $2, updated_at = $3 WHERE id = $1", vec![account.id.into(), e.to_string().into(), now.into()]),
+        Err(e) => (
+            "UPDATE email_accounts SET last_error = $2, updated_at = $3 WHERE id = $1",
+            vec![account.id.into(), e.to_string().into(), now.into()],
+        ),
     };
     ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     if outcome.is_ok() {
-        super::events::record(&ctx.db, scope.tenant_id, "account.confirmed", "account", Some(account.id), serde_json::json!({"login": account.login})).await?;
+        super::events::record(
+            &ctx.db,
+            scope.tenant_id,
+            "account.confirmed",
+            "account",
+            Some(account.id),
+            serde_json::json!({"login": account.login}),
+        )
+        .await?;
     }
     let refreshed = email_account::Entity::find_by_id(account.id).one(&ctx.db).await?.ok_or(AppError::not_found("account"))?;
     Ok(TestResult {
@@ -120,13 +141,15 @@ async fn probe(ctx: &AppContext, account: &email_account::Model) -> Result<(), M
     let attempt = async {
         match Protocol::from_db(&account.protocol).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))? {
             Protocol::Imap => {
-                let mut session = crate::mail::imap::ImapSession::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
+                let mut session =
+                    crate::mail::imap::ImapSession::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
                 session.select(account.folder.as_deref().unwrap_or("INBOX")).await?;
                 let _ = session.logout().await;
                 Ok(())
             }
             Protocol::Pop3 => {
-                let mut session = crate::mail::pop3::Pop3Session::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
+                let mut session =
+                    crate::mail::pop3::Pop3Session::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
                 session.stat().await?;
                 session.quit().await?;
                 Ok(())
@@ -141,7 +164,11 @@ async fn probe(ctx: &AppContext, account: &email_account::Model) -> Result<(), M
 }
 
 /// Marks an account as failing with the server's words; auth failures need a person.
-pub async fn record_account_error<C: ConnectionTrait>(db: &C, account: &email_account::Model, error: &MailError) -> AppResult<()> {
+pub async fn record_account_error<C: ConnectionTrait>(
+    db: &C,
+    account: &email_account::Model,
+    error: &MailError,
+) -> AppResult<()> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE email_accounts SET state = $2, last_error = $3, lease_until = NULL, dispatched_until = NULL, updated_at = now() WHERE id = $1",

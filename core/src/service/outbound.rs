@@ -41,11 +41,7 @@ fn to_compose(mailbox: &lettre::message::Mailbox) -> Mailbox {
 }
 
 fn mailboxes(field: &str, values: &[String]) -> AppResult<Vec<Mailbox>> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| routing::parse_mailbox(&format!("{field}[{i}]"), v).map(|m| to_compose(&m)))
-        .collect()
+    values.iter().enumerate().map(|(i, v)| routing::parse_mailbox(&format!("{field}[{i}]"), v).map(|m| to_compose(&m))).collect()
 }
 
 async fn find_by_key(ctx: &AppContext, tenant_id: Uuid, key: &str) -> AppResult<Option<outbound_message::Model>> {
@@ -61,7 +57,9 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
     scope.require(Role::Member)?;
     let key = match input.idempotency_key.as_deref().map(str::trim) {
         Some("") => return Err(AppError::validation("idempotency_key", "required", "idempotency_key must not be empty")),
-        Some(k) if k.len() > 255 => return Err(AppError::validation("idempotency_key", "too_long", "idempotency_key is at most 255 characters")),
+        Some(k) if k.len() > 255 => {
+            return Err(AppError::validation("idempotency_key", "too_long", "idempotency_key is at most 255 characters"))
+        }
         Some(k) => Some(k.to_owned()),
         None => None,
     };
@@ -81,7 +79,11 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
     let mut attachments = Vec::new();
     for (i, a) in input.attachments.unwrap_or_default().into_iter().enumerate() {
         let bytes = base64::engine::general_purpose::STANDARD.decode(a.content_base64.trim()).map_err(|_| {
-            AppError::validation(format!("attachments[{i}].content_base64"), "invalid_base64", "attachment content must be base64")
+            AppError::validation(
+                format!("attachments[{i}].content_base64"),
+                "invalid_base64",
+                "attachment content must be base64",
+            )
         })?;
         attachments.push(Attachment {
             filename: a.filename,
@@ -106,7 +108,8 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
         attachments,
         message_id: compose::new_message_id(&domain),
     };
-    let composed = compose::compose(&message).map_err(|e| AppError::validation(e.field().to_owned(), "invalid_message", e.to_string()))?;
+    let composed =
+        compose::compose(&message).map_err(|e| AppError::validation(e.field().to_owned(), "invalid_message", e.to_string()))?;
     if composed.raw.len() > ctx.settings.max_message_bytes {
         return Err(AppError::validation(
             "attachments",

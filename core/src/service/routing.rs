@@ -85,9 +85,8 @@ pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) 
     })?;
     let sender = sender_address(&default)
         .ok_or_else(|| AppError::validation("from", "no_sender", "the default sender has no address to send as"))?;
-    let sender_mailbox = sender
-        .parse()
-        .map_err(|_| AppError::validation("from", "no_sender", "the default sender's address is not valid"))?;
+    let sender_mailbox =
+        sender.parse().map_err(|_| AppError::validation("from", "no_sender", "the default sender's address is not valid"))?;
     // Same address: nothing to rewrite.
     if sender == address {
         return Ok(Route { account: default, routed_by: RoutedBy::Default, from: from.clone(), reply_to: None });
@@ -101,7 +100,11 @@ pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) 
 }
 
 /// "Which account would send From X, and why" — without sending anything.
-pub async fn explain(ctx: &crate::context::AppContext, scope: &crate::auth::TenantScope, from: &str) -> AppResult<RouteExplanation> {
+pub async fn explain(
+    ctx: &crate::context::AppContext,
+    scope: &crate::auth::TenantScope,
+    from: &str,
+) -> AppResult<RouteExplanation> {
     scope.require(crate::model::Role::Viewer)?;
     let mailbox = parse_mailbox("from", from)?;
     Ok(route(&ctx.db, scope.tenant_id, &mailbox).await?.explain())

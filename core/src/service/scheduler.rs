@@ -16,7 +16,11 @@ pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
 async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
     let rows = ctx
         .db
-        .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()]))
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()],
+        ))
         .await?;
     rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
 }

@@ -57,7 +57,9 @@ pub async fn poll_account(ctx: &AppContext, account_id: Uuid) -> Result<PollRepo
     let result = match Protocol::from_db(&account.protocol)? {
         Protocol::Imap => poll_imap_with_reauth(ctx, &account).await,
         Protocol::Pop3 => poll_pop3(ctx, &account).await,
-        Protocol::Smtp => Err(PollError::App(AppError::validation("protocol", "not_inbound", "an outbound account is not polled"))),
+        Protocol::Smtp => {
+            Err(PollError::App(AppError::validation("protocol", "not_inbound", "an outbound account is not polled")))
+        }
     };
     finish(ctx, &account, &result).await?;
     result
@@ -85,7 +87,8 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
     // RFC 9051: a new UIDVALIDITY (or another folder) voids every stored UID; match again from the start.
     let resync = account.sync_folder.as_deref() != Some(folder.as_str()) || account.uid_validity != Some(uid_validity);
     let resync = resync && account.uid_validity.is_some();
-    let skip: Option<HashSet<(Option<String>, String)>> = if resync { Some(inbound::fingerprints(&ctx.db, account.id).await?) } else { None };
+    let skip: Option<HashSet<(Option<String>, String)>> =
+        if resync { Some(inbound::fingerprints(&ctx.db, account.id).await?) } else { None };
     let mut last_uid = if resync || account.uid_validity.is_none() { 0 } else { account.last_uid.unwrap_or(0) };
     let after_fetch = account.after_fetch.as_deref().map(AfterFetch::from_db).transpose()?.unwrap_or(AfterFetch::Keep);
     let mut report = PollReport { polled: true, resynchronised: resync, ..Default::default() };
@@ -93,7 +96,8 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
         let start = u32::try_from(last_uid).unwrap_or(u32::MAX);
         let batch = session.fetch_new(start, BATCH).await?;
         let Some(max_uid) = batch.iter().map(|m| m.uid).max() else { break };
-        let fetched: Vec<Fetched<'_>> = batch.iter().map(|m| Fetched { uid: i64::from(m.uid), pop3_uid: None, raw: &m.raw }).collect();
+        let fetched: Vec<Fetched<'_>> =
+            batch.iter().map(|m| Fetched { uid: i64::from(m.uid), pop3_uid: None, raw: &m.raw }).collect();
         let txn = ctx.db.begin().await?;
         report.stored += inbound::store_batch(&txn, account, &folder, uid_validity, &fetched, skip.as_ref()).await?;
         save_position(&txn, account.id, &folder, uid_validity, i64::from(max_uid)).await?;
@@ -119,7 +123,13 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
     Ok(report)
 }
 
-async fn save_position<C: ConnectionTrait>(db: &C, account_id: Uuid, folder: &str, uid_validity: i64, last_uid: i64) -> AppResult<()> {
+async fn save_position<C: ConnectionTrait>(
+    db: &C,
+    account_id: Uuid,
+    folder: &str,
+    uid_validity: i64,
+    last_uid: i64,
+) -> AppResult<()> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE email_accounts SET sync_folder = $2, uid_validity = $3, last_uid = $4 WHERE id = $1",

@@ -22,7 +22,11 @@ fn check_origins(origins: Vec<String>) -> AppResult<serde_json::Value> {
         match parsed {
             Some(url) if url.origin().ascii_serialization() == trimmed => checked.push(trimmed.to_owned()),
             _ => {
-                return Err(AppError::validation(field, "invalid_origin", "each allowed return origin must look like https://app.example.com (no path)"))
+                return Err(AppError::validation(
+                    field,
+                    "invalid_origin",
+                    "each allowed return origin must look like https://app.example.com (no path)",
+                ))
             }
         }
     }

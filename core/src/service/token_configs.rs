@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use async_graphql::MaybeUndefined;
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
 use uuid::Uuid;
 
 use super::{is_foreign_key_violation, limit_of, page_of};
@@ -13,7 +15,9 @@ use crate::context::AppContext;
 use crate::crypto::SecretLocation;
 use crate::entities::{grant, token_config};
 use crate::error::{AppError, AppResult};
-use crate::model::{CreateTokenConfig, ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig};
+use crate::model::{
+    CreateTokenConfig, ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig,
+};
 use crate::presets;
 use crate::validate;
 
@@ -155,7 +159,11 @@ async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<()> {
     }
     for (key, value) in &spec.extra_auth_params {
         if key.is_empty() || key.len() > 100 || value.len() > 2000 {
-            return Err(AppError::validation("extra_auth_params", "invalid_param", "extra_auth_params keys and values are too long or empty"));
+            return Err(AppError::validation(
+                "extra_auth_params",
+                "invalid_param",
+                "extra_auth_params keys and values are too long or empty",
+            ));
         }
         // Postgres cannot store NUL in jsonb; control characters make no parameter name.
         if key.chars().any(char::is_control) || value.contains('\0') {
@@ -265,8 +273,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let client_id_changed = input.client_id.is_some();
-    let directory_changed =
-        input.directory_tenant_id.is_some() && input.directory_tenant_id != current.directory_tenant_id;
+    let directory_changed = input.directory_tenant_id.is_some() && input.directory_tenant_id != current.directory_tenant_id;
     // Preset URLs follow a directory change unless the caller sets URLs explicitly.
     let keep_urls = current.provider == Provider::Generic || !directory_changed;
     let mut spec = Spec {
@@ -378,10 +385,8 @@ pub fn expiry_window(days_left: i64) -> Option<i32> {
 pub async fn scan_secret_expiry(ctx: &AppContext) -> AppResult<u64> {
     let today = Utc::now().date_naive();
     let horizon = today + chrono::Duration::days(i64::from(SECRET_EXPIRY_WINDOWS[0]));
-    let candidates = token_config::Entity::find()
-        .filter(token_config::Column::ClientSecretExpiresAt.lte(horizon))
-        .all(&ctx.db)
-        .await?;
+    let candidates =
+        token_config::Entity::find().filter(token_config::Column::ClientSecretExpiresAt.lte(horizon)).all(&ctx.db).await?;
     let mut recorded = 0;
     for config in candidates {
         let Some(expires) = config.client_secret_expires_at else { continue };

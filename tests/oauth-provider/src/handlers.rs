@@ -15,12 +15,10 @@ use url::Url;
 use crate::state::{now, random_token, Client, CodeRecord, RefreshStatus, Shared, Subject};
 use crate::{pkce_challenge, subject_for, TokenFailure, ID_TOKEN_TTL_SECONDS, PUBLIC_CLIENT_ID_TOKEN_KEY};
 
-const EXPIRED_GRANT: &str =
-    "AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. \
+const EXPIRED_GRANT: &str = "AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. \
      Send a new interactive authorization request for this user and resource.";
 const INVALID_CLIENT_SECRET: &str = "AADSTS7000215: Invalid client secret provided.";
-const CODE_REDEEMED: &str =
-    "AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a new valid \
+const CODE_REDEEMED: &str = "AADSTS54005: OAuth2 Authorization code was already redeemed, please retry with a new valid \
      code or use an existing refresh token.";
 const PKCE_MISMATCH: &str =
     "AADSTS501481: The Code_Verifier does not match the code_challenge supplied in the authorization request.";
@@ -30,11 +28,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/authorize").route(web::get().to(authorize)))
         .service(web::resource("/token").route(web::post().to(token)))
         .service(web::resource("/introspect").route(web::post().to(introspect)))
-        .service(
-            web::resource("/userinfo")
-                .route(web::get().to(userinfo))
-                .route(web::post().to(userinfo)),
-        )
+        .service(web::resource("/userinfo").route(web::get().to(userinfo)).route(web::post().to(userinfo)))
         .service(web::resource("/.well-known/openid-configuration").route(web::get().to(discovery)));
 }
 
@@ -53,20 +47,15 @@ impl Params {
 
     /// The value of a parameter; empty values count as omitted (RFC 6749 §3.1).
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, value)| key == name && !value.is_empty())
-            .map(|(_, value)| value.as_str())
+        self.0.iter().find(|(key, value)| key == name && !value.is_empty()).map(|(_, value)| value.as_str())
     }
 
     /// The first parameter name that occurs more than once (forbidden by RFC 6749 §3.1 and §3.2).
     fn repeated(&self) -> Option<&str> {
-        self.0.iter().enumerate().find_map(|(index, (key, _))| {
-            self.0[..index]
-                .iter()
-                .any(|(earlier, _)| earlier == key)
-                .then_some(key.as_str())
-        })
+        self.0
+            .iter()
+            .enumerate()
+            .find_map(|(index, (key, _))| self.0[..index].iter().any(|(earlier, _)| earlier == key).then_some(key.as_str()))
     }
 
     /// Whether a name occurs more than once.
@@ -92,12 +81,7 @@ struct OAuthError {
 
 impl OAuthError {
     fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> OAuthError {
-        OAuthError {
-            status,
-            error,
-            description: description.into(),
-            basic_challenge: false,
-        }
+        OAuthError { status, error, description: description.into(), basic_challenge: false }
     }
 
     fn invalid_request(description: impl Into<String>) -> OAuthError {
@@ -109,10 +93,7 @@ impl OAuthError {
     }
 
     fn invalid_client(description: impl Into<String>, basic_challenge: bool) -> OAuthError {
-        OAuthError {
-            basic_challenge,
-            ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
-        }
+        OAuthError { basic_challenge, ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description) }
     }
 
     fn server_error(description: impl Into<String>) -> OAuthError {
@@ -132,9 +113,7 @@ impl OAuthError {
 
 /// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
 fn no_store(builder: &mut actix_web::HttpResponseBuilder) {
-    builder
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"));
+    builder.insert_header((header::CACHE_CONTROL, "no-store")).insert_header((header::PRAGMA, "no-cache"));
 }
 
 /// Escapes text for an HTML page.
@@ -186,10 +165,7 @@ fn form_decode(input: &str) -> String {
                 out.push(b' ');
                 index += 1;
             }
-            b'%' => match (
-                bytes.get(index + 1).and_then(|b| hex(*b)),
-                bytes.get(index + 2).and_then(|b| hex(*b)),
-            ) {
+            b'%' => match (bytes.get(index + 1).and_then(|b| hex(*b)), bytes.get(index + 2).and_then(|b| hex(*b))) {
                 (Some(high), Some(low)) => {
                     out.push(high * 16 + low);
                     index += 3;
@@ -236,10 +212,7 @@ fn basic_auth(req: &HttpRequest) -> BasicAuth {
         return BasicAuth::Malformed;
     };
     match decoded.split_once(':') {
-        Some((id, secret)) => BasicAuth::Present {
-            id: id.to_string(),
-            secret: secret.to_string(),
-        },
+        Some((id, secret)) => BasicAuth::Present { id: id.to_string(), secret: secret.to_string() },
         None => BasicAuth::Malformed,
     }
 }
@@ -289,22 +262,12 @@ fn redirect_to(target: &Url, params: &[(&str, Option<&str>)]) -> HttpResponse {
 /// A redirect carrying an authorization error (RFC 6749 §4.1.2.1).
 fn redirect_error(target: &Url, error: &str, description: &str, state: Option<&str>) -> HttpResponse {
     tracing::debug!(error, description, "authorize error");
-    redirect_to(
-        target,
-        &[
-            ("error", Some(error)),
-            ("error_description", Some(description)),
-            ("state", state),
-        ],
-    )
+    redirect_to(target, &[("error", Some(error)), ("error_description", Some(description)), ("state", state)])
 }
 
 /// Whether a string can be an S256 `code_challenge` (43 base64url characters, RFC 7636 §4.2).
 fn is_s256_challenge(challenge: &str) -> bool {
-    challenge.len() == 43
-        && challenge
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    challenge.len() == 43 && challenge.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
 async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
@@ -419,12 +382,7 @@ async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
         );
     }
     if state.deny_consent {
-        return redirect_error(
-            &target,
-            "access_denied",
-            "AADSTS65004: User declined to consent to access the app.",
-            oauth_state,
-        );
+        return redirect_error(&target, "access_denied", "AADSTS65004: User declined to consent to access the app.", oauth_state);
     }
     let Some(email) = state.consenting_user.clone() else {
         return redirect_error(
@@ -493,14 +451,12 @@ fn failure_response(failure: &TokenFailure) -> Option<HttpResponse> {
         TokenFailure::RateLimited { retry_after_seconds } => {
             let mut builder = HttpResponse::build(StatusCode::TOO_MANY_REQUESTS);
             no_store(&mut builder);
-            builder
-                .insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds)))
-                .json(json!({
-                    "error": "temporarily_unavailable",
-                    "error_description": format!(
-                        "AADSTS50196: Too many requests; retry after {retry_after_seconds} seconds."
-                    ),
-                }))
+            builder.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds))).json(json!({
+                "error": "temporarily_unavailable",
+                "error_description": format!(
+                    "AADSTS50196: Too many requests; retry after {retry_after_seconds} seconds."
+                ),
+            }))
         }
         TokenFailure::Slow(_) => return None,
     };
@@ -595,11 +551,7 @@ fn id_token(
         exp: now.saturating_add(ID_TOKEN_TTL_SECONDS),
         nonce,
     };
-    let key = client
-        .secret
-        .as_deref()
-        .map(str::as_bytes)
-        .unwrap_or(PUBLIC_CLIENT_ID_TOKEN_KEY);
+    let key = client.secret.as_deref().map(str::as_bytes).unwrap_or(PUBLIC_CLIENT_ID_TOKEN_KEY);
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key))
         .map_err(|err| OAuthError::server_error(format!("cannot sign the id_token: {err}")))
 }
@@ -653,12 +605,7 @@ async fn token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
     }
 }
 
-fn handle_token(
-    req: &HttpRequest,
-    form: &Params,
-    grant_type: &str,
-    shared: &Shared,
-) -> Result<HttpResponse, OAuthError> {
+fn handle_token(req: &HttpRequest, form: &Params, grant_type: &str, shared: &Shared) -> Result<HttpResponse, OAuthError> {
     if !is_form_content(req) {
         return Err(OAuthError::invalid_request(
             "AADSTS900561: The token endpoint only accepts POST requests with Content-Type \
@@ -666,18 +613,16 @@ fn handle_token(
         ));
     }
     if let Some(name) = form.repeated() {
-        return Err(OAuthError::invalid_request(format!(
-            "AADSTS90015: The parameter '{name}' was included more than once."
-        )));
+        return Err(OAuthError::invalid_request(format!("AADSTS90015: The parameter '{name}' was included more than once.")));
     }
     let (client_id, client) = authenticate_client(req, form, shared)?;
     match grant_type {
         "authorization_code" => authorization_code_grant(shared, &client_id, &client, form),
         "refresh_token" => refresh_token_grant(shared, &client_id, &client, form),
         "client_credentials" => client_credentials_grant(shared, &client_id, &client, form),
-        "" => Err(OAuthError::invalid_request(
-            "AADSTS900144: The request body must contain the following parameter: 'grant_type'.",
-        )),
+        "" => {
+            Err(OAuthError::invalid_request("AADSTS900144: The request body must contain the following parameter: 'grant_type'."))
+        }
         other => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -698,9 +643,7 @@ fn authorization_code_grant(
     let now = now();
     let mut state = shared.lock();
     let Some(record) = state.codes.get(code).cloned() else {
-        return Err(OAuthError::invalid_grant(
-            "AADSTS70000: The provided value for the 'code' parameter is not valid.",
-        ));
+        return Err(OAuthError::invalid_grant("AADSTS70000: The provided value for the 'code' parameter is not valid."));
     };
     if record.redeemed {
         // A replayed code: revoke everything issued from it (RFC 6749 §4.1.2).
@@ -708,9 +651,7 @@ fn authorization_code_grant(
         return Err(OAuthError::invalid_grant(CODE_REDEEMED));
     }
     if record.client_id != client_id {
-        return Err(OAuthError::invalid_grant(
-            "AADSTS70000: The provided authorization code was issued to a different client.",
-        ));
+        return Err(OAuthError::invalid_grant("AADSTS70000: The provided authorization code was issued to a different client."));
     }
     if record.revoked || now >= record.expires_at {
         return Err(OAuthError::invalid_grant(EXPIRED_GRANT));
@@ -744,42 +685,20 @@ fn authorization_code_grant(
         stored.redeemed = true;
     }
     let subject = Subject::User(record.email.clone());
-    let (access_token, expires_in) =
-        state.issue_access_token(client_id, subject, &record.scope, Some(record.family), now);
-    let refresh_token = state
-        .issue_refresh_tokens
-        .then(|| state.issue_refresh_token(client_id, &record.email, &record.scope, record.family));
+    let (access_token, expires_in) = state.issue_access_token(client_id, subject, &record.scope, Some(record.family), now);
+    let refresh_token =
+        state.issue_refresh_tokens.then(|| state.issue_refresh_token(client_id, &record.email, &record.scope, record.family));
     let id_token = if state.include_id_token && has_scope(&record.scope, "openid") {
-        Some(id_token(
-            &shared.base_url,
-            client_id,
-            client,
-            &record.email,
-            record.nonce.as_deref(),
-            now,
-        )?)
+        Some(id_token(&shared.base_url, client_id, client, &record.email, record.nonce.as_deref(), now)?)
     } else {
         None
     };
-    Ok(token_success(
-        access_token,
-        expires_in,
-        &record.scope,
-        refresh_token,
-        id_token,
-    ))
+    Ok(token_success(access_token, expires_in, &record.scope, refresh_token, id_token))
 }
 
-fn refresh_token_grant(
-    shared: &Shared,
-    client_id: &str,
-    client: &Client,
-    form: &Params,
-) -> Result<HttpResponse, OAuthError> {
+fn refresh_token_grant(shared: &Shared, client_id: &str, client: &Client, form: &Params) -> Result<HttpResponse, OAuthError> {
     let presented = form.get("refresh_token").ok_or_else(|| {
-        OAuthError::invalid_request(
-            "AADSTS900144: The request body must contain the following parameter: 'refresh_token'.",
-        )
+        OAuthError::invalid_request("AADSTS900144: The request body must contain the following parameter: 'refresh_token'.")
     })?;
     let now = now();
     let mut state = shared.lock();
@@ -788,17 +707,12 @@ fn refresh_token_grant(
         _ => return Err(OAuthError::invalid_grant(EXPIRED_GRANT)),
     };
     if record.client_id != client_id {
-        return Err(OAuthError::invalid_grant(
-            "AADSTS70000: The provided refresh token was issued to a different client.",
-        ));
+        return Err(OAuthError::invalid_grant("AADSTS70000: The provided refresh token was issued to a different client."));
     }
     let scope = match form.get("scope") {
         None => record.scope.clone(),
         Some(requested) => {
-            if let Some(extra) = requested
-                .split_whitespace()
-                .find(|item| !has_scope(&record.scope, item))
-            {
+            if let Some(extra) = requested.split_whitespace().find(|item| !has_scope(&record.scope, item)) {
                 return Err(OAuthError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
@@ -827,13 +741,7 @@ fn refresh_token_grant(
     } else {
         None
     };
-    Ok(token_success(
-        access_token,
-        expires_in,
-        &scope,
-        new_refresh_token,
-        id_token,
-    ))
+    Ok(token_success(access_token, expires_in, &scope, new_refresh_token, id_token))
 }
 
 fn client_credentials_grant(
@@ -852,9 +760,7 @@ fn client_credentials_grant(
     let scope = form.get("scope").unwrap_or_default();
     let now = now();
     let (access_token, expires_in) =
-        shared
-            .lock()
-            .issue_access_token(client_id, Subject::Client(client_id.to_string()), scope, None, now);
+        shared.lock().issue_access_token(client_id, Subject::Client(client_id.to_string()), scope, None, now);
     Ok(token_success(access_token, expires_in, scope, None, None))
 }
 
@@ -869,9 +775,7 @@ fn introspection_caller_ok(shared: &Shared, raw_id: &str, raw_secret: &str) -> b
     let ids = [form_decode(raw_id), raw_id.to_string()];
     let secrets = [form_decode(raw_secret), raw_secret.to_string()];
     ids.iter().any(|id| match state.clients.get(id) {
-        Some(Client {
-            secret: Some(expected), ..
-        }) => secrets.iter().any(|secret| secret == expected),
+        Some(Client { secret: Some(expected), .. }) => secrets.iter().any(|secret| secret == expected),
         Some(Client { secret: None, .. }) => raw_secret.is_empty(),
         None => false,
     })
@@ -881,11 +785,8 @@ async fn introspect(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     match basic_auth(&req) {
         BasicAuth::Absent => {}
         BasicAuth::Malformed => {
-            return OAuthError::invalid_client(
-                "The Authorization header is not valid HTTP Basic client authentication.",
-                true,
-            )
-            .response()
+            return OAuthError::invalid_client("The Authorization header is not valid HTTP Basic client authentication.", true)
+                .response()
         }
         BasicAuth::Present { id, secret } => {
             if !introspection_caller_ok(&shared, &id, &secret) {
@@ -936,10 +837,7 @@ async fn userinfo(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
             .json(json!({ "error": "invalid_token", "error_description": description }))
     };
     let Some(token) = bearer_token(&req) else {
-        return unauthorized(
-            "Bearer realm=\"postbridge-oauth-provider\"",
-            "The request has no Bearer access token.",
-        );
+        return unauthorized("Bearer realm=\"postbridge-oauth-provider\"", "The request has no Bearer access token.");
     };
     let state = shared.lock();
     match state.active_access_token(&token, now()).map(|record| &record.subject) {

@@ -126,11 +126,7 @@ impl MockProvider {
             .run();
         let handle = server.handle();
         tokio::spawn(server);
-        Ok(MockProvider {
-            base_url,
-            shared,
-            handle,
-        })
+        Ok(MockProvider { base_url, shared, handle })
     }
 
     /// Stops the server gracefully and waits until it has stopped.
@@ -170,11 +166,7 @@ impl MockProvider {
 
     /// Registers (or replaces) a client; `None` as secret makes it a public client; redirect URIs match byte for byte.
     pub fn register_client(&self, client_id: &str, client_secret: Option<&str>, redirect_uris: &[&str]) {
-        self.shared.lock().register_client(
-            client_id,
-            client_secret,
-            redirect_uris.iter().map(|uri| uri.to_string()).collect(),
-        );
+        self.shared.lock().register_client(client_id, client_secret, redirect_uris.iter().map(|uri| uri.to_string()).collect());
     }
 
     /// Sets who "logs in" and auto-consents at `/authorize` (without one, `/authorize` answers `error=login_required`).
@@ -267,11 +259,7 @@ impl MockProvider {
         let subject = Subject::User(email.to_string());
         let (access_token, expires_in) = state.issue_access_token(client_id, subject, scope, Some(family), now);
         let refresh_token = state.issue_refresh_token(client_id, email, scope, family);
-        Some(MintedTokens {
-            access_token,
-            refresh_token,
-            expires_in,
-        })
+        Some(MintedTokens { access_token, refresh_token, expires_in })
     }
 }
 

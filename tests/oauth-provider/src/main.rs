@@ -69,9 +69,7 @@ fn parse_clients(values: &[String]) -> anyhow::Result<Clients> {
             anyhow::bail!("--client {value:?}: ID and REDIRECT_URI must not be empty");
         }
         let secret = (!secret.is_empty()).then(|| secret.to_string());
-        let entry = clients
-            .entry(id.to_string())
-            .or_insert_with(|| (secret.clone(), Vec::new()));
+        let entry = clients.entry(id.to_string()).or_insert_with(|| (secret.clone(), Vec::new()));
         if entry.0 != secret {
             anyhow::bail!("--client {value:?}: client {id:?} was given with two different secrets");
         }
@@ -132,16 +130,10 @@ mod tests {
             clients.get("app"),
             Some(&(
                 Some("s3cret".to_string()),
-                vec![
-                    "http://127.0.0.1:8080/oauth/callback".to_string(),
-                    "http://localhost:8080/cb".to_string()
-                ]
+                vec!["http://127.0.0.1:8080/oauth/callback".to_string(), "http://localhost:8080/cb".to_string()]
             ))
         );
-        assert_eq!(
-            clients.get("spa"),
-            Some(&(None, vec!["http://127.0.0.1/cb".to_string()]))
-        );
+        assert_eq!(clients.get("spa"), Some(&(None, vec!["http://127.0.0.1/cb".to_string()])));
         assert!(parse_clients(&["nocolon".to_string()]).is_err());
         assert!(parse_clients(&["a:x:http://h/1".to_string(), "a:y:http://h/2".to_string()]).is_err());
         Ok(())

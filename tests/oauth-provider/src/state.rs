@@ -31,10 +31,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Fresh state with the default knobs.
     pub(crate) fn new(base_url: String) -> Shared {
-        Shared {
-            base_url,
-            state: Mutex::new(State::default()),
-        }
+        Shared { base_url, state: Mutex::new(State::default()) }
     }
 
     /// Locks the state; a panic in another holder does not make the provider unusable.
@@ -154,13 +151,7 @@ impl Default for State {
 impl State {
     /// Adds or replaces a client.
     pub(crate) fn register_client(&mut self, client_id: &str, secret: Option<&str>, redirect_uris: Vec<String>) {
-        self.clients.insert(
-            client_id.to_string(),
-            Client {
-                secret: secret.map(str::to_string),
-                redirect_uris,
-            },
-        );
+        self.clients.insert(client_id.to_string(), Client { secret: secret.map(str::to_string), redirect_uris });
     }
 
     /// A new grant family id.
@@ -214,9 +205,7 @@ impl State {
 
     /// The access token's record if it exists, is not revoked and has not expired.
     pub(crate) fn active_access_token(&self, token: &str, now: i64) -> Option<&AccessRecord> {
-        self.access_tokens
-            .get(token)
-            .filter(|record| !record.revoked && now < record.expires_at)
+        self.access_tokens.get(token).filter(|record| !record.revoked && now < record.expires_at)
     }
 
     /// Revokes every token issued from one authorization code (RFC 6749 §4.1.2, code replay).

@@ -51,9 +51,7 @@ async fn the_binary_serves_the_code_flow_and_introspection_for_configured_client
         .ok_or_else(|| format!("unexpected first line {first_line:?}"))?
         .to_string();
 
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     let verifier = "binary-test-verifier-0123456789-abcdefghijklmnop";
     let challenge = pkce_challenge(verifier);
     let response = http
@@ -71,11 +69,7 @@ async fn the_binary_serves_the_code_flow_and_introspection_for_configured_client
         .await?;
     assert_eq!(response.status(), StatusCode::FOUND);
     let location = Url::parse(response.headers().get(LOCATION).ok_or("no Location")?.to_str()?)?;
-    let code = location
-        .query_pairs()
-        .find(|(name, _)| name == "code")
-        .map(|(_, value)| value.into_owned())
-        .ok_or("no code")?;
+    let code = location.query_pairs().find(|(name, _)| name == "code").map(|(_, value)| value.into_owned()).ok_or("no code")?;
 
     let tokens: Value = http
         .post(format!("{base}/token"))

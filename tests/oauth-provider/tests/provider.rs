@@ -33,9 +33,7 @@ async fn provider() -> MockProvider {
 }
 
 fn http() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()
 }
 
 fn urlencode(value: &str) -> String {
@@ -44,10 +42,7 @@ fn urlencode(value: &str) -> String {
 
 /// `Authorization: Basic` with form-urlencoded id and secret, as RFC 6749 §2.3.1 says.
 fn basic(client_id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", urlencode(client_id), urlencode(secret)))
-    )
+    format!("Basic {}", STANDARD.encode(format!("{}:{}", urlencode(client_id), urlencode(secret))))
 }
 
 /// Authorization request parameters for the confidential client.
@@ -79,9 +74,7 @@ fn redirect_location(response: &Response, redirect_uri: &str) -> Result<Url, Box
 }
 
 fn query_param(url: &Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
+    url.query_pairs().find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
 /// Runs /authorize for the confidential client and returns the code.
@@ -94,33 +87,19 @@ async fn get_code(provider: &MockProvider, scope: &str) -> Result<String, Box<dy
 }
 
 async fn post_token_basic(provider: &MockProvider, form: &[(&str, &str)]) -> Result<Response, reqwest::Error> {
-    http()?
-        .post(provider.token_url())
-        .header(AUTHORIZATION, basic(CLIENT_ID, CLIENT_SECRET))
-        .form(form)
-        .send()
-        .await
+    http()?.post(provider.token_url()).header(AUTHORIZATION, basic(CLIENT_ID, CLIENT_SECRET)).form(form).send().await
 }
 
 async fn exchange_code(provider: &MockProvider, code: &str, verifier: &str) -> Result<Response, reqwest::Error> {
     post_token_basic(
         provider,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", REDIRECT_URI),
-            ("code_verifier", verifier),
-        ],
+        &[("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT_URI), ("code_verifier", verifier)],
     )
     .await
 }
 
 async fn refresh(provider: &MockProvider, refresh_token: &str) -> Result<Response, reqwest::Error> {
-    post_token_basic(
-        provider,
-        &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
-    )
-    .await
+    post_token_basic(provider, &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
 }
 
 /// Runs the whole code flow and returns the token response body.
@@ -132,29 +111,20 @@ async fn tokens(provider: &MockProvider) -> Result<Value, Box<dyn Error>> {
 }
 
 fn text<'a>(body: &'a Value, field: &str) -> Result<&'a str, Box<dyn Error>> {
-    Ok(body[field]
-        .as_str()
-        .ok_or_else(|| format!("no string field {field} in {body}"))?)
+    Ok(body[field].as_str().ok_or_else(|| format!("no string field {field} in {body}"))?)
 }
 
 /// Asserts an OAuth error response and returns its description.
 async fn assert_oauth_error(response: Response, status: StatusCode, error: &str) -> Result<String, Box<dyn Error>> {
     assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers().get(CACHE_CONTROL).map(|v| v.as_bytes()),
-        Some(&b"no-store"[..])
-    );
+    assert_eq!(response.headers().get(CACHE_CONTROL).map(|v| v.as_bytes()), Some(&b"no-store"[..]));
     let body: Value = response.json().await?;
     assert_eq!(body["error"], error, "body: {body}");
     Ok(body["error_description"].as_str().unwrap_or_default().to_string())
 }
 
 async fn introspection(provider: &MockProvider, token: &str) -> Result<Value, Box<dyn Error>> {
-    let response = http()?
-        .post(provider.introspection_url())
-        .form(&[("token", token)])
-        .send()
-        .await?;
+    let response = http()?.post(provider.introspection_url()).form(&[("token", token)]).send().await?;
     assert_eq!(response.status(), StatusCode::OK);
     Ok(response.json().await?)
 }
@@ -166,39 +136,22 @@ async fn code_flow_with_pkce_issues_tokens_and_rejects_a_wrong_verifier_and_code
     let challenge = pkce_challenge(VERIFIER);
     let response = get_authorize(&provider, &authorize_params(state, &challenge, SCOPE)).await?;
     let location = redirect_location(&response, REDIRECT_URI)?;
-    assert_eq!(
-        query_param(&location, "tenant").as_deref(),
-        Some("acme"),
-        "kept the redirect URI's own query"
-    );
-    assert_eq!(
-        query_param(&location, "state").as_deref(),
-        Some(state),
-        "state echoed exactly"
-    );
+    assert_eq!(query_param(&location, "tenant").as_deref(), Some("acme"), "kept the redirect URI's own query");
+    assert_eq!(query_param(&location, "state").as_deref(), Some(state), "state echoed exactly");
     let code = query_param(&location, "code").ok_or("no code")?;
 
     let wrong = exchange_code(&provider, &code, "another-verifier-that-is-long-enough-0123456789").await?;
     let description = assert_oauth_error(wrong, StatusCode::BAD_REQUEST, "invalid_grant").await?;
     assert!(description.contains("AADSTS501481"), "{description}");
 
-    let missing = post_token_basic(
-        &provider,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-        ],
-    )
-    .await?;
+    let missing =
+        post_token_basic(&provider, &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT_URI)])
+            .await?;
     assert_oauth_error(missing, StatusCode::BAD_REQUEST, "invalid_grant").await?;
 
     let response = exchange_code(&provider, &code, VERIFIER).await?;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers().get(CACHE_CONTROL).map(|v| v.as_bytes()),
-        Some(&b"no-store"[..])
-    );
+    assert_eq!(response.headers().get(CACHE_CONTROL).map(|v| v.as_bytes()), Some(&b"no-store"[..]));
     let body: Value = response.json().await?;
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 3600);
@@ -215,12 +168,7 @@ async fn code_flow_with_pkce_issues_tokens_and_rejects_a_wrong_verifier_and_code
     assert!(description.contains("AADSTS54005"), "{description}");
     // RFC 6749 §4.1.2: tokens issued from a replayed code are revoked.
     assert_eq!(provider.introspect(&access_token), None);
-    assert_oauth_error(
-        refresh(&provider, &refresh_token).await?,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await?;
+    assert_oauth_error(refresh(&provider, &refresh_token).await?, StatusCode::BAD_REQUEST, "invalid_grant").await?;
     Ok(())
 }
 
@@ -239,11 +187,7 @@ async fn unregistered_redirect_uri_or_client_gets_a_400_page_and_no_redirect() -
         let response = get_authorize(&provider, &params).await?;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{redirect_uri}");
         assert!(response.headers().get(LOCATION).is_none(), "{redirect_uri}");
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .ok_or("no content type")?
-            .to_str()?;
+        let content_type = response.headers().get(CONTENT_TYPE).ok_or("no content type")?.to_str()?;
         assert!(content_type.starts_with("text/html"), "{content_type}");
         assert!(response.text().await?.contains("AADSTS50011"));
     }
@@ -271,10 +215,7 @@ async fn authorize_errors_after_a_valid_redirect_uri_go_back_to_the_client_with_
             "unsupported_response_type",
         ),
         (
-            authorize_params("st", &challenge, SCOPE)
-                .into_iter()
-                .filter(|(name, _)| *name != "code_challenge")
-                .collect(),
+            authorize_params("st", &challenge, SCOPE).into_iter().filter(|(name, _)| *name != "code_challenge").collect(),
             "invalid_request",
         ),
         (
@@ -286,10 +227,7 @@ async fn authorize_errors_after_a_valid_redirect_uri_go_back_to_the_client_with_
             "invalid_request",
         ),
         (
-            authorize_params("st", &challenge, SCOPE)
-                .into_iter()
-                .filter(|(name, _)| *name != "code_challenge_method")
-                .collect(),
+            authorize_params("st", &challenge, SCOPE).into_iter().filter(|(name, _)| *name != "code_challenge_method").collect(),
             "invalid_request",
         ),
     ];
@@ -330,10 +268,7 @@ async fn client_secret_basic_and_client_secret_post_both_work_and_a_wrong_secret
 
     // client_secret_basic with form-urlencoded credentials.
     let code = get_code(&provider, SCOPE).await?;
-    assert_eq!(
-        exchange_code(&provider, &code, VERIFIER).await?.status(),
-        StatusCode::OK
-    );
+    assert_eq!(exchange_code(&provider, &code, VERIFIER).await?.status(), StatusCode::OK);
 
     // client_secret_post.
     let code = get_code(&provider, SCOPE).await?;
@@ -359,12 +294,7 @@ async fn client_secret_basic_and_client_secret_post_both_work_and_a_wrong_secret
         ("redirect_uri", REDIRECT_URI),
         ("code_verifier", VERIFIER),
     ];
-    let response = http()?
-        .post(provider.token_url())
-        .header(AUTHORIZATION, basic(CLIENT_ID, "wrong"))
-        .form(&form)
-        .send()
-        .await?;
+    let response = http()?.post(provider.token_url()).header(AUTHORIZATION, basic(CLIENT_ID, "wrong")).form(&form).send().await?;
     assert!(response.headers().get("www-authenticate").is_some());
     let description = assert_oauth_error(response, StatusCode::UNAUTHORIZED, "invalid_client").await?;
     assert_eq!(description, "AADSTS7000215: Invalid client secret provided.");
@@ -380,29 +310,17 @@ async fn client_secret_basic_and_client_secret_post_both_work_and_a_wrong_secret
     let response = http()?.post(provider.token_url()).form(&no_secret).send().await?;
     assert_oauth_error(response, StatusCode::UNAUTHORIZED, "invalid_client").await?;
     let raw = format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
-    let response = http()?
-        .post(provider.token_url())
-        .header(AUTHORIZATION, raw)
-        .form(&form)
-        .send()
-        .await?;
+    let response = http()?.post(provider.token_url()).header(AUTHORIZATION, raw).form(&form).send().await?;
     assert_oauth_error(response, StatusCode::UNAUTHORIZED, "invalid_client").await?;
 
     // Two authentication methods at once.
     let mut both = form.to_vec();
     both.push(("client_secret", CLIENT_SECRET));
-    let response = http()?
-        .post(provider.token_url())
-        .header(AUTHORIZATION, basic(CLIENT_ID, CLIENT_SECRET))
-        .form(&both)
-        .send()
-        .await?;
+    let response =
+        http()?.post(provider.token_url()).header(AUTHORIZATION, basic(CLIENT_ID, CLIENT_SECRET)).form(&both).send().await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_request").await?;
 
-    assert_eq!(
-        exchange_code(&provider, &code, VERIFIER).await?.status(),
-        StatusCode::OK
-    );
+    assert_eq!(exchange_code(&provider, &code, VERIFIER).await?.status(), StatusCode::OK);
     Ok(())
 }
 
@@ -472,22 +390,14 @@ async fn refresh_rotates_and_the_old_refresh_token_then_gets_invalid_grant() -> 
     assert_ne!(second, first);
     assert_ne!(refreshed["access_token"], body["access_token"]);
     assert_eq!(refreshed["scope"], SCOPE);
-    assert_eq!(
-        provider.introspect(text(&refreshed, "access_token")?).as_deref(),
-        Some(USER)
-    );
+    assert_eq!(provider.introspect(text(&refreshed, "access_token")?).as_deref(), Some(USER));
 
     let reuse = refresh(&provider, &first).await?;
     let description = assert_oauth_error(reuse, StatusCode::BAD_REQUEST, "invalid_grant").await?;
     assert!(description.starts_with("AADSTS70008: The provided authorization code or refresh token has expired"));
 
     assert_eq!(refresh(&provider, &second).await?.status(), StatusCode::OK);
-    assert_oauth_error(
-        refresh(&provider, "unknown").await?,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await?;
+    assert_oauth_error(refresh(&provider, "unknown").await?, StatusCode::BAD_REQUEST, "invalid_grant").await?;
     Ok(())
 }
 
@@ -514,24 +424,14 @@ async fn refresh_may_narrow_the_scope_but_not_widen_it() -> TestResult {
     let refresh_token = text(&body, "refresh_token")?.to_string();
     let response = post_token_basic(
         &provider,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh_token),
-            ("scope", "https://mail.google.com/"),
-        ],
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("scope", "https://mail.google.com/")],
     )
     .await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_scope").await?;
 
-    let response = post_token_basic(
-        &provider,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh_token),
-            ("scope", "email"),
-        ],
-    )
-    .await?;
+    let response =
+        post_token_basic(&provider, &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("scope", "email")])
+            .await?;
     assert_eq!(response.status(), StatusCode::OK);
     let refreshed: Value = response.json().await?;
     assert_eq!(refreshed["scope"], "email");
@@ -581,77 +481,34 @@ async fn injected_failures_come_first_and_then_the_request_succeeds() -> TestRes
     provider.fail_next_token_requests(2, TokenFailure::RateLimited { retry_after_seconds: 7 });
     provider.fail_next_token_requests(1, TokenFailure::ServerError);
     provider.fail_next_token_requests(1, TokenFailure::ServiceUnavailable);
-    provider.fail_next_token_requests(
-        1,
-        TokenFailure::InvalidGrant {
-            description: "AADSTS50173: grant revoked".into(),
-        },
-    );
+    provider.fail_next_token_requests(1, TokenFailure::InvalidGrant { description: "AADSTS50173: grant revoked".into() });
     provider.fail_next_token_requests(1, TokenFailure::InteractionRequired);
     provider.fail_next_token_requests(1, TokenFailure::ConsentRequired);
-    provider.fail_next_token_requests(
-        1,
-        TokenFailure::InvalidClient {
-            description: "AADSTS7000222: secret expired".into(),
-        },
-    );
+    provider.fail_next_token_requests(1, TokenFailure::InvalidClient { description: "AADSTS7000222: secret expired".into() });
     assert_eq!(provider.pending_token_failures(), 8);
 
     for _ in 0..2 {
         let response = refresh(&provider, &refresh_token).await?;
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(
-            response.headers().get(RETRY_AFTER).map(|v| v.as_bytes()),
-            Some(&b"7"[..])
-        );
+        assert_eq!(response.headers().get(RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"7"[..]));
     }
     let response = refresh(&provider, &refresh_token).await?;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(response
-        .headers()
-        .get(CONTENT_TYPE)
-        .ok_or("no content type")?
-        .to_str()?
-        .starts_with("text/html"));
+    assert!(response.headers().get(CONTENT_TYPE).ok_or("no content type")?.to_str()?.starts_with("text/html"));
     assert!(response.text().await?.contains("<html>"));
-    assert_eq!(
-        refresh(&provider, &refresh_token).await?.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    let description = assert_oauth_error(
-        refresh(&provider, &refresh_token).await?,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await?;
+    assert_eq!(refresh(&provider, &refresh_token).await?.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let description =
+        assert_oauth_error(refresh(&provider, &refresh_token).await?, StatusCode::BAD_REQUEST, "invalid_grant").await?;
     assert_eq!(description, "AADSTS50173: grant revoked");
-    assert_oauth_error(
-        refresh(&provider, &refresh_token).await?,
-        StatusCode::BAD_REQUEST,
-        "interaction_required",
-    )
-    .await?;
-    assert_oauth_error(
-        refresh(&provider, &refresh_token).await?,
-        StatusCode::BAD_REQUEST,
-        "consent_required",
-    )
-    .await?;
-    let description = assert_oauth_error(
-        refresh(&provider, &refresh_token).await?,
-        StatusCode::UNAUTHORIZED,
-        "invalid_client",
-    )
-    .await?;
+    assert_oauth_error(refresh(&provider, &refresh_token).await?, StatusCode::BAD_REQUEST, "interaction_required").await?;
+    assert_oauth_error(refresh(&provider, &refresh_token).await?, StatusCode::BAD_REQUEST, "consent_required").await?;
+    let description =
+        assert_oauth_error(refresh(&provider, &refresh_token).await?, StatusCode::UNAUTHORIZED, "invalid_client").await?;
     assert_eq!(description, "AADSTS7000222: secret expired");
 
     assert_eq!(provider.pending_token_failures(), 0);
     let response = refresh(&provider, &refresh_token).await?;
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "the refresh token survived the failures"
-    );
+    assert_eq!(response.status(), StatusCode::OK, "the refresh token survived the failures");
     assert_eq!(provider.token_requests("refresh_token"), 9);
 
     provider.fail_next_token_requests(3, TokenFailure::ServerError);
@@ -678,42 +535,22 @@ async fn revoke_user_makes_refresh_invalid_grant_and_introspection_inactive() ->
     let body = tokens(&provider).await?;
     let access_token = text(&body, "access_token")?.to_string();
     let refresh_token = text(&body, "refresh_token")?.to_string();
-    let other = provider
-        .mint_tokens(CLIENT_ID, "bob@example.com", "openid")
-        .ok_or("client unknown")?;
+    let other = provider.mint_tokens(CLIENT_ID, "bob@example.com", "openid").ok_or("client unknown")?;
     let pending_code = get_code(&provider, SCOPE).await?;
     assert_eq!(introspection(&provider, &access_token).await?["active"], true);
 
     provider.revoke_user(USER);
 
-    assert_oauth_error(
-        refresh(&provider, &refresh_token).await?,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await?;
-    assert_eq!(
-        introspection(&provider, &access_token).await?,
-        serde_json::json!({ "active": false })
-    );
+    assert_oauth_error(refresh(&provider, &refresh_token).await?, StatusCode::BAD_REQUEST, "invalid_grant").await?;
+    assert_eq!(introspection(&provider, &access_token).await?, serde_json::json!({ "active": false }));
     assert_eq!(provider.introspect(&access_token), None);
-    assert_oauth_error(
-        exchange_code(&provider, &pending_code, VERIFIER).await?,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await?;
+    assert_oauth_error(exchange_code(&provider, &pending_code, VERIFIER).await?, StatusCode::BAD_REQUEST, "invalid_grant")
+        .await?;
     // Other users keep their grants; a new consent works again.
-    assert_eq!(
-        provider.introspect(&other.access_token).as_deref(),
-        Some("bob@example.com")
-    );
+    assert_eq!(provider.introspect(&other.access_token).as_deref(), Some("bob@example.com"));
     assert_eq!(refresh(&provider, &other.refresh_token).await?.status(), StatusCode::OK);
     let fresh = tokens(&provider).await?;
-    assert_eq!(
-        provider.introspect(text(&fresh, "access_token")?).as_deref(),
-        Some(USER)
-    );
+    assert_eq!(provider.introspect(text(&fresh, "access_token")?).as_deref(), Some(USER));
     Ok(())
 }
 
@@ -731,15 +568,12 @@ async fn introspection_describes_active_tokens_and_checks_caller_credentials() -
     assert_eq!(info["scope"], SCOPE);
     assert_eq!(info["client_id"], CLIENT_ID);
     assert_eq!(info["token_type"], "Bearer");
-    assert!(info["exp"]
-        .as_i64()
-        .is_some_and(|exp| exp > chrono::Utc::now().timestamp()));
+    assert!(info["exp"].as_i64().is_some_and(|exp| exp > chrono::Utc::now().timestamp()));
 
     // Dovecot sends the user:password of its introspection_url as they are; encoded ones work too.
-    for authorization in [
-        format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))),
-        basic(CLIENT_ID, CLIENT_SECRET),
-    ] {
+    for authorization in
+        [format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))), basic(CLIENT_ID, CLIENT_SECRET)]
+    {
         let response = http()?
             .post(provider.introspection_url())
             .header(AUTHORIZATION, authorization)
@@ -757,29 +591,16 @@ async fn introspection_describes_active_tokens_and_checks_caller_credentials() -
         .await?;
     assert_oauth_error(response, StatusCode::UNAUTHORIZED, "invalid_client").await?;
 
-    let response = http()?
-        .post(provider.introspection_url())
-        .form(&[("token_type_hint", "access_token")])
-        .send()
-        .await?;
+    let response = http()?.post(provider.introspection_url()).form(&[("token_type_hint", "access_token")]).send().await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_request").await?;
-    assert_eq!(
-        introspection(&provider, "not-a-token").await?,
-        serde_json::json!({ "active": false })
-    );
+    assert_eq!(introspection(&provider, "not-a-token").await?, serde_json::json!({ "active": false }));
     // A refresh token is not an access token.
-    assert_eq!(
-        introspection(&provider, text(&body, "refresh_token")?).await?["active"],
-        false
-    );
+    assert_eq!(introspection(&provider, text(&body, "refresh_token")?).await?["active"], false);
 
     provider.set_access_token_ttl(0);
     let expired = tokens(&provider).await?;
     assert_eq!(expired["expires_in"], 0);
-    assert_eq!(
-        introspection(&provider, text(&expired, "access_token")?).await?["active"],
-        false
-    );
+    assert_eq!(introspection(&provider, text(&expired, "access_token")?).await?["active"], false);
     Ok(())
 }
 
@@ -794,11 +615,7 @@ async fn token_requests_counts_calls_per_grant_type_including_failures() -> Test
     provider.fail_next_token_requests(1, TokenFailure::ServiceUnavailable);
     refresh(&provider, "bogus").await?;
     post_token_basic(&provider, &[("grant_type", "client_credentials")]).await?;
-    post_token_basic(
-        &provider,
-        &[("grant_type", "password"), ("username", "u"), ("password", "p")],
-    )
-    .await?;
+    post_token_basic(&provider, &[("grant_type", "password"), ("username", "u"), ("password", "p")]).await?;
     post_token_basic(&provider, &[("scope", "x")]).await?;
 
     assert_eq!(provider.token_requests("authorization_code"), 1);
@@ -888,19 +705,12 @@ async fn code_is_bound_to_its_client_and_redirect_uri_and_expires() -> TestResul
     .await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_grant").await?;
 
-    assert_eq!(
-        exchange_code(&provider, &code, VERIFIER).await?.status(),
-        StatusCode::OK
-    );
+    assert_eq!(exchange_code(&provider, &code, VERIFIER).await?.status(), StatusCode::OK);
 
     provider.set_authorization_code_ttl(0);
     let code = get_code(&provider, SCOPE).await?;
-    let description = assert_oauth_error(
-        exchange_code(&provider, &code, VERIFIER).await?,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await?;
+    let description =
+        assert_oauth_error(exchange_code(&provider, &code, VERIFIER).await?, StatusCode::BAD_REQUEST, "invalid_grant").await?;
     assert!(description.starts_with("AADSTS70008"), "{description}");
     Ok(())
 }
@@ -908,19 +718,11 @@ async fn code_is_bound_to_its_client_and_redirect_uri_and_expires() -> TestResul
 #[tokio::test]
 async fn token_endpoint_answers_bad_requests_with_oauth_errors() -> TestResult {
     let provider = provider().await;
-    let response = post_token_basic(
-        &provider,
-        &[("grant_type", "urn:ietf:params:oauth:grant-type:device_code")],
-    )
-    .await?;
+    let response = post_token_basic(&provider, &[("grant_type", "urn:ietf:params:oauth:grant-type:device_code")]).await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "unsupported_grant_type").await?;
     let response = post_token_basic(&provider, &[("scope", "x")]).await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_request").await?;
-    let response = post_token_basic(
-        &provider,
-        &[("grant_type", "client_credentials"), ("grant_type", "refresh_token")],
-    )
-    .await?;
+    let response = post_token_basic(&provider, &[("grant_type", "client_credentials"), ("grant_type", "refresh_token")]).await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_request").await?;
     let response = post_token_basic(&provider, &[("grant_type", "authorization_code")]).await?;
     assert_oauth_error(response, StatusCode::BAD_REQUEST, "invalid_request").await?;
@@ -938,16 +740,9 @@ async fn token_endpoint_answers_bad_requests_with_oauth_errors() -> TestResult {
         .send()
         .await?;
     assert_oauth_error(response, StatusCode::UNAUTHORIZED, "invalid_client").await?;
-    let response = http()?
-        .post(provider.token_url())
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?;
+    let response = http()?.post(provider.token_url()).form(&[("grant_type", "client_credentials")]).send().await?;
     assert_oauth_error(response, StatusCode::UNAUTHORIZED, "invalid_client").await?;
-    assert_eq!(
-        http()?.get(provider.token_url()).send().await?.status(),
-        StatusCode::METHOD_NOT_ALLOWED
-    );
+    assert_eq!(http()?.get(provider.token_url()).send().await?.status(), StatusCode::METHOD_NOT_ALLOWED);
     Ok(())
 }
 
@@ -955,28 +750,17 @@ async fn token_endpoint_answers_bad_requests_with_oauth_errors() -> TestResult {
 async fn userinfo_returns_the_user_of_a_valid_access_token() -> TestResult {
     let provider = provider().await;
     let body = tokens(&provider).await?;
-    let response = http()?
-        .get(provider.userinfo_url())
-        .bearer_auth(text(&body, "access_token")?)
-        .send()
-        .await?;
+    let response = http()?.get(provider.userinfo_url()).bearer_auth(text(&body, "access_token")?).send().await?;
     assert_eq!(response.status(), StatusCode::OK);
     let info: Value = response.json().await?;
-    assert_eq!(
-        info,
-        serde_json::json!({ "sub": subject_for(USER), "email": USER, "email_verified": true })
-    );
+    assert_eq!(info, serde_json::json!({ "sub": subject_for(USER), "email": USER, "email_verified": true }));
 
     let response = http()?.get(provider.userinfo_url()).send().await?;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert!(response.headers().get("www-authenticate").is_some());
     let response = http()?.get(provider.userinfo_url()).bearer_auth("bogus").send().await?;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    let response = http()?
-        .get(provider.userinfo_url())
-        .bearer_auth(text(&body, "refresh_token")?)
-        .send()
-        .await?;
+    let response = http()?.get(provider.userinfo_url()).bearer_auth(text(&body, "refresh_token")?).send().await?;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     Ok(())
 }
@@ -991,19 +775,11 @@ async fn discovery_document_and_last_authorize_params_describe_the_provider() ->
     assert_eq!(provider.introspection_url(), format!("{base}/introspect"));
     assert_eq!(provider.userinfo_url(), format!("{base}/userinfo"));
 
-    let document: Value = http()?
-        .get(provider.openid_configuration_url())
-        .send()
-        .await?
-        .json()
-        .await?;
+    let document: Value = http()?.get(provider.openid_configuration_url()).send().await?.json().await?;
     assert_eq!(document["issuer"], base);
     assert_eq!(document["token_endpoint"], provider.token_url());
     assert_eq!(document["introspection_endpoint"], provider.introspection_url());
-    assert_eq!(
-        document["code_challenge_methods_supported"],
-        serde_json::json!(["S256"])
-    );
+    assert_eq!(document["code_challenge_methods_supported"], serde_json::json!(["S256"]));
 
     assert_eq!(provider.last_authorize_params(), None);
     let challenge = pkce_challenge(VERIFIER);
@@ -1023,9 +799,7 @@ async fn discovery_document_and_last_authorize_params_describe_the_provider() ->
 async fn minted_tokens_work_like_issued_ones() -> TestResult {
     let provider = provider().await;
     assert!(provider.mint_tokens("unknown", USER, "openid").is_none());
-    let minted = provider
-        .mint_tokens(CLIENT_ID, USER, "openid email")
-        .ok_or("client unknown")?;
+    let minted = provider.mint_tokens(CLIENT_ID, USER, "openid email").ok_or("client unknown")?;
     assert_eq!(minted.expires_in, 3600);
     assert_eq!(provider.introspect(&minted.access_token).as_deref(), Some(USER));
     let response = refresh(&provider, &minted.refresh_token).await?;
