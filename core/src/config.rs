@@ -45,6 +45,13 @@ pub struct Settings {
     pub allow_private_hosts: bool,
     /// Grant refreshes a worker runs at once (keep at or below the database pool size).
     pub refresh_concurrency: usize,
+    /// Poll and send jobs one worker process runs at once.
+    pub poll_concurrency: usize,
+    pub send_concurrency: usize,
+    /// Messages per minute one account may send (0: no limit); Microsoft 365 mailboxes use their own pace.
+    pub send_rate_per_minute: u32,
+    /// Exchange Online accepts about 30 messages a minute per mailbox.
+    pub microsoft_send_rate_per_minute: u32,
     /// Largest message accepted by `POST /v1/messages`, composed, in bytes.
     pub max_message_bytes: usize,
     /// PEM file of extra CA certificates trusted for mail servers (private CAs; the throwaway CA in tests).
@@ -199,6 +206,14 @@ impl Settings {
             refresh_concurrency,
             extra_ca_file: get("EXTRA_CA_FILE"),
             max_message_bytes: parse_or(get("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES", 25 * 1024 * 1024usize)?,
+            poll_concurrency: at_least_one(parse_or(get("POLL_CONCURRENCY"), "POLL_CONCURRENCY", 4usize)?, "POLL_CONCURRENCY")?,
+            send_concurrency: at_least_one(parse_or(get("SEND_CONCURRENCY"), "SEND_CONCURRENCY", 16usize)?, "SEND_CONCURRENCY")?,
+            send_rate_per_minute: parse_or(get("SEND_RATE_PER_MINUTE"), "SEND_RATE_PER_MINUTE", 0u32)?,
+            microsoft_send_rate_per_minute: parse_or(
+                get("MICROSOFT_SEND_RATE_PER_MINUTE"),
+                "MICROSOFT_SEND_RATE_PER_MINUTE",
+                30u32,
+            )?,
         })
     }
 
@@ -206,6 +221,13 @@ impl Settings {
     pub fn oauth_redirect_uri(&self) -> String {
         format!("{}/oauth/callback", self.public_url.as_str().trim_end_matches('/'))
     }
+}
+
+fn at_least_one(value: usize, name: &str) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(config_error(name, "must be at least 1"));
+    }
+    Ok(value)
 }
 
 fn parse_or<T: std::str::FromStr>(value: Option<String>, name: &str, default: T) -> Result<T, ConfigError>

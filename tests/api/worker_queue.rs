@@ -100,3 +100,34 @@ async fn a_retry_is_not_sent_before_its_backoff_ends_even_if_dispatched_again() 
     let claimed = postbridge_core::service::scheduler::claim_due_sends(&app.ctx, 10).await.expect("claim");
     assert!(!claimed.contains(&id), "a message in backoff is not dispatched");
 }
+
+#[tokio::test]
+async fn an_account_sends_no_faster_than_its_pace_and_the_rest_waits_without_an_attempt() {
+    let mut env = postbridge_tests::TestEnv::new();
+    env.set("SEND_RATE_PER_MINUTE", "2");
+    let (app, servers) = postbridge_tests::mailflow::spawn_mail_app_with(env).await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let rcpt = format!("paced-{}@example.org", Uuid::new_v4().simple());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let reply =
+            app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("p{i}"), "text": "hi"})).await;
+        ids.push(Uuid::parse_str(&reply.id()).expect("id"));
+    }
+    assert_eq!(delivery::deliver(&app.ctx, ids[0]).await.expect("first"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, ids[1]).await.expect("second"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, ids[2]).await.expect("third"), Delivery::Paced);
+    let third = app.get(&format!("/v1/messages/{}", ids[2]), &key).await;
+    assert_eq!((third.body["status"].clone(), third.body["attempts"].clone()), (json!("queued"), json!(0)));
+    let wait = app
+        .sql_i64(&format!(
+            "SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::bigint FROM outbound_messages WHERE id = '{}'",
+            ids[2]
+        ))
+        .await;
+    assert!((30..=62).contains(&wait), "waits for the minute to pass: {wait}s");
+    assert_eq!(servers.wait_for_messages_to(&rcpt, 2, Duration::from_secs(10)).await.len(), 2);
+}

@@ -15,9 +15,6 @@ use queue::{DeliverMessage, PollMailbox};
 
 /// How many due grants one refresh pass handles.
 const REFRESH_BATCH: u64 = 200;
-/// Jobs one worker process runs at once, per kind.
-const POLL_CONCURRENCY: usize = 4;
-const SEND_CONCURRENCY: usize = 16;
 
 /// Runs the scheduler and the job workers until `stop` turns true; jobs in flight are finished first.
 pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -34,13 +31,13 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     };
     let poll_worker = WorkerBuilder::new("postbridge-poll")
         .backend(polls.clone())
-        .concurrency(POLL_CONCURRENCY)
+        .concurrency(ctx.settings.poll_concurrency)
         .data(ctx.clone())
         .build(queue::poll_mailbox)
         .run_until(stopped(stop.clone()));
     let send_worker = WorkerBuilder::new("postbridge-send")
         .backend(sends.clone())
-        .concurrency(SEND_CONCURRENCY)
+        .concurrency(ctx.settings.send_concurrency)
         .data(ctx.clone())
         .build(queue::deliver_message)
         .run_until(stopped(stop.clone()));

@@ -30,6 +30,8 @@ const LEASE_SECONDS: f64 = 300.0;
 pub enum Delivery {
     /// Someone else holds it, or it is not due / not sendable any more.
     Skipped,
+    /// The account reached its sending pace; the message waits (no attempt counted).
+    Paced,
     Sent,
     Retry,
     Failed,
@@ -88,6 +90,17 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
         set_outcome(ctx, message.id, OutboundStatus::Failed, Some("its sending account was deleted"), None, None).await?;
         return Ok(Delivery::Failed);
     };
+    if let Some(wait) = pace_wait(ctx, &account).await? {
+        ctx.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE outbound_messages SET status = 'queued', attempts = attempts - 1, lease_until = NULL, \
+                 dispatched_until = NULL, next_attempt_at = now() + make_interval(secs => $2), updated_at = now() WHERE id = $1",
+                [message.id.into(), wait.into()],
+            ))
+            .await?;
+        return Ok(Delivery::Paced);
+    }
     let recipients: Vec<String> = serde_json::from_value(message.recipients.clone()).unwrap_or_default();
     let mut refreshed = false;
     loop {
@@ -169,6 +182,42 @@ async fn fail(ctx: &AppContext, message: &outbound_message::Model, error: &str) 
     set_outcome(ctx, message.id, OutboundStatus::Failed, Some(error), None, None).await?;
     events::record(&ctx.db, message.tenant_id, "message.failed", "message", Some(message.id), json!({"error": error})).await?;
     Ok(Delivery::Failed)
+}
+
+/// The account's sending pace in messages per minute (0: none): Microsoft 365 mailboxes have their own.
+fn pace_of(ctx: &AppContext, account: &email_account::Model) -> u32 {
+    let microsoft =
+        account.host.eq_ignore_ascii_case("smtp.office365.com") || account.host.to_ascii_lowercase().ends_with(".outlook.com");
+    if microsoft {
+        ctx.settings.microsoft_send_rate_per_minute
+    } else {
+        ctx.settings.send_rate_per_minute
+    }
+}
+
+/// Seconds to wait when the account already sent its pace in the last minute (counted in Postgres, so the
+/// pace holds across every worker process).
+async fn pace_wait(ctx: &AppContext, account: &email_account::Model) -> AppResult<Option<f64>> {
+    let pace = pace_of(ctx, account);
+    if pace == 0 {
+        return Ok(None);
+    }
+    let row = ctx
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT count(*) AS sent, EXTRACT(EPOCH FROM (min(sent_at) + interval '60 seconds' - now()))::float8 AS wait \
+             FROM outbound_messages WHERE account_id = $1 AND status = 'sent' AND sent_at > now() - interval '60 seconds'",
+            [account.id.into()],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let sent: i64 = row.try_get("", "sent")?;
+    if sent < i64::from(pace) {
+        return Ok(None);
+    }
+    let wait: Option<f64> = row.try_get("", "wait")?;
+    Ok(Some(wait.unwrap_or(1.0).max(1.0) + rand::rng().random_range(0.0..1.0)))
 }
 
 /// What a person should do about an authentication refusal.
