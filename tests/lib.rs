@@ -205,6 +205,19 @@ impl TestApp {
         row.try_get("", "v").expect("column")
     }
 
+    /// A second context on this app's database with other master keys, as a deployment that rotates keys has.
+    pub async fn context_with_master_keys(&self, master_keys: &str, active_key_id: Option<&str>) -> AppContext {
+        let mut env = TestEnv::new();
+        env.vars = self.env.vars.clone();
+        env.set("MASTER_KEYS", master_keys);
+        if let Some(kid) = active_key_id {
+            env.set("ACTIVE_KEY_ID", kid);
+        } else {
+            env.vars.remove("POSTBRIDGE_ACTIVE_KEY_ID");
+        }
+        AppContext::build(env.settings()).await.expect("context with the given keys")
+    }
+
     pub fn operator_token(&self) -> String {
         self.env.get("OPERATOR_TOKEN").cloned().expect("operator token")
     }

@@ -853,11 +853,7 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     let plain_refresh = decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, &refresh_before);
 
     let new_key = random_key_b64();
-    let mut rotated_env = TestEnv::new();
-    rotated_env.vars = app.env.vars.clone();
-    rotated_env.set("MASTER_KEYS", format!("old:{old_key},new:{new_key}"));
-    rotated_env.set("ACTIVE_KEY_ID", "new");
-    let rotated = AppContext::build(rotated_env.settings()).await.expect("context with both keys");
+    let rotated = app.context_with_master_keys(&format!("old:{old_key},new:{new_key}"), Some("new")).await;
     let report = rekey::reencrypt_all(&rotated).await.expect("rotation runs");
     // Client secret, access token, refresh token and the (consumed) PKCE verifier.
     assert_eq!(report, rekey::RekeyReport { reencrypted: 4, failed: 0 });
@@ -867,10 +863,7 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
         (after.access_token.clone().expect("access"), after.refresh_token.clone().expect("refresh"));
     assert!(access_after.starts_with("new:") && refresh_after.starts_with("new:"), "{after:?}");
 
-    let mut new_only_env = TestEnv::new();
-    new_only_env.vars = app.env.vars.clone();
-    new_only_env.set("MASTER_KEYS", format!("new:{new_key}"));
-    let new_only = AppContext::build(new_only_env.settings()).await.expect("context with the new key only");
+    let new_only = app.context_with_master_keys(&format!("new:{new_key}"), None).await;
     assert_eq!(decrypt(&new_only, c.tenant, c.grant, grants::REFRESH_COLUMN, &refresh_after), plain_refresh);
 
     // The fresh token, then a refresh (client secret and refresh token decrypted with the new key alone).

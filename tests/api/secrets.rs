@@ -2,7 +2,6 @@
 
 use postbridge_core::crypto::SecretLocation;
 use postbridge_core::service::rekey;
-use postbridge_core::AppContext;
 use postbridge_tests::{captured_logs, random_key_b64, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::{Method, StatusCode};
 use sea_orm::ConnectionTrait;
@@ -156,21 +155,14 @@ async fn rotating_keys_reencrypts_every_secret_and_retires_the_old_key() {
 
     // A deployment that adds a new active key and runs the rotation command.
     let new_key = random_key_b64();
-    let mut rotated_env = TestEnv::new();
-    rotated_env.vars = app.env.vars.clone();
-    rotated_env.set("MASTER_KEYS", format!("old:{old_key},new:{new_key}"));
-    rotated_env.set("ACTIVE_KEY_ID", "new");
-    let rotated = AppContext::build(rotated_env.settings()).await.expect("context with both keys");
+    let rotated = app.context_with_master_keys(&format!("old:{old_key},new:{new_key}"), Some("new")).await;
     let report = rekey::reencrypt_all(&rotated).await.expect("rotation runs");
     assert_eq!(report, rekey::RekeyReport { reencrypted: 2, failed: 0 });
     let again = rekey::reencrypt_all(&rotated).await.expect("second rotation runs");
     assert_eq!(again.reencrypted, 0, "already current values are left alone");
 
     // The old key can now be removed: everything decrypts with the new key alone.
-    let mut new_only_env = TestEnv::new();
-    new_only_env.vars = app.env.vars.clone();
-    new_only_env.set("MASTER_KEYS", format!("new:{new_key}"));
-    let new_only = AppContext::build(new_only_env.settings()).await.expect("context with the new key only");
+    let new_only = app.context_with_master_keys(&format!("new:{new_key}"), None).await;
     let secret = stored_secret(&app, "token_configs", "client_secret", &config_id).await;
     let password = stored_secret(&app, "email_accounts", "password", &account_id).await;
     assert!(secret.starts_with("new:") && password.starts_with("new:"));

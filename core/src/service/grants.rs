@@ -298,13 +298,8 @@ async fn store_grant(
             active.refresh_token = Set(refresh.or(keep_refresh));
             active.expires_at = Set(tokens.expires_at);
             active.scopes = Set(scopes);
-            active.status = Set(GrantStatus::Valid.as_str().to_owned());
             active.consented_by = Set(consented_by);
-            active.last_error = Set(None);
-            active.refresh_failures = Set(0);
-            active.next_refresh_at = Set(None);
-            active.last_refreshed_at = Set(Some(now));
-            active.updated_at = Set(now);
+            mark_fresh(&mut active, now);
             active.update(txn).await?;
         }
         None => {
@@ -769,14 +764,19 @@ async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: gran
         active.refresh_token = Set(Some(encrypt(REFRESH_COLUMN, rotated)?));
     }
     active.expires_at = Set(tokens.expires_at);
+    mark_fresh(&mut active, now);
+    active.update(txn).await?;
+    Ok(())
+}
+
+/// A grant that just got tokens: valid, no error, no backoff.
+fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
     active.status = Set(GrantStatus::Valid.as_str().to_owned());
     active.last_error = Set(None);
     active.refresh_failures = Set(0);
     active.next_refresh_at = Set(None);
     active.last_refreshed_at = Set(Some(now));
     active.updated_at = Set(now);
-    active.update(txn).await?;
-    Ok(())
 }
 
 /// `invalid_grant` and friends: the grant needs re-consent, its accounts are in error, an event says so.
