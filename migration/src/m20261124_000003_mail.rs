@@ -66,6 +66,8 @@ CREATE TABLE outbound_messages (
     lease_until       timestamptz,
     -- A job for this row sits in Redis until then; afterwards the scheduler may dispatch it again.
     dispatched_until  timestamptz,
+    -- An `unknown` message is looked up once in the mailbox's Sent folder.
+    sent_folder_checked_at timestamptz,
     last_error        text,
     smtp_reply        text,
     created_at        timestamptz NOT NULL DEFAULT now(),

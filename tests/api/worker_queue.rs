@@ -131,3 +131,69 @@ async fn an_account_sends_no_faster_than_its_pace_and_the_rest_waits_without_an_
     assert!((30..=62).contains(&wait), "waits for the minute to pass: {wait}s");
     assert_eq!(servers.wait_for_messages_to(&rcpt, 2, Duration::from_secs(10)).await.len(), 2);
 }
+
+/// A mailbox with an outbound and an inbound account (same login), both confirmed; a message whose delivery
+/// was cut after the content was sent, aged past the settling delay. Returns (app, key, login, message id).
+async fn unknown_delivery() -> (postbridge_tests::TestApp, String, String, Uuid, &'static postbridge_tests::mail::MailServers) {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    app.confirmed_mail_account(&key, password_account(servers, "imap", "tls", &login, json!({}))).await;
+    let rcpt = format!("dropafterdata+{}@example.org", Uuid::new_v4().simple());
+    let reply = app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": "cut", "text": "hello"})).await;
+    let id = Uuid::parse_str(&reply.id()).expect("id");
+    assert_eq!(delivery::deliver(&app.ctx, id).await.expect("deliver"), Delivery::Unknown);
+    app.sql_exec(&format!("UPDATE outbound_messages SET updated_at = now() - interval '2 minutes' WHERE id = '{id}'")).await;
+    (app, key, login, id, servers)
+}
+
+#[tokio::test]
+async fn an_unknown_delivery_found_in_the_sent_folder_is_settled_as_sent() {
+    let (app, key, login, id, servers) = unknown_delivery().await;
+    // The server filed the submission in Sent before the connection dropped.
+    let raw =
+        app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
+    servers.seed_messages(&login, "Sent", &[raw.into_bytes()]);
+    let settled = delivery::settle_unknown(&app.ctx).await.expect("settle");
+    assert_eq!(settled, vec![(id, delivery::Settlement::FoundSent)]);
+    let message = app.get(&format!("/v1/messages/{id}"), &key).await;
+    assert_eq!(message.body["status"], json!("sent"));
+    assert_eq!(message.body["smtp_reply"], json!("found in the Sent folder"));
+    assert!(delivery::settle_unknown(&app.ctx).await.expect("again").is_empty(), "settled once");
+}
+
+#[tokio::test]
+async fn an_unknown_delivery_missing_from_a_generic_servers_sent_folder_stays_unknown_and_is_checked_once() {
+    let (app, key, login, id, servers) = unknown_delivery().await;
+    servers.seed_messages(&login, "Sent", &[b"Subject: another\r\nMessage-ID: <other@example.com>\r\n\r\nx\r\n".to_vec()]);
+    let settled = delivery::settle_unknown(&app.ctx).await.expect("settle");
+    assert_eq!(
+        settled,
+        vec![(id, delivery::Settlement::Undecided)],
+        "a generic server does not file submissions: no basis to resend"
+    );
+    assert_eq!(app.get(&format!("/v1/messages/{id}"), &key).await.body["status"], json!("unknown"));
+    assert!(delivery::settle_unknown(&app.ctx).await.expect("again").is_empty(), "checked once");
+}
+
+#[tokio::test]
+async fn testing_a_mailbox_a_poll_is_using_answers_busy() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    let id = app.confirmed_mail_account(&key, password_account(servers, "imap", "tls", &login, json!({}))).await;
+    app.sql_exec(&format!("UPDATE email_accounts SET lease_until = now() + interval '1 minute' WHERE id = '{id}'")).await;
+    let busy = app.post(&format!("/v1/accounts/{id}/test"), &key, json!({})).await;
+    assert_eq!((busy.status.as_u16(), busy.code()), (409, "mailbox_busy"), "{}", busy.text);
+    app.sql_exec(&format!("UPDATE email_accounts SET lease_until = NULL WHERE id = '{id}'")).await;
+    let ok = app.post(&format!("/v1/accounts/{id}/test"), &key, json!({})).await;
+    assert_eq!(ok.body["ok"], json!(true), "{}", ok.text);
+    assert_eq!(
+        app.sql_text(&format!("SELECT lease_until::text FROM email_accounts WHERE id = '{id}'")).await,
+        None,
+        "the test releases its lease"
+    );
+}

@@ -68,11 +68,7 @@ pub async fn schedule(
                 }
             }
             _ = refresh.tick() => refresh_pass(&ctx).await,
-            _ = housekeeping.tick() => match delivery::settle_abandoned(&ctx).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(messages = n, "messages whose delivery was interrupted are now unknown"),
-                Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),
-            },
+            _ = housekeeping.tick() => settle(&ctx).await,
             _ = secret_scan.tick() => match token_configs::scan_secret_expiry(&ctx).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(events = n, "announced expiring client secrets"),
@@ -111,6 +107,20 @@ pub async fn dispatch_due(
 }
 
 /// Refreshes every grant that is due, batch after batch, until none is left.
+/// Interrupted deliveries become `unknown`; `unknown` ones are looked up in the mailbox's Sent folder.
+async fn settle(ctx: &AppContext) {
+    match delivery::settle_abandoned(ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(messages = n, "messages whose delivery was interrupted are now unknown"),
+        Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),
+    }
+    match delivery::settle_unknown(ctx).await {
+        Ok(settled) if settled.is_empty() => {}
+        Ok(settled) => tracing::info!(?settled, "settled unknown deliveries through the Sent folder"),
+        Err(e) => tracing::error!(error = %e, "settling unknown deliveries failed"),
+    }
+}
+
 async fn refresh_pass(ctx: &AppContext) {
     loop {
         match grants::refresh_due(ctx, REFRESH_BATCH).await {

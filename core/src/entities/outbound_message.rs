@@ -24,6 +24,7 @@ pub struct Model {
     pub lease_until: Option<DateTimeUtc>,
     /// A job for this row was pushed to Redis; until then the scheduler does not push another.
     pub dispatched_until: Option<DateTimeUtc>,
+    pub sent_folder_checked_at: Option<DateTimeUtc>,
     pub last_error: Option<String>,
     pub smtp_reply: Option<String>,
     pub created_at: DateTimeUtc,

@@ -245,3 +245,155 @@ pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<u64> {
         .await?;
     Ok(result.rows_affected())
 }
+
+/// Where servers file submitted mail; tried in order.
+const SENT_FOLDERS: &[&str] = &["Sent", "Sent Items", "Sent Messages", "[Gmail]/Sent Mail", "INBOX.Sent"];
+
+/// Providers whose SMTP submission files a copy into the Sent folder, so a message missing there was not sent.
+fn files_submissions_in_sent(account: &email_account::Model) -> bool {
+    let host = account.host.to_ascii_lowercase();
+    host == "smtp.office365.com" || host == "smtp.gmail.com" || host.ends_with(".outlook.com")
+}
+
+/// How an `unknown` message was settled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Its Message-ID is in the mailbox's Sent folder.
+    FoundSent,
+    /// Not in the Sent folder of a server that files every submission there: queued again.
+    Resend,
+    /// No IMAP account of the mailbox, no Sent folder, or a server that does not file submissions: stays unknown.
+    Undecided,
+}
+
+/// Looks `unknown` messages (older than a minute, so the server had time to file them) up in the Sent folder of
+/// the mailbox's IMAP account. Each is checked once; a connection failure leaves it for the next round.
+pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement)>> {
+    let rows = ctx
+        .db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT id FROM outbound_messages WHERE status = 'unknown' AND sent_folder_checked_at IS NULL \
+             AND updated_at < now() - interval '60 seconds' ORDER BY updated_at LIMIT 100",
+        ))
+        .await?;
+    let mut settled = Vec::new();
+    for row in rows {
+        let id: Uuid = row.try_get("", "id")?;
+        match settle_one(ctx, id).await {
+            Ok(outcome) => settled.push((id, outcome)),
+            Err(e) => {
+                tracing::warn!(message_id = %id, error = %e, "could not look for the message in the Sent folder; will retry")
+            }
+        }
+    }
+    Ok(settled)
+}
+
+async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleError> {
+    let message = outbound_message::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(SettleError::Gone)?;
+    let sender = match message.account_id {
+        Some(account_id) => email_account::Entity::find_by_id(account_id).one(&ctx.db).await?,
+        None => None,
+    };
+    let inbound = match &sender {
+        Some(sender) => ctx
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM email_accounts WHERE tenant_id = $1 AND direction = 'inbound' AND protocol = 'imap' \
+                 AND enabled AND lower(login) = lower($2) ORDER BY id LIMIT 1",
+                [sender.tenant_id.into(), sender.login.clone().into()],
+            ))
+            .await?
+            .map(|r| email_account::Model::from_query_result(&r, ""))
+            .transpose()?,
+        None => None,
+    };
+    let (Some(sender), Some(inbound)) = (sender, inbound) else {
+        return record_settlement(ctx, &message, Settlement::Undecided).await;
+    };
+    let auth = credentials(ctx, &inbound).await?;
+    let mut session = crate::mail::imap::ImapSession::connect(
+        &ctx.guard,
+        &ctx.mail_tls,
+        &endpoint(&inbound)?,
+        &auth,
+        crate::mail::error::Timeouts::default(),
+    )
+    .await?;
+    let mut searched = false;
+    let mut found = false;
+    for folder in SENT_FOLDERS {
+        match session.find_message_id(folder, &message.message_id).await {
+            Ok(hit) => {
+                searched = true;
+                if hit {
+                    found = true;
+                    break;
+                }
+            }
+            Err(e) if e.step == crate::mail::error::MailStep::Folder => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = session.logout().await;
+    let outcome = if found {
+        Settlement::FoundSent
+    } else if searched && files_submissions_in_sent(&sender) {
+        Settlement::Resend
+    } else {
+        Settlement::Undecided
+    };
+    record_settlement(ctx, &message, outcome).await
+}
+
+async fn record_settlement(
+    ctx: &AppContext,
+    message: &outbound_message::Model,
+    outcome: Settlement,
+) -> Result<Settlement, SettleError> {
+    let sql = match outcome {
+        Settlement::FoundSent => {
+            "UPDATE outbound_messages SET status = 'sent', sent_at = now(), smtp_reply = 'found in the Sent folder', \
+             last_error = NULL, sent_folder_checked_at = now(), updated_at = now() WHERE id = $1 AND status = 'unknown'"
+        }
+        Settlement::Resend => {
+            "UPDATE outbound_messages SET status = 'queued', next_attempt_at = now(), sent_folder_checked_at = now(), \
+             last_error = 'not in the Sent folder after an interrupted delivery: sending again', updated_at = now() \
+             WHERE id = $1 AND status = 'unknown'"
+        }
+        Settlement::Undecided => {
+            "UPDATE outbound_messages SET sent_folder_checked_at = now(), updated_at = now() WHERE id = $1 AND status = 'unknown'"
+        }
+    };
+    ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [message.id.into()])).await?;
+    if outcome == Settlement::FoundSent {
+        events::record(
+            &ctx.db,
+            message.tenant_id,
+            "message.sent",
+            "message",
+            Some(message.id),
+            json!({"message_id": message.message_id, "settled": "sent_folder"}),
+        )
+        .await?;
+    }
+    Ok(outcome)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SettleError {
+    #[error("the message is gone")]
+    Gone,
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error(transparent)]
+    App(#[from] crate::error::AppError),
+}
+
+impl From<sea_orm::DbErr> for SettleError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        SettleError::App(err.into())
+    }
+}

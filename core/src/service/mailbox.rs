@@ -98,7 +98,18 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
     if let Some(config_id) = account.token_config_id {
         token_configs::find(ctx, scope.tenant_id, config_id).await?;
     }
+    // At most one connection per mailbox: an inbound test takes the same lease as a poll.
+    let inbound = account.direction == crate::model::Direction::Inbound.as_str();
+    if inbound && lease(&ctx.db, account.id, 120).await?.is_none() {
+        return Err(AppError::Conflict {
+            code: "mailbox_busy",
+            message: "a poll is using this mailbox right now; test again in a moment".to_owned(),
+        });
+    }
     let outcome = probe(ctx, &account).await;
+    if inbound {
+        release(&ctx.db, account.id).await?;
+    }
     let now = Utc::now();
     let (sql, values): (&str, Vec<sea_orm::Value>) = match &outcome {
         Ok(()) => (

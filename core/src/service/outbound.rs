@@ -136,6 +136,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
         next_attempt_at: Set(now),
         lease_until: Set(None),
         dispatched_until: Set(None),
+        sent_folder_checked_at: Set(None),
         last_error: Set(None),
         smtp_reply: Set(None),
         created_at: Set(now),
