@@ -313,11 +313,34 @@ async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleErro
     let (Some(sender), Some(inbound)) = (sender, inbound) else {
         return record_settlement(ctx, &message, Settlement::Undecided).await;
     };
-    let auth = credentials(ctx, &inbound).await?;
+    // One connection per mailbox: take the poll lease, or try again next round.
+    if mailbox::lease(&ctx.db, inbound.id, 120).await?.is_none() {
+        return Err(SettleError::Busy);
+    }
+    let outcome = search_sent_folders(ctx, &inbound, &message.message_id).await;
+    mailbox::release(&ctx.db, inbound.id).await?;
+    let (searched, found) = outcome?;
+    let outcome = if found {
+        Settlement::FoundSent
+    } else if searched && files_submissions_in_sent(&sender) {
+        Settlement::Resend
+    } else {
+        Settlement::Undecided
+    };
+    record_settlement(ctx, &message, outcome).await
+}
+
+/// Whether any Sent folder was found, and whether one holds `message_id`.
+async fn search_sent_folders(
+    ctx: &AppContext,
+    inbound: &email_account::Model,
+    message_id: &str,
+) -> Result<(bool, bool), SettleError> {
+    let auth = credentials(ctx, inbound).await?;
     let mut session = crate::mail::imap::ImapSession::connect(
         &ctx.guard,
         &ctx.mail_tls,
-        &endpoint(&inbound)?,
+        &endpoint(inbound)?,
         &auth,
         crate::mail::error::Timeouts::default(),
     )
@@ -325,7 +348,7 @@ async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleErro
     let mut searched = false;
     let mut found = false;
     for folder in SENT_FOLDERS {
-        match session.find_message_id(folder, &message.message_id).await {
+        match session.find_message_id(folder, message_id).await {
             Ok(hit) => {
                 searched = true;
                 if hit {
@@ -338,14 +361,7 @@ async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleErro
         }
     }
     let _ = session.logout().await;
-    let outcome = if found {
-        Settlement::FoundSent
-    } else if searched && files_submissions_in_sent(&sender) {
-        Settlement::Resend
-    } else {
-        Settlement::Undecided
-    };
-    record_settlement(ctx, &message, outcome).await
+    Ok((searched, found))
 }
 
 async fn record_settlement(
@@ -386,6 +402,8 @@ async fn record_settlement(
 enum SettleError {
     #[error("the message is gone")]
     Gone,
+    #[error("a poll is using the mailbox")]
+    Busy,
     #[error(transparent)]
     Mail(#[from] MailError),
     #[error(transparent)]
