@@ -3,6 +3,9 @@
 //! outbound sending (idempotency, routing, delivery outcomes, validation). Polls and deliveries are run by calling the
 //! service functions the worker calls (`sync::poll_account`, `delivery::deliver`), so each test drives its own queue.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mail_parser::MessageParser;
@@ -16,6 +19,8 @@ use postbridge_tests::mailflow::{
 use postbridge_tests::{assert_error, graphql_error_code, TestApp, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
 fn uuid(id: &str) -> Uuid {
@@ -532,6 +537,151 @@ async fn a_uidvalidity_change_resynchronises_without_storing_anything_twice_or_s
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM inbound_messages WHERE account_id = '{account}'")).await, 9);
 }
 
+/// A TCP proxy to a server port that forwards both ways until the server→client bytes it may still pass (shared by all
+/// its connections) run out; then it closes both sides of that connection. TLS passes through it unchanged.
+struct CuttingProxy {
+    port: u16,
+    budget: Arc<AtomicU64>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream: u16) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let budget = Arc::new(AtomicU64::new(u64::MAX));
+        let shared = budget.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(Self::relay(client, upstream, shared.clone()));
+            }
+        });
+        CuttingProxy { port, budget }
+    }
+
+    /// From now on, at most `bytes` more server→client bytes pass (`u64::MAX`: no limit).
+    fn cut_after(&self, bytes: u64) {
+        self.budget.store(bytes, Ordering::SeqCst);
+    }
+
+    async fn relay(client: TcpStream, upstream: u16, budget: Arc<AtomicU64>) {
+        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let up = async {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        };
+        let down = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match server_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut allowed = 0;
+                let _ = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    allowed = left.min(n as u64) as usize;
+                    Some(left - allowed as u64)
+                });
+                if allowed > 0 && client_write.write_all(&buf[..allowed]).await.is_err() {
+                    return;
+                }
+                if allowed < n {
+                    return; // the budget ran out: cut here
+                }
+            }
+        };
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+        }
+        // Dropping the halves closes both connections.
+    }
+}
+
+/// A sample message padded to about 2 KB.
+fn padded_message(login: &str, subject: &str) -> (String, Vec<u8>) {
+    let (message_id, mut raw) = sample_message(login, subject);
+    let line = format!("{}\r\n", "x".repeat(76));
+    while raw.len() + line.len() <= 2048 {
+        raw.extend_from_slice(line.as_bytes());
+    }
+    (message_id, raw)
+}
+
+/// (uid, message_id) of an account's stored messages in UID order.
+async fn stored_uids(app: &TestApp, account: &str) -> Vec<(i64, String)> {
+    let text = app
+        .sql_text(&format!(
+            "SELECT COALESCE(string_agg(uid::text || ' ' || message_id, ',' ORDER BY uid), '') FROM inbound_messages \
+             WHERE account_id = '{account}'"
+        ))
+        .await
+        .unwrap_or_default();
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (uid, id) = s.split_once(' ').expect("uid and message id");
+            (uid.parse().expect("uid"), id.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connection_the_server_drops_mid_fetch_keeps_a_stored_prefix_and_the_next_poll_completes_it_once() {
+    const TOTAL: usize = 1_500;
+    let (app, servers) = spawn_mail_app().await;
+    let (_, admin) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    let messages: Vec<(String, Vec<u8>)> = (1..=TOTAL).map(|i| padded_message(&login, &format!("Big {i}"))).collect();
+    servers.seed_messages(&login, "INBOX", &raws(&messages));
+    let proxy = CuttingProxy::start(servers.imaps_port()).await;
+    let account =
+        app.confirmed_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({"port": proxy.port}))).await;
+
+    // Cut in the middle of the second batch's FETCH: past the first 1,000 messages (plus their FETCH framing), about
+    // half a megabyte into the rest.
+    let first_batch: u64 = messages[..1_000].iter().map(|(_, raw)| raw.len() as u64 + 100).sum();
+    proxy.cut_after(first_batch + 500_000);
+    let outcome = sync::poll_account(&app.ctx, uuid(&account)).await;
+    let stored = stored_uids(&app, &account).await;
+    match &outcome {
+        Err(PollError::Mail(_)) => {}
+        Ok(report) => {
+            assert!(report.polled, "{report:?}");
+            assert_eq!(report.stored as usize, stored.len(), "a partial report counts what was stored: {report:?}");
+        }
+        Err(other) => panic!("a mail error (or a partial report) expected, got {other}"),
+    }
+    assert!(stored.len() < TOTAL, "the cut happened before the end ({outcome:?})");
+    assert_eq!(stored.len() % 1_000, 0, "whole batches are committed, nothing of a cut batch: {} stored", stored.len());
+    let uids: Vec<i64> = stored.iter().map(|(uid, _)| *uid).collect();
+    assert!(uids.windows(2).all(|w| w[0] < w[1]), "no duplicate UIDs");
+    let ids: Vec<&str> = stored.iter().map(|(_, id)| id.as_str()).collect();
+    let prefix: Vec<&str> = messages[..stored.len()].iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, prefix, "what is stored is the first messages in UID order");
+    let position = format!("SELECT COALESCE(last_uid, 0) FROM email_accounts WHERE id = '{account}'");
+    assert_eq!(app.sql_i64(&position).await, uids.last().copied().unwrap_or(0), "the position is the highest stored UID");
+
+    // The server behaves again: the next poll fetches the rest, and only it.
+    proxy.cut_after(u64::MAX);
+    let report = poll(&app, &account).await;
+    let rest = (TOTAL - stored.len()) as u64;
+    assert_eq!(report, PollReport { polled: true, fetched: rest, stored: rest, resynchronised: false });
+    assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM inbound_messages WHERE account_id = '{account}'")).await, TOTAL as i64);
+    assert_eq!(
+        app.sql_i64(&format!("SELECT count(DISTINCT uid) FROM inbound_messages WHERE account_id = '{account}'")).await,
+        TOTAL as i64
+    );
+    let all = stored_uids(&app, &account).await;
+    let stored_ids: HashSet<&str> = all.iter().map(|(_, id)| id.as_str()).collect();
+    let seeded_ids: HashSet<&str> = messages.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(stored_ids.len(), TOTAL, "no Message-ID twice");
+    assert_eq!(stored_ids, seeded_ids);
+    assert_eq!(app.sql_i64(&position).await, all.last().map(|(uid, _)| *uid).unwrap());
+    assert_eq!(received_events(&app, &account).await, TOTAL as i64);
+}
+
 #[tokio::test]
 async fn members_see_only_their_own_accounts_received_messages() {
     let (app, servers) = spawn_mail_app().await;
@@ -1010,6 +1160,34 @@ async fn a_temporary_recipient_failure_requeues_the_message_with_backoff_and_the
     assert_eq!(row["status"], "failed");
     assert!(row["last_error"].as_str().unwrap_or_default().contains("451"), "{row}");
     assert_eq!(app.event_count("message.failed", &id).await, 1);
+}
+
+#[tokio::test]
+async fn a_recipient_refused_with_451_once_is_sent_on_the_next_attempt_exactly_once() {
+    let (app, servers) = spawn_mail_app().await;
+    let o = outbox(&app, servers, "starttls").await;
+    let to = recipient("tempfailonce+");
+    let id = submit(&app, &o.admin, json!({"from": o.sender, "to": [to], "subject": "Second time lucky", "text": "Hi"})).await;
+    assert_eq!(deliver(&app, &id).await, Delivery::Retry);
+    let row = outbound_json(&app, &o.admin, &id).await;
+    assert_eq!((row["status"].as_str(), row["attempts"].as_i64()), (Some("queued"), Some(1)), "{row}");
+    let error = row["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("451") && error.contains("Try again later"), "{error:?}");
+    let later = app.sql_text(&format!("SELECT (next_attempt_at > now())::text FROM outbound_messages WHERE id = '{id}'")).await;
+    assert_eq!(later.as_deref(), Some("true"), "the retry waits: {row}");
+    assert!(servers.accepted_messages_to(&to).is_empty(), "nothing was accepted on the refused attempt");
+    // Once due again, the server accepts the recipient and the message goes out.
+    app.sql_exec(&format!("UPDATE outbound_messages SET next_attempt_at = now() WHERE id = '{id}'")).await;
+    assert_eq!(deliver(&app, &id).await, Delivery::Sent);
+    let row = outbound_json(&app, &o.admin, &id).await;
+    assert_eq!((row["status"].as_str(), row["attempts"].as_i64()), (Some("sent"), Some(2)), "{row}");
+    servers.wait_for_messages_to(&to, 1, Duration::from_secs(10)).await;
+    let accepted = servers.accepted_messages_to(&to);
+    assert_eq!(accepted.len(), 1, "exactly one copy reached the server");
+    assert_eq!(parse(&accepted[0]).subject(), Some("Second time lucky"));
+    assert_eq!(app.event_count("message.sent", &id).await, 1);
+    assert_eq!(deliver(&app, &id).await, Delivery::Skipped, "a sent message is not sent again");
+    assert_eq!(servers.accepted_messages_to(&to).len(), 1);
 }
 
 #[tokio::test]

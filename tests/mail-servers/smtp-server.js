@@ -19,6 +19,8 @@
 //
 // Knobs by recipient local part (for tests of retries and failures):
 //   tempfail+...@      RCPT TO answers 451 4.3.0 Try again later
+//   tempfailonce+...@  the first RCPT TO of each full address answers 451 4.3.0 Try again later, later ones are accepted
+//                      (remembered in memory while the server runs)
 //   reject+...@        RCPT TO answers 550 5.1.1 No such user
 //   dropafterdata+...@ DATA is read to its end, then the connection is closed without a reply (nothing is stored)
 //
@@ -268,9 +270,19 @@ function localPart(address) {
     return (at >= 0 ? address.slice(0, at) : address || '').toLowerCase();
 }
 
+// Full recipient addresses (lower-cased) that a `tempfailonce+` RCPT TO was already refused for.
+const tempFailedOnce = new Set();
+
 function onRcptTo(address, session, callback) {
     const local = localPart(address.address);
     if (local.startsWith('tempfail+')) return callback(smtpError(451, '4.3.0 Try again later'));
+    if (local.startsWith('tempfailonce+')) {
+        const full = (address.address || '').toLowerCase();
+        if (!tempFailedOnce.has(full)) {
+            tempFailedOnce.add(full);
+            return callback(smtpError(451, '4.3.0 Try again later'));
+        }
+    }
     if (local.startsWith('reject+')) return callback(smtpError(550, '5.1.1 No such user'));
     callback();
 }
