@@ -18,6 +18,22 @@ use sea_orm_migration::MigratorTrait;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+/// `base` with `changes` merged in: a key set to `null` is removed, any other value replaces the key's.
+pub fn with(base: Value, changes: Value) -> Value {
+    let mut out = base;
+    let (Some(target), Some(changes)) = (out.as_object_mut(), changes.as_object()) else {
+        panic!("with() merges JSON objects only");
+    };
+    for (key, value) in changes {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            target.insert(key.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// Admin connection used to create one database per test.
 pub fn admin_database_url() -> String {
     std::env::var("POSTBRIDGE_TEST_DATABASE_URL")

@@ -1,7 +1,7 @@
 //! Email accounts: CRUD over REST and GraphQL, defaults and provider presets, validation, the default
 //! sender, the state machine, SSRF rules, the write-only password, and nothing half-written.
 
-use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, Reply, TestApp, TestEnv};
+use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, with, Reply, TestApp, TestEnv};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{json, Value};
@@ -19,22 +19,6 @@ fn assert_invalid(reply: &Reply, code: &str, field: &str) {
         "unexpected reply: {}",
         reply.text
     );
-}
-
-/// `base` with the keys of `changes` set (a `null` change removes the key).
-fn with(base: Value, changes: Value) -> Value {
-    let mut out = base;
-    let (Some(target), Some(changes)) = (out.as_object_mut(), changes.as_object()) else {
-        panic!("with() merges JSON objects only");
-    };
-    for (key, value) in changes {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            target.insert(key.clone(), value.clone());
-        }
-    }
-    out
 }
 
 fn smtp(login: &str) -> Value {

@@ -1,7 +1,7 @@
 //! Token configurations: CRUD over REST and GraphQL, provider presets, validation, SSRF rules,
 //! the write-only client secret, and who may change what.
 
-use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, Reply, TestApp, TestEnv};
+use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, with, Reply, TestApp, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -35,22 +35,6 @@ fn assert_gql_invalid(body: &Value, code: &str, field: &str) {
         (code, field),
         "unexpected GraphQL reply: {body}"
     );
-}
-
-/// `base` with the keys of `changes` set (a `null` change removes the key).
-fn with(base: Value, changes: Value) -> Value {
-    let mut out = base;
-    let (Some(target), Some(changes)) = (out.as_object_mut(), changes.as_object()) else {
-        panic!("with() merges JSON objects only");
-    };
-    for (key, value) in changes {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            target.insert(key.clone(), value.clone());
-        }
-    }
-    out
 }
 
 fn microsoft() -> Value {
