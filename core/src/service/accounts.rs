@@ -464,9 +464,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     if drop_move_target {
         spec.move_to_folder = None;
     }
-    if spec.auth == AuthMethod::Oauth2 && current.auth == AuthMethod::Password && input.token_config_id.is_undefined() {
-        spec.token_config_id = None;
-    }
+    // Switching to a password drops the token configuration unless the caller names one (which is then refused).
     if spec.auth == AuthMethod::Password && input.token_config_id.is_undefined() {
         spec.token_config_id = None;
     }

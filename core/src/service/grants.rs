@@ -613,24 +613,9 @@ impl From<sea_orm::DbErr> for TokenAccessError {
     }
 }
 
-fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
-    let usable = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_none_or(|exp| exp > now + refresh_margin());
+/// The stored access token, decrypted, when `usable` says the grant may hand it out.
+fn stored_access_token(ctx: &AppContext, model: &grant::Model, usable: bool) -> Result<Option<String>, TokenAccessError> {
     match (&model.access_token, usable) {
-        (Some(stored), true) => {
-            let token = ctx
-                .cipher
-                .decrypt(location(model.tenant_id, TABLE, ACCESS_COLUMN, model.id), stored)
-                .map_err(|e| internal("decrypting access token", e))?;
-            Ok(Some(token))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// The stored access token if it has not expired yet (with a little slack for the request in flight).
-fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Option<String>, TokenAccessError> {
-    let valid = model.expires_at.is_some_and(|exp| exp > Utc::now() + chrono::Duration::seconds(30));
-    match (&model.access_token, valid) {
         (Some(stored), true) => Ok(Some(
             ctx.cipher
                 .decrypt(location(model.tenant_id, TABLE, ACCESS_COLUMN, model.id), stored)
@@ -638,6 +623,18 @@ fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Op
         )),
         _ => Ok(None),
     }
+}
+
+/// The stored token while the grant is valid and the token has more than the refresh margin left.
+fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
+    let usable = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_none_or(|exp| exp > now + refresh_margin());
+    stored_access_token(ctx, model, usable)
+}
+
+/// The stored access token if it has not expired yet (with a little slack for the request in flight).
+fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Option<String>, TokenAccessError> {
+    let usable = model.expires_at.is_some_and(|exp| exp > Utc::now() + chrono::Duration::seconds(30));
+    stored_access_token(ctx, model, usable)
 }
 
 fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {

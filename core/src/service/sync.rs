@@ -85,8 +85,8 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
     let status = session.select(&folder).await?;
     let uid_validity = i64::from(status.uid_validity);
     // RFC 9051: a new UIDVALIDITY (or another folder) voids every stored UID; match again from the start.
-    let resync = account.sync_folder.as_deref() != Some(folder.as_str()) || account.uid_validity != Some(uid_validity);
-    let resync = resync && account.uid_validity.is_some();
+    let resync = account.uid_validity.is_some()
+        && (account.sync_folder.as_deref() != Some(folder.as_str()) || account.uid_validity != Some(uid_validity));
     let skip: Option<HashSet<(Option<String>, String)>> =
         if resync { Some(inbound::fingerprints(&ctx.db, account.id).await?) } else { None };
     let mut last_uid = if resync || account.uid_validity.is_none() { 0 } else { account.last_uid.unwrap_or(0) };

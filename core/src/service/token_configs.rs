@@ -292,10 +292,8 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     let mut active = model.into_active_model();
     if let Some(secret) = new_secret {
         active.client_secret = Set(Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?));
-        // A new secret is the fix for a refused one; let the next token request tell.
-        active.needs_admin = Set(false);
-        active.last_error = Set(None);
     }
+    // New credentials are the fix for refused ones; let the next token request tell.
     let credentials_changed = new_secret.is_some() || client_id_changed;
     if credentials_changed {
         active.needs_admin = Set(false);
