@@ -56,6 +56,25 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// PEM file of extra CA certificates trusted for mail servers (private CAs; the throwaway CA in tests).
     pub extra_ca_file: Option<String>,
+    pub webhooks: WebhookSettings,
+    /// API requests per minute one tenant may make (0: no limit); a tenant's own setting overrides it.
+    pub api_rate_limit_per_minute: u32,
+    /// Where a worker process serves its own Prometheus `/metrics` (none: not served).
+    pub worker_metrics_addr: Option<SocketAddr>,
+    /// Events (and their webhook deliveries) older than this are deleted.
+    pub event_retention_days: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Waits before each retry; a delivery fails after the last one.
+    pub retry_schedule: Vec<std::time::Duration>,
+    /// An endpoint whose deliveries have all failed for this long is disabled.
+    pub disable_after: std::time::Duration,
+    /// Deadline of one delivery attempt.
+    pub timeout: std::time::Duration,
+    /// Deliveries one worker process makes at once.
+    pub concurrency: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -214,6 +233,24 @@ impl Settings {
                 "MICROSOFT_SEND_RATE_PER_MINUTE",
                 30u32,
             )?,
+            webhooks: WebhookSettings {
+                retry_schedule: parse_duration_list(
+                    get("WEBHOOK_RETRY_SCHEDULE").as_deref().unwrap_or("5s,5m,30m,2h,5h,10h"),
+                    "WEBHOOK_RETRY_SCHEDULE",
+                )?,
+                disable_after: parse_duration(get("WEBHOOK_DISABLE_AFTER").as_deref().unwrap_or("5d"), "WEBHOOK_DISABLE_AFTER")?,
+                timeout: parse_duration(get("WEBHOOK_TIMEOUT").as_deref().unwrap_or("15s"), "WEBHOOK_TIMEOUT")?,
+                concurrency: at_least_one(
+                    parse_or(get("WEBHOOK_CONCURRENCY"), "WEBHOOK_CONCURRENCY", 16usize)?,
+                    "WEBHOOK_CONCURRENCY",
+                )?,
+            },
+            api_rate_limit_per_minute: parse_or(get("API_RATE_LIMIT_PER_MINUTE"), "API_RATE_LIMIT_PER_MINUTE", 1200u32)?,
+            worker_metrics_addr: match get("WORKER_METRICS_ADDR").as_deref() {
+                None | Some("none") => None,
+                Some(v) => Some(v.parse().map_err(|e| config_error("WORKER_METRICS_ADDR", format!("is malformed: {e}")))?),
+            },
+            event_retention_days: parse_or(get("EVENT_RETENTION_DAYS"), "EVENT_RETENTION_DAYS", 30u32)?,
         })
     }
 
@@ -238,6 +275,26 @@ where
         None => Ok(default),
         Some(v) => v.parse().map_err(|e| config_error(name, format!("is malformed: {e}"))),
     }
+}
+
+/// `90`, `90s`, `5m`, `2h` or `5d`: a duration in seconds, minutes, hours or days.
+fn parse_duration(raw: &str, name: &str) -> Result<std::time::Duration, ConfigError> {
+    let raw = raw.trim();
+    let (number, unit) = raw.find(|c: char| !c.is_ascii_digit()).map_or((raw, ""), |at| raw.split_at(at));
+    let value: u64 =
+        number.parse().map_err(|_| config_error(name, format!("{raw:?} is not a duration such as 30s, 5m, 2h or 5d")))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        "d" => value * 86_400,
+        _ => return Err(config_error(name, format!("{raw:?} has an unknown unit (use s, m, h or d)"))),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+fn parse_duration_list(raw: &str, name: &str) -> Result<Vec<std::time::Duration>, ConfigError> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|item| parse_duration(item, name)).collect()
 }
 
 /// `kid:BASE64,kid:BASE64` — 32-byte AES-256 keys.
@@ -347,6 +404,12 @@ mod tests {
         assert_eq!(s.jwt.signing_key_id, "j1");
         assert_eq!(s.oauth_redirect_uri(), "http://127.0.0.1:8080/oauth/callback");
         assert!(!s.allow_private_hosts);
+        let minutes = |m: u64| std::time::Duration::from_secs(m * 60);
+        assert_eq!(
+            s.webhooks.retry_schedule,
+            [std::time::Duration::from_secs(5), minutes(5), minutes(30), minutes(120), minutes(300), minutes(600)]
+        );
+        assert_eq!(s.webhooks.disable_after, minutes(5 * 24 * 60));
     }
 
     #[test]
@@ -360,6 +423,9 @@ mod tests {
             ("POSTBRIDGE_ALLOW_PRIVATE_HOSTS", Some("maybe")),
             ("POSTBRIDGE_OPERATOR_TOKEN", Some("short")),
             ("POSTBRIDGE_ACTIVE_KEY_ID", Some("k9")),
+            ("POSTBRIDGE_WEBHOOK_RETRY_SCHEDULE", Some("5s,soon")),
+            ("POSTBRIDGE_WEBHOOK_DISABLE_AFTER", Some("5w")),
+            ("POSTBRIDGE_WORKER_METRICS_ADDR", Some("port nine")),
         ] {
             let mut vars = base();
             match value {

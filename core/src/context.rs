@@ -25,6 +25,7 @@ pub struct AppContext {
     /// SMTP client with authenticated connections pooled per server and credential.
     pub smtp: Arc<crate::mail::smtp::SmtpClient>,
     pub settings: Arc<Settings>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppContext {
@@ -54,6 +55,7 @@ impl AppContext {
             mail_tls,
             smtp: Arc::new(smtp),
             settings: Arc::new(settings),
+            metrics: Arc::new(crate::metrics::Metrics::new().context("failed to register metrics")?),
         })
     }
 

@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod entities;
 pub mod error;
 pub mod mail;
+pub mod metrics;
 pub mod model;
 pub mod netguard;
 pub mod oauth;

@@ -127,6 +127,7 @@ impl async_graphql::ScalarType for SecretInput {
 #[graphql(concrete(name = "GrantPage", params(Grant)))]
 #[graphql(concrete(name = "InboundMessagePage", params(InboundMessage)))]
 #[graphql(concrete(name = "OutboundMessagePage", params(OutboundMessage)))]
+#[graphql(concrete(name = "AuditEntryPage", params(crate::service::audit::AuditEntry)))]
 pub struct Page<T: async_graphql::OutputType> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

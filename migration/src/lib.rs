@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_foundation;
 mod m20261124_000002_oauth_grants;
 mod m20261124_000003_mail;
+mod m20261124_000004_observability;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_foundation::Migration),
             Box::new(m20261124_000002_oauth_grants::Migration),
             Box::new(m20261124_000003_mail::Migration),
+            Box::new(m20261124_000004_observability::Migration),
         ]
     }
 }

@@ -3,13 +3,17 @@
 mod mutation;
 mod query;
 
-use async_graphql::{EmptySubscription, ErrorExtensions, Schema};
+use async_graphql::{EmptySubscription, ErrorExtensions, MergedObject, Schema};
 use postbridge_core::auth::{Principal, TenantScope};
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 
-pub use mutation::Mutation;
-pub use query::Query;
+// Every query and mutation, one area per object (each area's resolvers live in its own module).
+#[derive(MergedObject, Default)]
+pub struct Query(query::CoreQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(mutation::CoreMutation);
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 

@@ -10,10 +10,10 @@ use uuid::Uuid;
 use super::{caller, tenant_scope, GqlResultExt};
 
 #[derive(Default)]
-pub struct Mutation;
+pub struct CoreMutation;
 
 #[Object]
-impl Mutation {
+impl CoreMutation {
     /// Exchange the presented credential for a short-lived JWT.
     async fn issue_token(&self, ctx: &Context<'_>) -> async_graphql::Result<IssuedToken> {
         let (app, p) = caller(ctx)?;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{caller, tenant_scope, GqlResultExt};
 
 #[derive(Default)]
-pub struct Query;
+pub struct CoreQuery;
 
 /// The authenticated caller.
 #[derive(SimpleObject)]
@@ -24,7 +24,7 @@ fn page(limit: Option<u64>, cursor: Option<Uuid>) -> PageRequest {
 }
 
 #[Object]
-impl Query {
+impl CoreQuery {
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
         let (_, p) = caller(ctx)?;
         Ok(Me { subject: p.subject, role: p.role, tenant_id: p.tenant_id })

@@ -42,6 +42,10 @@ pub struct Model {
     /// A job for this row was pushed to Redis; until then the scheduler does not push another.
     pub dispatched_until: Option<DateTimeUtc>,
     pub confirmed_at: Option<DateTimeUtc>,
+    /// Set by the database when the account enters `error`, cleared when it leaves it.
+    pub failing_since: Option<DateTimeUtc>,
+    /// Overrides the deployment's per-account send pace (messages per minute; 0: no limit).
+    pub send_rate_per_minute: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

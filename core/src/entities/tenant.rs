@@ -11,6 +11,8 @@ pub struct Model {
     /// Origins a post-consent return URL may point at.
     #[sea_orm(column_type = "JsonBinary")]
     pub allowed_return_origins: Json,
+    /// Overrides `POSTBRIDGE_API_RATE_LIMIT_PER_MINUTE` for this tenant.
+    pub api_rate_limit_per_minute: Option<i32>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -22,6 +22,8 @@ pub struct Model {
     pub extra_auth_params: Json,
     /// The provider refused the client credentials (wrong or expired secret): an admin must act.
     pub needs_admin: bool,
+    /// A Google app whose consent screen is in "Testing": its refresh tokens expire after 7 days.
+    pub testing_app: bool,
     pub last_error: Option<String>,
     /// The smallest expiry warning window (30, 14, 1 days) already announced for the current secret.
     pub secret_expiry_notified_days: Option<i32>,

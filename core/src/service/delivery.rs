@@ -111,7 +111,7 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
                 events::record(
                     &ctx.db,
                     message.tenant_id,
-                    "message.sent",
+                    events::MESSAGE_SENT,
                     "message",
                     Some(message.id),
                     json!({"message_id": message.message_id}),
@@ -180,7 +180,7 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, error: &str)
 
 async fn fail(ctx: &AppContext, message: &outbound_message::Model, error: &str) -> AppResult<Delivery> {
     set_outcome(ctx, message.id, OutboundStatus::Failed, Some(error), None, None).await?;
-    events::record(&ctx.db, message.tenant_id, "message.failed", "message", Some(message.id), json!({"error": error})).await?;
+    events::record(&ctx.db, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error})).await?;
     Ok(Delivery::Failed)
 }
 
@@ -388,7 +388,7 @@ async fn record_settlement(
         events::record(
             &ctx.db,
             message.tenant_id,
-            "message.sent",
+            events::MESSAGE_SENT,
             "message",
             Some(message.id),
             json!({"message_id": message.message_id, "settled": "sent_folder"}),

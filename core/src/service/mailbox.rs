@@ -123,17 +123,7 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
         ),
     };
     ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    if outcome.is_ok() {
-        super::events::record(
-            &ctx.db,
-            scope.tenant_id,
-            "account.confirmed",
-            "account",
-            Some(account.id),
-            serde_json::json!({"login": account.login}),
-        )
-        .await?;
-    }
+    // Becoming `confirmed` records `account.confirmed` (a database trigger writes every state change's event).
     let refreshed = email_account::Entity::find_by_id(account.id).one(&ctx.db).await?.ok_or(AppError::not_found("account"))?;
     Ok(TestResult {
         ok: outcome.is_ok(),

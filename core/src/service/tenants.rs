@@ -57,6 +57,7 @@ pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant
         name: Set(name),
         status: Set(TenantStatus::Active.as_str().to_owned()),
         allowed_return_origins: Set(check_origins(input.allowed_return_origins.unwrap_or_default())?),
+        api_rate_limit_per_minute: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };

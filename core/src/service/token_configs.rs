@@ -240,6 +240,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         scopes: Set(json_of(&spec.scopes)?),
         extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
         needs_admin: Set(false),
+        testing_app: Set(false),
         last_error: Set(None),
         secret_expiry_notified_days: Set(None),
         created_at: Set(now),

@@ -1,0 +1,155 @@
+//! The audit log: who changed which configuration (tenant, API key, token configuration, account, grant,
+//! webhook endpoint), when, and which fields. Written in the transaction of the change. Secret fields are
+//! recorded as changed, never with their value.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::auth::{Principal, TenantScope};
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{Page, PageRequest, Role};
+
+/// What stands in for a secret's value in an audit entry.
+pub const SECRET_CHANGED: &str = "(secret changed)";
+
+/// The fields an operation set: plain values as given, secrets replaced by [`SECRET_CHANGED`].
+#[derive(Default)]
+pub struct Changes(Map<String, Value>);
+
+impl Changes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A non-secret field and its new value (`None` values are skipped: the field was not changed).
+    pub fn set(mut self, field: &str, value: Option<impl Serialize>) -> Self {
+        if let Some(value) = value {
+            self.0.insert(field.to_owned(), serde_json::to_value(value).unwrap_or(Value::Null));
+        }
+        self
+    }
+
+    /// A secret field: only that it changed.
+    pub fn secret(mut self, field: &str, changed: bool) -> Self {
+        if changed {
+            self.0.insert(field.to_owned(), Value::String(SECRET_CHANGED.to_owned()));
+        }
+        self
+    }
+
+    pub fn into_value(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+/// One audit entry. `tenant_id` is `None` only for operator actions outside any tenant.
+pub struct Entry<'a> {
+    pub tenant_id: Option<Uuid>,
+    pub action: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: Option<Uuid>,
+    pub changes: Changes,
+}
+
+pub async fn record<C: ConnectionTrait>(db: &C, actor: &Principal, entry: Entry<'_>) -> AppResult<()> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO audit_log (id, tenant_id, actor, actor_role, action, resource_type, resource_id, changes, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [
+            Uuid::now_v7().into(),
+            entry.tenant_id.into(),
+            actor.subject.clone().into(),
+            actor.role.as_str().into(),
+            entry.action.into(),
+            entry.resource_type.into(),
+            entry.resource_id.into(),
+            entry.changes.into_value().into(),
+            Utc::now().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// An audit entry as shown to tenant admins and operators.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema, async_graphql::SimpleObject)]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub tenant_id: Option<Uuid>,
+    /// `apikey:<id>`, a JWT subject, or `operator`.
+    pub actor: String,
+    pub actor_role: String,
+    /// `<resource>.<created|updated|deleted|...>`, e.g. `token_config.updated`.
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Option<Uuid>,
+    /// Fields set by the change; secret fields say only that they changed.
+    #[schema(value_type = Object)]
+    pub changes: async_graphql::Json<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    pub resource_type: Option<String>,
+    pub resource_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub limit: Option<u64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+}
+
+/// The tenant's audit log, newest first (admins and operators).
+pub async fn list(ctx: &AppContext, scope: &TenantScope, query: AuditQuery) -> AppResult<Page<AuditEntry>> {
+    scope.require(Role::Admin)?;
+    let page = PageRequest { limit: query.limit, cursor: query.cursor };
+    let limit = super::limit_of(&page)?;
+    let mut sql = String::from(
+        "SELECT id, tenant_id, actor, actor_role, action, resource_type, resource_id, changes, created_at \
+         FROM audit_log WHERE tenant_id = $1",
+    );
+    let mut values: Vec<sea_orm::Value> = vec![scope.tenant_id.into()];
+    let mut filter = |column: &str, value: sea_orm::Value, values: &mut Vec<sea_orm::Value>| {
+        values.push(value);
+        sql.push_str(&format!(" AND {column} = ${}", values.len()));
+    };
+    if let Some(resource_type) = query.resource_type {
+        filter("resource_type", resource_type.into(), &mut values);
+    }
+    if let Some(resource_id) = query.resource_id {
+        filter("resource_id", resource_id.into(), &mut values);
+    }
+    if let Some(actor) = query.actor {
+        filter("actor", actor.into(), &mut values);
+    }
+    if let Some(cursor) = query.cursor {
+        values.push(cursor.into());
+        sql.push_str(&format!(" AND id < ${}", values.len()));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    let entries = rows
+        .into_iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                id: row.try_get("", "id")?,
+                tenant_id: row.try_get("", "tenant_id")?,
+                actor: row.try_get("", "actor")?,
+                actor_role: row.try_get("", "actor_role")?,
+                action: row.try_get("", "action")?,
+                resource_type: row.try_get("", "resource_type")?,
+                resource_id: row.try_get("", "resource_id")?,
+                changes: async_graphql::Json(row.try_get("", "changes")?),
+                created_at: row.try_get("", "created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()
+        .map_err(AppError::from)?;
+    super::page_of(entries, limit, |e| e.id, Ok)
+}
