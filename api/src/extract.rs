@@ -1,7 +1,7 @@
 //! Typed request context: `Caller` (who) and `Tenant` (who, acting in which tenant).
 
 use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage as _, HttpRequest};
 use futures::future::LocalBoxFuture;
 use postbridge_core::auth::{authenticate, Principal, TenantScope};
 use postbridge_core::{AppContext, AppError};
@@ -34,7 +34,15 @@ fn context(req: &HttpRequest) -> Result<web::Data<AppContext>, AppError> {
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("AppContext missing from app data")))
 }
 
+/// A request's authentication, done early by the rate-limit middleware and taken by `resolve_caller`.
+pub struct Authenticated(pub Result<Principal, AppError>);
+
 pub async fn resolve_caller(req: &HttpRequest) -> Result<Principal, AppError> {
+    // Requests the rate limiter saw were authenticated there already; others (and a second call) authenticate here.
+    let early = req.extensions_mut().remove::<Authenticated>();
+    if let Some(Authenticated(caller)) = early {
+        return caller;
+    }
     let ctx = context(req)?;
     let token = bearer_token(req).ok_or_else(|| {
         AppError::Unauthenticated("missing bearer token: send Authorization: Bearer <API key or JWT>".to_owned())

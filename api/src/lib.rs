@@ -3,7 +3,10 @@
 pub mod error;
 pub mod extract;
 pub mod graphql;
+pub mod live;
+pub mod metrics;
 pub mod openapi;
+pub mod rate_limit;
 pub mod rest;
 pub mod startup;
 

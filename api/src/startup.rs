@@ -3,17 +3,20 @@
 use std::net::TcpListener;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse};
+use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse, GraphQLSubscription};
+use postbridge_core::service::rate_limit::RateLimiter;
 use postbridge_core::{AppContext, AppError, Settings};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{json_config, path_config, query_config, ApiError};
-use crate::extract::{requested_tenant, resolve_caller};
-use crate::graphql::{build_schema, ApiSchema, RequestAuth};
+use crate::extract::{bearer_token, requested_tenant, resolve_caller};
+use crate::graphql::{build_schema, subscription, ApiSchema, RequestAuth};
+use crate::live::EventHub;
 use crate::openapi::ApiDoc;
 use crate::rest;
 
@@ -37,17 +40,28 @@ impl Application {
         let schema = build_schema(context.clone());
         let data = web::Data::new(context.clone());
         let schema = web::Data::new(schema);
+        let hub = web::Data::new(EventHub::start(context.clone())?);
         let openapi = ApiDoc::openapi();
+        let limiter = web::Data::new(RateLimiter::new());
         let server = HttpServer::new(move || {
             App::new()
+                // Innermost first: the rate limit, then request metrics (so 429s are counted), then the access log.
+                .wrap(from_fn(crate::rate_limit::limit))
+                .wrap(from_fn(crate::metrics::track))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms"))
                 .app_data(data.clone())
+                .app_data(limiter.clone())
                 .app_data(schema.clone())
+                .app_data(hub.clone())
                 .app_data(json_config())
                 .app_data(path_config())
                 .app_data(query_config())
                 .configure(rest::configure)
+                .configure(crate::metrics::routes)
                 .service(web::resource("/graphql").guard(guard::Post()).to(graphql))
+                .service(
+                    web::resource("/graphql").guard(guard::Get()).guard(guard::fn_guard(is_websocket_upgrade)).to(graphql_ws),
+                )
                 .service(web::resource("/graphql").guard(guard::Get()).to(graphiql))
                 .route("/docs", web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }))
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
@@ -81,6 +95,28 @@ async fn graphql(schema: web::Data<ApiSchema>, http: HttpRequest, request: Graph
     schema.execute(request.into_inner().data(auth)).await.into()
 }
 
+fn is_websocket_upgrade(ctx: &guard::GuardContext<'_>) -> bool {
+    let upgrade = ctx.head().headers().get(actix_web::http::header::UPGRADE).and_then(|v| v.to_str().ok());
+    upgrade.is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// GraphQL subscriptions (and queries) over WebSocket: `graphql-transport-ws` (or the legacy `graphql-ws`).
+/// The credential comes from `connection_init`'s payload or from this upgrade request's headers.
+async fn graphql_ws(
+    schema: web::Data<ApiSchema>,
+    ctx: web::Data<AppContext>,
+    hub: web::Data<EventHub>,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> actix_web::Result<HttpResponse> {
+    let (app, hub) = (AppContext::clone(&ctx), EventHub::clone(&hub));
+    let (header_token, header_tenant) = (bearer_token(&http), requested_tenant(&http));
+    GraphQLSubscription::new(ApiSchema::clone(&schema))
+        .on_connection_init(move |init| subscription::connection_init(app, hub, header_token, header_tenant, init))
+        .start(&http, payload)
+}
+
 async fn graphiql() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(GraphiQLSource::build().endpoint("/graphql").finish())
+    let page = GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").finish();
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page)
 }

@@ -61,7 +61,9 @@ pub struct Settings {
     pub api_rate_limit_per_minute: u32,
     /// Where a worker process serves its own Prometheus `/metrics` (none: not served).
     pub worker_metrics_addr: Option<SocketAddr>,
-    /// Events (and their webhook deliveries) older than this are deleted.
+    /// When set, `/metrics` (API and worker) answers only `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
+    /// Events (and their webhook deliveries) older than this many days are deleted (0: kept forever).
     pub event_retention_days: u32,
 }
 
@@ -251,6 +253,7 @@ impl Settings {
                 Some(v) => Some(v.parse().map_err(|e| config_error("WORKER_METRICS_ADDR", format!("is malformed: {e}")))?),
             },
             event_retention_days: parse_or(get("EVENT_RETENTION_DAYS"), "EVENT_RETENTION_DAYS", 30u32)?,
+            metrics_token: get("METRICS_TOKEN"),
         })
     }
 

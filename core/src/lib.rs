@@ -7,6 +7,7 @@ pub mod context;
 pub mod crypto;
 pub mod entities;
 pub mod error;
+pub mod hints;
 pub mod mail;
 pub mod metrics;
 pub mod model;

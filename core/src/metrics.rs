@@ -7,9 +7,18 @@
 use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+/// `messages_total{outcome}`.
+pub const MESSAGE_OUTCOMES: [&str; 3] = ["sent", "failed", "received"];
+/// `token_refreshes_total{outcome}`: new tokens; the grant needs consent again; the token configuration's
+/// client was refused (its admin must act); anything else (provider unreachable, 5xx, 429), retried later.
+pub const TOKEN_REFRESH_OUTCOMES: [&str; 4] = ["refreshed", "reauth_required", "needs_admin", "failed"];
+
+/// Content type of the text exposition format `render` produces.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub struct Metrics {
     registry: Registry,
@@ -57,7 +66,7 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(queue_oldest_age.clone()))?;
-        Ok(Metrics {
+        let metrics = Metrics {
             http_requests: counter(
                 &registry,
                 "http_requests_total",
@@ -71,9 +80,12 @@ impl Metrics {
                 &["method", "route"],
             )?,
             jobs: counter(&registry, "jobs_total", "Worker jobs by kind and outcome", &["kind", "outcome"])?,
-            job_duration: histogram(&registry, "job_duration_seconds", "Worker job durations by kind and outcome", &[
-                "kind", "outcome",
-            ])?,
+            job_duration: histogram(
+                &registry,
+                "job_duration_seconds",
+                "Worker job durations by kind and outcome",
+                &["kind", "outcome"],
+            )?,
             token_refreshes: counter(&registry, "token_refreshes_total", "OAuth token refreshes by outcome", &["outcome"])?,
             messages: counter(
                 &registry,
@@ -93,7 +105,15 @@ impl Metrics {
             grants: gauge(&registry, "grants", "OAuth grants by status", &["status"])?,
             accounts: gauge(&registry, "accounts", "Email accounts by state", &["state"])?,
             registry,
-        })
+        };
+        // Series of closed label sets start at 0, so a first increase shows as one (and `rate()` sees it).
+        for outcome in MESSAGE_OUTCOMES {
+            metrics.messages.with_label_values(&[outcome]);
+        }
+        for outcome in TOKEN_REFRESH_OUTCOMES {
+            metrics.token_refreshes.with_label_values(&[outcome]);
+        }
+        Ok(metrics)
     }
 
     /// Counts one job run and its duration.

@@ -96,6 +96,13 @@ impl SecretInput {
     }
 }
 
+/// Serializing an input (the audit log does) says only that a secret was given, never its value.
+impl Serialize for SecretInput {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(crate::service::audit::SECRET_CHANGED)
+    }
+}
+
 impl fmt::Debug for SecretInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretInput([redacted])")
@@ -128,6 +135,10 @@ impl async_graphql::ScalarType for SecretInput {
 #[graphql(concrete(name = "InboundMessagePage", params(InboundMessage)))]
 #[graphql(concrete(name = "OutboundMessagePage", params(OutboundMessage)))]
 #[graphql(concrete(name = "AuditEntryPage", params(crate::service::audit::AuditEntry)))]
+#[graphql(concrete(name = "EventPage", params(crate::service::events::Event)))]
+#[graphql(concrete(name = "WebhookEndpointPage", params(crate::service::webhooks::WebhookEndpoint)))]
+#[graphql(concrete(name = "WebhookDeliveryPage", params(crate::service::webhooks::WebhookDelivery)))]
+#[graphql(concrete(name = "WebhookAttemptPage", params(crate::service::webhooks::WebhookAttempt)))]
 pub struct Page<T: async_graphql::OutputType> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -164,24 +175,32 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// Origins (`https://app.example.com`) that post-consent return URLs may point at.
     pub allowed_return_origins: Vec<String>,
+    /// API requests per minute this tenant may make; null: the deployment's default. Set by operators.
+    pub api_rate_limit_per_minute: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct CreateTenant {
     /// Lowercase letters, digits and '-', 2 to 63 characters; unique.
     pub slug: String,
     pub name: String,
     pub allowed_return_origins: Option<Vec<String>>,
+    /// 1 to 1000000; omitted: the deployment's default.
+    pub api_rate_limit_per_minute: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct UpdateTenant {
     pub name: Option<String>,
     /// `suspended` stops every credential of the tenant; `active` restores them.
     pub status: Option<TenantStatus>,
     pub allowed_return_origins: Option<Vec<String>>,
+    /// 1 to 1000000; null returns the tenant to the deployment's default.
+    #[serde(default)]
+    #[schema(value_type = Option<i32>)]
+    pub api_rate_limit_per_minute: MaybeUndefined<i32>,
 }
 
 // ---- API keys ----
@@ -199,7 +218,7 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct CreateApiKey {
     pub name: String,
     /// admin, member or viewer.
@@ -244,11 +263,16 @@ pub struct TokenConfig {
     /// The provider refused the client id or secret: create a new secret at the provider and paste it here.
     pub needs_admin: bool,
     pub last_error: Option<String>,
+    /// Google only: the app's OAuth consent screen is in "Testing", so Google expires its refresh tokens 7 days after
+    /// consent (credential health warns before). Always false for other providers.
+    pub testing_app: bool,
+    /// Set while the provider refuses the client credentials or the secret is past its expiry date: why, and the fix.
+    pub problem: Option<crate::hints::Problem>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct CreateTokenConfig {
     pub name: String,
     pub provider: Provider,
@@ -268,9 +292,11 @@ pub struct CreateTokenConfig {
     /// Derived from provider and flow when omitted.
     pub scopes: Option<Vec<String>>,
     pub extra_auth_params: Option<BTreeMap<String, String>>,
+    /// Google only: the app's consent screen is in "Testing" (refresh tokens expire after 7 days). Default false.
+    pub testing_app: Option<bool>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct UpdateTokenConfig {
     pub name: Option<String>,
     pub client_id: Option<String>,
@@ -285,6 +311,8 @@ pub struct UpdateTokenConfig {
     pub token_url: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub extra_auth_params: Option<BTreeMap<String, String>>,
+    /// Google only: the app's consent screen is in "Testing" (refresh tokens expire after 7 days).
+    pub testing_app: Option<bool>,
 }
 
 // ---- email accounts ----
@@ -308,6 +336,8 @@ pub struct Account {
     pub grant_id: Option<Uuid>,
     pub state: AccountState,
     pub last_error: Option<String>,
+    /// Set while the account is in error (or its last test or poll failed): a stable reason and the next step.
+    pub problem: Option<crate::hints::Problem>,
     pub enabled: bool,
     /// Outbound: the From address or domain this account sends for.
     pub from_filter: Option<String>,
@@ -320,13 +350,15 @@ pub struct Account {
     pub poll_interval_seconds: Option<i32>,
     pub after_fetch: Option<AfterFetch>,
     pub move_to_folder: Option<String>,
+    /// Outbound: messages per minute this account may send (0: no limit); null: the deployment's pace.
+    pub send_rate_per_minute: Option<i32>,
     /// The credential subject that created the account (members see only their own).
     pub owner: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct CreateAccount {
     /// Defaults to the login.
     pub name: Option<String>,
@@ -352,9 +384,11 @@ pub struct CreateAccount {
     pub poll_interval_seconds: Option<i32>,
     pub after_fetch: Option<AfterFetch>,
     pub move_to_folder: Option<String>,
+    /// Outbound, admins only: messages per minute (0 to 100000, 0: no limit); omitted: the deployment's pace.
+    pub send_rate_per_minute: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct UpdateAccount {
     pub name: Option<String>,
     pub host: Option<String>,
@@ -379,6 +413,10 @@ pub struct UpdateAccount {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub move_to_folder: MaybeUndefined<String>,
+    /// Outbound, admins only: messages per minute (0: no limit); null returns to the deployment's pace.
+    #[serde(default)]
+    #[schema(value_type = Option<i32>)]
+    pub send_rate_per_minute: MaybeUndefined<i32>,
 }
 
 // ---- OAuth grants ----
@@ -408,6 +446,8 @@ pub struct Grant {
     pub scopes: Vec<String>,
     pub has_refresh_token: bool,
     pub last_error: Option<String>,
+    /// Set while the grant needs re-consent or its last refresh failed: a stable reason and the next step.
+    pub problem: Option<crate::hints::Problem>,
     pub last_refreshed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -533,4 +573,23 @@ pub struct RouteExplanation {
     pub effective_from: String,
     /// Set when the fallback rewrote From: the original address goes to Reply-To.
     pub reply_to: Option<String>,
+    /// The chosen account's login.
+    pub account_login: String,
+    /// Why this account, in words.
+    pub reason: String,
+    /// Set when the tenant's fallback (default) sender would be used: recipients see another From.
+    pub warning: Option<String>,
+    /// Accounts whose from filter matches but which cannot send now, with why.
+    pub skipped: Vec<SkippedSender>,
+}
+
+/// An outbound account the router passed over.
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct SkippedSender {
+    pub account_id: Uuid,
+    pub login: String,
+    pub from_filter: Option<String>,
+    pub state: AccountState,
+    pub enabled: bool,
+    pub reason: String,
 }

@@ -377,15 +377,22 @@ async fn consent_by_another_user_fails_with_wrong_mailbox_naming_both_and_stores
     let (setup, inbound, _) = mailbox(&app).await;
     setup.provider.set_consenting_user(OTHER_USER);
     let before = stored(&app).await;
+    // No grant and no event; only the account's last_error says who consented and who was expected (its state stays).
+    let mut expected = before.clone();
+    for account in expected["accounts"].as_array_mut().expect("accounts") {
+        if account["id"] == json!(inbound) {
+            account["last_error"] = json!(postbridge_core::hints::wrong_mailbox_message(OTHER_USER, CONSENTING_USER));
+        }
+    }
 
     let outcome = app.consent(&setup, &inbound).await;
     assert_failed_with(&outcome, "wrong_mailbox", &inbound);
-    assert_nothing_changed(&before, &stored(&app).await, "wrong_mailbox");
+    assert_nothing_changed(&expected, &stored(&app).await, "wrong_mailbox");
 
     let page = app.follow_authorization(&start(&app, &setup, &inbound, None).await).await;
     assert_rejected_page(&page, "wrong_mailbox");
     assert!(page.body.contains(OTHER_USER) && page.body.contains(CONSENTING_USER), "names both identities: {}", page.body);
-    assert_nothing_changed(&before, &stored(&app).await, "wrong_mailbox without return URL");
+    assert_nothing_changed(&expected, &stored(&app).await, "wrong_mailbox without return URL");
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ async fn openapi_document_covers_every_rest_route() {
     let routes = [
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/v1/auth/token", "post"),
         ("/v1/tenants", "get"),
         ("/v1/tenants", "post"),
@@ -38,6 +39,9 @@ async fn openapi_document_covers_every_rest_route() {
         ("/v1/api-keys", "post"),
         ("/v1/api-keys/{id}", "get"),
         ("/v1/api-keys/{id}", "delete"),
+        ("/v1/audit-log", "get"),
+        ("/v1/events", "get"),
+        ("/v1/events/{id}", "get"),
         ("/v1/token-configs", "get"),
         ("/v1/token-configs", "post"),
         ("/v1/token-configs/{id}", "get"),
@@ -62,6 +66,18 @@ async fn openapi_document_covers_every_rest_route() {
         ("/v1/messages", "get"),
         ("/v1/messages/{id}", "get"),
         ("/v1/routing", "get"),
+        ("/v1/webhooks", "get"),
+        ("/v1/webhooks", "post"),
+        ("/v1/webhooks/{id}", "get"),
+        ("/v1/webhooks/{id}", "patch"),
+        ("/v1/webhooks/{id}", "delete"),
+        ("/v1/webhooks/{id}/rotate-secret", "post"),
+        ("/v1/webhooks/{id}/deliveries", "get"),
+        ("/v1/webhooks/{id}/attempts", "get"),
+        ("/v1/webhooks/{id}/deliveries/{event_id}/redeliver", "post"),
+        ("/v1/ops/overview", "get"),
+        ("/v1/ops/credential-health", "get"),
+        ("/v1/credential-health", "get"),
     ];
     for (path, method) in routes {
         assert!(doc.body["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");

@@ -152,12 +152,19 @@ async fn rotating_keys_reencrypts_every_secret_and_retires_the_old_key() {
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
     let (config_id, account_id) = (config.id(), account.id());
     assert!(stored_secret(&app, "token_configs", "client_secret", &config_id).await.starts_with("old:"));
+    // A webhook endpoint with a rotated secret: both its current and its previous secret are encrypted.
+    let hook = app.post("/v1/webhooks", &admin, json!({"url": "https://hooks.example.com/postbridge"})).await;
+    assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.text);
+    let hook_id = hook.body["endpoint"]["id"].as_str().expect("endpoint id").to_owned();
+    let rotated_hook = app.post(&format!("/v1/webhooks/{hook_id}/rotate-secret"), &admin, json!({})).await;
+    assert!(rotated_hook.status.is_success(), "{}", rotated_hook.text);
+    let hook_secret = rotated_hook.body["secret"].as_str().expect("new webhook secret").to_owned();
 
     // A deployment that adds a new active key and runs the rotation command.
     let new_key = random_key_b64();
     let rotated = app.context_with_master_keys(&format!("old:{old_key},new:{new_key}"), Some("new")).await;
     let report = rekey::reencrypt_all(&rotated).await.expect("rotation runs");
-    assert_eq!(report, rekey::RekeyReport { reencrypted: 2, failed: 0 });
+    assert_eq!(report, rekey::RekeyReport { reencrypted: 4, failed: 0 });
     let again = rekey::reencrypt_all(&rotated).await.expect("second rotation runs");
     assert_eq!(again.reencrypted, 0, "already current values are left alone");
 
@@ -173,5 +180,13 @@ async fn rotating_keys_reencrypts_every_secret_and_retires_the_old_key() {
     assert_eq!(
         new_only.cipher.decrypt(location(&tenant, "email_accounts", "password", &account_id), &password).expect("password"),
         "app-password-1"
+    );
+    for column in ["secret", "previous_secret"] {
+        assert!(stored_secret(&app, "webhook_endpoints", column, &hook_id).await.starts_with("new:"), "{column}");
+    }
+    let stored_hook_secret = stored_secret(&app, "webhook_endpoints", "secret", &hook_id).await;
+    assert_eq!(
+        new_only.cipher.decrypt(location(&tenant, "webhook_endpoints", "secret", &hook_id), &stored_hook_secret).expect("hook"),
+        hook_secret
     );
 }

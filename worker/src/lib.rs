@@ -3,15 +3,16 @@
 //! A scheduler reads what is due from Postgres and pushes job ids to Redis (apalis); workers take the
 //! jobs and reload their rows under a lease. Any number of worker processes can run side by side.
 
+pub mod metrics;
 pub mod queue;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use apalis::prelude::*;
-use postbridge_core::service::{delivery, grants, scheduler, token_configs};
+use postbridge_core::service::{delivery, events, grants, scheduler, token_configs, webhooks};
 use postbridge_core::AppContext;
-use queue::{DeliverMessage, PollMailbox};
+use queue::{DeliverMessage, DeliverWebhook, PollMailbox};
 
 /// How many due grants one refresh pass handles.
 const REFRESH_BATCH: u64 = 200;
@@ -23,7 +24,17 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
         .context("failed to connect to Redis (POSTBRIDGE_REDIS_URL)")?;
     let prefix = ctx.settings.redis_prefix.clone();
     let polls = queue::storage::<PollMailbox>(conn.clone(), &prefix, "poll");
-    let sends = queue::storage::<DeliverMessage>(conn, &prefix, "send");
+    let sends = queue::storage::<DeliverMessage>(conn.clone(), &prefix, "send");
+    let hooks = queue::storage::<DeliverWebhook>(conn, &prefix, "webhook");
+    // Bound before the workers start, so a taken address fails the start instead of going unnoticed.
+    let metrics_server = match ctx.settings.worker_metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving worker metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(ctx.clone(), listener, stop.clone())))
+        }
+        None => None,
+    };
     tracing::info!(%prefix, "postbridge-worker started");
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -41,9 +52,20 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
         .data(ctx.clone())
         .build(queue::deliver_message)
         .run_until(stopped(stop.clone()));
-    let (polled, sent, ()) = tokio::join!(poll_worker, send_worker, schedule(ctx.clone(), polls, sends, stop));
+    let webhook_worker = WorkerBuilder::new("postbridge-webhook")
+        .backend(hooks.clone())
+        .concurrency(ctx.settings.webhooks.concurrency)
+        .data(ctx.clone())
+        .build(queue::deliver_webhook)
+        .run_until(stopped(stop.clone()));
+    let (polled, sent, hooked, ()) =
+        tokio::join!(poll_worker, send_worker, webhook_worker, schedule(ctx.clone(), polls, sends, hooks, stop));
     polled.context("poll worker")?;
     sent.context("send worker")?;
+    hooked.context("webhook worker")?;
+    if let Some(server) = metrics_server {
+        server.await.context("metrics server")?;
+    }
     Ok(())
 }
 
@@ -52,6 +74,7 @@ pub async fn schedule(
     ctx: AppContext,
     mut polls: apalis_redis::RedisStorage<PollMailbox>,
     mut sends: apalis_redis::RedisStorage<DeliverMessage>,
+    mut hooks: apalis_redis::RedisStorage<DeliverWebhook>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut dispatch = tokio::time::interval(Duration::from_millis(500));
@@ -66,14 +89,25 @@ pub async fn schedule(
                 if let Err(e) = dispatch_due(&ctx, &mut polls, &mut sends).await {
                     tracing::error!(error = %e, "dispatching due jobs failed");
                 }
+                if let Err(e) = dispatch_due_webhooks(&ctx, &mut hooks).await {
+                    tracing::error!(error = %e, "dispatching due webhook deliveries failed");
+                }
             }
             _ = refresh.tick() => refresh_pass(&ctx).await,
             _ = housekeeping.tick() => settle(&ctx).await,
-            _ = secret_scan.tick() => match token_configs::scan_secret_expiry(&ctx).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(events = n, "announced expiring client secrets"),
-                Err(e) => tracing::error!(error = %e, "client secret expiry scan failed"),
-            },
+            _ = secret_scan.tick() => {
+                match token_configs::scan_secret_expiry(&ctx).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(events = n, "announced expiring client secrets"),
+                    Err(e) => tracing::error!(error = %e, "client secret expiry scan failed"),
+                }
+                // Hourly too: retention is counted in days, so an hour late is of no consequence.
+                match events::purge_older_than(&ctx, ctx.settings.event_retention_days).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(events = n, "purged events past their retention"),
+                    Err(e) => tracing::error!(error = %e, "purging old events failed"),
+                }
+            }
         }
     }
 }
@@ -106,6 +140,25 @@ pub async fn dispatch_due(
     Ok(())
 }
 
+/// Pushes the webhook deliveries that are due (a separate call, so callers of `dispatch_due` keep their signature).
+pub async fn dispatch_due_webhooks(
+    ctx: &AppContext,
+    hooks: &mut apalis_redis::RedisStorage<DeliverWebhook>,
+) -> anyhow::Result<()> {
+    loop {
+        let due = webhooks::claim_due_webhooks(ctx, 1_000).await?;
+        let count = due.len();
+        if count > 0 {
+            hooks
+                .push_bulk(due.into_iter().map(|(endpoint_id, event_id)| DeliverWebhook { endpoint_id, event_id }).collect())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if count < 1_000 {
+            return Ok(());
+        }
+    }
+}
 /// Refreshes every grant that is due, batch after batch, until none is left.
 /// Interrupted deliveries become `unknown`; `unknown` ones are looked up in the mailbox's Sent folder.
 async fn settle(ctx: &AppContext) {
@@ -123,9 +176,12 @@ async fn settle(ctx: &AppContext) {
 
 async fn refresh_pass(ctx: &AppContext) {
     loop {
+        let started = std::time::Instant::now();
         match grants::refresh_due(ctx, REFRESH_BATCH).await {
             Ok(pass) => {
                 if pass != grants::RefreshPass::default() {
+                    // A pass with nothing due is not a job; each refresh is also in token_refreshes_total.
+                    ctx.metrics.job("refresh", "completed", started.elapsed());
                     tracing::info!(
                         refreshed = pass.refreshed,
                         reauth_required = pass.reauth_required,
@@ -139,6 +195,7 @@ async fn refresh_pass(ctx: &AppContext) {
                 }
             }
             Err(e) => {
+                ctx.metrics.job("refresh", "error", started.elapsed());
                 tracing::error!(error = %e, "grant refresh pass failed");
                 break;
             }

@@ -1,29 +1,34 @@
 //! GraphQL at `/graphql`: the same operations as REST, over the same service layer.
 
+mod audit;
+mod events;
 mod mutation;
+mod ops;
 mod query;
+pub mod subscription;
+mod webhooks;
 
-use async_graphql::{EmptySubscription, ErrorExtensions, MergedObject, Schema};
+use async_graphql::{ErrorExtensions, MergedObject, Schema};
 use postbridge_core::auth::{Principal, TenantScope};
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 
 // Every query and mutation, one area per object (each area's resolvers live in its own module).
 #[derive(MergedObject, Default)]
-pub struct Query(query::CoreQuery);
+pub struct Query(query::CoreQuery, audit::AuditQueryRoot, events::EventsQuery, webhooks::WebhooksQuery, ops::OpsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(mutation::CoreMutation);
+pub struct Mutation(mutation::CoreMutation, webhooks::WebhooksMutation);
 
-pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type ApiSchema = Schema<Query, Mutation, subscription::SubscriptionRoot>;
 
 /// The schema without request data; the drift test and `print-schema` use it too.
 pub fn build_schema(ctx: AppContext) -> ApiSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription).data(ctx).finish()
+    Schema::build(Query::default(), Mutation::default(), subscription::SubscriptionRoot).data(ctx).finish()
 }
 
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription).finish().sdl()
+    Schema::build(Query::default(), Mutation::default(), subscription::SubscriptionRoot).finish().sdl()
 }
 
 /// Per-request data: who called (or why they could not be authenticated) and the tenant they named.

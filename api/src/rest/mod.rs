@@ -2,12 +2,16 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod audit;
+pub mod events;
 pub mod grants;
 pub mod health;
 pub mod messages;
 pub mod oauth_callback;
+pub mod ops;
 pub mod tenants;
 pub mod token_configs;
+pub mod webhooks;
 
 use actix_web::web;
 
@@ -16,11 +20,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .configure(tenants::routes)
             .configure(api_keys::routes)
+            .configure(audit::routes)
+            .configure(events::routes)
             .configure(grants::routes)
             .configure(token_configs::routes)
+            .configure(webhooks::routes)
             .configure(accounts::routes)
             .configure(messages::routes)
-            .configure(messages::outbox_routes),
+            .configure(messages::outbox_routes)
+            .configure(ops::routes),
     )
     .configure(health::routes)
     .configure(oauth_callback::routes);

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{is_unique_violation, limit_of, page_of, token_configs};
+use super::{audit, is_unique_violation, limit_of, page_of, token_configs};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
 use crate::crypto::SecretLocation;
@@ -26,8 +26,10 @@ pub const TABLE: &str = "email_accounts";
 pub const SECRET_COLUMN: &str = "password";
 pub const DEFAULT_POLL_INTERVAL_SECONDS: i32 = 60;
 pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<i32> = 10..=86_400;
+pub const SEND_RATE_RANGE: std::ops::RangeInclusive<i32> = 0..=100_000;
 
 pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
+    let problem = crate::hints::for_account(&model);
     Ok(Account {
         id: model.id,
         tenant_id: model.tenant_id,
@@ -44,6 +46,7 @@ pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
         grant_id: model.grant_id,
         state: AccountState::from_db(&model.state)?,
         last_error: model.last_error,
+        problem,
         enabled: model.enabled,
         from_filter: model.from_filter,
         is_default: model.is_default,
@@ -52,6 +55,7 @@ pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
         poll_interval_seconds: model.poll_interval_seconds,
         after_fetch: model.after_fetch.as_deref().map(AfterFetch::from_db).transpose()?,
         move_to_folder: model.move_to_folder,
+        send_rate_per_minute: model.send_rate_per_minute,
         owner: model.owner_subject,
         created_at: model.created_at,
         updated_at: model.updated_at,
@@ -97,6 +101,7 @@ struct Spec<'a> {
     poll_interval_seconds: Option<i32>,
     after_fetch: Option<AfterFetch>,
     move_to_folder: Option<String>,
+    send_rate_per_minute: Option<i32>,
 }
 
 fn not_for(field: &str, direction: Direction) -> AppError {
@@ -193,6 +198,13 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
                     return Err(not_for(field, direction));
                 }
             }
+            if spec.send_rate_per_minute.is_some_and(|rate| !SEND_RATE_RANGE.contains(&rate)) {
+                return Err(AppError::validation(
+                    "send_rate_per_minute",
+                    "invalid_rate",
+                    "send_rate_per_minute must be between 0 (no limit) and 100000",
+                ));
+            }
             spec.from_filter = spec.from_filter.as_deref().map(|f| validate::from_filter("from_filter", f)).transpose()?;
         }
         Direction::Inbound => {
@@ -201,6 +213,9 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
             }
             if spec.is_default {
                 return Err(not_for("is_default", direction));
+            }
+            if spec.send_rate_per_minute.is_some() {
+                return Err(not_for("send_rate_per_minute", direction));
             }
             let interval = spec.poll_interval_seconds.unwrap_or(DEFAULT_POLL_INTERVAL_SECONDS);
             if !POLL_INTERVAL_RANGE.contains(&interval) {
@@ -280,13 +295,24 @@ fn check_admin_only_fields(scope: &TenantScope, is_default: bool, shared: bool) 
     Ok(())
 }
 
-/// Saves `active` and, for a new default sender, clears the previous one in the same transaction.
+/// A mailbox's sending pace is the tenant's policy (it can lift the deployment's pace), not its owner's.
+fn check_send_rate_change(scope: &TenantScope, changed: bool) -> AppResult<()> {
+    if changed && scope.principal.role == Role::Member {
+        return Err(AppError::forbidden("only admins may set send_rate_per_minute"));
+    }
+    Ok(())
+}
+
+/// Saves `active` and, for a new default sender, clears the previous one in the same transaction, with
+/// the audit entry.
 async fn save(
     ctx: &AppContext,
-    tenant_id: Uuid,
+    scope: &TenantScope,
     active: email_account::ActiveModel,
     insert: bool,
+    changes: audit::Changes,
 ) -> AppResult<email_account::Model> {
+    let tenant_id = scope.tenant_id;
     let becomes_default = matches!(active.is_default, sea_orm::ActiveValue::Set(true));
     let id = match &active.id {
         sea_orm::ActiveValue::Set(id) | sea_orm::ActiveValue::Unchanged(id) => *id,
@@ -314,12 +340,15 @@ async fn save(
         }
         Err(e) => return Err(e.into()),
     };
+    let action = if insert { "account.created" } else { "account.updated" };
+    audit::record_in_tenant(&txn, scope, action, id, changes).await?;
     txn.commit().await?;
     Ok(model)
 }
 
 pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount) -> AppResult<Account> {
     scope.require(Role::Member)?;
+    let changes = audit::Changes::of(&input);
     if input.direction.is_some_and(|d| d != input.protocol.direction()) {
         return Err(AppError::validation(
             "direction",
@@ -330,6 +359,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
     let is_default = input.is_default.unwrap_or(false);
     let shared_mailbox = input.shared_mailbox.unwrap_or(false);
     check_admin_only_fields(scope, is_default, shared_mailbox)?;
+    check_send_rate_change(scope, input.send_rate_per_minute.is_some())?;
     let mut spec = Spec {
         name: input.name,
         protocol: input.protocol,
@@ -351,6 +381,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         poll_interval_seconds: input.poll_interval_seconds,
         after_fetch: input.after_fetch,
         move_to_folder: input.move_to_folder,
+        send_rate_per_minute: input.send_rate_per_minute,
     };
     check_spec(ctx, scope, &mut spec).await?;
     let id = Uuid::now_v7();
@@ -389,13 +420,14 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         poll_interval_seconds: Set(spec.poll_interval_seconds),
         after_fetch: Set(spec.after_fetch.map(|a| a.as_str().to_owned())),
         move_to_folder: Set(spec.move_to_folder),
+        send_rate_per_minute: Set(spec.send_rate_per_minute),
         owner_subject: Set(scope.principal.subject.clone()),
         created_at: Set(now),
         updated_at: Set(now),
         // Sync position and schedule start empty; the database's defaults apply.
         ..Default::default()
     };
-    view(save(ctx, scope.tenant_id, active, true).await?)
+    view(save(ctx, scope, active, true, changes).await?)
 }
 
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<Account>> {
@@ -424,6 +456,7 @@ fn merge<T>(patch: MaybeUndefined<T>, current: Option<T>) -> Option<T> {
 pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateAccount) -> AppResult<Account> {
     // Look up first: an id the caller cannot see answers 404 whatever the caller's role.
     let model = find_visible(ctx, scope, id).await?;
+    let changes = audit::Changes::of(&input);
     scope.require(Role::Member)?;
     let current = view(model.clone())?;
     let is_default = input.is_default.unwrap_or(current.is_default);
@@ -460,7 +493,9 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         poll_interval_seconds: input.poll_interval_seconds.or(current.poll_interval_seconds),
         after_fetch: input.after_fetch.or(current.after_fetch),
         move_to_folder: merge(input.move_to_folder, current.move_to_folder.clone()),
+        send_rate_per_minute: merge(input.send_rate_per_minute, current.send_rate_per_minute),
     };
+    check_send_rate_change(scope, spec.send_rate_per_minute != current.send_rate_per_minute)?;
     if drop_move_target {
         spec.move_to_folder = None;
     }
@@ -523,17 +558,21 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.poll_interval_seconds = Set(spec.poll_interval_seconds);
     active.after_fetch = Set(spec.after_fetch.map(|a| a.as_str().to_owned()));
     active.move_to_folder = Set(spec.move_to_folder);
+    active.send_rate_per_minute = Set(spec.send_rate_per_minute);
     active.updated_at = Set(Utc::now());
-    view(save(ctx, scope.tenant_id, active, false).await?)
+    view(save(ctx, scope, active, false, changes).await?)
 }
 
 pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
     let model = find_visible(ctx, scope, id).await?;
     scope.require(Role::Member)?;
+    let txn = ctx.db.begin().await?;
     email_account::Entity::delete_many()
         .filter(email_account::Column::Id.eq(model.id))
         .filter(email_account::Column::TenantId.eq(scope.tenant_id))
-        .exec(&ctx.db)
+        .exec(&txn)
         .await?;
+    audit::record_in_tenant(&txn, scope, "account.deleted", model.id, audit::Changes::new()).await?;
+    txn.commit().await?;
     Ok(())
 }

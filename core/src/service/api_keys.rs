@@ -1,10 +1,12 @@
 //! API keys of a tenant: the secret is shown once, stored as a hash, listed by prefix, revocable.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
 use uuid::Uuid;
 
-use super::{limit_of, page_of};
+use super::{audit, limit_of, page_of};
 use crate::auth::{generate_api_key, Principal, TenantScope, API_KEY_PREFIX};
 use crate::context::AppContext;
 use crate::entities::api_key;
@@ -51,7 +53,10 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateApiKey) 
         last_used_at: Set(None),
         revoked_at: Set(None),
     };
-    let model = row.insert(&ctx.db).await?;
+    let txn = ctx.db.begin().await?;
+    let model = row.insert(&txn).await?;
+    audit::record_in_tenant(&txn, scope, "api_key.created", model.id, audit::Changes::of(&input)).await?;
+    txn.commit().await?;
     Ok(CreatedApiKey { api_key: view(model)?, secret: generated.full_key })
 }
 
@@ -84,7 +89,11 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
     }
     let mut active = model.into_active_model();
     active.revoked_at = Set(Some(Utc::now()));
-    view(active.update(&ctx.db).await?)
+    let txn = ctx.db.begin().await?;
+    let saved = active.update(&txn).await?;
+    audit::record_in_tenant(&txn, scope, "api_key.revoked", id, audit::Changes::new()).await?;
+    txn.commit().await?;
+    view(saved)
 }
 
 /// Exchanges the presented credential for a short-lived JWT with the same identity and role.

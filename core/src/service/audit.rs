@@ -25,6 +25,15 @@ impl Changes {
         Self::default()
     }
 
+    /// The fields an API input set (absent fields are left out). Secret inputs serialize as
+    /// [`SECRET_CHANGED`], so no value can reach the log this way.
+    pub fn of(input: &impl Serialize) -> Self {
+        match serde_json::to_value(input) {
+            Ok(Value::Object(fields)) => Changes(fields.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+            _ => Changes::default(),
+        }
+    }
+
     /// A non-secret field and its new value (`None` values are skipped: the field was not changed).
     pub fn set(mut self, field: &str, value: Option<impl Serialize>) -> Self {
         if let Some(value) = value {
@@ -76,6 +85,20 @@ pub async fn record<C: ConnectionTrait>(db: &C, actor: &Principal, entry: Entry<
     Ok(())
 }
 
+/// A change made inside a tenant by the scope's principal.
+pub async fn record_in_tenant<C: ConnectionTrait>(
+    db: &C,
+    scope: &TenantScope,
+    action: &str,
+    resource_id: Uuid,
+    changes: Changes,
+) -> AppResult<()> {
+    // The resource type is the action's first part: `token_config.updated` → `token_config`.
+    let resource_type = action.split_once('.').map_or(action, |(resource, _)| resource);
+    let entry = Entry { tenant_id: Some(scope.tenant_id), action, resource_type, resource_id: Some(resource_id), changes };
+    record(db, &scope.principal, entry).await
+}
+
 /// An audit entry as shown to tenant admins and operators.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema, async_graphql::SimpleObject)]
 pub struct AuditEntry {
@@ -105,16 +128,26 @@ pub struct AuditQuery {
     pub cursor: Option<Uuid>,
 }
 
-/// The tenant's audit log, newest first (admins and operators).
-pub async fn list(ctx: &AppContext, scope: &TenantScope, query: AuditQuery) -> AppResult<Page<AuditEntry>> {
-    scope.require(Role::Admin)?;
+/// The audit log, newest first: a tenant's own for its admins (and operators naming it); every entry,
+/// including those outside any tenant (such as tenant deletions), for operators naming none.
+pub async fn list(
+    ctx: &AppContext,
+    principal: &Principal,
+    requested_tenant: Option<Uuid>,
+    query: AuditQuery,
+) -> AppResult<Page<AuditEntry>> {
+    let tenant = match (principal.is_operator(), requested_tenant) {
+        (true, None) => None,
+        _ => Some(principal.scope(ctx, requested_tenant).await?.tenant_id),
+    };
+    principal.require(Role::Admin)?;
     let page = PageRequest { limit: query.limit, cursor: query.cursor };
     let limit = super::limit_of(&page)?;
     let mut sql = String::from(
         "SELECT id, tenant_id, actor, actor_role, action, resource_type, resource_id, changes, created_at \
-         FROM audit_log WHERE tenant_id = $1",
+         FROM audit_log WHERE ($1::uuid IS NULL OR tenant_id = $1)",
     );
-    let mut values: Vec<sea_orm::Value> = vec![scope.tenant_id.into()];
+    let mut values: Vec<sea_orm::Value> = vec![tenant.into()];
     let mut filter = |column: &str, value: sea_orm::Value, values: &mut Vec<sea_orm::Value>| {
         values.push(value);
         sql.push_str(&format!(" AND {column} = ${}", values.len()));

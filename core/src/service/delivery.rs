@@ -84,10 +84,12 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
     let Some(message) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
     let Some(account_id) = message.account_id else {
         set_outcome(ctx, message.id, OutboundStatus::Failed, Some("its sending account was deleted"), None, None).await?;
+        ctx.metrics.messages("failed", 1);
         return Ok(Delivery::Failed);
     };
     let Some(account) = email_account::Entity::find_by_id(account_id).one(&ctx.db).await? else {
         set_outcome(ctx, message.id, OutboundStatus::Failed, Some("its sending account was deleted"), None, None).await?;
+        ctx.metrics.messages("failed", 1);
         return Ok(Delivery::Failed);
     };
     if let Some(wait) = pace_wait(ctx, &account).await? {
@@ -117,6 +119,7 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
                     json!({"message_id": message.message_id}),
                 )
                 .await?;
+                ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
             }
             Err(Failure::Send(SendError::Auth { message: words, .. }))
@@ -180,12 +183,18 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, error: &str)
 
 async fn fail(ctx: &AppContext, message: &outbound_message::Model, error: &str) -> AppResult<Delivery> {
     set_outcome(ctx, message.id, OutboundStatus::Failed, Some(error), None, None).await?;
-    events::record(&ctx.db, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error})).await?;
+    events::record(&ctx.db, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error}))
+        .await?;
+    ctx.metrics.messages("failed", 1);
     Ok(Delivery::Failed)
 }
 
-/// The account's sending pace in messages per minute (0: none): Microsoft 365 mailboxes have their own.
+/// The account's sending pace in messages per minute (0: none): its own if set, else the deployment's, where
+/// Microsoft 365 mailboxes have their own.
 fn pace_of(ctx: &AppContext, account: &email_account::Model) -> u32 {
+    if let Some(own) = account.send_rate_per_minute {
+        return u32::try_from(own).unwrap_or(0);
+    }
     let microsoft =
         account.host.eq_ignore_ascii_case("smtp.office365.com") || account.host.to_ascii_lowercase().ends_with(".outlook.com");
     if microsoft {
@@ -394,6 +403,7 @@ async fn record_settlement(
             json!({"message_id": message.message_id, "settled": "sent_folder"}),
         )
         .await?;
+        ctx.metrics.messages("sent", 1);
     }
     Ok(outcome)
 }

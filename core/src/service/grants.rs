@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{accounts, events, is_unique_violation, limit_of, page_of, token_configs};
+use super::{accounts, audit, events, is_unique_violation, limit_of, page_of, token_configs};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
 use crate::crypto::SecretLocation;
@@ -50,6 +50,7 @@ fn scopes_of(model: &grant::Model) -> Vec<String> {
 }
 
 fn view(model: grant::Model) -> AppResult<Grant> {
+    let problem = crate::hints::for_grant(&model);
     Ok(Grant {
         id: model.id,
         tenant_id: model.tenant_id,
@@ -61,6 +62,7 @@ fn view(model: grant::Model) -> AppResult<Grant> {
         expires_at: model.expires_at,
         has_refresh_token: model.refresh_token.is_some(),
         last_error: model.last_error,
+        problem,
         last_refreshed_at: model.last_refreshed_at,
         created_at: model.created_at,
         updated_at: model.updated_at,
@@ -412,7 +414,8 @@ impl CallbackOutcome {
     }
 }
 
-/// Completes the user flow. A failed, replayed, expired or forged callback stores nothing.
+/// Completes the user flow. A failed, replayed, expired or forged callback stores nothing, except that a consent by
+/// the wrong identity leaves its account's `last_error` naming who consented and who was expected.
 pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppResult<CallbackOutcome> {
     let Some(state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
         return Ok(CallbackOutcome::failure("invalid_state", "the callback carries no state", None));
@@ -496,11 +499,16 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     let login = account.login.to_lowercase();
     if let Some(who) = &consented_by {
         if *who != login && !account.shared_mailbox {
-            return Ok(CallbackOutcome::failure(
-                "wrong_mailbox",
-                format!("consent was given by {who}, but this account is {login}: sign in as {login}, or mark the account as a shared mailbox"),
-                Some(&state_row),
-            ));
+            // No grant is stored, but the account says why it is still not connected (its state stays).
+            let message = crate::hints::wrong_mailbox_message(who, &login);
+            email_account::Entity::update_many()
+                .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
+                .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+                .filter(email_account::Column::Id.eq(account.id))
+                .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+                .exec(&ctx.db)
+                .await?;
+            return Ok(CallbackOutcome::failure("wrong_mailbox", message, Some(&state_row)));
         }
     }
 
@@ -586,6 +594,7 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
         json!({"subject": model.subject, "by": scope.principal.subject}),
     )
     .await?;
+    audit::record_in_tenant(&txn, scope, "grant.revoked", id, audit::Changes::new().set("subject", Some(&model.subject))).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -708,6 +717,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
             }),
         }
     };
+    // `token_refreshes_total` counts here, where the provider was asked: background and on-demand refreshes alike.
     match result {
         Ok(tokens) => {
             let access = tokens.access_token.clone();
@@ -716,12 +726,14 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
                 mark_config(&txn, &config, false, None).await?;
             }
             txn.commit().await?;
+            ctx.metrics.token_refresh("refreshed");
             Ok(access)
         }
         Err(e) if e.needs_reauth() => {
             let message = e.to_string();
             bury_grant(&txn, &locked, &message).await?;
             txn.commit().await?;
+            ctx.metrics.token_refresh("reauth_required");
             Err(TokenAccessError::ReauthRequired(message))
         }
         Err(e) if e.needs_admin() => {
@@ -729,6 +741,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
             mark_config(&txn, &config, true, Some(&message)).await?;
             record_failure(&txn, &locked, &message, None).await?;
             txn.commit().await?;
+            ctx.metrics.token_refresh("needs_admin");
             Err(TokenAccessError::NeedsAdmin(message))
         }
         Err(e) => {
@@ -739,6 +752,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
             };
             record_failure(&txn, &locked, &message, retry_after).await?;
             txn.commit().await?;
+            ctx.metrics.token_refresh("failed");
             // An early refresh that failed leaves the current token usable until it really expires.
             match still_valid_access_token(ctx, &locked)? {
                 Some(token) => Ok(token),

@@ -4,18 +4,23 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
+pub mod credential_health;
 pub mod delivery;
 pub mod events;
 pub mod grants;
 pub mod inbound;
 pub mod mailbox;
+pub mod ops_metrics;
 pub mod outbound;
+pub mod overview;
+pub mod rate_limit;
 pub mod rekey;
 pub mod routing;
 pub mod scheduler;
 pub mod sync;
 pub mod tenants;
 pub mod token_configs;
+pub mod webhooks;
 
 use sea_orm::{DbErr, SqlErr};
 

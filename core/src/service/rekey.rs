@@ -13,6 +13,8 @@ pub const SECRET_COLUMNS: &[(&str, &str)] = &[
     (super::grants::TABLE, super::grants::ACCESS_COLUMN),
     (super::grants::TABLE, super::grants::REFRESH_COLUMN),
     (super::grants::STATE_TABLE, super::grants::VERIFIER_COLUMN),
+    (super::webhooks::TABLE, super::webhooks::SECRET_COLUMN),
+    (super::webhooks::TABLE, super::webhooks::PREVIOUS_SECRET_COLUMN),
 ];
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::entities::email_account;
 use crate::error::{AppError, AppResult};
-use crate::model::{AccountState, Direction, RouteExplanation, RoutedBy};
+use crate::model::{AccountState, Direction, RouteExplanation, RoutedBy, SkippedSender};
 use crate::validate;
 
 pub struct Route {
@@ -21,12 +21,34 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn explain(&self) -> RouteExplanation {
+    pub fn explain(&self, requested: &Mailbox, skipped: Vec<SkippedSender>) -> RouteExplanation {
+        let address = requested.email.to_string().to_lowercase();
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        let reason = match self.routed_by {
+            RoutedBy::Address => format!("account {}'s from filter is the address {address}", self.account.login),
+            RoutedBy::Domain => format!("account {}'s from filter is the domain {domain}", self.account.login),
+            RoutedBy::Default => format!(
+                "no usable account's from filter is {address} or {domain}, so the tenant's default sender {} is used",
+                self.account.login
+            ),
+        };
+        let warning = (self.routed_by == RoutedBy::Default).then(|| match &self.reply_to {
+            Some(original) => format!(
+                "the fallback sender is used: recipients see From {} and replies go to {original} (Reply-To); add an \
+                 outbound account with from filter {address} or {domain} to send as {address}",
+                self.from
+            ),
+            None => "the fallback sender is used (it sends as this very address)".to_owned(),
+        });
         RouteExplanation {
             account_id: self.account.id,
             routed_by: self.routed_by,
             effective_from: self.from.to_string(),
             reply_to: self.reply_to.as_ref().map(|m| m.to_string()),
+            account_login: self.account.login.clone(),
+            reason,
+            warning,
+            skipped,
         }
     }
 }
@@ -107,5 +129,37 @@ pub async fn explain(
 ) -> AppResult<RouteExplanation> {
     scope.require(crate::model::Role::Viewer)?;
     let mailbox = parse_mailbox("from", from)?;
-    Ok(route(&ctx.db, scope.tenant_id, &mailbox).await?.explain())
+    let chosen = route(&ctx.db, scope.tenant_id, &mailbox).await?;
+    let skipped = skipped_senders(&ctx.db, scope.tenant_id, &mailbox).await?;
+    Ok(chosen.explain(&mailbox, skipped))
+}
+
+/// Outbound accounts whose from filter matches the address or its domain (or that are the default sender) but
+/// which cannot send now: the usual answer to "why did my mail go out from the fallback?".
+async fn skipped_senders<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) -> AppResult<Vec<SkippedSender>> {
+    let address = from.email.to_string().to_lowercase();
+    let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+    let accounts = email_account::Entity::find()
+        .filter(email_account::Column::TenantId.eq(tenant_id))
+        .filter(email_account::Column::Direction.eq(Direction::Outbound.as_str()))
+        .order_by_asc(email_account::Column::Id)
+        .all(db)
+        .await?;
+    accounts
+        .into_iter()
+        .filter(|a| !usable(a))
+        .filter(|a| a.is_default || a.from_filter.as_deref().is_some_and(|f| f == address || f == domain))
+        .map(|a| {
+            let state = AccountState::from_db(&a.state)?;
+            let reason = if !a.enabled {
+                "disabled".to_owned()
+            } else {
+                match (&a.last_error, state) {
+                    (Some(error), AccountState::Error) => format!("in error: {error}"),
+                    _ => format!("{state}: only authorized or confirmed accounts send"),
+                }
+            };
+            Ok(SkippedSender { account_id: a.id, login: a.login, from_filter: a.from_filter, state, enabled: a.enabled, reason })
+        })
+        .collect()
 }

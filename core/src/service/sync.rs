@@ -99,9 +99,11 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
         let fetched: Vec<Fetched<'_>> =
             batch.iter().map(|m| Fetched { uid: i64::from(m.uid), pop3_uid: None, raw: &m.raw }).collect();
         let txn = ctx.db.begin().await?;
-        report.stored += inbound::store_batch(&txn, account, &folder, uid_validity, &fetched, skip.as_ref()).await?;
+        let stored = inbound::store_batch(&txn, account, &folder, uid_validity, &fetched, skip.as_ref()).await?;
         save_position(&txn, account.id, &folder, uid_validity, i64::from(max_uid)).await?;
         txn.commit().await?;
+        ctx.metrics.messages("received", stored);
+        report.stored += stored;
         report.fetched += batch.len() as u64;
         last_uid = i64::from(max_uid);
         let uids: Vec<u32> = batch.iter().map(|m| m.uid).collect();
@@ -176,8 +178,10 @@ async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<P
         let next = next_pop3_number(&txn, account.id).await?;
         let fetched: Vec<Fetched<'_>> =
             fetched_raw.iter().zip(next..).map(|((_, uid, raw), n)| Fetched { uid: n, pop3_uid: Some(uid), raw }).collect();
-        report.stored += inbound::store_batch(&txn, account, "INBOX", 0, &fetched, None).await?;
+        let stored = inbound::store_batch(&txn, account, "INBOX", 0, &fetched, None).await?;
         txn.commit().await?;
+        ctx.metrics.messages("received", stored);
+        report.stored += stored;
         report.fetched += fetched_raw.len() as u64;
         to_delete.extend(fetched_raw.iter().map(|(n, _, _)| *n));
     }

@@ -1,10 +1,13 @@
 //! Tenants: operator-managed; a tenant credential may read its own tenant.
 
+use async_graphql::MaybeUndefined;
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
 use uuid::Uuid;
 
-use super::{is_unique_violation, limit_of, page_of};
+use super::{audit, is_unique_violation, limit_of, page_of};
 use crate::auth::Principal;
 use crate::context::AppContext;
 use crate::entities::tenant;
@@ -41,13 +44,27 @@ fn view(model: tenant::Model) -> AppResult<Tenant> {
         status: TenantStatus::from_db(&model.status)?,
         allowed_return_origins: serde_json::from_value(model.allowed_return_origins)
             .map_err(|e| AppError::Internal(anyhow::anyhow!("tenants.allowed_return_origins: {e}")))?,
+        api_rate_limit_per_minute: model.api_rate_limit_per_minute,
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
 }
 
+/// An operator's per-tenant API rate limit.
+fn check_rate_limit(limit: i32) -> AppResult<i32> {
+    if !(1..=1_000_000).contains(&limit) {
+        return Err(AppError::validation(
+            "api_rate_limit_per_minute",
+            "invalid_rate_limit",
+            "api_rate_limit_per_minute must be between 1 and 1000000",
+        ));
+    }
+    Ok(limit)
+}
+
 pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant) -> AppResult<Tenant> {
     principal.require(Role::Operator)?;
+    let changes = audit::Changes::of(&input);
     let slug = validate::slug("slug", input.slug.trim())?;
     let name = validate::non_empty("name", &input.name, 200)?;
     let now = Utc::now();
@@ -57,17 +74,34 @@ pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant
         name: Set(name),
         status: Set(TenantStatus::Active.as_str().to_owned()),
         allowed_return_origins: Set(check_origins(input.allowed_return_origins.unwrap_or_default())?),
-        api_rate_limit_per_minute: Set(None),
+        api_rate_limit_per_minute: Set(input.api_rate_limit_per_minute.map(check_rate_limit).transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
     };
-    match row.insert(&ctx.db).await {
-        Ok(model) => view(model),
+    let txn = ctx.db.begin().await?;
+    let model = match row.insert(&txn).await {
+        Ok(model) => model,
         Err(e) if is_unique_violation(&e) => {
-            Err(AppError::Conflict { code: "slug_taken", message: "a tenant with this slug already exists".to_owned() })
+            return Err(AppError::Conflict { code: "slug_taken", message: "a tenant with this slug already exists".to_owned() })
         }
-        Err(e) => Err(e.into()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    audit_tenant(&txn, principal, "tenant.created", model.id, changes).await?;
+    txn.commit().await?;
+    view(model)
+}
+
+async fn audit_tenant(
+    txn: &sea_orm::DatabaseTransaction,
+    principal: &Principal,
+    action: &str,
+    id: Uuid,
+    changes: audit::Changes,
+) -> AppResult<()> {
+    // A deleted tenant's own log goes with it (cascade), so its deletion is kept outside any tenant.
+    let tenant_id = if action == "tenant.deleted" { None } else { Some(id) };
+    let entry = audit::Entry { tenant_id, action, resource_type: "tenant", resource_id: Some(id), changes };
+    audit::record(txn, principal, entry).await
 }
 
 pub async fn list(ctx: &AppContext, principal: &Principal, page: PageRequest) -> AppResult<Page<Tenant>> {
@@ -94,6 +128,7 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
         return Err(AppError::not_found("tenant"));
     }
     principal.require(Role::Operator)?;
+    let changes = audit::Changes::of(&input);
     let model = tenant::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
     let mut active = model.into_active_model();
     if let Some(name) = input.name {
@@ -105,8 +140,17 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
     if let Some(status) = input.status {
         active.status = Set(status.as_str().to_owned());
     }
+    match input.api_rate_limit_per_minute {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.api_rate_limit_per_minute = Set(None),
+        MaybeUndefined::Value(limit) => active.api_rate_limit_per_minute = Set(Some(check_rate_limit(limit)?)),
+    }
     active.updated_at = Set(Utc::now());
-    view(active.update(&ctx.db).await?)
+    let txn = ctx.db.begin().await?;
+    let saved = active.update(&txn).await?;
+    audit_tenant(&txn, principal, "tenant.updated", id, changes).await?;
+    txn.commit().await?;
+    view(saved)
 }
 
 pub async fn set_status(ctx: &AppContext, principal: &Principal, id: Uuid, status: TenantStatus) -> AppResult<Tenant> {
@@ -119,9 +163,12 @@ pub async fn delete(ctx: &AppContext, principal: &Principal, id: Uuid) -> AppRes
         return Err(AppError::not_found("tenant"));
     }
     principal.require(Role::Operator)?;
-    let result = tenant::Entity::delete_many().filter(tenant::Column::Id.eq(id)).exec(&ctx.db).await?;
+    let txn = ctx.db.begin().await?;
+    let result = tenant::Entity::delete_many().filter(tenant::Column::Id.eq(id)).exec(&txn).await?;
     if result.rows_affected == 0 {
         return Err(AppError::not_found("tenant"));
     }
+    audit_tenant(&txn, principal, "tenant.deleted", id, audit::Changes::new()).await?;
+    txn.commit().await?;
     Ok(())
 }

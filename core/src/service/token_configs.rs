@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{is_foreign_key_violation, limit_of, page_of};
+use super::{audit, is_foreign_key_violation, limit_of, page_of};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
 use crate::crypto::SecretLocation;
@@ -29,6 +29,7 @@ const RESERVED_AUTH_PARAMS: &[&str] =
     &["client_id", "redirect_uri", "response_type", "scope", "state", "code_challenge", "code_challenge_method"];
 
 pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<TokenConfig> {
+    let problem = crate::hints::for_token_config(&model, Utc::now().date_naive());
     let scopes: Vec<String> = serde_json::from_value(model.scopes)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.scopes is not a string list: {e}")))?;
     let extra_auth_params: BTreeMap<String, String> = serde_json::from_value(model.extra_auth_params)
@@ -50,6 +51,8 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         redirect_uri: ctx.settings.oauth_redirect_uri(),
         needs_admin: model.needs_admin,
         last_error: model.last_error,
+        testing_app: model.testing_app,
+        problem,
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
@@ -67,6 +70,16 @@ pub async fn find_in<C: sea_orm::ConnectionTrait>(db: &C, tenant_id: Uuid, id: U
         .one(db)
         .await?
         .ok_or(AppError::not_found("token configuration"))
+}
+
+/// "Testing" consent screens (7-day refresh tokens) are a Google notion; elsewhere the flag would mislead.
+fn check_testing_app(provider: Provider, testing_app: Option<bool>) -> AppResult<bool> {
+    match testing_app {
+        Some(true) if provider != Provider::Google => {
+            Err(AppError::validation("testing_app", "not_applicable", "testing_app applies to Google configurations only"))
+        }
+        other => Ok(other.unwrap_or(false)),
+    }
 }
 
 /// The effective settings of a configuration, checked as a whole (used by create and update).
@@ -206,6 +219,7 @@ fn json_of<T: serde::Serialize>(value: &T) -> AppResult<serde_json::Value> {
 
 pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenConfig) -> AppResult<TokenConfig> {
     scope.require(Role::Admin)?;
+    let changes = audit::Changes::of(&input);
     let mut spec = Spec {
         name: input.name,
         provider: input.provider,
@@ -219,6 +233,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         extra_auth_params: input.extra_auth_params.unwrap_or_default(),
     };
     check_spec(ctx, &mut spec).await?;
+    let testing_app = check_testing_app(spec.provider, input.testing_app)?;
     let id = Uuid::now_v7();
     let client_secret = match &input.client_secret {
         Some(secret) if !secret.expose().trim().is_empty() => Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?),
@@ -240,13 +255,17 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         scopes: Set(json_of(&spec.scopes)?),
         extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
         needs_admin: Set(false),
-        testing_app: Set(false),
+        testing_app: Set(testing_app),
         last_error: Set(None),
         secret_expiry_notified_days: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };
-    view(ctx, row.insert(&ctx.db).await?)
+    let txn = ctx.db.begin().await?;
+    let saved = row.insert(&txn).await?;
+    audit::record_in_tenant(&txn, scope, "token_config.created", id, changes).await?;
+    txn.commit().await?;
+    view(ctx, saved)
 }
 
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<TokenConfig>> {
@@ -271,6 +290,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     // Look up first: another tenant's id answers 404 whatever the caller's role.
     let model = find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
+    let changes = audit::Changes::of(&input);
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let client_id_changed = input.client_id.is_some();
@@ -290,7 +310,9 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         extra_auth_params: input.extra_auth_params.unwrap_or(current.extra_auth_params),
     };
     check_spec(ctx, &mut spec).await?;
+    let testing_app = check_testing_app(spec.provider, input.testing_app.or(Some(current.testing_app)))?;
     let mut active = model.into_active_model();
+    active.testing_app = Set(testing_app);
     if let Some(secret) = new_secret {
         active.client_secret = Set(Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?));
     }
@@ -330,6 +352,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
             .exec(&txn)
             .await?;
     }
+    audit::record_in_tenant(&txn, scope, "token_config.updated", id, changes).await?;
     txn.commit().await?;
     view(ctx, saved)
 }
@@ -338,13 +361,18 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
 pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
     find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
+    let txn = ctx.db.begin().await?;
     let result = token_config::Entity::delete_many()
         .filter(token_config::Column::Id.eq(id))
         .filter(token_config::Column::TenantId.eq(scope.tenant_id))
-        .exec(&ctx.db)
+        .exec(&txn)
         .await;
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            audit::record_in_tenant(&txn, scope, "token_config.deleted", id, audit::Changes::new()).await?;
+            txn.commit().await?;
+            Ok(())
+        }
         Err(e) if is_foreign_key_violation(&e) => Err(AppError::Conflict {
             code: "token_config_in_use",
             message: "email accounts still use this token configuration; delete or re-point them first".to_owned(),

@@ -1,0 +1,171 @@
+//! Live events for GraphQL subscriptions: one Postgres `LISTEN postbridge_events` per API process, fanned
+//! out to the subscribers of each tenant.
+//!
+//! The database announces every inserted event at commit (`<tenant_id> <event_id> <event_type>`, see the
+//! `observability` migration). The hub loads an event's row once, and only when its tenant has subscribers,
+//! then hands the same copy to all of them. Notifications sent while the listener is reconnecting are lost:
+//! subscriptions are a live view, the event list is the record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use postbridge_core::service::events::{self, Event};
+use postbridge_core::AppContext;
+use sqlx::postgres::PgListener;
+use tokio::sync::{broadcast, oneshot};
+use uuid::Uuid;
+
+/// The channel the `events_inserted` trigger notifies.
+const CHANNEL: &str = "postbridge_events";
+/// Events a slow subscriber may fall behind by before it misses some.
+const BUFFER: usize = 256;
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
+/// Shared by every connection of one API process; cheap to clone.
+#[derive(Clone)]
+pub struct EventHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: AppContext,
+    tenants: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Event>>>>,
+    /// Dropped with the hub, which stops the listener task.
+    _stop: oneshot::Sender<()>,
+}
+
+impl Inner {
+    fn tenants(&self) -> MutexGuard<'_, HashMap<Uuid, broadcast::Sender<Arc<Event>>>> {
+        // The map stays consistent whatever panicked while holding it: every change is a single insert or remove.
+        self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands the announced event to its tenant's subscribers, if it has any.
+    async fn dispatch(&self, payload: &str) {
+        let mut parts = payload.split_whitespace();
+        let (Some(tenant), Some(event), Some(_type)) = (parts.next(), parts.next(), parts.next()) else {
+            tracing::warn!(payload, "ignoring a malformed event notification");
+            return;
+        };
+        let (Ok(tenant_id), Ok(event_id)) = (Uuid::parse_str(tenant), Uuid::parse_str(event)) else {
+            tracing::warn!(payload, "ignoring a malformed event notification");
+            return;
+        };
+        let sender = match self.tenants().get(&tenant_id) {
+            Some(sender) if sender.receiver_count() > 0 => sender.clone(),
+            _ => return,
+        };
+        match events::load(&self.ctx.db, tenant_id, event_id).await {
+            // No receiver left since the lookup is fine: nobody is waiting for it any more.
+            Ok(Some(event)) => drop(sender.send(Arc::new(event))),
+            // Purged or its tenant deleted in the meantime.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, %event_id, "could not load an event for live subscribers"),
+        }
+    }
+}
+
+impl EventHub {
+    /// Starts listening in the background; needs a Tokio runtime. Stops when the last clone is dropped.
+    pub fn start(ctx: AppContext) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current().context("the event hub needs a Tokio runtime")?;
+        let (stop, stopped) = oneshot::channel();
+        let inner = Arc::new(Inner { ctx, tenants: Mutex::new(HashMap::new()), _stop: stop });
+        runtime.spawn(listen(Arc::downgrade(&inner), stopped));
+        Ok(EventHub { inner })
+    }
+
+    /// The events of one tenant from now on. The caller has checked that its principal may see them.
+    pub fn subscribe(&self, tenant_id: Uuid) -> TenantEvents {
+        let receiver = self.inner.tenants().entry(tenant_id).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
+        TenantEvents { receiver: Some(receiver), tenant_id, hub: self.inner.clone() }
+    }
+}
+
+/// One subscriber's feed of its tenant's events.
+pub struct TenantEvents {
+    receiver: Option<broadcast::Receiver<Arc<Event>>>,
+    tenant_id: Uuid,
+    hub: Arc<Inner>,
+}
+
+impl TenantEvents {
+    pub fn tenant_id(&self) -> Uuid {
+        self.tenant_id
+    }
+
+    /// The next event; `None` only if the hub has gone away.
+    pub async fn next(&mut self) -> Option<Arc<Event>> {
+        let receiver = self.receiver.as_mut()?;
+        loop {
+            match receiver.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(tenant_id = %self.tenant_id, missed, "a live subscriber fell behind and missed events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for TenantEvents {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut tenants = self.hub.tenants();
+        // The last subscriber of a tenant takes its channel away, so idle tenants cost nothing.
+        if tenants.get(&self.tenant_id).is_some_and(|sender| sender.receiver_count() == 0) {
+            tenants.remove(&self.tenant_id);
+        }
+    }
+}
+
+/// Listens until the hub is dropped; reconnects with backoff whenever the connection fails.
+async fn listen(hub: Weak<Inner>, mut stopped: oneshot::Receiver<()>) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        let Some(url) = hub.upgrade().map(|inner| inner.ctx.settings.database_url.clone()) else { return };
+        let connected = tokio::select! {
+            _ = &mut stopped => return,
+            connected = connect(&url) => connected,
+        };
+        match connected {
+            Ok(mut listener) => {
+                tracing::debug!("the live event listener is listening");
+                retry = FIRST_RETRY;
+                loop {
+                    let received = tokio::select! {
+                        _ = &mut stopped => return,
+                        received = listener.recv() => received,
+                    };
+                    match received {
+                        Ok(notification) => {
+                            let Some(inner) = hub.upgrade() else { return };
+                            inner.dispatch(notification.payload()).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the live event listener failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?retry, "the live event listener could not connect"),
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(LAST_RETRY);
+    }
+}
+
+async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
+    // Its own connection (a pool of one that `recv` reconnects transparently), not one of the request pool's.
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
