@@ -173,6 +173,8 @@ impl NetGuard {
         reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver { guard: self.clone() }))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from HTTP(S)_PROXY would resolve tenant hosts itself, past the guarded resolver.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()

@@ -191,3 +191,18 @@ async fn graphql_reads_the_same_log() {
     };
     assert_eq!(graphql_error_code(&viewer_body), "forbidden", "{viewer_body}");
 }
+
+#[tokio::test]
+async fn a_field_cleared_with_null_is_logged_as_cleared() {
+    let app = spawn_app().await;
+    let (tenant, admin) = app.tenant_with_admin().await;
+    let operator = app.operator_token();
+    for limit in [json!(100), Value::Null] {
+        let reply = app.patch(&format!("/v1/tenants/{tenant}"), &operator, json!({"api_rate_limit_per_minute": limit})).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let entries = audit_log(&app, &admin, "?resource_type=tenant").await;
+    let changes: Vec<&Value> = entries.iter().filter(|e| e["action"] == "tenant.updated").map(|e| &e["changes"]).collect();
+    // Newest first: the clearing, then the setting.
+    assert_eq!(changes, vec![&json!({"api_rate_limit_per_minute": null}), &json!({"api_rate_limit_per_minute": 100})]);
+}

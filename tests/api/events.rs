@@ -203,6 +203,26 @@ async fn send(app: &TestApp, key: &str, from: &str, to: &str) -> String {
     id
 }
 
+#[tokio::test]
+async fn a_message_whose_sending_account_was_deleted_fails_with_a_message_failed_event() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, admin) = app.tenant_with_admin().await;
+    let sender = new_login();
+    servers.add_password_user(&sender, MAIL_PASSWORD);
+    let account =
+        app.confirmed_mail_account(&admin, password_account(servers, "smtp", "tls", &sender, json!({"is_default": true}))).await;
+    let reply =
+        app.post("/v1/messages", &admin, json!({"from": sender, "to": ["x@example.org"], "subject": "S", "text": "T"})).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let message = reply.id();
+    assert_eq!(app.delete(&format!("/v1/accounts/{account}"), &admin).await.status, StatusCode::NO_CONTENT);
+
+    let outcome = postbridge_core::service::delivery::deliver(&app.ctx, message.parse().expect("uuid")).await.expect("deliver");
+    assert_eq!(outcome, postbridge_core::service::delivery::Delivery::Failed);
+    let failure = the_event(&app, &admin, "message.failed", "message", &message).await;
+    assert_eq!(failure["data"]["error"], json!("its sending account was deleted"), "{failure}");
+}
+
 /// The user changes the mailbox password on the server. Dovecot re-reads a passwd-file at most once a second,
 /// and only when its modification time (whole seconds) or its size changed: the new password is longer.
 async fn locked_out(servers: &MailServers, login: &str) {
@@ -401,6 +421,32 @@ async fn another_tenants_events_are_neither_listed_nor_found() {
 }
 
 #[tokio::test]
+async fn a_member_sees_only_the_events_about_its_own_accounts_listed_by_id_and_live() {
+    let app = spawn_app().await;
+    let (tenant, admin) = app.tenant_with_admin().await;
+    let member = app.api_key(&tenant, "member").await;
+    let mine = create_account(&app, &member, TestApp::smtp_account("mine@example.com")).await;
+    let theirs = create_account(&app, &admin, TestApp::smtp_account("theirs@example.com")).await;
+    let mut ws = ws_connected(&app, &[], json!({"authorization": format!("Bearer {member}")})).await;
+    subscribe(&mut ws, "feed", "subscription { events { resourceId data } }", json!({})).await;
+    set_enabled(&app, &admin, &theirs, false).await;
+    set_enabled(&app, &admin, &mine, false).await;
+
+    // Live: the other account's change committed first, so had it been sent it would arrive first.
+    let message = tokio::time::timeout(Duration::from_secs(5), ws_next(&mut ws)).await.expect("an event arrives");
+    let message = message.expect("the connection stays open");
+    assert_eq!(message["payload"]["data"]["events"]["resourceId"], json!(mine), "{message}");
+
+    let theirs_event = the_event(&app, &admin, "account.disabled", "account", &theirs).await;
+    let listed = list_all(&app, &member, "").await;
+    assert_eq!(listed.iter().map(|e| e["resource_id"].clone()).collect::<Vec<_>>(), vec![json!(mine)], "{listed:?}");
+    assert!(list_all(&app, &member, &format!("resource_id={theirs}")).await.is_empty());
+    let by_id = format!("/v1/events/{}", theirs_event["id"].as_str().expect("id"));
+    assert_error(&app.get(&by_id, &member).await, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(app.get(&by_id, &app.api_key(&tenant, "viewer").await).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn the_retention_purge_deletes_only_events_older_than_the_retention() {
     let app = spawn_app().await;
     let (_, admin) = app.tenant_with_admin().await;
@@ -453,9 +499,10 @@ async fn an_events_subscription_gets_only_its_own_tenants_events_of_the_types_as
     let (tenant, admin) = app.tenant_with_admin().await;
     let (_, other_admin) = app.tenant_with_admin().await;
     let member = app.api_key(&tenant, "member").await;
+    // The member's own account: members see only their own accounts' events.
     let mine = create_account(
         &app,
-        &admin,
+        &member,
         json!({"protocol": "smtp", "auth": "password", "login": "a@example.com",
         "password": "app-password-1", "host": "smtp.example.com", "enabled": false}),
     )

@@ -92,10 +92,22 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Event>>> {
         let types = events::parse_types(types.as_deref().unwrap_or_default()).gql()?;
         let feed = Feed::open(ctx).await?;
-        Ok(feed.stream(move |_, event| {
+        Ok(feed.stream(move |feed, event| {
             let wanted = types.is_empty() || types.iter().any(|t| *t == event.event_type);
             let event = Event::clone(&event);
-            async move { Ok(wanted.then_some(event)) }
+            // Members see only the events about their own accounts, as in queries; that takes a lookup.
+            let member = (wanted && feed.scope.principal.role == Role::Member).then(|| (feed.app.clone(), feed.scope.clone()));
+            async move {
+                if !wanted {
+                    return Ok(None);
+                }
+                let Some((app, scope)) = member else { return Ok(Some(event)) };
+                match events::get(&app, &scope, event.id).await {
+                    Ok(_) => Ok(Some(event)),
+                    Err(AppError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
         }))
     }
 

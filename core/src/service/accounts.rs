@@ -456,7 +456,11 @@ fn merge<T>(patch: MaybeUndefined<T>, current: Option<T>) -> Option<T> {
 pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateAccount) -> AppResult<Account> {
     // Look up first: an id the caller cannot see answers 404 whatever the caller's role.
     let model = find_visible(ctx, scope, id).await?;
-    let changes = audit::Changes::of(&input);
+    let changes = audit::Changes::of(&input)
+        .cleared("token_config_id", &input.token_config_id)
+        .cleared("from_filter", &input.from_filter)
+        .cleared("move_to_folder", &input.move_to_folder)
+        .cleared("send_rate_per_minute", &input.send_rate_per_minute);
     scope.require(Role::Member)?;
     let current = view(model.clone())?;
     let is_default = input.is_default.unwrap_or(current.is_default);

@@ -42,6 +42,15 @@ impl Changes {
         self
     }
 
+    /// A field the input cleared (`null`): [`Changes::of`] cannot tell it from an absent one, as both
+    /// serialize as `null`.
+    pub fn cleared<T>(mut self, field: &str, value: &async_graphql::MaybeUndefined<T>) -> Self {
+        if value.is_null() {
+            self.0.insert(field.to_owned(), Value::Null);
+        }
+        self
+    }
+
     /// A secret field: only that it changed.
     pub fn secret(mut self, field: &str, changed: bool) -> Self {
         if changed {

@@ -9,7 +9,7 @@
 
 use chrono::Utc;
 use rand::Rng;
-use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -53,8 +53,8 @@ async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<outbound_
     row.map(|r| outbound_message::Model::from_query_result(&r, "")).transpose().map_err(Into::into)
 }
 
-async fn set_outcome(
-    ctx: &AppContext,
+async fn set_outcome<C: ConnectionTrait>(
+    db: &C,
     id: Uuid,
     status: OutboundStatus,
     error: Option<&str>,
@@ -62,15 +62,14 @@ async fn set_outcome(
     retry_in: Option<i64>,
 ) -> AppResult<()> {
     let next = retry_in.map(|s| Utc::now() + chrono::Duration::seconds(s));
-    ctx.db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = $2, last_error = $3, smtp_reply = COALESCE($4, smtp_reply), \
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE outbound_messages SET status = $2, last_error = $3, smtp_reply = COALESCE($4, smtp_reply), \
              next_attempt_at = COALESCE($5, next_attempt_at), lease_until = NULL, dispatched_until = NULL, updated_at = now(), \
              sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END WHERE id = $1",
-            [id.into(), status.as_str().into(), error.map(str::to_owned).into(), reply.map(str::to_owned).into(), next.into()],
-        ))
-        .await?;
+        [id.into(), status.as_str().into(), error.map(str::to_owned).into(), reply.map(str::to_owned).into(), next.into()],
+    ))
+    .await?;
     Ok(())
 }
 
@@ -83,14 +82,10 @@ fn backoff_seconds(attempts: i32) -> i64 {
 pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> {
     let Some(message) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
     let Some(account_id) = message.account_id else {
-        set_outcome(ctx, message.id, OutboundStatus::Failed, Some("its sending account was deleted"), None, None).await?;
-        ctx.metrics.messages("failed", 1);
-        return Ok(Delivery::Failed);
+        return fail(ctx, &message, "its sending account was deleted").await;
     };
     let Some(account) = email_account::Entity::find_by_id(account_id).one(&ctx.db).await? else {
-        set_outcome(ctx, message.id, OutboundStatus::Failed, Some("its sending account was deleted"), None, None).await?;
-        ctx.metrics.messages("failed", 1);
-        return Ok(Delivery::Failed);
+        return fail(ctx, &message, "its sending account was deleted").await;
     };
     if let Some(wait) = pace_wait(ctx, &account).await? {
         ctx.db
@@ -109,9 +104,11 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
         let outcome = send_once(ctx, &account, &message, &recipients).await;
         match outcome {
             Ok(sent) => {
-                set_outcome(ctx, message.id, OutboundStatus::Sent, None, Some(sent.reply()), None).await?;
+                // The status and its event together: a crash in between would lose the event for good.
+                let txn = ctx.db.begin().await?;
+                set_outcome(&txn, message.id, OutboundStatus::Sent, None, Some(sent.reply()), None).await?;
                 events::record(
-                    &ctx.db,
+                    &txn,
                     message.tenant_id,
                     events::MESSAGE_SENT,
                     "message",
@@ -119,6 +116,7 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
                     json!({"message_id": message.message_id}),
                 )
                 .await?;
+                txn.commit().await?;
                 ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
             }
@@ -146,8 +144,15 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
             Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, &message, &e.to_string()).await,
             Err(Failure::Credentials(e)) => return fail(ctx, &message, &e.to_string()).await,
             Err(Failure::Send(SendError::Unknown { message: words })) => {
-                set_outcome(ctx, message.id, OutboundStatus::Unknown, Some(&format!("delivery uncertain: {words}")), None, None)
-                    .await?;
+                set_outcome(
+                    &ctx.db,
+                    message.id,
+                    OutboundStatus::Unknown,
+                    Some(&format!("delivery uncertain: {words}")),
+                    None,
+                    None,
+                )
+                .await?;
                 return Ok(Delivery::Unknown);
             }
             Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, &message, &e.to_string()).await,
@@ -177,14 +182,15 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, error: &str)
     if message.attempts >= MAX_ATTEMPTS {
         return fail(ctx, message, &format!("gave up after {} attempts: {error}", message.attempts)).await;
     }
-    set_outcome(ctx, message.id, OutboundStatus::Queued, Some(error), None, Some(backoff_seconds(message.attempts))).await?;
+    set_outcome(&ctx.db, message.id, OutboundStatus::Queued, Some(error), None, Some(backoff_seconds(message.attempts))).await?;
     Ok(Delivery::Retry)
 }
 
 async fn fail(ctx: &AppContext, message: &outbound_message::Model, error: &str) -> AppResult<Delivery> {
-    set_outcome(ctx, message.id, OutboundStatus::Failed, Some(error), None, None).await?;
-    events::record(&ctx.db, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error}))
-        .await?;
+    let txn = ctx.db.begin().await?;
+    set_outcome(&txn, message.id, OutboundStatus::Failed, Some(error), None, None).await?;
+    events::record(&txn, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error})).await?;
+    txn.commit().await?;
     ctx.metrics.messages("failed", 1);
     Ok(Delivery::Failed)
 }
@@ -392,10 +398,13 @@ async fn record_settlement(
             "UPDATE outbound_messages SET sent_folder_checked_at = now(), updated_at = now() WHERE id = $1 AND status = 'unknown'"
         }
     };
-    ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [message.id.into()])).await?;
-    if outcome == Settlement::FoundSent {
+    let txn = ctx.db.begin().await?;
+    let updated = txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [message.id.into()])).await?;
+    // Only the settlement that changed the row announces it (two at once would announce it twice).
+    let found_sent = outcome == Settlement::FoundSent && updated.rows_affected() > 0;
+    if found_sent {
         events::record(
-            &ctx.db,
+            &txn,
             message.tenant_id,
             events::MESSAGE_SENT,
             "message",
@@ -403,6 +412,9 @@ async fn record_settlement(
             json!({"message_id": message.message_id, "settled": "sent_folder"}),
         )
         .await?;
+    }
+    txn.commit().await?;
+    if found_sent {
         ctx.metrics.messages("sent", 1);
     }
     Ok(outcome)

@@ -123,6 +123,12 @@ pub fn parse_types<S: AsRef<str>>(entries: &[S]) -> AppResult<Vec<String>> {
 
 const COLUMNS: &str = "id, event_type, resource_type, resource_id, data, created_at";
 
+/// Members see only their own accounts (and the mail those received), so not the events about other accounts
+/// either: their logins and errors. `?` is the member's subject.
+const MEMBER_FILTER: &str = " AND (resource_type NOT IN ('account', 'received_message') OR EXISTS (SELECT 1 FROM \
+    email_accounts a WHERE a.tenant_id = events.tenant_id AND a.owner_subject = ? AND a.id = CASE \
+    WHEN events.resource_type = 'account' THEN events.resource_id ELSE (events.data->>'account_id')::uuid END))";
+
 fn from_row(row: &QueryResult) -> Result<Event, DbErr> {
     Ok(Event {
         id: row.try_get("", "id")?,
@@ -172,16 +178,26 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, query: EventQuery) -> A
     if let Some(cursor) = query.cursor {
         condition(&mut sql, " AND id < ?", cursor.into());
     }
+    if scope.principal.role == Role::Member {
+        condition(&mut sql, MEMBER_FILTER, scope.principal.subject.clone().into());
+    }
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
     let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     let events = rows.iter().map(from_row).collect::<Result<Vec<_>, DbErr>>()?;
     super::page_of(events, limit, |e| e.id, Ok)
 }
 
-/// One of the tenant's events (viewer or above); another tenant's id is not found.
+/// One of the tenant's events (viewer or above); another tenant's id is not found, nor, for a member, an
+/// event about another member's account.
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Event> {
     scope.require(Role::Viewer)?;
-    load(&ctx.db, scope.tenant_id, id).await?.ok_or(AppError::not_found("event"))
+    if scope.principal.role != Role::Member {
+        return load(&ctx.db, scope.tenant_id, id).await?.ok_or(AppError::not_found("event"));
+    }
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE tenant_id = $1 AND id = $2{}", MEMBER_FILTER.replace('?', "$3"));
+    let values = [scope.tenant_id.into(), id.into(), scope.principal.subject.clone().into()];
+    let row = ctx.db.query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    row.as_ref().map(from_row).transpose()?.ok_or(AppError::not_found("event"))
 }
 
 /// An event by id within a tenant, without an authorization check: for the live event hub, which only

@@ -128,7 +128,7 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
         return Err(AppError::not_found("tenant"));
     }
     principal.require(Role::Operator)?;
-    let changes = audit::Changes::of(&input);
+    let changes = audit::Changes::of(&input).cleared("api_rate_limit_per_minute", &input.api_rate_limit_per_minute);
     let model = tenant::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
     let mut active = model.into_active_model();
     if let Some(name) = input.name {

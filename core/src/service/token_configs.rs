@@ -290,7 +290,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     // Look up first: another tenant's id answers 404 whatever the caller's role.
     let model = find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
-    let changes = audit::Changes::of(&input);
+    let changes = audit::Changes::of(&input).cleared("client_secret_expires_at", &input.client_secret_expires_at);
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let client_id_changed = input.client_id.is_some();
