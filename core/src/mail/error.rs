@@ -8,6 +8,22 @@ use std::time::Duration;
 use crate::mail::net::ConnectError;
 use crate::model::Security;
 
+/// Server words kept in an error message at most, in bytes.
+const MAX_MESSAGE_LEN: usize = 500;
+
+/// A server's words cut to [`MAX_MESSAGE_LEN`] bytes (at a character boundary), so a chatty or hostile server
+/// cannot flood `last_error`.
+pub(crate) fn truncate(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_LEN {
+        return text.to_owned();
+    }
+    let mut end = MAX_MESSAGE_LEN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// Where a mail session failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MailStep {

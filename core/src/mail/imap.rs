@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::ClientConfig;
 
-use crate::mail::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::mail::error::{truncate, Endpoint, MailAuth, MailError, MailStep, Timeouts};
 use crate::mail::net::{connect_tcp, start_tls};
 use crate::model::Security;
 use crate::netguard::NetGuard;
@@ -68,8 +68,6 @@ impl fmt::Debug for ImapSession {
 
 /// UID sets longer than this are split over several commands (servers limit command lines, Dovecot to 64 KiB).
 const MAX_SET_LEN: usize = 4000;
-/// Server words kept in an error message at most.
-const MAX_MESSAGE_LEN: usize = 500;
 
 impl ImapSession {
     /// Connects to `endpoint` (through `guard`), sets up TLS as the endpoint's security says, reads the greeting and
@@ -512,17 +510,6 @@ fn outcome_text(outcome: &Outcome<'_>) -> String {
     } else {
         truncate(message.trim())
     }
-}
-
-fn truncate(text: &str) -> String {
-    if text.len() <= MAX_MESSAGE_LEN {
-        return text.to_owned();
-    }
-    let mut end = MAX_MESSAGE_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 fn fetched_message(attributes: &[AttributeValue<'_>]) -> Option<FetchedMessage> {

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio_rustls::rustls::ClientConfig;
 
-use crate::mail::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::mail::error::{truncate, Endpoint, MailAuth, MailError, MailStep, Timeouts};
 use crate::mail::net::{connect_tcp, start_tls};
 use crate::model::Security;
 use crate::netguard::NetGuard;
@@ -20,8 +20,6 @@ const MAX_STATUS_LINE: usize = 64 * 1024;
 const MAX_DATA_LINE: usize = 4 * 1024 * 1024;
 /// RFC 5034: an AUTH command with its initial response may be 255 octets at most; longer ones go after a `+`.
 const MAX_AUTH_LINE: usize = 255;
-/// Server words kept in an error message at most.
-const MAX_MESSAGE_LEN: usize = 500;
 const BUFFER_SIZE: usize = 64 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -321,17 +319,6 @@ fn refusal(step: MailStep, text: &str) -> MailError {
     } else {
         error
     }
-}
-
-fn truncate(text: &str) -> String {
-    if text.len() <= MAX_MESSAGE_LEN {
-        return text.to_owned();
-    }
-    let mut end = MAX_MESSAGE_LEN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
