@@ -31,14 +31,14 @@ pub async fn limit<B: MessageBody + 'static>(
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     };
     let caller = authenticate(&ctx, &token).await;
-    let tenant_id = caller.as_ref().ok().and_then(|principal| principal.tenant_id);
+    let tenant = caller.as_ref().ok().and_then(|p| p.tenant_id.map(|id| (id, p.api_rate_limit_per_minute)));
     req.extensions_mut().insert(Authenticated(caller));
-    let Some(tenant_id) = tenant_id else {
+    let Some((tenant_id, own_limit)) = tenant else {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     };
-    match limiter.check(&ctx, tenant_id).await {
-        Ok(Decision::Allowed) => next.call(req).await.map(ServiceResponse::map_into_left_body),
-        Ok(Decision::Limited { retry_after_seconds }) => {
+    match limiter.check(&ctx, tenant_id, own_limit).await {
+        Decision::Allowed => next.call(req).await.map(ServiceResponse::map_into_left_body),
+        Decision::Limited { retry_after_seconds } => {
             ctx.metrics.rate_limited.inc();
             let body = ErrorBody {
                 code: "rate_limited".to_owned(),
@@ -48,11 +48,6 @@ pub async fn limit<B: MessageBody + 'static>(
             let response =
                 HttpResponse::TooManyRequests().insert_header(("Retry-After", retry_after_seconds.to_string())).json(body);
             Ok(req.into_response(response).map_into_right_body())
-        }
-        Err(e) => {
-            // The limit could not be read (Postgres): fail open like a Redis outage; the handler meets the same error.
-            tracing::warn!(error = %e, "rate limit lookup failed; letting the request through");
-            next.call(req).await.map(ServiceResponse::map_into_left_body)
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Principal {
     pub role: Role,
     /// `None` only for operators.
     pub tenant_id: Option<Uuid>,
+    /// The tenant's own API rate limit, read with the tenant while authenticating (so the limiter needs no
+    /// second lookup); `None` for operators and for tenants without one.
+    pub api_rate_limit_per_minute: Option<i32>,
 }
 
 /// A principal acting inside one tenant; every tenant-owned query is filtered by `tenant_id`.
@@ -48,6 +51,14 @@ fn rank(role: Role) -> u8 {
 }
 
 impl Principal {
+    fn operator(subject: String) -> Self {
+        Principal { subject, role: Role::Operator, tenant_id: None, api_rate_limit_per_minute: None }
+    }
+
+    fn in_tenant(subject: String, role: Role, tenant: &tenant::Model) -> Self {
+        Principal { subject, role, tenant_id: Some(tenant.id), api_rate_limit_per_minute: tenant.api_rate_limit_per_minute }
+    }
+
     pub fn is_operator(&self) -> bool {
         self.role == Role::Operator
     }
@@ -252,16 +263,16 @@ pub async fn authenticate(ctx: &AppContext, bearer: &str) -> AppResult<Principal
     }
     if let Some(operator_token) = &ctx.settings.operator_token {
         if bool::from(operator_token.as_bytes().ct_eq(bearer.as_bytes())) {
-            return Ok(Principal { subject: "operator".to_owned(), role: Role::Operator, tenant_id: None });
+            return Ok(Principal::operator("operator".to_owned()));
         }
     }
     let claims = ctx.jwt.verify(bearer)?;
     match (claims.role, claims.tid) {
-        (Role::Operator, _) => Ok(Principal { subject: claims.sub, role: Role::Operator, tenant_id: None }),
+        (Role::Operator, _) => Ok(Principal::operator(claims.sub)),
         (role, Some(tid)) => {
-            ensure_tenant_active(ctx, tid).await?;
+            let tenant = active_tenant(ctx, tid).await?;
             ensure_source_key_usable(ctx, &claims.sub, tid).await?;
-            Ok(Principal { subject: claims.sub, role, tenant_id: Some(tid) })
+            Ok(Principal::in_tenant(claims.sub, role, &tenant))
         }
         (_, None) => Err(AppError::Unauthenticated("invalid bearer token: no tenant".to_owned())),
     }
@@ -278,7 +289,7 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
     if key.revoked_at.is_some() {
         return Err(AppError::Unauthenticated("this API key was revoked".to_owned()));
     }
-    ensure_tenant_active(ctx, key.tenant_id).await?;
+    let tenant = active_tenant(ctx, key.tenant_id).await?;
     // Touch at most once a minute, so authentication does not write on every request.
     let now = Utc::now();
     if key.last_used_at.is_none_or(|t| now - t > chrono::Duration::seconds(60)) {
@@ -289,7 +300,7 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
         }
     }
     let role = Role::from_db(&key.role)?;
-    Ok(Principal { subject: format!("apikey:{}", key.id), role, tenant_id: Some(key.tenant_id) })
+    Ok(Principal::in_tenant(format!("apikey:{}", key.id), role, &tenant))
 }
 
 /// A token exchanged from an API key (subject `apikey:<id>`) lives no longer than the key: revoking the key ends it too.
@@ -309,13 +320,13 @@ async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Uu
     Ok(())
 }
 
-async fn ensure_tenant_active(ctx: &AppContext, tenant_id: Uuid) -> AppResult<()> {
+async fn active_tenant(ctx: &AppContext, tenant_id: Uuid) -> AppResult<tenant::Model> {
     let tenant = tenant::Entity::find_by_id(tenant_id)
         .one(&ctx.db)
         .await?
         .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))?;
     match TenantStatus::from_db(&tenant.status)? {
-        TenantStatus::Active => Ok(()),
+        TenantStatus::Active => Ok(tenant),
         TenantStatus::Suspended => Err(AppError::TenantSuspended),
     }
 }

@@ -149,7 +149,8 @@ async fn bench_api(requests: usize) -> anyhow::Result<()> {
     let app = spawn_app().await;
     let (tenant, key) = app.tenant_with_admin().await;
     // The tenant's rate limit stays on (its Redis check is part of every request) but high enough not to refuse.
-    let limit = app.patch(&format!("/v1/tenants/{tenant}"), &app.operator_token(), json!({"api_rate_limit_per_minute": 1_000_000})).await;
+    let limit =
+        app.patch(&format!("/v1/tenants/{tenant}"), &app.operator_token(), json!({"api_rate_limit_per_minute": 1_000_000})).await;
     anyhow::ensure!(limit.status.is_success(), "raising the tenant's rate limit failed: {}", limit.text);
     let tenant = Uuid::parse_str(&tenant)?;
     let now = Utc::now();
@@ -300,6 +301,7 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
             subject: "bench".into(),
             role: postbridge_core::model::Role::Admin,
             tenant_id: Some(Uuid::parse_str(&tenant)?),
+            api_rate_limit_per_minute: None,
         },
     };
     let submit = |i: usize| postbridge_core::model::SendMessage {

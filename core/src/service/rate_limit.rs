@@ -15,12 +15,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::context::AppContext;
-use crate::entities::tenant;
-use crate::error::AppResult;
 
 /// How long a limit check may take before the request is let through.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -70,24 +67,25 @@ impl RateLimiter {
         RateLimiter { script: redis::Script::new(GCRA), connection: Mutex::new(None) }
     }
 
-    /// Counts one request of `tenant_id` against its limit.
-    pub async fn check(&self, ctx: &AppContext, tenant_id: Uuid) -> AppResult<Decision> {
-        let limit = limit_for(ctx, tenant_id).await?;
+    /// Counts one request of `tenant_id` against its limit: the tenant's own (`own_limit`, as read while
+    /// authenticating), else the deployment's.
+    pub async fn check(&self, ctx: &AppContext, tenant_id: Uuid, own_limit: Option<i32>) -> Decision {
+        let limit = limit_for(ctx, own_limit);
         if limit == 0 {
-            return Ok(Decision::Allowed);
+            return Decision::Allowed;
         }
         let key = format!("{}:ratelimit:{tenant_id}", ctx.settings.redis_prefix);
         match tokio::time::timeout(CHECK_TIMEOUT, self.run_script(ctx, &key, limit)).await {
-            Ok(Ok(decision)) => Ok(decision),
+            Ok(Ok(decision)) => decision,
             Ok(Err(e)) => {
                 self.forget_connection();
                 tracing::warn!(error = %e, "rate limit check failed; letting the request through");
-                Ok(Decision::Allowed)
+                Decision::Allowed
             }
             Err(_) => {
                 self.forget_connection();
                 tracing::warn!("rate limit check timed out; letting the request through");
-                Ok(Decision::Allowed)
+                Decision::Allowed
             }
         }
     }
@@ -130,8 +128,7 @@ impl RateLimiter {
 }
 
 /// The tenant's own limit, else the deployment's (0: no limit).
-async fn limit_for(ctx: &AppContext, tenant_id: Uuid) -> AppResult<u32> {
-    let own = tenant::Entity::find_by_id(tenant_id).one(&ctx.db).await?.and_then(|t| t.api_rate_limit_per_minute);
+fn limit_for(ctx: &AppContext, own: Option<i32>) -> u32 {
     // The column's check keeps an override positive; anything else falls back to the deployment's.
-    Ok(own.and_then(|limit| u32::try_from(limit).ok()).filter(|l| *l > 0).unwrap_or(ctx.settings.api_rate_limit_per_minute))
+    own.and_then(|limit| u32::try_from(limit).ok()).filter(|l| *l > 0).unwrap_or(ctx.settings.api_rate_limit_per_minute)
 }
