@@ -59,6 +59,7 @@ cat <<INFO
   Postbridge API   $public_url
   GraphiQL         $public_url/graphql
   API docs         $public_url/docs
+  Worker health    http://${POSTBRIDGE_WORKER_METRICS_ADDR:-127.0.0.1:9464}/readyz
   Operator token   $token_hint
 
 INFO
@@ -69,8 +70,9 @@ stop_all() {
     for pid in ${pids[@]+"${pids[@]}"}; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    # Give them 10 s to shut down gracefully.
-    for _ in $(seq 1 20); do
+    # Give them 40 s to shut down gracefully (the worker finishes jobs in flight for up to
+    # POSTBRIDGE_WORKER_SHUTDOWN_GRACE, 30 s by default).
+    for _ in $(seq 1 80); do
         alive=0
         for pid in ${pids[@]+"${pids[@]}"}; do
             kill -0 "$pid" 2>/dev/null && alive=1
@@ -96,7 +98,8 @@ trap 'exit 143' TERM
 "$bin/postbridge-api" serve &
 api_pid=$!
 pids+=("$api_pid")
-"$bin/postbridge-worker" &
+# The worker serves /metrics, /healthz and /readyz here unless you chose another address (or "none").
+POSTBRIDGE_WORKER_METRICS_ADDR="${POSTBRIDGE_WORKER_METRICS_ADDR:-127.0.0.1:9464}" "$bin/postbridge-worker" &
 worker_pid=$!
 pids+=("$worker_pid")
 

@@ -4,6 +4,7 @@
 pub mod mail;
 pub mod mailflow;
 pub mod oauth;
+pub mod processes;
 pub mod webhook_receiver;
 
 use std::collections::HashMap;

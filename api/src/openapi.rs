@@ -24,7 +24,7 @@ use crate::rest::{
         oauth_callback::callback,
         messages::list_received, messages::get_received, messages::raw_received,
         messages::send, messages::list_sent, messages::get_sent, messages::explain_route,
-        ops::ops_overview, ops::ops_credential_health, ops::tenant_credential_health,
+        ops::ops_overview, ops::ops_credential_health, ops::tenant_credential_health, ops::ops_workers,
     ),
     modifiers(&BearerAuth)
 )]

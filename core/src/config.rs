@@ -59,8 +59,10 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// API requests per minute one tenant may make (0: no limit); a tenant's own setting overrides it.
     pub api_rate_limit_per_minute: u32,
-    /// Where a worker process serves its own Prometheus `/metrics` (none: not served).
+    /// Where a worker process serves its own `/metrics`, `/healthz` and `/readyz` (none: not served).
     pub worker_metrics_addr: Option<SocketAddr>,
+    /// How long a stopping worker lets its jobs in flight finish before cutting them.
+    pub worker_shutdown_grace: std::time::Duration,
     /// When set, `/metrics` (API and worker) answers only `Authorization: Bearer <this>`.
     pub metrics_token: Option<String>,
     /// Events (and their webhook deliveries) older than this many days are deleted (0: kept forever).
@@ -252,6 +254,10 @@ impl Settings {
                 None | Some("none") => None,
                 Some(v) => Some(v.parse().map_err(|e| config_error("WORKER_METRICS_ADDR", format!("is malformed: {e}")))?),
             },
+            worker_shutdown_grace: parse_duration(
+                get("WORKER_SHUTDOWN_GRACE").as_deref().unwrap_or("30s"),
+                "WORKER_SHUTDOWN_GRACE",
+            )?,
             event_retention_days: parse_or(get("EVENT_RETENTION_DAYS"), "EVENT_RETENTION_DAYS", 30u32)?,
             metrics_token: get("METRICS_TOKEN"),
         })

@@ -26,6 +26,8 @@ pub struct AppContext {
     pub smtp: Arc<crate::mail::smtp::SmtpClient>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This process among all API and worker processes: names its leases and its heartbeat row.
+    pub instance_id: uuid::Uuid,
 }
 
 impl AppContext {
@@ -56,6 +58,7 @@ impl AppContext {
             smtp: Arc::new(smtp),
             settings: Arc::new(settings),
             metrics: Arc::new(crate::metrics::Metrics::new().context("failed to register metrics")?),
+            instance_id: uuid::Uuid::now_v7(),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub queue_oldest_age: GaugeVec,
     pub grants: IntGaugeVec,
     pub accounts: IntGaugeVec,
+    /// Live queue consumers of this worker process, per queue.
+    pub worker_consumers: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -104,6 +106,7 @@ impl Metrics {
             queue_oldest_age,
             grants: gauge(&registry, "grants", "OAuth grants by status", &["status"])?,
             accounts: gauge(&registry, "accounts", "Email accounts by state", &["state"])?,
+            worker_consumers: gauge(&registry, "worker_consumers", "Live queue consumers of this worker process", &["queue"])?,
             registry,
         };
         // Series of closed label sets start at 0, so a first increase shows as one (and `rate()` sees it).

@@ -6,6 +6,7 @@ mod m20261124_000001_foundation;
 mod m20261124_000002_oauth_grants;
 mod m20261124_000003_mail;
 mod m20261124_000004_observability;
+mod m20261204_000005_worker_operations;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_oauth_grants::Migration),
             Box::new(m20261124_000003_mail::Migration),
             Box::new(m20261124_000004_observability::Migration),
+            Box::new(m20261204_000005_worker_operations::Migration),
         ]
     }
 }

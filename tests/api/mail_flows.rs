@@ -1263,30 +1263,43 @@ async fn smtp_auth_disabled_fails_the_message_with_the_admin_hint_and_puts_the_a
 }
 
 #[tokio::test]
-async fn settle_abandoned_turns_a_sending_message_with_an_expired_lease_into_unknown() {
+async fn settle_abandoned_requeues_a_message_never_handed_over_and_makes_a_handed_one_unknown() {
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "starttls").await;
     let body = |s: &str| json!({"from": o.sender, "to": [recipient("abandoned-")], "subject": s, "text": "Hi"});
     let abandoned = submit(&app, &o.admin, body("abandoned")).await;
+    let never_handed = submit(&app, &o.admin, body("never handed")).await;
     let in_flight = submit(&app, &o.admin, body("in flight")).await;
     let queued = submit(&app, &o.admin, body("queued")).await;
     app.sql_exec(&format!(
-        "UPDATE outbound_messages SET status = 'sending', attempts = 1, lease_until = now() - interval '1 minute' WHERE id = '{abandoned}'"
+        "UPDATE outbound_messages SET status = 'sending', attempts = 1, lease_until = now() - interval '1 minute', \
+         lease_token = gen_random_uuid(), handed_at = now() - interval '2 minutes' WHERE id = '{abandoned}'"
     ))
     .await;
     app.sql_exec(&format!(
-        "UPDATE outbound_messages SET status = 'sending', attempts = 1, lease_until = now() + interval '4 minutes' WHERE id = '{in_flight}'"
+        "UPDATE outbound_messages SET status = 'sending', attempts = 1, lease_until = now() - interval '1 minute', \
+         lease_token = gen_random_uuid(), dispatched_until = now() + interval '1 minute' WHERE id = '{never_handed}'"
     ))
     .await;
-    assert_eq!(delivery::settle_abandoned(&app.ctx).await.expect("settles"), 1);
+    app.sql_exec(&format!(
+        "UPDATE outbound_messages SET status = 'sending', attempts = 1, lease_until = now() + interval '4 minutes', \
+         lease_token = gen_random_uuid() WHERE id = '{in_flight}'"
+    ))
+    .await;
+    assert_eq!(delivery::settle_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned { requeued: 1, unknown: 1 });
     let row = outbound_json(&app, &o.admin, &abandoned).await;
     assert_eq!(row["status"], "unknown", "{row}");
     assert!(row["last_error"].as_str().unwrap_or_default().contains("may have accepted"), "{row}");
+    let row = outbound_json(&app, &o.admin, &never_handed).await;
+    assert_eq!(row["status"], "queued", "nothing reached the server, so it goes back to the queue: {row}");
+    assert_eq!(row["attempts"], 0, "the cut attempt is not counted: {row}");
     assert_eq!(outbound_json(&app, &o.admin, &in_flight).await["status"], "sending");
     assert_eq!(outbound_json(&app, &o.admin, &queued).await["status"], "queued");
     assert_eq!(deliver(&app, &abandoned).await, Delivery::Skipped, "an unknown message is never resent blindly");
     assert_eq!(deliver(&app, &in_flight).await, Delivery::Skipped, "a leased message belongs to its worker");
-    assert_eq!(delivery::settle_abandoned(&app.ctx).await.expect("settles"), 0);
+    assert_eq!(delivery::settle_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned::default());
+    assert_eq!(deliver(&app, &never_handed).await, Delivery::Sent, "the requeued message is sent at once");
+    assert_eq!(outbound_json(&app, &o.admin, &never_handed).await["attempts"], 1);
 }
 
 #[tokio::test]

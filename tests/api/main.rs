@@ -21,4 +21,5 @@ mod secrets;
 mod tenants;
 mod token_configs;
 mod webhooks;
+mod worker_processes;
 mod worker_queue;

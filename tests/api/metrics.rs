@@ -203,10 +203,14 @@ async fn with_a_metrics_token_set_the_api_and_the_worker_serve_metrics_only_to_i
     assert!(body.contains("postbridge_queue_depth"));
 
     // The worker's endpoint: same token, GET /metrics only.
-    let listener = postbridge_worker::metrics::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+    let listener = postbridge_worker::http::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
     let worker_url = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(postbridge_worker::metrics::serve(app.ctx.clone(), listener, stop_rx));
+    let probes = postbridge_worker::http::Probes {
+        liveness: postbridge_worker::liveness::Liveness::new(),
+        redis: postbridge_worker::queue::connect(app.ctx.settings.redis_url.as_str()).expect("redis"),
+    };
+    let server = tokio::spawn(postbridge_worker::http::serve(app.ctx.clone(), probes, listener, stop_rx));
     let get = |path: &str, bearer: Option<&str>| {
         let mut request = app.http.get(format!("{worker_url}{path}"));
         if let Some(bearer) = bearer {

@@ -78,6 +78,7 @@ async fn openapi_document_covers_every_rest_route() {
         ("/v1/ops/overview", "get"),
         ("/v1/ops/credential-health", "get"),
         ("/v1/credential-health", "get"),
+        ("/v1/ops/workers", "get"),
     ];
     for (path, method) in routes {
         assert!(doc.body["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");

@@ -35,11 +35,9 @@ async fn messages_queued_when_redis_loses_its_jobs_are_still_all_sent_exactly_on
     }
 
     // The scheduler dispatches everything into Redis, then Redis loses it all.
-    let conn = apalis_redis::connect(app.ctx.settings.redis_url.as_str()).await.expect("redis");
-    let prefix = app.ctx.settings.redis_prefix.clone();
-    let mut polls = postbridge_worker::queue::storage(conn.clone(), &prefix, "poll");
-    let mut sends = postbridge_worker::queue::storage(conn, &prefix, "send");
-    postbridge_worker::dispatch_due(&app.ctx, &mut polls, &mut sends).await.expect("dispatch");
+    let conn = postbridge_worker::queue::connect(app.ctx.settings.redis_url.as_str()).expect("redis");
+    let mut queues = postbridge_worker::scheduler::Queues::new(conn, &app.ctx.settings.redis_prefix);
+    postbridge_worker::scheduler::dispatch_due(&app.ctx, &mut queues).await.expect("dispatch");
     assert!(flush_test_queues(&app).await > 0, "jobs were in Redis");
     let dispatched = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE dispatched_until > now()").await;
     assert_eq!(dispatched, 10, "all ten were dispatched before the flush");

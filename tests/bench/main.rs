@@ -6,6 +6,8 @@
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- send [MESSAGES]    (default 2000)
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- memory [ACCOUNTS]  (default 1000; needs a
 //!       release `postbridge-worker` beside the bench binary: `cargo build --release -p postbridge-worker`)
+//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- scale [MAILBOXES] (default 50; 1, 2 and 3
+//!       release `postbridge-worker` processes sending 100 messages per mailbox and first-syncing 500 per mailbox)
 //!
 //! Needs the local Postgres and Redis (`scripts/ensure-services.sh`); uses a throwaway database.
 
@@ -32,8 +34,9 @@ async fn main() -> anyhow::Result<()> {
         Some("inbound") => bench_inbound(count(10_000)).await,
         Some("send") => bench_send(count(2_000)).await,
         Some("memory") => bench_memory(count(1_000)).await,
+        Some("scale") => bench_scale(count(50)).await,
         _ => {
-            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | memory [ACCOUNTS]");
+            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | memory [ACCOUNTS] | scale [MAILBOXES]");
             std::process::exit(2);
         }
     }
@@ -413,14 +416,163 @@ async fn bench_memory(accounts: usize) -> anyhow::Result<()> {
         rows,
     )
     .await?;
-    let worker = std::env::current_exe()?.with_file_name("postbridge-worker");
-    anyhow::ensure!(worker.exists(), "build the worker first: cargo build --release -p postbridge-worker");
-    let mut child = std::process::Command::new(worker).envs(app.env.vars.iter()).env("RUST_LOG", "warn").spawn()?;
+    let mut child = std::process::Command::new(worker_binary()?).envs(app.env.vars.iter()).env("RUST_LOG", "warn").spawn()?;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
     let field = |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l.trim().to_owned()).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     println!("worker memory with {accounts} idle inbound accounts after 20 s: {} / {}", field("VmRSS"), field("VmHWM"));
+    Ok(())
+}
+
+/// The release worker binary beside the bench binary.
+fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
+    let worker = std::env::current_exe()?.with_file_name("postbridge-worker");
+    anyhow::ensure!(worker.exists(), "build the worker first: cargo build --release -p postbridge-worker");
+    Ok(worker)
+}
+
+/// Counts rows until `target` is reached (or 10 minutes pass); the time it took.
+async fn time_until(app: &TestApp, sql: &str, target: i64, started: Instant) -> anyhow::Result<Duration> {
+    loop {
+        let row = app.ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned())).await?;
+        let done: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+        if done >= target {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {done} of {target} in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Scale-out: the same load on 1, 2 and 3 worker processes (the release binary, one Redis, one Postgres).
+/// Sending: `mailboxes` SMTP accounts with 100 queued messages each. Receiving: `mailboxes` IMAP mailboxes with 500
+/// messages each, first-synced. Each process count gets a fresh database and Redis prefix; every message is
+/// checked to have been sent or stored exactly once.
+async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
+    let worker = worker_binary()?;
+    let servers = MailServers::shared().await;
+    println!("scale-out benchmark: {mailboxes} outbound accounts x 100 messages, {mailboxes} inbound mailboxes x 500 messages");
+    let mut baseline: Option<(f64, f64)> = None;
+    for processes in [1usize, 2, 3] {
+        let (app, tenant, key) = mail_app(servers).await?;
+        let tenant = Uuid::parse_str(&tenant)?;
+        // Outbound: accounts confirmed over the API, messages queued straight into the outbox (seeding is not timed).
+        let mut senders = Vec::new();
+        for _ in 0..mailboxes {
+            let login = format!("scale-{}@example.com", Uuid::new_v4().simple());
+            servers.add_password_user(&login, "bench-password");
+            let id = confirmed_account(
+                &app,
+                &key,
+                json!({"protocol": "smtp", "auth": "password", "login": login, "password": "bench-password",
+                       "host": "127.0.0.1", "port": servers.smtp_port(), "security": "starttls", "from_filter": login}),
+            )
+            .await?;
+            senders.push((id, login));
+        }
+        let scope = postbridge_core::auth::TenantScope {
+            tenant_id: tenant,
+            principal: postbridge_core::auth::Principal {
+                subject: "bench".into(),
+                role: postbridge_core::model::Role::Admin,
+                tenant_id: Some(tenant),
+                api_rate_limit_per_minute: None,
+            },
+        };
+        // Submitted before the workers start, through the service (composition and routing as for the API).
+        let mut submitted = 0;
+        for (_, login) in &senders {
+            for i in 0..100 {
+                let message = postbridge_core::model::SendMessage {
+                    from: login.clone(),
+                    to: vec![format!("scale{i}@example.org")],
+                    cc: vec![],
+                    bcc: vec![],
+                    reply_to: None,
+                    subject: format!("Scale {i}"),
+                    text: Some("Hello from the scale-out benchmark.\r\n".repeat(20)),
+                    html: None,
+                    headers: None,
+                    attachments: None,
+                    idempotency_key: None,
+                };
+                outbound::submit(&app.ctx, &scope, message).await?;
+                submitted += 1;
+            }
+        }
+        // Inbound: mailboxes seeded in Maildir and confirmed; confirmation does not sync, the workers do.
+        let mut receivers = 0;
+        for _ in 0..mailboxes {
+            let login = format!("scale-in-{}@example.com", Uuid::new_v4().simple());
+            servers.add_password_user(&login, "bench-password");
+            let seeded: Vec<Vec<u8>> = (0..500).map(sample_message).collect();
+            servers.seed_messages(&login, "INBOX", &seeded);
+            confirmed_account(
+                &app,
+                &key,
+                json!({"protocol": "imap", "auth": "password", "login": login, "password": "bench-password",
+                       "host": "127.0.0.1", "port": servers.imaps_port(), "security": "tls"}),
+            )
+            .await?;
+            receivers += 1;
+        }
+        // Inbound polls wait until the sends are done, so each phase is timed alone.
+        app.ctx.db.execute_unprepared("UPDATE email_accounts SET next_poll_at = now() + interval '1 day' WHERE direction = 'inbound'").await?;
+
+        let mut children = Vec::new();
+        for _ in 0..processes {
+            children.push(
+                std::process::Command::new(&worker)
+                    .envs(app.env.vars.iter())
+                    .env("RUST_LOG", "warn")
+                    .env("POSTBRIDGE_DATABASE_MAX_CONNECTIONS", "20")
+                    .spawn()?,
+            );
+        }
+        let started = Instant::now();
+        let sent = time_until(&app, "SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent'", submitted, started).await?;
+        let bad = app
+            .ctx
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM outbound_messages WHERE status <> 'sent'".to_owned(),
+            ))
+            .await?
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        app.ctx.db.execute_unprepared("UPDATE email_accounts SET next_poll_at = now() WHERE direction = 'inbound'").await?;
+        let started = Instant::now();
+        let expected = receivers * 500;
+        let received = time_until(&app, "SELECT count(*) AS n FROM inbound_messages", expected as i64, started).await?;
+        for child in &mut children {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+        for child in &mut children {
+            let _ = child.wait();
+        }
+        let stored = app
+            .ctx
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT count(*) AS n FROM inbound_messages".to_owned()))
+            .await?
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        anyhow::ensure!(bad == 0 && stored == expected as i64, "{bad} messages not sent, {stored} of {expected} stored");
+        let send_rate = submitted as f64 / sent.as_secs_f64();
+        let receive_rate = expected as f64 / received.as_secs_f64();
+        let (send_base, receive_base) = *baseline.get_or_insert((send_rate, receive_rate));
+        println!(
+            "  {processes} worker process(es): send {send_rate:>7.0} messages/s ({sent:.2?}, x{:.2})   first sync {receive_rate:>7.0} messages/s ({received:.2?}, x{:.2})",
+            send_rate / send_base,
+            receive_rate / receive_base
+        );
+    }
     Ok(())
 }

@@ -1,14 +1,23 @@
-//! The Redis job queue (apalis): jobs carry ids only and reload their rows; queue names are fixed and
+//! The Redis job queues (apalis): jobs carry ids only and reload their rows; queue names are fixed and
 //! namespaced by `POSTBRIDGE_REDIS_PREFIX`, so moving a struct never orphans queued jobs.
+//!
+//! Every job runs as its own Tokio task, apart from the apalis consumer that took it: a consumer that dies
+//! (Redis flushed or gone) never cuts a job in flight, a panic fails only its job, and shutdown can wait for
+//! every job wherever it came from. Handlers always answer `Ok` to apalis: Postgres records the outcome and the
+//! scheduler dispatches again whatever still needs doing, so apalis' own retries are never used.
 
-use std::time::Instant;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::service::delivery::{self, Delivery};
-use postbridge_core::service::{sync, webhooks};
+use postbridge_core::service::{grants, sync, webhooks};
 use postbridge_core::AppContext;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// Poll one inbound mailbox.
@@ -30,45 +39,156 @@ pub struct DeliverWebhook {
     pub event_id: Uuid,
 }
 
-pub fn storage<T>(conn: ConnectionManager, prefix: &str, queue: &str) -> RedisStorage<T> {
-    RedisStorage::new(conn).with_config(apalis_redis::Config::default().queue(format!("{prefix}:{queue}")))
+/// Refresh one grant whose access token is about to expire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RefreshGrant {
+    pub grant_id: Uuid,
 }
 
-/// Mail errors are recorded on the account by `poll_account`; only infrastructure errors fail the job.
-pub async fn poll_mailbox(job: PollMailbox, ctx: Data<AppContext>) -> Result<(), BoxDynError> {
-    let started = Instant::now();
-    match sync::poll_account(&ctx, job.account_id).await {
-        Ok(report) => {
-            ctx.metrics.job("poll", if report.polled { "completed" } else { "skipped" }, started.elapsed());
-            if report.stored > 0 {
-                tracing::info!(account_id = %job.account_id, stored = report.stored, resynchronised = report.resynchronised, "mailbox polled");
-            }
-            Ok(())
+/// Look an `unknown` message up in its mailbox's Sent folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SettleMessage {
+    pub message_id: Uuid,
+}
+
+/// The apalis storage of one queue.
+pub fn storage<T>(conn: ConnectionManager, prefix: &str, queue: &str) -> RedisStorage<T> {
+    let config = apalis_redis::Config::default()
+        .queue(format!("{prefix}:{queue}"))
+        // A consumer of a killed process is declared orphaned after 3 × 5 s, and its Redis in-flight set given back.
+        .heartbeat_interval(Duration::from_secs(5))
+        .missed_heartbeats(3)
+        // Outcomes live in Postgres; nobody subscribes to apalis' pub/sub events.
+        .persist_results(false)
+        .emit_events(false);
+    RedisStorage::new(conn).with_config(config)
+}
+
+/// A Redis connection for the queues: lazy (the worker starts, and reports not ready, while Redis is down),
+/// reconnecting by itself, and never waiting long for an answer.
+pub fn connect(redis_url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(redis_url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
+/// Runs jobs as tracked tasks, at most `concurrency` of each queue at once in this process.
+#[derive(Clone)]
+pub struct JobRunner {
+    pub ctx: AppContext,
+    tracker: TaskTracker,
+    limits: Arc<std::collections::HashMap<&'static str, Arc<Semaphore>>>,
+}
+
+impl JobRunner {
+    pub fn new(ctx: AppContext) -> Self {
+        let settings = &ctx.settings;
+        let limits = [
+            ("send", settings.send_concurrency),
+            ("poll", settings.poll_concurrency),
+            ("refresh", settings.refresh_concurrency),
+            ("settle", 2),
+            ("webhook", settings.webhooks.concurrency),
+        ]
+        .into_iter()
+        .map(|(queue, n)| (queue, Arc::new(Semaphore::new(n))))
+        .collect();
+        JobRunner { ctx, tracker: TaskTracker::new(), limits: Arc::new(limits) }
+    }
+
+    /// Jobs currently running (or waiting for a slot) in this process.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Waits until every job started so far has finished; no new job starts afterwards.
+    pub async fn drain(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Runs `work` as its own task and waits for it. If the caller (an apalis consumer) is dropped, the job goes
+    /// on to its end. A panic is recorded as the job's failure.
+    async fn run<F>(&self, queue: &'static str, work: F) -> Result<(), BoxDynError>
+    where
+        F: Future<Output = &'static str> + Send + 'static,
+    {
+        let limit = self.limits.get(queue).cloned();
+        let metrics = self.ctx.metrics.clone();
+        let handle = self.tracker.spawn(async move {
+            let _slot = match limit {
+                Some(limit) => limit.acquire_owned().await.ok(),
+                None => None,
+            };
+            let started = Instant::now();
+            let outcome = tokio::spawn(work).await;
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(e) if e.is_panic() => {
+                    tracing::error!(queue, "a job panicked; it failed and the worker goes on");
+                    "panicked"
+                }
+                Err(_) => "cancelled",
+            };
+            metrics.job(queue, outcome, started.elapsed());
+        });
+        if let Err(e) = handle.await {
+            tracing::error!(queue, error = %e, "a job task ended abnormally");
         }
-        Err(sync::PollError::Mail(e)) => {
-            ctx.metrics.job("poll", "mail_error", started.elapsed());
-            tracing::warn!(account_id = %job.account_id, error = %e, "poll failed");
-            Ok(())
-        }
-        Err(sync::PollError::App(e)) => {
-            ctx.metrics.job("poll", "error", started.elapsed());
-            Err(Box::new(e))
-        }
+        Ok(())
     }
 }
 
-pub async fn deliver_message(job: DeliverMessage, ctx: Data<AppContext>) -> Result<(), BoxDynError> {
-    let started = Instant::now();
-    let outcome = match delivery::deliver(&ctx, job.message_id).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            ctx.metrics.job("send", "error", started.elapsed());
-            return Err(Box::new(e));
-        }
-    };
-    ctx.metrics.job("send", delivery_outcome(&outcome), started.elapsed());
-    tracing::debug!(message_id = %job.message_id, ?outcome, "delivery");
-    Ok(())
+/// Mail errors are recorded on the account by `poll_account`; infrastructure errors are logged and the
+/// mailbox is polled again at its next dispatch.
+pub async fn poll_mailbox(job: PollMailbox, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
+    let ctx = runner.ctx.clone();
+    runner
+        .run("poll", async move {
+            match sync::poll_account(&ctx, job.account_id).await {
+                Ok(report) => {
+                    if report.stored > 0 {
+                        tracing::info!(account_id = %job.account_id, stored = report.stored, resynchronised = report.resynchronised, "mailbox polled");
+                    }
+                    if report.polled {
+                        "completed"
+                    } else {
+                        "skipped"
+                    }
+                }
+                Err(sync::PollError::Mail(e)) => {
+                    tracing::warn!(account_id = %job.account_id, error = %e, "poll failed");
+                    "mail_error"
+                }
+                Err(sync::PollError::App(e)) => {
+                    tracing::error!(account_id = %job.account_id, error = %e, "poll job failed");
+                    "error"
+                }
+            }
+        })
+        .await
+}
+
+pub async fn deliver_message(job: DeliverMessage, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
+    let ctx = runner.ctx.clone();
+    runner
+        .run("send", async move {
+            match delivery::deliver(&ctx, job.message_id).await {
+                Ok(outcome) => {
+                    tracing::debug!(message_id = %job.message_id, ?outcome, "delivery");
+                    delivery_outcome(&outcome)
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %job.message_id, error = %e, "send job failed");
+                    "error"
+                }
+            }
+        })
+        .await
 }
 
 /// The `outcome` label of a send job.
@@ -83,18 +203,55 @@ fn delivery_outcome(outcome: &Delivery) -> &'static str {
     }
 }
 
-/// Receiver failures are logged on the delivery and retried on its schedule; only infrastructure errors fail the job.
-pub async fn deliver_webhook(job: DeliverWebhook, ctx: Data<AppContext>) -> Result<(), BoxDynError> {
-    let started = Instant::now();
-    match webhooks::deliver(&ctx, job.endpoint_id, job.event_id).await {
-        Ok(outcome) => {
-            ctx.metrics.job("webhook", outcome.as_str(), started.elapsed());
-            tracing::debug!(endpoint_id = %job.endpoint_id, event_id = %job.event_id, ?outcome, "webhook delivery");
-            Ok(())
-        }
-        Err(e) => {
-            ctx.metrics.job("webhook", "error", started.elapsed());
-            Err(Box::new(e))
-        }
-    }
+/// Receiver failures are logged on the delivery and retried on its schedule.
+pub async fn deliver_webhook(job: DeliverWebhook, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
+    let ctx = runner.ctx.clone();
+    runner
+        .run("webhook", async move {
+            match webhooks::deliver(&ctx, job.endpoint_id, job.event_id).await {
+                Ok(outcome) => {
+                    tracing::debug!(endpoint_id = %job.endpoint_id, event_id = %job.event_id, ?outcome, "webhook delivery");
+                    outcome.as_str()
+                }
+                Err(e) => {
+                    tracing::error!(endpoint_id = %job.endpoint_id, event_id = %job.event_id, error = %e, "webhook job failed");
+                    "error"
+                }
+            }
+        })
+        .await
+}
+
+pub async fn refresh_grant(job: RefreshGrant, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
+    let ctx = runner.ctx.clone();
+    runner
+        .run("refresh", async move {
+            match grants::refresh_one(&ctx, job.grant_id).await {
+                Ok(outcome) => outcome.as_str(),
+                Err(e) => {
+                    tracing::error!(grant_id = %job.grant_id, error = %e, "refresh job failed");
+                    "error"
+                }
+            }
+        })
+        .await
+}
+
+pub async fn settle_message(job: SettleMessage, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
+    let ctx = runner.ctx.clone();
+    runner
+        .run("settle", async move {
+            match delivery::settle_unknown_message(&ctx, job.message_id).await {
+                Ok(Some(settlement)) => {
+                    tracing::info!(message_id = %job.message_id, ?settlement, "settled an unknown delivery through the Sent folder");
+                    "completed"
+                }
+                Ok(None) => "deferred",
+                Err(e) => {
+                    tracing::error!(message_id = %job.message_id, error = %e, "settle job failed");
+                    "error"
+                }
+            }
+        })
+        .await
 }

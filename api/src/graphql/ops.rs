@@ -1,9 +1,10 @@
-//! The operator overview and credential health as a graph.
+//! The operator overview, credential health and worker processes as a graph.
 
 use async_graphql::{Context, Object};
 use postbridge_core::model::ExpiringQuery;
 use postbridge_core::service::credential_health::{self, CredentialHealth};
 use postbridge_core::service::overview::{self, OpsOverview, OverviewQuery};
+use postbridge_core::service::workers::{self, WorkerProcess};
 use uuid::Uuid;
 
 use super::{caller, request_auth, tenant_scope, GqlResultExt};
@@ -41,5 +42,11 @@ impl OpsQuery {
         }
         let (app, scope) = tenant_scope(ctx).await?;
         credential_health::for_tenant(&app, &scope, query).await.gql()
+    }
+
+    /// Worker processes: live ones and those that stopped or died in the last 24 hours (operator).
+    async fn ops_workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WorkerProcess>> {
+        let (app, p) = caller(ctx)?;
+        workers::list(&app, &p).await.gql()
     }
 }

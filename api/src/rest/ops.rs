@@ -1,10 +1,11 @@
-//! Operator overview and credential health.
+//! Operator overview, credential health and worker processes.
 
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::ExpiringQuery;
 use postbridge_core::service::credential_health::{self, CredentialHealth};
 use postbridge_core::service::overview::{self, OpsOverview, OverviewQuery};
+use postbridge_core::service::workers::{self, WorkerProcess};
 use postbridge_core::AppContext;
 
 use crate::error::ApiResult;
@@ -13,7 +14,16 @@ use crate::extract::{Caller, Tenant};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ops/overview", web::get().to(ops_overview))
         .route("/ops/credential-health", web::get().to(ops_credential_health))
-        .route("/credential-health", web::get().to(tenant_credential_health));
+        .route("/credential-health", web::get().to(tenant_credential_health))
+        .route("/ops/workers", web::get().to(ops_workers));
+}
+
+/// Worker processes: live ones (heartbeat within 30 s) and those that stopped or died in the last 24 hours, with
+/// host, pid, version, live consumers per queue and, when not ready, why (operator).
+#[utoipa::path(get, path = "/v1/ops/workers", tag = "ops", security(("bearer" = [])),
+    responses((status = 200, body = Vec<WorkerProcess>), (status = 403, body = ErrorBody)))]
+pub async fn ops_workers(ctx: web::Data<AppContext>, Caller(p): Caller) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(workers::list(&ctx, &p).await?))
 }
 
 /// Per tenant: accounts by state, grants needing re-consent, client secrets expiring, the outbox, poll lag; and the

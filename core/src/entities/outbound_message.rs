@@ -22,6 +22,12 @@ pub struct Model {
     pub attempts: i32,
     pub next_attempt_at: DateTimeUtc,
     pub lease_until: Option<DateTimeUtc>,
+    /// The job holding the send lease; only it may record the outcome.
+    pub lease_token: Option<Uuid>,
+    /// The worker process (`AppContext::instance_id`) holding the send lease.
+    pub leased_by: Option<Uuid>,
+    /// Set just before the content goes to the SMTP server: an interrupted delivery without it was never sent.
+    pub handed_at: Option<DateTimeUtc>,
     /// A job for this row was pushed to Redis; until then the scheduler does not push another.
     pub dispatched_until: Option<DateTimeUtc>,
     pub sent_folder_checked_at: Option<DateTimeUtc>,

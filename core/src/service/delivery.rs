@@ -24,7 +24,10 @@ use crate::model::OutboundStatus;
 
 /// Attempts before a message that keeps failing temporarily is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
-const LEASE_SECONDS: f64 = 300.0;
+/// A send lease lasts this long and is renewed while the delivery runs, so a killed worker's messages are
+/// taken back within it.
+pub const LEASE_SECONDS: f64 = 30.0;
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -38,39 +41,104 @@ pub enum Delivery {
     Unknown,
 }
 
+/// One job's hold on a message: only the holder of `token` may hand it to the server or record its outcome.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    message_id: Uuid,
+    token: Uuid,
+}
+
 /// Takes a due message for this worker.
-async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<outbound_message::Model>> {
+async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<(outbound_message::Model, Lease)>> {
+    let token = Uuid::new_v4();
     let row = ctx
         .db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1, \
-             lease_until = now() + make_interval(secs => $2), updated_at = now() \
-             WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() RETURNING *",
-            [message_id.into(), LEASE_SECONDS.into()],
+             lease_until = now() + make_interval(secs => $2), lease_token = $3, leased_by = $4, handed_at = NULL, \
+             updated_at = now() WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() RETURNING *",
+            [message_id.into(), LEASE_SECONDS.into(), token.into(), ctx.instance_id.into()],
         ))
         .await?;
-    row.map(|r| outbound_message::Model::from_query_result(&r, "")).transpose().map_err(Into::into)
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some((outbound_message::Model::from_query_result(&row, "")?, Lease { message_id, token })))
 }
 
+/// Extends the lease while its delivery runs; false when the lease is no longer ours.
+async fn renew_lease(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
+    let renewed = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET lease_until = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND lease_token = $2 AND status = 'sending'",
+            [lease.message_id.into(), lease.token.into(), LEASE_SECONDS.into()],
+        ))
+        .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Written just before the content goes to the server; false (send nothing) when the lease is lost.
+async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
+    let marked = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET handed_at = now() WHERE id = $1 AND lease_token = $2 AND status = 'sending'",
+            [lease.message_id.into(), lease.token.into()],
+        ))
+        .await?;
+    Ok(marked.rows_affected() == 1)
+}
+
+/// Gives a leased message back to the queue when nothing of it reached the server (no attempt counted);
+/// false when it had been handed over (it then settles as `unknown`) or the lease is no longer ours.
+async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<bool> {
+    let released = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
+             lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = $3, updated_at = now() \
+             WHERE id = $1 AND lease_token = $2 AND status = 'sending' AND handed_at IS NULL",
+            [lease.message_id.into(), lease.token.into(), why.into()],
+        ))
+        .await?;
+    Ok(released.rows_affected() == 1)
+}
+
+/// Records the outcome of the lease holder; false (nothing written) when the lease is no longer ours.
 async fn set_outcome<C: ConnectionTrait>(
     db: &C,
-    id: Uuid,
+    lease: Lease,
     status: OutboundStatus,
     error: Option<&str>,
     reply: Option<&str>,
     retry_in: Option<i64>,
-) -> AppResult<()> {
-    let next = retry_in.map(|s| Utc::now() + chrono::Duration::seconds(s));
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE outbound_messages SET status = $2, last_error = $3, smtp_reply = COALESCE($4, smtp_reply), \
-             next_attempt_at = COALESCE($5, next_attempt_at), lease_until = NULL, dispatched_until = NULL, updated_at = now(), \
-             sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END WHERE id = $1",
-        [id.into(), status.as_str().into(), error.map(str::to_owned).into(), reply.map(str::to_owned).into(), next.into()],
-    ))
-    .await?;
-    Ok(())
+) -> AppResult<bool> {
+    let next = retry_in.and_then(|s| Utc::now().checked_add_signed(chrono::Duration::seconds(s)));
+    let written = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
+             next_attempt_at = COALESCE($6, next_attempt_at), lease_until = NULL, lease_token = NULL, leased_by = NULL, \
+             handed_at = CASE WHEN $3 = 'queued' THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
+             sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
+            [
+                lease.message_id.into(),
+                lease.token.into(),
+                status.as_str().into(),
+                error.map(str::to_owned).into(),
+                reply.map(str::to_owned).into(),
+                next.into(),
+            ],
+        ))
+        .await?;
+    if written.rows_affected() == 0 {
+        tracing::warn!(message_id = %lease.message_id, status = status.as_str(), "the send lease was lost; outcome not recorded");
+    }
+    Ok(written.rows_affected() == 1)
 }
 
 fn backoff_seconds(attempts: i32) -> i64 {
@@ -78,22 +146,48 @@ fn backoff_seconds(attempts: i32) -> i64 {
     (base as f64 * rand::rng().random_range(0.8..1.2)) as i64
 }
 
-/// Sends one queued message (the worker's job).
+/// Sends one queued message (the worker's job). The lease is renewed while it runs; an error before the content
+/// reached the server gives the message back to the queue at once.
 pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> {
-    let Some(message) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
+    let Some((message, lease)) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
+    let work = deliver_leased(ctx, &message, lease);
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW_EVERY, LEASE_RENEW_EVERY);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut work => break outcome,
+            _ = renew.tick() => match renew_lease(ctx, lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(%message_id, "the send lease was taken over while delivering"),
+                Err(e) => tracing::warn!(%message_id, error = %e, "could not renew the send lease"),
+            },
+        }
+    };
+    if let Err(e) = &outcome {
+        match release_unsent(ctx, lease, &format!("interrupted before reaching the mail server: {e}")).await {
+            Ok(true) => tracing::warn!(%message_id, error = %e, "delivery interrupted before sending; queued again"),
+            Ok(false) => {}
+            Err(release) => tracing::warn!(%message_id, error = %release, "could not give the message back; its lease will expire"),
+        }
+    }
+    outcome
+}
+
+async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lease: Lease) -> AppResult<Delivery> {
     let Some(account_id) = message.account_id else {
-        return fail(ctx, &message, "its sending account was deleted").await;
+        return fail(ctx, message, lease, "its sending account was deleted").await;
     };
     let Some(account) = email_account::Entity::find_by_id(account_id).one(&ctx.db).await? else {
-        return fail(ctx, &message, "its sending account was deleted").await;
+        return fail(ctx, message, lease, "its sending account was deleted").await;
     };
     if let Some(wait) = pace_wait(ctx, &account).await? {
         ctx.db
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE outbound_messages SET status = 'queued', attempts = attempts - 1, lease_until = NULL, \
-                 dispatched_until = NULL, next_attempt_at = now() + make_interval(secs => $2), updated_at = now() WHERE id = $1",
-                [message.id.into(), wait.into()],
+                "UPDATE outbound_messages SET status = 'queued', attempts = attempts - 1, lease_until = NULL, lease_token = NULL, \
+                 leased_by = NULL, dispatched_until = NULL, next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2",
+                [message.id.into(), lease.token.into(), wait.into()],
             ))
             .await?;
         return Ok(Delivery::Paced);
@@ -101,25 +195,27 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
     let recipients: Vec<String> = serde_json::from_value(message.recipients.clone()).unwrap_or_default();
     let mut refreshed = false;
     loop {
-        let outcome = send_once(ctx, &account, &message, &recipients).await;
+        let outcome = send_once(ctx, &account, message, lease, &recipients).await;
         match outcome {
             Ok(sent) => {
                 // The status and its event together: a crash in between would lose the event for good.
                 let txn = ctx.db.begin().await?;
-                set_outcome(&txn, message.id, OutboundStatus::Sent, None, Some(sent.reply()), None).await?;
-                events::record(
-                    &txn,
-                    message.tenant_id,
-                    events::MESSAGE_SENT,
-                    "message",
-                    Some(message.id),
-                    json!({"message_id": message.message_id}),
-                )
-                .await?;
+                if set_outcome(&txn, lease, OutboundStatus::Sent, None, Some(sent.reply()), None).await? {
+                    events::record(
+                        &txn,
+                        message.tenant_id,
+                        events::MESSAGE_SENT,
+                        "message",
+                        Some(message.id),
+                        json!({"message_id": message.message_id}),
+                    )
+                    .await?;
+                }
                 txn.commit().await?;
                 ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
             }
+            Err(Failure::LeaseLost) => return Ok(Delivery::Skipped),
             Err(Failure::Send(SendError::Auth { message: words, .. }))
             | Err(Failure::Credentials(MailError { message: words, .. }))
                 if !refreshed && account.grant_id.is_some() =>
@@ -139,24 +235,18 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
                     None => error,
                 };
                 mailbox::record_account_error(&ctx.db, &account, &error).await?;
-                return fail(ctx, &message, &error.to_string()).await;
+                return fail(ctx, message, lease, &error.to_string()).await;
             }
-            Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, &message, &e.to_string()).await,
-            Err(Failure::Credentials(e)) => return fail(ctx, &message, &e.to_string()).await,
+            Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::Credentials(e)) => return fail(ctx, message, lease, &e.to_string()).await,
             Err(Failure::Send(SendError::Unknown { message: words })) => {
-                set_outcome(
-                    &ctx.db,
-                    message.id,
-                    OutboundStatus::Unknown,
-                    Some(&format!("delivery uncertain: {words}")),
-                    None,
-                    None,
-                )
-                .await?;
+                set_outcome(&ctx.db, lease, OutboundStatus::Unknown, Some(&format!("delivery uncertain: {words}")), None, None)
+                    .await?;
                 return Ok(Delivery::Unknown);
             }
-            Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, &message, &e.to_string()).await,
-            Err(Failure::Send(e)) => return fail(ctx, &message, &e.to_string()).await,
+            Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::Send(e)) => return fail(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::App(e)) => return Err(e),
         }
     }
 }
@@ -164,33 +254,46 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
 enum Failure {
     Credentials(MailError),
     Send(SendError),
+    /// The lease was taken over before the content went out: nothing was sent.
+    LeaseLost,
+    App(crate::error::AppError),
 }
 
 async fn send_once(
     ctx: &AppContext,
     account: &email_account::Model,
     message: &outbound_message::Model,
+    lease: Lease,
     recipients: &[String],
 ) -> Result<SendOutcome, Failure> {
     let endpoint = endpoint(account)
         .map_err(|e| Failure::Credentials(MailError::new(crate::mail::error::MailStep::Unknown, e.to_string())))?;
     let auth = credentials(ctx, account).await.map_err(Failure::Credentials)?;
+    if !mark_handed(ctx, lease).await.map_err(Failure::App)? {
+        return Err(Failure::LeaseLost);
+    }
     ctx.smtp.send_raw(&endpoint, &auth, &message.envelope_from, recipients, &message.raw).await.map_err(Failure::Send)
 }
 
-async fn retry(ctx: &AppContext, message: &outbound_message::Model, error: &str) -> AppResult<Delivery> {
+async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
     if message.attempts >= MAX_ATTEMPTS {
-        return fail(ctx, message, &format!("gave up after {} attempts: {error}", message.attempts)).await;
+        return fail(ctx, message, lease, &format!("gave up after {} attempts: {error}", message.attempts)).await;
     }
-    set_outcome(&ctx.db, message.id, OutboundStatus::Queued, Some(error), None, Some(backoff_seconds(message.attempts))).await?;
+    set_outcome(&ctx.db, lease, OutboundStatus::Queued, Some(error), None, Some(backoff_seconds(message.attempts))).await?;
     Ok(Delivery::Retry)
 }
 
-async fn fail(ctx: &AppContext, message: &outbound_message::Model, error: &str) -> AppResult<Delivery> {
+async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
     let txn = ctx.db.begin().await?;
-    set_outcome(&txn, message.id, OutboundStatus::Failed, Some(error), None, None).await?;
-    events::record(&txn, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error})).await?;
+    let recorded = set_outcome(&txn, lease, OutboundStatus::Failed, Some(error), None, None).await?;
+    if recorded {
+        events::record(&txn, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error}))
+            .await?;
+    }
     txn.commit().await?;
+    if !recorded {
+        return Ok(Delivery::Skipped);
+    }
     ctx.metrics.messages("failed", 1);
     Ok(Delivery::Failed)
 }
@@ -246,19 +349,55 @@ fn auth_hint(words: &str) -> &'static str {
     }
 }
 
-/// Messages whose worker died mid-delivery (lease expired while `sending`) become `unknown`: the server
-/// may have accepted them, so they are not resent blindly. Returns how many.
-pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<u64> {
-    let result = ctx
+/// What `settle_abandoned` did with messages whose worker stopped mid-delivery.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Abandoned {
+    /// Never handed to the server: queued again, the attempt not counted.
+    pub requeued: u64,
+    /// Handed to the server, outcome unheard: `unknown`, never resent blindly.
+    pub unknown: u64,
+}
+
+/// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
+/// back to the queue; the others become `unknown`, since the server may have accepted them.
+pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
+    let requeued = ctx
         .db
         .execute_raw(Statement::from_string(
             DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = 'unknown', lease_until = NULL, updated_at = now(), \
-             last_error = 'the worker stopped while delivering; the server may have accepted it' \
+            "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
+             lease_token = NULL, leased_by = NULL, dispatched_until = NULL, updated_at = now(), \
+             last_error = 'the worker stopped before handing it to the mail server; queued again' \
+             WHERE status = 'sending' AND lease_until < now() AND handed_at IS NULL",
+        ))
+        .await?;
+    let unknown = ctx
+        .db
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET status = 'unknown', lease_until = NULL, lease_token = NULL, leased_by = NULL, \
+             updated_at = now(), last_error = 'the worker stopped while delivering; the server may have accepted it' \
              WHERE status = 'sending' AND lease_until < now()",
         ))
         .await?;
-    Ok(result.rows_affected())
+    Ok(Abandoned { requeued: requeued.rows_affected(), unknown: unknown.rows_affected() })
+}
+
+/// A stopping worker gives back the messages it leased but never handed to the server (jobs cut by the shutdown
+/// grace). Returns how many.
+pub async fn release_unsent_of_instance(ctx: &AppContext, instance_id: Uuid) -> AppResult<u64> {
+    let released = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
+             lease_token = NULL, leased_by = NULL, dispatched_until = NULL, updated_at = now(), \
+             last_error = 'the worker stopped before handing it to the mail server; queued again' \
+             WHERE status = 'sending' AND leased_by = $1 AND handed_at IS NULL",
+            [instance_id.into()],
+        ))
+        .await?;
+    Ok(released.rows_affected())
 }
 
 /// Where servers file submitted mail; tried in order.
@@ -303,6 +442,19 @@ pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement
         }
     }
     Ok(settled)
+}
+
+/// Settles one `unknown` message (the worker's settle job): `None` when the mailbox was busy or unreachable, so a
+/// later dispatch tries again.
+pub async fn settle_unknown_message(ctx: &AppContext, id: Uuid) -> AppResult<Option<Settlement>> {
+    match settle_one(ctx, id).await {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(SettleError::App(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(message_id = %id, error = %e, "could not look for the message in the Sent folder; will retry");
+            Ok(None)
+        }
+    }
 }
 
 async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleError> {
@@ -387,15 +539,18 @@ async fn record_settlement(
     let sql = match outcome {
         Settlement::FoundSent => {
             "UPDATE outbound_messages SET status = 'sent', sent_at = now(), smtp_reply = 'found in the Sent folder', \
-             last_error = NULL, sent_folder_checked_at = now(), updated_at = now() WHERE id = $1 AND status = 'unknown'"
+             last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
+             WHERE id = $1 AND status = 'unknown'"
         }
         Settlement::Resend => {
             "UPDATE outbound_messages SET status = 'queued', next_attempt_at = now(), sent_folder_checked_at = now(), \
-             last_error = 'not in the Sent folder after an interrupted delivery: sending again', updated_at = now() \
+             last_error = 'not in the Sent folder after an interrupted delivery: sending again', dispatched_until = NULL, \
+             handed_at = NULL, updated_at = now() \
              WHERE id = $1 AND status = 'unknown'"
         }
         Settlement::Undecided => {
-            "UPDATE outbound_messages SET sent_folder_checked_at = now(), updated_at = now() WHERE id = $1 AND status = 'unknown'"
+            "UPDATE outbound_messages SET sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
+             WHERE id = $1 AND status = 'unknown'"
         }
     };
     let txn = ctx.db.begin().await?;

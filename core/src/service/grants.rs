@@ -923,3 +923,55 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
     }
     Ok(pass)
 }
+
+/// What one background refresh did (the worker's refresh job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// Gone, not valid any more, or refreshed meanwhile by someone else.
+    Skipped,
+    Refreshed,
+    ReauthRequired,
+    /// The provider or its client settings failed; the grant backs off and keeps its tokens.
+    Failed,
+}
+
+impl RefreshOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Skipped => "skipped",
+            RefreshOutcome::Refreshed => "refreshed",
+            RefreshOutcome::ReauthRequired => "reauth_required",
+            RefreshOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Refreshes one grant the scheduler found due, then clears its dispatch mark.
+pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
+    let outcome = refresh_if_due(ctx, grant_id).await;
+    ctx.db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE grants SET dispatched_until = NULL WHERE id = $1",
+            [grant_id.into()],
+        ))
+        .await?;
+    outcome
+}
+
+async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
+    let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
+    let due = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_some_and(|exp| exp <= Utc::now() + refresh_margin());
+    if !due {
+        return Ok(RefreshOutcome::Skipped);
+    }
+    match access_token(ctx, model.tenant_id, grant_id).await {
+        Ok(_) => Ok(RefreshOutcome::Refreshed),
+        Err(TokenAccessError::ReauthRequired(_)) => Ok(RefreshOutcome::ReauthRequired),
+        Err(TokenAccessError::App(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(%grant_id, error = %e, "grant refresh failed; will retry");
+            Ok(RefreshOutcome::Failed)
+        }
+    }
+}

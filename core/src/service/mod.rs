@@ -21,6 +21,7 @@ pub mod sync;
 pub mod tenants;
 pub mod token_configs;
 pub mod webhooks;
+pub mod workers;
 
 use sea_orm::{DbErr, SqlErr};
 

@@ -11,7 +11,7 @@ use crate::error::AppResult;
 use crate::model::{AccountState, GrantStatus};
 
 /// Queue kinds, as in `jobs_total{kind}`.
-pub const QUEUE_KINDS: &[&str] = &["send", "poll", "refresh", "webhook"];
+pub const QUEUE_KINDS: &[&str] = &["send", "poll", "refresh", "settle", "webhook"];
 
 /// One row per gauge value: `family` (queue / grants / accounts), its label, a count and (queues) an age.
 const GAUGES_SQL: &str = "\
@@ -29,12 +29,46 @@ SELECT 'queue', 'refresh', count(*), \
   FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND expires_at < now() + make_interval(secs => $1) \
    AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
 UNION ALL \
+SELECT 'queue', 'settle', count(*), \
+       COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at + interval '60 seconds')), 0)::float8 \
+  FROM outbound_messages WHERE status = 'unknown' AND sent_folder_checked_at IS NULL \
+   AND updated_at < now() - interval '60 seconds' \
+UNION ALL \
 SELECT 'queue', 'webhook', count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::float8 \
   FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
 UNION ALL \
 SELECT 'grants', status, count(*), 0::float8 FROM grants GROUP BY status \
 UNION ALL \
 SELECT 'accounts', state, count(*), 0::float8 FROM email_accounts GROUP BY state";
+
+/// Due work of one queue, as Postgres says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backlog {
+    pub queue: String,
+    pub due: i64,
+    /// How long the oldest due job has waited, in seconds.
+    pub oldest_seconds: f64,
+}
+
+/// Due work per queue (every kind of `QUEUE_KINDS`, 0 when none).
+pub async fn backlog(ctx: &AppContext) -> AppResult<Vec<Backlog>> {
+    let margin = super::grants::refresh_margin().num_seconds() as f64;
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, GAUGES_SQL, [margin.into()])).await?;
+    let mut backlog: Vec<Backlog> =
+        QUEUE_KINDS.iter().map(|q| Backlog { queue: (*q).to_owned(), due: 0, oldest_seconds: 0.0 }).collect();
+    for row in rows {
+        let family: String = row.try_get("", "family")?;
+        let label: String = row.try_get("", "label")?;
+        if family != "queue" {
+            continue;
+        }
+        if let Some(entry) = backlog.iter_mut().find(|b| b.queue == label) {
+            entry.due = row.try_get("", "n")?;
+            entry.oldest_seconds = row.try_get::<f64>("", "age")?.max(0.0);
+        }
+    }
+    Ok(backlog)
+}
 
 /// Fills the Postgres-backed gauges of `ctx.metrics`. Every known label is set (0 when there is none), so a
 /// value that drops to nothing reads 0 rather than its last count.

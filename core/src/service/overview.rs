@@ -84,6 +84,38 @@ pub struct OpsOverview {
     pub tenants: Vec<TenantOverview>,
     /// Accounts in error, failing longest first.
     pub worst_offenders: Vec<FailingAccount>,
+    /// Queues with work due that no live worker process consumes (operators only; empty for tenants).
+    pub queue_warnings: Vec<QueueWarning>,
+}
+
+/// Work is waiting in a queue nobody takes from: no worker process runs, or every one has lost its consumer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, async_graphql::SimpleObject)]
+pub struct QueueWarning {
+    pub queue: String,
+    /// Jobs due now.
+    pub due: i64,
+    /// How long the oldest has waited, in seconds.
+    pub oldest_due_seconds: i64,
+    pub message: String,
+}
+
+/// Due work per queue against live consumers per queue (from the workers' heartbeats).
+async fn queue_warnings(ctx: &AppContext) -> AppResult<Vec<QueueWarning>> {
+    let live = super::workers::live_consumers(ctx).await?;
+    let backlog = super::ops_metrics::backlog(ctx).await?;
+    Ok(backlog
+        .into_iter()
+        .filter(|b| b.due > 0 && live.get(&b.queue).copied().unwrap_or(0) == 0)
+        .map(|b| QueueWarning {
+            message: format!(
+                "{} {} job(s) are due but no live worker consumes the {} queue: start a worker or see GET /v1/ops/workers",
+                b.due, b.queue, b.queue
+            ),
+            oldest_due_seconds: b.oldest_seconds as i64,
+            due: b.due,
+            queue: b.queue,
+        })
+        .collect())
 }
 
 fn limit_of(query: &OverviewQuery) -> AppResult<i64> {
@@ -218,5 +250,7 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
             })
         })
         .collect::<AppResult<Vec<_>>>()?;
-    Ok(OpsOverview { generated_at, tenants, worst_offenders: offenders })
+    // Deployment-wide, so only operators see it: the due counts span every tenant.
+    let queue_warnings = if principal.is_operator() { queue_warnings(ctx).await? } else { Vec::new() };
+    Ok(OpsOverview { generated_at, tenants, worst_offenders: offenders, queue_warnings })
 }

@@ -51,3 +51,103 @@ pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid
     )
     .await
 }
+
+/// User-flow grants whose access token expires within the refresh margin and whose backoff has passed. A grant
+/// being refreshed holds its row lock, so it is skipped here.
+pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+    let horizon = chrono::Utc::now() + super::grants::refresh_margin();
+    let rows = ctx
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+               SELECT id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND expires_at < $3 \
+               AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
+               AND (dispatched_until IS NULL OR dispatched_until < now()) \
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+            [DISPATCH_GRACE_SECONDS.into(), (limit as i64).into(), horizon.into()],
+        ))
+        .await?;
+    rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
+}
+
+/// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.
+pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+    claim(
+        ctx,
+        "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM outbound_messages WHERE status = 'unknown' AND sent_folder_checked_at IS NULL \
+           AND updated_at < now() - interval '60 seconds' AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        limit,
+    )
+    .await
+}
+
+/// The queues whose rows carry a dispatch mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatched {
+    Polls,
+    Messages,
+    Grants,
+    WebhookDeliveries,
+}
+
+impl Dispatched {
+    fn table(self) -> &'static str {
+        match self {
+            Dispatched::Polls => "email_accounts",
+            Dispatched::Messages => "outbound_messages",
+            Dispatched::Grants => "grants",
+            Dispatched::WebhookDeliveries => "webhook_deliveries",
+        }
+    }
+}
+
+/// Clears the dispatch marks of rows whose jobs never reached Redis (the push failed), so the next pass sends
+/// them again instead of waiting out the grace. (Webhook deliveries: `undispatch_webhook_deliveries`.)
+pub async fn undispatch(ctx: &AppContext, rows: Dispatched, ids: &[Uuid]) -> AppResult<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let done = match rows {
+        Dispatched::WebhookDeliveries => return Ok(0),
+        _ => {
+            let sql = format!(
+                "UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
+                rows.table()
+            );
+            ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?
+        }
+    };
+    Ok(done.rows_affected())
+}
+
+/// `undispatch` for webhook deliveries, keyed by `(endpoint_id, event_id)`.
+pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(Uuid, Uuid)]) -> AppResult<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let done = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE webhook_deliveries SET dispatched_until = NULL WHERE (endpoint_id, event_id) IN \
+             (SELECT (pair->>0)::uuid, (pair->>1)::uuid FROM jsonb_array_elements($1) AS pair)",
+            [serde_json::json!(keys).into()],
+        ))
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Redis lost its jobs (flushed, restarted empty, failed over): every dispatch mark is forgotten so everything
+/// due is dispatched again at once. Rows whose jobs survived get a second job, which finds the row leased or not
+/// due and does nothing.
+pub async fn forget_dispatches(ctx: &AppContext) -> AppResult<u64> {
+    let mut cleared = 0;
+    for rows in [Dispatched::Polls, Dispatched::Messages, Dispatched::Grants, Dispatched::WebhookDeliveries] {
+        let sql = format!("UPDATE {} SET dispatched_until = NULL WHERE dispatched_until > now()", rows.table());
+        cleared += ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql)).await?.rows_affected();
+    }
+    Ok(cleared)
+}

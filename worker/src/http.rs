@@ -1,8 +1,10 @@
-//! The worker's own Prometheus endpoint (`POSTBRIDGE_WORKER_METRICS_ADDR`): a minimal HTTP/1 server that
-//! answers only `GET /metrics`, with the same optional bearer token as the API's.
+//! The worker's own HTTP endpoint (`POSTBRIDGE_WORKER_METRICS_ADDR`): a minimal HTTP/1 server that answers
+//! `GET /metrics` (with the same optional bearer token as the API's), `GET /healthz` (the process is up) and
+//! `GET /readyz` (Postgres and Redis answer, every consumer runs, the loops go round; 503 with the reasons if not).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,12 +19,21 @@ use postbridge_core::service::ops_metrics;
 use postbridge_core::AppContext;
 use tokio::net::TcpListener;
 
+use crate::liveness::Liveness;
+
+/// What `/readyz` needs besides the context.
+#[derive(Clone)]
+pub struct Probes {
+    pub liveness: Arc<Liveness>,
+    pub redis: apalis_redis::ConnectionManager,
+}
+
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("failed to bind the worker metrics address {addr}"))
 }
 
-/// Serves `/metrics` on `listener` until `stop` turns true.
-pub async fn serve(ctx: AppContext, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop` turns true.
+pub async fn serve(ctx: AppContext, probes: Probes, listener: TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -36,10 +47,12 @@ pub async fn serve(ctx: AppContext, listener: TcpListener, mut stop: tokio::sync
                     }
                 };
                 let ctx = ctx.clone();
+                let probes = probes.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(respond(&ctx, req).await) }
+                        let probes = probes.clone();
+                        async move { Ok::<_, Infallible>(respond(&ctx, &probes, req).await) }
                     });
                     // A scraper that never finishes its headers does not hold the connection.
                     let served = http1::Builder::new()
@@ -57,12 +70,25 @@ pub async fn serve(ctx: AppContext, listener: TcpListener, mut stop: tokio::sync
     }
 }
 
-async fn respond(ctx: &AppContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/metrics" {
+async fn respond(ctx: &AppContext, probes: &Probes, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
     if req.method() != Method::GET {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match path {
+        "/healthz" => return json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            let problems = probes.liveness.problems(ctx, &probes.redis).await;
+            return if problems.is_empty() {
+                json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+            } else {
+                json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not_ready", "problems": problems}))
+            };
+        }
+        _ => {}
     }
     let authorization = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     if !ops_metrics::scrape_allowed(ctx, authorization) {
@@ -72,6 +98,13 @@ async fn respond(ctx: &AppContext, req: Request<Incoming>) -> Response<Full<Byte
     }
     let mut response = Response::new(Full::new(Bytes::from(ops_metrics::scrape(ctx).await)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(postbridge_core::metrics::CONTENT_TYPE));
+    response
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -1,0 +1,323 @@
+//! What operators do to workers, with real processes: the worker binary (one, two or three of them), a private
+//! `redis-server` that is flushed or stopped, SIGKILL and SIGTERM. Every message is counted at the SMTP server:
+//! nothing may be lost, nothing sent twice, and nothing stays broken once the fault ends.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use postbridge_tests::mail::MailServers;
+use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app_with, MAIL_PASSWORD};
+use postbridge_tests::processes::{PrivateRedis, WorkerProcess};
+use postbridge_tests::{TestApp, TestEnv};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_postbridge-test-worker");
+
+/// An app whose API and workers use a private Redis, and a tenant admin key.
+async fn app_on(redis: &PrivateRedis) -> (TestApp, &'static MailServers, String) {
+    let mut env = TestEnv::new();
+    env.set("REDIS_URL", redis.url());
+    env.set("DATABASE_MAX_CONNECTIONS", "10");
+    let (app, servers) = spawn_mail_app_with(env).await;
+    let (_, key) = app.tenant_with_admin().await;
+    (app, servers, key)
+}
+
+/// A confirmed SMTP account; returns its login (the From address).
+async fn sender(app: &TestApp, servers: &MailServers, key: &str) -> String {
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    login
+}
+
+/// Submits `count` messages over the API, eight at a time; returns their subjects.
+async fn submit_batch(app: &TestApp, key: &str, from: &str, rcpt: &str, count: usize) -> Vec<String> {
+    let subjects: Vec<String> = (0..count).map(|i| format!("batch {i} {}", Uuid::new_v4().simple())).collect();
+    futures::stream::iter(subjects.clone())
+        .map(|subject| async move {
+            let reply = app.post("/v1/messages", key, json!({"from": from, "to": [rcpt], "subject": subject, "text": "hi"})).await;
+            assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    subjects
+}
+
+/// How many times the SMTP server accepted each subject for `rcpt`.
+fn accepted_subjects(servers: &MailServers, rcpt: &str) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for message in servers.accepted_messages_to(rcpt) {
+        let text = String::from_utf8_lossy(&message.raw);
+        if let Some(subject) = text.lines().find_map(|l| l.strip_prefix("Subject: ")) {
+            *seen.entry(subject.trim().to_owned()).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every subject accepted exactly once, and every message `sent` in Postgres.
+async fn assert_all_sent_once(app: &TestApp, servers: &MailServers, rcpt: &str, subjects: &[String]) {
+    // A duplicate would arrive after the last first copy: give it time to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = accepted_subjects(servers, rcpt);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let missing: Vec<_> = subjects.iter().filter(|s| !seen.contains_key(*s)).collect();
+    assert!(missing.is_empty(), "{} never reached the server, e.g. {:?}", missing.len(), missing.first());
+    let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
+    assert_eq!(sent, subjects.len() as i64, "every message is sent in Postgres too");
+}
+
+#[tokio::test]
+async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_twice() {
+    let redis = PrivateRedis::start().await;
+    let (app, servers, key) = app_on(&redis).await;
+    let from = sender(&app, servers, &key).await;
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let rcpt = format!("slow+flush-{}@example.org", Uuid::new_v4().simple());
+    let subjects = submit_batch(&app, &key, &from, &rcpt, 500).await;
+
+    wait_until("the first 50 messages arrive", Duration::from_secs(60), async || {
+        servers.accepted_messages_to(&rcpt).len() >= 50
+    })
+    .await;
+    redis.flush_all().await;
+    let at_flush = servers.accepted_messages_to(&rcpt).len();
+    assert!(at_flush < 500, "the flush came in the middle of the batch ({at_flush} sent)");
+
+    // The consumers die on the flush and come back by themselves.
+    let flushed = Instant::now();
+    wait_until("the worker is ready again after the flush", Duration::from_secs(15), async || {
+        matches!(worker.readyz().await, Some((200, _)))
+    })
+    .await;
+    let back_after = flushed.elapsed();
+    wait_until("all 500 messages arrive", Duration::from_secs(120), async || {
+        accepted_subjects(servers, &rcpt).len() >= 500
+    })
+    .await;
+    assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
+    assert!(back_after < Duration::from_secs(15), "consumers came back after {back_after:?}");
+    assert_eq!(worker.metric("postbridge_worker_consumers{queue=\"send\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn redis_stopped_for_20_seconds_and_started_empty_loses_nothing_and_the_worker_says_so_meanwhile() {
+    let mut redis = PrivateRedis::start().await;
+    let (app, servers, key) = app_on(&redis).await;
+    let from = sender(&app, servers, &key).await;
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let rcpt = format!("slow+outage-{}@example.org", Uuid::new_v4().simple());
+    let subjects = submit_batch(&app, &key, &from, &rcpt, 300).await;
+    wait_until("the first 30 messages arrive", Duration::from_secs(60), async || {
+        servers.accepted_messages_to(&rcpt).len() >= 30
+    })
+    .await;
+
+    redis.stop();
+    let stopped = Instant::now();
+    assert!(servers.accepted_messages_to(&rcpt).len() < 300, "the outage came in the middle of the batch");
+    // Not ready while Redis is away, with the reason; the process stays up and answers.
+    wait_until("/readyz says 503", Duration::from_secs(10), async || {
+        matches!(worker.readyz().await, Some((503, body)) if body.contains("redis"))
+    })
+    .await;
+    // The heartbeat row tells operators too, and the overview warns that sends are due with no consumer.
+    let operator = app.operator_token();
+    wait_until("the ops views show the outage", Duration::from_secs(15), async || {
+        let workers = app.get("/v1/ops/workers", &operator).await;
+        let overview = app.get("/v1/ops/overview", &operator).await;
+        let not_ready = workers.body.as_array().is_some_and(|list| {
+            list.iter().any(|w| w["pid"] == json!(worker.pid()) && w["status"] == "live" && w["ready"] == false)
+        });
+        let warned = overview.body["queue_warnings"]
+            .as_array()
+            .is_some_and(|warnings| warnings.iter().any(|w| w["queue"] == "send" && w["due"].as_i64() > Some(0)));
+        not_ready && warned
+    })
+    .await;
+    let wait = Duration::from_secs(20).saturating_sub(stopped.elapsed());
+    tokio::time::sleep(wait).await;
+    redis.start_again().await;
+
+    wait_until("the worker is ready again", Duration::from_secs(20), async || matches!(worker.readyz().await, Some((200, _))))
+        .await;
+    wait_until("all 300 messages arrive", Duration::from_secs(120), async || {
+        accepted_subjects(servers, &rcpt).len() >= 300
+    })
+    .await;
+    assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
+    let workers = app.get("/v1/ops/workers", &operator).await;
+    let row = workers.body.as_array().and_then(|l| l.iter().find(|w| w["pid"] == json!(worker.pid())).cloned());
+    let row = row.unwrap_or(Value::Null);
+    assert_eq!(row["status"], "live", "{row}");
+    let consumers = row["consumers"].as_array().cloned().unwrap_or_default();
+    assert!(consumers.iter().any(|c| c["queue"] == "send" && c["live"] == 1), "{row}");
+}
+
+#[tokio::test]
+async fn two_and_three_worker_processes_share_one_outbox_and_send_each_message_once() {
+    for processes in [2usize, 3] {
+        let redis = PrivateRedis::start().await;
+        let (app, servers, key) = app_on(&redis).await;
+        let from = sender(&app, servers, &key).await;
+        let workers: Vec<WorkerProcess> =
+            (0..processes).map(|_| WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "2")])).collect();
+        for worker in &workers {
+            worker.wait_ready(Duration::from_secs(30)).await;
+        }
+        let rcpt = format!("slow+share-{}@example.org", Uuid::new_v4().simple());
+        let subjects = submit_batch(&app, &key, &from, &rcpt, 120).await;
+        wait_until("all messages arrive", Duration::from_secs(120), async || accepted_subjects(servers, &rcpt).len() >= 120)
+            .await;
+        assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
+        let mut shares = Vec::new();
+        for worker in &workers {
+            shares.push(worker.metric("postbridge_jobs_total{kind=\"send\",outcome=\"sent\"}").await as i64);
+        }
+        assert!(shares.iter().all(|n| *n > 0), "{processes} processes: every one sent part of the batch: {shares:?}");
+        assert_eq!(shares.iter().sum::<i64>(), 120, "{processes} processes: {shares:?}");
+        let listed = app.get("/v1/ops/workers", &app.operator_token()).await;
+        let live = listed.body.as_array().map(|l| l.iter().filter(|w| w["status"] == "live").count()).unwrap_or(0);
+        assert_eq!(live, processes, "{}", listed.text);
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_and_restarted_at_once_loses_nothing_and_resends_nothing() {
+    let redis = PrivateRedis::start().await;
+    let (app, servers, key) = app_on(&redis).await;
+    let from = sender(&app, servers, &key).await;
+    let mut first = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
+    first.wait_ready(Duration::from_secs(30)).await;
+    let killed_pid = first.pid();
+    let rcpt = format!("slow+kill-{}@example.org", Uuid::new_v4().simple());
+    submit_batch(&app, &key, &from, &rcpt, 200).await;
+    wait_until("the first 20 messages arrive", Duration::from_secs(60), async || {
+        servers.accepted_messages_to(&rcpt).len() >= 20
+    })
+    .await;
+    first.kill_9();
+    let in_flight = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sending'").await;
+    assert!(servers.accepted_messages_to(&rcpt).len() < 200, "killed in the middle of the batch");
+
+    // A restart right after the kill works at once (its consumers have names of their own).
+    let second = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
+    second.wait_ready(Duration::from_secs(15)).await;
+    // Messages the killed worker held come back when their 30 s lease ends: queued again if they never reached
+    // the server, `unknown` if they did.
+    wait_until("every message is settled", Duration::from_secs(120), async || {
+        app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status IN ('queued', 'sending')").await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let seen = accepted_subjects(servers, &rcpt);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let rows = app.ctx.db.clone();
+    let statuses = sea_orm::ConnectionTrait::query_all_raw(
+        &rows,
+        sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, "SELECT subject, status FROM outbound_messages".to_owned()),
+    )
+    .await
+    .expect("rows");
+    let mut unknown = 0;
+    for row in statuses {
+        let subject: String = row.try_get("", "subject").expect("subject");
+        let status: String = row.try_get("", "status").expect("status");
+        match status.as_str() {
+            "sent" => assert_eq!(seen.get(&subject), Some(&1), "a sent message reached the server once: {subject}"),
+            // Cut after its content went out: the server may or may not have it, and it is not resent blindly.
+            "unknown" => {
+                assert!(seen.get(&subject).is_none_or(|n| *n == 1), "{subject}");
+                unknown += 1;
+            }
+            other => panic!("{subject} ended {other}"),
+        }
+    }
+    assert!(unknown as i64 <= in_flight, "only messages in flight at the kill can be unknown ({unknown} > {in_flight})");
+    let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
+    assert_eq!(sent + unknown as i64, 200);
+
+    // The killed process shows as dead (no clean stop), the new one as live.
+    let operator = app.operator_token();
+    wait_until("the killed worker is listed as dead", Duration::from_secs(40), async || {
+        let listed = app.get("/v1/ops/workers", &operator).await;
+        listed.body.as_array().is_some_and(|l| l.iter().any(|w| w["pid"] == json!(killed_pid) && w["status"] == "dead"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_jobs_in_flight_finish_and_marks_the_worker_stopped() {
+    let redis = PrivateRedis::start().await;
+    let (app, servers, key) = app_on(&redis).await;
+    let from = sender(&app, servers, &key).await;
+    let mut worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let pid = worker.pid();
+    let rcpt = format!("slow+term-{}@example.org", Uuid::new_v4().simple());
+    let subjects = submit_batch(&app, &key, &from, &rcpt, 100).await;
+    wait_until("the first 10 messages arrive", Duration::from_secs(60), async || {
+        servers.accepted_messages_to(&rcpt).len() >= 10
+    })
+    .await;
+    let status = worker.terminate(Duration::from_secs(40)).await.expect("the worker exits within its grace");
+    assert!(status.success(), "{status:?}");
+    // Nothing is left half-done: no message is held by the stopped process, none is unknown.
+    assert_eq!(app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status IN ('sending', 'unknown')").await, 0);
+    let listed = app.get("/v1/ops/workers", &app.operator_token()).await;
+    assert!(
+        listed.body.as_array().is_some_and(|l| l.iter().any(|w| w["pid"] == json!(pid) && w["status"] == "stopped")),
+        "{}",
+        listed.text
+    );
+    // Another worker finishes the batch, once each.
+    let next = WorkerProcess::spawn(WORKER, &app.env, &[]);
+    next.wait_ready(Duration::from_secs(30)).await;
+    wait_until("all 100 messages arrive", Duration::from_secs(120), async || accepted_subjects(servers, &rcpt).len() >= 100)
+        .await;
+    assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
+}
+
+#[tokio::test]
+async fn ops_workers_is_for_operators_only() {
+    let redis = PrivateRedis::start().await;
+    let (app, _, key) = app_on(&redis).await;
+    let reply = app.get("/v1/ops/workers", &key).await;
+    postbridge_tests::assert_error(&reply, reqwest::StatusCode::FORBIDDEN, "forbidden");
+    let graphql = app.graphql(Some(&key), "{ opsWorkers { id } }", json!({})).await;
+    assert_eq!(postbridge_tests::graphql_error_code(&graphql), "forbidden", "{graphql}");
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let operator = app.operator_token();
+    wait_until("the worker is listed", Duration::from_secs(15), async || {
+        let graphql = app
+            .graphql(Some(&operator), "{ opsWorkers { pid status ready host version consumers { queue live } } }", json!({}))
+            .await;
+        graphql["data"]["opsWorkers"].as_array().is_some_and(|l| {
+            l.iter().any(|w| {
+                w["pid"] == json!(worker.pid())
+                    && w["status"] == "LIVE"
+                    && w["ready"] == true
+                    && w["consumers"].as_array().is_some_and(|c| c.len() == 5 && c.iter().all(|q| q["live"] == 1))
+            })
+        })
+    })
+    .await;
+}

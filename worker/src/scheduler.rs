@@ -1,0 +1,268 @@
+//! The loops that feed the queues and keep house. Postgres is the truth: what is due is claimed there and pushed
+//! to Redis; a push that fails is unclaimed at once, and when Redis lost its data (flushed, restarted empty,
+//! failed over) every claim is forgotten so everything due is dispatched again within a second. None of these
+//! loops waits on a provider or a mail server: that work runs in jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_core::backend::Vacuum;
+use apalis_redis::{ConnectionManager, RedisStorage};
+use postbridge_core::service::scheduler::{self, Dispatched};
+use postbridge_core::service::{delivery, events, token_configs, webhooks, workers};
+use postbridge_core::AppContext;
+use uuid::Uuid;
+
+use crate::liveness::Liveness;
+use crate::queue::{DeliverMessage, DeliverWebhook, PollMailbox, RefreshGrant, SettleMessage};
+
+/// Rows claimed per query; a full batch means more may be due.
+const BATCH: u64 = 1_000;
+
+/// The storages of every queue.
+#[derive(Clone)]
+pub struct Queues {
+    pub polls: RedisStorage<PollMailbox>,
+    pub sends: RedisStorage<DeliverMessage>,
+    pub hooks: RedisStorage<DeliverWebhook>,
+    pub refreshes: RedisStorage<RefreshGrant>,
+    pub settles: RedisStorage<SettleMessage>,
+}
+
+impl Queues {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Queues {
+            polls: crate::queue::storage(conn.clone(), prefix, "poll"),
+            sends: crate::queue::storage(conn.clone(), prefix, "send"),
+            hooks: crate::queue::storage(conn.clone(), prefix, "webhook"),
+            refreshes: crate::queue::storage(conn.clone(), prefix, "refresh"),
+            settles: crate::queue::storage(conn, prefix, "settle"),
+        }
+    }
+}
+
+/// Pushes jobs; on failure the rows are unclaimed so the next round dispatches them again.
+async fn push<T, S, K>(ctx: &AppContext, storage: &mut S, rows: Dispatched, ids: Vec<Uuid>, job: impl Fn(Uuid) -> T) -> anyhow::Result<usize>
+where
+    S: TaskSink<T, K>,
+    S::Error: std::fmt::Display,
+{
+    let count = ids.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    if let Err(e) = storage.push_bulk(ids.iter().copied().map(job).collect()).await {
+        if let Err(undo) = scheduler::undispatch(ctx, rows, &ids).await {
+            tracing::warn!(error = %undo, "could not unclaim rows after a failed push; they wait out the dispatch grace");
+        }
+        anyhow::bail!("pushing {count} jobs to Redis failed: {e}");
+    }
+    Ok(count)
+}
+
+/// Claims and pushes everything due, queue by queue; one queue's failure does not hold up the others.
+pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    loop {
+        match scheduler::claim_due_sends(ctx, BATCH).await {
+            Ok(ids) => match push(ctx, &mut queues.sends, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await {
+                Ok(n) if n as u64 == BATCH => continue,
+                Ok(_) => {}
+                Err(e) => failures.push(e),
+            },
+            Err(e) => failures.push(e.into()),
+        }
+        break;
+    }
+    match scheduler::claim_due_polls(ctx, 500).await {
+        Ok(ids) => {
+            if let Err(e) = push(ctx, &mut queues.polls, Dispatched::Polls, ids, |account_id| PollMailbox { account_id }).await {
+                failures.push(e);
+            }
+        }
+        Err(e) => failures.push(e.into()),
+    }
+    match scheduler::claim_due_refreshes(ctx, BATCH).await {
+        Ok(ids) => {
+            if let Err(e) = push(ctx, &mut queues.refreshes, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await {
+                failures.push(e);
+            }
+        }
+        Err(e) => failures.push(e.into()),
+    }
+    match scheduler::claim_due_settlements(ctx, 100).await {
+        Ok(ids) => {
+            if let Err(e) = push(ctx, &mut queues.settles, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await {
+                failures.push(e);
+            }
+        }
+        Err(e) => failures.push(e.into()),
+    }
+    if let Err(e) = dispatch_due_webhooks(ctx, &mut queues.hooks).await {
+        failures.push(e);
+    }
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some(first) => Err(first),
+    }
+}
+
+async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<DeliverWebhook>) -> anyhow::Result<()> {
+    loop {
+        let due = webhooks::claim_due_webhooks(ctx, BATCH).await?;
+        let count = due.len();
+        if count > 0 {
+            let jobs = due.iter().map(|&(endpoint_id, event_id)| DeliverWebhook { endpoint_id, event_id }).collect();
+            if let Err(e) = hooks.push_bulk(jobs).await {
+                if let Err(undo) = scheduler::undispatch_webhook_deliveries(ctx, &due).await {
+                    tracing::warn!(error = %undo, "could not unclaim webhook deliveries after a failed push");
+                }
+                anyhow::bail!("pushing {count} webhook jobs to Redis failed: {e}");
+            }
+        }
+        if (count as u64) < BATCH {
+            return Ok(());
+        }
+    }
+}
+
+/// Notices that Redis lost its data: a random epoch is kept under `{prefix}:epoch`; when it is gone or has
+/// changed, the jobs it held are gone too.
+pub struct RedisEpoch {
+    key: String,
+    known: Option<String>,
+}
+
+impl RedisEpoch {
+    pub fn new(prefix: &str) -> Self {
+        RedisEpoch { key: format!("{prefix}:epoch"), known: None }
+    }
+
+    /// True when Redis lost what it held since the last check (or was empty when this process first looked).
+    pub async fn lost_data(&mut self, conn: &mut ConnectionManager) -> anyhow::Result<bool> {
+        let candidate = Uuid::new_v4().to_string();
+        let created: Option<String> = redis::cmd("SET").arg(&self.key).arg(&candidate).arg("NX").query_async(conn).await?;
+        let current = match created {
+            Some(_) => Some(candidate),
+            None => redis::cmd("GET").arg(&self.key).query_async::<Option<String>>(conn).await?,
+        };
+        let lost = match &self.known {
+            Some(known) => current.as_ref() != Some(known),
+            None => created.is_some(),
+        };
+        self.known = current;
+        Ok(lost)
+    }
+}
+
+/// Dispatches what is due every half second until `stop`, and re-dispatches everything when Redis lost its jobs.
+pub async fn run(
+    ctx: AppContext,
+    mut queues: Queues,
+    mut redis: ConnectionManager,
+    liveness: Arc<Liveness>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut dispatch = tokio::time::interval(Duration::from_millis(500));
+    dispatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut epoch = RedisEpoch::new(&ctx.settings.redis_prefix);
+    let mut last_error_logged: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            _ = dispatch.tick() => {}
+        }
+        liveness.scheduler_went_round();
+        match epoch.lost_data(&mut redis).await {
+            Ok(true) => match scheduler::forget_dispatches(&ctx).await {
+                Ok(n) => tracing::warn!(claims = n, "Redis holds none of this deployment's jobs (flushed, restarted or new): dispatching everything due again"),
+                Err(e) => tracing::error!(error = %e, "could not forget dispatch claims after Redis lost its jobs"),
+            },
+            Ok(false) => {}
+            Err(e) => {
+                // Redis is down: nothing can be pushed now; the claims wait, and the next check sees what survived.
+                if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "Redis is unreachable; dispatching waits for it");
+                    last_error_logged = Some(std::time::Instant::now());
+                }
+                continue;
+            }
+        }
+        if let Err(e) = dispatch_due(&ctx, &mut queues).await {
+            if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                tracing::error!(error = %e, "dispatching due jobs failed");
+                last_error_logged = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// Quick database chores, each on its own pace: interrupted deliveries every 5 s, Redis job bodies every minute,
+/// secret expiry, event retention and old worker rows every hour.
+pub async fn housekeeping(
+    ctx: AppContext,
+    mut queues: Queues,
+    mut redis: ConnectionManager,
+    liveness: Arc<Liveness>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut abandoned = tokio::time::interval(Duration::from_secs(5));
+    let mut vacuum = tokio::time::interval(Duration::from_secs(60));
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    for timer in [&mut abandoned, &mut vacuum, &mut hourly] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            _ = abandoned.tick() => {
+                match delivery::settle_abandoned(&ctx).await {
+                    Ok(done) if done == delivery::Abandoned::default() => {}
+                    Ok(done) => tracing::warn!(requeued = done.requeued, unknown = done.unknown, "took back deliveries whose worker stopped"),
+                    Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),
+                }
+            }
+            _ = vacuum.tick() => {
+                if let Err(e) = vacuum_redis(&mut queues, &mut redis, &ctx.settings.redis_prefix).await {
+                    tracing::warn!(error = %e, "clearing finished jobs from Redis failed");
+                }
+            }
+            _ = hourly.tick() => hourly_chores(&ctx).await,
+        }
+        liveness.housekeeping_went_round();
+    }
+}
+
+/// apalis keeps every finished job's body and metadata, and its id in a `done` set, until vacuumed.
+async fn vacuum_redis(queues: &mut Queues, redis: &mut ConnectionManager, prefix: &str) -> anyhow::Result<()> {
+    let mut removed = queues.polls.vacuum().await?;
+    removed += queues.sends.vacuum().await?;
+    removed += queues.hooks.vacuum().await?;
+    removed += queues.refreshes.vacuum().await?;
+    removed += queues.settles.vacuum().await?;
+    for queue in workers::QUEUES {
+        let _: i64 = redis::cmd("DEL").arg(format!("{prefix}:{queue}:done")).query_async(redis).await?;
+    }
+    tracing::debug!(removed, "vacuumed finished jobs from Redis");
+    Ok(())
+}
+
+async fn hourly_chores(ctx: &AppContext) {
+    match token_configs::scan_secret_expiry(ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "announced expiring client secrets"),
+        Err(e) => tracing::error!(error = %e, "client secret expiry scan failed"),
+    }
+    // Retention is counted in days, so an hour late is of no consequence.
+    match events::purge_older_than(ctx, ctx.settings.event_retention_days).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "purged events past their retention"),
+        Err(e) => tracing::error!(error = %e, "purging old events failed"),
+    }
+    match workers::prune(ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, "deleted rows of long-gone worker processes"),
+        Err(e) => tracing::error!(error = %e, "pruning worker rows failed"),
+    }
+}
