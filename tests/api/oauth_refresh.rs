@@ -880,3 +880,46 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
         refreshed
     );
 }
+
+#[tokio::test]
+async fn a_token_endpoint_that_hangs_does_not_hold_up_the_worker_dispatching_other_refreshes() {
+    let app = spawn_app().await;
+    let slow = connect(&app).await;
+    let other = connect(&app).await;
+    expire_in(&app, slow.grant, 60).await;
+    expire_in(&app, other.grant, 3600).await;
+    slow.setup.provider.fail_next_token_requests(1, TokenFailure::Slow(Duration::from_secs(10)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(postbridge_worker::run(app.ctx.clone(), stop_rx));
+
+    // The worker's refresh job is now waiting on the slow provider.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.setup.provider.pending_token_failures() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the worker never asked the slow provider");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another grant falls due meanwhile: it is dispatched and refreshed at once, not after the slow one.
+    let before = grant_row(&app, other.grant).await;
+    expire_in(&app, other.grant, 60).await;
+    let fell_due = std::time::Instant::now();
+    loop {
+        let row = grant_row(&app, other.grant).await;
+        if row.access_token != before.access_token {
+            assert!(row.expires_at.is_some_and(|at| at > Utc::now() + chrono::Duration::minutes(30)), "{row:?}");
+            break;
+        }
+        assert!(fell_due.elapsed() < Duration::from_secs(5), "the second refresh waited behind the slow one");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow_row = grant_row(&app, slow.grant).await;
+    assert!(slow_row.expires_at.is_some_and(|at| at < Utc::now() + chrono::Duration::minutes(2)), "the slow one is still waiting");
+    // The slow answer still lands, once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while grant_row(&app, slow.grant).await.expires_at.is_some_and(|at| at < Utc::now() + chrono::Duration::minutes(30)) {
+        assert!(std::time::Instant::now() < deadline, "the slow refresh never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    worker.await.expect("worker task").expect("worker stops cleanly");
+    assert_eq!(grant_row(&app, slow.grant).await.status, "valid");
+}
