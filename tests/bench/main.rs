@@ -298,15 +298,7 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
                "host": "127.0.0.1", "port": servers.smtp_port(), "security": "starttls", "from_filter": login}),
     )
     .await?;
-    let scope = postbridge_core::auth::TenantScope {
-        tenant_id: Uuid::parse_str(&tenant)?,
-        principal: postbridge_core::auth::Principal {
-            subject: "bench".into(),
-            role: postbridge_core::model::Role::Admin,
-            tenant_id: Some(Uuid::parse_str(&tenant)?),
-            api_rate_limit_per_minute: None,
-        },
-    };
+    let scope = admin_scope(Uuid::parse_str(&tenant)?);
     let submit = |i: usize| postbridge_core::model::SendMessage {
         from: login.clone(),
         to: vec![format!("rcpt{i}@example.org")],
@@ -426,6 +418,19 @@ async fn bench_memory(accounts: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The service layer's view of a tenant admin (the bench submits through the service, as the API does).
+fn admin_scope(tenant: Uuid) -> postbridge_core::auth::TenantScope {
+    postbridge_core::auth::TenantScope {
+        tenant_id: tenant,
+        principal: postbridge_core::auth::Principal {
+            subject: "bench".into(),
+            role: postbridge_core::model::Role::Admin,
+            tenant_id: Some(tenant),
+            api_rate_limit_per_minute: None,
+        },
+    }
+}
+
 /// The release worker binary beside the bench binary.
 fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
     let worker = std::env::current_exe()?.with_file_name("postbridge-worker");
@@ -472,15 +477,7 @@ async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
             .await?;
             senders.push((id, login));
         }
-        let scope = postbridge_core::auth::TenantScope {
-            tenant_id: tenant,
-            principal: postbridge_core::auth::Principal {
-                subject: "bench".into(),
-                role: postbridge_core::model::Role::Admin,
-                tenant_id: Some(tenant),
-                api_rate_limit_per_minute: None,
-            },
-        };
+        let scope = admin_scope(tenant);
         // Submitted before the workers start, through the service (composition and routing as for the API).
         let mut submitted = 0;
         for (_, login) in &senders {

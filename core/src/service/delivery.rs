@@ -92,20 +92,27 @@ async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
     Ok(marked.rows_affected() == 1)
 }
 
-/// Gives a leased message back to the queue when nothing of it reached the server (no attempt counted);
-/// false when it had been handed over (it then settles as `unknown`) or the lease is no longer ours.
+/// Puts leased messages that never reached the server back in the queue, the cut attempt not counted. `which`
+/// narrows the `sending` rows with `values` as `$1`, `$2`, ...; the reason recorded comes after them.
+async fn requeue_unsent(ctx: &AppContext, which: &str, mut values: Vec<sea_orm::Value>, why: &str) -> AppResult<u64> {
+    let sql = format!(
+        "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
+         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${}, updated_at = now() \
+         WHERE status = 'sending' AND handed_at IS NULL AND {which}",
+        values.len() + 1
+    );
+    values.push(why.into());
+    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Ok(done.rows_affected())
+}
+
+const STOPPED_BEFORE_HANDING: &str = "the worker stopped before handing it to the mail server; queued again";
+
+/// Gives a leased message back to the queue when nothing of it reached the server; false when it had been handed
+/// over (it then settles as `unknown`) or the lease is no longer ours.
 async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<bool> {
-    let released = ctx
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
-             lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = $3, updated_at = now() \
-             WHERE id = $1 AND lease_token = $2 AND status = 'sending' AND handed_at IS NULL",
-            [lease.message_id.into(), lease.token.into(), why.into()],
-        ))
-        .await?;
-    Ok(released.rows_affected() == 1)
+    let which = "id = $1 AND lease_token = $2";
+    Ok(requeue_unsent(ctx, which, vec![lease.message_id.into(), lease.token.into()], why).await? == 1)
 }
 
 /// Records the outcome of the lease holder; false (nothing written) when the lease is no longer ours.
@@ -361,16 +368,7 @@ pub struct Abandoned {
 /// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
 /// back to the queue; the others become `unknown`, since the server may have accepted them.
 pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
-    let requeued = ctx
-        .db
-        .execute_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
-             lease_token = NULL, leased_by = NULL, dispatched_until = NULL, updated_at = now(), \
-             last_error = 'the worker stopped before handing it to the mail server; queued again' \
-             WHERE status = 'sending' AND lease_until < now() AND handed_at IS NULL",
-        ))
-        .await?;
+    let requeued = requeue_unsent(ctx, "lease_until < now()", vec![], STOPPED_BEFORE_HANDING).await?;
     let unknown = ctx
         .db
         .execute_raw(Statement::from_string(
@@ -380,24 +378,13 @@ pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
              WHERE status = 'sending' AND lease_until < now()",
         ))
         .await?;
-    Ok(Abandoned { requeued: requeued.rows_affected(), unknown: unknown.rows_affected() })
+    Ok(Abandoned { requeued, unknown: unknown.rows_affected() })
 }
 
 /// A stopping worker gives back the messages it leased but never handed to the server (jobs cut by the shutdown
 /// grace). Returns how many.
 pub async fn release_unsent_of_instance(ctx: &AppContext, instance_id: Uuid) -> AppResult<u64> {
-    let released = ctx
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
-             lease_token = NULL, leased_by = NULL, dispatched_until = NULL, updated_at = now(), \
-             last_error = 'the worker stopped before handing it to the mail server; queued again' \
-             WHERE status = 'sending' AND leased_by = $1 AND handed_at IS NULL",
-            [instance_id.into()],
-        ))
-        .await?;
-    Ok(released.rows_affected())
+    requeue_unsent(ctx, "leased_by = $1", vec![instance_id.into()], STOPPED_BEFORE_HANDING).await
 }
 
 /// Where servers file submitted mail; tried in order.

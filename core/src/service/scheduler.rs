@@ -13,16 +13,16 @@ use crate::error::AppResult;
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
 
-async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
-    let rows = ctx
-        .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            [DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()],
-        ))
-        .await?;
+/// Runs a claim: `$1` is the grace, `$2` the limit, `extra` follows from `$3`; returns the claimed ids.
+async fn claim_with(ctx: &AppContext, sql: &str, limit: u64, extra: Vec<sea_orm::Value>) -> AppResult<Vec<Uuid>> {
+    let mut values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
+    values.extend(extra);
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
+}
+
+async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
+    claim_with(ctx, sql, limit, Vec::new()).await
 }
 
 /// Inbound accounts due for a poll: enabled, confirmed, not held by a worker.
@@ -56,19 +56,17 @@ pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid
 /// being refreshed holds its row lock, so it is skipped here.
 pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
     let horizon = chrono::Utc::now() + super::grants::refresh_margin();
-    let rows = ctx
-        .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-               SELECT id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND expires_at < $3 \
-               AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
-               AND (dispatched_until IS NULL OR dispatched_until < now()) \
-               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-            [DISPATCH_GRACE_SECONDS.into(), (limit as i64).into(), horizon.into()],
-        ))
-        .await?;
-    rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
+    claim_with(
+        ctx,
+        "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND expires_at < $3 \
+           AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
+           AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        limit,
+        vec![horizon.into()],
+    )
+    .await
 }
 
 /// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.
