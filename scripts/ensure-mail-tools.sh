@@ -2,7 +2,8 @@
 # Makes sure what the tests' real mail servers (tests/mail.rs, tests/mail-servers/) need is installed:
 #   Dovecot with IMAP and POP3 (Debian packages dovecot-imapd, dovecot-pop3d), openssl, Node.js (>= 18.18) and npm,
 #   the unprivileged system user `pbmail` that owns the test Maildirs, and the npm packages of tests/mail-servers
-#   (`npm ci` from the committed package-lock.json: smtp-server and its two small dependencies).
+#   (`npm ci` from the committed package-lock.json: smtp-server and its two small dependencies); and redis-server,
+#   which the operations tests start privately.
 # Starts nothing: the tests start private Dovecot and SMTP instances on free loopback ports and stop them at exit.
 #
 # Meant for a Debian machine where we are root or have sudo. Idempotent, and silent and fast when everything is there.
@@ -57,6 +58,9 @@ elif ! command -v dovecot >/dev/null 2>&1 && [[ ! -x /usr/sbin/dovecot ]]; then
     missing+=(dovecot-imapd dovecot-pop3d)
 fi
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The operations tests start private redis-server instances (to flush and stop them), even when the shared Redis
+# runs elsewhere.
+command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
 if ! command -v node >/dev/null 2>&1; then
     missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
