@@ -157,19 +157,13 @@ fn backoff_seconds(attempts: i32) -> i64 {
 /// reached the server gives the message back to the queue at once.
 pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> {
     let Some((message, lease)) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
-    let work = deliver_leased(ctx, &message, lease);
-    tokio::pin!(work);
-    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEW_EVERY, LEASE_RENEW_EVERY);
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut work => break outcome,
-            _ = renew.tick() => match renew_lease(ctx, lease).await {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(%message_id, "the send lease was taken over while delivering"),
-                Err(e) => tracing::warn!(%message_id, error = %e, "could not renew the send lease"),
-            },
-        }
-    };
+    let outcome = super::leases::renewing(
+        "send",
+        LEASE_RENEW_EVERY,
+        deliver_leased(ctx, &message, lease),
+        async || renew_lease(ctx, lease).await,
+    )
+    .await;
     if let Err(e) = &outcome {
         match release_unsent(ctx, lease, &format!("interrupted before reaching the mail server: {e}")).await {
             Ok(true) => tracing::warn!(%message_id, error = %e, "delivery interrupted before sending; queued again"),

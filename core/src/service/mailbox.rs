@@ -66,6 +66,18 @@ pub async fn lease<C: ConnectionTrait>(db: &C, account_id: Uuid, seconds: i64) -
     row.map(|r| email_account::Model::from_query_result(&r, "")).transpose().map_err(AppError::from)
 }
 
+/// Extends a held lease by `seconds` from now; false when the account is not leased any more.
+pub async fn renew<C: ConnectionTrait>(db: &C, account_id: Uuid, seconds: i64) -> AppResult<bool> {
+    let renewed = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE email_accounts SET lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND lease_until IS NOT NULL",
+            [account_id.into(), (seconds as f64).into()],
+        ))
+        .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
 pub async fn release<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<()> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,

@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod events;
 pub mod grants;
 pub mod inbound;
+pub mod leases;
 pub mod mailbox;
 pub mod ops_metrics;
 pub mod outbound;

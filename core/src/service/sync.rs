@@ -22,8 +22,9 @@ use crate::model::{AfterFetch, Protocol};
 
 /// Messages fetched and committed per round trip.
 const BATCH: usize = 1_000;
-/// How long a poll may hold its mailbox before another worker may take over.
-const LEASE_SECONDS: i64 = 600;
+/// How long a poll holds its mailbox without renewing: a killed worker's mailboxes are polled again within it.
+const LEASE_SECONDS: i64 = 60;
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct PollReport {
@@ -54,13 +55,19 @@ pub async fn poll_account(ctx: &AppContext, account_id: Uuid) -> Result<PollRepo
     let Some(account) = mailbox::lease(&ctx.db, account_id, LEASE_SECONDS).await? else {
         return Ok(PollReport::default());
     };
-    let result = match Protocol::from_db(&account.protocol)? {
-        Protocol::Imap => poll_imap_with_reauth(ctx, &account).await,
-        Protocol::Pop3 => poll_pop3(ctx, &account).await,
-        Protocol::Smtp => {
-            Err(PollError::App(AppError::validation("protocol", "not_inbound", "an outbound account is not polled")))
+    let poll = async {
+        match Protocol::from_db(&account.protocol)? {
+            Protocol::Imap => poll_imap_with_reauth(ctx, &account).await,
+            Protocol::Pop3 => poll_pop3(ctx, &account).await,
+            Protocol::Smtp => {
+                Err(PollError::App(AppError::validation("protocol", "not_inbound", "an outbound account is not polled")))
+            }
         }
     };
+    let result = super::leases::renewing("poll", LEASE_RENEW_EVERY, poll, async || {
+        mailbox::renew(&ctx.db, account_id, LEASE_SECONDS).await
+    })
+    .await;
     finish(ctx, &account, &result).await?;
     result
 }
