@@ -116,8 +116,11 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     let loops = vec![
         tokio::spawn(scheduler::run(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),
         tokio::spawn(scheduler::housekeeping(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),
-        tokio::spawn(liveness::heartbeat(ctx.clone(), identity.clone(), liveness.clone(), redis.clone(), stop.clone())),
     ];
+    // The heartbeat goes on through the shutdown grace, so a stopping worker is never taken for a dead one.
+    let (heartbeat_stop, heartbeat_stopped) = tokio::sync::watch::channel(false);
+    let heartbeat =
+        tokio::spawn(liveness::heartbeat(ctx.clone(), identity.clone(), liveness.clone(), redis.clone(), heartbeat_stopped));
 
     let mut stop = stop;
     let _ = stop.wait_for(|s| *s).await;
@@ -134,6 +137,8 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     if tokio::time::timeout_at(deadline, runner.drain()).await.is_err() {
         tracing::warn!(jobs = runner.in_flight(), ?grace, "jobs still running at the end of the shutdown grace are cut");
     }
+    let _ = heartbeat_stop.send(true);
+    let _ = heartbeat.await;
     shut_down(&ctx, &identity).await;
     if let Some(server) = http_server {
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

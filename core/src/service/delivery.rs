@@ -161,7 +161,7 @@ pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> 
         "send",
         LEASE_RENEW_EVERY,
         deliver_leased(ctx, &message, lease),
-        async || renew_lease(ctx, lease).await,
+        || renew_lease(ctx, lease),
     )
     .await;
     if let Err(e) = &outcome {

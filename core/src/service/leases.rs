@@ -8,12 +8,10 @@ use crate::error::AppResult;
 
 /// Runs `work`, calling `renew` every `every` until it ends. A failed or refused renewal is logged (naming `what`)
 /// and the work goes on: whoever records its outcome checks that the lease is still its own.
-pub async fn renewing<T>(
-    what: &str,
-    every: Duration,
-    work: impl Future<Output = T>,
-    mut renew: impl AsyncFnMut() -> AppResult<bool>,
-) -> T {
+pub async fn renewing<T, R>(what: &str, every: Duration, work: impl Future<Output = T>, mut renew: impl FnMut() -> R) -> T
+where
+    R: Future<Output = AppResult<bool>>,
+{
     tokio::pin!(work);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -34,16 +32,17 @@ mod tests {
 
     #[tokio::test]
     async fn renews_while_the_work_runs_and_stops_with_it() {
-        let mut renewals = 0;
-        let answer = renewing("test", Duration::from_millis(40), tokio::time::sleep(Duration::from_millis(210)), async || {
-            renewals += 1;
-            Ok(renewals != 2)
+        let renewals = std::sync::atomic::AtomicUsize::new(0);
+        let answer = renewing("test", Duration::from_millis(40), tokio::time::sleep(Duration::from_millis(210)), || {
+            let n = renewals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok(n != 2) }
         })
         .await;
+        let renewals = || renewals.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(answer, ());
-        assert!((4..=5).contains(&renewals), "renewed every 40 ms for 210 ms, refused once and went on: {renewals}");
-        let after = renewals;
+        assert!((4..=5).contains(&renewals()), "renewed every 40 ms for 210 ms, refused once and went on: {}", renewals());
+        let after = renewals();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(renewals, after, "no renewal once the work ended");
+        assert_eq!(renewals(), after, "no renewal once the work ended");
     }
 }

@@ -64,10 +64,8 @@ pub async fn poll_account(ctx: &AppContext, account_id: Uuid) -> Result<PollRepo
             }
         }
     };
-    let result = super::leases::renewing("poll", LEASE_RENEW_EVERY, poll, async || {
-        mailbox::renew(&ctx.db, account_id, LEASE_SECONDS).await
-    })
-    .await;
+    let result =
+        super::leases::renewing("poll", LEASE_RENEW_EVERY, poll, || mailbox::renew(&ctx.db, account_id, LEASE_SECONDS)).await;
     finish(ctx, &account, &result).await?;
     result
 }
