@@ -6,8 +6,9 @@
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- send [MESSAGES]    (default 2000)
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- memory [ACCOUNTS]  (default 1000; needs a
 //!       release `postbridge-worker` beside the bench binary: `cargo build --release -p postbridge-worker`)
-//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- scale [MAILBOXES] (default 50; 1, 2 and 3
-//!       release `postbridge-worker` processes sending 100 messages per mailbox and first-syncing 500 per mailbox)
+//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- scale [MAILBOXES] [slow] (default 50; 1, 2 and 3
+//!       release `postbridge-worker` processes sending 100 messages per mailbox and first-syncing 500 per mailbox;
+//!       `slow`: 20 messages per mailbox to a server that answers each after 200 ms, and no inbound phase)
 //!
 //! Needs the local Postgres and Redis (`scripts/ensure-services.sh`); uses a throwaway database.
 
@@ -34,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Some("inbound") => bench_inbound(count(10_000)).await,
         Some("send") => bench_send(count(2_000)).await,
         Some("memory") => bench_memory(count(1_000)).await,
-        Some("scale") => bench_scale(count(50)).await,
+        Some("scale") => bench_scale(count(50), args.get(2).is_some_and(|a| a == "slow")).await,
         _ => {
             eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | memory [ACCOUNTS] | scale [MAILBOXES]");
             std::process::exit(2);
@@ -454,11 +455,17 @@ async fn time_until(app: &TestApp, sql: &str, target: i64, started: Instant) -> 
 /// Scale-out: the same load on 1, 2 and 3 worker processes (the release binary, one Redis, one Postgres).
 /// Sending: `mailboxes` SMTP accounts with 100 queued messages each. Receiving: `mailboxes` IMAP mailboxes with 500
 /// messages each, first-synced. Each process count gets a fresh database and Redis prefix; every message is
-/// checked to have been sent or stored exactly once.
-async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
+/// checked to have been sent or stored exactly once. `slow`: a server that takes 200 ms per message (so the
+/// workers wait on it, not on the two cores), 20 messages per account, no inbound phase.
+async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
     let worker = worker_binary()?;
     let servers = MailServers::shared().await;
-    println!("scale-out benchmark: {mailboxes} outbound accounts x 100 messages, {mailboxes} inbound mailboxes x 500 messages");
+    let (per_account, inbound) = if slow { (20, 0) } else { (100, mailboxes) };
+    let rcpt_prefix = if slow { "slow+scale" } else { "scale" };
+    println!(
+        "scale-out benchmark: {mailboxes} outbound accounts x {per_account} messages{}, {inbound} inbound mailboxes x 500 messages",
+        if slow { " (the server answers each after 200 ms)" } else { "" }
+    );
     let mut baseline: Option<(f64, f64)> = None;
     for processes in [1usize, 2, 3] {
         let (app, tenant, key) = mail_app(servers).await?;
@@ -481,10 +488,10 @@ async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
         // Submitted before the workers start, through the service (composition and routing as for the API).
         let mut submitted = 0;
         for (_, login) in &senders {
-            for i in 0..100 {
+            for i in 0..per_account {
                 let message = postbridge_core::model::SendMessage {
                     from: login.clone(),
-                    to: vec![format!("scale{i}@example.org")],
+                    to: vec![format!("{rcpt_prefix}{i}@example.org")],
                     cc: vec![],
                     bcc: vec![],
                     reply_to: None,
@@ -501,7 +508,7 @@ async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
         }
         // Inbound: mailboxes seeded in Maildir and confirmed; confirmation does not sync, the workers do.
         let mut receivers = 0;
-        for _ in 0..mailboxes {
+        for _ in 0..inbound {
             let login = format!("scale-in-{}@example.com", Uuid::new_v4().simple());
             servers.add_password_user(&login, "bench-password");
             let seeded: Vec<Vec<u8>> = (0..500).map(sample_message).collect();
@@ -544,7 +551,9 @@ async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
         app.ctx.db.execute_unprepared("UPDATE email_accounts SET next_poll_at = now() WHERE direction = 'inbound'").await?;
         let started = Instant::now();
         let expected = receivers * 500;
-        let received = time_until(&app, "SELECT count(*) AS n FROM inbound_messages", expected as i64, started).await?;
+        let received = time_until(&app, "SELECT count(*) AS n FROM inbound_messages", expected as i64, started)
+            .await?
+            .max(Duration::from_millis(1));
         for child in &mut children {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
@@ -565,10 +574,14 @@ async fn bench_scale(mailboxes: usize) -> anyhow::Result<()> {
         let send_rate = submitted as f64 / sent.as_secs_f64();
         let receive_rate = expected as f64 / received.as_secs_f64();
         let (send_base, receive_base) = *baseline.get_or_insert((send_rate, receive_rate));
+        let inbound_figures = if expected == 0 {
+            String::new()
+        } else {
+            format!("   first sync {receive_rate:>7.0} messages/s ({received:.2?}, x{:.2})", receive_rate / receive_base)
+        };
         println!(
-            "  {processes} worker process(es): send {send_rate:>7.0} messages/s ({sent:.2?}, x{:.2})   first sync {receive_rate:>7.0} messages/s ({received:.2?}, x{:.2})",
-            send_rate / send_base,
-            receive_rate / receive_base
+            "  {processes} worker process(es): send {send_rate:>7.0} messages/s ({sent:.2?}, x{:.2}){inbound_figures}",
+            send_rate / send_base
         );
     }
     Ok(())

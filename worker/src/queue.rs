@@ -55,9 +55,11 @@ pub struct SettleMessage {
 pub fn storage<T>(conn: ConnectionManager, prefix: &str, queue: &str) -> RedisStorage<T> {
     let config = apalis_redis::Config::default()
         .queue(format!("{prefix}:{queue}"))
-        // A consumer of a killed process is declared orphaned after 3 × 5 s, and its Redis in-flight set given back.
-        .heartbeat_interval(Duration::from_secs(5))
-        .missed_heartbeats(3)
+        // An idle consumer looks for new jobs only when its heartbeat wakes it (apalis-redis has no blocking wait),
+        // so the heartbeat sets how soon an idle worker picks up a job: every second. A consumer of a killed
+        // process is declared orphaned after 15 missed beats, and its Redis in-flight set given back.
+        .heartbeat_interval(Duration::from_secs(1))
+        .missed_heartbeats(15)
         // Outcomes live in Postgres; nobody subscribes to apalis' pub/sub events.
         .persist_results(false)
         .emit_events(false);

@@ -176,7 +176,8 @@ pub async fn run(
         liveness.scheduler_went_round();
         match epoch.lost_data(&mut redis).await {
             Ok(true) => match scheduler::forget_dispatches(&ctx).await {
-                Ok(n) => tracing::warn!(claims = n, "Redis holds none of this deployment's jobs (flushed, restarted or new): dispatching everything due again"),
+                Ok(0) => tracing::info!("Redis holds none of this deployment's jobs yet (new, flushed or restarted)"),
+                Ok(n) => tracing::warn!(claims = n, "Redis lost this deployment's jobs (flushed, restarted or failed over): dispatching everything due again"),
                 Err(e) => tracing::error!(error = %e, "could not forget dispatch claims after Redis lost its jobs"),
             },
             Ok(false) => {}
