@@ -211,3 +211,112 @@ impl Drop for WorkerProcess {
         self.kill_9();
     }
 }
+
+/// A private PostgreSQL cluster (the Debian server binaries, run as the `postgres` user when we are root) that a
+/// test may stop and start again; its data survives a restart, like a real database outage.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempdir::Dir,
+    bin: PathBuf,
+    running: bool,
+}
+
+mod tempdir {
+    /// A folder removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin")).filter(|b| b.join("initdb").exists()).max())
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)");
+        let dir = std::env::temp_dir().join(format!("pbtest-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("cluster folder");
+        let dir = tempdir::Dir(dir);
+        let postgres = Self::as_postgres_user();
+        if postgres.is_some() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir.0).status().expect("chown");
+            assert!(status.success(), "chown the cluster folder to postgres");
+        }
+        let output = Self::command(&bin.join("initdb"), postgres)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.0.join("data"))
+            .output()
+            .expect("initdb runs");
+        assert!(output.status.success(), "initdb: {}", String::from_utf8_lossy(&output.stderr));
+        let mut pg = PrivatePostgres { port: free_port(), dir, bin, running: false };
+        pg.start_again().await;
+        pg
+    }
+
+    /// `Some(())` when the server must run as the `postgres` user (we are root).
+    fn as_postgres_user() -> Option<()> {
+        (unsafe { libc::geteuid() } == 0).then_some(())
+    }
+
+    fn command(program: &std::path::Path, as_postgres: Option<()>) -> Command {
+        match as_postgres {
+            Some(()) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        Self::command(&self.bin.join("pg_ctl"), Self::as_postgres_user())
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .args(args)
+            .output()
+            .expect("pg_ctl runs")
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it accepts connections.
+    pub async fn start_again(&mut self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.0.display());
+        let output = self.pg_ctl(&["-w", "-t", "30", "-l", &self.dir.0.join("server.log").to_string_lossy(), "-o", &options, "start"]);
+        assert!(output.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&output.stderr));
+        self.running = true;
+    }
+
+    /// Stops the server at once (clients are cut off); its data stays.
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+            self.running = false;
+        }
+    }
+
+    /// Creates `name` with the real migrations applied.
+    pub async fn create_migrated_database(&self, name: &str) {
+        use sea_orm::ConnectionTrait;
+        use sea_orm_migration::MigratorTrait;
+        let admin = sea_orm::Database::connect(self.url("postgres")).await.expect("connect to the private postgres");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
+        admin.close().await.ok();
+        let db = sea_orm::Database::connect(self.url(name)).await.expect("connect to the new database");
+        postbridge_migration::Migrator::up(&db, None).await.expect("migrations apply");
+        db.close().await.ok();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

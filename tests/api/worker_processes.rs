@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use postbridge_tests::mail::MailServers;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app_with, MAIL_PASSWORD};
-use postbridge_tests::processes::{PrivateRedis, WorkerProcess};
+use postbridge_tests::processes::{PrivatePostgres, PrivateRedis, WorkerProcess};
 use postbridge_tests::{TestApp, TestEnv};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -320,4 +320,52 @@ async fn ops_workers_is_for_operators_only() {
         })
     })
     .await;
+}
+
+#[tokio::test]
+async fn postgres_stopped_for_10_seconds_mid_batch_sends_nothing_twice_and_the_worker_recovers_by_itself() {
+    let redis = PrivateRedis::start().await;
+    let mut postgres = PrivatePostgres::start().await;
+    let mut env = TestEnv::new();
+    postgres.create_migrated_database("postbridge").await;
+    env.set("DATABASE_URL", postgres.url("postbridge"));
+    env.set("REDIS_URL", redis.url());
+    let (app, servers) = spawn_mail_app_with(env).await;
+    let (_, key) = app.tenant_with_admin().await;
+    let from = sender(&app, servers, &key).await;
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let rcpt = format!("slow+pgdown-{}@example.org", Uuid::new_v4().simple());
+    let subjects = submit_batch(&app, &key, &from, &rcpt, 200).await;
+    wait_until("the first 20 messages arrive", Duration::from_secs(60), async || {
+        servers.accepted_messages_to(&rcpt).len() >= 20
+    })
+    .await;
+
+    postgres.stop();
+    assert!(servers.accepted_messages_to(&rcpt).len() < 200, "the outage came in the middle of the batch");
+    wait_until("/readyz says 503 naming postgres", Duration::from_secs(10), async || {
+        matches!(worker.readyz().await, Some((503, body)) if body.contains("postgres"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    postgres.start_again().await;
+
+    wait_until("the worker is ready again", Duration::from_secs(30), async || matches!(worker.readyz().await, Some((200, _))))
+        .await;
+    // Deliveries cut by the outage settle once their leases end: requeued if never handed over, else `unknown`.
+    wait_until("every message is settled", Duration::from_secs(120), async || {
+        app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status IN ('queued', 'sending')").await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = accepted_subjects(servers, &rcpt);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
+    let unknown = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'unknown'").await;
+    assert_eq!(sent + unknown, 200, "every message is sent or, if cut after it went out, unknown");
+    assert!(unknown <= 4, "at most the deliveries in flight at the outage are unknown: {unknown}");
+    let missing = subjects.iter().filter(|s| !seen.contains_key(*s)).count() as i64;
+    assert!(missing <= unknown, "only unknown messages may be missing at the server ({missing} > {unknown})");
 }

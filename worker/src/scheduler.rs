@@ -168,6 +168,7 @@ pub async fn run(
     dispatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut epoch = RedisEpoch::new(&ctx.settings.redis_prefix);
     let mut last_error_logged: Option<std::time::Instant> = None;
+    let mut failing = false;
     loop {
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -190,10 +191,23 @@ pub async fn run(
                 continue;
             }
         }
-        if let Err(e) = dispatch_due(&ctx, &mut queues).await {
-            if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                tracing::error!(error = %e, "dispatching due jobs failed");
-                last_error_logged = Some(std::time::Instant::now());
+        match dispatch_due(&ctx, &mut queues).await {
+            Ok(()) if failing => {
+                // Jobs taken while Postgres was away found nothing and ended, leaving their rows claimed: forget the
+                // claims so those rows are dispatched now rather than after the grace.
+                failing = false;
+                match scheduler::forget_dispatches(&ctx).await {
+                    Ok(n) => tracing::info!(claims = n, "dispatching works again; claims made before are dispatched again"),
+                    Err(e) => tracing::warn!(error = %e, "could not forget claims after dispatching recovered"),
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                failing = true;
+                if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::error!(error = %e, "dispatching due jobs failed");
+                    last_error_logged = Some(std::time::Instant::now());
+                }
             }
         }
     }
