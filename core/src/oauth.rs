@@ -220,7 +220,7 @@ impl OAuthClient {
             Ok(response) => Ok(TokenSet {
                 access_token: response.access_token().secret().clone(),
                 refresh_token: response.refresh_token().map(|t| t.secret().clone()),
-                expires_at: response.expires_in().and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| Utc::now() + d),
+                expires_at: response.expires_in().map(expiry_from),
                 scopes: response
                     .scopes()
                     .map(|s| s.iter().map(|s| s.to_string()).collect())
@@ -257,6 +257,33 @@ impl OAuthClient {
         let (http, guard) = (self.http.clone(), self.guard.clone());
         move |request| Box::pin(send(http.clone(), guard.clone(), request, capture.clone()))
     }
+}
+
+/// Providers are untrusted: a token's lifetime is taken as at most a year, a Retry-After as at most a day, and a
+/// token endpoint's answer is read up to 1 MiB.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// When a token with this `expires_in` expires: clamped to a year, never before now.
+fn expiry_from(expires_in: Duration) -> chrono::DateTime<Utc> {
+    let lifetime = chrono::Duration::from_std(expires_in.min(MAX_TOKEN_LIFETIME)).unwrap_or(chrono::Duration::zero());
+    let now = Utc::now();
+    now.checked_add_signed(lifetime).unwrap_or(now)
+}
+
+/// The body, or an error once it passes `limit` bytes (the rest is never read).
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, HttpCallError> {
+    let mut body = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|_| HttpCallError("token endpoint response was cut off".to_owned()))?
+    {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(HttpCallError(format!("token endpoint response is larger than {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// One token-endpoint request: guarded client, no redirects, status and Retry-After recorded.
@@ -296,7 +323,7 @@ async fn send(
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .map(|seconds| Duration::from_secs(seconds.min(MAX_RETRY_AFTER.as_secs())));
         if let Ok(mut meta) = capture.lock() {
             *meta = ResponseMeta { status, retry_after };
         }
@@ -304,8 +331,8 @@ async fn send(
         for (name, value) in response.headers() {
             builder = builder.header(name.as_str(), value.as_bytes());
         }
-        let body = response.bytes().await.map_err(|_| HttpCallError("token endpoint response was cut off".to_owned()))?;
-        builder.body(body.to_vec()).map_err(|e| HttpCallError(e.to_string()))
+        let body = read_bounded(response, MAX_TOKEN_RESPONSE_BYTES).await?;
+        builder.body(body).map_err(|e| HttpCallError(e.to_string()))
     }
 }
 

@@ -923,3 +923,50 @@ async fn a_token_endpoint_that_hangs_does_not_hold_up_the_worker_dispatching_oth
     worker.await.expect("worker task").expect("worker stops cleanly");
     assert_eq!(grant_row(&app, slow.grant).await.status, "valid");
 }
+
+// ---- providers are untrusted input -------------------------------------------------------------
+
+#[tokio::test]
+async fn an_absurd_expires_in_is_taken_as_a_year_at_most_and_crashes_nothing() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    expire_in(&app, c.grant, 60).await;
+    c.setup.provider.set_access_token_ttl(10_000_000_000_000);
+    let refreshed = token(&app, &c).await.expect("the refresh succeeds");
+    assert_eq!(c.setup.provider.introspect(&refreshed).as_deref(), Some(CONSENTING_USER));
+    let row = grant_row(&app, c.grant).await;
+    let expires_at = row.expires_at.expect("an expiry");
+    assert!(expires_at <= Utc::now() + chrono::Duration::days(366), "clamped to a year: {expires_at}");
+    assert!(expires_at >= Utc::now() + chrono::Duration::days(364), "but a long lifetime is kept: {expires_at}");
+    assert_eq!(row.status, "valid");
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_backs_off_a_day_at_most() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    expire_in(&app, c.grant, -10).await;
+    c.setup.provider.fail_next_token_requests(1, TokenFailure::RateLimited { retry_after_seconds: 10_000_000_000_000 });
+    assert!(matches!(token(&app, &c).await, Err(TokenAccessError::Unavailable { .. })));
+    let row = grant_row(&app, c.grant).await;
+    let next = row.next_refresh_at.expect("a backoff");
+    assert!(next <= Utc::now() + chrono::Duration::hours(24) + chrono::Duration::minutes(1), "at most a day: {next}");
+    assert!(next >= Utc::now() + chrono::Duration::hours(23), "Retry-After is still honoured up to its ceiling: {next}");
+    assert_eq!((row.status.as_str(), row.refresh_failures), ("valid", 1));
+}
+
+#[tokio::test]
+async fn a_token_response_over_a_mebibyte_is_refused_unread_and_changes_no_tokens() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    expire_in(&app, c.grant, -10).await;
+    let before = grant_row(&app, c.grant).await;
+    c.setup.provider.fail_next_token_requests(1, TokenFailure::Oversized { bytes: 2 * 1024 * 1024 });
+    let outcome = token(&app, &c).await;
+    assert!(matches!(outcome, Err(TokenAccessError::Unavailable { .. })), "{outcome:?}");
+    let after = grant_row(&app, c.grant).await;
+    assert_eq!((&after.access_token, &after.refresh_token), (&before.access_token, &before.refresh_token));
+    assert!(after.last_error.as_deref().is_some_and(|e| e.contains("larger than")), "{after:?}");
+    assert_eq!((after.status.as_str(), after.refresh_failures), ("valid", 1), "an outage of the provider, not a dead grant");
+    assert!(after.next_refresh_at.is_some(), "the grant backs off");
+}

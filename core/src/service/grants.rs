@@ -655,7 +655,9 @@ fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
 fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
     let base = 30i64.saturating_mul(1i64 << failures.clamp(0, 7)).min(3600);
     let jittered = (base as f64 * rand::rng().random_range(0.8..1.2)) as i64;
-    let floor = retry_after.map(|d| d.as_secs() as i64).unwrap_or(0);
+    // A provider's Retry-After is honoured up to a day, whatever it says.
+    let ceiling = crate::oauth::MAX_RETRY_AFTER.as_secs() as i64;
+    let floor = retry_after.map(|d| i64::try_from(d.as_secs()).unwrap_or(ceiling).min(ceiling)).unwrap_or(0);
     chrono::Duration::seconds(jittered.max(floor))
 }
 
@@ -833,7 +835,10 @@ async fn record_failure(
     grant::Entity::update_many()
         .col_expr(grant::Column::LastError, Expr::value(message))
         .col_expr(grant::Column::RefreshFailures, Expr::value(failures))
-        .col_expr(grant::Column::NextRefreshAt, Expr::value(now + backoff(failures, retry_after)))
+        .col_expr(
+            grant::Column::NextRefreshAt,
+            Expr::value(now.checked_add_signed(backoff(failures, retry_after)).unwrap_or(now)),
+        )
         .col_expr(grant::Column::UpdatedAt, Expr::value(now))
         .filter(grant::Column::Id.eq(model.id))
         .exec(txn)

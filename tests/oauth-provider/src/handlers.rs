@@ -459,6 +459,13 @@ fn failure_response(failure: &TokenFailure) -> Option<HttpResponse> {
             }))
         }
         TokenFailure::Slow(_) => return None,
+        TokenFailure::Oversized { bytes } => {
+            let mut builder = HttpResponse::Ok();
+            no_store(&mut builder);
+            builder.json(json!({
+                "access_token": "oversized", "token_type": "Bearer", "expires_in": 3600, "padding": "x".repeat(*bytes),
+            }))
+        }
     };
     Some(response)
 }

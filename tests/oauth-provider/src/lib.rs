@@ -76,6 +76,11 @@ pub enum TokenFailure {
     },
     /// Waits this long, then handles the request normally.
     Slow(std::time::Duration),
+    /// 200 with a well-formed token response padded to at least this many bytes (a hostile or broken endpoint).
+    Oversized {
+        /// The body's size.
+        bytes: usize,
+    },
 }
 
 /// Tokens minted directly by [`MockProvider::mint_tokens`], without a browser flow.
