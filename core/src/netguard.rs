@@ -14,7 +14,9 @@ use crate::error::AppError;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GuardError {
-    #[error("{host} resolves to {addr}, a {kind} address, which is not allowed")]
+    /// The message names the kind of address, never the address: a tenant must not learn what internal names
+    /// resolve to.
+    #[error("{host} resolves to a {kind} address, which is not allowed")]
     Forbidden { host: String, addr: IpAddr, kind: &'static str },
     #[error("{host} could not be resolved: {reason}")]
     Unresolvable { host: String, reason: String },
@@ -53,6 +55,12 @@ pub fn non_public_kind(addr: IpAddr) -> Option<&'static str> {
                 Some("NAT64")
             } else if seg0 == 0x2001 && v6.segments()[1] == 0x0db8 {
                 Some("documentation")
+            } else if seg0 == 0x2002 {
+                // 6to4 embeds an IPv4 address (2002:AABB:CCDD::), which a relay would reach.
+                Some("6to4")
+            } else if seg0 == 0x2001 && v6.segments()[1] == 0 {
+                // Teredo (2001:0::/32) embeds the server's and the client's IPv4 addresses.
+                Some("Teredo")
             } else {
                 None
             }
@@ -218,6 +226,9 @@ mod tests {
             ("fe80::1", "link-local"),
             ("::ffff:127.0.0.1", "IPv4-mapped non-public"),
             ("::ffff:169.254.169.254", "IPv4-mapped non-public"),
+            ("2002:7f00:1::1", "6to4"),
+            ("2002:a9fe:a9fe::1", "6to4"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
         ] {
             let ip: IpAddr = addr.parse().expect("ip");
             assert_eq!(non_public_kind(ip), Some(kind), "{addr}");
@@ -226,6 +237,13 @@ mod tests {
             let ip: IpAddr = public.parse().expect("ip");
             assert_eq!(non_public_kind(ip), None, "{public}");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_the_kind_of_address_but_never_the_address() {
+        let strict = NetGuard::new(false);
+        let refused = strict.check_addr("mail.example.com", "10.20.30.40".parse().expect("ip")).expect_err("refused");
+        assert_eq!(refused.to_string(), "mail.example.com resolves to a private address, which is not allowed");
     }
 
     #[tokio::test]

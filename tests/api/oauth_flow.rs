@@ -940,3 +940,23 @@ async fn a_grant_that_needs_re_consent_asks_for_the_consent_screen_and_a_new_ref
     let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
     assert_eq!(grant.body["status"], json!("reauth_required"), "{}", grant.text);
 }
+
+#[tokio::test]
+async fn the_access_log_never_records_the_callbacks_code_or_state() {
+    let app = spawn_app().await;
+    let code = format!("code{}", uuid::Uuid::new_v4().simple());
+    let state = format!("state{}", uuid::Uuid::new_v4().simple());
+    let marker = format!("marker{}", uuid::Uuid::new_v4().simple());
+    let reply = app.request(reqwest::Method::GET, &format!("/oauth/callback?code={code}&state={state}"), None, None, None).await;
+    assert!(reply.status.is_client_error() || reply.status.is_success(), "{}", reply.status);
+    // A request that is logged with its query, to know the log was written and captured.
+    app.request(reqwest::Method::GET, &format!("/healthz?{marker}"), None, None, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !postbridge_tests::captured_logs().contains(&marker) {
+        assert!(std::time::Instant::now() < deadline, "the access log was not captured");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let logs = postbridge_tests::captured_logs();
+    assert!(logs.contains("GET /oauth/callback "), "the callback itself is logged");
+    assert!(!logs.contains(&code) && !logs.contains(&state), "the code and the state are never logged");
+}
