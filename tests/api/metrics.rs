@@ -255,3 +255,18 @@ async fn no_tenant_id_slug_or_secret_appears_in_the_metrics() {
         assert!(!body.contains(secret), "{secret} appears in the metrics");
     }
 }
+
+#[tokio::test]
+async fn without_a_metrics_token_metrics_are_closed_unless_private_hosts_are_allowed() {
+    let mut env = TestEnv::new();
+    env.set("ALLOW_PRIVATE_HOSTS", "false");
+    let app = spawn_app_with(env).await;
+    let (status, _, body) = scrape_with(&app, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "production without a token: closed ({body})");
+    let (status, _, _) = scrape_with(&app, Some("anything")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let development = spawn_app().await;
+    let (status, _, body) = scrape_with(&development, None).await;
+    assert_eq!(status, StatusCode::OK, "development: open");
+    assert!(body.contains("postbridge_queue_depth"));
+}

@@ -105,10 +105,12 @@ pub async fn refresh_gauges(ctx: &AppContext) -> AppResult<()> {
     Ok(())
 }
 
-/// Whether a scrape may read `/metrics`: always without `POSTBRIDGE_METRICS_TOKEN`, else only with
-/// `Authorization: Bearer <it>` (compared in constant time).
+/// Whether a scrape may read `/metrics`: with `POSTBRIDGE_METRICS_TOKEN` set, only with `Authorization: Bearer <it>`
+/// (compared in constant time); without it, only in development (`POSTBRIDGE_ALLOW_PRIVATE_HOSTS`).
 pub fn scrape_allowed(ctx: &AppContext, authorization: Option<&str>) -> bool {
-    let Some(expected) = ctx.settings.metrics_token.as_deref() else { return true };
+    // Without a token, metrics are open only in development (private hosts allowed); in production they are off
+    // until an operator sets one, since they describe the whole deployment.
+    let Some(expected) = ctx.settings.metrics_token.as_deref() else { return ctx.settings.allow_private_hosts };
     let presented = authorization
         .and_then(|value| value.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
