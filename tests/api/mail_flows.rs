@@ -1361,3 +1361,52 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test]
+async fn a_token_that_cannot_be_decrypted_is_postbridges_failure_and_touches_neither_message_grant_nor_account() {
+    let (app, servers) = spawn_mail_app().await;
+    let (tenant, admin) = app.tenant_with_admin().await;
+    let oauth = app.shared_oauth(servers, &tenant, &admin).await;
+    let login = new_login();
+    servers.add_oauth_user(&login);
+    let account = app
+        .create_mail_account(
+            &admin,
+            oauth_account(servers, "smtp", "tls", &login, &oauth.config_id, json!({"from_filter": login})),
+        )
+        .await;
+    app.consent_on_shared_provider(servers, &admin, &account, &login).await;
+    app.confirm_mail_account(&admin, &account).await;
+    let grant = outbound_grant_of(&app, &admin, &account).await;
+    // A ciphertext sealed for another row: it does not decrypt here (as after a lost master key).
+    let elsewhere = postbridge_core::crypto::SecretLocation {
+        tenant_id: tenant.parse().expect("tenant uuid"),
+        table: postbridge_core::service::grants::TABLE,
+        column: postbridge_core::service::grants::ACCESS_COLUMN,
+        row_id: Uuid::new_v4(),
+    };
+    let foreign = app.ctx.cipher.encrypt(elsewhere, "token-of-another-row").expect("encrypt");
+    app.sql_exec(&format!(
+        "UPDATE grants SET access_token = '{foreign}', expires_at = now() + interval '1 hour', next_refresh_at = NULL WHERE id = '{grant}'"
+    ))
+    .await;
+    let grant_before = app.sql_text(&format!("SELECT expires_at::text FROM grants WHERE id = '{grant}'")).await;
+    let id = submit(&app, &admin, json!({"from": login, "to": [recipient("undecryptable-")], "subject": "s", "text": "t"})).await;
+
+    let outcome = delivery::deliver(&app.ctx, Uuid::parse_str(&id).expect("id")).await;
+    assert!(outcome.is_err(), "an internal failure, not a delivery outcome: {outcome:?}");
+    let row = outbound_json(&app, &admin, &id).await;
+    assert_eq!(row["status"], "queued", "never failed for good: {row}");
+    assert_eq!(row["attempts"], 0, "the attempt is not counted: {row}");
+    let waits = app.sql_i64(&format!("SELECT (next_attempt_at > now() + interval '20 seconds')::int::bigint FROM outbound_messages WHERE id = '{id}'")).await;
+    assert_eq!(waits, 1, "it waits before the next try instead of spinning");
+    assert_eq!(app.sql_text(&format!("SELECT expires_at::text FROM grants WHERE id = '{grant}'")).await, grant_before, "the token is not expired");
+    assert_eq!(app.sql_text(&format!("SELECT status FROM grants WHERE id = '{grant}'")).await.as_deref(), Some("valid"));
+    let state = app.get(&format!("/v1/accounts/{account}"), &admin).await;
+    assert_eq!(state.body["state"], "confirmed", "the account is not put in error: {}", state.text);
+}
+
+async fn outbound_grant_of(app: &TestApp, admin: &str, account: &str) -> String {
+    let reply = app.get(&format!("/v1/accounts/{account}"), admin).await;
+    reply.body["grant_id"].as_str().expect("a grant").to_owned()
+}

@@ -94,25 +94,37 @@ async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
 
 /// Puts leased messages that never reached the server back in the queue, the cut attempt not counted. `which`
 /// narrows the `sending` rows with `values` as `$1`, `$2`, ...; the reason recorded comes after them.
-async fn requeue_unsent(ctx: &AppContext, which: &str, mut values: Vec<sea_orm::Value>, why: &str) -> AppResult<u64> {
+async fn requeue_unsent(
+    ctx: &AppContext,
+    which: &str,
+    mut values: Vec<sea_orm::Value>,
+    why: &str,
+    retry_in_seconds: f64,
+) -> AppResult<u64> {
     let sql = format!(
         "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
-         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${}, updated_at = now() \
-         WHERE status = 'sending' AND handed_at IS NULL AND {which}",
-        values.len() + 1
+         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${}, updated_at = now(), \
+         next_attempt_at = now() + make_interval(secs => ${}) WHERE status = 'sending' AND handed_at IS NULL AND {which}",
+        values.len() + 1,
+        values.len() + 2
     );
     values.push(why.into());
+    values.push(retry_in_seconds.into());
     let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     Ok(done.rows_affected())
 }
 
 const STOPPED_BEFORE_HANDING: &str = "the worker stopped before handing it to the mail server; queued again";
 
+/// A delivery that failed on Postbridge's own side (database, decryption) waits this long before its next try; the
+/// attempt is not counted, so such failures never fail a message for good.
+const INTERNAL_RETRY_SECONDS: f64 = 30.0;
+
 /// Gives a leased message back to the queue when nothing of it reached the server; false when it had been handed
 /// over (it then settles as `unknown`) or the lease is no longer ours.
 async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<bool> {
     let which = "id = $1 AND lease_token = $2";
-    Ok(requeue_unsent(ctx, which, vec![lease.message_id.into(), lease.token.into()], why).await? == 1)
+    Ok(requeue_unsent(ctx, which, vec![lease.message_id.into(), lease.token.into()], why, INTERNAL_RETRY_SECONDS).await? == 1)
 }
 
 /// Records the outcome of the lease holder; false (nothing written) when the lease is no longer ours.
@@ -269,7 +281,10 @@ async fn send_once(
 ) -> Result<SendOutcome, Failure> {
     let endpoint = endpoint(account)
         .map_err(|e| Failure::Credentials(MailError::new(crate::mail::error::MailStep::Unknown, e.to_string())))?;
-    let auth = credentials(ctx, account).await.map_err(Failure::Credentials)?;
+    let auth = credentials(ctx, account).await.map_err(|e| match e {
+        mailbox::CredentialError::Mail(e) => Failure::Credentials(e),
+        mailbox::CredentialError::Internal(e) => Failure::App(e),
+    })?;
     if !mark_handed(ctx, lease).await.map_err(Failure::App)? {
         return Err(Failure::LeaseLost);
     }
@@ -362,7 +377,7 @@ pub struct Abandoned {
 /// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
 /// back to the queue; the others become `unknown`, since the server may have accepted them.
 pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
-    let requeued = requeue_unsent(ctx, "lease_until < now()", vec![], STOPPED_BEFORE_HANDING).await?;
+    let requeued = requeue_unsent(ctx, "lease_until < now()", vec![], STOPPED_BEFORE_HANDING, 0.0).await?;
     let unknown = ctx
         .db
         .execute_raw(Statement::from_string(
@@ -378,7 +393,7 @@ pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
 /// A stopping worker gives back the messages it leased but never handed to the server (jobs cut by the shutdown
 /// grace). Returns how many.
 pub async fn release_unsent_of_instance(ctx: &AppContext, instance_id: Uuid) -> AppResult<u64> {
-    requeue_unsent(ctx, "leased_by = $1", vec![instance_id.into()], STOPPED_BEFORE_HANDING).await
+    requeue_unsent(ctx, "leased_by = $1", vec![instance_id.into()], STOPPED_BEFORE_HANDING, 0.0).await
 }
 
 /// Where servers file submitted mail; tried in order.
@@ -566,6 +581,15 @@ enum SettleError {
     Mail(#[from] MailError),
     #[error(transparent)]
     App(#[from] crate::error::AppError),
+}
+
+impl From<mailbox::CredentialError> for SettleError {
+    fn from(err: mailbox::CredentialError) -> Self {
+        match err {
+            mailbox::CredentialError::Mail(e) => SettleError::Mail(e),
+            mailbox::CredentialError::Internal(e) => SettleError::App(e),
+        }
+    }
 }
 
 impl From<sea_orm::DbErr> for SettleError {

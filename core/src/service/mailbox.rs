@@ -21,9 +21,21 @@ pub fn endpoint(account: &email_account::Model) -> AppResult<Endpoint> {
     Ok(Endpoint::new(account.host.clone(), port, security))
 }
 
+/// Why an account's credentials could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The account or its grant is at fault (no password, not authorized, consent withdrawn, provider down).
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    /// Postbridge itself failed (database, pool, decryption): a transient failure that says nothing about the
+    /// account or its grant, so neither is touched.
+    #[error(transparent)]
+    Internal(AppError),
+}
+
 /// The account's credentials now: its password, or a valid access token of its grant.
-pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Result<MailAuth, MailError> {
-    match AuthMethod::from_db(&account.auth_method).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))? {
+pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Result<MailAuth, CredentialError> {
+    match AuthMethod::from_db(&account.auth_method).map_err(CredentialError::Internal)? {
         AuthMethod::Password => {
             let stored = account.password.as_deref().ok_or_else(|| MailError::new(MailStep::Auth, "no password is stored"))?;
             let location = SecretLocation {
@@ -32,10 +44,9 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
                 column: accounts::SECRET_COLUMN,
                 row_id: account.id,
             };
-            let password = ctx
-                .cipher
-                .decrypt(location, stored)
-                .map_err(|e| MailError::new(MailStep::Unknown, format!("stored password: {e}")))?;
+            let password = ctx.cipher.decrypt(location, stored).map_err(|e| {
+                CredentialError::Internal(AppError::Internal(anyhow::anyhow!("decrypting the stored password: {e}")))
+            })?;
             Ok(MailAuth::Password { login: account.login.clone(), password })
         }
         AuthMethod::Oauth2 => {
@@ -44,9 +55,10 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
                 .ok_or_else(|| MailError::new(MailStep::Auth, "the account is not authorized yet: authorize it first"))?;
             let access_token = grants::access_token(ctx, account.tenant_id, grant_id).await.map_err(|e| match e {
                 TokenAccessError::Unavailable { reason, .. } => {
-                    MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}"))
+                    CredentialError::Mail(MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}")))
                 }
-                other => MailError::new(MailStep::Auth, other.to_string()),
+                TokenAccessError::App(e) => CredentialError::Internal(e),
+                other => CredentialError::Mail(MailError::new(MailStep::Auth, other.to_string())),
             })?;
             Ok(MailAuth::XOAuth2 { login: account.login.clone(), access_token })
         }
@@ -148,7 +160,11 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
 /// One connection attempt with the current credentials, bounded by the timeouts.
 async fn probe(ctx: &AppContext, account: &email_account::Model) -> Result<(), MailError> {
     let endpoint = endpoint(account).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))?;
-    let auth = credentials(ctx, account).await?;
+    let auth = credentials(ctx, account).await.map_err(|e| match e {
+        CredentialError::Mail(e) => e,
+        // A person asked for this test: say it failed, without judging the account on Postbridge's own failure.
+        CredentialError::Internal(e) => MailError::new(MailStep::Unknown, format!("could not read the stored credentials: {e}")),
+    })?;
     let timeouts = Timeouts::default();
     let overall = timeouts.connect + timeouts.io * 3;
     let attempt = async {

@@ -44,6 +44,15 @@ pub enum PollError {
     App(#[from] AppError),
 }
 
+impl From<mailbox::CredentialError> for PollError {
+    fn from(err: mailbox::CredentialError) -> Self {
+        match err {
+            mailbox::CredentialError::Mail(e) => PollError::Mail(e),
+            mailbox::CredentialError::Internal(e) => PollError::App(e),
+        }
+    }
+}
+
 impl From<sea_orm::DbErr> for PollError {
     fn from(err: sea_orm::DbErr) -> Self {
         PollError::App(err.into())
