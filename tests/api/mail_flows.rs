@@ -933,21 +933,32 @@ async fn deliver_sends_over_password_auth_with_the_right_headers_and_bcc_only_in
     assert!(logged_in, "a password login");
 }
 
-#[tokio::test]
-async fn deliver_sends_over_xoauth2_with_the_consented_token() {
-    let (app, servers) = spawn_mail_app().await;
+/// A confirmed XOAUTH2 SMTP account on the shared provider (consented as its own login).
+struct OAuthSender {
+    tenant: String,
+    admin: String,
+    login: String,
+    account: String,
+}
+
+/// `extra` gets the login and gives the account fields to add.
+async fn oauth_sender(app: &TestApp, servers: &MailServers, security: &str, extra: impl FnOnce(&str) -> Value) -> OAuthSender {
     let (tenant, admin) = app.tenant_with_admin().await;
     let oauth = app.shared_oauth(servers, &tenant, &admin).await;
     let login = new_login();
     servers.add_oauth_user(&login);
-    let account = app
-        .create_mail_account(
-            &admin,
-            oauth_account(servers, "smtp", "tls", &login, &oauth.config_id, json!({"from_filter": login})),
-        )
-        .await;
+    let body = oauth_account(servers, "smtp", security, &login, &oauth.config_id, extra(&login));
+    let account = app.create_mail_account(&admin, body).await;
     app.consent_on_shared_provider(servers, &admin, &account, &login).await;
     app.confirm_mail_account(&admin, &account).await;
+    OAuthSender { tenant, admin, login, account }
+}
+
+#[tokio::test]
+async fn deliver_sends_over_xoauth2_with_the_consented_token() {
+    let (app, servers) = spawn_mail_app().await;
+    let OAuthSender { admin, login, account, .. } =
+        oauth_sender(&app, servers, "tls", |login| json!({"from_filter": login})).await;
     let to = recipient("oauth-to-");
     let id =
         submit(&app, &admin, json!({"from": format!("Ann <{login}>"), "to": [to], "subject": "Sent with a token", "text": "Hi"}))
@@ -970,18 +981,8 @@ async fn deliver_sends_over_xoauth2_with_the_consented_token() {
 #[tokio::test]
 async fn an_access_token_the_smtp_server_refuses_is_refreshed_once_and_the_message_is_sent() {
     let (app, servers) = spawn_mail_app().await;
-    let (tenant, admin) = app.tenant_with_admin().await;
-    let oauth = app.shared_oauth(servers, &tenant, &admin).await;
-    let login = new_login();
-    servers.add_oauth_user(&login);
-    let account = app
-        .create_mail_account(
-            &admin,
-            oauth_account(servers, "smtp", "starttls", &login, &oauth.config_id, json!({"is_default": true})),
-        )
-        .await;
-    app.consent_on_shared_provider(servers, &admin, &account, &login).await;
-    app.confirm_mail_account(&admin, &account).await;
+    let OAuthSender { tenant, admin, login, account } =
+        oauth_sender(&app, servers, "starttls", |_| json!({"is_default": true})).await;
     let grant = account_json(&app, &admin, &account).await["grant_id"].as_str().expect("grant_id").to_owned();
     let planted = app.plant_access_token(&tenant, &grant, "refused-by-the-smtp-server").await;
     let to = recipient("refresh-");
@@ -1365,19 +1366,9 @@ fn base64_of(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn a_token_that_cannot_be_decrypted_is_postbridges_failure_and_touches_neither_message_grant_nor_account() {
     let (app, servers) = spawn_mail_app().await;
-    let (tenant, admin) = app.tenant_with_admin().await;
-    let oauth = app.shared_oauth(servers, &tenant, &admin).await;
-    let login = new_login();
-    servers.add_oauth_user(&login);
-    let account = app
-        .create_mail_account(
-            &admin,
-            oauth_account(servers, "smtp", "tls", &login, &oauth.config_id, json!({"from_filter": login})),
-        )
-        .await;
-    app.consent_on_shared_provider(servers, &admin, &account, &login).await;
-    app.confirm_mail_account(&admin, &account).await;
-    let grant = outbound_grant_of(&app, &admin, &account).await;
+    let OAuthSender { tenant, admin, login, account } =
+        oauth_sender(&app, servers, "tls", |login| json!({"from_filter": login})).await;
+    let grant = account_json(&app, &admin, &account).await["grant_id"].as_str().expect("grant_id").to_owned();
     // A ciphertext sealed for another row: it does not decrypt here (as after a lost master key).
     let elsewhere = postbridge_core::crypto::SecretLocation {
         tenant_id: tenant.parse().expect("tenant uuid"),
@@ -1404,9 +1395,4 @@ async fn a_token_that_cannot_be_decrypted_is_postbridges_failure_and_touches_nei
     assert_eq!(app.sql_text(&format!("SELECT status FROM grants WHERE id = '{grant}'")).await.as_deref(), Some("valid"));
     let state = app.get(&format!("/v1/accounts/{account}"), &admin).await;
     assert_eq!(state.body["state"], "confirmed", "the account is not put in error: {}", state.text);
-}
-
-async fn outbound_grant_of(app: &TestApp, admin: &str, account: &str) -> String {
-    let reply = app.get(&format!("/v1/accounts/{account}"), admin).await;
-    reply.body["grant_id"].as_str().expect("a grant").to_owned()
 }

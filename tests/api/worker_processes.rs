@@ -15,9 +15,8 @@ use uuid::Uuid;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_postbridge-test-worker");
 
-/// An app whose API and workers use a private Redis, and a tenant admin key.
-async fn app_on(redis: &PrivateRedis) -> (TestApp, &'static MailServers, String) {
-    let mut env = TestEnv::new();
+/// An app whose API and workers use a private Redis (and whatever else `env` says), and a tenant admin key.
+async fn app_on(mut env: TestEnv, redis: &PrivateRedis) -> (TestApp, &'static MailServers, String) {
     env.set("REDIS_URL", redis.url());
     env.set("DATABASE_MAX_CONNECTIONS", "10");
     let (app, servers) = spawn_mail_app_with(env).await;
@@ -80,20 +79,34 @@ async fn assert_all_sent_once(app: &TestApp, servers: &MailServers, rcpt: &str, 
     assert_eq!(sent, subjects.len() as i64, "every message is sent in Postgres too");
 }
 
-#[tokio::test]
-async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_twice() {
-    let redis = PrivateRedis::start().await;
-    let (app, servers, key) = app_on(&redis).await;
+/// A worker process caught in the middle of sending a batch: the first `first` of `count` messages have reached
+/// the server. The app and the worker use a private Redis; `env` may point them at other servers too.
+struct Batch {
+    app: TestApp,
+    servers: &'static MailServers,
+    worker: WorkerProcess,
+    rcpt: String,
+    subjects: Vec<String>,
+}
+
+async fn batch_in_flight(env: TestEnv, redis: &PrivateRedis, tag: &str, count: usize, first: usize) -> Batch {
+    let (app, servers, key) = app_on(env, redis).await;
     let from = sender(&app, servers, &key).await;
     let worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
     worker.wait_ready(Duration::from_secs(30)).await;
-    let rcpt = format!("slow+flush-{}@example.org", Uuid::new_v4().simple());
-    let subjects = submit_batch(&app, &key, &from, &rcpt, 500).await;
-
-    wait_until("the first 50 messages arrive", Duration::from_secs(60), async || {
-        servers.accepted_messages_to(&rcpt).len() >= 50
+    let rcpt = format!("slow+{tag}-{}@example.org", Uuid::new_v4().simple());
+    let subjects = submit_batch(&app, &key, &from, &rcpt, count).await;
+    wait_until(&format!("the first {first} messages arrive"), Duration::from_secs(60), async || {
+        servers.accepted_messages_to(&rcpt).len() >= first
     })
     .await;
+    Batch { app, servers, worker, rcpt, subjects }
+}
+
+#[tokio::test]
+async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_twice() {
+    let redis = PrivateRedis::start().await;
+    let Batch { app, servers, worker, rcpt, subjects } = batch_in_flight(TestEnv::new(), &redis, "flush", 500, 50).await;
     redis.flush_all().await;
     let at_flush = servers.accepted_messages_to(&rcpt).len();
     assert!(at_flush < 500, "the flush came in the middle of the batch ({at_flush} sent)");
@@ -117,16 +130,7 @@ async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_t
 #[tokio::test]
 async fn redis_stopped_for_20_seconds_and_started_empty_loses_nothing_and_the_worker_says_so_meanwhile() {
     let mut redis = PrivateRedis::start().await;
-    let (app, servers, key) = app_on(&redis).await;
-    let from = sender(&app, servers, &key).await;
-    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let rcpt = format!("slow+outage-{}@example.org", Uuid::new_v4().simple());
-    let subjects = submit_batch(&app, &key, &from, &rcpt, 300).await;
-    wait_until("the first 30 messages arrive", Duration::from_secs(60), async || {
-        servers.accepted_messages_to(&rcpt).len() >= 30
-    })
-    .await;
+    let Batch { app, servers, worker, rcpt, subjects } = batch_in_flight(TestEnv::new(), &redis, "outage", 300, 30).await;
 
     redis.stop();
     let stopped = Instant::now();
@@ -173,7 +177,7 @@ async fn redis_stopped_for_20_seconds_and_started_empty_loses_nothing_and_the_wo
 async fn two_and_three_worker_processes_share_one_outbox_and_send_each_message_once() {
     for processes in [2usize, 3] {
         let redis = PrivateRedis::start().await;
-        let (app, servers, key) = app_on(&redis).await;
+        let (app, servers, key) = app_on(TestEnv::new(), &redis).await;
         let from = sender(&app, servers, &key).await;
         let workers: Vec<WorkerProcess> =
             (0..processes).map(|_| WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "2")])).collect();
@@ -200,17 +204,8 @@ async fn two_and_three_worker_processes_share_one_outbox_and_send_each_message_o
 #[tokio::test]
 async fn a_worker_killed_mid_batch_and_restarted_at_once_loses_nothing_and_resends_nothing() {
     let redis = PrivateRedis::start().await;
-    let (app, servers, key) = app_on(&redis).await;
-    let from = sender(&app, servers, &key).await;
-    let mut first = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
-    first.wait_ready(Duration::from_secs(30)).await;
+    let Batch { app, servers, worker: mut first, rcpt, .. } = batch_in_flight(TestEnv::new(), &redis, "kill", 200, 20).await;
     let killed_pid = first.pid();
-    let rcpt = format!("slow+kill-{}@example.org", Uuid::new_v4().simple());
-    submit_batch(&app, &key, &from, &rcpt, 200).await;
-    wait_until("the first 20 messages arrive", Duration::from_secs(60), async || {
-        servers.accepted_messages_to(&rcpt).len() >= 20
-    })
-    .await;
     first.kill_9();
     let in_flight = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sending'").await;
     assert!(servers.accepted_messages_to(&rcpt).len() < 200, "killed in the middle of the batch");
@@ -266,17 +261,8 @@ async fn a_worker_killed_mid_batch_and_restarted_at_once_loses_nothing_and_resen
 #[tokio::test]
 async fn sigterm_lets_jobs_in_flight_finish_and_marks_the_worker_stopped() {
     let redis = PrivateRedis::start().await;
-    let (app, servers, key) = app_on(&redis).await;
-    let from = sender(&app, servers, &key).await;
-    let mut worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
-    worker.wait_ready(Duration::from_secs(30)).await;
+    let Batch { app, servers, mut worker, rcpt, subjects } = batch_in_flight(TestEnv::new(), &redis, "term", 100, 10).await;
     let pid = worker.pid();
-    let rcpt = format!("slow+term-{}@example.org", Uuid::new_v4().simple());
-    let subjects = submit_batch(&app, &key, &from, &rcpt, 100).await;
-    wait_until("the first 10 messages arrive", Duration::from_secs(60), async || {
-        servers.accepted_messages_to(&rcpt).len() >= 10
-    })
-    .await;
     let status = worker.terminate(Duration::from_secs(40)).await.expect("the worker exits within its grace");
     assert!(status.success(), "{status:?}");
     // Nothing is left half-done: no message is held by the stopped process, none is unknown.
@@ -298,7 +284,7 @@ async fn sigterm_lets_jobs_in_flight_finish_and_marks_the_worker_stopped() {
 #[tokio::test]
 async fn ops_workers_is_for_operators_only() {
     let redis = PrivateRedis::start().await;
-    let (app, _, key) = app_on(&redis).await;
+    let (app, _, key) = app_on(TestEnv::new(), &redis).await;
     let reply = app.get("/v1/ops/workers", &key).await;
     postbridge_tests::assert_error(&reply, reqwest::StatusCode::FORBIDDEN, "forbidden");
     let graphql = app.graphql(Some(&key), "{ opsWorkers { id } }", json!({})).await;
@@ -326,21 +312,10 @@ async fn ops_workers_is_for_operators_only() {
 async fn postgres_stopped_for_10_seconds_mid_batch_sends_nothing_twice_and_the_worker_recovers_by_itself() {
     let redis = PrivateRedis::start().await;
     let mut postgres = PrivatePostgres::start().await;
-    let mut env = TestEnv::new();
     postgres.create_migrated_database("postbridge").await;
+    let mut env = TestEnv::new();
     env.set("DATABASE_URL", postgres.url("postbridge"));
-    env.set("REDIS_URL", redis.url());
-    let (app, servers) = spawn_mail_app_with(env).await;
-    let (_, key) = app.tenant_with_admin().await;
-    let from = sender(&app, servers, &key).await;
-    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("SEND_CONCURRENCY", "4")]);
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let rcpt = format!("slow+pgdown-{}@example.org", Uuid::new_v4().simple());
-    let subjects = submit_batch(&app, &key, &from, &rcpt, 200).await;
-    wait_until("the first 20 messages arrive", Duration::from_secs(60), async || {
-        servers.accepted_messages_to(&rcpt).len() >= 20
-    })
-    .await;
+    let Batch { app, servers, worker, rcpt, subjects } = batch_in_flight(env, &redis, "pgdown", 200, 20).await;
 
     postgres.stop();
     assert!(servers.accepted_messages_to(&rcpt).len() < 200, "the outage came in the middle of the batch");
