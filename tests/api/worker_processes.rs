@@ -103,6 +103,21 @@ async fn batch_in_flight(env: TestEnv, redis: &PrivateRedis, tag: &str, count: u
     Batch { app, servers, worker, rcpt, subjects }
 }
 
+/// Waits until no message is queued or being sent (cut deliveries settle when their leases end), then checks that
+/// the server accepted none twice; what it accepted, by subject.
+async fn settled_none_twice(app: &TestApp, servers: &MailServers, rcpt: &str) -> HashMap<String, usize> {
+    wait_until("every message is settled", Duration::from_secs(120), async || {
+        app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status IN ('queued', 'sending')").await == 0
+    })
+    .await;
+    // A duplicate would arrive after the last first copy: give it time to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = accepted_subjects(servers, rcpt);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    seen
+}
+
 #[tokio::test]
 async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_twice() {
     let redis = PrivateRedis::start().await;
@@ -215,15 +230,7 @@ async fn a_worker_killed_mid_batch_and_restarted_at_once_loses_nothing_and_resen
     second.wait_ready(Duration::from_secs(15)).await;
     // Messages the killed worker held come back when their 30 s lease ends: queued again if they never reached
     // the server, `unknown` if they did.
-    wait_until("every message is settled", Duration::from_secs(120), async || {
-        app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status IN ('queued', 'sending')").await == 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let seen = accepted_subjects(servers, &rcpt);
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let seen = settled_none_twice(&app, servers, &rcpt).await;
     let rows = app.ctx.db.clone();
     let statuses = sea_orm::ConnectionTrait::query_all_raw(
         &rows,
@@ -329,14 +336,7 @@ async fn postgres_stopped_for_10_seconds_mid_batch_sends_nothing_twice_and_the_w
     wait_until("the worker is ready again", Duration::from_secs(30), async || matches!(worker.readyz().await, Some((200, _))))
         .await;
     // Deliveries cut by the outage settle once their leases end: requeued if never handed over, else `unknown`.
-    wait_until("every message is settled", Duration::from_secs(120), async || {
-        app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status IN ('queued', 'sending')").await == 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let seen = accepted_subjects(servers, &rcpt);
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    let seen = settled_none_twice(&app, servers, &rcpt).await;
     let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
     let unknown = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'unknown'").await;
     assert_eq!(sent + unknown, 200, "every message is sent or, if cut after it went out, unknown");
