@@ -78,7 +78,30 @@ impl AppError {
 
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
+        // Postgres text cannot hold NUL: whichever input carried one (a body field, a query parameter), the
+        // statement was refused whole, so this is the caller's bad input, not an internal failure.
+        if sqlstate(&err).as_deref() == Some(POSTGRES_UNTRANSLATABLE_CHARACTER) {
+            return AppError::validation(
+                "input",
+                "invalid_characters",
+                "a text input contains a character that cannot be stored (NUL)",
+            );
+        }
         AppError::Internal(anyhow::Error::new(err).context("database operation failed"))
+    }
+}
+
+/// SQLSTATE 22021 `character_not_in_repertoire`: what Postgres answers to a NUL byte in text.
+const POSTGRES_UNTRANSLATABLE_CHARACTER: &str = "22021";
+
+fn sqlstate(err: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

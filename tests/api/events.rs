@@ -610,3 +610,22 @@ async fn live_updates_resume_after_the_listeners_database_connection_is_killed()
     let message = tokio::time::timeout(Duration::from_secs(5), ws_next(&mut ws)).await.expect("an update").expect("open");
     assert_eq!(message["payload"]["data"]["accountStatusChanged"], json!({"id": account, "state": "DISABLED"}), "{message}");
 }
+
+#[tokio::test]
+async fn a_nul_character_in_a_query_or_a_body_is_bad_input_not_an_internal_error() {
+    let app = postbridge_tests::spawn_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    for path in ["/v1/events?resource_type=%00", "/v1/audit-log?actor=%00", "/v1/audit-log?resource_type=a%00b"] {
+        let reply = app.get(path, &key).await;
+        postbridge_tests::assert_error(&reply, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "invalid_characters");
+    }
+    let graphql = app.graphql(Some(&key), r#"{ auditLog(actor: "\u0000") { items { id } } }"#, serde_json::json!({})).await;
+    assert_eq!(postbridge_tests::graphql_error_code(&graphql), "invalid_characters", "{graphql}");
+    let before = app.get("/v1/accounts", &key).await.body["items"].as_array().map_or(0, Vec::len);
+    let body = serde_json::json!({"protocol": "smtp", "auth": "password", "login": "nul@example.com", "password": "p",
+                                  "host": "smtp.example.com", "name": "a\u{0}b"});
+    let reply = app.post("/v1/accounts", &key, body).await;
+    postbridge_tests::assert_error(&reply, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "invalid_characters");
+    let after = app.get("/v1/accounts", &key).await.body["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(before, after, "nothing was written");
+}
