@@ -99,13 +99,13 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     };
     tracing::info!(%prefix, worker_id = %identity.id, host = %identity.host, pid = identity.pid, "postbridge-worker started");
 
-    let settings = ctx.settings.clone();
+    let limit = |queue| queue::concurrency(&ctx.settings, queue);
     let starts: Vec<(&'static str, StartConsumer)> = vec![
-        ("send", consumer!(queues.sends.clone(), settings.send_concurrency, queue::deliver_message, runner)),
-        ("poll", consumer!(queues.polls.clone(), settings.poll_concurrency, queue::poll_mailbox, runner)),
-        ("refresh", consumer!(queues.refreshes.clone(), settings.refresh_concurrency, queue::refresh_grant, runner)),
-        ("settle", consumer!(queues.settles.clone(), 2, queue::settle_message, runner)),
-        ("webhook", consumer!(queues.hooks.clone(), settings.webhooks.concurrency, queue::deliver_webhook, runner)),
+        ("send", consumer!(queues.sends.clone(), limit("send"), queue::deliver_message, runner)),
+        ("poll", consumer!(queues.polls.clone(), limit("poll"), queue::poll_mailbox, runner)),
+        ("refresh", consumer!(queues.refreshes.clone(), limit("refresh"), queue::refresh_grant, runner)),
+        ("settle", consumer!(queues.settles.clone(), limit("settle"), queue::settle_message, runner)),
+        ("webhook", consumer!(queues.hooks.clone(), limit("webhook"), queue::deliver_webhook, runner)),
     ];
     let mut consumer_tasks = Vec::new();
     for (queue, start) in starts {

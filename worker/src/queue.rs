@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::service::delivery::{self, Delivery};
-use postbridge_core::service::{grants, sync, webhooks};
-use postbridge_core::AppContext;
+use postbridge_core::service::{grants, sync, webhooks, workers};
+use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -86,19 +86,25 @@ pub struct JobRunner {
     limits: Arc<std::collections::HashMap<&'static str, Arc<Semaphore>>>,
 }
 
+/// How many jobs of `queue` one worker process runs at once (its consumer fetches as many, and the runner lets as
+/// many run).
+pub fn concurrency(settings: &Settings, queue: &str) -> usize {
+    match queue {
+        "send" => settings.send_concurrency,
+        "poll" => settings.poll_concurrency,
+        "refresh" => settings.refresh_concurrency,
+        "webhook" => settings.webhooks.concurrency,
+        // Sent-folder look-ups are rare, and each holds a mailbox's one connection.
+        _ => 2,
+    }
+}
+
 impl JobRunner {
     pub fn new(ctx: AppContext) -> Self {
-        let settings = &ctx.settings;
-        let limits = [
-            ("send", settings.send_concurrency),
-            ("poll", settings.poll_concurrency),
-            ("refresh", settings.refresh_concurrency),
-            ("settle", 2),
-            ("webhook", settings.webhooks.concurrency),
-        ]
-        .into_iter()
-        .map(|(queue, n)| (queue, Arc::new(Semaphore::new(n))))
-        .collect();
+        let limits = workers::QUEUES
+            .iter()
+            .map(|&queue| (queue, Arc::new(Semaphore::new(concurrency(&ctx.settings, queue)))))
+            .collect();
         JobRunner { ctx, tracker: TaskTracker::new(), limits: Arc::new(limits) }
     }
 

@@ -63,6 +63,7 @@ where
 
 /// Claims and pushes everything due, queue by queue; one queue's failure does not hold up the others.
 pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
+    // Every queue is tried; the first failure is reported.
     let mut failures = Vec::new();
     loop {
         match scheduler::claim_due_sends(ctx, BATCH).await {

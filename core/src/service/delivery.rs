@@ -430,11 +430,10 @@ pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement
     let mut settled = Vec::new();
     for row in rows {
         let id: Uuid = row.try_get("", "id")?;
-        match settle_one(ctx, id).await {
-            Ok(outcome) => settled.push((id, outcome)),
-            Err(e) => {
-                tracing::warn!(message_id = %id, error = %e, "could not look for the message in the Sent folder; will retry")
-            }
+        match settle_unknown_message(ctx, id).await {
+            Ok(Some(outcome)) => settled.push((id, outcome)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(message_id = %id, error = %e, "could not settle the message; will retry"),
         }
     }
     Ok(settled)

@@ -41,6 +41,30 @@ SELECT 'grants', status, count(*), 0::float8 FROM grants GROUP BY status \
 UNION ALL \
 SELECT 'accounts', state, count(*), 0::float8 FROM email_accounts GROUP BY state";
 
+/// One row of `GAUGES_SQL`.
+struct GaugeRow {
+    family: String,
+    label: String,
+    count: i64,
+    age: f64,
+}
+
+/// Reads every Postgres-backed gauge value in one query.
+async fn gauge_rows(ctx: &AppContext) -> AppResult<Vec<GaugeRow>> {
+    let margin = super::grants::refresh_margin().num_seconds() as f64;
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, GAUGES_SQL, [margin.into()])).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(GaugeRow {
+                family: row.try_get("", "family")?,
+                label: row.try_get("", "label")?,
+                count: row.try_get("", "n")?,
+                age: row.try_get::<f64>("", "age")?.max(0.0),
+            })
+        })
+        .collect()
+}
+
 /// Due work of one queue, as Postgres says.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backlog {
@@ -52,19 +76,12 @@ pub struct Backlog {
 
 /// Due work per queue (every kind of `QUEUE_KINDS`, 0 when none).
 pub async fn backlog(ctx: &AppContext) -> AppResult<Vec<Backlog>> {
-    let margin = super::grants::refresh_margin().num_seconds() as f64;
-    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, GAUGES_SQL, [margin.into()])).await?;
     let mut backlog: Vec<Backlog> =
         QUEUE_KINDS.iter().map(|q| Backlog { queue: (*q).to_owned(), due: 0, oldest_seconds: 0.0 }).collect();
-    for row in rows {
-        let family: String = row.try_get("", "family")?;
-        let label: String = row.try_get("", "label")?;
-        if family != "queue" {
-            continue;
-        }
-        if let Some(entry) = backlog.iter_mut().find(|b| b.queue == label) {
-            entry.due = row.try_get("", "n")?;
-            entry.oldest_seconds = row.try_get::<f64>("", "age")?.max(0.0);
+    for row in gauge_rows(ctx).await?.into_iter().filter(|row| row.family == "queue") {
+        if let Some(entry) = backlog.iter_mut().find(|b| b.queue == row.label) {
+            entry.due = row.count;
+            entry.oldest_seconds = row.age;
         }
     }
     Ok(backlog)
@@ -73,8 +90,7 @@ pub async fn backlog(ctx: &AppContext) -> AppResult<Vec<Backlog>> {
 /// Fills the Postgres-backed gauges of `ctx.metrics`. Every known label is set (0 when there is none), so a
 /// value that drops to nothing reads 0 rather than its last count.
 pub async fn refresh_gauges(ctx: &AppContext) -> AppResult<()> {
-    let margin = super::grants::refresh_margin().num_seconds() as f64;
-    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, GAUGES_SQL, [margin.into()])).await?;
+    let rows = gauge_rows(ctx).await?;
     let metrics = &ctx.metrics;
     for kind in QUEUE_KINDS {
         metrics.queue_depth.with_label_values(&[kind]).set(0);
@@ -86,16 +102,12 @@ pub async fn refresh_gauges(ctx: &AppContext) -> AppResult<()> {
     for state in AccountState::ALL {
         metrics.accounts.with_label_values(&[state.as_str()]).set(0);
     }
-    for row in rows {
-        let family: String = row.try_get("", "family")?;
-        let label: String = row.try_get("", "label")?;
-        let count: i64 = row.try_get("", "n")?;
-        let age: f64 = row.try_get("", "age")?;
+    for GaugeRow { family, label, count, age } in rows {
         // Labels come from the code's own sets; a value the code does not know is skipped, not exported.
         match family.as_str() {
             "queue" if QUEUE_KINDS.contains(&label.as_str()) => {
                 metrics.queue_depth.with_label_values(&[&label]).set(count);
-                metrics.queue_oldest_age.with_label_values(&[&label]).set(age.max(0.0));
+                metrics.queue_oldest_age.with_label_values(&[&label]).set(age);
             }
             "grants" if GrantStatus::parse(&label).is_some() => metrics.grants.with_label_values(&[&label]).set(count),
             "accounts" if AccountState::parse(&label).is_some() => metrics.accounts.with_label_values(&[&label]).set(count),

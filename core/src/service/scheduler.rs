@@ -82,13 +82,15 @@ pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Ve
     .await
 }
 
-/// The queues whose rows carry a dispatch mark.
+/// Tables whose rows carry a dispatch mark.
+const DISPATCHED_TABLES: [&str; 4] = ["email_accounts", "outbound_messages", "grants", "webhook_deliveries"];
+
+/// The claims keyed by a row id (webhook deliveries are keyed by endpoint and event: `undispatch_webhook_deliveries`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dispatched {
     Polls,
     Messages,
     Grants,
-    WebhookDeliveries,
 }
 
 impl Dispatched {
@@ -97,27 +99,21 @@ impl Dispatched {
             Dispatched::Polls => "email_accounts",
             Dispatched::Messages => "outbound_messages",
             Dispatched::Grants => "grants",
-            Dispatched::WebhookDeliveries => "webhook_deliveries",
         }
     }
 }
 
 /// Clears the dispatch marks of rows whose jobs never reached Redis (the push failed), so the next pass sends
-/// them again instead of waiting out the grace. (Webhook deliveries: `undispatch_webhook_deliveries`.)
+/// them again instead of waiting out the grace.
 pub async fn undispatch(ctx: &AppContext, rows: Dispatched, ids: &[Uuid]) -> AppResult<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let done = match rows {
-        Dispatched::WebhookDeliveries => return Ok(0),
-        _ => {
-            let sql = format!(
-                "UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
-                rows.table()
-            );
-            ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?
-        }
-    };
+    let sql = format!(
+        "UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
+        rows.table()
+    );
+    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?;
     Ok(done.rows_affected())
 }
 
@@ -143,8 +139,8 @@ pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(Uuid, Uuid
 /// due and does nothing.
 pub async fn forget_dispatches(ctx: &AppContext) -> AppResult<u64> {
     let mut cleared = 0;
-    for rows in [Dispatched::Polls, Dispatched::Messages, Dispatched::Grants, Dispatched::WebhookDeliveries] {
-        let sql = format!("UPDATE {} SET dispatched_until = NULL WHERE dispatched_until > now()", rows.table());
+    for table in DISPATCHED_TABLES {
+        let sql = format!("UPDATE {table} SET dispatched_until = NULL WHERE dispatched_until > now()");
         cleared += ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql)).await?.rows_affected();
     }
     Ok(cleared)
