@@ -241,12 +241,12 @@ impl PrivatePostgres {
         let dir = std::env::temp_dir().join(format!("pbtest-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("cluster folder");
         let dir = tempdir::Dir(dir);
-        let postgres = Self::as_postgres_user();
-        if postgres.is_some() {
+        let as_postgres = Self::as_postgres_user();
+        if as_postgres {
             let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir.0).status().expect("chown");
             assert!(status.success(), "chown the cluster folder to postgres");
         }
-        let output = Self::command(&bin.join("initdb"), postgres)
+        let output = Self::command(&bin.join("initdb"), as_postgres)
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
             .arg(dir.0.join("data"))
             .output()
@@ -257,19 +257,18 @@ impl PrivatePostgres {
         pg
     }
 
-    /// `Some(())` when the server must run as the `postgres` user (we are root).
-    fn as_postgres_user() -> Option<()> {
-        (unsafe { libc::geteuid() } == 0).then_some(())
+    /// Whether the server must run as the `postgres` user (we are root, which PostgreSQL refuses to run as).
+    fn as_postgres_user() -> bool {
+        unsafe { libc::geteuid() == 0 }
     }
 
-    fn command(program: &std::path::Path, as_postgres: Option<()>) -> Command {
-        match as_postgres {
-            Some(()) => {
-                let mut command = Command::new("runuser");
-                command.args(["-u", "postgres", "--"]).arg(program);
-                command
-            }
-            None => Command::new(program),
+    fn command(program: &std::path::Path, as_postgres: bool) -> Command {
+        if as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
         }
     }
 
