@@ -81,7 +81,8 @@ async fn respond(ctx: &AppContext, probes: &Probes, req: Request<Incoming>) -> R
     match path {
         "/healthz" => return json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         "/readyz" => {
-            let problems = probes.liveness.problems(ctx, &probes.redis).await;
+            let consumers = probes.liveness.consumers();
+            let problems = probes.liveness.problems(ctx, &probes.redis, &consumers).await;
             return if problems.is_empty() {
                 json(StatusCode::OK, serde_json::json!({"status": "ready"}))
             } else {

@@ -54,12 +54,11 @@ impl Liveness {
             .collect()
     }
 
-    /// What stops this process from working, from its own state (no I/O).
-    fn own_problems(&self) -> Vec<String> {
-        let mut problems: Vec<String> = self
-            .consumers()
-            .into_iter()
-            .filter(|(_, live)| *live == 0)
+    /// What stops this process from working, from its own state (no I/O) and the consumers as `consumers` saw them.
+    fn own_problems(&self, consumers: &BTreeMap<String, i64>) -> Vec<String> {
+        let mut problems: Vec<String> = consumers
+            .iter()
+            .filter(|(_, live)| **live == 0)
             .map(|(queue, _)| format!("the {queue} consumer is not running"))
             .collect();
         let now = Utc::now().timestamp_millis();
@@ -72,8 +71,9 @@ impl Liveness {
         problems
     }
 
-    /// Everything that stops this process from working, checking Postgres and Redis now.
-    pub async fn problems(&self, ctx: &AppContext, redis: &ConnectionManager) -> Vec<String> {
+    /// Everything that stops this process from working, checking Postgres and Redis now; `consumers` is the snapshot
+    /// the problems must agree with (a heartbeat reports both).
+    pub async fn problems(&self, ctx: &AppContext, redis: &ConnectionManager, consumers: &BTreeMap<String, i64>) -> Vec<String> {
         let timeout = Duration::from_secs(2);
         let mut problems = Vec::new();
         match tokio::time::timeout(timeout, ctx.db.ping()).await {
@@ -87,7 +87,7 @@ impl Liveness {
             Ok(Err(_)) => problems.push("redis unreachable".to_owned()),
             Err(_) => problems.push("redis timed out".to_owned()),
         }
-        problems.extend(self.own_problems());
+        problems.extend(self.own_problems(consumers));
         problems
     }
 }
@@ -137,7 +137,7 @@ pub async fn heartbeat(
         for (queue, live) in &consumers {
             ctx.metrics.worker_consumers.with_label_values(&[queue]).set(*live);
         }
-        let problems = liveness.problems(&ctx, &redis).await;
+        let problems = liveness.problems(&ctx, &redis, &consumers).await;
         let beat = Heartbeat {
             id: identity.id,
             host: identity.host.clone(),
