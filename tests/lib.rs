@@ -236,6 +236,12 @@ impl TestApp {
         AppContext::build(env.settings()).await.expect("context with the given keys")
     }
 
+    /// A connection as the database's owner, outside the app's role and its row-level security: for what only the
+    /// owner (or a superuser) may do in a test, such as terminating a backend or adding a fault-injecting trigger.
+    pub async fn owner_db(&self) -> DatabaseConnection {
+        Database::connect(database_url_for(&self.env.database_name)).await.expect("connect as the database owner")
+    }
+
     pub fn operator_token(&self) -> String {
         self.env.get("OPERATOR_TOKEN").cloned().expect("operator token")
     }

@@ -129,7 +129,7 @@ impl TestApp {
                 admin,
                 json!({"name": "Mail servers' provider", "provider": "generic", "flow": "user", "client_id": client_id,
                        "client_secret": client_secret, "auth_url": provider.authorize_url(), "token_url": provider.token_url(),
-                       "scopes": ["openid", "email", "offline_access", "mail"]}),
+                       "scopes": ["openid", "email", "offline_access", "mail"], "allowed_mail_hosts": ["127.0.0.1", "localhost"]}),
             )
             .await;
         assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);

@@ -11,6 +11,8 @@ use crate::TestApp;
 /// The origin test tenants allow as a return URL.
 pub const RETURN_ORIGIN: &str = "https://app.example.com";
 pub const CONSENTING_USER: &str = "user@example.com";
+/// The mail host the stand-in configuration allows (its tokens are sent nowhere else).
+pub const OAUTH_MAIL_HOST: &str = "mail.example.com";
 
 pub struct OAuthSetup {
     pub provider: MockProvider,
@@ -63,7 +65,8 @@ impl TestApp {
                 "/v1/token-configs",
                 &admin,
                 json!({"name": "Stand-in", "provider": "generic", "flow": flow, "client_id": client_id, "client_secret": client_secret,
-                       "auth_url": provider.authorize_url(), "token_url": provider.token_url(), "scopes": scopes}),
+                       "auth_url": provider.authorize_url(), "token_url": provider.token_url(), "scopes": scopes,
+                       "allowed_mail_hosts": [OAUTH_MAIL_HOST]}),
             )
             .await;
         assert_eq!(config.status, StatusCode::CREATED, "{}", config.text);
@@ -76,7 +79,7 @@ impl TestApp {
             .post(
                 "/v1/accounts",
                 &setup.admin,
-                json!({"protocol": protocol, "auth": "oauth2", "login": login, "token_config_id": setup.config_id, "host": "mail.example.com"}),
+                json!({"protocol": protocol, "auth": "oauth2", "login": login, "token_config_id": setup.config_id, "host": OAUTH_MAIL_HOST}),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);

@@ -49,6 +49,8 @@ impl Application {
                 .wrap(from_fn(crate::rate_limit::limit))
                 .wrap(from_fn(crate::metrics::track))
                 .wrap(access_log())
+                // Outermost: every request runs in its own database scope, narrowed to the tenant once authenticated.
+                .wrap(from_fn(tenant_wall))
                 .app_data(data.clone())
                 .app_data(limiter.clone())
                 .app_data(schema.clone())
@@ -83,6 +85,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+async fn tenant_wall(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    postbridge_core::tenant_wall::request(next.call(req)).await
 }
 
 /// Unknown paths and methods answer in the same `{code, message}` shape as every other error.

@@ -111,6 +111,11 @@ pub struct Claims {
 struct VerifyingKey {
     algorithm: Algorithm,
     key: DecodingKey,
+    /// Only Postbridge's own signing key may carry the operator role; any other key (an identity provider's)
+    /// is limited to tenant roles.
+    may_grant_operator: bool,
+    /// Tokens of this key act in this tenant only.
+    tenant: Option<Uuid>,
 }
 
 /// Configured JWT keys: verification by `kid` only among these, each pinned to its algorithm.
@@ -156,7 +161,8 @@ impl JwtKeys {
                 (JwtKeyMaterial::PublicPem(pem), _) => DecodingKey::from_rsa_pem(pem)
                     .map_err(|e| anyhow::anyhow!("JWT key {}: invalid RSA public key PEM: {e}", key.kid))?,
             };
-            verifying.insert(key.kid.clone(), VerifyingKey { algorithm, key: decoding });
+            let may_grant_operator = key.kid == settings.signing_key_id;
+            verifying.insert(key.kid.clone(), VerifyingKey { algorithm, key: decoding, may_grant_operator, tenant: key.tenant });
         }
         let signing_key = signing.ok_or_else(|| anyhow::anyhow!("JWT signing key {} has no secret", settings.signing_key_id))?;
         let signing_algorithm = verifying
@@ -227,7 +233,14 @@ impl JwtKeys {
                 _ => invalid("rejected"),
             }
         })?;
-        Ok(data.claims)
+        let claims = data.claims;
+        if claims.role == Role::Operator && !key.may_grant_operator {
+            return Err(invalid("this key may not grant the operator role"));
+        }
+        if key.tenant.is_some_and(|tenant| claims.tid != Some(tenant)) {
+            return Err(invalid("this key is limited to another tenant"));
+        }
+        Ok(claims)
     }
 }
 
@@ -255,8 +268,17 @@ pub fn hash_api_key(full_key: &str) -> String {
     Sha256::digest(full_key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Resolves a bearer credential to a principal, refusing revoked keys and suspended tenants.
+/// Resolves a bearer credential to a principal, refusing revoked keys and suspended tenants. A tenant's credential
+/// narrows the rest of the request to that tenant's rows (see `tenant_wall`).
 pub async fn authenticate(ctx: &AppContext, bearer: &str) -> AppResult<Principal> {
+    let principal = identify(ctx, bearer).await?;
+    if let Some(tenant_id) = principal.tenant_id {
+        crate::tenant_wall::narrow_request(tenant_id);
+    }
+    Ok(principal)
+}
+
+async fn identify(ctx: &AppContext, bearer: &str) -> AppResult<Principal> {
     let bearer = bearer.trim();
     if let Some(rest) = bearer.strip_prefix(API_KEY_PREFIX) {
         return authenticate_api_key(ctx, bearer, rest).await;

@@ -29,6 +29,9 @@ pub struct Settings {
     /// Postgres connection URL.
     pub database_url: String,
     pub database_max_connections: u32,
+    /// The role the API and worker switch to after connecting (`SET ROLE`): it owns no table, so the tenant wall's
+    /// row-level security applies. `None` when the connecting user already is such a role (`POSTBRIDGE_DATABASE_ROLE=none`).
+    pub database_role: Option<String>,
     /// Redis connection URL; Redis only dispatches jobs, Postgres is the source of truth.
     pub redis_url: String,
     /// Namespace for every Redis key, so several deployments (or tests) share one Redis.
@@ -146,6 +149,8 @@ pub struct JwtKeySettings {
     pub kid: String,
     pub algorithm: JwtAlgorithm,
     pub material: JwtKeyMaterial,
+    /// `;tenant=<uuid>`: tokens of this key act in that tenant only.
+    pub tenant: Option<uuid::Uuid>,
 }
 
 #[derive(Clone)]
@@ -175,6 +180,12 @@ impl Settings {
             return Err(config_error("DATABASE_URL", "must be a postgres:// URL"));
         }
         let database_max_connections = parse_or(get("DATABASE_MAX_CONNECTIONS"), "DATABASE_MAX_CONNECTIONS", 10u32)?;
+        let database_role = match get("DATABASE_ROLE") {
+            None => Some("postbridge_app".to_owned()),
+            Some(role) if role.eq_ignore_ascii_case("none") => None,
+            Some(role) if role.len() <= 63 && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Some(role),
+            Some(_) => return Err(config_error("DATABASE_ROLE", "must be a role name (letters, digits, _) or none")),
+        };
         let redis_url = get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
             return Err(config_error("REDIS_URL", "must be a redis:// or rediss:// URL"));
@@ -218,6 +229,7 @@ impl Settings {
         Ok(Settings {
             database_url,
             database_max_connections,
+            database_role,
             redis_url,
             redis_prefix,
             listen_addr,
@@ -335,10 +347,19 @@ fn parse_master_keys(raw: &str, active: Option<String>) -> Result<EncryptionSett
     Ok(EncryptionSettings { keys, active_key_id })
 }
 
-/// `kid:ALG:VALUE,...` — VALUE is a base64 secret for HS*, or a path to a PEM public key for RS*/ES*.
+/// `kid:ALG:VALUE[;tenant=UUID],...` — VALUE is a base64 secret for HS*, or a path to a PEM public key for
+/// RS*/ES*; `;tenant=` limits the key's tokens to one tenant.
 fn parse_jwt_keys(raw: &str) -> Result<Vec<JwtKeySettings>, ConfigError> {
     let mut keys: Vec<JwtKeySettings> = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (item, tenant) = match item.rsplit_once(";tenant=") {
+            Some((key, tenant)) => {
+                let tenant = uuid::Uuid::parse_str(tenant.trim())
+                    .map_err(|_| config_error("JWT_KEYS", format!("{key}: tenant= must be a tenant id (UUID)")))?;
+                (key, Some(tenant))
+            }
+            None => (item, None),
+        };
         let mut parts = item.splitn(3, ':');
         let (Some(kid), Some(alg), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(config_error("JWT_KEYS", "each entry must be KEY_ID:ALGORITHM:VALUE"));
@@ -361,7 +382,7 @@ fn parse_jwt_keys(raw: &str) -> Result<Vec<JwtKeySettings>, ConfigError> {
         if keys.iter().any(|k| k.kid == kid) {
             return Err(config_error("JWT_KEYS", format!("key id {kid} is listed twice")));
         }
-        keys.push(JwtKeySettings { kid: kid.to_owned(), algorithm, material });
+        keys.push(JwtKeySettings { kid: kid.to_owned(), algorithm, material, tenant });
     }
     if keys.is_empty() {
         return Err(config_error("JWT_KEYS", "must list at least one key"));
@@ -419,6 +440,19 @@ mod tests {
             [std::time::Duration::from_secs(5), minutes(5), minutes(30), minutes(120), minutes(300), minutes(600)]
         );
         assert_eq!(s.webhooks.disable_after, minutes(5 * 24 * 60));
+    }
+
+    #[test]
+    fn jwt_keys_may_be_limited_to_one_tenant() {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let tenant = uuid::Uuid::now_v7();
+        let mut vars = base();
+        vars.insert("POSTBRIDGE_JWT_KEYS", format!("j1:HS256:{key},idp:HS256:{key};tenant={tenant}"));
+        let s = load(&vars).expect("valid settings");
+        assert_eq!(s.jwt.keys[0].tenant, None);
+        assert_eq!(s.jwt.keys[1].tenant, Some(tenant));
+        vars.insert("POSTBRIDGE_JWT_KEYS", format!("j1:HS256:{key};tenant=acme"));
+        assert_eq!(load(&vars).expect_err("not a uuid").variable, "POSTBRIDGE_JWT_KEYS");
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl AppContext {
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
+        crate::tenant_wall::install(&mut options, settings.database_role.clone());
         let db = Database::connect(options).await.context("failed to connect to Postgres (POSTBRIDGE_DATABASE_URL)")?;
         let redis = redis::Client::open(settings.redis_url.as_str()).context("invalid POSTBRIDGE_REDIS_URL")?;
         let jwt = JwtKeys::new(&settings.jwt).context("invalid JWT key material (POSTBRIDGE_JWT_KEYS)")?;

@@ -16,6 +16,7 @@ pub mod oauth;
 pub mod presets;
 pub mod service;
 pub mod telemetry;
+pub mod tenant_wall;
 pub mod validate;
 
 pub use config::Settings;

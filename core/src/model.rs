@@ -258,6 +258,9 @@ pub struct TokenConfig {
     pub token_url: String,
     pub scopes: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,
+    /// The only mail hosts this configuration's tokens are sent to: the provider's own for Microsoft and Google,
+    /// the admin's list for generic configurations (`*.example.com` matches subdomains).
+    pub allowed_mail_hosts: Vec<String>,
     /// Paste this at the provider as the app's redirect URI.
     pub redirect_uri: String,
     /// The provider refused the client id or secret: create a new secret at the provider and paste it here.
@@ -292,6 +295,9 @@ pub struct CreateTokenConfig {
     /// Derived from provider and flow when omitted.
     pub scopes: Option<Vec<String>>,
     pub extra_auth_params: Option<BTreeMap<String, String>>,
+    /// Generic only, and needed before an oauth2 account can use the configuration: the mail hosts its tokens may be
+    /// sent to (host names, or `*.example.com` for subdomains; at most 50).
+    pub allowed_mail_hosts: Option<Vec<String>>,
     /// Google only: the app's consent screen is in "Testing" (refresh tokens expire after 7 days). Default false.
     pub testing_app: Option<bool>,
 }
@@ -311,6 +317,9 @@ pub struct UpdateTokenConfig {
     pub token_url: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub extra_auth_params: Option<BTreeMap<String, String>>,
+    /// Generic only: replaces the list of mail hosts the configuration's tokens may be sent to. Accounts on a host
+    /// no longer listed stop receiving tokens.
+    pub allowed_mail_hosts: Option<Vec<String>>,
     /// Google only: the app's consent screen is in "Testing" (refresh tokens expire after 7 days).
     pub testing_app: Option<bool>,
 }
@@ -567,14 +576,15 @@ pub struct InboundMessage {
 /// "Which account would send From X, and why".
 #[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
 pub struct RouteExplanation {
-    pub account_id: Uuid,
+    /// The chosen account; absent when a member asks and the account is not theirs (members see only their own).
+    pub account_id: Option<Uuid>,
     pub routed_by: RoutedBy,
     /// The From the message will carry (the default sender's address when the fallback is used).
     pub effective_from: String,
     /// Set when the fallback rewrote From: the original address goes to Reply-To.
     pub reply_to: Option<String>,
-    /// The chosen account's login.
-    pub account_login: String,
+    /// The chosen account's login; absent when it is not the asking member's account.
+    pub account_login: Option<String>,
     /// Why this account, in words.
     pub reason: String,
     /// Set when the tenant's fallback (default) sender would be used: recipients see another From.

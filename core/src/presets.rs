@@ -63,6 +63,35 @@ pub fn mail_host(provider: Provider, protocol: Protocol) -> Option<(&'static str
     }
 }
 
+/// The only mail hosts a Microsoft or Google configuration's tokens are ever sent to (`None`: generic, where the
+/// configuration's admin-set list decides).
+pub fn provider_mail_hosts(provider: Provider) -> Option<&'static [&'static str]> {
+    match provider {
+        Provider::Microsoft => Some(&[
+            "outlook.office365.com",
+            "smtp.office365.com",
+            "outlook.office.com",
+            "imap-mail.outlook.com",
+            "pop-mail.outlook.com",
+            "smtp-mail.outlook.com",
+        ]),
+        Provider::Google => Some(&["imap.gmail.com", "pop.gmail.com", "smtp.gmail.com"]),
+        Provider::Generic => None,
+    }
+}
+
+/// Whether `host` is on `allowed`: exact names (any case), and `*.example.com` for the subdomains of example.com.
+pub fn host_on_list<S: AsRef<str>>(allowed: &[S], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|entry| {
+        let entry = entry.as_ref().to_ascii_lowercase();
+        match entry.strip_prefix("*.") {
+            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")),
+            None => host == entry,
+        }
+    })
+}
+
 pub fn default_security(protocol: Protocol) -> Security {
     match protocol {
         Protocol::Imap | Protocol::Pop3 => Security::Tls,
@@ -79,5 +108,34 @@ pub fn default_port(protocol: Protocol, security: Security) -> i32 {
         (Protocol::Smtp, Security::Tls) => 465,
         (Protocol::Smtp, Security::Starttls) => 587,
         (Protocol::Smtp, Security::None) => 25,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_lists_match_exact_names_and_subdomain_wildcards_only() {
+        let allowed = ["mail.example.com", "*.corp.example"];
+        assert!(host_on_list(&allowed, "MAIL.example.com"));
+        assert!(host_on_list(&allowed, "mail.example.com."));
+        assert!(host_on_list(&allowed, "imap.corp.example"));
+        assert!(!host_on_list(&allowed, "corp.example"));
+        assert!(!host_on_list(&allowed, "evilcorp.example"));
+        assert!(!host_on_list(&allowed, "mail.example.com.evil.test"));
+        assert!(!host_on_list(&allowed, "example.com"));
+    }
+
+    #[test]
+    fn provider_presets_allow_their_own_mail_hosts() {
+        for provider in [Provider::Microsoft, Provider::Google] {
+            let allowed = provider_mail_hosts(provider).expect("preset list");
+            for protocol in [Protocol::Imap, Protocol::Pop3, Protocol::Smtp] {
+                let (host, _, _) = mail_host(provider, protocol).expect("preset host");
+                assert!(host_on_list(allowed, host), "{provider:?} {host}");
+            }
+        }
+        assert!(provider_mail_hosts(Provider::Generic).is_none());
     }
 }

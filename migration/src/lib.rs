@@ -7,6 +7,8 @@ mod m20261124_000002_oauth_grants;
 mod m20261124_000003_mail;
 mod m20261124_000004_observability;
 mod m20261204_000005_worker_operations;
+mod m20261204_000006_member_walls;
+mod m20261204_000010_tenant_wall;
 
 pub struct Migrator;
 
@@ -19,6 +21,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_mail::Migration),
             Box::new(m20261124_000004_observability::Migration),
             Box::new(m20261204_000005_worker_operations::Migration),
+            Box::new(m20261204_000006_member_walls::Migration),
+            Box::new(m20261204_000010_tenant_wall::Migration),
         ]
     }
 }

@@ -379,9 +379,11 @@ async fn oauth2_accounts_take_the_microsoft_mail_servers_when_no_host_is_given()
     let pop = create_ok(&app, &key, oauth("pop3", "jane@contoso.com", &config)).await;
     assert_eq!((pop.body["host"].clone(), pop.body["port"].clone()), (json!("outlook.office365.com"), json!(995)));
 
-    // An explicit host is used as is, with the protocol's defaults.
-    let own = create_ok(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "mail.contoso.com"}))).await;
-    assert_eq!((own.body["host"].clone(), own.body["port"].clone()), (json!("mail.contoso.com"), json!(993)));
+    // An explicit host among Microsoft's is used as is, with the protocol's defaults; any other host would get the token.
+    let own = create_ok(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "outlook.office.com"}))).await;
+    assert_eq!((own.body["host"].clone(), own.body["port"].clone()), (json!("outlook.office.com"), json!(993)));
+    let elsewhere = create(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "mail.contoso.com"}))).await;
+    assert_invalid(&elsewhere, "mail_host_not_allowed", "host");
 }
 
 #[tokio::test]
@@ -737,7 +739,7 @@ async fn a_confirmed_account_stays_confirmed_until_its_server_or_credentials_cha
     let second = google_config(&app, &key).await;
     let oauth_id = created(&create(&app, &key, oauth("smtp", "jane@contoso.com", &first)).await);
     set_state(&app, &oauth_id, "confirmed").await;
-    let moved = app.patch(&path(&oauth_id), &key, json!({"token_config_id": second})).await;
+    let moved = app.patch(&path(&oauth_id), &key, json!({"token_config_id": second, "host": "smtp.gmail.com"})).await;
     assert_eq!(moved.body["state"], json!("draft"), "{}", moved.text);
 }
 
@@ -894,7 +896,8 @@ async fn switching_from_password_to_oauth2_drops_the_stored_password() {
     let reply = app.patch(&path(&id), &key, json!({"auth": "oauth2", "token_config_id": config, "password": "still-here"})).await;
     assert_invalid(&reply, "not_applicable", "password");
 
-    let switched = app.patch(&path(&id), &key, json!({"auth": "oauth2", "token_config_id": config})).await;
+    let switched =
+        app.patch(&path(&id), &key, json!({"auth": "oauth2", "token_config_id": config, "host": "smtp.office365.com"})).await;
     assert_eq!(switched.status, StatusCode::OK, "{}", switched.text);
     assert_eq!(switched.body["auth"], json!("oauth2"));
     assert_eq!(switched.body["password_set"], json!(false), "the old password is dropped");

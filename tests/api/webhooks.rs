@@ -336,6 +336,11 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled_and_an_ev
     verify(&watcher_secret, notice).expect("signed");
     assert_eq!(notice.json()["type"], json!("webhook_endpoint.disabled"));
     assert_eq!(notice.json()["data"]["resource_id"], json!(failing_id));
+    // A receiver's URL may carry a secret: events (readable by viewers, fanned out to receivers) show its origin only.
+    let origin = failing.url.trim_end_matches("/hook");
+    let disabled = app.get(&format!("/v1/events?types=webhook_endpoint.disabled&resource_id={failing_id}"), &key).await;
+    assert_eq!(disabled.body["items"][0]["data"]["url"], json!(format!("{origin}/…")), "{}", disabled.text);
+    assert!(!notice.body.contains("/hook"), "{}", notice.body);
 
     // A disabled endpoint gets no new deliveries and cannot be redelivered to until enabled again.
     record_event(&app, &tenant, events::MESSAGE_RECEIVED, Uuid::now_v7()).await;

@@ -30,6 +30,8 @@ pub struct Model {
     pub after_fetch: Option<String>,
     pub move_to_folder: Option<String>,
     pub owner_subject: String,
+    /// An admin created or authorized this account, so it may use the configuration's app-flow grant.
+    pub app_grant_approved: bool,
     /// Inbound sync position: the folder it belongs to, its UIDVALIDITY and the last stored UID.
     pub sync_folder: Option<String>,
     pub uid_validity: Option<i64>,

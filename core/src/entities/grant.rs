@@ -11,6 +11,8 @@ pub struct Model {
     pub subject: String,
     /// Who consented, as the provider said (may differ for shared mailboxes).
     pub consented_by: Option<String>,
+    /// The Postbridge caller (API key or JWT subject) that started the consent.
+    pub connected_by: Option<String>,
     /// Encrypted envelope (see `crypto`).
     pub access_token: Option<String>,
     /// Encrypted envelope (see `crypto`).

@@ -20,6 +20,9 @@ pub struct Model {
     pub scopes: Json,
     #[sea_orm(column_type = "JsonBinary")]
     pub extra_auth_params: Json,
+    /// Mail hosts oauth2 accounts of a generic configuration may use (lower-case; `*.domain` matches subdomains).
+    #[sea_orm(column_type = "JsonBinary")]
+    pub allowed_mail_hosts: Json,
     /// The provider refused the client credentials (wrong or expired secret): an admin must act.
     pub needs_admin: bool,
     /// A Google app whose consent screen is in "Testing": its refresh tokens expire after 7 days.

@@ -102,6 +102,20 @@ struct Spec<'a> {
     after_fetch: Option<AfterFetch>,
     move_to_folder: Option<String>,
     send_rate_per_minute: Option<i32>,
+    /// The caller sets the filter or moves it to another login (a member may then only use the account's own address).
+    from_filter_changed: bool,
+}
+
+/// A from filter routes every message the tenant sends From that address (or domain) through the account, so a
+/// member may only claim the account's own address; any other address, and every domain, is an admin's decision.
+fn check_member_from_filter(scope: &TenantScope, filter: Option<&str>, login: &str) -> AppResult<()> {
+    let Some(filter) = filter else { return Ok(()) };
+    if scope.principal.role != Role::Member || filter.eq_ignore_ascii_case(login.trim()) {
+        return Ok(());
+    }
+    Err(AppError::forbidden(
+        "members may set from_filter only to the account's own address (its login); other addresses and domains are set by an admin",
+    ))
 }
 
 fn not_for(field: &str, direction: Direction) -> AppError {
@@ -114,8 +128,8 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
     spec.login = validate::non_empty("login", &spec.login, 320)?;
     spec.name = Some(validate::non_empty("name", spec.name.as_deref().unwrap_or(&spec.login), 200)?);
 
-    // Credentials.
-    let provider = match spec.auth {
+    // Credentials; an oauth2 account's token configuration.
+    let config = match spec.auth {
         AuthMethod::Password => {
             if spec.token_config_id.is_some() {
                 return Err(AppError::validation(
@@ -150,9 +164,10 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
                 other => other,
             })?;
             spec.login = validate::email("login", &spec.login)?;
-            Some(Provider::from_db(&config.provider)?)
+            Some(config)
         }
     };
+    let provider = config.as_ref().map(|c| Provider::from_db(&c.provider)).transpose()?;
 
     // Server: explicit, else the provider's, else required.
     let preset = provider.and_then(|p| presets::mail_host(p, spec.protocol));
@@ -161,6 +176,10 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
         (None, Some((host, _, _))) => host.to_owned(),
         (None, None) => return Err(AppError::validation("host", "required", "host is required for this account")),
     };
+    // Tokens go only to the provider's own mail hosts or to those the configuration's admin listed.
+    if let Some(config) = &config {
+        token_configs::check_mail_host(config, &host, "host")?;
+    }
     ctx.guard.check_host_for_storage(&host, "host").await?;
     let host_is_preset = preset.is_some_and(|(h, _, _)| h == host);
     let security = spec.security.unwrap_or(match preset {
@@ -206,6 +225,9 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
                 ));
             }
             spec.from_filter = spec.from_filter.as_deref().map(|f| validate::from_filter("from_filter", f)).transpose()?;
+            if spec.from_filter_changed {
+                check_member_from_filter(scope, spec.from_filter.as_deref(), &spec.login)?;
+            }
         }
         Direction::Inbound => {
             if spec.from_filter.is_some() {
@@ -268,23 +290,34 @@ fn encrypt_password(ctx: &AppContext, tenant_id: Uuid, id: Uuid, password: &str)
     ctx.cipher.encrypt(location, password).map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting password: {e}")))
 }
 
-/// A valid grant this mailbox can use already (its other direction was authorized first): consent once, both authorized.
+/// A valid grant this mailbox can use already (its other direction was authorized first): consent once, both
+/// authorized. A member's account is linked only to a grant that member connected; an app-flow grant reaches every
+/// mailbox of the directory, so only an admin's account is linked to it.
 async fn existing_grant(
     ctx: &AppContext,
-    tenant_id: Uuid,
+    scope: &TenantScope,
     auth: AuthMethod,
     config_id: Option<Uuid>,
     login: &str,
 ) -> AppResult<Option<Uuid>> {
     let (AuthMethod::Oauth2, Some(config_id)) = (auth, config_id) else { return Ok(None) };
-    let found = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(tenant_id))
+    let mut query = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(scope.tenant_id))
         .filter(grant::Column::TokenConfigId.eq(config_id))
-        .filter(grant::Column::Subject.is_in([login.to_lowercase(), super::grants::APP_SUBJECT.to_owned()]))
-        .filter(grant::Column::Status.eq(GrantStatus::Valid.as_str()))
-        .one(&ctx.db)
-        .await?;
-    Ok(found.map(|g| g.id))
+        .filter(grant::Column::Status.eq(GrantStatus::Valid.as_str()));
+    query = if may_approve_app_grants(scope) {
+        query.filter(grant::Column::Subject.is_in([login.to_lowercase(), super::grants::APP_SUBJECT.to_owned()]))
+    } else {
+        query
+            .filter(grant::Column::Subject.eq(login.to_lowercase()))
+            .filter(grant::Column::ConnectedBy.eq(scope.principal.subject.clone()))
+    };
+    Ok(query.one(&ctx.db).await?.map(|g| g.id))
+}
+
+/// Admins (and operators acting in the tenant) decide which accounts use shared grants.
+pub(crate) fn may_approve_app_grants(scope: &TenantScope) -> bool {
+    matches!(scope.principal.role, Role::Admin | Role::Operator)
 }
 
 /// Only admins set up a tenant's default sender or shared mailboxes.
@@ -382,6 +415,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         after_fetch: input.after_fetch,
         move_to_folder: input.move_to_folder,
         send_rate_per_minute: input.send_rate_per_minute,
+        from_filter_changed: true,
     };
     check_spec(ctx, scope, &mut spec).await?;
     let id = Uuid::now_v7();
@@ -390,7 +424,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         _ => None,
     };
     let now = Utc::now();
-    let grant_id = existing_grant(ctx, scope.tenant_id, spec.auth, spec.token_config_id, &spec.login).await?;
+    let grant_id = existing_grant(ctx, scope, spec.auth, spec.token_config_id, &spec.login).await?;
     let state = match (spec.enabled, grant_id) {
         (false, _) => AccountState::Disabled,
         (true, Some(_)) => AccountState::Authorized,
@@ -422,6 +456,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         move_to_folder: Set(spec.move_to_folder),
         send_rate_per_minute: Set(spec.send_rate_per_minute),
         owner_subject: Set(scope.principal.subject.clone()),
+        app_grant_approved: Set(may_approve_app_grants(scope)),
         created_at: Set(now),
         updated_at: Set(now),
         // Sync position and schedule start empty; the database's defaults apply.
@@ -479,6 +514,8 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         None => PasswordChange::Keep { stored: current.password_set && current.auth == auth },
     };
     let direction = current.direction;
+    let from_filter_changed =
+        !input.from_filter.is_undefined() || input.login.as_ref().is_some_and(|l| *l != current.login);
     let mut spec = Spec {
         name: Some(input.name.unwrap_or(current.name.clone())),
         protocol: current.protocol,
@@ -498,6 +535,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         after_fetch: input.after_fetch.or(current.after_fetch),
         move_to_folder: merge(input.move_to_folder, current.move_to_folder.clone()),
         send_rate_per_minute: merge(input.send_rate_per_minute, current.send_rate_per_minute),
+        from_filter_changed,
     };
     check_send_rate_change(scope, spec.send_rate_per_minute != current.send_rate_per_minute)?;
     if drop_move_target {
@@ -530,7 +568,9 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     let identity_changed =
         spec.auth != current.auth || spec.login != current.login || spec.token_config_id != current.token_config_id;
     let grant_id = if identity_changed {
-        existing_grant(ctx, scope.tenant_id, spec.auth, spec.token_config_id, &spec.login).await?
+        // Another mailbox or configuration: an earlier admin approval does not carry over to it.
+        active.app_grant_approved = Set(may_approve_app_grants(scope));
+        existing_grant(ctx, scope, spec.auth, spec.token_config_id, &spec.login).await?
     } else {
         current.grant_id
     };

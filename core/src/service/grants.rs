@@ -153,6 +153,9 @@ pub async fn authorize(
     let config = token_configs::find(ctx, scope.tenant_id, config_id).await?;
     let return_url = check_return_url(ctx, scope.tenant_id, input.return_url.as_deref()).await?;
     match OAuthFlow::from_db(&config.flow)? {
+        OAuthFlow::App if !accounts::may_approve_app_grants(scope) => Err(AppError::forbidden(
+            "an app-flow configuration reaches every mailbox of the directory: only an admin may authorize an account with it",
+        )),
         OAuthFlow::App => authorize_app(ctx, scope, &account, &config).await,
         OAuthFlow::User => start_user_flow(ctx, scope, &account, &config, return_url).await,
     }
@@ -236,8 +239,17 @@ async fn authorize_app(
 ) -> AppResult<AuthorizeResult> {
     let tokens = oauth_client(ctx, config)?.client_credentials().await.map_err(|e| provider_error_to_app(&e))?;
     let txn = ctx.db.begin().await?;
-    let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, APP_SUBJECT, None, &tokens).await?;
-    link_accounts(&txn, scope.tenant_id, config.id, None, grant_id).await?;
+    // Authorizing is the admin's approval of this account; other accounts of the configuration are linked only
+    // if an admin created or authorized them too.
+    email_account::Entity::update_many()
+        .col_expr(email_account::Column::AppGrantApproved, Expr::value(true))
+        .filter(email_account::Column::Id.eq(account.id))
+        .filter(email_account::Column::TenantId.eq(scope.tenant_id))
+        .exec(&txn)
+        .await?;
+    let connection = Connection { subject: APP_SUBJECT, consented_by: None, connected_by: &scope.principal.subject };
+    let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, connection, &tokens).await?;
+    link_accounts(&txn, scope.tenant_id, config.id, LinkTo::ApprovedAccounts, grant_id).await?;
     events::record(
         &txn,
         scope.tenant_id,
@@ -267,16 +279,26 @@ fn provider_error_to_app(err: &TokenError) -> AppError {
     AppError::Conflict { code, message: format!("{err}; {hint}") }
 }
 
+/// Whose grant is stored, and by whom.
+struct Connection<'a> {
+    /// The mailbox login (lower-cased), or `app`.
+    subject: &'a str,
+    /// Who consented, as the provider said.
+    consented_by: Option<String>,
+    /// The Postbridge caller that started it.
+    connected_by: &'a str,
+}
+
 /// Creates or replaces (re-consent) the grant of `subject` at `config`, tokens encrypted.
 async fn store_grant(
     ctx: &AppContext,
     txn: &DatabaseTransaction,
     tenant_id: Uuid,
     config_id: Uuid,
-    subject: &str,
-    consented_by: Option<String>,
+    connection: Connection<'_>,
     tokens: &TokenSet,
 ) -> AppResult<Uuid> {
+    let Connection { subject, consented_by, connected_by } = connection;
     let existing = grant::Entity::find()
         .filter(grant::Column::TenantId.eq(tenant_id))
         .filter(grant::Column::TokenConfigId.eq(config_id))
@@ -301,6 +323,7 @@ async fn store_grant(
             active.expires_at = Set(tokens.expires_at);
             active.scopes = Set(scopes);
             active.consented_by = Set(consented_by);
+            active.connected_by = Set(Some(connected_by.to_owned()));
             mark_fresh(&mut active, now);
             active.update(txn).await?;
         }
@@ -311,6 +334,7 @@ async fn store_grant(
                 token_config_id: Set(config_id),
                 subject: Set(subject.to_owned()),
                 consented_by: Set(consented_by),
+                connected_by: Set(Some(connected_by.to_owned())),
                 access_token: Set(Some(access)),
                 refresh_token: Set(refresh),
                 expires_at: Set(tokens.expires_at),
@@ -340,13 +364,21 @@ async fn store_grant(
     Ok(id)
 }
 
-/// Points every oauth2 account of the mailbox (inbound and outbound) at the grant and marks it authorized.
-/// `login = None` links every account of the configuration (app flow).
+/// Which accounts a new grant is linked to.
+enum LinkTo<'a> {
+    /// User flow: the mailbox's accounts (inbound and outbound) owned by the caller who started the consent or by
+    /// the owner of the account it was started for; another member's account of the same login stays unlinked.
+    Mailbox { login: &'a str, owners: [&'a str; 2] },
+    /// App flow: every account of the configuration an admin created or authorized.
+    ApprovedAccounts,
+}
+
+/// Points the accounts `to` names at the grant and marks them authorized.
 async fn link_accounts(
     txn: &DatabaseTransaction,
     tenant_id: Uuid,
     config_id: Uuid,
-    login: Option<&str>,
+    to: LinkTo<'_>,
     grant_id: Uuid,
 ) -> AppResult<u64> {
     let mut update = email_account::Entity::update_many()
@@ -360,8 +392,13 @@ async fn link_accounts(
         .filter(email_account::Column::TenantId.eq(tenant_id))
         .filter(email_account::Column::TokenConfigId.eq(config_id))
         .filter(email_account::Column::AuthMethod.eq(AuthMethod::Oauth2.as_str()));
-    if let Some(login) = login {
-        update = update.filter(Expr::cust_with_values("lower(login) = $1", [login.to_lowercase()]));
+    match to {
+        LinkTo::Mailbox { login, owners } => {
+            update = update
+                .filter(Expr::cust_with_values("lower(login) = $1", [login.to_lowercase()]))
+                .filter(email_account::Column::OwnerSubject.is_in(owners));
+        }
+        LinkTo::ApprovedAccounts => update = update.filter(email_account::Column::AppGrantApproved.eq(true)),
     }
     Ok(update.exec(txn).await?.rows_affected)
 }
@@ -513,14 +550,16 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     }
 
     let txn = ctx.db.begin().await?;
-    let grant_id = match store_grant(ctx, &txn, state_row.tenant_id, config.id, &login, consented_by.clone(), &tokens).await {
+    let connection = Connection { subject: &login, consented_by: consented_by.clone(), connected_by: &state_row.created_by };
+    let grant_id = match store_grant(ctx, &txn, state_row.tenant_id, config.id, connection, &tokens).await {
         Ok(id) => id,
         Err(AppError::Conflict { message, .. }) => {
             return Ok(CallbackOutcome::failure("concurrent_authorization", message, Some(&state_row)))
         }
         Err(e) => return Err(e),
     };
-    let linked = link_accounts(&txn, state_row.tenant_id, config.id, Some(&login), grant_id).await?;
+    let owners = [state_row.created_by.as_str(), account.owner_subject.as_str()];
+    let linked = link_accounts(&txn, state_row.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id).await?;
     events::record(
         &txn,
         state_row.tenant_id,

@@ -53,6 +53,15 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
             let grant_id = account
                 .grant_id
                 .ok_or_else(|| MailError::new(MailStep::Auth, "the account is not authorized yet: authorize it first"))?;
+            // Checked again on every use: the configuration's allowed hosts may have changed since the account was saved.
+            let config_id = account
+                .token_config_id
+                .ok_or_else(|| MailError::new(MailStep::Auth, "the account has no token configuration"))?;
+            let config =
+                token_configs::find(ctx, account.tenant_id, config_id).await.map_err(CredentialError::Internal)?;
+            if let Err(refused) = token_configs::check_mail_host(&config, &account.host, "host") {
+                return Err(CredentialError::Mail(MailError::new(MailStep::Auth, refused.to_string())));
+            }
             let access_token = grants::access_token(ctx, account.tenant_id, grant_id).await.map_err(|e| match e {
                 TokenAccessError::Unavailable { reason, .. } => {
                     CredentialError::Mail(MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}")))

@@ -21,15 +21,17 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn explain(&self, requested: &Mailbox, skipped: Vec<SkippedSender>) -> RouteExplanation {
+    /// The explanation; with `shown = false` (a member asking about an account that is not theirs) it names
+    /// neither the account's id nor its login.
+    pub fn explain(&self, requested: &Mailbox, skipped: Vec<SkippedSender>, shown: bool) -> RouteExplanation {
         let address = requested.email.to_string().to_lowercase();
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        let account = if shown { format!("account {}", self.account.login) } else { "another member's account".to_owned() };
         let reason = match self.routed_by {
-            RoutedBy::Address => format!("account {}'s from filter is the address {address}", self.account.login),
-            RoutedBy::Domain => format!("account {}'s from filter is the domain {domain}", self.account.login),
+            RoutedBy::Address => format!("{account}'s from filter is the address {address}"),
+            RoutedBy::Domain => format!("{account}'s from filter is the domain {domain}"),
             RoutedBy::Default => format!(
-                "no usable account's from filter is {address} or {domain}, so the tenant's default sender {} is used",
-                self.account.login
+                "no usable account's from filter is {address} or {domain}, so the tenant's default sender ({account}) is used"
             ),
         };
         let warning = (self.routed_by == RoutedBy::Default).then(|| match &self.reply_to {
@@ -41,11 +43,11 @@ impl Route {
             None => "the fallback sender is used (it sends as this very address)".to_owned(),
         });
         RouteExplanation {
-            account_id: self.account.id,
+            account_id: shown.then_some(self.account.id),
             routed_by: self.routed_by,
             effective_from: self.from.to_string(),
             reply_to: self.reply_to.as_ref().map(|m| m.to_string()),
-            account_login: self.account.login.clone(),
+            account_login: shown.then(|| self.account.login.clone()),
             reason,
             warning,
             skipped,
@@ -130,13 +132,22 @@ pub async fn explain(
     scope.require(crate::model::Role::Viewer)?;
     let mailbox = parse_mailbox("from", from)?;
     let chosen = route(&ctx.db, scope.tenant_id, &mailbox).await?;
-    let skipped = skipped_senders(&ctx.db, scope.tenant_id, &mailbox).await?;
-    Ok(chosen.explain(&mailbox, skipped))
+    // Members see only their own accounts, here as everywhere else.
+    let visible = |account: &email_account::Model| {
+        scope.principal.role != crate::model::Role::Member || account.owner_subject == scope.principal.subject
+    };
+    let skipped = skipped_senders(&ctx.db, scope.tenant_id, &mailbox, &visible).await?;
+    Ok(chosen.explain(&mailbox, skipped, visible(&chosen.account)))
 }
 
 /// Outbound accounts whose from filter matches the address or its domain (or that are the default sender) but
 /// which cannot send now: the usual answer to "why did my mail go out from the fallback?".
-async fn skipped_senders<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) -> AppResult<Vec<SkippedSender>> {
+async fn skipped_senders<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Uuid,
+    from: &Mailbox,
+    visible: &(dyn Fn(&email_account::Model) -> bool + Sync),
+) -> AppResult<Vec<SkippedSender>> {
     let address = from.email.to_string().to_lowercase();
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
     let accounts = email_account::Entity::find()
@@ -147,7 +158,7 @@ async fn skipped_senders<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mai
         .await?;
     accounts
         .into_iter()
-        .filter(|a| !usable(a))
+        .filter(|a| !usable(a) && visible(a))
         .filter(|a| a.is_default || a.from_filter.as_deref().is_some_and(|f| f == address || f == domain))
         .map(|a| {
             let state = AccountState::from_db(&a.state)?;

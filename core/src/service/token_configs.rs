@@ -29,6 +29,7 @@ const RESERVED_AUTH_PARAMS: &[&str] =
     &["client_id", "redirect_uri", "response_type", "scope", "state", "code_challenge", "code_challenge_method"];
 
 pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<TokenConfig> {
+    let allowed_mail_hosts = allowed_mail_hosts(&model)?;
     let problem = crate::hints::for_token_config(&model, Utc::now().date_naive());
     let scopes: Vec<String> = serde_json::from_value(model.scopes)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.scopes is not a string list: {e}")))?;
@@ -48,6 +49,7 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         token_url: model.token_url,
         scopes,
         extra_auth_params,
+        allowed_mail_hosts,
         redirect_uri: ctx.settings.oauth_redirect_uri(),
         needs_admin: model.needs_admin,
         last_error: model.last_error,
@@ -94,6 +96,71 @@ struct Spec {
     token_url: Option<String>,
     scopes: Vec<String>,
     extra_auth_params: BTreeMap<String, String>,
+    allowed_mail_hosts: Vec<String>,
+}
+
+/// At most this many entries in `allowed_mail_hosts`.
+const MAX_ALLOWED_MAIL_HOSTS: usize = 50;
+
+/// A generic configuration's allowed mail hosts: host names (or `*.domain`), lower-cased, without duplicates.
+/// Microsoft and Google configurations take none: their providers' own hosts are the only ones allowed.
+fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -> AppResult<Vec<String>> {
+    let field = "allowed_mail_hosts";
+    if provider != Provider::Generic {
+        if hosts.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Err(AppError::validation(
+            field,
+            "not_applicable",
+            "Microsoft and Google configurations send tokens only to their providers' mail hosts; allowed_mail_hosts applies to generic configurations",
+        ));
+    }
+    if hosts.len() > MAX_ALLOWED_MAIL_HOSTS {
+        return Err(AppError::validation(field, "too_many", format!("{field} lists at most {MAX_ALLOWED_MAIL_HOSTS} hosts")));
+    }
+    let mut checked: Vec<String> = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let trimmed = host.trim();
+        let (wildcard, name) = match trimmed.strip_prefix("*.") {
+            Some(domain) => (true, domain),
+            None => (false, trimmed),
+        };
+        let name = validate::hostname(field, name.trim_end_matches('.')).map_err(|_| {
+            AppError::validation(field, "invalid_host", format!("{field}: each entry must be a host name or *.domain"))
+        })?;
+        if wildcard && !validate::is_domain(&name) {
+            return Err(AppError::validation(field, "invalid_host", format!("{field}: a wildcard needs a domain, as in *.example.com")));
+        }
+        let entry = if wildcard { format!("*.{name}") } else { name };
+        if !checked.contains(&entry) {
+            checked.push(entry);
+        }
+    }
+    Ok(checked)
+}
+
+/// The mail hosts the configuration's tokens may be sent to.
+pub fn allowed_mail_hosts(model: &token_config::Model) -> AppResult<Vec<String>> {
+    match presets::provider_mail_hosts(Provider::from_db(&model.provider)?) {
+        Some(hosts) => Ok(hosts.iter().map(|h| (*h).to_owned()).collect()),
+        None => serde_json::from_value(model.allowed_mail_hosts.clone())
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.allowed_mail_hosts is not a string list: {e}"))),
+    }
+}
+
+/// Refuses a mail host the configuration's tokens may not be sent to (422 naming `field`).
+pub fn check_mail_host(model: &token_config::Model, host: &str, field: &str) -> AppResult<()> {
+    let allowed = allowed_mail_hosts(model)?;
+    if presets::host_on_list(&allowed, host) {
+        return Ok(());
+    }
+    let fix = if allowed.is_empty() {
+        "the token configuration allows no mail host yet: an admin must list it in the configuration's allowed_mail_hosts".to_owned()
+    } else {
+        format!("the token configuration sends tokens only to {}", allowed.join(", "))
+    };
+    Err(AppError::validation(field, "mail_host_not_allowed", format!("{host} is not an allowed mail host: {fix}")))
 }
 
 fn check_directory(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -> AppResult<Option<String>> {
@@ -198,6 +265,7 @@ async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<()> {
     for (key, value) in preset.extra_auth_params {
         spec.extra_auth_params.entry(key).or_insert(value);
     }
+    spec.allowed_mail_hosts = check_allowed_mail_hosts(spec.provider, std::mem::take(&mut spec.allowed_mail_hosts))?;
     Ok(())
 }
 
@@ -231,6 +299,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         token_url: input.token_url,
         scopes: input.scopes.unwrap_or_default(),
         extra_auth_params: input.extra_auth_params.unwrap_or_default(),
+        allowed_mail_hosts: input.allowed_mail_hosts.unwrap_or_default(),
     };
     check_spec(ctx, &mut spec).await?;
     let testing_app = check_testing_app(spec.provider, input.testing_app)?;
@@ -254,6 +323,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         token_url: Set(spec.token_url.unwrap_or_default()),
         scopes: Set(json_of(&spec.scopes)?),
         extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
+        allowed_mail_hosts: Set(json_of(&spec.allowed_mail_hosts)?),
         needs_admin: Set(false),
         testing_app: Set(testing_app),
         last_error: Set(None),
@@ -308,6 +378,12 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         token_url: input.token_url.or(if keep_urls { Some(current.token_url) } else { None }),
         scopes: input.scopes.unwrap_or(current.scopes),
         extra_auth_params: input.extra_auth_params.unwrap_or(current.extra_auth_params),
+        allowed_mail_hosts: match input.allowed_mail_hosts {
+            Some(hosts) => hosts,
+            // The view shows a preset's hosts; only a generic configuration stores its own.
+            None if current.provider == Provider::Generic => current.allowed_mail_hosts,
+            None => Vec::new(),
+        },
     };
     check_spec(ctx, &mut spec).await?;
     let testing_app = check_testing_app(spec.provider, input.testing_app.or(Some(current.testing_app)))?;
@@ -340,6 +416,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.token_url = Set(spec.token_url.unwrap_or_default());
     active.scopes = Set(json_of(&spec.scopes)?);
     active.extra_auth_params = Set(json_of(&spec.extra_auth_params)?);
+    active.allowed_mail_hosts = Set(json_of(&spec.allowed_mail_hosts)?);
     active.updated_at = Set(Utc::now());
     let txn = ctx.db.begin().await?;
     let saved = active.update(&txn).await?;

@@ -373,6 +373,27 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
     Ok(WebhookEndpointSecret { endpoint: view(row)?, secret })
 }
 
+/// A receiver's URL often is a bearer secret itself (a token in its path or query): only admins see it whole;
+/// everyone else, and every event, sees its origin only.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) => {
+            let hidden = url.path() != "/" || url.query().is_some() || url.fragment().is_some();
+            let origin = url.origin().ascii_serialization();
+            if hidden { format!("{origin}/…") } else { origin }
+        }
+        Err(_) => "(hidden)".to_owned(),
+    }
+}
+
+fn view_for(scope: &TenantScope, row: EndpointRow) -> AppResult<WebhookEndpoint> {
+    let mut endpoint = view(row)?;
+    if !matches!(scope.principal.role, Role::Admin | Role::Operator) {
+        endpoint.url = redact_url(&endpoint.url);
+    }
+    Ok(endpoint)
+}
+
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<WebhookEndpoint>> {
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
@@ -385,12 +406,12 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
     let rows = ctx.db.query_all_raw(statement(sql, values)).await?;
     let rows = rows.iter().map(|r| EndpointRow::from_query_result(r, "")).collect::<Result<Vec<_>, _>>()?;
-    page_of(rows, limit, |r| r.id, view)
+    page_of(rows, limit, |r| r.id, |row| view_for(scope, row))
 }
 
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<WebhookEndpoint> {
     scope.require(Role::Viewer)?;
-    view(find(&ctx.db, scope.tenant_id, id).await?)
+    view_for(scope, find(&ctx.db, scope.tenant_id, id).await?)
 }
 
 /// Changes an endpoint (admin). Disabling it fails its pending deliveries; enabling it clears the reason
@@ -973,7 +994,7 @@ async fn disable<C: ConnectionTrait>(db: &C, endpoint: &EndpointRow, failing_sin
         events::WEBHOOK_ENDPOINT_DISABLED,
         "webhook_endpoint",
         Some(endpoint.id),
-        json!({"url": endpoint.url, "failing_since": failing_since, "reason": reason}),
+        json!({"url": redact_url(&endpoint.url), "failing_since": failing_since, "reason": reason}),
     )
     .await?;
     Ok(true)
@@ -982,6 +1003,14 @@ async fn disable<C: ConnectionTrait>(db: &C, endpoint: &EndpointRow, failing_sin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_only_the_origin() {
+        assert_eq!(redact_url("https://hooks.example.com/T0/B1/secret?token=x"), "https://hooks.example.com/…");
+        assert_eq!(redact_url("https://hooks.example.com:8443/"), "https://hooks.example.com:8443");
+        assert_eq!(redact_url("https://user:pass@hooks.example.com/"), "https://hooks.example.com");
+        assert_eq!(redact_url("not a url"), "(hidden)");
+    }
 
     #[test]
     fn secrets_are_whsec_and_32_bytes_of_base64() {
