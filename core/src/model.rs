@@ -489,7 +489,7 @@ string_enum!(
 );
 
 /// A file attached to an outgoing message.
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct AttachmentInput {
     pub filename: String,
     /// e.g. `application/pdf`; default `application/octet-stream`.
@@ -499,7 +499,7 @@ pub struct AttachmentInput {
 }
 
 /// A message to send. From decides the sending account (see the routing rules).
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct SendMessage {
     /// `address@example.com` or `Display Name <address@example.com>`.
     pub from: String,
