@@ -148,6 +148,7 @@ pub struct Page<T: async_graphql::OutputType> {
 #[into_params(parameter_in = Query)]
 pub struct PageRequest {
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,

@@ -296,3 +296,28 @@ fragment TypeRef on __Type {
     ofType { kind name ofType { kind name ofType { kind name } } } } } } } }
 }
 "#;
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_errors_and_bounds_the_server_applies() {
+    let app = spawn_app().await;
+    let doc = app.request(Method::GET, "/openapi.json", None, None, None).await.body;
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        let responses = doc["paths"][path][method]["responses"].as_object().unwrap_or_else(|| panic!("{method} {path}"));
+        responses.keys().cloned().collect()
+    };
+    let list = statuses("/v1/accounts", "get");
+    for status in ["200", "400", "401", "403", "422", "429"] {
+        assert!(list.iter().any(|s| s == status), "GET /v1/accounts lacks {status}: {list:?}");
+    }
+    let send = statuses("/v1/messages", "post");
+    for status in ["202", "400", "401", "403", "413", "415", "422", "429"] {
+        assert!(send.iter().any(|s| s == status), "POST /v1/messages lacks {status}: {send:?}");
+    }
+    assert!(statuses("/v1/accounts/{id}", "get").iter().any(|s| s == "404"));
+    let params = doc["paths"]["/v1/accounts"]["get"]["parameters"].as_array().expect("parameters");
+    let limit = params.iter().find(|p| p["name"] == "limit").expect("limit parameter");
+    assert_eq!((&limit["schema"]["minimum"], &limit["schema"]["maximum"]), (&json!(1), &json!(200)), "{limit}");
+    // Every 4xx the document names has the error body.
+    let not_found = &doc["paths"]["/v1/accounts/{id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"];
+    assert_eq!(not_found["$ref"], json!("#/components/schemas/ErrorBody"), "{not_found}");
+}
