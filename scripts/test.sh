@@ -3,6 +3,7 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p postbridge-core some_test_name   # extra arguments go to `cargo test`
 #                                                       # (with -p, --workspace is left out)
+#   POSTBRIDGE_FUZZ=1 scripts/test.sh                   # then the schema-based API fuzz run (scripts/fuzz-api.sh)
 # Does not need a running Postbridge. The integration tests create one database per test
 # (named POSTBRIDGE_TEST_DB_PREFIX*) through POSTBRIDGE_TEST_DATABASE_URL; this run's are dropped after it,
 # idle leftovers of earlier runs before it.
@@ -45,4 +46,7 @@ fi
 
 status=0
 cargo test ${flags[@]+"${flags[@]}"} "$@" || status=$?
+if [[ "${POSTBRIDGE_FUZZ:-}" == "1" && "$status" -eq 0 ]]; then
+    bash scripts/fuzz-api.sh || status=$?
+fi
 exit "$status"
