@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace (unit and integration tests) against a local PostgreSQL and Redis.
-#   scripts/test.sh                 # everything
-#   scripts/test.sh -p postbridge-core some_test_name   # extra arguments go to `cargo test`
+#   scripts/test.sh                 # everything, then the schema-based API fuzz run (scripts/fuzz-api.sh)
+#   scripts/test.sh -p postbridge-core some_test_name   # extra arguments go to `cargo test`, and no fuzz run
 #                                                       # (with -p, --workspace is left out)
+#   POSTBRIDGE_FUZZ=0 scripts/test.sh                   # the tests without the fuzz run
 # Does not need a running Postbridge. The integration tests create one database per test
 # (named POSTBRIDGE_TEST_DB_PREFIX*) through POSTBRIDGE_TEST_DATABASE_URL; this run's are dropped after it,
 # idle leftovers of earlier runs before it.
@@ -45,4 +46,12 @@ fi
 
 status=0
 cargo test ${flags[@]+"${flags[@]}"} "$@" || status=$?
+# The fuzz run belongs to the whole suite; a run narrowed by arguments skips it unless asked for.
+fuzz_default=1
+if [[ $# -gt 0 ]]; then
+    fuzz_default=0
+fi
+if [[ "${POSTBRIDGE_FUZZ:-$fuzz_default}" == "1" && "$status" -eq 0 ]]; then
+    bash scripts/fuzz-api.sh || status=$?
+fi
 exit "$status"

@@ -287,6 +287,26 @@ impl TestApp {
         self.request(Method::DELETE, path, Some(token), None, None).await
     }
 
+    /// Sends only the head of a JSON POST announcing a `Content-Length` of `length` bytes, and none of the body:
+    /// what a server that refuses large bodies unread answers (status line and the JSON body, if any).
+    pub async fn post_announcing(&self, path: &str, token: &str, length: u64) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let address = self.address.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head sent");
+        let mut response = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+        assert!(read.is_ok(), "the server waited for the body instead of answering");
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+        (status, body)
+    }
+
     /// POSTs a GraphQL operation; returns the whole response body (`data` and `errors`).
     pub async fn graphql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
         self.request(Method::POST, "/graphql", token, None, Some(json!({"query": query, "variables": variables}))).await.body

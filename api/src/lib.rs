@@ -1,5 +1,6 @@
 //! Postbridge's HTTP API: REST under `/v1`, GraphQL at `/graphql`, OpenAPI at `/openapi.json`.
 
+pub mod bounds;
 pub mod error;
 pub mod extract;
 pub mod graphql;

@@ -1,19 +1,21 @@
 //! `Application::build(settings)`: used by `main` and by the tests alike.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::{GraphQLRequest, GraphQLResponse, GraphQLSubscription};
+use async_graphql_actix_web::GraphQLSubscription;
 use postbridge_core::service::rate_limit::RateLimiter;
 use postbridge_core::{AppContext, AppError, Settings};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::error::{json_config, path_config, query_config, ApiError};
+use crate::bounds::{media_type, read_body, RouteTable};
+use crate::error::{json_config, path_config, query_config, shortened, ApiError};
 use crate::extract::{bearer_token, requested_tenant, resolve_caller};
 use crate::graphql::{build_schema, subscription, ApiSchema, RequestAuth};
 use crate::live::EventHub;
@@ -37,16 +39,21 @@ impl Application {
 
     pub fn with_listener(context: AppContext, listener: TcpListener) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
-        let schema = build_schema(context.clone());
+        let limiter = Arc::new(RateLimiter::new());
+        let schema = build_schema(context.clone(), limiter.clone());
         let data = web::Data::new(context.clone());
         let schema = web::Data::new(schema);
         let hub = web::Data::new(EventHub::start(context.clone())?);
         let openapi = ApiDoc::openapi();
-        let limiter = web::Data::new(RateLimiter::new());
+        let routes = web::Data::new(RouteTable::from_openapi(&openapi));
+        let limiter = web::Data::from(limiter);
+        let max_request_bytes = context.settings.max_request_bytes;
         let server = HttpServer::new(move || {
             App::new()
-                // Innermost first: the rate limit, then request metrics (so 429s are counted), then the access log.
+                // Innermost first: the rate limit, the URL and header bounds (checked before authenticating), then
+                // request metrics (so 429s and 414s are counted), then the access log.
                 .wrap(from_fn(crate::rate_limit::limit))
+                .wrap(from_fn(crate::bounds::head_limits))
                 .wrap(from_fn(crate::metrics::track))
                 .wrap(access_log())
                 // Outermost: every request runs in its own database scope, narrowed to the tenant once authenticated.
@@ -55,7 +62,8 @@ impl Application {
                 .app_data(limiter.clone())
                 .app_data(schema.clone())
                 .app_data(hub.clone())
-                .app_data(json_config())
+                .app_data(routes.clone())
+                .app_data(json_config(max_request_bytes))
                 .app_data(path_config())
                 .app_data(query_config())
                 .configure(rest::configure)
@@ -67,7 +75,7 @@ impl Application {
                 .service(web::resource("/graphql").guard(guard::Get()).to(graphiql))
                 .route("/docs", web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }))
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
-                .default_service(web::to(unknown_route))
+                .default_service(web::to(crate::bounds::unknown_route))
         })
         .listen(listener)?
         .run();
@@ -94,14 +102,47 @@ async fn tenant_wall(
     postbridge_core::tenant_wall::request(next.call(req)).await
 }
 
-/// Unknown paths and methods answer in the same `{code, message}` shape as every other error.
-async fn unknown_route() -> Result<HttpResponse, ApiError> {
-    Err(ApiError(AppError::NotFound { resource: "route" }))
-}
-
-async fn graphql(schema: web::Data<ApiSchema>, http: HttpRequest, request: GraphQLRequest) -> GraphQLResponse {
+/// GraphQL over HTTP: one operation as a JSON body of at most `POSTBRIDGE_MAX_REQUEST_BYTES` (refused before it
+/// is read when larger), bounded by `graphql::limits`. Other content types (forms, multipart) run nothing.
+/// Introspection needs no credential, as `/openapi.json` does not: the schema is public (`schema.graphql`),
+/// and an unauthenticated client is bounded by the same limits and its address's rate limit.
+async fn graphql(
+    schema: web::Data<ApiSchema>,
+    ctx: web::Data<AppContext>,
+    http: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if !matches!(media_type(&http).as_deref(), Some("application/json" | "application/graphql-response+json")) {
+        return Err(AppError::UnsupportedMediaType(
+            "GraphQL requests are sent as application/json (or application/graphql-response+json)".to_owned(),
+        )
+        .into());
+    }
+    let body = read_body(&http, payload, ctx.settings.max_request_bytes).await?;
+    let request: async_graphql::Request = serde_json::from_slice(&body).map_err(|e| AppError::BadRequest {
+        code: "invalid_body",
+        message: shortened(format!("the body is not one GraphQL request ({{\"query\": …}}): {e}")),
+    })?;
     let auth = RequestAuth { caller: resolve_caller(&http).await, requested_tenant: requested_tenant(&http) };
-    schema.execute(request.into_inner().data(auth)).await.into()
+    let response = schema.execute(request.data(auth)).await;
+    // An operation refused for its cost answers 429 with Retry-After, like a request over the limit.
+    let retry_after = response.errors.iter().find_map(|e| {
+        let ext = e.extensions.as_ref()?;
+        (ext.get("code")? == &async_graphql::Value::from("rate_limited")).then_some(())?;
+        match ext.get("retryAfterSeconds")? {
+            async_graphql::Value::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    });
+    let mut reply = match retry_after {
+        Some(seconds) => {
+            let mut reply = HttpResponse::TooManyRequests();
+            reply.insert_header(("Retry-After", seconds.to_string()));
+            reply
+        }
+        None => HttpResponse::Ok(),
+    };
+    Ok(reply.json(&response))
 }
 
 fn is_websocket_upgrade(ctx: &guard::GuardContext<'_>) -> bool {

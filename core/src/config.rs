@@ -62,6 +62,10 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// API requests per minute one tenant may make (0: no limit); a tenant's own setting overrides it.
     pub api_rate_limit_per_minute: u32,
+    /// Requests per minute one client address may make without a valid credential (0: no limit).
+    pub anon_rate_limit_per_minute: u32,
+    /// Largest request body of every route but `POST /v1/messages` (which takes `max_message_bytes`), in bytes.
+    pub max_request_bytes: usize,
     /// Where a worker process serves its own `/metrics`, `/healthz` and `/readyz` (none: not served).
     pub worker_metrics_addr: Option<SocketAddr>,
     /// How long a stopping worker lets its jobs in flight finish before cutting them.
@@ -240,7 +244,16 @@ impl Settings {
             allow_private_hosts,
             refresh_concurrency,
             extra_ca_file: get("EXTRA_CA_FILE"),
-            max_message_bytes: parse_or(get("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES", 25 * 1024 * 1024usize)?,
+            max_message_bytes: within(
+                parse_or(get("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES", 25 * 1024 * 1024usize)?,
+                1024..=MAX_MESSAGE_BYTES_CEILING,
+                "MAX_MESSAGE_BYTES",
+            )?,
+            max_request_bytes: within(
+                parse_or(get("MAX_REQUEST_BYTES"), "MAX_REQUEST_BYTES", 1024 * 1024usize)?,
+                1024..=64 * 1024 * 1024,
+                "MAX_REQUEST_BYTES",
+            )?,
             poll_concurrency: at_least_one(parse_or(get("POLL_CONCURRENCY"), "POLL_CONCURRENCY", 4usize)?, "POLL_CONCURRENCY")?,
             send_concurrency: at_least_one(parse_or(get("SEND_CONCURRENCY"), "SEND_CONCURRENCY", 16usize)?, "SEND_CONCURRENCY")?,
             send_rate_per_minute: parse_or(get("SEND_RATE_PER_MINUTE"), "SEND_RATE_PER_MINUTE", 0u32)?,
@@ -262,6 +275,7 @@ impl Settings {
                 )?,
             },
             api_rate_limit_per_minute: parse_or(get("API_RATE_LIMIT_PER_MINUTE"), "API_RATE_LIMIT_PER_MINUTE", 1200u32)?,
+            anon_rate_limit_per_minute: parse_or(get("ANON_RATE_LIMIT_PER_MINUTE"), "ANON_RATE_LIMIT_PER_MINUTE", 120u32)?,
             worker_metrics_addr: match get("WORKER_METRICS_ADDR").as_deref() {
                 None | Some("none") => None,
                 Some(v) => Some(v.parse().map_err(|e| config_error("WORKER_METRICS_ADDR", format!("is malformed: {e}")))?),
@@ -279,6 +293,16 @@ impl Settings {
     pub fn oauth_redirect_uri(&self) -> String {
         format!("{}/oauth/callback", self.public_url.as_str().trim_end_matches('/'))
     }
+}
+
+/// A stored message is one Postgres value (at most 1 GiB), and the request carrying it is larger still.
+const MAX_MESSAGE_BYTES_CEILING: usize = 256 * 1024 * 1024;
+
+fn within(value: usize, range: std::ops::RangeInclusive<usize>, name: &str) -> Result<usize, ConfigError> {
+    if !range.contains(&value) {
+        return Err(config_error(name, format!("must be between {} and {} bytes", range.start(), range.end())));
+    }
+    Ok(value)
 }
 
 fn at_least_one(value: usize, name: &str) -> Result<usize, ConfigError> {

@@ -13,6 +13,15 @@ pub enum AppError {
     NotFound { resource: &'static str },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A request body or a message larger than this deployment accepts.
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    /// A body in a media type the route does not read.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Over a rate limit: the same request may be tried again after this many seconds.
+    #[error("too many requests: try again in {retry_after_seconds} s")]
+    RateLimited { retry_after_seconds: u64 },
     /// No credential, or one that is not valid.
     #[error("{0}")]
     Unauthenticated(String),
@@ -48,6 +57,9 @@ impl AppError {
             AppError::BadRequest { code, .. } => code,
             AppError::NotFound { .. } => "not_found",
             AppError::Conflict { code, .. } => code,
+            AppError::TooLarge { code, .. } => code,
+            AppError::RateLimited { .. } => "rate_limited",
+            AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::Unauthenticated(_) => "unauthenticated",
             AppError::Forbidden(_) => "forbidden",
             AppError::TenantSuspended => "tenant_suspended",
@@ -61,6 +73,9 @@ impl AppError {
             AppError::Validation { .. } => 422,
             AppError::NotFound { .. } => 404,
             AppError::Conflict { .. } => 409,
+            AppError::TooLarge { .. } => 413,
+            AppError::RateLimited { .. } => 429,
+            AppError::UnsupportedMediaType(_) => 415,
             AppError::Unauthenticated(_) => 401,
             AppError::Forbidden(_) | AppError::TenantSuspended => 403,
             AppError::TenantRequired | AppError::BadRequest { .. } => 400,

@@ -148,6 +148,7 @@ pub struct Page<T: async_graphql::OutputType> {
 #[into_params(parameter_in = Query)]
 pub struct PageRequest {
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
@@ -498,7 +499,7 @@ string_enum!(
 );
 
 /// A file attached to an outgoing message.
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct AttachmentInput {
     pub filename: String,
     /// e.g. `application/pdf`; default `application/octet-stream`.
@@ -508,7 +509,7 @@ pub struct AttachmentInput {
 }
 
 /// A message to send. From decides the sending account (see the routing rules).
-#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
 pub struct SendMessage {
     /// `address@example.com` or `Display Name <address@example.com>`.
     pub from: String,

@@ -112,11 +112,11 @@ async fn every_rest_route_on_another_tenants_resource_answers_not_found() {
             let missing = app.request(method.clone(), &nowhere, Some(token), None, body.clone()).await;
             assert_eq!((reply.status, &reply.body), (missing.status, &missing.body), "{method} {path}");
         }
-        // API keys have no PATCH route at all: B's answer is the same as A's own.
+        // API keys have no PATCH route at all (405 with Allow): B's answer is the same as A's own.
         let path = format!("/v1/api-keys/{}", w.a_key_id);
         let b_reply = app.request(Method::PATCH, &path, Some(token), None, Some(rename.clone())).await;
         let a_reply = app.request(Method::PATCH, &path, Some(&w.a_admin), None, Some(rename.clone())).await;
-        assert_eq!(b_reply.status, StatusCode::NOT_FOUND, "{}", b_reply.text);
+        assert_eq!(b_reply.status, StatusCode::METHOD_NOT_ALLOWED, "{}", b_reply.text);
         assert_eq!((b_reply.status, &b_reply.text), (a_reply.status, &a_reply.text));
     }
     assert_a_unchanged(&app, &w, &before).await;

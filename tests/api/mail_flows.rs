@@ -16,7 +16,7 @@ use postbridge_tests::mail::{AcceptedMessage, MailServers};
 use postbridge_tests::mailflow::{
     new_login, oauth_account, password_account, sample_message, spawn_mail_app, spawn_mail_app_with, MAIL_PASSWORD,
 };
-use postbridge_tests::{assert_error, graphql_error_code, TestApp, TestEnv};
+use postbridge_tests::{assert_error, graphql_error_code, with, TestApp, TestEnv};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1336,7 +1336,6 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
         (with(json!({"headers": {"From": "ceo@example.com"}})), "invalid_message", "headers"),
         (with(json!({"headers": {"Bcc": "spy@example.com"}})), "invalid_message", "headers"),
         (with(json!({"headers": {"X-Injected": "a\r\nBcc: spy@example.com"}})), "invalid_message", "headers"),
-        (with(json!({"attachments": [{"filename": "big.bin", "content_base64": big}]})), "message_too_large", "attachments"),
         (with(json!({"idempotency_key": ""})), "required", "idempotency_key"),
     ];
     for (body, code, field) in &cases {
@@ -1345,6 +1344,10 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
         let got = reply.body["field"].as_str().unwrap_or_default();
         assert!(got.starts_with(field), "field {field:?} expected for {body}: {}", reply.text);
     }
+    // Too large once composed: 413, like a body too large to read.
+    let too_large =
+        app.post("/v1/messages", &o.admin, with(json!({"attachments": [{"filename": "big.bin", "content_base64": big}]}))).await;
+    assert_error(&too_large, StatusCode::PAYLOAD_TOO_LARGE, "message_too_large");
     assert_eq!(
         app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await,
         0,
@@ -1356,6 +1359,123 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
     );
     submit(&app, &o.admin, small).await;
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await, 1);
+}
+
+#[tokio::test]
+async fn a_20_mib_message_is_accepted_and_a_larger_one_is_refused_413_with_nothing_written() {
+    let (app, servers) = spawn_mail_app().await;
+    let o = outbox(&app, servers, "starttls").await;
+    let message = |raw_bytes: usize| {
+        let content: Vec<u8> = (0..raw_bytes).map(|i| (i % 251) as u8).collect();
+        json!({"from": o.sender, "to": [recipient("big-")], "subject": "Large", "text": "See the attachment",
+               "attachments": [{"filename": "data.bin", "content_base64": base64_of(&content)}]})
+    };
+    // Built before sending, and sent on fresh connections: building 20 MiB of JSON in a debug build can take
+    // longer than the server keeps an idle connection, and a body written into a closing one breaks the pipe.
+    let (fits, too_large) = (message(15 * 1024 * 1024), message(20 * 1024 * 1024));
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let post = |body: Value| {
+        let request = fresh.post(format!("{}/v1/messages", app.address)).bearer_auth(&o.admin).json(&body);
+        async move {
+            let resp = request.send().await.expect("request sent");
+            (resp.status(), resp.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    // 15 MiB of attachment: about 20 MiB of base64, in the body and in the composed message.
+    let (status, body) = post(fits).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let accepted = body["id"].as_str().expect("id").to_owned();
+    let size = outbound_json(&app, &o.admin, &accepted).await["size"].as_i64().expect("size");
+    assert!((20 * 1024 * 1024..25 * 1024 * 1024).contains(&size), "composed size {size}");
+
+    // 20 MiB of attachment: the body fits the route's limit, the composed message (about 27 MiB) not.
+    let (status, body) = post(too_large).await;
+    assert_eq!((status, &body["code"]), (StatusCode::PAYLOAD_TOO_LARGE, &json!("message_too_large")), "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("26214400"), "{body}");
+    // A body over the route's limit (about 37.5 MiB) is refused on its Content-Length, before it is sent.
+    let (status, body) = app.post_announcing("/v1/messages", &o.admin, 40 * 1024 * 1024).await;
+    assert_eq!((status, &body["code"]), (413, &json!("payload_too_large")), "{body}");
+    assert_eq!(
+        app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await,
+        1,
+        "only the accepted message is stored"
+    );
+    // Other routes keep their small limit (1 MiB).
+    let (status, body) = app.post_announcing("/v1/api-keys", &o.admin, 2 * 1024 * 1024).await;
+    assert_eq!((status, &body["code"]), (413, &json!("payload_too_large")), "{body}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_request_is_refused_422_and_an_unreadable_key_400() {
+    let (app, servers) = spawn_mail_app().await;
+    let o = outbox(&app, servers, "starttls").await;
+    let to = recipient("idem-");
+    let body = json!({"from": o.sender, "to": [to], "subject": "Invoice 7", "text": "Hello", "idempotency_key": "invoice-7"});
+    let first = submit(&app, &o.admin, body.clone()).await;
+    // The same key with another body (REST, header, GraphQL): refused, naming the first message.
+    let other = with(body.clone(), json!({"text": "Hello again"}));
+    let reply = app.post("/v1/messages", &o.admin, other.clone()).await;
+    assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch");
+    assert_eq!(reply.body["field"], json!("idempotency_key"));
+    assert!(reply.text.contains(&first), "{}", reply.text);
+    let by_header = app
+        .http
+        .post(format!("{}/v1/messages", app.address))
+        .bearer_auth(&o.admin)
+        .header("Idempotency-Key", "invoice-7")
+        .json(&with(other.clone(), json!({"idempotency_key": null})))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(by_header.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let gql = app
+        .graphql(
+            Some(&o.admin),
+            "mutation($i: SendMessage!) { sendMessage(input: $i) { id } }",
+            json!({"i": {"from": o.sender, "to": body["to"], "subject": "Invoice 7", "text": "Changed", "idempotencyKey": "invoice-7"}}),
+        )
+        .await;
+    assert_eq!(graphql_error_code(&gql), "idempotency_key_mismatch", "{gql}");
+    // The same request again still answers the first message, over GraphQL too.
+    assert_eq!(submit(&app, &o.admin, body.clone()).await, first);
+    let gql = app
+        .graphql(
+            Some(&o.admin),
+            "mutation($i: SendMessage!) { sendMessage(input: $i) { id } }",
+            json!({"i": {"from": o.sender, "to": body["to"], "subject": "Invoice 7", "text": "Hello", "idempotencyKey": "invoice-7"}}),
+        )
+        .await;
+    assert_eq!(gql["data"]["sendMessage"]["id"], json!(first), "{gql}");
+
+    // Keys that cannot be keys: 400, nothing stored.
+    let without_key = with(body.clone(), json!({"idempotency_key": null, "subject": "Unkeyed"}));
+    let headers: Vec<reqwest::header::HeaderValue> = vec![
+        reqwest::header::HeaderValue::from_bytes(b"caf\xe9-\xff").expect("obs-text is a valid header value"),
+        reqwest::header::HeaderValue::from_str(&"k".repeat(256)).expect("header"),
+        reqwest::header::HeaderValue::from_str("tab\tinside").expect("header"),
+    ];
+    for header in headers {
+        let resp = app
+            .http
+            .post(format!("{}/v1/messages", app.address))
+            .bearer_auth(&o.admin)
+            .header("Idempotency-Key", header.clone())
+            .json(&without_key)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{header:?}");
+        assert_eq!(resp.json::<Value>().await.expect("json")["code"], json!("invalid_idempotency_key"), "{header:?}");
+    }
+    for key in ["bell\u{7}", &"k".repeat(256)] {
+        let reply = app.post("/v1/messages", &o.admin, with(without_key.clone(), json!({"idempotency_key": key}))).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_idempotency_key");
+    }
+    assert_eq!(
+        app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE tenant_id = '{}'", o.tenant)).await,
+        1,
+        "only the first message is stored"
+    );
 }
 
 fn base64_of(bytes: &[u8]) -> String {
@@ -1389,9 +1509,17 @@ async fn a_token_that_cannot_be_decrypted_is_postbridges_failure_and_touches_nei
     let row = outbound_json(&app, &admin, &id).await;
     assert_eq!(row["status"], "queued", "never failed for good: {row}");
     assert_eq!(row["attempts"], 0, "the attempt is not counted: {row}");
-    let waits = app.sql_i64(&format!("SELECT (next_attempt_at > now() + interval '20 seconds')::int::bigint FROM outbound_messages WHERE id = '{id}'")).await;
+    let waits = app
+        .sql_i64(&format!(
+            "SELECT (next_attempt_at > now() + interval '20 seconds')::int::bigint FROM outbound_messages WHERE id = '{id}'"
+        ))
+        .await;
     assert_eq!(waits, 1, "it waits before the next try instead of spinning");
-    assert_eq!(app.sql_text(&format!("SELECT expires_at::text FROM grants WHERE id = '{grant}'")).await, grant_before, "the token is not expired");
+    assert_eq!(
+        app.sql_text(&format!("SELECT expires_at::text FROM grants WHERE id = '{grant}'")).await,
+        grant_before,
+        "the token is not expired"
+    );
     assert_eq!(app.sql_text(&format!("SELECT status FROM grants WHERE id = '{grant}'")).await.as_deref(), Some("valid"));
     let state = app.get(&format!("/v1/accounts/{account}"), &admin).await;
     assert_eq!(state.body["state"], "confirmed", "the account is not put in error: {}", state.text);

@@ -3,6 +3,7 @@
 mod accounts;
 mod audit;
 mod auth;
+mod bounds;
 mod cross_tenant;
 mod events;
 mod health;

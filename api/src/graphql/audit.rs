@@ -12,6 +12,7 @@ pub struct AuditQueryRoot;
 impl AuditQueryRoot {
     /// Configuration changes, newest first (tenant admins: their tenant; operators: the tenant named in
     /// X-Postbridge-Tenant, or every entry).
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

@@ -13,6 +13,7 @@ pub struct EventsQuery;
 impl EventsQuery {
     /// The tenant's events, newest first (viewer or above). `since` is inclusive, `until` exclusive.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,

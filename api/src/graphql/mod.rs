@@ -2,14 +2,18 @@
 
 mod audit;
 mod events;
+pub mod limits;
 mod mutation;
 mod ops;
 mod query;
 pub mod subscription;
 mod webhooks;
 
+use std::sync::Arc;
+
 use async_graphql::{ErrorExtensions, MergedObject, Schema};
 use postbridge_core::auth::{Principal, TenantScope};
+use postbridge_core::service::rate_limit::RateLimiter;
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 
@@ -22,9 +26,15 @@ pub struct Mutation(mutation::CoreMutation, webhooks::WebhooksMutation);
 
 pub type ApiSchema = Schema<Query, Mutation, subscription::SubscriptionRoot>;
 
-/// The schema without request data; the drift test and `print-schema` use it too.
-pub fn build_schema(ctx: AppContext) -> ApiSchema {
-    Schema::build(Query::default(), Mutation::default(), subscription::SubscriptionRoot).data(ctx).finish()
+/// The schema the API serves, with the bounds of `limits` on every operation.
+pub fn build_schema(ctx: AppContext, limiter: Arc<RateLimiter>) -> ApiSchema {
+    Schema::build(Query::default(), Mutation::default(), subscription::SubscriptionRoot)
+        .data(ctx)
+        .data(limiter)
+        .limit_depth(limits::MAX_DEPTH)
+        .limit_complexity(limits::MAX_COMPLEXITY)
+        .extension(limits::QueryLimits)
+        .finish()
 }
 
 pub fn sdl() -> String {

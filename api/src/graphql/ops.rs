@@ -17,6 +17,7 @@ impl OpsQuery {
     /// Per tenant: accounts by state, grants needing re-consent, client secrets expiring, the outbox, poll lag; and the
     /// accounts failing longest (`limit`, default 20). Operators see every tenant (or `tenantId`); tenant admins and
     /// viewers their own.
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn ops_overview(
         &self,
         ctx: &Context<'_>,

@@ -31,6 +31,7 @@ impl CoreQuery {
     }
 
     /// All tenants (operator).
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn tenants(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<Tenant>> {
         let (app, p) = caller(ctx)?;
         tenants::list(&app, &p, page(limit, cursor)).await.gql()
@@ -41,6 +42,7 @@ impl CoreQuery {
         tenants::get(&app, &p, id).await.gql()
     }
 
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn api_keys(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<ApiKey>> {
         let (app, scope) = tenant_scope(ctx).await?;
         api_keys::list(&app, &scope, page(limit, cursor)).await.gql()
@@ -51,6 +53,7 @@ impl CoreQuery {
         api_keys::get(&app, &scope, id).await.gql()
     }
 
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn token_configs(
         &self,
         ctx: &Context<'_>,
@@ -66,6 +69,7 @@ impl CoreQuery {
         token_configs::get(&app, &scope, id).await.gql()
     }
 
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn accounts(
         &self,
         ctx: &Context<'_>,
@@ -91,6 +95,7 @@ impl CoreQuery {
         token_configs::expiring(&app, &scope, ExpiringQuery { within_days }).await.gql()
     }
 
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn grants(&self, ctx: &Context<'_>, limit: Option<u64>, cursor: Option<Uuid>) -> async_graphql::Result<Page<Grant>> {
         let (app, scope) = tenant_scope(ctx).await?;
         grants::list(&app, &scope, page(limit, cursor)).await.gql()
@@ -102,6 +107,7 @@ impl CoreQuery {
     }
 
     /// An inbound account's received messages, newest first.
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn received_messages(
         &self,
         ctx: &Context<'_>,
@@ -118,6 +124,7 @@ impl CoreQuery {
         inbound::get(&app, &scope, id).await.gql()
     }
 
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn sent_messages(
         &self,
         ctx: &Context<'_>,

@@ -15,6 +15,7 @@ pub struct WebhooksQuery;
 
 #[Object]
 impl WebhooksQuery {
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn webhook_endpoints(
         &self,
         ctx: &Context<'_>,
@@ -31,6 +32,7 @@ impl WebhooksQuery {
     }
 
     /// An endpoint's deliveries, newest event first.
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn webhook_deliveries(
         &self,
         ctx: &Context<'_>,
@@ -44,6 +46,7 @@ impl WebhooksQuery {
     }
 
     /// An endpoint's delivery log: every attempt, newest first.
+    #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
     async fn webhook_attempts(
         &self,
         ctx: &Context<'_>,

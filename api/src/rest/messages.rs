@@ -48,19 +48,38 @@ pub fn outbox_routes(cfg: &mut web::ServiceConfig) {
         .route("/routing", web::get().to(explain_route));
 }
 
+/// The largest body `POST /v1/messages` reads: a message of `POSTBRIDGE_MAX_MESSAGE_BYTES` composed, as JSON.
+/// Attachments travel as base64 in both, so the JSON is about the composed size; the half again on top leaves
+/// room for JSON escapes, and the composed size is what is checked after.
+pub fn message_body_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(max_message_bytes / 2).saturating_add(64 * 1024)
+}
+
 /// Queue a message. Answers 202 with the outbox row; the same `idempotency_key` (or `Idempotency-Key`
-/// header) returns the same message and never sends twice.
+/// header) with the same request returns the same message and never sends twice; with another request, 422
+/// `idempotency_key_mismatch`. The message may be up to `POSTBRIDGE_MAX_MESSAGE_BYTES` (25 MiB) composed.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("bearer" = [])), request_body = SendMessage,
-    responses((status = 202, body = OutboundMessage), (status = 422, body = ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key`: 1 to 255 bytes of printable text")),
+    responses((status = 202, body = OutboundMessage), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn send(
     ctx: web::Data<AppContext>,
     Tenant(scope): Tenant,
     http: actix_web::HttpRequest,
-    input: web::Json<SendMessage>,
+    payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let mut input = input.into_inner();
-    if input.idempotency_key.is_none() {
-        input.idempotency_key = http.headers().get("Idempotency-Key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let limit = message_body_limit(ctx.settings.max_message_bytes);
+    let mut input: SendMessage = crate::bounds::read_json(&http, payload, limit).await?;
+    if let Some(header) = http.headers().get("Idempotency-Key") {
+        let header =
+            header.to_str().map_err(|_| outbound::invalid_idempotency_key("the Idempotency-Key header is not readable text"))?;
+        let header = outbound::idempotency_key(header)?;
+        match input.idempotency_key.as_deref().map(outbound::idempotency_key).transpose()? {
+            Some(body_key) if body_key != header => {
+                return Err(outbound::invalid_idempotency_key("the Idempotency-Key header and idempotency_key differ").into())
+            }
+            _ => input.idempotency_key = Some(header),
+        }
     }
     Ok(HttpResponse::Accepted().json(outbound::submit(&ctx, &scope, input).await?))
 }

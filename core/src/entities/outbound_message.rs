@@ -36,6 +36,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub sent_at: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
+    /// SHA-256 (hex) of the send request without its idempotency key (null: stored before it was kept).
+    pub request_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -132,6 +132,7 @@ pub struct AuditQuery {
     pub resource_type: Option<String>,
     pub resource_id: Option<Uuid>,
     pub actor: Option<String>,
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,

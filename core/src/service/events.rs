@@ -96,6 +96,7 @@ pub struct EventQuery {
     /// Only events created before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,

@@ -1,9 +1,11 @@
 //! The outbox: `POST /v1/messages` routes by From, composes the message once (its Message-ID is fixed
-//! before the first attempt), and stores it; the worker sends it. An idempotency key returns the same row.
+//! before the first attempt), and stores it; the worker sends it. An idempotency key returns the same row for
+//! the same request, and is refused (422 `idempotency_key_mismatch`) for another one.
 
 use base64::Engine;
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{is_unique_violation, limit_of, page_of, routing};
@@ -52,20 +54,60 @@ async fn find_by_key(ctx: &AppContext, tenant_id: Uuid, key: &str) -> AppResult<
         .await?)
 }
 
-/// Validates, routes and stores a message to send; the same idempotency key returns the first message.
-pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -> AppResult<OutboundMessage> {
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// An idempotency key as given (header or body): trimmed; empty is a missing field (422); longer than
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`] or holding a control character, it cannot be a key (400).
+pub fn idempotency_key(raw: &str) -> AppResult<String> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err(AppError::validation("idempotency_key", "required", "idempotency_key must not be empty"));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(invalid_idempotency_key(format!(
+            "an idempotency key is at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes of printable text"
+        )));
+    }
+    Ok(key.to_owned())
+}
+
+pub fn invalid_idempotency_key(message: impl Into<String>) -> AppError {
+    AppError::BadRequest { code: "invalid_idempotency_key", message: message.into() }
+}
+
+/// What makes two submissions "the same request": everything but the key, hashed (SHA-256, hex). The fields
+/// serialize in declaration order and the headers map is sorted, so the same request hashes the same over
+/// REST and GraphQL.
+fn request_hash(unkeyed: &SendMessage) -> AppResult<String> {
+    debug_assert!(unkeyed.idempotency_key.is_none());
+    let mut hasher = Sha256::new();
+    serde_json::to_writer(&mut hasher, unkeyed).map_err(|e| AppError::Internal(anyhow::Error::new(e).context("hash request")))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The message stored under a key, if the request is the one it was stored for.
+fn same_request(existing: outbound_message::Model, hash: &str) -> AppResult<OutboundMessage> {
+    // Messages stored before hashes were kept cannot be compared: they answer as before.
+    if existing.request_hash.as_deref().is_some_and(|stored| stored != hash) {
+        return Err(AppError::validation(
+            "idempotency_key",
+            "idempotency_key_mismatch",
+            format!("this idempotency key was used for another message ({}); a new message needs a new key", existing.id),
+        ));
+    }
+    view(existing)
+}
+
+/// Validates, routes and stores a message to send; the same idempotency key with the same request returns the
+/// first message.
+pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessage) -> AppResult<OutboundMessage> {
     scope.require(Role::Member)?;
-    let key = match input.idempotency_key.as_deref().map(str::trim) {
-        Some("") => return Err(AppError::validation("idempotency_key", "required", "idempotency_key must not be empty")),
-        Some(k) if k.len() > 255 => {
-            return Err(AppError::validation("idempotency_key", "too_long", "idempotency_key is at most 255 characters"))
-        }
-        Some(k) => Some(k.to_owned()),
-        None => None,
-    };
+    let key = input.idempotency_key.take().as_deref().map(idempotency_key).transpose()?;
+    let hash = request_hash(&input)?;
     if let Some(key) = &key {
         if let Some(existing) = find_by_key(ctx, scope.tenant_id, key).await? {
-            return view(existing);
+            return same_request(existing, &hash);
         }
     }
     let requested = routing::parse_mailbox("from", &input.from)?;
@@ -111,11 +153,14 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
     let composed =
         compose::compose(&message).map_err(|e| AppError::validation(e.field().to_owned(), "invalid_message", e.to_string()))?;
     if composed.raw.len() > ctx.settings.max_message_bytes {
-        return Err(AppError::validation(
-            "attachments",
-            "message_too_large",
-            format!("the message is {} bytes; the limit is {}", composed.raw.len(), ctx.settings.max_message_bytes),
-        ));
+        return Err(AppError::TooLarge {
+            code: "message_too_large",
+            message: format!(
+                "the composed message is {} bytes; this deployment sends at most {} (POSTBRIDGE_MAX_MESSAGE_BYTES)",
+                composed.raw.len(),
+                ctx.settings.max_message_bytes
+            ),
+        });
     }
     let now = Utc::now();
     let row = outbound_message::ActiveModel {
@@ -145,12 +190,15 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, input: SendMessage) -
         created_at: Set(now),
         sent_at: Set(None),
         updated_at: Set(now),
+        request_hash: Set(Some(hash.clone())),
     };
     match row.insert(&ctx.db).await {
         Ok(model) => view(model),
         // Two submissions with one key at the same moment: the first one wins, both get it.
         Err(e) if is_unique_violation(&e) => match &key {
-            Some(key) => view(find_by_key(ctx, scope.tenant_id, key).await?.ok_or(AppError::not_found("message"))?),
+            Some(key) => {
+                same_request(find_by_key(ctx, scope.tenant_id, key).await?.ok_or(AppError::not_found("message"))?, &hash)
+            }
             None => Err(e.into()),
         },
         Err(e) => Err(e.into()),

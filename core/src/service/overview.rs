@@ -23,6 +23,7 @@ pub const SECRET_EXPIRY_WINDOW_DAYS: i32 = 30;
 #[into_params(parameter_in = Query)]
 pub struct OverviewQuery {
     /// How many worst offenders to list, 1 to 200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// Operators: only this tenant. A tenant credential may name only its own.
     pub tenant_id: Option<Uuid>,

@@ -164,6 +164,7 @@ pub struct WebhookAttempt {
 pub struct DeliveryQuery {
     pub status: Option<WebhookDeliveryStatus>,
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
@@ -175,6 +176,7 @@ pub struct AttemptQuery {
     /// Only the attempts of this event's delivery.
     pub event_id: Option<Uuid>,
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
