@@ -6,6 +6,7 @@ mod auth;
 mod cross_tenant;
 mod events;
 mod health;
+mod large_mail;
 mod mail_flows;
 mod mail_inbound_client;
 mod mail_servers;

@@ -636,7 +636,11 @@ fn fetched_message(attributes: &[AttributeValue<'_>]) -> Option<FetchedMessage> 
             AttributeValue::Uid(value) => uid = Some(*value),
             AttributeValue::Flags(flags) => flags_seen = flags.iter().any(|flag| flag.eq_ignore_ascii_case("\\Seen")),
             // The whole message, or its start (`BODY[]<0>`), or its header (`BODY[HEADER]`, `BODY[HEADER]<0>`).
-            AttributeValue::BodySection { section: None | Some(SectionPath::Full(MessageSection::Header)), index: None | Some(0), data } => {
+            AttributeValue::BodySection {
+                section: None | Some(SectionPath::Full(MessageSection::Header)),
+                index: None | Some(0),
+                data,
+            } => {
                 raw = Some(data.as_deref().map(<[u8]>::to_vec).unwrap_or_default());
             }
             AttributeValue::Rfc822(data) => raw = Some(data.as_deref().map(<[u8]>::to_vec).unwrap_or_default()),
@@ -811,41 +815,38 @@ impl ReadGuard {
         self.max_literal = max_literal;
     }
 
-    /// Accounts for `data`, just read; an error says which bound the server crossed.
-    fn check(&mut self, data: &[u8]) -> Result<(), String> {
+    /// Accounts for `data`, just read. When it crosses a bound, the error holds how many of its leading bytes were
+    /// still within the bounds (they may be handed on) and says which bound the server crossed; every later read
+    /// fails.
+    fn check(&mut self, data: &[u8]) -> Result<(), (usize, String)> {
         if let Some(reason) = &self.tripped {
-            return Err(reason.clone());
+            return Err((0, reason.clone()));
         }
         let result = self.scan(data);
-        if let Err(reason) = &result {
+        if let Err((_, reason)) = &result {
             self.tripped = Some(reason.clone());
         }
         result
     }
 
-    fn scan(&mut self, data: &[u8]) -> Result<(), String> {
-        let len = data.len() as u64;
-        if len > self.remaining {
-            return Err("the server sent more data than the command allows".to_owned());
-        }
-        self.remaining -= len;
+    fn scan(&mut self, data: &[u8]) -> Result<(), (usize, String)> {
+        let allowed = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(data.len());
         let mut index = 0;
-        while index < data.len() {
+        while index < allowed {
             if self.in_literal > 0 {
-                let skip = self.in_literal.min((data.len() - index) as u64);
+                let skip = self.in_literal.min((allowed - index) as u64);
                 self.in_literal -= skip;
                 index += skip as usize;
                 continue;
             }
             let byte = data[index];
-            index += 1;
             if byte == b'\n' {
                 if let Some(size) = announced_literal(&self.line_tail) {
                     if size > self.max_literal {
-                        return Err(format!(
-                            "the server announced {size} bytes where at most {} were asked for",
-                            self.max_literal
-                        ));
+                        self.remaining -= index as u64;
+                        let reason =
+                            format!("the server announced {size} bytes where at most {} were asked for", self.max_literal);
+                        return Err((index, reason));
                     }
                     self.in_literal = size;
                 }
@@ -856,6 +857,11 @@ impl ReadGuard {
                 }
                 self.line_tail.push(byte);
             }
+            index += 1;
+        }
+        self.remaining -= allowed as u64;
+        if allowed < data.len() {
+            return Err((allowed, "the server sent more data than the command allows".to_owned()));
         }
         Ok(())
     }
@@ -930,6 +936,9 @@ impl fmt::Debug for Transport {
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(reason) = &this.guard.tripped {
+            return Poll::Ready(Err(io::Error::other(reason.clone())));
+        }
         let before = buf.filled().len();
         let result = match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
@@ -938,10 +947,15 @@ impl AsyncRead for Transport {
         if let Poll::Ready(Ok(())) = result {
             let filled = buf.filled();
             if filled.len() > before {
-                // Refused bytes never reach async-imap: it does not count a read that failed.
-                if let Err(reason) = this.guard.check(&filled[before..]) {
-                    return Poll::Ready(Err(io::Error::other(reason)));
+                if let Err((accepted, reason)) = this.guard.check(&filled[before..]) {
+                    // Bytes past the bound never reach async-imap: those before it go on, and the next read fails
+                    // (async-imap does not count a read that failed).
+                    if accepted == 0 {
+                        return Poll::Ready(Err(io::Error::other(reason)));
+                    }
+                    buf.set_filled(before + accepted);
                 }
+                let filled = buf.filled();
                 this.tail.record(&filled[before..]);
             }
         }
@@ -1020,8 +1034,9 @@ mod tests {
         assert_eq!(guard.in_literal, 0);
         // Split across reads, an announcement is still seen.
         guard.check(b"* 2 FETCH (UID 6 BODY[]<0> {10").expect("first half");
-        let err = guard.check(b"1}\r\n").expect_err("101 bytes announced");
+        let (accepted, err) = guard.check(b"1}\r\n").expect_err("101 bytes announced");
         assert!(err.contains("101"), "{err}");
+        assert_eq!(accepted, 3, "what came before the line's end may go on");
         // Once tripped, nothing more is read.
         assert!(guard.check(b"x").is_err());
         let mut guard = ReadGuard::default();
@@ -1035,7 +1050,10 @@ mod tests {
         guard.arm(50, 1_000);
         guard.check(&[b'x'; 30]).expect("within the total");
         guard.check(&[b'x'; 20]).expect("exactly the total");
-        assert!(guard.check(b"y").is_err());
+        assert_eq!(guard.check(b"y").expect_err("past the total").0, 0);
+        let mut guard = ReadGuard::default();
+        guard.arm(10, 1_000);
+        assert_eq!(guard.check(&[b'x'; 25]).expect_err("past the total").0, 10);
         assert_eq!(announced_literal(b"BODY[] {12}\r"), Some(12));
         assert_eq!(announced_literal(b"BODY[] ~{12}\r"), Some(12));
         assert_eq!(announced_literal(b"OK [x] a} b12}\r"), None);

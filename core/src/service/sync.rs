@@ -354,7 +354,10 @@ async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<P
             match session.top_headers(*number, HEADER_BYTES as usize).await? {
                 Limited::Whole(head) => Pop3Message { number: *number, uid: uid.clone(), raw: head, oversized: Some(announced) },
                 Limited::Cut(start) => {
-                    cut = Some(MailError::new(MailStep::Command, format!("the header of message {number} is longer than {HEADER_BYTES} bytes")));
+                    cut = Some(MailError::new(
+                        MailStep::Command,
+                        format!("the header of message {number} is longer than {HEADER_BYTES} bytes"),
+                    ));
                     Pop3Message { number: *number, uid: uid.clone(), raw: header_of(&start).to_vec(), oversized: Some(announced) }
                 }
             }
