@@ -57,6 +57,10 @@ pub struct Settings {
     pub microsoft_send_rate_per_minute: u32,
     /// Largest message accepted by `POST /v1/messages`, composed, in bytes.
     pub max_message_bytes: usize,
+    /// Largest inbound message stored whole; a larger one is stored as a placeholder (headers, size, `oversized`).
+    pub max_inbound_message_bytes: u64,
+    /// Message bytes one poll fetches and commits at a time (besides at most 1,000 messages).
+    pub inbound_batch_bytes: u64,
     /// PEM file of extra CA certificates trusted for mail servers (private CAs; the throwaway CA in tests).
     pub extra_ca_file: Option<String>,
     pub webhooks: WebhookSettings,
@@ -254,6 +258,16 @@ impl Settings {
                 1024..=64 * 1024 * 1024,
                 "MAX_REQUEST_BYTES",
             )?,
+            max_inbound_message_bytes: within(
+                parse_or(get("MAX_INBOUND_MESSAGE_BYTES"), "MAX_INBOUND_MESSAGE_BYTES", 50 * MIB)?,
+                64 * 1024..=MAX_INBOUND_LIMIT,
+                "MAX_INBOUND_MESSAGE_BYTES",
+            )?,
+            inbound_batch_bytes: within(
+                parse_or(get("INBOUND_BATCH_BYTES"), "INBOUND_BATCH_BYTES", 32 * MIB)?,
+                MIB..=MAX_INBOUND_LIMIT,
+                "INBOUND_BATCH_BYTES",
+            )?,
             poll_concurrency: at_least_one(parse_or(get("POLL_CONCURRENCY"), "POLL_CONCURRENCY", 4usize)?, "POLL_CONCURRENCY")?,
             send_concurrency: at_least_one(parse_or(get("SEND_CONCURRENCY"), "SEND_CONCURRENCY", 16usize)?, "SEND_CONCURRENCY")?,
             send_rate_per_minute: parse_or(get("SEND_RATE_PER_MINUTE"), "SEND_RATE_PER_MINUTE", 0u32)?,
@@ -297,8 +311,11 @@ impl Settings {
 
 /// A stored message is one Postgres value (at most 1 GiB), and the request carrying it is larger still.
 const MAX_MESSAGE_BYTES_CEILING: usize = 256 * 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+/// Inbound limits stay far below Postgres' 1 GiB per value and per protocol message.
+const MAX_INBOUND_LIMIT: u64 = 256 * MIB;
 
-fn within(value: usize, range: std::ops::RangeInclusive<usize>, name: &str) -> Result<usize, ConfigError> {
+fn within<T: PartialOrd + std::fmt::Display>(value: T, range: std::ops::RangeInclusive<T>, name: &str) -> Result<T, ConfigError> {
     if !range.contains(&value) {
         return Err(config_error(name, format!("must be between {} and {} bytes", range.start(), range.end())));
     }
@@ -464,6 +481,25 @@ mod tests {
             [std::time::Duration::from_secs(5), minutes(5), minutes(30), minutes(120), minutes(300), minutes(600)]
         );
         assert_eq!(s.webhooks.disable_after, minutes(5 * 24 * 60));
+        assert_eq!((s.max_inbound_message_bytes, s.inbound_batch_bytes), (50 * MIB, 32 * MIB));
+    }
+
+    #[test]
+    fn inbound_byte_limits_outside_their_range_are_refused_by_name() {
+        for (name, value) in [
+            ("POSTBRIDGE_MAX_INBOUND_MESSAGE_BYTES", "0"),
+            ("POSTBRIDGE_MAX_INBOUND_MESSAGE_BYTES", "2000000000"),
+            ("POSTBRIDGE_INBOUND_BATCH_BYTES", "1024"),
+            ("POSTBRIDGE_INBOUND_BATCH_BYTES", "-5"),
+        ] {
+            let mut vars = base();
+            vars.insert(name, value.to_owned());
+            let err = load(&vars).err().unwrap_or_else(|| panic!("{name}={value} must be refused"));
+            assert_eq!(err.variable, name);
+        }
+        let mut vars = base();
+        vars.insert("POSTBRIDGE_MAX_INBOUND_MESSAGE_BYTES", "1048576".to_owned());
+        assert_eq!(load(&vars).expect("valid").max_inbound_message_bytes, MIB);
     }
 
     #[test]

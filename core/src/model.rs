@@ -570,8 +570,12 @@ pub struct InboundMessage {
     pub cc: Vec<String>,
     pub subject: Option<String>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// The message's size in bytes (for an oversized message, the size the mail server announced).
     pub size: i32,
     pub received_at: DateTime<Utc>,
+    /// The message was larger than the inbound maximum (`POSTBRIDGE_MAX_INBOUND_MESSAGE_BYTES`): only its headers
+    /// were stored, and `.../raw` returns just them. The full message stays on the mail server.
+    pub oversized: bool,
 }
 
 /// "Which account would send From X, and why".

@@ -7,6 +7,7 @@ mod bounds;
 mod cross_tenant;
 mod events;
 mod health;
+mod large_mail;
 mod mail_flows;
 mod mail_inbound_client;
 mod mail_servers;

@@ -23,6 +23,8 @@ pub struct Model {
     pub content_hash: String,
     pub raw: Vec<u8>,
     pub received_at: DateTimeUtc,
+    /// `raw` holds only the headers; the message was larger than the inbound maximum.
+    pub oversized: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_imap::imap_proto::{AttributeValue, MailboxDatum, Outcome, Response, ResponseCode, Status};
+use async_imap::imap_proto::{
+    AttributeValue, MailboxDatum, MessageSection, Outcome, Response, ResponseCode, SectionPath, Status,
+};
 use async_imap::{Authenticator, Client};
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -50,6 +52,21 @@ impl fmt::Debug for FetchedMessage {
             .field("flags_seen", &self.flags_seen)
             .finish()
     }
+}
+
+/// What the server announced for a message (`RFC822.SIZE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageSize {
+    pub uid: u32,
+    pub size: u32,
+}
+
+/// What one bounded FETCH returned: the messages that arrived whole, and why the server was cut off, if it was.
+#[derive(Debug)]
+pub struct BodyBatch {
+    pub messages: Vec<FetchedMessage>,
+    /// Set when the server sent more than the bounds allowed; the session is unusable afterwards.
+    pub cut: Option<MailError>,
 }
 
 /// An authenticated IMAP session.
@@ -201,6 +218,80 @@ impl ImapSession {
         Ok(messages)
     }
 
+    /// RFC822.SIZE of each of `uids` that still exists, ascending by UID. Only a hint: what the server then sends is
+    /// bounded separately.
+    pub async fn message_sizes(&mut self, uids: &[u32]) -> Result<Vec<MessageSize>, MailError> {
+        let wanted: HashSet<u32> = uids.iter().copied().collect();
+        let mut sizes = Vec::with_capacity(uids.len());
+        for set in uid_sets(uids) {
+            self.run(&format!("UID FETCH {set} (UID RFC822.SIZE)"), MailStep::Command, |response| {
+                if let Response::Fetch(_, attributes) = response {
+                    let uid = attributes.iter().find_map(|a| if let AttributeValue::Uid(v) = a { Some(*v) } else { None });
+                    let size =
+                        attributes.iter().find_map(|a| if let AttributeValue::Rfc822Size(v) = a { Some(*v) } else { None });
+                    if let (Some(uid), Some(size)) = (uid, size) {
+                        if wanted.contains(&uid) {
+                            sizes.push(MessageSize { uid, size });
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        sizes.sort_by_key(|m| m.uid);
+        sizes.dedup_by_key(|m| m.uid);
+        Ok(sizes)
+    }
+
+    /// The messages `uids`, without setting `\Seen`, ascending by UID. Each is asked for as its first `max_each + 1`
+    /// bytes (a partial FETCH), so one that is larger than `max_each` arrives cut at that length however large the
+    /// server said it was; and the whole answer may take at most `budget` bytes. A server that sends more than that
+    /// is cut off: [`BodyBatch::cut`] says why and `messages` holds what arrived whole before (the session is then
+    /// unusable).
+    pub async fn fetch_bodies(&mut self, uids: &[u32], max_each: u64, budget: u64) -> Result<BodyBatch, MailError> {
+        let part = max_each.saturating_add(1);
+        self.fetch_sections(uids, &format!("BODY.PEEK[]<0.{part}>"), part, budget).await
+    }
+
+    /// The headers of `uids` (`BODY.PEEK[HEADER]`), each cut at `max_each` bytes, ascending by UID; the whole answer
+    /// bounded by `budget` bytes as in [`Self::fetch_bodies`].
+    pub async fn fetch_headers(&mut self, uids: &[u32], max_each: u64, budget: u64) -> Result<BodyBatch, MailError> {
+        self.fetch_sections(uids, &format!("BODY.PEEK[HEADER]<0.{max_each}>"), max_each, budget).await
+    }
+
+    async fn fetch_sections(&mut self, uids: &[u32], item: &str, max_literal: u64, budget: u64) -> Result<BodyBatch, MailError> {
+        let wanted: HashSet<u32> = uids.iter().copied().collect();
+        let mut messages = Vec::with_capacity(uids.len());
+        self.arm(budget, max_literal);
+        let mut cut = None;
+        for set in uid_sets(uids) {
+            let result = self
+                .run_armed(&format!("UID FETCH {set} (UID {item})"), MailStep::Command, |response| {
+                    if let Response::Fetch(_, attributes) = response {
+                        if let Some(message) = fetched_message(attributes) {
+                            if wanted.contains(&message.uid) {
+                                messages.push(message);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            match result {
+                Ok(()) => {}
+                Err(error) if self.guard_tripped().is_some() => {
+                    cut = Some(error);
+                    break;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        messages.sort_by_key(|m| m.uid);
+        messages.dedup_by_key(|m| m.uid);
+        Ok(BodyBatch { messages, cut })
+    }
+
     /// Sets `\Seen` on the messages (in the selected folder).
     pub async fn mark_seen(&mut self, uids: &[u32]) -> Result<(), MailError> {
         for set in uid_sets(uids) {
@@ -297,7 +388,26 @@ impl ImapSession {
     /// Sends `command` and reads responses until its tagged completion, handing every other response to
     /// `on_response`. NO / BAD fail at `step` (or [`MailStep::Folder`] for TRYCREATE / NONEXISTENT) with the
     /// server's words.
-    async fn run<F>(&mut self, command: &str, step: MailStep, mut on_response: F) -> Result<(), MailError>
+    async fn run<F>(&mut self, command: &str, step: MailStep, on_response: F) -> Result<(), MailError>
+    where
+        F: FnMut(&Response<'_>) -> Result<(), MailError>,
+    {
+        self.arm(DEFAULT_COMMAND_BYTES, DEFAULT_COMMAND_BYTES);
+        self.run_armed(command, step, on_response).await
+    }
+
+    /// Bounds what the server may send from now on: `total` bytes in all, no literal above `max_literal`.
+    fn arm(&mut self, total: u64, max_literal: u64) {
+        self.session.get_mut().guard.arm(total, max_literal);
+    }
+
+    /// Why the read guard cut the connection, if it did.
+    fn guard_tripped(&self) -> Option<String> {
+        self.session.get_ref().guard.tripped.clone()
+    }
+
+    /// [`Self::run`] within the bounds set by the last [`Self::arm`].
+    async fn run_armed<F>(&mut self, command: &str, step: MailStep, mut on_response: F) -> Result<(), MailError>
     where
         F: FnMut(&Response<'_>) -> Result<(), MailError>,
     {
@@ -308,7 +418,12 @@ impl ImapSession {
         loop {
             let response = match tokio::time::timeout(io, self.session.read_response()).await {
                 Err(_) => return Err(MailError::timeout(&verb, io)),
-                Ok(Err(err)) => return Err(io_error(err)),
+                Ok(Err(err)) => {
+                    return Err(match self.guard_tripped() {
+                        Some(reason) => MailError::new(MailStep::Command, format!("{verb}: {reason}")),
+                        None => io_error(err),
+                    })
+                }
                 Ok(Ok(None)) => return Err(connection_lost(bye.as_deref())),
                 Ok(Ok(Some(response))) => response,
             };
@@ -520,7 +635,12 @@ fn fetched_message(attributes: &[AttributeValue<'_>]) -> Option<FetchedMessage> 
         match attribute {
             AttributeValue::Uid(value) => uid = Some(*value),
             AttributeValue::Flags(flags) => flags_seen = flags.iter().any(|flag| flag.eq_ignore_ascii_case("\\Seen")),
-            AttributeValue::BodySection { section: None, index: None, data } => {
+            // The whole message, or its start (`BODY[]<0>`), or its header (`BODY[HEADER]`, `BODY[HEADER]<0>`).
+            AttributeValue::BodySection {
+                section: None | Some(SectionPath::Full(MessageSection::Header)),
+                index: None | Some(0),
+                data,
+            } => {
                 raw = Some(data.as_deref().map(<[u8]>::to_vec).unwrap_or_default());
             }
             AttributeValue::Rfc822(data) => raw = Some(data.as_deref().map(<[u8]>::to_vec).unwrap_or_default()),
@@ -628,19 +748,21 @@ enum Stream {
 }
 
 /// The connection under async-imap: TCP or TLS, remembering the last bytes the server sent, so a failed login
-/// can quote the server's completion line as it was written (async-imap only keeps a debug rendering of it).
+/// can quote the server's completion line as it was written (async-imap only keeps a debug rendering of it), and
+/// bounding what the server can make the client read ([`ReadGuard`]).
 struct Transport {
     stream: Stream,
     tail: Tail,
+    guard: ReadGuard,
 }
 
 impl Transport {
     fn plain(tcp: TcpStream) -> Self {
-        Transport { stream: Stream::Plain(tcp), tail: Tail::default() }
+        Transport { stream: Stream::Plain(tcp), tail: Tail::default(), guard: ReadGuard::default() }
     }
 
     fn tls(tls: TlsStream<TcpStream>) -> Self {
-        Transport { stream: Stream::Tls(Box::new(tls)), tail: Tail::default() }
+        Transport { stream: Stream::Tls(Box::new(tls)), tail: Tail::default(), guard: ReadGuard::default() }
     }
 
     fn into_plain(self) -> Option<TcpStream> {
@@ -653,6 +775,115 @@ impl Transport {
     fn last_line(&self) -> String {
         self.tail.last_line()
     }
+}
+
+/// Bytes one command may make the client read unless it says otherwise, and the largest literal then.
+const DEFAULT_COMMAND_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What the server may still send: at most `remaining` bytes for the command under way, and no literal (`{n}`)
+/// above `max_literal`. It reads the raw bytes before async-imap parses them, so neither a size the server
+/// announces nor data it keeps sending can make the client buffer more than the caller allowed (async-imap would
+/// allocate an announced literal at once, up to 512 MiB). Once tripped, the connection is unusable.
+struct ReadGuard {
+    remaining: u64,
+    max_literal: u64,
+    /// Literal bytes still to pass before lines are read again.
+    in_literal: u64,
+    /// The end of the current line, enough to recognise a literal's announcement `{123}`.
+    line_tail: Vec<u8>,
+    tripped: Option<String>,
+}
+
+const LINE_TAIL_LEN: usize = 32;
+
+impl Default for ReadGuard {
+    fn default() -> Self {
+        ReadGuard {
+            remaining: DEFAULT_COMMAND_BYTES,
+            max_literal: DEFAULT_COMMAND_BYTES,
+            in_literal: 0,
+            line_tail: Vec::with_capacity(LINE_TAIL_LEN + 1),
+            tripped: None,
+        }
+    }
+}
+
+impl ReadGuard {
+    /// Sets the bounds for the next command's responses.
+    fn arm(&mut self, total: u64, max_literal: u64) {
+        self.remaining = total;
+        self.max_literal = max_literal;
+    }
+
+    /// Accounts for `data`, just read. When it crosses a bound, the error holds how many of its leading bytes were
+    /// still within the bounds (they may be handed on) and says which bound the server crossed; every later read
+    /// fails.
+    fn check(&mut self, data: &[u8]) -> Result<(), (usize, String)> {
+        if let Some(reason) = &self.tripped {
+            return Err((0, reason.clone()));
+        }
+        let result = self.scan(data);
+        if let Err((_, reason)) = &result {
+            self.tripped = Some(reason.clone());
+        }
+        result
+    }
+
+    fn scan(&mut self, data: &[u8]) -> Result<(), (usize, String)> {
+        let allowed = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(data.len());
+        let mut index = 0;
+        while index < allowed {
+            if self.in_literal > 0 {
+                let skip = self.in_literal.min((allowed - index) as u64);
+                self.in_literal -= skip;
+                index += skip as usize;
+                continue;
+            }
+            let byte = data[index];
+            if byte == b'\n' {
+                if let Some(size) = announced_literal(&self.line_tail) {
+                    if size > self.max_literal {
+                        self.remaining -= index as u64;
+                        let reason =
+                            format!("the server announced {size} bytes where at most {} were asked for", self.max_literal);
+                        return Err((index, reason));
+                    }
+                    self.in_literal = size;
+                }
+                self.line_tail.clear();
+            } else {
+                if self.line_tail.len() == LINE_TAIL_LEN {
+                    self.line_tail.remove(0);
+                }
+                self.line_tail.push(byte);
+            }
+            index += 1;
+        }
+        self.remaining -= allowed as u64;
+        if allowed < data.len() {
+            return Err((allowed, "the server sent more data than the command allows".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// The size a line ending `{123}\r` announces (a literal follows the line). Too many digits to fit the tail count
+/// as unbounded.
+fn announced_literal(tail: &[u8]) -> Option<u64> {
+    let body = tail.strip_suffix(b"}\r")?;
+    let digits = body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    if digits == body.len() {
+        // The `{` scrolled out of the tail: far more digits than any real size.
+        return Some(u64::MAX);
+    }
+    let (head, number) = body.split_at(body.len() - digits);
+    if head.last() != Some(&b'{') {
+        return None;
+    }
+    Some(std::str::from_utf8(number).ok().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX))
 }
 
 /// The last [`TAIL_LEN`] bytes read.
@@ -705,6 +936,9 @@ impl fmt::Debug for Transport {
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(reason) = &this.guard.tripped {
+            return Poll::Ready(Err(io::Error::other(reason.clone())));
+        }
         let before = buf.filled().len();
         let result = match &mut this.stream {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
@@ -713,6 +947,15 @@ impl AsyncRead for Transport {
         if let Poll::Ready(Ok(())) = result {
             let filled = buf.filled();
             if filled.len() > before {
+                if let Err((accepted, reason)) = this.guard.check(&filled[before..]) {
+                    // Bytes past the bound never reach async-imap: those before it go on, and the next read fails
+                    // (async-imap does not count a read that failed).
+                    if accepted == 0 {
+                        return Poll::Ready(Err(io::Error::other(reason)));
+                    }
+                    buf.set_filled(before + accepted);
+                }
+                let filled = buf.filled();
                 this.tail.record(&filled[before..]);
             }
         }
@@ -779,6 +1022,42 @@ mod tests {
         tail.record(b"\r\nA2 BAD Error in IMAP command\r\n");
         assert_eq!(tail.0.len(), TAIL_LEN);
         assert_eq!(tail.last_line(), "Error in IMAP command");
+    }
+
+    #[test]
+    fn the_read_guard_refuses_an_announced_literal_above_the_bound_before_it_arrives() {
+        let mut guard = ReadGuard::default();
+        guard.arm(1_000_000, 100);
+        // A literal within the bound passes, including text inside it that looks like an announcement.
+        let fine = b"* 1 FETCH (UID 5 BODY[]<0> {30}\r\nSubject: {99999}\r\n\r\nbody text.)\r\nA1 OK done\r\n";
+        guard.check(fine).expect("a literal within the bound");
+        assert_eq!(guard.in_literal, 0);
+        // Split across reads, an announcement is still seen.
+        guard.check(b"* 2 FETCH (UID 6 BODY[]<0> {10").expect("first half");
+        let (accepted, err) = guard.check(b"1}\r\n").expect_err("101 bytes announced");
+        assert!(err.contains("101"), "{err}");
+        assert_eq!(accepted, 3, "what came before the line's end may go on");
+        // Once tripped, nothing more is read.
+        assert!(guard.check(b"x").is_err());
+        let mut guard = ReadGuard::default();
+        guard.arm(1_000_000, u64::MAX - 1);
+        assert!(guard.check(b"* 1 FETCH (BODY[] {99999999999999999999999999999999999}\r\n").is_err(), "absurd digit counts");
+    }
+
+    #[test]
+    fn the_read_guard_bounds_all_bytes_of_a_command() {
+        let mut guard = ReadGuard::default();
+        guard.arm(50, 1_000);
+        guard.check(&[b'x'; 30]).expect("within the total");
+        guard.check(&[b'x'; 20]).expect("exactly the total");
+        assert_eq!(guard.check(b"y").expect_err("past the total").0, 0);
+        let mut guard = ReadGuard::default();
+        guard.arm(10, 1_000);
+        assert_eq!(guard.check(&[b'x'; 25]).expect_err("past the total").0, 10);
+        assert_eq!(announced_literal(b"BODY[] {12}\r"), Some(12));
+        assert_eq!(announced_literal(b"BODY[] ~{12}\r"), Some(12));
+        assert_eq!(announced_literal(b"OK [x] a} b12}\r"), None);
+        assert_eq!(announced_literal(b"12}"), None);
     }
 
     #[test]

@@ -117,6 +117,36 @@ impl Pop3Session {
         Ok(raw)
     }
 
+    /// `LIST`: every message's number and size in octets as the server announces it (a hint only: what is read is
+    /// bounded by [`Self::retr_limited`]).
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, MailError> {
+        self.conn.command("LIST", MailStep::Command).await?;
+        let mut entries = Vec::new();
+        for line in self.conn.multi_line_lines().await? {
+            let text = String::from_utf8_lossy(&line);
+            let mut words = text.split_whitespace();
+            match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|n| n.parse().ok())) {
+                (Some(number), Some(size)) => entries.push((number, size)),
+                _ => return Err(MailError::new(MailStep::Command, format!("unreadable LIST line: {}", truncate(&text)))),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// `RETR` reading at most `max` octets of the message: [`Limited::Whole`], or [`Limited::Cut`] with its first
+    /// octets when the server sends more (the session is then mid-response and unusable: drop it without QUIT).
+    pub async fn retr_limited(&mut self, msg_no: u32, max: usize) -> Result<Limited, MailError> {
+        self.conn.command(&format!("RETR {msg_no}"), MailStep::Command).await?;
+        self.conn.multi_line_limited(max).await
+    }
+
+    /// `TOP n 0`: the message's header (and the blank line after it), read up to `max` octets as in
+    /// [`Self::retr_limited`].
+    pub async fn top_headers(&mut self, msg_no: u32, max: usize) -> Result<Limited, MailError> {
+        self.conn.command(&format!("TOP {msg_no} 0"), MailStep::Command).await?;
+        self.conn.multi_line_limited(max).await
+    }
+
     /// `DELE`: marks the message deleted; the server removes it at [`Pop3Session::quit`].
     pub async fn dele(&mut self, msg_no: u32) -> Result<(), MailError> {
         self.conn.command(&format!("DELE {msg_no}"), MailStep::Command).await.map(drop)
@@ -126,6 +156,15 @@ impl Pop3Session {
     pub async fn quit(mut self) -> Result<(), MailError> {
         self.conn.command("QUIT", MailStep::Command).await.map(drop)
     }
+}
+
+/// A multi-line response read up to a bound.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Limited {
+    /// All of it.
+    Whole(Vec<u8>),
+    /// Its first octets (more than the bound); the rest was left unread.
+    Cut(Vec<u8>),
 }
 
 /// A line-oriented connection.
@@ -263,6 +302,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// [`Self::multi_line`] gathered into one buffer of at most `max` octets; past that it stops reading and returns
+    /// what it has (a little more than `max`, never more than one line beyond it).
+    async fn multi_line_limited(&mut self, max: usize) -> Result<Limited, MailError> {
+        let mut raw = Vec::new();
+        loop {
+            let line = self.read_line(MAX_DATA_LINE, "a multi-line response").await?;
+            if line == b".\r\n" || line == b".\n" {
+                return Ok(Limited::Whole(raw));
+            }
+            raw.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+            if raw.len() > max {
+                return Ok(Limited::Cut(raw));
+            }
+        }
+    }
+
     /// A multi-line response's lines without line endings.
     async fn multi_line_lines(&mut self) -> Result<Vec<Vec<u8>>, MailError> {
         let mut lines = Vec::new();
@@ -345,6 +400,23 @@ mod tests {
         conn.multi_line(|line| raw.extend_from_slice(line)).await.expect("multi-line");
         assert_eq!(raw, b"line one\r\n.dot line\r\n");
         assert_eq!(conn.read_line(100, "next").await.expect("next line"), b"next\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_bounded_multi_line_read_stops_past_the_bound() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let body: Vec<u8> = b"line of text\r\n".repeat(100);
+        server.write_all(&body).await.expect("write");
+        server.write_all(b".\r\nshort\r\n.\r\n").await.expect("write");
+        let mut conn = Conn::new(client, Duration::from_secs(5));
+        match conn.multi_line_limited(100).await.expect("read") {
+            Limited::Cut(prefix) => assert!(prefix.len() > 100 && prefix.len() <= 100 + 14, "{}", prefix.len()),
+            other => panic!("expected a cut, got {other:?}"),
+        }
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        server.write_all(b"short\r\n.\r\n").await.expect("write");
+        let mut conn = Conn::new(client, Duration::from_secs(5));
+        assert_eq!(conn.multi_line_limited(100).await.expect("read"), Limited::Whole(b"short\r\n".to_vec()));
     }
 
     #[tokio::test]

@@ -21,6 +21,16 @@ pub struct Fetched<'a> {
     pub uid: i64,
     pub pop3_uid: Option<&'a str>,
     pub raw: &'a [u8],
+    /// `raw` holds only the headers of a message above the inbound maximum, whose size is `size`.
+    pub oversized: Option<u64>,
+}
+
+impl Fetched<'_> {
+    /// The message's size: its bytes, or what the server announced for a placeholder.
+    fn size(&self) -> i32 {
+        let size = self.oversized.unwrap_or(self.raw.len() as u64);
+        i32::try_from(size).unwrap_or(i32::MAX)
+    }
 }
 
 struct Summary {
@@ -71,8 +81,31 @@ pub async fn fingerprints<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppRe
         .map_err(AppError::from)
 }
 
-/// Rows per INSERT: 16 columns each, well under Postgres' 65,535 parameters.
+/// Rows per INSERT: 17 columns each, well under Postgres' 65,535 parameters.
 const BATCH_ROWS: usize = 500;
+/// Message bytes per INSERT: one statement stays far below Postgres' 1 GiB message limit (a single larger message,
+/// which the inbound maximum bounds, goes alone).
+const STATEMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Splits `sizes` into consecutive runs of at most `max_rows` items and at most `max_bytes` bytes each (an item larger
+/// than `max_bytes` forms a run of its own); returns each run's end index.
+pub(crate) fn runs_by_bytes(sizes: impl IntoIterator<Item = usize>, max_rows: usize, max_bytes: usize) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    for (index, size) in sizes.into_iter().enumerate() {
+        if rows > 0 && (rows >= max_rows || bytes.saturating_add(size) > max_bytes) {
+            ends.push(index);
+            rows = 0;
+            bytes = 0;
+        }
+        rows += 1;
+        bytes = bytes.saturating_add(size);
+    }
+    if rows > 0 {
+        ends.push(ends.last().copied().unwrap_or(0) + rows);
+    }
+    ends
+}
 
 /// Inserts the messages not stored yet; returns how many were new. `skip` holds fingerprints to treat
 /// as already stored (a resynchronisation after UIDVALIDITY changed).
@@ -86,8 +119,11 @@ pub async fn store_batch<C: ConnectionTrait>(
 ) -> AppResult<u64> {
     let mut inserted = 0;
     let now = Utc::now();
-    for chunk in messages.chunks(BATCH_ROWS) {
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 16);
+    let mut start = 0;
+    for end in runs_by_bytes(messages.iter().map(|m| m.raw.len()), BATCH_ROWS, STATEMENT_BYTES) {
+        let chunk = &messages[start..end];
+        start = end;
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 17);
         let mut rows = 0;
         for message in chunk {
             let summary = summarize(message.raw);
@@ -110,20 +146,21 @@ pub async fn store_batch<C: ConnectionTrait>(
                 serde_json::json!(summary.cc).into(),
                 summary.subject.into(),
                 summary.sent_at.into(),
-                (message.raw.len() as i32).into(),
+                message.size().into(),
                 hash.into(),
                 message.raw.to_vec().into(),
+                message.oversized.is_some().into(),
             ]);
         }
         if rows == 0 {
             continue;
         }
         let tuples: Vec<String> = (0..rows)
-            .map(|r| format!("({})", (1..=16).map(|c| format!("${}", r * 16 + c)).collect::<Vec<_>>().join(", ")))
+            .map(|r| format!("({})", (1..=17).map(|c| format!("${}", r * 17 + c)).collect::<Vec<_>>().join(", ")))
             .collect();
         let sql = format!(
             "INSERT INTO inbound_messages (id, tenant_id, account_id, folder, uid_validity, uid, pop3_uid, message_id, \
-             from_address, to_addresses, cc_addresses, subject, sent_at, size, content_hash, raw) VALUES {} \
+             from_address, to_addresses, cc_addresses, subject, sent_at, size, content_hash, raw, oversized) VALUES {} \
              ON CONFLICT DO NOTHING RETURNING id, message_id",
             tuples.join(", ")
         );
@@ -192,6 +229,7 @@ fn view(model: inbound_message::Model) -> InboundMessage {
         sent_at: model.sent_at,
         size: model.size,
         received_at: model.received_at,
+        oversized: model.oversized,
     }
 }
 
@@ -219,6 +257,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, page:
             inbound_message::Column::Size,
             inbound_message::Column::ContentHash,
             inbound_message::Column::ReceivedAt,
+            inbound_message::Column::Oversized,
         ])
         // The list never needs the raw bytes; select an empty value in their place.
         .column_as(sea_orm::sea_query::Expr::cust("''::bytea"), "raw")
@@ -251,4 +290,28 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<I
 /// The message exactly as received (RFC 5322 bytes).
 pub async fn raw(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Vec<u8>> {
     Ok(find(ctx, scope, id).await?.raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_bounded_by_rows_and_by_bytes_and_a_large_item_goes_alone() {
+        assert_eq!(runs_by_bytes([], 3, 10), Vec::<usize>::new());
+        assert_eq!(runs_by_bytes([1, 1, 1, 1, 1, 1, 1], 3, 100), vec![3, 6, 7]);
+        assert_eq!(runs_by_bytes([4, 4, 4, 4], 10, 10), vec![2, 4]);
+        assert_eq!(runs_by_bytes([2, 50, 2, 2], 10, 10), vec![1, 2, 4]);
+        assert_eq!(runs_by_bytes([50], 10, 10), vec![1]);
+        // Every run but a lone oversized item stays within the byte bound.
+        let sizes: Vec<usize> = (0..1000).map(|i| (i * 7919) % 5000).collect();
+        let mut start = 0;
+        for end in runs_by_bytes(sizes.iter().copied(), 500, 16_000) {
+            let run = &sizes[start..end];
+            assert!(!run.is_empty() && run.len() <= 500);
+            assert!(run.len() == 1 || run.iter().sum::<usize>() <= 16_000);
+            start = end;
+        }
+        assert_eq!(start, sizes.len());
+    }
 }
