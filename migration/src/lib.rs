@@ -7,6 +7,7 @@ mod m20261124_000002_oauth_grants;
 mod m20261124_000003_mail;
 mod m20261124_000004_observability;
 mod m20261204_000005_worker_operations;
+mod m20261204_000008_oauth_hardening;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_mail::Migration),
             Box::new(m20261124_000004_observability::Migration),
             Box::new(m20261204_000005_worker_operations::Migration),
+            Box::new(m20261204_000008_oauth_hardening::Migration),
         ]
     }
 }

@@ -36,9 +36,24 @@ pub const VERIFIER_COLUMN: &str = "pkce_verifier";
 /// The subject of a client-credentials grant: the app itself.
 pub const APP_SUBJECT: &str = "app";
 
-/// An access token with less than this left is refreshed before use.
+/// An access token is refreshed when less than this, or a third of its lifetime, is left (whichever is less).
 pub fn refresh_margin() -> chrono::Duration {
     chrono::Duration::minutes(5)
+}
+
+/// When a token that expires at `expires_at`, received at `now`, is due for refresh: with less than
+/// min(5 minutes, a third of its lifetime) left. A 5-minute token is refreshed after 3m20s, not on every pass.
+pub fn refresh_at_for(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let expires_at = expires_at?;
+    let lifetime = expires_at.signed_duration_since(now).max(chrono::Duration::zero());
+    let margin = refresh_margin().min(lifetime / 3);
+    Some(expires_at.checked_sub_signed(margin).unwrap_or(expires_at))
+}
+
+/// Whether the grant's access token is due for refresh at `now` (the one predicate; the SQL twins read
+/// `refresh_at <= now()` too).
+fn refresh_due_at(model: &grant::Model, now: DateTime<Utc>) -> bool {
+    model.refresh_at.is_some_and(|at| at <= now)
 }
 
 fn state_ttl() -> chrono::Duration {
@@ -210,6 +225,7 @@ async fn start_user_flow(
         tenant_id: Set(scope.tenant_id),
         account_id: Set(account.id),
         token_config_id: Set(config.id),
+        token_url: Set(config.token_url.clone()),
         pkce_verifier: Set(verifier),
         return_url: Set(return_url),
         created_by: Set(scope.principal.subject.clone()),
@@ -299,6 +315,7 @@ async fn store_grant(
             active.access_token = Set(Some(access));
             active.refresh_token = Set(refresh.or(keep_refresh));
             active.expires_at = Set(tokens.expires_at);
+            active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
             active.scopes = Set(scopes);
             active.consented_by = Set(consented_by);
             mark_fresh(&mut active, now);
@@ -314,6 +331,7 @@ async fn store_grant(
                 access_token: Set(Some(access)),
                 refresh_token: Set(refresh),
                 expires_at: Set(tokens.expires_at),
+                refresh_at: Set(refresh_at_for(tokens.expires_at, now)),
                 scopes: Set(scopes),
                 status: Set(GrantStatus::Valid.as_str().to_owned()),
                 last_error: Set(None),
@@ -634,9 +652,9 @@ fn stored_access_token(ctx: &AppContext, model: &grant::Model, usable: bool) -> 
     }
 }
 
-/// The stored token while the grant is valid and the token has more than the refresh margin left.
+/// The stored token while the grant is valid and its token is not due for refresh.
 fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
-    let usable = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_none_or(|exp| exp > now + refresh_margin());
+    let usable = model.status == GrantStatus::Valid.as_str() && !refresh_due_at(model, now);
     stored_access_token(ctx, model, usable)
 }
 
@@ -777,6 +795,7 @@ async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: gran
         active.refresh_token = Set(Some(encrypt(REFRESH_COLUMN, rotated)?));
     }
     active.expires_at = Set(tokens.expires_at);
+    active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
     mark_fresh(&mut active, now);
     active.update(txn).await?;
     Ok(())
@@ -875,8 +894,10 @@ async fn mark_config(
 /// Marks the stored access token as used up (a mail server refused it although it looked valid), so
 /// the next `access_token` call refreshes.
 pub async fn expire_access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> AppResult<()> {
+    let past = Utc::now() - chrono::Duration::seconds(1);
     grant::Entity::update_many()
-        .col_expr(grant::Column::ExpiresAt, Expr::value(Utc::now() - chrono::Duration::seconds(1)))
+        .col_expr(grant::Column::ExpiresAt, Expr::value(past))
+        .col_expr(grant::Column::RefreshAt, Expr::value(past))
         .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(grant::Column::Id.eq(grant_id))
         .filter(grant::Column::TenantId.eq(tenant_id))
@@ -893,15 +914,15 @@ pub struct RefreshPass {
     pub failed: u64,
 }
 
-/// Refreshes user-flow grants whose access token expires within the margin and whose backoff has passed.
+/// Refreshes user-flow grants whose access token is due (`refresh_at`) and whose backoff has passed.
 pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass> {
     let rows = ctx
         .db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT id, tenant_id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL \
-             AND expires_at < $1 AND (next_refresh_at IS NULL OR next_refresh_at <= now()) ORDER BY expires_at LIMIT $2",
-            [(Utc::now() + refresh_margin()).into(), (limit as i64).into()],
+             AND refresh_at <= now() AND (next_refresh_at IS NULL OR next_refresh_at <= now()) ORDER BY refresh_at LIMIT $1",
+            [(limit as i64).into()],
         ))
         .await?;
     let due = rows
@@ -966,7 +987,7 @@ pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshO
 
 async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
     let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
-    let due = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_some_and(|exp| exp <= Utc::now() + refresh_margin());
+    let due = model.status == GrantStatus::Valid.as_str() && refresh_due_at(&model, Utc::now());
     if !due {
         return Ok(RefreshOutcome::Skipped);
     }
