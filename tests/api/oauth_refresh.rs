@@ -701,6 +701,90 @@ fn the_refresh_margin_is_five_minutes_or_a_third_of_the_lifetime_whichever_is_le
     assert_eq!(grants::refresh_at_for(None, now), None, "a token without expiry is never refreshed ahead");
 }
 
+#[tokio::test]
+async fn a_failed_commit_after_a_rotating_refresh_is_retried_so_the_new_refresh_token_is_kept() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    let provider = &c.setup.provider;
+    let rt0 =
+        decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, &grant_row(&app, c.grant).await.refresh_token.expect("rt"));
+    // The first COMMIT that stores a new refresh token fails (a deferred constraint trigger raises at COMMIT; the
+    // sequence counts outside the failing transaction), later ones pass.
+    sql(
+        &app,
+        "CREATE SEQUENCE test_grant_commits; \
+         CREATE FUNCTION test_fail_first_grant_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF nextval('test_grant_commits') = 1 THEN RAISE EXCEPTION 'injected: COMMIT fails'; END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER test_fail_first_grant_commit AFTER UPDATE OF refresh_token ON grants \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_fail_first_grant_commit();",
+    )
+    .await;
+    expire_in(&app, c.grant, 60).await;
+
+    let access = token(&app, &c).await.expect("the refresh succeeds although its first COMMIT failed");
+    assert_eq!(provider.token_requests("refresh_token"), 1, "the provider was asked once; the tokens were stored again");
+    assert_eq!(count(&app, "SELECT last_value AS n FROM test_grant_commits").await, 2, "one failed COMMIT, one that held");
+    let row = grant_row(&app, c.grant).await;
+    assert_eq!((row.status.as_str(), row.refresh_failures), ("valid", 0));
+    assert_eq!(decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, row.access_token.as_deref().expect("at")), access);
+    let rt1 = decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("rt"));
+    assert_ne!(rt1, rt0, "the rotated refresh token is stored");
+    let (status, _) = present_refresh_token(&app, &c.setup, &rt0).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the provider rotated the old one away");
+    let (status, body) = present_refresh_token(&app, &c.setup, &rt1).await;
+    assert_eq!(status, StatusCode::OK, "the stored refresh token is the live one: {body}");
+}
+
+#[tokio::test]
+async fn a_grant_whose_refresh_token_does_not_decrypt_is_recorded_and_skipped_and_the_pass_refreshes_the_others() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let mut grants_by_login = Vec::new();
+    for name in ["healthy1", "broken", "healthy2"] {
+        let login = format!("{name}@example.com");
+        setup.provider.set_consenting_user(&login);
+        let account = app.oauth_account(&setup, "imap", &login).await;
+        grants_by_login.push((name, account.clone(), consent_grant(&app, &setup, &account).await));
+    }
+    let (_, broken_account, broken) = grants_by_login[1].clone();
+    let (_, _, healthy1) = grants_by_login[0].clone();
+    // A ciphertext bound to another row (as a bad copy or restore would leave it) fails authentication.
+    sql(
+        &app,
+        &format!(
+            "UPDATE grants SET refresh_token = (SELECT refresh_token FROM grants WHERE id = '{healthy1}') WHERE id = '{broken}'"
+        ),
+    )
+    .await;
+    for (_, _, grant) in &grants_by_login {
+        expire_in(&app, *grant, 60).await;
+    }
+    let broken_before = grant_row(&app, broken).await;
+
+    let pass = grants::refresh_due(&app.ctx, 100).await.expect("the pass goes on past the broken grant");
+    assert_eq!(pass, RefreshPass { refreshed: 2, reauth_required: 0, failed: 1 });
+    assert_eq!(setup.provider.token_requests("refresh_token"), 2);
+    for (name, _, grant) in &grants_by_login {
+        let row = grant_row(&app, *grant).await;
+        if *grant == broken {
+            assert_eq!(row.status, "valid", "a decryption error is not the grant's fault");
+            assert_eq!(row.access_token, broken_before.access_token, "its tokens are kept");
+            assert_eq!(row.refresh_failures, 1);
+            assert_eq!(row.last_error.as_deref(), Some(grants::INTERNAL_REFRESH_ERROR));
+            assert!(row.next_refresh_at.is_some_and(|at| at > Utc::now()), "it backs off");
+        } else {
+            assert!(row.expires_at.is_some_and(|e| e > Utc::now() + chrono::Duration::minutes(50)), "{name} refreshed");
+        }
+    }
+    assert_eq!(app.account_json(&setup, &broken_account).await["state"], json!("authorized"), "its account is not in error");
+
+    // Backing off, the next pass leaves it alone; once due again, the worker's job records it as failed, not an error.
+    assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
+    sql(&app, &format!("UPDATE grants SET next_refresh_at = NULL WHERE id = '{broken}'")).await;
+    assert_eq!(grants::refresh_one(&app.ctx, broken).await.expect("the job does not fail"), RefreshOutcome::Failed);
+    assert_eq!(grant_row(&app, broken).await.refresh_failures, 2);
+}
+
 // ---- app flow --------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -741,11 +741,9 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
     match result {
         Ok(tokens) => {
             let access = tokens.access_token.clone();
-            save_refreshed(ctx, &txn, locked, &tokens).await?;
-            if config.needs_admin {
-                mark_config(&txn, &config, false, None).await?;
+            if let Err(first) = persist_refreshed(ctx, txn, locked, &config, &tokens).await {
+                persist_refreshed_again(ctx, tenant_id, grant_id, &config, &tokens, first).await?;
             }
-            txn.commit().await?;
             ctx.metrics.token_refresh("refreshed");
             Ok(access)
         }
@@ -780,6 +778,62 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
             }
         }
     }
+}
+
+/// Stores refreshed tokens (and clears a configuration's `needs_admin`, since its credentials just worked), then
+/// commits.
+async fn persist_refreshed(
+    ctx: &AppContext,
+    txn: DatabaseTransaction,
+    model: grant::Model,
+    config: &token_config::Model,
+    tokens: &TokenSet,
+) -> AppResult<()> {
+    save_refreshed(ctx, &txn, model, tokens).await?;
+    if config.needs_admin {
+        mark_config(&txn, config, false, None).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Retries after storing refreshed tokens failed (a failed COMMIT included). The provider may have rotated the
+/// refresh token: the old one is dead there and the new one exists only in memory, so giving up at once would
+/// lose the grant.
+const PERSIST_RETRIES: u32 = 4;
+
+async fn persist_refreshed_again(
+    ctx: &AppContext,
+    tenant_id: Uuid,
+    grant_id: Uuid,
+    config: &token_config::Model,
+    tokens: &TokenSet,
+    first: AppError,
+) -> AppResult<()> {
+    let mut last = first;
+    for attempt in 1..=PERSIST_RETRIES {
+        tracing::warn!(%grant_id, attempt, error = %last, "storing refreshed tokens failed; retrying");
+        tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
+        let retried = async {
+            let txn = ctx.db.begin().await?;
+            let model = grant::Entity::find_by_id(grant_id)
+                .filter(grant::Column::TenantId.eq(tenant_id))
+                .lock_exclusive()
+                .one(&txn)
+                .await?
+                .ok_or(AppError::not_found("grant"))?;
+            persist_refreshed(ctx, txn, model, config, tokens).await
+        }
+        .await;
+        match retried {
+            Ok(()) => return Ok(()),
+            // Revoked meanwhile: nothing to keep.
+            Err(e @ AppError::NotFound { .. }) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    tracing::error!(%grant_id, error = %last, "refreshed tokens could not be stored; a rotated refresh token is lost");
+    Err(last)
 }
 
 /// Stores new tokens; a rotated refresh token goes in the same transaction, a missing one keeps the old.
@@ -940,7 +994,10 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
         match outcome {
             Ok(_) => pass.refreshed += 1,
             Err(TokenAccessError::ReauthRequired(_)) => pass.reauth_required += 1,
-            Err(TokenAccessError::App(e)) => return Err(e),
+            Err(TokenAccessError::App(e)) => {
+                record_internal_failure(ctx, id, &e).await;
+                pass.failed += 1;
+            }
             Err(e) => {
                 tracing::warn!(grant_id = %id, error = %e, "grant refresh failed; will retry");
                 pass.failed += 1;
@@ -948,6 +1005,29 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
         }
     }
     Ok(pass)
+}
+
+/// What a grant's `last_error` says when refreshing it failed inside Postbridge (the details go to the logs only).
+pub const INTERNAL_REFRESH_ERROR: &str =
+    "Postbridge could not use this grant's stored tokens (they do not decrypt with the configured master keys, or the \
+     database failed); it is retried with backoff, and the worker's logs say more";
+
+/// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant
+/// keeps its tokens and status, backs off like after a provider outage, and the pass goes on with the others.
+async fn record_internal_failure(ctx: &AppContext, grant_id: Uuid, err: &AppError) {
+    tracing::error!(%grant_id, error = %err, "grant refresh failed inside Postbridge; skipped and retried with backoff");
+    ctx.metrics.token_refresh("failed");
+    let recorded = async {
+        let txn = ctx.db.begin().await?;
+        let Some(model) = grant::Entity::find_by_id(grant_id).lock_exclusive().one(&txn).await? else { return Ok(()) };
+        record_failure(&txn, &model, INTERNAL_REFRESH_ERROR, None).await?;
+        txn.commit().await?;
+        Ok::<_, AppError>(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(%grant_id, error = %e, "could not record the failed refresh");
+    }
 }
 
 /// What one background refresh did (the worker's refresh job).
@@ -994,7 +1074,10 @@ async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOu
     match access_token(ctx, model.tenant_id, grant_id).await {
         Ok(_) => Ok(RefreshOutcome::Refreshed),
         Err(TokenAccessError::ReauthRequired(_)) => Ok(RefreshOutcome::ReauthRequired),
-        Err(TokenAccessError::App(e)) => Err(e),
+        Err(TokenAccessError::App(e)) => {
+            record_internal_failure(ctx, grant_id, &e).await;
+            Ok(RefreshOutcome::Failed)
+        }
         Err(e) => {
             tracing::warn!(%grant_id, error = %e, "grant refresh failed; will retry");
             Ok(RefreshOutcome::Failed)
