@@ -393,13 +393,16 @@ pub struct CallbackParams {
     pub code: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// RFC 9207: the issuer of the authorization response, when the provider names it.
+    pub iss: Option<String>,
 }
 
 /// How a callback ended; the browser is sent to `return_url` (if any) with `status` and `reason`.
 #[derive(Clone, Debug)]
 pub struct CallbackOutcome {
     pub success: bool,
-    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`, ...
+    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`,
+    /// `unknown_identity`, `issuer_mismatch`, `configuration_changed`, ...
     pub reason: String,
     pub message: String,
     pub account_id: Option<Uuid>,
@@ -455,6 +458,28 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     if state_row.expires_at < Utc::now() {
         return Ok(CallbackOutcome::failure("state_expired", "this sign-in link expired; start again", Some(&state_row)));
     }
+    let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
+    // The code is redeemed only at the token URL the sign-in started with: the configuration's endpoints may have
+    // moved since (and its grants been sent to re-consent).
+    if config.token_url != state_row.token_url {
+        return Ok(CallbackOutcome::failure(
+            "configuration_changed",
+            "the token configuration's endpoints changed while signing in; start again",
+            Some(&state_row),
+        ));
+    }
+    // RFC 9207: an authorization response naming another issuer is a mix-up attack (or a misconfiguration).
+    if let Some(iss) = params.iss.as_deref() {
+        let provider = Provider::from_db(&config.provider)?;
+        let expected = crate::presets::expected_issuer(provider, config.directory_tenant_id.as_deref(), config.issuer.as_deref());
+        if !expected.accepts(iss) {
+            return Ok(CallbackOutcome::failure(
+                "issuer_mismatch",
+                "the authorization response came from another issuer than the token configuration's; nothing was stored",
+                Some(&state_row),
+            ));
+        }
+    }
     if let Some(error) = params.error.as_deref() {
         let description = params.error_description.as_deref().unwrap_or("no description");
         let reason = if error == "access_denied" { "access_denied" } else { "provider_error" };
@@ -476,7 +501,6 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             Some(&state_row),
         ));
     };
-    let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
     let verifier = ctx
         .cipher
         .decrypt(location(state_row.tenant_id, STATE_TABLE, VERIFIER_COLUMN, state_row.id), &state_row.pkce_verifier)
@@ -513,21 +537,27 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             Some(&state_row),
         ));
     }
-    let consented_by = tokens.id_token.as_deref().and_then(id_token_identity);
+    let identity = tokens.id_token.as_deref().and_then(id_token_identity).unwrap_or_default();
+    let consented_by = identity.username.clone();
     let login = account.login.to_lowercase();
-    if let Some(who) = &consented_by {
-        if *who != login && !account.shared_mailbox {
-            // No grant is stored, but the account says why it is still not connected (its state stays).
-            let message = crate::hints::wrong_mailbox_message(who, &login);
-            email_account::Entity::update_many()
-                .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
-                .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
-                .filter(email_account::Column::Id.eq(account.id))
-                .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
-                .exec(&ctx.db)
-                .await?;
-            return Ok(CallbackOutcome::failure("wrong_mailbox", message, Some(&state_row)));
-        }
+    // The consenting identity must be the mailbox, unless the account is a shared mailbox (delegated access): a
+    // consent that names no identity at all proves nothing about whose mailbox the tokens open.
+    let refused = match &consented_by {
+        _ if account.shared_mailbox => None,
+        Some(who) if *who != login => Some(("wrong_mailbox", crate::hints::wrong_mailbox_message(who, &login))),
+        Some(_) => None,
+        None => Some(("unknown_identity", crate::hints::UNKNOWN_IDENTITY_MESSAGE.to_owned())),
+    };
+    if let Some((reason, message)) = refused {
+        // No grant is stored, but the account says why it is still not connected (its state stays).
+        email_account::Entity::update_many()
+            .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
+            .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(email_account::Column::Id.eq(account.id))
+            .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+            .exec(&ctx.db)
+            .await?;
+        return Ok(CallbackOutcome::failure(reason, message, Some(&state_row)));
     }
 
     let txn = ctx.db.begin().await?;
@@ -545,7 +575,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         events::GRANT_CONNECTED,
         "grant",
         Some(grant_id),
-        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by, "accounts": linked}),
+        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by,
+               "consented_by_id": identity.stable_id(), "accounts": linked}),
     )
     .await?;
     txn.commit().await?;
@@ -894,6 +925,39 @@ async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &s
     )
     .await?;
     Ok(())
+}
+
+/// The configuration's endpoints changed: every grant it holds came from the old ones. Each one still valid needs
+/// consent again (its accounts in error, an event each, as after `invalid_grant`), and no grant keeps tokens the
+/// new endpoints could be sent. Returns how many grants were sent to re-consent.
+pub(crate) async fn require_reauth_for_config(
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    message: &str,
+) -> AppResult<u64> {
+    let held = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    let mut buried = 0;
+    for model in held.iter().filter(|g| g.status == GrantStatus::Valid.as_str()) {
+        bury_grant(txn, model, message).await?;
+        buried += 1;
+    }
+    grant::Entity::update_many()
+        .col_expr(grant::Column::AccessToken, Expr::value(Option::<String>::None))
+        .col_expr(grant::Column::RefreshToken, Expr::value(Option::<String>::None))
+        .col_expr(grant::Column::ExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(grant::Column::RefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .exec(txn)
+        .await?;
+    Ok(buried)
 }
 
 /// A failed refresh that is not the grant's fault: tokens and status stay, the next attempt waits.
