@@ -63,6 +63,10 @@ pub struct Facts<'a> {
 pub const WRONG_MAILBOX_PREFIX: &str = "wrong mailbox: ";
 
 /// The account's `last_error` after a consent by the wrong identity: names who consented and who was expected.
+/// Why a consent that names nobody is refused (written to the account's `last_error`).
+pub const UNKNOWN_IDENTITY_MESSAGE: &str = "the provider did not say who signed in (no id_token with preferred_username, upn or a verified email): \
+     make sure the token configuration asks for the openid scope (Microsoft: openid and profile), or mark the account as a shared mailbox";
+
 pub fn wrong_mailbox_message(consented: &str, expected: &str) -> String {
     format!(
         "{WRONG_MAILBOX_PREFIX}consent was given by {consented}, but this account is {expected}: sign in as {expected}, or mark the account as a shared mailbox"

@@ -257,6 +257,9 @@ pub struct TokenConfig {
     pub directory_tenant_id: Option<String>,
     pub auth_url: Option<String>,
     pub token_url: String,
+    /// Generic configurations: the authorization server's issuer identifier; an authorization response carrying
+    /// another `iss` (RFC 9207) is refused. Microsoft and Google configurations know their issuer (null here).
+    pub issuer: Option<String>,
     pub scopes: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,
     /// The only mail hosts this configuration's tokens are sent to: the provider's own for Microsoft and Google,
@@ -293,6 +296,9 @@ pub struct CreateTokenConfig {
     pub auth_url: Option<String>,
     /// Derived for microsoft/google; required for generic.
     pub token_url: Option<String>,
+    /// Generic only, optional: the issuer identifier the provider returns as `iss` (RFC 9207), e.g.
+    /// `https://id.example.com`; an authorization response naming another issuer is refused.
+    pub issuer: Option<String>,
     /// Derived from provider and flow when omitted.
     pub scopes: Option<Vec<String>>,
     pub extra_auth_params: Option<BTreeMap<String, String>>,
@@ -314,8 +320,14 @@ pub struct UpdateTokenConfig {
     #[schema(value_type = Option<NaiveDate>)]
     pub client_secret_expires_at: MaybeUndefined<NaiveDate>,
     pub directory_tenant_id: Option<String>,
+    /// Changing `auth_url` or `token_url` (directly, or through a Microsoft directory) while grants exist needs
+    /// `client_secret` in the same request, and sends every grant of the configuration to `reauth_required`.
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
+    /// Generic only; `null` clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub issuer: MaybeUndefined<String>,
     pub scopes: Option<Vec<String>>,
     pub extra_auth_params: Option<BTreeMap<String, String>>,
     /// Generic only: replaces the list of mail hosts the configuration's tokens may be sent to. Accounts on a host

@@ -336,15 +336,46 @@ async fn send(
     }
 }
 
-/// Who consented, from an id_token received straight from the token endpoint over TLS (OIDC Core
-/// 3.1.3.7 lets TLS stand in for the signature check there): `email`, else `preferred_username`, else `upn`.
-pub fn id_token_identity(id_token: &str) -> Option<String> {
+/// Who consented, from an id_token received straight from the token endpoint over TLS (OIDC Core 3.1.3.7 lets
+/// TLS stand in for the signature check there).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsentIdentity {
+    /// The sign-in name, lower-cased: `preferred_username`, else `upn`, else `email` (unless the provider says it
+    /// is unverified). `email` comes last: at Microsoft it is a mutable, unverified attribute a directory admin sets.
+    pub username: Option<String>,
+    /// Microsoft: the user's directory (`tid`) and object id (`oid`), stable where names change.
+    pub directory_id: Option<String>,
+    pub object_id: Option<String>,
+    /// The token's `sub` (stable per client at most providers).
+    pub subject: Option<String>,
+}
+
+impl ConsentIdentity {
+    /// The most stable identifier the provider gave: `tid/oid` (Microsoft), else `sub`.
+    pub fn stable_id(&self) -> Option<String> {
+        match (&self.directory_id, &self.object_id) {
+            (Some(tid), Some(oid)) => Some(format!("{tid}/{oid}")),
+            _ => self.subject.clone(),
+        }
+    }
+}
+
+/// The identity an id_token names; `None` when it is not a readable JWT.
+pub fn id_token_identity(id_token: &str) -> Option<ConsentIdentity> {
     let payload = id_token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    ["email", "preferred_username", "upn"]
-        .iter()
-        .find_map(|claim| claims.get(*claim).and_then(|v| v.as_str()).filter(|v| v.contains('@')).map(str::to_lowercase))
+    // Claims are bounded like any provider input: an oversized one is ignored, not stored.
+    let text = |name: &str| {
+        claims.get(name).and_then(|v| v.as_str()).map(str::trim).filter(|v| !v.is_empty() && v.len() <= 320).map(str::to_owned)
+    };
+    let address = |name: &str| text(name).filter(|v| v.contains('@')).map(|v| v.to_lowercase());
+    let email_unverified = claims.get("email_verified").is_some_and(|v| v == &serde_json::Value::Bool(false) || v == "false");
+    let username =
+        address("preferred_username")
+            .or_else(|| address("upn"))
+            .or_else(|| if email_unverified { None } else { address("email") });
+    Some(ConsentIdentity { username, directory_id: text("tid"), object_id: text("oid"), subject: text("sub") })
 }
 
 #[cfg(test)]
@@ -352,17 +383,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_comes_from_email_then_preferred_username() {
+    fn identity_prefers_stable_names_over_email() {
         let encode = |claims: serde_json::Value| {
             let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
             format!("{}.{}.sig", b64(br#"{"alg":"RS256"}"#), b64(claims.to_string().as_bytes()))
         };
-        assert_eq!(id_token_identity(&encode(serde_json::json!({"email": "Ann@Example.com"}))), Some("ann@example.com".into()));
+        let name = |claims: serde_json::Value| id_token_identity(&encode(claims)).and_then(|i| i.username);
+        assert_eq!(name(serde_json::json!({"email": "Ann@Example.com"})), Some("ann@example.com".into()));
         assert_eq!(
-            id_token_identity(&encode(serde_json::json!({"preferred_username": "bob@example.com"}))),
+            name(serde_json::json!({"email": "ceo@example.com", "preferred_username": "Bob@Example.com"})),
+            Some("bob@example.com".into()),
+            "an email attribute does not outrank the sign-in name"
+        );
+        assert_eq!(
+            name(serde_json::json!({"email": "ceo@example.com", "upn": "bob@example.com"})),
             Some("bob@example.com".into())
         );
-        assert_eq!(id_token_identity(&encode(serde_json::json!({"sub": "123"}))), None);
+        assert_eq!(name(serde_json::json!({"email": "ceo@example.com", "email_verified": false})), None, "unverified");
+        assert_eq!(name(serde_json::json!({"preferred_username": "not-an-address", "sub": "123"})), None);
+        let ms = id_token_identity(&encode(serde_json::json!({"tid": "t-1", "oid": "o-2", "sub": "s"}))).expect("claims");
+        assert_eq!(ms.stable_id().as_deref(), Some("t-1/o-2"));
+        assert_eq!(id_token_identity(&encode(serde_json::json!({"sub": "s"}))).and_then(|i| i.stable_id()).as_deref(), Some("s"));
         assert_eq!(id_token_identity("not-a-jwt"), None);
     }
 

@@ -8,6 +8,8 @@ pub const MICROSOFT_USER_SCOPES: &[&str] = &[
     "https://outlook.office.com/POP.AccessAsUser.All",
     "https://outlook.office.com/SMTP.Send",
     "openid",
+    // `profile` brings preferred_username and oid, the identity claims a consent is checked with.
+    "profile",
     "email",
 ];
 pub const MICROSOFT_APP_SCOPES: &[&str] = &["https://outlook.office365.com/.default"];
@@ -47,6 +49,44 @@ pub fn endpoints(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -
             ],
         },
         Provider::Generic => Endpoints { auth_url: None, token_url: None, scopes: Vec::new(), extra_auth_params: Vec::new() },
+    }
+}
+
+/// The issuer an authorization server names itself with (RFC 9207 `iss` on the authorization response).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedIssuer {
+    Exact(String),
+    /// Microsoft with a directory that is not a tenant GUID (`common`, `organizations`, `consumers`, a domain):
+    /// the issuer names the consenting user's tenant, `https://login.microsoftonline.com/{tenant GUID}/v2.0`.
+    MicrosoftAnyTenant,
+    /// A generic configuration without a configured issuer: nothing to compare with.
+    Unknown,
+}
+
+impl ExpectedIssuer {
+    /// Whether a returned `iss` is this issuer (RFC 9207 compares by simple string comparison).
+    pub fn accepts(&self, iss: &str) -> bool {
+        match self {
+            ExpectedIssuer::Exact(expected) => iss == expected,
+            ExpectedIssuer::MicrosoftAnyTenant => iss
+                .strip_prefix("https://login.microsoftonline.com/")
+                .and_then(|rest| rest.strip_suffix("/v2.0"))
+                .is_some_and(|tenant| uuid::Uuid::parse_str(tenant).is_ok_and(|id| id.hyphenated().to_string() == tenant)),
+            ExpectedIssuer::Unknown => true,
+        }
+    }
+}
+
+/// The issuer a configuration's authorization server must name: the presets know theirs, a generic
+/// configuration may carry one.
+pub fn expected_issuer(provider: Provider, directory: Option<&str>, configured: Option<&str>) -> ExpectedIssuer {
+    match provider {
+        Provider::Microsoft => match directory.map(uuid::Uuid::parse_str) {
+            Some(Ok(tenant)) => ExpectedIssuer::Exact(format!("https://login.microsoftonline.com/{}/v2.0", tenant.hyphenated())),
+            _ => ExpectedIssuer::MicrosoftAnyTenant,
+        },
+        Provider::Google => ExpectedIssuer::Exact("https://accounts.google.com".to_owned()),
+        Provider::Generic => configured.map_or(ExpectedIssuer::Unknown, |issuer| ExpectedIssuer::Exact(issuer.to_owned())),
     }
 }
 
@@ -137,5 +177,24 @@ mod tests {
             }
         }
         assert!(provider_mail_hosts(Provider::Generic).is_none());
+    }
+
+    #[test]
+    fn preset_issuers_are_known_and_a_generic_one_is_configured() {
+        let tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let single = expected_issuer(Provider::Microsoft, Some(tenant), None);
+        assert!(single.accepts(&format!("https://login.microsoftonline.com/{tenant}/v2.0")));
+        assert!(!single.accepts("https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0"));
+        let multi = expected_issuer(Provider::Microsoft, Some("organizations"), None);
+        assert!(multi.accepts(&format!("https://login.microsoftonline.com/{tenant}/v2.0")));
+        assert!(!multi.accepts("https://login.microsoftonline.com.evil.example/x/v2.0"));
+        assert!(!multi.accepts("https://login.microsoftonline.com/organizations/v2.0"));
+        let google = expected_issuer(Provider::Google, None, None);
+        assert!(google.accepts("https://accounts.google.com"));
+        assert!(!google.accepts("https://accounts.google.com/"));
+        assert!(expected_issuer(Provider::Generic, None, None).accepts("https://anything.example"));
+        let generic = expected_issuer(Provider::Generic, None, Some("https://id.example.com"));
+        assert!(generic.accepts("https://id.example.com"));
+        assert!(!generic.accepts("https://id.example.com.evil.example"));
     }
 }

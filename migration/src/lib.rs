@@ -9,6 +9,7 @@ mod m20261124_000004_observability;
 mod m20261204_000005_worker_operations;
 mod m20261204_000006_member_walls;
 mod m20261204_000007_large_mail;
+mod m20261204_000008_oauth_hardening;
 mod m20261204_000009_api_bounds;
 mod m20261204_000010_tenant_wall;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000005_worker_operations::Migration),
             Box::new(m20261204_000006_member_walls::Migration),
             Box::new(m20261204_000007_large_mail::Migration),
+            Box::new(m20261204_000008_oauth_hardening::Migration),
             Box::new(m20261204_000009_api_bounds::Migration),
             Box::new(m20261204_000010_tenant_wall::Migration),
         ]

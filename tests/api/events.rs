@@ -243,7 +243,10 @@ async fn a_refused_refresh_records_grant_reauth_required_and_account_error_and_a
 
     // The user withdraws consent at the provider; the next refresh is refused with invalid_grant.
     setup.provider.revoke_user(CONSENTING_USER);
-    app.sql_exec(&format!("UPDATE grants SET expires_at = now() + interval '60 seconds' WHERE id = '{grant}'")).await;
+    app.sql_exec(&format!(
+        "UPDATE grants SET expires_at = now() + interval '60 seconds', refresh_at = now() WHERE id = '{grant}'"
+    ))
+    .await;
     let pass = grants::refresh_due(&app.ctx, 100).await.expect("refresh pass");
     assert_eq!(pass.reauth_required, 1, "{pass:?}");
     the_event(&app, &setup.admin, "grant.reauth_required", "grant", &grant).await;

@@ -148,7 +148,7 @@ async fn refreshes_are_counted_by_outcome_and_grants_by_status() {
     let account = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
     let outcome = app.consent(&setup, &account).await;
     assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
-    app.sql_exec("UPDATE grants SET expires_at = now() + interval '10 seconds'").await;
+    app.sql_exec("UPDATE grants SET expires_at = now() + interval '10 seconds', refresh_at = now()").await;
 
     let due = scrape(&app).await;
     assert_eq!(value(&due, "postbridge_grants", &[("status", "valid")]), 1.0);
@@ -162,7 +162,7 @@ async fn refreshes_are_counted_by_outcome_and_grants_by_status() {
     assert_eq!(value(&refreshed, "postbridge_queue_depth", &[("kind", "refresh")]), 0.0);
 
     // The provider refuses the refresh token: the grant needs consent again.
-    app.sql_exec("UPDATE grants SET expires_at = now() + interval '10 seconds'").await;
+    app.sql_exec("UPDATE grants SET expires_at = now() + interval '10 seconds', refresh_at = now()").await;
     setup.provider.fail_next_token_requests(1, TokenFailure::InvalidGrant { description: "revoked".to_owned() });
     assert_eq!(grants::refresh_due(&app.ctx, 10).await.expect("second pass").reauth_required, 1);
     let buried = scrape(&app).await;

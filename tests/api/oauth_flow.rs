@@ -960,3 +960,114 @@ async fn the_access_log_never_records_the_callbacks_code_or_state() {
     assert!(logs.contains("GET /oauth/callback "), "the callback itself is logged");
     assert!(!logs.contains(&code) && !logs.contains(&state), "the code and the state are never logged");
 }
+
+// ---- endpoints, issuer and identity ----
+
+#[tokio::test]
+async fn a_sign_in_started_before_the_token_url_moved_fails_at_the_callback_and_redeems_its_code_nowhere() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let callback = at_provider(&app, &start(&app, &setup, &inbound, Some(&return_url())).await).await;
+    // No grant exists yet, so the admin may move the endpoint without the secret.
+    let elsewhere = postbridge_oauth_provider::MockProvider::start().await;
+    let moved = app
+        .patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"token_url": elsewhere.token_url()}))
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    let before = stored(&app).await;
+
+    let outcome = app.open_callback(&callback).await;
+    assert_failed_with(&outcome, "configuration_changed", &inbound);
+    assert_eq!(setup.provider.token_requests("authorization_code"), 0, "not redeemed at the old URL");
+    assert_eq!(elsewhere.token_requests("authorization_code"), 0, "nor at the new one");
+    assert_nothing_changed(&before, &stored(&app).await, "configuration_changed");
+}
+
+#[tokio::test]
+async fn an_authorization_response_naming_another_issuer_is_refused_before_its_code_is_redeemed() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let issuer = setup.provider.base_url();
+    let named = app.patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"issuer": issuer})).await;
+    assert_eq!((named.status, named.body["issuer"].clone()), (StatusCode::OK, json!(issuer)), "{}", named.text);
+    let before = stored(&app).await;
+
+    // A mix-up: the response says another authorization server issued it.
+    setup.provider.set_authorization_response_iss(Some("https://attacker.example"));
+    assert_failed_with(&app.consent(&setup, &inbound).await, "issuer_mismatch", &inbound);
+    // An error response from another issuer is not believed either.
+    setup.provider.set_deny_consent(true);
+    assert_failed_with(&app.consent(&setup, &inbound).await, "issuer_mismatch", &inbound);
+    setup.provider.set_deny_consent(false);
+    assert_eq!(setup.provider.token_requests("authorization_code"), 0, "no code was redeemed");
+    assert_nothing_changed(&before, &stored(&app).await, "issuer_mismatch");
+
+    // The configuration's own issuer passes, and so does a response that names none.
+    setup.provider.set_authorization_response_iss(Some(&issuer));
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    setup.provider.set_authorization_response_iss(None);
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+}
+
+/// id_token claims merged over the stand-in's defaults (which name the consenting user everywhere).
+fn claims(value: Value) -> Option<serde_json::Map<String, Value>> {
+    value.as_object().cloned()
+}
+
+#[tokio::test]
+async fn the_consenting_identity_is_the_sign_in_name_and_not_an_email_attribute() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+
+    // Someone else signed in whose directory entry carries the mailbox's address as `email` (any directory admin
+    // can set that attribute): refused.
+    setup.provider.set_consenting_user(OTHER_USER);
+    setup.provider.set_id_token_claims(claims(json!({"email": CONSENTING_USER})));
+    assert_failed_with(&app.consent(&setup, &inbound).await, "wrong_mailbox", &inbound);
+    assert_eq!(stored(&app).await["grants"], before["grants"], "no grant");
+
+    // The mailbox's user whose `email` attribute says something else: connected, by `upn` when there is no
+    // preferred_username, and the grant names the stable Microsoft ids in its event.
+    setup.provider.set_consenting_user(CONSENTING_USER);
+    setup.provider.set_id_token_claims(claims(
+        json!({"email": OTHER_USER, "preferred_username": null, "upn": CONSENTING_USER, "tid": "tenant-1", "oid": "object-2"}),
+    ));
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    let grant = app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await;
+    assert_eq!(grant.body["consented_by"], json!(CONSENTING_USER), "{}", grant.text);
+    let connected = events_of(&app, &setup.tenant).await.into_iter().find(|e| e["event_type"] == json!("grant.connected"));
+    assert_eq!(connected.expect("grant.connected")["data"]["consented_by_id"], json!("tenant-1/object-2"));
+}
+
+#[tokio::test]
+async fn a_consent_naming_nobody_is_refused_unless_the_account_is_a_shared_mailbox() {
+    let app = spawn_app().await;
+    let (setup, inbound, outbound) = mailbox(&app).await;
+    setup.provider.set_include_id_token(false);
+    let before = stored(&app).await;
+    let mut expected = before.clone();
+    for account in expected["accounts"].as_array_mut().expect("accounts") {
+        if account["id"] == json!(inbound) {
+            account["last_error"] = json!(postbridge_core::hints::UNKNOWN_IDENTITY_MESSAGE);
+        }
+    }
+
+    assert_failed_with(&app.consent(&setup, &inbound).await, "unknown_identity", &inbound);
+    assert_nothing_changed(&expected, &stored(&app).await, "unknown_identity");
+    // An id_token naming no address is no identity either (an unverified email does not count).
+    setup.provider.set_include_id_token(true);
+    setup.provider.set_id_token_claims(claims(json!({"preferred_username": null, "email_verified": false})));
+    assert_failed_with(&app.consent(&setup, &inbound).await, "unknown_identity", &inbound);
+    assert_nothing_changed(&expected, &stored(&app).await, "unknown_identity with an unverified email");
+
+    // A shared mailbox is consented to by a delegate; the provider need not name anyone.
+    setup.provider.set_include_id_token(false);
+    let shared = app.patch(&format!("/v1/accounts/{inbound}"), &setup.admin, json!({"shared_mailbox": true})).await;
+    assert_eq!(shared.status, StatusCode::OK, "{}", shared.text);
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant_id = grant_id_of(&app, &setup, &inbound).await;
+    assert_eq!(app.get(&format!("/v1/grants/{grant_id}"), &setup.admin).await.body["consented_by"], Value::Null);
+    assert_eq!(grant_id_of(&app, &setup, &outbound).await, grant_id);
+}

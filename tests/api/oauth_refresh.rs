@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use postbridge_core::crypto::SecretLocation;
-use postbridge_core::service::grants::{self, RefreshPass, TokenAccessError};
-use postbridge_core::service::{rekey, token_configs};
+use postbridge_core::service::grants::{self, RefreshOutcome, RefreshPass, TokenAccessError};
+use postbridge_core::service::{ops_metrics, rekey, scheduler, token_configs};
 use postbridge_core::AppContext;
 use postbridge_oauth_provider::TokenFailure;
 use postbridge_tests::oauth::{OAuthSetup, CONSENTING_USER, RETURN_ORIGIN};
@@ -92,9 +92,17 @@ fn decrypt(ctx: &AppContext, tenant: Uuid, grant: Uuid, column: &str, stored: &s
     ctx.cipher.decrypt(location, stored).expect("grant token decrypts")
 }
 
-/// Moves the stored access token's expiry to `seconds` from now (negative: already expired).
+/// Moves the stored access token's expiry to `seconds` from now (negative: already expired), as if it were an
+/// hour-long token (the provider's default): due for refresh 5 minutes before it expires.
 async fn expire_in(app: &TestApp, grant: Uuid, seconds: i64) {
-    sql(app, &format!("UPDATE grants SET expires_at = now() + interval '{seconds} seconds' WHERE id = '{grant}'")).await;
+    sql(
+        app,
+        &format!(
+            "UPDATE grants SET expires_at = now() + interval '{seconds} seconds', \
+             refresh_at = now() + interval '{seconds} seconds' - interval '5 minutes' WHERE id = '{grant}'"
+        ),
+    )
+    .await;
 }
 
 /// A user-flow setup with one inbound account of `CONSENTING_USER`, consented.
@@ -214,11 +222,11 @@ async fn access_token_returns_the_stored_token_while_fresh_and_refreshes_once_wi
 #[tokio::test]
 async fn a_refresh_persists_the_rotated_refresh_token_so_the_next_refresh_works_too() {
     let app = spawn_app().await;
-    let setup = app.oauth_setup().await;
-    // Tokens live one minute, so every access_token call is within the margin and refreshes.
-    setup.provider.set_access_token_ttl(60);
-    let c = connect_with(&app, setup).await;
+    let c = connect(&app).await;
     let provider = &c.setup.provider;
+    // Each access_token call below finds the token due, as it would be 55 minutes later.
+    let due_sql = format!("UPDATE grants SET refresh_at = now() WHERE id = '{}'", c.grant);
+    let make_due = || sql(&app, &due_sql);
     let decrypt_refresh = |row: &GrantRow| {
         decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("refresh token"))
     };
@@ -226,6 +234,7 @@ async fn a_refresh_persists_the_rotated_refresh_token_so_the_next_refresh_works_
     let r0 = grant_row(&app, c.grant).await;
     let rt0 = decrypt_refresh(&r0);
 
+    make_due().await;
     let a1 = token(&app, &c).await.expect("first refresh");
     let r1 = grant_row(&app, c.grant).await;
     assert_ne!(r1.refresh_token, r0.refresh_token, "the rotated refresh token is stored");
@@ -234,6 +243,7 @@ async fn a_refresh_persists_the_rotated_refresh_token_so_the_next_refresh_works_
     assert_eq!(provider.introspect(&a1).as_deref(), Some(CONSENTING_USER));
 
     // The second refresh presents the stored (rotated) token; the original one would now be refused.
+    make_due().await;
     let a2 = token(&app, &c).await.expect("second refresh with the rotated token");
     assert_ne!(a2, a1);
     assert_eq!(provider.token_requests("refresh_token"), 2);
@@ -624,6 +634,157 @@ async fn refresh_due_refreshes_only_grants_expiring_within_the_margin_and_counts
     assert_eq!(grants::refresh_due(&app.ctx, 2).await.expect("pass").refreshed, 2);
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass").refreshed, 3);
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
+}
+
+/// Seconds between the grant's `refresh_at` and `expires_at`.
+async fn refresh_lead_seconds(app: &TestApp, grant: Uuid) -> i64 {
+    count(app, &format!("SELECT EXTRACT(EPOCH FROM expires_at - refresh_at)::bigint AS n FROM grants WHERE id = '{grant}'")).await
+}
+
+#[tokio::test]
+async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_its_lifetime_is_left() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    setup.provider.set_access_token_ttl(300);
+    let c = connect_with(&app, setup).await;
+    let provider = &c.setup.provider;
+    let lead = refresh_lead_seconds(&app, c.grant).await;
+    assert!((99..=101).contains(&lead), "a 5-minute token is due with a third (100 s) left, not 5 minutes: {lead}");
+    let stored = grant_row(&app, c.grant).await;
+
+    // Consecutive passes (the worker's come every 30 seconds): every reader of "due" agrees nothing is.
+    for pass in 0..3 {
+        assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "pass {pass}");
+        assert!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim").is_empty(), "pass {pass}");
+        assert_eq!(grants::refresh_one(&app.ctx, c.grant).await.expect("job"), RefreshOutcome::Skipped, "pass {pass}");
+        let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
+        assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(0), "pass {pass}");
+        token(&app, &c).await.expect("the stored token");
+    }
+    assert_eq!(provider.token_requests("refresh_token"), 0, "a 5-minute token is not refreshed on every pass");
+    assert_eq!(grant_row(&app, c.grant).await, stored);
+
+    // 3m21s later less than a third of its lifetime is left: now it is due, for every reader, and refreshed once.
+    sql(
+        &app,
+        &format!(
+            "UPDATE grants SET expires_at = expires_at - interval '201 seconds', refresh_at = refresh_at - interval '201 seconds' \
+             WHERE id = '{}'",
+            c.grant
+        ),
+    )
+    .await;
+    let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
+    assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(1));
+    assert_eq!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim"), vec![c.grant]);
+    assert_eq!(grants::refresh_one(&app.ctx, c.grant).await.expect("job"), RefreshOutcome::Refreshed);
+    assert_eq!(provider.token_requests("refresh_token"), 1);
+    assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "the new token is fresh");
+    assert_eq!(provider.token_requests("refresh_token"), 1);
+    let lead = refresh_lead_seconds(&app, c.grant).await;
+    assert!((99..=101).contains(&lead), "the refreshed token's due time follows its lifetime again: {lead}");
+}
+
+#[test]
+fn the_refresh_margin_is_five_minutes_or_a_third_of_the_lifetime_whichever_is_less() {
+    let now = Utc::now();
+    let at = |lifetime_secs: i64| {
+        let expires = now + chrono::Duration::seconds(lifetime_secs);
+        (expires - grants::refresh_at_for(Some(expires), now).expect("a due time")).num_seconds()
+    };
+    assert_eq!(at(3600), 300);
+    assert_eq!(at(900), 300);
+    assert_eq!(at(300), 100);
+    assert_eq!(at(60), 20);
+    assert_eq!(at(0), 0);
+    assert_eq!(at(-60), 0, "an expired token is due at once");
+    assert_eq!(grants::refresh_at_for(None, now), None, "a token without expiry is never refreshed ahead");
+}
+
+#[tokio::test]
+async fn a_failed_commit_after_a_rotating_refresh_is_retried_so_the_new_refresh_token_is_kept() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    let provider = &c.setup.provider;
+    let rt0 =
+        decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, &grant_row(&app, c.grant).await.refresh_token.expect("rt"));
+    // The first COMMIT that stores a new refresh token fails (a deferred constraint trigger raises at COMMIT; the
+    // sequence counts outside the failing transaction), later ones pass. Only the tables' owner may add a trigger.
+    app.owner_db()
+        .await
+        .execute_unprepared(
+        "CREATE SEQUENCE test_grant_commits; \
+         CREATE FUNCTION test_fail_first_grant_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF nextval('test_grant_commits') = 1 THEN RAISE EXCEPTION 'injected: COMMIT fails'; END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER test_fail_first_grant_commit AFTER UPDATE OF refresh_token ON grants \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_fail_first_grant_commit();",
+        )
+        .await
+        .expect("the fault-injecting trigger is installed");
+    expire_in(&app, c.grant, 60).await;
+
+    let access = token(&app, &c).await.expect("the refresh succeeds although its first COMMIT failed");
+    assert_eq!(provider.token_requests("refresh_token"), 1, "the provider was asked once; the tokens were stored again");
+    assert_eq!(count(&app, "SELECT last_value AS n FROM test_grant_commits").await, 2, "one failed COMMIT, one that held");
+    let row = grant_row(&app, c.grant).await;
+    assert_eq!((row.status.as_str(), row.refresh_failures), ("valid", 0));
+    assert_eq!(decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, row.access_token.as_deref().expect("at")), access);
+    let rt1 = decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("rt"));
+    assert_ne!(rt1, rt0, "the rotated refresh token is stored");
+    let (status, _) = present_refresh_token(&app, &c.setup, &rt0).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the provider rotated the old one away");
+    let (status, body) = present_refresh_token(&app, &c.setup, &rt1).await;
+    assert_eq!(status, StatusCode::OK, "the stored refresh token is the live one: {body}");
+}
+
+#[tokio::test]
+async fn a_grant_whose_refresh_token_does_not_decrypt_is_recorded_and_skipped_and_the_pass_refreshes_the_others() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let mut grants_by_login = Vec::new();
+    for name in ["healthy1", "broken", "healthy2"] {
+        let login = format!("{name}@example.com");
+        setup.provider.set_consenting_user(&login);
+        let account = app.oauth_account(&setup, "imap", &login).await;
+        grants_by_login.push((name, account.clone(), consent_grant(&app, &setup, &account).await));
+    }
+    let (_, broken_account, broken) = grants_by_login[1].clone();
+    let (_, _, healthy1) = grants_by_login[0].clone();
+    // A ciphertext bound to another row (as a bad copy or restore would leave it) fails authentication.
+    sql(
+        &app,
+        &format!(
+            "UPDATE grants SET refresh_token = (SELECT refresh_token FROM grants WHERE id = '{healthy1}') WHERE id = '{broken}'"
+        ),
+    )
+    .await;
+    for (_, _, grant) in &grants_by_login {
+        expire_in(&app, *grant, 60).await;
+    }
+    let broken_before = grant_row(&app, broken).await;
+
+    let pass = grants::refresh_due(&app.ctx, 100).await.expect("the pass goes on past the broken grant");
+    assert_eq!(pass, RefreshPass { refreshed: 2, reauth_required: 0, failed: 1 });
+    assert_eq!(setup.provider.token_requests("refresh_token"), 2);
+    for (name, _, grant) in &grants_by_login {
+        let row = grant_row(&app, *grant).await;
+        if *grant == broken {
+            assert_eq!(row.status, "valid", "a decryption error is not the grant's fault");
+            assert_eq!(row.access_token, broken_before.access_token, "its tokens are kept");
+            assert_eq!(row.refresh_failures, 1);
+            assert_eq!(row.last_error.as_deref(), Some(grants::INTERNAL_REFRESH_ERROR));
+            assert!(row.next_refresh_at.is_some_and(|at| at > Utc::now()), "it backs off");
+        } else {
+            assert!(row.expires_at.is_some_and(|e| e > Utc::now() + chrono::Duration::minutes(50)), "{name} refreshed");
+        }
+    }
+    assert_eq!(app.account_json(&setup, &broken_account).await["state"], json!("authorized"), "its account is not in error");
+
+    // Backing off, the next pass leaves it alone; once due again, the worker's job records it as failed, not an error.
+    assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
+    sql(&app, &format!("UPDATE grants SET next_refresh_at = NULL WHERE id = '{broken}'")).await;
+    assert_eq!(grants::refresh_one(&app.ctx, broken).await.expect("the job does not fail"), RefreshOutcome::Failed);
+    assert_eq!(grant_row(&app, broken).await.refresh_failures, 2);
 }
 
 // ---- app flow --------------------------------------------------------------------------------

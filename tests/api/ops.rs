@@ -419,7 +419,7 @@ async fn an_account_whose_grant_got_invalid_grant_shows_reauth_required_with_the
     setup
         .provider
         .fail_next_token_requests(1, TokenFailure::InvalidGrant { description: "Token has been expired or revoked.".into() });
-    app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
+    app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
     let refused = grants::access_token(&app.ctx, uuid(&setup.tenant), uuid(&grant_id)).await;
     assert!(matches!(refused, Err(TokenAccessError::ReauthRequired(_))), "{refused:?}");
 
@@ -455,7 +455,7 @@ async fn a_token_config_whose_secret_the_provider_refuses_shows_client_secret_in
         1,
         TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".into() },
     );
-    app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
+    app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
     let refused = grants::access_token(&app.ctx, uuid(&setup.tenant), uuid(&grant_id)).await;
     assert!(matches!(refused, Err(TokenAccessError::NeedsAdmin(_))), "{refused:?}");
 

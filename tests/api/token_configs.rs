@@ -305,6 +305,7 @@ async fn microsoft_config_needs_only_name_client_id_secret_and_directory() {
         "https://outlook.office.com/SMTP.Send",
         "https://outlook.office.com/POP.AccessAsUser.All",
         "openid",
+        "profile",
         "email",
     ] {
         assert!(scopes.iter().any(|s| s == needed), "user-flow scopes lack {needed}: {scopes:?}");
@@ -892,4 +893,123 @@ async fn viewers_and_members_can_read_token_configs_but_not_change_them() {
     }
     assert_eq!(app.get(&path, &admin).await.body, original, "nothing changed");
     assert_eq!(app.get("/v1/token-configs", &admin).await.body["items"].as_array().map(Vec::len), Some(1));
+}
+
+// ---- moving a configuration's endpoints ----
+
+/// A row count from the test database.
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.sql_text(&format!("SELECT ({sql})::text")).await.expect("a count").parse().expect("a number")
+}
+
+#[tokio::test]
+async fn moving_the_endpoints_while_grants_exist_needs_the_client_secret_and_sends_every_grant_to_re_consent() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let inbound = app.oauth_account(&setup, "imap", postbridge_tests::oauth::CONSENTING_USER).await;
+    let outbound = app.oauth_account(&setup, "smtp", postbridge_tests::oauth::CONSENTING_USER).await;
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+    let grant = app.account_json(&setup, &inbound).await["grant_id"].as_str().expect("grant").to_owned();
+    let config_url = format!("/v1/token-configs/{}", setup.config_id);
+    let elsewhere = postbridge_oauth_provider::MockProvider::start().await;
+    let grant_row = format!("SELECT status || ':' || (refresh_token IS NOT NULL)::text FROM grants WHERE id = '{grant}'");
+    let config_before = app.get(&config_url, &setup.admin).await.body;
+
+    // Without the secret, neither URL moves and nothing changes.
+    for body in [json!({"token_url": elsewhere.token_url()}), json!({"auth_url": elsewhere.authorize_url(), "name": "Moved"})] {
+        assert_invalid(&app.patch(&config_url, &setup.admin, body).await, "required", "client_secret");
+    }
+    let gql = app
+        .graphql(
+            Some(&setup.admin),
+            "mutation($id: UUID!, $input: UpdateTokenConfig!) { updateTokenConfig(id: $id, input: $input) { id } }",
+            json!({"id": setup.config_id, "input": {"tokenUrl": elsewhere.token_url()}}),
+        )
+        .await;
+    assert_gql_invalid(&gql, "required", "client_secret");
+    assert_eq!(app.get(&config_url, &setup.admin).await.body, config_before);
+    assert_eq!(app.sql_text(&grant_row).await.as_deref(), Some("valid:true"));
+    // Other changes need no secret.
+    assert_eq!(app.patch(&config_url, &setup.admin, json!({"name": "Renamed"})).await.status, StatusCode::OK);
+    assert_eq!(app.sql_text(&grant_row).await.as_deref(), Some("valid:true"));
+
+    // With the secret the URL moves; the grant needs consent again and keeps no token the new endpoint could get.
+    let moved = app
+        .patch(&config_url, &setup.admin, json!({"token_url": elsewhere.token_url(), "client_secret": setup.client_secret}))
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    assert_eq!(moved.body["token_url"], json!(elsewhere.token_url()));
+    assert_eq!(app.sql_text(&grant_row).await.as_deref(), Some("reauth_required:false"));
+    let grant_view = app.get(&format!("/v1/grants/{grant}"), &setup.admin).await;
+    assert_eq!(
+        (grant_view.body["status"].clone(), grant_view.body["has_refresh_token"].clone()),
+        (json!("reauth_required"), json!(false))
+    );
+    for account in [&inbound, &outbound] {
+        assert_eq!(app.account_json(&setup, account).await["state"], json!("error"), "the mailbox's accounts say so");
+    }
+    let tenant = &setup.tenant;
+    let events = format!(
+        "SELECT count(*) FROM events WHERE tenant_id = '{tenant}' AND event_type = 'grant.reauth_required' AND resource_id = '{grant}'"
+    );
+    assert_eq!(count(&app, &events).await, 1);
+    let audit = format!(
+        "SELECT count(*) FROM audit_log WHERE tenant_id = '{tenant}' AND action = 'token_config.updated' \
+         AND (changes->>'grants_reauth_required')::int = 1 AND changes ? 'token_url'"
+    );
+    assert_eq!(count(&app, &audit).await, 1, "the audit log records the move and its consequence");
+    let tenant_id = Uuid::parse_str(tenant).expect("tenant uuid");
+    let refused =
+        postbridge_core::service::grants::access_token(&app.ctx, tenant_id, Uuid::parse_str(&grant).expect("uuid")).await;
+    assert!(matches!(refused, Err(postbridge_core::service::grants::TokenAccessError::ReauthRequired(_))), "{refused:?}");
+    assert_eq!(elsewhere.token_requests("refresh_token"), 0, "no refresh token reached the new endpoint");
+    assert_eq!(setup.provider.token_requests("refresh_token"), 0);
+
+    // Moving it again: the grant holds nothing any more, but it still exists, so the secret is asked for again.
+    assert_invalid(
+        &app.patch(&config_url, &setup.admin, json!({"token_url": setup.provider.token_url()})).await,
+        "required",
+        "client_secret",
+    );
+}
+
+#[tokio::test]
+async fn without_grants_the_endpoints_move_without_the_secret() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let elsewhere = postbridge_oauth_provider::MockProvider::start().await;
+    let moved = app
+        .patch(
+            &format!("/v1/token-configs/{}", setup.config_id),
+            &setup.admin,
+            json!({"token_url": elsewhere.token_url(), "auth_url": elsewhere.authorize_url()}),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+}
+
+#[tokio::test]
+async fn an_issuer_is_a_generic_configurations_https_identifier_and_can_be_cleared() {
+    let app = spawn_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    assert_invalid(
+        &create(&app, &key, with(microsoft(), json!({"issuer": "https://login.microsoftonline.com/x/v2.0"}))).await,
+        "not_applicable",
+        "issuer",
+    );
+    for bad in ["not a url", "https://id.example.com/?tenant=1", "https://id.example.com/#x", "https://user:pw@id.example.com"] {
+        assert_invalid(&create(&app, &key, with(generic_user(), json!({"issuer": bad}))).await, "invalid_url", "issuer");
+    }
+    let created = create(&app, &key, with(generic_user(), json!({"issuer": "https://id.example.com"}))).await;
+    assert_eq!(
+        (created.status, created.body["issuer"].clone()),
+        (StatusCode::CREATED, json!("https://id.example.com")),
+        "{}",
+        created.text
+    );
+    let id = created_id(&created);
+    let kept = app.patch(&format!("/v1/token-configs/{id}"), &key, json!({"name": "Renamed"})).await;
+    assert_eq!(kept.body["issuer"], json!("https://id.example.com"));
+    let cleared = app.patch(&format!("/v1/token-configs/{id}"), &key, json!({"issuer": null})).await;
+    assert_eq!((cleared.status, cleared.body["issuer"].clone()), (StatusCode::OK, Value::Null), "{}", cleared.text);
 }

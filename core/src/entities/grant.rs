@@ -18,6 +18,9 @@ pub struct Model {
     /// Encrypted envelope (see `crypto`).
     pub refresh_token: Option<String>,
     pub expires_at: Option<DateTimeUtc>,
+    /// When the access token is refreshed ahead of expiry: `expires_at` less min(5 minutes, a third of the
+    /// token's lifetime), set whenever tokens are stored. Every "due" predicate reads it.
+    pub refresh_at: Option<DateTimeUtc>,
     #[sea_orm(column_type = "JsonBinary")]
     pub scopes: Json,
     pub status: String,

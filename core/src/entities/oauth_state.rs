@@ -10,6 +10,8 @@ pub struct Model {
     pub tenant_id: Uuid,
     pub account_id: Uuid,
     pub token_config_id: Uuid,
+    /// The configuration's token URL when the state was issued: the code is redeemed there only.
+    pub token_url: String,
     /// Encrypted envelope (see `crypto`).
     pub pkce_verifier: String,
     pub return_url: Option<String>,

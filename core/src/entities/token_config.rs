@@ -18,6 +18,8 @@ pub struct Model {
     pub token_url: String,
     #[sea_orm(column_type = "JsonBinary")]
     pub scopes: Json,
+    /// A generic configuration's issuer identifier (RFC 9207); presets know theirs.
+    pub issuer: Option<String>,
     #[sea_orm(column_type = "JsonBinary")]
     pub extra_auth_params: Json,
     /// Mail hosts oauth2 accounts of a generic configuration may use (lower-case; `*.domain` matches subdomains).

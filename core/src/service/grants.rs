@@ -36,9 +36,24 @@ pub const VERIFIER_COLUMN: &str = "pkce_verifier";
 /// The subject of a client-credentials grant: the app itself.
 pub const APP_SUBJECT: &str = "app";
 
-/// An access token with less than this left is refreshed before use.
+/// An access token is refreshed when less than this, or a third of its lifetime, is left (whichever is less).
 pub fn refresh_margin() -> chrono::Duration {
     chrono::Duration::minutes(5)
+}
+
+/// When a token that expires at `expires_at`, received at `now`, is due for refresh: with less than
+/// min(5 minutes, a third of its lifetime) left. A 5-minute token is refreshed after 3m20s, not on every pass.
+pub fn refresh_at_for(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let expires_at = expires_at?;
+    let lifetime = expires_at.signed_duration_since(now).max(chrono::Duration::zero());
+    let margin = refresh_margin().min(lifetime / 3);
+    Some(expires_at.checked_sub_signed(margin).unwrap_or(expires_at))
+}
+
+/// Whether the grant's access token is due for refresh at `now` (the one predicate; the SQL twins read
+/// `refresh_at <= now()` too).
+fn refresh_due_at(model: &grant::Model, now: DateTime<Utc>) -> bool {
+    model.refresh_at.is_some_and(|at| at <= now)
 }
 
 fn state_ttl() -> chrono::Duration {
@@ -213,6 +228,7 @@ async fn start_user_flow(
         tenant_id: Set(scope.tenant_id),
         account_id: Set(account.id),
         token_config_id: Set(config.id),
+        token_url: Set(config.token_url.clone()),
         pkce_verifier: Set(verifier),
         return_url: Set(return_url),
         created_by: Set(scope.principal.subject.clone()),
@@ -321,6 +337,7 @@ async fn store_grant(
             active.access_token = Set(Some(access));
             active.refresh_token = Set(refresh.or(keep_refresh));
             active.expires_at = Set(tokens.expires_at);
+            active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
             active.scopes = Set(scopes);
             active.consented_by = Set(consented_by);
             active.connected_by = Set(Some(connected_by.to_owned()));
@@ -338,6 +355,7 @@ async fn store_grant(
                 access_token: Set(Some(access)),
                 refresh_token: Set(refresh),
                 expires_at: Set(tokens.expires_at),
+                refresh_at: Set(refresh_at_for(tokens.expires_at, now)),
                 scopes: Set(scopes),
                 status: Set(GrantStatus::Valid.as_str().to_owned()),
                 last_error: Set(None),
@@ -412,13 +430,16 @@ pub struct CallbackParams {
     pub code: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+    /// RFC 9207: the issuer of the authorization response, when the provider names it.
+    pub iss: Option<String>,
 }
 
 /// How a callback ended; the browser is sent to `return_url` (if any) with `status` and `reason`.
 #[derive(Clone, Debug)]
 pub struct CallbackOutcome {
     pub success: bool,
-    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`, ...
+    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`,
+    /// `unknown_identity`, `issuer_mismatch`, `configuration_changed`, ...
     pub reason: String,
     pub message: String,
     pub account_id: Option<Uuid>,
@@ -474,6 +495,28 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     if state_row.expires_at < Utc::now() {
         return Ok(CallbackOutcome::failure("state_expired", "this sign-in link expired; start again", Some(&state_row)));
     }
+    let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
+    // The code is redeemed only at the token URL the sign-in started with: the configuration's endpoints may have
+    // moved since (and its grants been sent to re-consent).
+    if config.token_url != state_row.token_url {
+        return Ok(CallbackOutcome::failure(
+            "configuration_changed",
+            "the token configuration's endpoints changed while signing in; start again",
+            Some(&state_row),
+        ));
+    }
+    // RFC 9207: an authorization response naming another issuer is a mix-up attack (or a misconfiguration).
+    if let Some(iss) = params.iss.as_deref() {
+        let provider = Provider::from_db(&config.provider)?;
+        let expected = crate::presets::expected_issuer(provider, config.directory_tenant_id.as_deref(), config.issuer.as_deref());
+        if !expected.accepts(iss) {
+            return Ok(CallbackOutcome::failure(
+                "issuer_mismatch",
+                "the authorization response came from another issuer than the token configuration's; nothing was stored",
+                Some(&state_row),
+            ));
+        }
+    }
     if let Some(error) = params.error.as_deref() {
         let description = params.error_description.as_deref().unwrap_or("no description");
         let reason = if error == "access_denied" { "access_denied" } else { "provider_error" };
@@ -495,7 +538,6 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             Some(&state_row),
         ));
     };
-    let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
     let verifier = ctx
         .cipher
         .decrypt(location(state_row.tenant_id, STATE_TABLE, VERIFIER_COLUMN, state_row.id), &state_row.pkce_verifier)
@@ -532,21 +574,27 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             Some(&state_row),
         ));
     }
-    let consented_by = tokens.id_token.as_deref().and_then(id_token_identity);
+    let identity = tokens.id_token.as_deref().and_then(id_token_identity).unwrap_or_default();
+    let consented_by = identity.username.clone();
     let login = account.login.to_lowercase();
-    if let Some(who) = &consented_by {
-        if *who != login && !account.shared_mailbox {
-            // No grant is stored, but the account says why it is still not connected (its state stays).
-            let message = crate::hints::wrong_mailbox_message(who, &login);
-            email_account::Entity::update_many()
-                .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
-                .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
-                .filter(email_account::Column::Id.eq(account.id))
-                .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
-                .exec(&ctx.db)
-                .await?;
-            return Ok(CallbackOutcome::failure("wrong_mailbox", message, Some(&state_row)));
-        }
+    // The consenting identity must be the mailbox, unless the account is a shared mailbox (delegated access): a
+    // consent that names no identity at all proves nothing about whose mailbox the tokens open.
+    let refused = match &consented_by {
+        _ if account.shared_mailbox => None,
+        Some(who) if *who != login => Some(("wrong_mailbox", crate::hints::wrong_mailbox_message(who, &login))),
+        Some(_) => None,
+        None => Some(("unknown_identity", crate::hints::UNKNOWN_IDENTITY_MESSAGE.to_owned())),
+    };
+    if let Some((reason, message)) = refused {
+        // No grant is stored, but the account says why it is still not connected (its state stays).
+        email_account::Entity::update_many()
+            .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
+            .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(email_account::Column::Id.eq(account.id))
+            .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+            .exec(&ctx.db)
+            .await?;
+        return Ok(CallbackOutcome::failure(reason, message, Some(&state_row)));
     }
 
     let txn = ctx.db.begin().await?;
@@ -566,7 +614,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         events::GRANT_CONNECTED,
         "grant",
         Some(grant_id),
-        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by, "accounts": linked}),
+        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by,
+               "consented_by_id": identity.stable_id(), "accounts": linked}),
     )
     .await?;
     txn.commit().await?;
@@ -673,9 +722,9 @@ fn stored_access_token(ctx: &AppContext, model: &grant::Model, usable: bool) -> 
     }
 }
 
-/// The stored token while the grant is valid and the token has more than the refresh margin left.
+/// The stored token while the grant is valid and its token is not due for refresh.
 fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
-    let usable = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_none_or(|exp| exp > now + refresh_margin());
+    let usable = model.status == GrantStatus::Valid.as_str() && !refresh_due_at(model, now);
     stored_access_token(ctx, model, usable)
 }
 
@@ -762,11 +811,9 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
     match result {
         Ok(tokens) => {
             let access = tokens.access_token.clone();
-            save_refreshed(ctx, &txn, locked, &tokens).await?;
-            if config.needs_admin {
-                mark_config(&txn, &config, false, None).await?;
+            if let Err(first) = persist_refreshed(ctx, txn, locked, &config, &tokens).await {
+                persist_refreshed_again(ctx, tenant_id, grant_id, &config, &tokens, first).await?;
             }
-            txn.commit().await?;
             ctx.metrics.token_refresh("refreshed");
             Ok(access)
         }
@@ -803,6 +850,62 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
     }
 }
 
+/// Stores refreshed tokens (and clears a configuration's `needs_admin`, since its credentials just worked), then
+/// commits.
+async fn persist_refreshed(
+    ctx: &AppContext,
+    txn: DatabaseTransaction,
+    model: grant::Model,
+    config: &token_config::Model,
+    tokens: &TokenSet,
+) -> AppResult<()> {
+    save_refreshed(ctx, &txn, model, tokens).await?;
+    if config.needs_admin {
+        mark_config(&txn, config, false, None).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Retries after storing refreshed tokens failed (a failed COMMIT included). The provider may have rotated the
+/// refresh token: the old one is dead there and the new one exists only in memory, so giving up at once would
+/// lose the grant.
+const PERSIST_RETRIES: u32 = 4;
+
+async fn persist_refreshed_again(
+    ctx: &AppContext,
+    tenant_id: Uuid,
+    grant_id: Uuid,
+    config: &token_config::Model,
+    tokens: &TokenSet,
+    first: AppError,
+) -> AppResult<()> {
+    let mut last = first;
+    for attempt in 1..=PERSIST_RETRIES {
+        tracing::warn!(%grant_id, attempt, error = %last, "storing refreshed tokens failed; retrying");
+        tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
+        let retried = async {
+            let txn = ctx.db.begin().await?;
+            let model = grant::Entity::find_by_id(grant_id)
+                .filter(grant::Column::TenantId.eq(tenant_id))
+                .lock_exclusive()
+                .one(&txn)
+                .await?
+                .ok_or(AppError::not_found("grant"))?;
+            persist_refreshed(ctx, txn, model, config, tokens).await
+        }
+        .await;
+        match retried {
+            Ok(()) => return Ok(()),
+            // Revoked meanwhile: nothing to keep.
+            Err(e @ AppError::NotFound { .. }) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    tracing::error!(%grant_id, error = %last, "refreshed tokens could not be stored; a rotated refresh token is lost");
+    Err(last)
+}
+
 /// Stores new tokens; a rotated refresh token goes in the same transaction, a missing one keeps the old.
 async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: grant::Model, tokens: &TokenSet) -> AppResult<()> {
     let (tenant_id, id) = (model.tenant_id, model.id);
@@ -816,6 +919,7 @@ async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: gran
         active.refresh_token = Set(Some(encrypt(REFRESH_COLUMN, rotated)?));
     }
     active.expires_at = Set(tokens.expires_at);
+    active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
     mark_fresh(&mut active, now);
     active.update(txn).await?;
     Ok(())
@@ -860,6 +964,39 @@ async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &s
     )
     .await?;
     Ok(())
+}
+
+/// The configuration's endpoints changed: every grant it holds came from the old ones. Each one still valid needs
+/// consent again (its accounts in error, an event each, as after `invalid_grant`), and no grant keeps tokens the
+/// new endpoints could be sent. Returns how many grants were sent to re-consent.
+pub(crate) async fn require_reauth_for_config(
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    message: &str,
+) -> AppResult<u64> {
+    let held = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    let mut buried = 0;
+    for model in held.iter().filter(|g| g.status == GrantStatus::Valid.as_str()) {
+        bury_grant(txn, model, message).await?;
+        buried += 1;
+    }
+    grant::Entity::update_many()
+        .col_expr(grant::Column::AccessToken, Expr::value(Option::<String>::None))
+        .col_expr(grant::Column::RefreshToken, Expr::value(Option::<String>::None))
+        .col_expr(grant::Column::ExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(grant::Column::RefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .exec(txn)
+        .await?;
+    Ok(buried)
 }
 
 /// A failed refresh that is not the grant's fault: tokens and status stay, the next attempt waits.
@@ -914,8 +1051,10 @@ async fn mark_config(
 /// Marks the stored access token as used up (a mail server refused it although it looked valid), so
 /// the next `access_token` call refreshes.
 pub async fn expire_access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> AppResult<()> {
+    let past = Utc::now() - chrono::Duration::seconds(1);
     grant::Entity::update_many()
-        .col_expr(grant::Column::ExpiresAt, Expr::value(Utc::now() - chrono::Duration::seconds(1)))
+        .col_expr(grant::Column::ExpiresAt, Expr::value(past))
+        .col_expr(grant::Column::RefreshAt, Expr::value(past))
         .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(grant::Column::Id.eq(grant_id))
         .filter(grant::Column::TenantId.eq(tenant_id))
@@ -932,15 +1071,15 @@ pub struct RefreshPass {
     pub failed: u64,
 }
 
-/// Refreshes user-flow grants whose access token expires within the margin and whose backoff has passed.
+/// Refreshes user-flow grants whose access token is due (`refresh_at`) and whose backoff has passed.
 pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass> {
     let rows = ctx
         .db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT id, tenant_id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL \
-             AND expires_at < $1 AND (next_refresh_at IS NULL OR next_refresh_at <= now()) ORDER BY expires_at LIMIT $2",
-            [(Utc::now() + refresh_margin()).into(), (limit as i64).into()],
+             AND refresh_at <= now() AND (next_refresh_at IS NULL OR next_refresh_at <= now()) ORDER BY refresh_at LIMIT $1",
+            [(limit as i64).into()],
         ))
         .await?;
     let due = rows
@@ -958,7 +1097,10 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
         match outcome {
             Ok(_) => pass.refreshed += 1,
             Err(TokenAccessError::ReauthRequired(_)) => pass.reauth_required += 1,
-            Err(TokenAccessError::App(e)) => return Err(e),
+            Err(TokenAccessError::App(e)) => {
+                record_internal_failure(ctx, id, &e).await;
+                pass.failed += 1;
+            }
             Err(e) => {
                 tracing::warn!(grant_id = %id, error = %e, "grant refresh failed; will retry");
                 pass.failed += 1;
@@ -966,6 +1108,29 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
         }
     }
     Ok(pass)
+}
+
+/// What a grant's `last_error` says when refreshing it failed inside Postbridge (the details go to the logs only).
+pub const INTERNAL_REFRESH_ERROR: &str =
+    "Postbridge could not use this grant's stored tokens (they do not decrypt with the configured master keys, or the \
+     database failed); it is retried with backoff, and the worker's logs say more";
+
+/// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant
+/// keeps its tokens and status, backs off like after a provider outage, and the pass goes on with the others.
+async fn record_internal_failure(ctx: &AppContext, grant_id: Uuid, err: &AppError) {
+    tracing::error!(%grant_id, error = %err, "grant refresh failed inside Postbridge; skipped and retried with backoff");
+    ctx.metrics.token_refresh("failed");
+    let recorded = async {
+        let txn = ctx.db.begin().await?;
+        let Some(model) = grant::Entity::find_by_id(grant_id).lock_exclusive().one(&txn).await? else { return Ok(()) };
+        record_failure(&txn, &model, INTERNAL_REFRESH_ERROR, None).await?;
+        txn.commit().await?;
+        Ok::<_, AppError>(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(%grant_id, error = %e, "could not record the failed refresh");
+    }
 }
 
 /// What one background refresh did (the worker's refresh job).
@@ -1005,14 +1170,17 @@ pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshO
 
 async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
     let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
-    let due = model.status == GrantStatus::Valid.as_str() && model.expires_at.is_some_and(|exp| exp <= Utc::now() + refresh_margin());
+    let due = model.status == GrantStatus::Valid.as_str() && refresh_due_at(&model, Utc::now());
     if !due {
         return Ok(RefreshOutcome::Skipped);
     }
     match access_token(ctx, model.tenant_id, grant_id).await {
         Ok(_) => Ok(RefreshOutcome::Refreshed),
         Err(TokenAccessError::ReauthRequired(_)) => Ok(RefreshOutcome::ReauthRequired),
-        Err(TokenAccessError::App(e)) => Err(e),
+        Err(TokenAccessError::App(e)) => {
+            record_internal_failure(ctx, grant_id, &e).await;
+            Ok(RefreshOutcome::Failed)
+        }
         Err(e) => {
             tracing::warn!(%grant_id, error = %e, "grant refresh failed; will retry");
             Ok(RefreshOutcome::Failed)

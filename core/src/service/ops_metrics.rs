@@ -25,8 +25,8 @@ SELECT 'queue', 'poll', count(*), \
    AND (next_poll_at IS NULL OR next_poll_at <= now()) \
 UNION ALL \
 SELECT 'queue', 'refresh', count(*), \
-       COALESCE(EXTRACT(EPOCH FROM now() - min(GREATEST(expires_at - make_interval(secs => $1), next_refresh_at))), 0)::float8 \
-  FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND expires_at < now() + make_interval(secs => $1) \
+       COALESCE(EXTRACT(EPOCH FROM now() - min(GREATEST(refresh_at, next_refresh_at))), 0)::float8 \
+  FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND refresh_at <= now() \
    AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
 UNION ALL \
 SELECT 'queue', 'settle', count(*), \
@@ -51,8 +51,7 @@ struct GaugeRow {
 
 /// Reads every Postgres-backed gauge value in one query.
 async fn gauge_rows(ctx: &AppContext) -> AppResult<Vec<GaugeRow>> {
-    let margin = super::grants::refresh_margin().num_seconds() as f64;
-    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, GAUGES_SQL, [margin.into()])).await?;
+    let rows = ctx.db.query_all_raw(Statement::from_string(DbBackend::Postgres, GAUGES_SQL)).await?;
     rows.iter()
         .map(|row| {
             Ok(GaugeRow {

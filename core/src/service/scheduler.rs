@@ -52,19 +52,17 @@ pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid
     .await
 }
 
-/// User-flow grants whose access token expires within the refresh margin and whose backoff has passed. A grant
-/// being refreshed holds its row lock, so it is skipped here.
+/// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
+/// backoff has passed. A grant being refreshed holds its row lock, so it is skipped here.
 pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
-    let horizon = chrono::Utc::now() + super::grants::refresh_margin();
-    claim_with(
+    claim(
         ctx,
         "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND expires_at < $3 \
+           SELECT id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND refresh_at <= now() \
            AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
            AND (dispatched_until IS NULL OR dispatched_until < now()) \
-           ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+           ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
         limit,
-        vec![horizon.into()],
     )
     .await
 }

@@ -47,6 +47,7 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         directory_tenant_id: model.directory_tenant_id,
         auth_url: model.auth_url,
         token_url: model.token_url,
+        issuer: model.issuer,
         scopes,
         extra_auth_params,
         allowed_mail_hosts,
@@ -94,6 +95,7 @@ struct Spec {
     directory_tenant_id: Option<String>,
     auth_url: Option<String>,
     token_url: Option<String>,
+    issuer: Option<String>,
     scopes: Vec<String>,
     extra_auth_params: BTreeMap<String, String>,
     allowed_mail_hosts: Vec<String>,
@@ -226,6 +228,7 @@ async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<()> {
         .or(preset.token_url)
         .ok_or_else(|| AppError::validation("token_url", "required", "token_url is required for a generic configuration"))?;
     spec.token_url = Some(ctx.guard.check_url_for_storage(&token_url, "token_url").await?.to_string());
+    spec.issuer = check_issuer(ctx, spec.provider, spec.issuer.as_deref())?;
     if spec.scopes.is_empty() {
         spec.scopes = preset.scopes;
     }
@@ -269,6 +272,29 @@ async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<()> {
     Ok(())
 }
 
+/// A generic configuration's issuer identifier (RFC 8414): an https URL without query or fragment, compared as a
+/// string with the `iss` of authorization responses. Presets know their issuer.
+fn check_issuer(ctx: &AppContext, provider: Provider, issuer: Option<&str>) -> AppResult<Option<String>> {
+    let field = "issuer";
+    let Some(issuer) = issuer.map(str::trim).filter(|i| !i.is_empty()) else { return Ok(None) };
+    if provider != Provider::Generic {
+        return Err(AppError::validation(field, "not_applicable", "Microsoft and Google configurations know their issuer"));
+    }
+    if issuer.len() > 2000 {
+        return Err(AppError::validation(field, "too_long", "issuer is longer than 2000 characters"));
+    }
+    let parsed = url::Url::parse(issuer).map_err(|_| AppError::validation(field, "invalid_url", "issuer is not a valid URL"))?;
+    let scheme_ok = parsed.scheme() == "https" || (parsed.scheme() == "http" && ctx.settings.allow_private_hosts);
+    if !scheme_ok || parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+        return Err(AppError::validation(
+            field,
+            "invalid_url",
+            "issuer must be an https URL without credentials, query or fragment (the provider's issuer identifier)",
+        ));
+    }
+    Ok(Some(issuer.to_owned()))
+}
+
 fn encrypt_secret(ctx: &AppContext, tenant_id: Uuid, id: Uuid, secret: &str) -> AppResult<String> {
     let secret = secret.trim();
     if secret.is_empty() {
@@ -297,6 +323,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         directory_tenant_id: input.directory_tenant_id,
         auth_url: input.auth_url,
         token_url: input.token_url,
+        issuer: input.issuer,
         scopes: input.scopes.unwrap_or_default(),
         extra_auth_params: input.extra_auth_params.unwrap_or_default(),
         allowed_mail_hosts: input.allowed_mail_hosts.unwrap_or_default(),
@@ -321,6 +348,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         directory_tenant_id: Set(spec.directory_tenant_id),
         auth_url: Set(spec.auth_url),
         token_url: Set(spec.token_url.unwrap_or_default()),
+        issuer: Set(spec.issuer),
         scopes: Set(json_of(&spec.scopes)?),
         extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
         allowed_mail_hosts: Set(json_of(&spec.allowed_mail_hosts)?),
@@ -360,7 +388,9 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     // Look up first: another tenant's id answers 404 whatever the caller's role.
     let model = find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
-    let changes = audit::Changes::of(&input).cleared("client_secret_expires_at", &input.client_secret_expires_at);
+    let changes = audit::Changes::of(&input)
+        .cleared("client_secret_expires_at", &input.client_secret_expires_at)
+        .cleared("issuer", &input.issuer);
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let client_id_changed = input.client_id.is_some();
@@ -374,8 +404,13 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         client_id: input.client_id.unwrap_or(current.client_id),
         has_secret: current.client_secret_set || new_secret.is_some(),
         directory_tenant_id: input.directory_tenant_id.or(current.directory_tenant_id),
-        auth_url: input.auth_url.or(if keep_urls { current.auth_url } else { None }),
-        token_url: input.token_url.or(if keep_urls { Some(current.token_url) } else { None }),
+        auth_url: input.auth_url.or(if keep_urls { current.auth_url.clone() } else { None }),
+        token_url: input.token_url.or(if keep_urls { Some(current.token_url.clone()) } else { None }),
+        issuer: match input.issuer {
+            MaybeUndefined::Undefined => current.issuer.clone(),
+            MaybeUndefined::Null => None,
+            MaybeUndefined::Value(issuer) => Some(issuer),
+        },
         scopes: input.scopes.unwrap_or(current.scopes),
         extra_auth_params: input.extra_auth_params.unwrap_or(current.extra_auth_params),
         allowed_mail_hosts: match input.allowed_mail_hosts {
@@ -387,6 +422,24 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     };
     check_spec(ctx, &mut spec).await?;
     let testing_app = check_testing_app(spec.provider, input.testing_app.or(Some(current.testing_app)))?;
+    // New endpoints would receive every stored refresh token and the client secret: whoever moves them must know
+    // the secret, and the grants (issued by the old endpoints) need consent again.
+    let urls_changed = spec.auth_url != current.auth_url || spec.token_url.as_deref() != Some(current.token_url.as_str());
+    let has_grants = urls_changed
+        && grant::Entity::find()
+            .filter(grant::Column::TenantId.eq(scope.tenant_id))
+            .filter(grant::Column::TokenConfigId.eq(id))
+            .one(&ctx.db)
+            .await?
+            .is_some();
+    if has_grants && new_secret.is_none() {
+        return Err(AppError::validation(
+            "client_secret",
+            "required",
+            "changing auth_url or token_url while grants exist needs the client secret again in the same request; \
+             every grant of the configuration then needs consent again",
+        ));
+    }
     let mut active = model.into_active_model();
     active.testing_app = Set(testing_app);
     if let Some(secret) = new_secret {
@@ -414,6 +467,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.directory_tenant_id = Set(spec.directory_tenant_id);
     active.auth_url = Set(spec.auth_url);
     active.token_url = Set(spec.token_url.unwrap_or_default());
+    active.issuer = Set(spec.issuer);
     active.scopes = Set(json_of(&spec.scopes)?);
     active.extra_auth_params = Set(json_of(&spec.extra_auth_params)?);
     active.allowed_mail_hosts = Set(json_of(&spec.allowed_mail_hosts)?);
@@ -429,6 +483,13 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
             .exec(&txn)
             .await?;
     }
+    let changes = if urls_changed {
+        let message = "the token configuration's auth_url or token_url changed; sign in again";
+        let buried = super::grants::require_reauth_for_config(&txn, scope.tenant_id, id, message).await?;
+        changes.set("grants_reauth_required", Some(buried))
+    } else {
+        changes
+    };
     audit::record_in_tenant(&txn, scope, "token_config.updated", id, changes).await?;
     txn.commit().await?;
     view(ctx, saved)

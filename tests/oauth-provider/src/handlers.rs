@@ -381,8 +381,18 @@ async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
             oauth_state,
         );
     }
+    let iss = state.authorization_response_iss.clone();
     if state.deny_consent {
-        return redirect_error(&target, "access_denied", "AADSTS65004: User declined to consent to access the app.", oauth_state);
+        let description = "AADSTS65004: User declined to consent to access the app.";
+        return redirect_to(
+            &target,
+            &[
+                ("error", Some("access_denied")),
+                ("error_description", Some(description)),
+                ("state", oauth_state),
+                ("iss", iss.as_deref()),
+            ],
+        );
     }
     let Some(email) = state.consenting_user.clone() else {
         return redirect_error(
@@ -412,7 +422,7 @@ async fn authorize(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse 
             revoked: false,
         },
     );
-    redirect_to(&target, &[("code", Some(&code)), ("state", oauth_state)])
+    redirect_to(&target, &[("code", Some(&code)), ("state", oauth_state), ("iss", iss.as_deref())])
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -546,6 +556,7 @@ fn id_token(
     email: &str,
     nonce: Option<&str>,
     now: i64,
+    overrides: Option<Map<String, Value>>,
 ) -> Result<String, OAuthError> {
     let claims = IdTokenClaims {
         iss: issuer,
@@ -558,6 +569,17 @@ fn id_token(
         exp: now.saturating_add(ID_TOKEN_TTL_SECONDS),
         nonce,
     };
+    let mut claims = match serde_json::to_value(&claims) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(OAuthError::server_error("cannot encode the id_token claims")),
+    };
+    for (name, value) in overrides.into_iter().flatten() {
+        if value.is_null() {
+            claims.remove(&name);
+        } else {
+            claims.insert(name, value);
+        }
+    }
     let key = client.secret.as_deref().map(str::as_bytes).unwrap_or(PUBLIC_CLIENT_ID_TOKEN_KEY);
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key))
         .map_err(|err| OAuthError::server_error(format!("cannot sign the id_token: {err}")))
@@ -696,7 +718,8 @@ fn authorization_code_grant(
     let refresh_token =
         state.issue_refresh_tokens.then(|| state.issue_refresh_token(client_id, &record.email, &record.scope, record.family));
     let id_token = if state.include_id_token && has_scope(&record.scope, "openid") {
-        Some(id_token(&shared.base_url, client_id, client, &record.email, record.nonce.as_deref(), now)?)
+        let overrides = state.id_token_claims.clone();
+        Some(id_token(&shared.base_url, client_id, client, &record.email, record.nonce.as_deref(), now, overrides)?)
     } else {
         None
     };
@@ -744,7 +767,8 @@ fn refresh_token_grant(shared: &Shared, client_id: &str, client: &Client, form: 
     let subject = Subject::User(record.email.clone());
     let (access_token, expires_in) = state.issue_access_token(client_id, subject, &scope, Some(record.family), now);
     let id_token = if state.include_id_token && has_scope(&scope, "openid") {
-        Some(id_token(&shared.base_url, client_id, client, &record.email, None, now)?)
+        let overrides = state.id_token_claims.clone();
+        Some(id_token(&shared.base_url, client_id, client, &record.email, None, now, overrides)?)
     } else {
         None
     };

@@ -210,6 +210,18 @@ impl MockProvider {
         self.shared.lock().include_id_token = include;
     }
 
+    /// With `Some(issuer)`, authorization responses (the redirect back from `/authorize`, success or
+    /// `access_denied`) carry `iss=issuer` (RFC 9207); default none. [`MockProvider::base_url`] is the true issuer.
+    pub fn set_authorization_response_iss(&self, issuer: Option<&str>) {
+        self.shared.lock().authorization_response_iss = issuer.map(str::to_string);
+    }
+
+    /// Claims merged over the default `id_token` claims from now on (a `null` value removes that claim), e.g.
+    /// `{"email": "x@y", "preferred_username": null, "tid": "…", "oid": "…"}`; `None` restores the defaults.
+    pub fn set_id_token_claims(&self, claims: Option<serde_json::Map<String, serde_json::Value>>) {
+        self.shared.lock().id_token_claims = claims;
+    }
+
     /// The next `count` `/token` calls fail this way (before any other check); calls append to the queue.
     pub fn fail_next_token_requests(&self, count: usize, failure: TokenFailure) {
         let mut state = self.shared.lock();
