@@ -85,6 +85,15 @@ pub struct SharedOAuth {
 }
 
 impl TestApp {
+    /// One poll of an inbound account by id, as the worker's job runs it; panics on failure.
+    pub async fn poll(&self, account: &str) -> postbridge_core::service::sync::PollReport {
+        let id: Uuid = account.parse().expect("an account id");
+        match postbridge_core::service::sync::poll_account(&self.ctx, id).await {
+            Ok(report) => report,
+            Err(err) => panic!("poll failed: {err}"),
+        }
+    }
+
     /// `POST /v1/accounts`, asserting 201; returns the id.
     pub async fn create_mail_account(&self, key: &str, body: Value) -> String {
         let reply = self.post("/v1/accounts", key, body).await;

@@ -53,8 +53,9 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await?;
         }
         Command::Migrate => {
-            let ctx = AppContext::build(settings).await?;
-            postbridge_migration::Migrator::up(&ctx.db, None).await?;
+            // As the URL's own user: the app's pool switches to a role that owns nothing and may not change the schema.
+            let db = sea_orm::Database::connect(settings.database_url.as_str()).await?;
+            postbridge_migration::Migrator::up(&db, None).await?;
             println!("migrations applied");
         }
         Command::IssueToken { role, subject, tenant, ttl_seconds } => {

@@ -25,10 +25,7 @@ fn uuid(id: &str) -> Uuid {
 }
 
 async fn poll(app: &TestApp, account: &str) -> PollReport {
-    match sync::poll_account(&app.ctx, uuid(account)).await {
-        Ok(report) => report,
-        Err(err) => panic!("poll failed: {err}"),
-    }
+    app.poll(account).await
 }
 
 /// A text body of about `size` bytes, lines of 78 octets; `seed` makes it differ from other bodies.

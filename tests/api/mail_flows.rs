@@ -28,10 +28,7 @@ fn uuid(id: &str) -> Uuid {
 }
 
 async fn poll(app: &TestApp, account: &str) -> PollReport {
-    match sync::poll_account(&app.ctx, uuid(account)).await {
-        Ok(report) => report,
-        Err(err) => panic!("poll failed: {err}"),
-    }
+    app.poll(account).await
 }
 
 async fn deliver(app: &TestApp, message: &str) -> Delivery {
