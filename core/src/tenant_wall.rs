@@ -8,13 +8,14 @@
 //!
 //! An API request made with a tenant's credential is narrowed to that tenant as soon as it is authenticated
 //! ([`narrow_request`]): from then on even a query that forgot its tenant filter sees only that tenant's rows.
-//! Operator-wide work (authentication itself, the ops views, the scheduler's claims and the worker's jobs, which
-//! carry ids and load their rows first) runs in [`DbScope::System`] explicitly.
+//! Each worker job runs in the scope of the tenant owning its row: the job carries an id, [`tenant_of`] looks the
+//! owner up operator-wide, and the job itself runs under [`in_tenant`]. Operator-wide work (authentication itself,
+//! the ops views, the scheduler's claims, the background loops) runs in [`DbScope::System`] explicitly.
 
 use std::cell::Cell;
 use std::future::Future;
 
-use sea_orm::ConnectOptions;
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbErr, Statement};
 use uuid::Uuid;
 
 /// Which rows the database lets the current task see.
@@ -53,10 +54,40 @@ pub fn narrow_request(tenant_id: Uuid) {
     let _ = SCOPE.try_with(|scope| scope.set(DbScope::Tenant(tenant_id)));
 }
 
-/// The current task's scope. Tasks outside any scope (background loops, worker jobs) are operator-wide: they
+/// The current task's scope. Tasks outside any scope (background loops, the scheduler) are operator-wide: they
 /// are Postbridge's own, never a tenant's request.
 pub fn current() -> DbScope {
     SCOPE.try_with(Cell::get).unwrap_or(DbScope::System)
+}
+
+/// The row a worker job carries the id of; the job runs in the scope of the tenant owning that row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobRoot {
+    Account(Uuid),
+    OutboundMessage(Uuid),
+    WebhookEndpoint(Uuid),
+    Grant(Uuid),
+}
+
+impl JobRoot {
+    /// The query finding the row's tenant. Table names are fixed here, never taken from input.
+    fn tenant_query(self) -> (&'static str, Uuid) {
+        match self {
+            JobRoot::Account(id) => ("SELECT tenant_id FROM email_accounts WHERE id = $1", id),
+            JobRoot::OutboundMessage(id) => ("SELECT tenant_id FROM outbound_messages WHERE id = $1", id),
+            JobRoot::WebhookEndpoint(id) => ("SELECT tenant_id FROM webhook_endpoints WHERE id = $1", id),
+            JobRoot::Grant(id) => ("SELECT tenant_id FROM grants WHERE id = $1", id),
+        }
+    }
+}
+
+/// The tenant owning a job's row, looked up operator-wide; `None` when the row is gone (the job has nothing left
+/// to do).
+pub async fn tenant_of(db: &DatabaseConnection, root: JobRoot) -> Result<Option<Uuid>, DbErr> {
+    let (sql, id) = root.tenant_query();
+    let statement = Statement::from_sql_and_values(db.get_database_backend(), sql, [id.into()]);
+    let row = system(db.query_one_raw(statement)).await?;
+    row.map(|row| row.try_get::<Uuid>("", "tenant_id")).transpose()
 }
 
 /// The `set_config` values for a scope: (`postbridge.scope`, `postbridge.tenant`).

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use postbridge_core::service::delivery::{self, Delivery};
+use sea_orm::ConnectionTrait;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use serde_json::json;
 use uuid::Uuid;
@@ -194,4 +195,63 @@ async fn testing_a_mailbox_a_poll_is_using_answers_busy() {
         None,
         "the test releases its lease"
     );
+}
+
+#[tokio::test]
+async fn each_send_job_runs_narrowed_to_the_tenant_owning_its_message() {
+    let (app, servers) = spawn_mail_app().await;
+    // A trigger records the database scope of whichever session marks a message sent: the worker's job.
+    let owner = app.owner_db().await;
+    owner
+        .execute_unprepared(
+            "CREATE TABLE test_job_scopes (message_tenant uuid, scope text, scope_tenant text);
+             CREATE FUNCTION test_record_job_scope() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+             BEGIN
+               INSERT INTO test_job_scopes VALUES (NEW.tenant_id, current_setting('postbridge.scope', true),
+                                                   current_setting('postbridge.tenant', true));
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER test_record_job_scope AFTER UPDATE OF status ON outbound_messages
+               FOR EACH ROW WHEN (NEW.status = 'sent') EXECUTE FUNCTION test_record_job_scope();",
+        )
+        .await
+        .expect("install the recording trigger");
+
+    let rcpt = format!("scoped-{}@example.org", Uuid::new_v4().simple());
+    let mut tenants = Vec::new();
+    for _ in 0..2 {
+        let (tenant, key) = app.tenant_with_admin().await;
+        let login = new_login();
+        servers.add_password_user(&login, MAIL_PASSWORD);
+        app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+        for i in 0..2 {
+            let reply = app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("m{i}"), "text": "hi"})).await;
+            assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
+        }
+        tenants.push(tenant);
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(postbridge_worker::run(app.ctx.clone(), stop_rx));
+    let arrived = servers.wait_for_messages_to(&rcpt, 4, Duration::from_secs(60)).await;
+    let _ = stop_tx.send(true);
+    worker.await.expect("worker task").expect("worker stops cleanly");
+    assert_eq!(arrived.len(), 4);
+
+    let rows = owner
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT message_tenant::text AS message_tenant, scope, scope_tenant FROM test_job_scopes".to_owned(),
+        ))
+        .await
+        .expect("read the recorded scopes");
+    assert_eq!(rows.len(), 4, "every message was marked sent once");
+    for row in rows {
+        let message_tenant: String = row.try_get("", "message_tenant").expect("message_tenant");
+        let scope: String = row.try_get("", "scope").expect("scope");
+        let scope_tenant: String = row.try_get("", "scope_tenant").expect("scope_tenant");
+        assert_eq!(scope, "tenant", "the job ran narrowed, not operator-wide");
+        assert_eq!(scope_tenant, message_tenant, "the job ran as the tenant owning its message");
+        assert!(tenants.contains(&message_tenant));
+    }
 }

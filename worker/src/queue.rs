@@ -5,6 +5,9 @@
 //! (Redis flushed or gone) never cuts a job in flight, a panic fails only its job, and shutdown can wait for
 //! every job wherever it came from. Handlers always answer `Ok` to apalis: Postgres records the outcome and the
 //! scheduler dispatches again whatever still needs doing, so apalis' own retries are never used.
+//!
+//! Each job runs in the database scope of the tenant owning the row it names (`tenant_wall::JobRoot`): row-level
+//! security holds even where a query forgot its tenant filter.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::service::delivery::{self, Delivery};
 use postbridge_core::service::{grants, sync, webhooks, workers};
+use postbridge_core::tenant_wall::{self, JobRoot};
 use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -119,21 +123,33 @@ impl JobRunner {
         self.tracker.wait().await;
     }
 
-    /// Runs `work` as its own task and waits for it. If the caller (an apalis consumer) is dropped, the job goes
-    /// on to its end. A panic is recorded as the job's failure.
-    async fn run<F>(&self, queue: &'static str, work: F) -> Result<(), BoxDynError>
+    /// Runs `work` as its own task, in the database scope of the tenant owning `root`, and waits for it. If the
+    /// caller (an apalis consumer) is dropped, the job goes on to its end. A panic is recorded as the job's
+    /// failure.
+    async fn run<F>(&self, queue: &'static str, root: JobRoot, work: F) -> Result<(), BoxDynError>
     where
         F: Future<Output = &'static str> + Send + 'static,
     {
         let limit = self.limits.get(queue).cloned();
         let metrics = self.ctx.metrics.clone();
+        let db = self.ctx.db.clone();
         let handle = self.tracker.spawn(async move {
             let _slot = match limit {
                 Some(limit) => limit.acquire_owned().await.ok(),
                 None => None,
             };
             let started = Instant::now();
-            let outcome = tokio::spawn(work).await;
+            let tenant_id = match tenant_wall::tenant_of(&db, root).await {
+                Ok(Some(tenant_id)) => tenant_id,
+                // The row is gone (deleted with its tenant or account): nothing is left to do.
+                Ok(None) => return metrics.job(queue, "skipped", started.elapsed()),
+                // The scheduler dispatches again whatever still needs doing once the database answers.
+                Err(e) => {
+                    tracing::error!(queue, ?root, error = %e, "could not find the job's tenant");
+                    return metrics.job(queue, "error", started.elapsed());
+                }
+            };
+            let outcome = tokio::spawn(tenant_wall::in_tenant(tenant_id, work)).await;
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(e) if e.is_panic() => {
@@ -156,7 +172,7 @@ impl JobRunner {
 pub async fn poll_mailbox(job: PollMailbox, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
     let ctx = runner.ctx.clone();
     runner
-        .run("poll", async move {
+        .run("poll", JobRoot::Account(job.account_id), async move {
             match sync::poll_account(&ctx, job.account_id).await {
                 Ok(report) => {
                     if report.stored > 0 {
@@ -184,7 +200,7 @@ pub async fn poll_mailbox(job: PollMailbox, runner: Data<JobRunner>) -> Result<(
 pub async fn deliver_message(job: DeliverMessage, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
     let ctx = runner.ctx.clone();
     runner
-        .run("send", async move {
+        .run("send", JobRoot::OutboundMessage(job.message_id), async move {
             match delivery::deliver(&ctx, job.message_id).await {
                 Ok(outcome) => {
                     tracing::debug!(message_id = %job.message_id, ?outcome, "delivery");
@@ -215,7 +231,7 @@ fn delivery_outcome(outcome: &Delivery) -> &'static str {
 pub async fn deliver_webhook(job: DeliverWebhook, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
     let ctx = runner.ctx.clone();
     runner
-        .run("webhook", async move {
+        .run("webhook", JobRoot::WebhookEndpoint(job.endpoint_id), async move {
             match webhooks::deliver(&ctx, job.endpoint_id, job.event_id).await {
                 Ok(outcome) => {
                     tracing::debug!(endpoint_id = %job.endpoint_id, event_id = %job.event_id, ?outcome, "webhook delivery");
@@ -233,7 +249,7 @@ pub async fn deliver_webhook(job: DeliverWebhook, runner: Data<JobRunner>) -> Re
 pub async fn refresh_grant(job: RefreshGrant, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
     let ctx = runner.ctx.clone();
     runner
-        .run("refresh", async move {
+        .run("refresh", JobRoot::Grant(job.grant_id), async move {
             match grants::refresh_one(&ctx, job.grant_id).await {
                 Ok(outcome) => outcome.as_str(),
                 Err(e) => {
@@ -248,7 +264,7 @@ pub async fn refresh_grant(job: RefreshGrant, runner: Data<JobRunner>) -> Result
 pub async fn settle_message(job: SettleMessage, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
     let ctx = runner.ctx.clone();
     runner
-        .run("settle", async move {
+        .run("settle", JobRoot::OutboundMessage(job.message_id), async move {
             match delivery::settle_unknown_message(&ctx, job.message_id).await {
                 Ok(Some(settlement)) => {
                     tracing::info!(message_id = %job.message_id, ?settlement, "settled an unknown delivery through the Sent folder");
