@@ -236,7 +236,9 @@ impl PrivatePostgres {
     pub async fn start() -> PrivatePostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
-            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin")).filter(|b| b.join("initdb").exists()).max())
+            .and_then(|versions| {
+                versions.filter_map(Result::ok).map(|v| v.path().join("bin")).filter(|b| b.join("initdb").exists()).max()
+            })
             .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)");
         let dir = std::env::temp_dir().join(format!("pbtest-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("cluster folder");
@@ -288,7 +290,8 @@ impl PrivatePostgres {
     /// Starts the server (again) on the same port and waits until it accepts connections.
     pub async fn start_again(&mut self) {
         let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.0.display());
-        let output = self.pg_ctl(&["-w", "-t", "30", "-l", &self.dir.0.join("server.log").to_string_lossy(), "-o", &options, "start"]);
+        let output =
+            self.pg_ctl(&["-w", "-t", "30", "-l", &self.dir.0.join("server.log").to_string_lossy(), "-o", &options, "start"]);
         assert!(output.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&output.stderr));
         self.running = true;
     }

@@ -1,9 +1,10 @@
 //! Fix-it hints: from what is stored about an account, a grant or a token configuration (states, statuses and the
 //! providers' and servers' own words), a stable machine-readable `reason` and the specific human next step.
 //!
-//! Pure: no I/O. The classifier is keyed on real provider texts (Microsoft `AADSTS…` codes, Google's
-//! `invalid_grant` descriptions, Exchange Online's `5.7.139`, Gmail's IMAP alerts) and on the prefixes Postbridge
-//! itself writes (`sign-in needed again:`, `auth:`, `tls:` …, see `mail::error::MailError`).
+//! Pure: no I/O. The classifier matches on the stored failure kinds (`failure::FailureKind`: the failing mail step,
+//! the token failure with the provider's OAuth error and `AADSTS…` code, the identities of a wrong consent), and
+//! reads only the providers' and servers' own words beyond them (Exchange Online's `5.7.139`, Gmail's IMAP alerts,
+//! Google's `invalid_grant` descriptions). It never reads a sentence Postbridge wrote itself.
 
 use async_graphql::SimpleObject;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::entities::{email_account, grant, token_config};
+use crate::failure::{aadsts_code, FailureKind};
+use crate::mail::error::MailStep;
 use crate::model::{AccountState, AuthMethod, GrantStatus, Protocol, Provider};
 
 /// What is wrong and what to do about it.
@@ -45,10 +48,14 @@ pub struct Facts<'a> {
     pub account_id: Option<Uuid>,
     pub login: Option<&'a str>,
     pub host: Option<&'a str>,
-    /// The account's (or the item's own) last error.
+    /// The account's (or the item's own) last error: the server's or provider's words.
     pub last_error: Option<&'a str>,
+    /// What kind of failure `last_error` describes.
+    pub kind: Option<&'a FailureKind>,
     pub grant_status: Option<GrantStatus>,
     pub grant_error: Option<&'a str>,
+    /// What kind of failure the grant's `grant_error` describes.
+    pub grant_kind: Option<&'a FailureKind>,
     pub token_config_id: Option<Uuid>,
     pub client_id: Option<&'a str>,
     pub needs_admin: bool,
@@ -59,26 +66,16 @@ pub struct Facts<'a> {
     pub testing_app: bool,
 }
 
-/// What `complete_callback` stores on an account when someone else consented; `parse_wrong_mailbox` reads it back.
-pub const WRONG_MAILBOX_PREFIX: &str = "wrong mailbox: ";
-
-/// The account's `last_error` after a consent by the wrong identity: names who consented and who was expected.
 /// Why a consent that names nobody is refused (written to the account's `last_error`).
 pub const UNKNOWN_IDENTITY_MESSAGE: &str = "the provider did not say who signed in (no id_token with preferred_username, upn or a verified email): \
      make sure the token configuration asks for the openid scope (Microsoft: openid and profile), or mark the account as a shared mailbox";
 
+/// The account's `last_error` after a consent by the wrong identity: names who consented and who was expected
+/// (the kind, `FailureKind::WrongMailbox`, carries both).
 pub fn wrong_mailbox_message(consented: &str, expected: &str) -> String {
     format!(
-        "{WRONG_MAILBOX_PREFIX}consent was given by {consented}, but this account is {expected}: sign in as {expected}, or mark the account as a shared mailbox"
+        "wrong mailbox: consent was given by {consented}, but this account is {expected}: sign in as {expected}, or mark the account as a shared mailbox"
     )
-}
-
-/// `(consented, expected)` from a message written by [`wrong_mailbox_message`].
-pub fn parse_wrong_mailbox(message: &str) -> Option<(String, String)> {
-    let rest = message.strip_prefix(WRONG_MAILBOX_PREFIX)?.strip_prefix("consent was given by ")?;
-    let (consented, rest) = rest.split_once(", but this account is ")?;
-    let (expected, _) = rest.split_once(':')?;
-    Some((consented.to_owned(), expected.to_owned()))
 }
 
 /// The provider a mail host belongs to, for accounts (which do not carry their configuration's provider).
@@ -108,6 +105,7 @@ pub fn for_account(model: &email_account::Model) -> Option<Problem> {
         login: Some(&model.login),
         host: Some(&model.host),
         last_error: model.last_error.as_deref(),
+        kind: model.last_error_kind.as_ref(),
         token_config_id: model.token_config_id,
         ..Facts::default()
     })
@@ -123,6 +121,7 @@ pub fn for_grant(model: &grant::Model) -> Option<Problem> {
     classify(&Facts {
         grant_status: status,
         grant_error: model.last_error.as_deref(),
+        grant_kind: model.last_error_kind.as_ref(),
         login: Some(&model.subject).filter(|s| s.as_str() != "app").map(String::as_str),
         token_config_id: Some(model.token_config_id),
         ..Facts::default()
@@ -156,13 +155,6 @@ fn problem(reason: &str, next_step: String, action: Option<ProblemAction>, detai
     Problem { reason: reason.to_owned(), next_step, action, details: details.map(async_graphql::Json) }
 }
 
-/// The first `AADSTS<digits>` code in the text.
-fn aadsts_code(text: &str) -> Option<&str> {
-    let start = text.find("AADSTS")?;
-    let digits = text[start + 6..].bytes().take_while(u8::is_ascii_digit).count();
-    (digits > 0).then(|| &text[start..start + 6 + digits])
-}
-
 /// Classifies the facts; `None` when nothing is wrong.
 pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
     let grant_dead = matches!(facts.grant_status, Some(GrantStatus::ReauthRequired | GrantStatus::Revoked));
@@ -175,11 +167,14 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
     if !in_trouble {
         return None;
     }
+    // The providers' and servers' own words, for what no kind says (their alerts and reply texts).
     let texts: Vec<&str> = [facts.last_error, facts.grant_error, facts.config_error].into_iter().flatten().collect();
     let all = texts.join("\n");
     let lower = all.to_lowercase();
-    let code = aadsts_code(&all);
     let has = |needle: &str| lower.contains(&needle.to_lowercase());
+    let kinds: Vec<&FailureKind> = [facts.kind, facts.grant_kind].into_iter().flatten().collect();
+    let oauth = |error: &str| kinds.iter().any(|k| k.oauth_error() == Some(error));
+    let code = kinds.iter().find_map(|k| k.provider_code()).or_else(|| aadsts_code(&all));
     // A generic configuration may still point at Microsoft or Google: let the texts and the host tell.
     let provider = facts
         .provider
@@ -198,7 +193,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
     let code_details = code.map(|c| serde_json::json!({ "provider_code": c }));
 
     // Consent by the wrong identity: nothing broke, but this mailbox is not connected.
-    if let Some((consented, expected)) = facts.last_error.and_then(parse_wrong_mailbox) {
+    if let Some(FailureKind::WrongMailbox { consented, expected }) = facts.kind {
         return Some(problem(
             "wrong_mailbox",
             format!(
@@ -276,11 +271,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             code_details,
         ));
     }
-    if facts.needs_admin
-        || code == Some("AADSTS7000215")
-        || has("invalid_client")
-        || has("unauthorized_client")
-        || has("needs its admin")
+    if facts.needs_admin || code == Some("AADSTS7000215") || kinds.iter().any(|k| matches!(k, FailureKind::ClientRefused { .. }))
     {
         return Some(problem(
             "client_secret_invalid",
@@ -291,7 +282,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
     }
 
     // Consent (admin or user) withdrawn or never given.
-    if matches!(code, Some("AADSTS65001" | "AADSTS90094" | "AADSTS90008")) || has("consent_required") {
+    if matches!(code, Some("AADSTS65001" | "AADSTS90094" | "AADSTS90008")) || oauth("consent_required") {
         return Some(problem(
             "admin_consent_required",
             format!(
@@ -304,7 +295,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
         ));
     }
 
-    if has("no refresh token") {
+    if kinds.iter().any(|k| matches!(k, FailureKind::RefreshTokenMissing)) {
         let step = match provider {
             Some(Provider::Microsoft) => format!(
                 "Microsoft returned no refresh token: the configuration must ask for the offline_access scope (PATCH \
@@ -320,13 +311,12 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
     }
 
     // The grant is dead: someone must sign in again.
-    let reauth_text = has("invalid_grant")
-        || has("interaction_required")
-        || has("login_required")
-        || has("sign-in needed again")
-        || has("needs re-consent")
+    let reauth = kinds.iter().any(|k| k.needs_reconsent())
+        || oauth("invalid_grant")
+        || oauth("interaction_required")
+        || oauth("login_required")
         || has("Token has been expired or revoked");
-    if grant_dead || reauth_text {
+    if grant_dead || reauth {
         let why = match code {
             Some("AADSTS700082") => "the refresh token expired after 90 days without use".to_owned(),
             Some("AADSTS50173") => "the grant expired because the user's password changed or their sessions were revoked".into(),
@@ -352,8 +342,11 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
         ));
     }
 
-    // Mail-server failures, by the step Postbridge records (`<step>: <server's words>`).
-    let step = facts.last_error.and_then(|e| e.split_once(": ").map(|(s, _)| s)).unwrap_or("");
+    // Mail-server failures, by the step that failed.
+    let step = match facts.kind {
+        Some(FailureKind::Mail { step, .. }) => Some(*step),
+        _ => None,
+    };
     if has("Application-specific password required") || (has("5.7.9") && has("password")) {
         return Some(problem(
             "app_password_required",
@@ -366,7 +359,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             None,
         ));
     }
-    if step == "auth" {
+    if step == Some(MailStep::Auth) {
         let next = if facts.auth == Some(AuthMethod::Oauth2) {
             format!(
                 "The mail server refused the access token for {login}: check that the app has the IMAP/POP/SMTP permission and \
@@ -381,7 +374,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
         let fix = if facts.auth == Some(AuthMethod::Oauth2) { reconsent } else { edit_account };
         return Some(problem("authentication_failed", next, fix, None));
     }
-    if step == "tls" {
+    if step == Some(MailStep::Tls) {
         return Some(problem(
             "tls_failed",
             format!(
@@ -392,7 +385,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             None,
         ));
     }
-    if step == "forbidden" {
+    if step == Some(MailStep::Forbidden) {
         return Some(problem(
             "host_forbidden",
             format!("The host resolves to an address this deployment does not connect to (private, loopback or metadata): use the mail server's public host name (PATCH {account_path})"),
@@ -400,7 +393,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             None,
         ));
     }
-    if step == "folder" {
+    if step == Some(MailStep::Folder) {
         return Some(problem(
             "folder_not_found",
             format!("The folder does not exist or cannot be selected: set an existing folder (PATCH {account_path} folder), e.g. INBOX"),
@@ -408,7 +401,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             None,
         ));
     }
-    if has("mailbox_busy") || has("[INUSE]") || has("[IN-USE]") || has("poll is using this mailbox") {
+    if has("[INUSE]") || has("[IN-USE]") {
         return Some(problem(
             "mailbox_busy",
             "Another session holds the mailbox; Postbridge retries by itself. If it persists, close other clients that keep the mailbox locked".to_owned(),
@@ -416,7 +409,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             None,
         ));
     }
-    if matches!(step, "dns" | "connect" | "timeout" | "greeting") {
+    if let Some(step @ (MailStep::Dns | MailStep::Connect | MailStep::Timeout | MailStep::Greeting)) = step {
         return Some(problem(
             "server_unreachable",
             format!(
@@ -427,7 +420,7 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
             None,
         ));
     }
-    if has("provider is unavailable") {
+    if kinds.iter().any(|k| matches!(k, FailureKind::ProviderUnavailable)) {
         return Some(problem(
             "provider_unavailable",
             "The OAuth provider did not answer (network, 5xx or 429): nothing is lost, Postbridge retries with backoff"
@@ -525,15 +518,32 @@ fn new_secret_step(provider: Option<Provider>, app: &str, config_path: &str, exp
 mod tests {
     use super::*;
 
-    fn account(error: &str) -> Facts<'static> {
+    use crate::oauth::TokenError;
+
+    /// An account in error as its writers leave it: the words, and the kind beside them.
+    fn failed(kind: FailureKind, error: &str) -> Facts<'static> {
         Facts {
             state: Some(AccountState::Error),
             account_id: Some(Uuid::nil()),
             login: Some("ann@contoso.com"),
             last_error: Some(Box::leak(error.to_owned().into_boxed_str())),
+            kind: Some(Box::leak(Box::new(kind))),
             auth: Some(AuthMethod::Oauth2),
             ..Facts::default()
         }
+    }
+
+    /// An account whose mail session failed at `step` with the server's `words`.
+    fn account(step: MailStep, words: &str) -> Facts<'static> {
+        failed(FailureKind::Mail { step, reply_code: None }, &format!("{step}: {words}"))
+    }
+
+    /// The kind of a provider's refusal, as the token code records it.
+    fn rejected(error: &str, description: Option<&str>) -> FailureKind {
+        FailureKind::of_token_error(&TokenError::Rejected {
+            error: error.to_owned(),
+            description: description.map(str::to_owned),
+        })
     }
 
     fn reason(facts: &Facts<'_>) -> String {
@@ -584,7 +594,10 @@ mod tests {
         assert!(p.next_step.contains("Azure portal"), "the AADSTS code says Microsoft: {}", p.next_step);
         // The account side of the same failure.
         assert_eq!(
-            reason(&account("auth: the token configuration needs its admin: the provider refused: invalid_client (bad secret)")),
+            reason(&failed(
+                rejected("invalid_client", Some("bad secret")),
+                "auth: the token configuration needs its admin: the provider refused: invalid_client (bad secret)"
+            )),
             "client_secret_invalid"
         );
         assert_eq!(
@@ -600,13 +613,21 @@ mod tests {
 
     #[test]
     fn unknown_application() {
-        let facts = account("auth: the token configuration needs its admin: the provider refused: unauthorized_client (AADSTS700016: Application with identifier 'x' was not found in the directory 'contoso'.)");
+        let words = "AADSTS700016: Application with identifier 'x' was not found in the directory 'contoso'.";
+        let facts = failed(
+            rejected("unauthorized_client", Some(words)),
+            &format!("auth: the token configuration needs its admin: the provider refused: unauthorized_client ({words})"),
+        );
         assert_eq!(reason(&facts), "client_id_unknown");
     }
 
     #[test]
     fn refresh_token_expired_by_inactivity_needs_reconsent() {
-        let facts = account("sign-in needed again: the provider refused: invalid_grant (AADSTS700082: The refresh token has expired due to inactivity. The token was issued on 2024-01-01 and was inactive for 90.00:00:00.)");
+        let words = "AADSTS700082: The refresh token has expired due to inactivity. The token was issued on 2024-01-01 and was inactive for 90.00:00:00.";
+        let facts = failed(
+            rejected("invalid_grant", Some(words)),
+            &format!("sign-in needed again: the provider refused: invalid_grant ({words})"),
+        );
         let p = classify(&facts).expect("problem");
         assert_eq!(p.reason, "reauth_required");
         assert!(p.next_step.contains("90 days without use"), "{}", p.next_step);
@@ -615,7 +636,12 @@ mod tests {
 
     #[test]
     fn password_change_revocation_and_google_expiry_need_reconsent() {
-        let p = classify(&account("sign-in needed again: the provider refused: invalid_grant (AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is needed.)")).expect("problem");
+        let words = "AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is needed.";
+        let p = classify(&failed(
+            rejected("invalid_grant", Some(words)),
+            &format!("sign-in needed again: the provider refused: invalid_grant ({words})"),
+        ))
+        .expect("problem");
         assert_eq!(p.reason, "reauth_required");
         assert!(p.next_step.contains("password changed"), "{}", p.next_step);
         let google = classify(&Facts {
@@ -635,7 +661,8 @@ mod tests {
         .expect("problem");
         assert!(testing.next_step.contains("Publish app"), "{}", testing.next_step);
         assert_eq!(
-            reason(&account(
+            reason(&failed(
+                rejected("interaction_required", Some("AADSTS50076: multi-factor")),
                 "auth: the grant needs re-consent: the provider refused: interaction_required (AADSTS50076: multi-factor)"
             )),
             "reauth_required"
@@ -646,11 +673,19 @@ mod tests {
 
     #[test]
     fn missing_consent() {
-        let p = classify(&account("sign-in needed again: the provider refused: invalid_grant (AADSTS65001: The user or administrator has not consented to use the application with ID '1111'.)")).expect("problem");
+        let words = "AADSTS65001: The user or administrator has not consented to use the application with ID '1111'.";
+        let p = classify(&failed(
+            rejected("invalid_grant", Some(words)),
+            &format!("sign-in needed again: the provider refused: invalid_grant ({words})"),
+        ))
+        .expect("problem");
         assert_eq!(p.reason, "admin_consent_required");
         assert!(p.next_step.contains("Grant admin consent"), "{}", p.next_step);
         assert_eq!(
-            reason(&account("auth: the grant needs re-consent: the provider refused: consent_required")),
+            reason(&failed(
+                rejected("consent_required", None),
+                "auth: the grant needs re-consent: the provider refused: consent_required"
+            )),
             "admin_consent_required"
         );
     }
@@ -659,7 +694,10 @@ mod tests {
     fn no_refresh_token_from_google_means_reconsent_with_prompt_consent() {
         let facts = Facts {
             host: Some("imap.gmail.com"),
-            ..account("sign-in needed again: the provider refused: invalid_grant (no refresh token stored)")
+            ..failed(
+                FailureKind::RefreshTokenMissing,
+                "sign-in needed again: the provider refused: invalid_grant (no refresh token stored)",
+            )
         };
         let p = classify(&facts).expect("problem");
         assert_eq!(p.reason, "refresh_token_missing");
@@ -672,7 +710,8 @@ mod tests {
     #[test]
     fn wrong_mailbox_names_who_consented_and_who_was_expected() {
         let message = wrong_mailbox_message("bob@contoso.com", "ann@contoso.com");
-        let facts = Facts { state: Some(AccountState::Draft), ..account(&message) };
+        let kind = FailureKind::WrongMailbox { consented: "bob@contoso.com".into(), expected: "ann@contoso.com".into() };
+        let facts = Facts { state: Some(AccountState::Draft), ..failed(kind, &message) };
         let p = classify(&facts).expect("problem");
         assert_eq!(p.reason, "wrong_mailbox");
         assert_eq!(
@@ -680,12 +719,17 @@ mod tests {
             Some(serde_json::json!({"consented": "bob@contoso.com", "expected": "ann@contoso.com"}))
         );
         assert!(p.next_step.contains("shared_mailbox"), "{}", p.next_step);
-        assert_eq!(parse_wrong_mailbox("auth: something else"), None);
+        // The kind decides, not the words: the same sentence as a server's reply is no wrong mailbox.
+        assert_eq!(reason(&account(MailStep::Auth, &message)), "authentication_failed");
     }
 
     #[test]
     fn smtp_auth_disabled_names_the_admin_setting() {
-        let p = classify(&account("auth: 535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled")).expect("problem");
+        let p = classify(&account(
+            MailStep::Auth,
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled",
+        ))
+        .expect("problem");
         assert_eq!(p.reason, "smtp_auth_disabled");
         assert!(p.next_step.contains("Manage email apps → tick Authenticated SMTP"), "{}", p.next_step);
         assert!(
@@ -695,7 +739,8 @@ mod tests {
         );
         assert_eq!(p.action, action("POST", format!("{NIL_ACCOUNT}/test")));
         let tenant = classify(&account(
-            "auth: 535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+            MailStep::Auth,
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
         ))
         .expect("problem");
         assert!(tenant.next_step.contains("Set-TransportConfig"), "{}", tenant.next_step);
@@ -703,31 +748,31 @@ mod tests {
 
     #[test]
     fn imap_disabled_per_provider() {
-        let gmail = Facts { host: Some("imap.gmail.com"), ..account("auth: [ALERT] Your account is not enabled for IMAP use. Please visit your Gmail settings page and enable your account for IMAP access.") };
+        let gmail = Facts { host: Some("imap.gmail.com"), ..account(MailStep::Auth, "[ALERT] Your account is not enabled for IMAP use. Please visit your Gmail settings page and enable your account for IMAP access.") };
         let p = classify(&gmail).expect("problem");
         assert_eq!(p.reason, "imap_disabled");
         assert!(p.next_step.contains("Forwarding and POP/IMAP"), "{}", p.next_step);
-        let m365 = classify(&account("command: User is authenticated but not connected.")).expect("problem");
+        let m365 = classify(&account(MailStep::Command, "User is authenticated but not connected.")).expect("problem");
         assert_eq!(m365.reason, "imap_disabled");
         assert!(m365.next_step.contains("-ImapEnabled $true"), "{}", m365.next_step);
     }
 
     #[test]
     fn mail_server_steps() {
-        let password = |e: &str| Facts { auth: Some(AuthMethod::Password), ..account(e) };
-        let auth = classify(&password("auth: 535 5.7.8 Error: authentication failed")).expect("problem");
+        let password = |e: &str| Facts { auth: Some(AuthMethod::Password), ..account(MailStep::Auth, e) };
+        let auth = classify(&password("535 5.7.8 Error: authentication failed")).expect("problem");
         assert_eq!(auth.reason, "authentication_failed");
         assert_eq!(auth.action, action("PATCH", NIL_ACCOUNT.to_owned()));
-        assert_eq!(reason(&password("auth: 534-5.7.9 Application-specific password required.")), "app_password_required");
-        assert_eq!(reason(&account("auth: [AUTHENTICATIONFAILED] Authentication failed.")), "authentication_failed");
-        assert_eq!(reason(&account("tls: invalid peer certificate: UnknownIssuer")), "tls_failed");
-        assert_eq!(reason(&account("connect: Connection refused (os error 111)")), "server_unreachable");
-        assert_eq!(reason(&account("dns: no address for mail.example.invalid")), "server_unreachable");
-        assert_eq!(reason(&account("timeout: no answer to the greeting within 60s")), "server_unreachable");
-        assert_eq!(reason(&account("forbidden: 10.0.0.1 is a private address")), "host_forbidden");
-        assert_eq!(reason(&account("folder: Mailbox doesn't exist: Archive")), "folder_not_found");
-        assert_eq!(reason(&account("command: [INUSE] Mailbox is locked by another session")), "mailbox_busy");
-        assert_eq!(reason(&account("command: something nobody expected")), "unknown");
+        assert_eq!(reason(&password("534-5.7.9 Application-specific password required.")), "app_password_required");
+        assert_eq!(reason(&account(MailStep::Auth, "[AUTHENTICATIONFAILED] Authentication failed.")), "authentication_failed");
+        assert_eq!(reason(&account(MailStep::Tls, "invalid peer certificate: UnknownIssuer")), "tls_failed");
+        assert_eq!(reason(&account(MailStep::Connect, "Connection refused (os error 111)")), "server_unreachable");
+        assert_eq!(reason(&account(MailStep::Dns, "no address for mail.example.invalid")), "server_unreachable");
+        assert_eq!(reason(&account(MailStep::Timeout, "no answer to the greeting within 60s")), "server_unreachable");
+        assert_eq!(reason(&account(MailStep::Forbidden, "10.0.0.1 is a private address")), "host_forbidden");
+        assert_eq!(reason(&account(MailStep::Folder, "Mailbox doesn't exist: Archive")), "folder_not_found");
+        assert_eq!(reason(&account(MailStep::Command, "[INUSE] Mailbox is locked by another session")), "mailbox_busy");
+        assert_eq!(reason(&account(MailStep::Command, "something nobody expected")), "unknown");
     }
 
     #[test]
@@ -735,6 +780,7 @@ mod tests {
         let facts = Facts {
             grant_status: Some(GrantStatus::Valid),
             grant_error: Some("the provider is unavailable: HTTP 503"),
+            grant_kind: Some(&FailureKind::ProviderUnavailable),
             ..Facts::default()
         };
         let p = classify(&facts).expect("problem");
@@ -744,7 +790,8 @@ mod tests {
     #[test]
     fn upcoming_breaks_say_what_to_do_before() {
         let on = chrono::NaiveDate::from_ymd_opt(2030, 1, 31).expect("date");
-        let facts = Facts { provider: Some(Provider::Microsoft), token_config_id: Some(Uuid::nil()), ..account("") };
+        let facts =
+            Facts { provider: Some(Provider::Microsoft), token_config_id: Some(Uuid::nil()), ..account(MailStep::Unknown, "") };
         let secret = upcoming(Upcoming::ClientSecretExpiry, &facts, on);
         assert_eq!(secret.reason, "client_secret_expiring");
         assert!(
@@ -762,6 +809,16 @@ mod tests {
         let testing = upcoming(Upcoming::TestingAppConsentExpiry, &facts, on);
         assert_eq!(testing.reason, "testing_app_consent_expiring");
         assert!(testing.next_step.contains("Publish app"), "{}", testing.next_step);
+    }
+
+    #[test]
+    fn rewording_an_error_changes_no_reason() {
+        for words in ["sign-in needed again: the provider refused: invalid_grant", "any other sentence at all", ""] {
+            assert_eq!(reason(&failed(rejected("invalid_grant", None), words)), "reauth_required");
+            assert_eq!(reason(&failed(rejected("invalid_client", None), words)), "client_secret_invalid");
+            assert_eq!(reason(&failed(FailureKind::ProviderUnavailable, words)), "provider_unavailable");
+            assert_eq!(reason(&failed(FailureKind::Mail { step: MailStep::Tls, reply_code: None }, words)), "tls_failed");
+        }
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! layer used by both the API and the worker.
 
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod context;
 pub mod crypto;
 pub mod entities;
 pub mod error;
+pub mod failure;
 pub mod hints;
 pub mod mail;
 pub mod metrics;

@@ -275,9 +275,7 @@ fn expiry_from(expires_in: Duration) -> chrono::DateTime<Utc> {
 /// The body, or an error once it passes `limit` bytes (the rest is never read).
 async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, HttpCallError> {
     let mut body = Vec::new();
-    while let Some(chunk) =
-        response.chunk().await.map_err(|_| HttpCallError("token endpoint response was cut off".to_owned()))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|_| HttpCallError("token endpoint response was cut off".to_owned()))? {
         if body.len().saturating_add(chunk.len()) > limit {
             return Err(HttpCallError(format!("token endpoint response is larger than {limit} bytes")));
         }

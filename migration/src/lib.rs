@@ -12,6 +12,7 @@ mod m20261204_000007_large_mail;
 mod m20261204_000008_oauth_hardening;
 mod m20261204_000009_api_bounds;
 mod m20261204_000010_tenant_wall;
+mod m20261205_000011_failure_kinds;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000008_oauth_hardening::Migration),
             Box::new(m20261204_000009_api_bounds::Migration),
             Box::new(m20261204_000010_tenant_wall::Migration),
+            Box::new(m20261205_000011_failure_kinds::Migration),
         ]
     }
 }

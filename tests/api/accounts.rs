@@ -380,9 +380,11 @@ async fn oauth2_accounts_take_the_microsoft_mail_servers_when_no_host_is_given()
     assert_eq!((pop.body["host"].clone(), pop.body["port"].clone()), (json!("outlook.office365.com"), json!(995)));
 
     // An explicit host among Microsoft's is used as is, with the protocol's defaults; any other host would get the token.
-    let own = create_ok(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "outlook.office.com"}))).await;
+    let own =
+        create_ok(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "outlook.office.com"}))).await;
     assert_eq!((own.body["host"].clone(), own.body["port"].clone()), (json!("outlook.office.com"), json!(993)));
-    let elsewhere = create(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "mail.contoso.com"}))).await;
+    let elsewhere =
+        create(&app, &key, with(oauth("imap", "jane@contoso.com", &config), json!({"host": "mail.contoso.com"}))).await;
     assert_invalid(&elsewhere, "mail_host_not_allowed", "host");
 }
 

@@ -6,6 +6,7 @@ mod auth;
 mod bounds;
 mod cross_tenant;
 mod events;
+mod failure_kinds;
 mod health;
 mod large_mail;
 mod mail_flows;

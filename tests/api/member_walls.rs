@@ -80,9 +80,7 @@ async fn an_app_flow_grant_serves_only_accounts_an_admin_created_or_authorized()
     let app = spawn_app().await;
     let setup = app.oauth_setup_with_flow("app").await;
     let member = app.api_key(&setup.tenant, "member").await;
-    let smtp = |login: &str| {
-        json!({"protocol": "smtp", "auth": "oauth2", "login": login, "token_config_id": setup.config_id, "host": OAUTH_MAIL_HOST})
-    };
+    let smtp = |login: &str| json!({"protocol": "smtp", "auth": "oauth2", "login": login, "token_config_id": setup.config_id, "host": OAUTH_MAIL_HOST});
     // A member's account made before the admin authorizes the app stays unlinked by that authorization.
     let members_early = create(&app, &member, smtp("ceo@example.com")).await;
     let admins = app.oauth_account(&setup, "smtp", "sender@example.com").await;
@@ -148,8 +146,9 @@ async fn an_oauth2_account_on_a_host_the_configuration_does_not_allow_is_refused
 
     // A generic configuration without allowed hosts takes no oauth2 account; bad entries are refused.
     for (hosts, code) in [(json!(["bad host"]), "invalid_host"), (json!(["*.com.", "ok.example"]), "invalid_host")] {
-        let reply =
-            app.patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"allowed_mail_hosts": hosts})).await;
+        let reply = app
+            .patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"allowed_mail_hosts": hosts}))
+            .await;
         assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, code);
     }
     let cleared =
@@ -174,7 +173,9 @@ async fn microsoft_and_google_tokens_go_only_to_their_providers_mail_hosts() {
     assert_eq!(google.status, StatusCode::CREATED, "{}", google.text);
     assert_eq!(google.body["allowed_mail_hosts"], json!(["imap.gmail.com", "pop.gmail.com", "smtp.gmail.com"]));
     let id = google.id();
-    let preset = create(&app, &admin, json!({"protocol": "imap", "auth": "oauth2", "login": "a@example.com", "token_config_id": id})).await;
+    let preset =
+        create(&app, &admin, json!({"protocol": "imap", "auth": "oauth2", "login": "a@example.com", "token_config_id": id}))
+            .await;
     assert_eq!(preset["host"], json!("imap.gmail.com"));
     let elsewhere = app
         .post(
@@ -184,7 +185,8 @@ async fn microsoft_and_google_tokens_go_only_to_their_providers_mail_hosts() {
         )
         .await;
     assert_error(&elsewhere, StatusCode::UNPROCESSABLE_ENTITY, "mail_host_not_allowed");
-    let own_list = app.patch(&format!("/v1/token-configs/{id}"), &admin, json!({"allowed_mail_hosts": ["mail.attacker.test"]})).await;
+    let own_list =
+        app.patch(&format!("/v1/token-configs/{id}"), &admin, json!({"allowed_mail_hosts": ["mail.attacker.test"]})).await;
     assert_error(&own_list, StatusCode::UNPROCESSABLE_ENTITY, "not_applicable");
 }
 

@@ -343,7 +343,10 @@ async fn a_refused_refresh_grant_needs_reauth_puts_its_accounts_in_error_and_lat
         c.setup.provider.fail_next_token_requests(1, failure.clone());
 
         let err = token(&app, &c).await.expect_err("the refresh is refused");
-        assert!(matches!(&err, TokenAccessError::ReauthRequired(m) if m.contains(provider_code)), "{failure:?}: {err:?}");
+        assert!(
+            matches!(&err, TokenAccessError::ReauthRequired { message: m, .. } if m.contains(provider_code)),
+            "{failure:?}: {err:?}"
+        );
 
         let row = grant_row(&app, c.grant).await;
         assert_eq!(row.status, "reauth_required", "{failure:?}");
@@ -364,7 +367,7 @@ async fn a_refused_refresh_grant_needs_reauth_puts_its_accounts_in_error_and_lat
 
         // Later callers (and the background pass) fail fast without asking the provider.
         let err = token(&app, &c).await.expect_err("still dead");
-        assert!(matches!(&err, TokenAccessError::ReauthRequired(m) if m.contains(provider_code)), "{err:?}");
+        assert!(matches!(&err, TokenAccessError::ReauthRequired { message: m, .. } if m.contains(provider_code)), "{err:?}");
         assert_eq!(c.setup.provider.token_requests("refresh_token"), 1, "{failure:?}");
         assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
         assert_eq!(c.setup.provider.token_requests("refresh_token"), 1);
@@ -407,7 +410,7 @@ async fn invalid_client_flags_the_token_config_for_its_admin_and_a_new_secret_cl
     );
 
     let err = token(&app, &c).await.expect_err("the client is refused");
-    assert!(matches!(&err, TokenAccessError::NeedsAdmin(m) if m.contains("AADSTS7000222")), "{err:?}");
+    assert!(matches!(&err, TokenAccessError::NeedsAdmin { message: m, .. } if m.contains("AADSTS7000222")), "{err:?}");
     let config = app.get(&config_path, &c.setup.admin).await;
     assert_eq!(config.body["needs_admin"], json!(true), "{}", config.text);
     assert!(
@@ -424,7 +427,7 @@ async fn invalid_client_flags_the_token_config_for_its_admin_and_a_new_secret_cl
     assert_eq!(app.account_json(&c.setup, &c.account).await["state"], json!("authorized"));
 
     // Refused again: still flagged, but no second event.
-    assert!(matches!(token(&app, &c).await, Err(TokenAccessError::NeedsAdmin(_))));
+    assert!(matches!(token(&app, &c).await, Err(TokenAccessError::NeedsAdmin { .. })));
     assert_eq!(events(&app, c.tenant, "token_config.needs_admin", &c.setup.config_id).await, 1, "one event per incident");
     assert_eq!(grant_row(&app, c.grant).await.refresh_token, before.refresh_token);
 
@@ -713,7 +716,7 @@ async fn a_failed_commit_after_a_rotating_refresh_is_retried_so_the_new_refresh_
     app.owner_db()
         .await
         .execute_unprepared(
-        "CREATE SEQUENCE test_grant_commits; \
+            "CREATE SEQUENCE test_grant_commits; \
          CREATE FUNCTION test_fail_first_grant_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF nextval('test_grant_commits') = 1 THEN RAISE EXCEPTION 'injected: COMMIT fails'; END IF; RETURN NULL; END $$; \
          CREATE CONSTRAINT TRIGGER test_fail_first_grant_commit AFTER UPDATE OF refresh_token ON grants \
@@ -1073,7 +1076,10 @@ async fn a_token_endpoint_that_hangs_does_not_hold_up_the_worker_dispatching_oth
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let slow_row = grant_row(&app, slow.grant).await;
-    assert!(slow_row.expires_at.is_some_and(|at| at < Utc::now() + chrono::Duration::minutes(2)), "the slow one is still waiting");
+    assert!(
+        slow_row.expires_at.is_some_and(|at| at < Utc::now() + chrono::Duration::minutes(2)),
+        "the slow one is still waiting"
+    );
     // The slow answer still lands, once.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while grant_row(&app, slow.grant).await.expires_at.is_some_and(|at| at < Utc::now() + chrono::Duration::minutes(30)) {

@@ -27,7 +27,13 @@ async fn smtp_account(app: &TestApp, key: &str, login: &str) -> String {
 
 async fn set_state(app: &TestApp, account: &str, state: &str, last_error: Option<&str>) {
     let error = last_error.map(|e| format!("'{}'", e.replace('\'', "''"))).unwrap_or_else(|| "NULL".to_owned());
-    app.sql_exec(&format!("UPDATE email_accounts SET state = '{state}', last_error = {error} WHERE id = '{account}'")).await;
+    // The kind beside the words, as the worker writes it: the failing mail step is the text before the first colon.
+    app.sql_exec(&format!(
+        "UPDATE email_accounts SET state = '{state}', last_error = {error}, \
+         last_error_kind = CASE WHEN {error} IS NULL THEN NULL ELSE jsonb_build_object('kind', 'mail', 'step', split_part({error}, ':', 1)) END \
+         WHERE id = '{account}'"
+    ))
+    .await;
 }
 
 /// An outbound message row in `status`, last touched `hours_ago`.
@@ -421,7 +427,7 @@ async fn an_account_whose_grant_got_invalid_grant_shows_reauth_required_with_the
         .fail_next_token_requests(1, TokenFailure::InvalidGrant { description: "Token has been expired or revoked.".into() });
     app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
     let refused = grants::access_token(&app.ctx, uuid(&setup.tenant), uuid(&grant_id)).await;
-    assert!(matches!(refused, Err(TokenAccessError::ReauthRequired(_))), "{refused:?}");
+    assert!(matches!(refused, Err(TokenAccessError::ReauthRequired { .. })), "{refused:?}");
 
     let body = app.account_json(&setup, &account).await;
     assert_eq!(body["state"], "error", "{body}");
@@ -457,7 +463,7 @@ async fn a_token_config_whose_secret_the_provider_refuses_shows_client_secret_in
     );
     app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
     let refused = grants::access_token(&app.ctx, uuid(&setup.tenant), uuid(&grant_id)).await;
-    assert!(matches!(refused, Err(TokenAccessError::NeedsAdmin(_))), "{refused:?}");
+    assert!(matches!(refused, Err(TokenAccessError::NeedsAdmin { .. })), "{refused:?}");
 
     let config = app.get(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin).await;
     assert_eq!(config.body["needs_admin"], json!(true), "{}", config.text);

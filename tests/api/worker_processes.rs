@@ -37,7 +37,8 @@ async fn submit_batch(app: &TestApp, key: &str, from: &str, rcpt: &str, count: u
     let subjects: Vec<String> = (0..count).map(|i| format!("batch {i} {}", Uuid::new_v4().simple())).collect();
     futures::stream::iter(subjects.clone())
         .map(|subject| async move {
-            let reply = app.post("/v1/messages", key, json!({"from": from, "to": [rcpt], "subject": subject, "text": "hi"})).await;
+            let reply =
+                app.post("/v1/messages", key, json!({"from": from, "to": [rcpt], "subject": subject, "text": "hi"})).await;
             assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
         })
         .buffer_unordered(8)
@@ -133,10 +134,8 @@ async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_t
     })
     .await;
     let back_after = flushed.elapsed();
-    wait_until("all 500 messages arrive", Duration::from_secs(120), async || {
-        accepted_subjects(servers, &rcpt).len() >= 500
-    })
-    .await;
+    wait_until("all 500 messages arrive", Duration::from_secs(120), async || accepted_subjects(servers, &rcpt).len() >= 500)
+        .await;
     assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
     assert!(back_after < Duration::from_secs(15), "consumers came back after {back_after:?}");
     assert_eq!(worker.metric("postbridge_worker_consumers{queue=\"send\"}").await, 1.0);
@@ -151,9 +150,11 @@ async fn redis_stopped_for_20_seconds_and_started_empty_loses_nothing_and_the_wo
     let stopped = Instant::now();
     assert!(servers.accepted_messages_to(&rcpt).len() < 300, "the outage came in the middle of the batch");
     // Not ready while Redis is away, with the reason; the process stays up and answers.
-    wait_until("/readyz says 503", Duration::from_secs(10), async || {
-        matches!(worker.readyz().await, Some((503, body)) if body.contains("redis"))
-    })
+    wait_until(
+        "/readyz says 503",
+        Duration::from_secs(10),
+        async || matches!(worker.readyz().await, Some((503, body)) if body.contains("redis")),
+    )
     .await;
     // The heartbeat row tells operators too, and the overview warns that sends are due with no consumer.
     let operator = app.operator_token();
@@ -175,10 +176,8 @@ async fn redis_stopped_for_20_seconds_and_started_empty_loses_nothing_and_the_wo
 
     wait_until("the worker is ready again", Duration::from_secs(20), async || matches!(worker.readyz().await, Some((200, _))))
         .await;
-    wait_until("all 300 messages arrive", Duration::from_secs(120), async || {
-        accepted_subjects(servers, &rcpt).len() >= 300
-    })
-    .await;
+    wait_until("all 300 messages arrive", Duration::from_secs(120), async || accepted_subjects(servers, &rcpt).len() >= 300)
+        .await;
     assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
     let workers = app.get("/v1/ops/workers", &operator).await;
     let row = workers.body.as_array().and_then(|l| l.iter().find(|w| w["pid"] == json!(worker.pid())).cloned());
@@ -326,9 +325,11 @@ async fn postgres_stopped_for_10_seconds_mid_batch_sends_nothing_twice_and_the_w
 
     postgres.stop();
     assert!(servers.accepted_messages_to(&rcpt).len() < 200, "the outage came in the middle of the batch");
-    wait_until("/readyz says 503 naming postgres", Duration::from_secs(10), async || {
-        matches!(worker.readyz().await, Some((503, body)) if body.contains("postgres"))
-    })
+    wait_until(
+        "/readyz says 503 naming postgres",
+        Duration::from_secs(10),
+        async || matches!(worker.readyz().await, Some((503, body)) if body.contains("postgres")),
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     postgres.start_again().await;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use postbridge_core::service::delivery::{self, Delivery};
-use sea_orm::ConnectionTrait;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -223,9 +223,12 @@ async fn each_send_job_runs_narrowed_to_the_tenant_owning_its_message() {
         let (tenant, key) = app.tenant_with_admin().await;
         let login = new_login();
         servers.add_password_user(&login, MAIL_PASSWORD);
-        app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+        app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login})))
+            .await;
         for i in 0..2 {
-            let reply = app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("m{i}"), "text": "hi"})).await;
+            let reply = app
+                .post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("m{i}"), "text": "hi"}))
+                .await;
             assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
         }
         tenants.push(tenant);

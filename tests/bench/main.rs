@@ -523,7 +523,10 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
             receivers += 1;
         }
         // Inbound polls wait until the sends are done, so each phase is timed alone.
-        app.ctx.db.execute_unprepared("UPDATE email_accounts SET next_poll_at = now() + interval '1 day' WHERE direction = 'inbound'").await?;
+        app.ctx
+            .db
+            .execute_unprepared("UPDATE email_accounts SET next_poll_at = now() + interval '1 day' WHERE direction = 'inbound'")
+            .await?;
 
         let mut children = Vec::new();
         for _ in 0..processes {
@@ -536,7 +539,8 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
             );
         }
         let started = Instant::now();
-        let sent = time_until(&app, "SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent'", submitted, started).await?;
+        let sent =
+            time_until(&app, "SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent'", submitted, started).await?;
         let bad = app
             .ctx
             .db

@@ -17,8 +17,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What the supervisor needs to start one consumer: its name, the stop signal, and the flag it keeps while alive.
-pub type StartConsumer =
-    Box<dyn Fn(String, tokio::sync::watch::Receiver<bool>, Arc<AtomicBool>) -> BoxFuture<'static, Result<(), WorkerError>> + Send + Sync>;
+pub type StartConsumer = Box<
+    dyn Fn(String, tokio::sync::watch::Receiver<bool>, Arc<AtomicBool>) -> BoxFuture<'static, Result<(), WorkerError>>
+        + Send
+        + Sync,
+>;
 
 /// The listener every consumer gets: alive from its first heartbeat (registered with Redis), dead when it ends.
 pub fn track_liveness(live: Arc<AtomicBool>) -> impl Fn(&WorkerContext, &Event) + Send + Sync + 'static {

@@ -105,10 +105,8 @@ pub fn concurrency(settings: &Settings, queue: &str) -> usize {
 
 impl JobRunner {
     pub fn new(ctx: AppContext) -> Self {
-        let limits = workers::QUEUES
-            .iter()
-            .map(|&queue| (queue, Arc::new(Semaphore::new(concurrency(&ctx.settings, queue)))))
-            .collect();
+        let limits =
+            workers::QUEUES.iter().map(|&queue| (queue, Arc::new(Semaphore::new(concurrency(&ctx.settings, queue))))).collect();
         JobRunner { ctx, tracker: TaskTracker::new(), limits: Arc::new(limits) }
     }
 

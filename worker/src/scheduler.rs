@@ -43,7 +43,13 @@ impl Queues {
 }
 
 /// Pushes jobs; on failure the rows are unclaimed so the next round dispatches them again.
-async fn push<T, S, K>(ctx: &AppContext, storage: &mut S, rows: Dispatched, ids: Vec<Uuid>, job: impl Fn(Uuid) -> T) -> anyhow::Result<usize>
+async fn push<T, S, K>(
+    ctx: &AppContext,
+    storage: &mut S,
+    rows: Dispatched,
+    ids: Vec<Uuid>,
+    job: impl Fn(Uuid) -> T,
+) -> anyhow::Result<usize>
 where
     S: TaskSink<T, K>,
     S::Error: std::fmt::Display,
@@ -67,11 +73,13 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     let mut failures = Vec::new();
     loop {
         match scheduler::claim_due_sends(ctx, BATCH).await {
-            Ok(ids) => match push(ctx, &mut queues.sends, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await {
-                Ok(n) if n as u64 == BATCH => continue,
-                Ok(_) => {}
-                Err(e) => failures.push(e),
-            },
+            Ok(ids) => {
+                match push(ctx, &mut queues.sends, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await {
+                    Ok(n) if n as u64 == BATCH => continue,
+                    Ok(_) => {}
+                    Err(e) => failures.push(e),
+                }
+            }
             Err(e) => failures.push(e.into()),
         }
         break;
@@ -86,7 +94,8 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
     match scheduler::claim_due_refreshes(ctx, BATCH).await {
         Ok(ids) => {
-            if let Err(e) = push(ctx, &mut queues.refreshes, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await {
+            if let Err(e) = push(ctx, &mut queues.refreshes, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await
+            {
                 failures.push(e);
             }
         }
@@ -94,7 +103,9 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
     match scheduler::claim_due_settlements(ctx, 100).await {
         Ok(ids) => {
-            if let Err(e) = push(ctx, &mut queues.settles, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await {
+            if let Err(e) =
+                push(ctx, &mut queues.settles, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await
+            {
                 failures.push(e);
             }
         }
@@ -179,7 +190,10 @@ pub async fn run(
         match epoch.lost_data(&mut redis).await {
             Ok(true) => match scheduler::forget_dispatches(&ctx).await {
                 Ok(0) => tracing::info!("Redis holds none of this deployment's jobs yet (new, flushed or restarted)"),
-                Ok(n) => tracing::warn!(claims = n, "Redis lost this deployment's jobs (flushed, restarted or failed over): dispatching everything due again"),
+                Ok(n) => tracing::warn!(
+                    claims = n,
+                    "Redis lost this deployment's jobs (flushed, restarted or failed over): dispatching everything due again"
+                ),
                 Err(e) => tracing::error!(error = %e, "could not forget dispatch claims after Redis lost its jobs"),
             },
             Ok(false) => {}

@@ -21,6 +21,8 @@ pub struct Model {
     pub grant_id: Option<Uuid>,
     pub state: String,
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` describes (`failure::FailureKind`), for the fix-it hints.
+    pub last_error_kind: Option<crate::failure::FailureKind>,
     pub enabled: bool,
     pub from_filter: Option<String>,
     pub is_default: bool,

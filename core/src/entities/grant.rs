@@ -25,6 +25,8 @@ pub struct Model {
     pub scopes: Json,
     pub status: String,
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` describes (`failure::FailureKind`), for the fix-it hints.
+    pub last_error_kind: Option<crate::failure::FailureKind>,
     pub refresh_failures: i32,
     pub next_refresh_at: Option<DateTimeUtc>,
     pub last_refreshed_at: Option<DateTimeUtc>,

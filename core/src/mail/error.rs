@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::failure::FailureKind;
 use crate::mail::net::ConnectError;
 use crate::model::Security;
 
@@ -25,7 +26,8 @@ pub(crate) fn truncate(text: &str) -> String {
 }
 
 /// Where a mail session failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MailStep {
     /// The host name could not be resolved.
     Dns,
@@ -84,17 +86,31 @@ pub struct MailError {
     /// `[UNAVAILABLE]` / `[INUSE]`, POP3 `[SYS/TEMP]` / `[IN-USE]` / `[LOGIN-DELAY]`), so [`Self::is_transient`]
     /// and [`Self::is_auth_failure`] read the same for every protocol.
     pub code: Option<u16>,
+    /// What lies behind a failure the mail step only carries: a token that could not be had (the grant needs
+    /// consent, the provider is down). Recorded as the account's failure kind instead of the step.
+    pub cause: Option<FailureKind>,
 }
 
 impl MailError {
     pub fn new(step: MailStep, message: impl Into<String>) -> Self {
-        MailError { step, message: message.into(), code: None }
+        MailError { step, message: message.into(), code: None, cause: None }
     }
 
     /// The same error with the server's reply code (SMTP).
     pub fn with_code(mut self, code: u16) -> Self {
         self.code = Some(code);
         self
+    }
+
+    /// The same error, caused by `cause` (see [`MailError::cause`]).
+    pub fn caused_by(mut self, cause: FailureKind) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+
+    /// The failure kind recorded for an account this error stopped.
+    pub fn kind(&self) -> FailureKind {
+        self.cause.clone().unwrap_or(FailureKind::Mail { step: self.step, reply_code: self.code })
     }
 
     /// No answer to `what` within `after`.

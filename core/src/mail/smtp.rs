@@ -135,7 +135,7 @@ impl SendError {
 
     /// Classifies a failure that happened before the message content was sent.
     fn before_content(err: MailError) -> SendError {
-        let MailError { step, message, code } = err;
+        let MailError { step, message, code, .. } = err;
         let temporary = code.is_some_and(|c| (400..500).contains(&c));
         match step {
             MailStep::Forbidden => SendError::Permanent { step, code, message },

@@ -446,6 +446,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         grant_id: Set(grant_id),
         state: Set(state.as_str().to_owned()),
         last_error: Set(None),
+        last_error_kind: Set(None),
         enabled: Set(spec.enabled),
         from_filter: Set(spec.from_filter),
         is_default: Set(spec.is_default),
@@ -514,8 +515,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         None => PasswordChange::Keep { stored: current.password_set && current.auth == auth },
     };
     let direction = current.direction;
-    let from_filter_changed =
-        !input.from_filter.is_undefined() || input.login.as_ref().is_some_and(|l| *l != current.login);
+    let from_filter_changed = !input.from_filter.is_undefined() || input.login.as_ref().is_some_and(|l| *l != current.login);
     let mut spec = Spec {
         name: Some(input.name.unwrap_or(current.name.clone())),
         protocol: current.protocol,
@@ -586,6 +586,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     if state != current.state {
         active.state = Set(state.as_str().to_owned());
         active.last_error = Set(None);
+        active.last_error_kind = Set(None);
     }
     active.name = Set(spec.name.unwrap_or_default());
     active.host = Set(host);

@@ -97,6 +97,7 @@ struct GrantRow {
     status: GrantStatus,
     has_refresh_token: bool,
     last_error: Option<String>,
+    last_error_kind: Option<crate::failure::FailureKind>,
     last_refreshed_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -131,6 +132,7 @@ fn grant_row(row: &QueryResult) -> AppResult<GrantRow> {
         status: GrantStatus::from_db(&row.try_get::<String>("", "status")?)?,
         has_refresh_token: row.try_get("", "has_refresh_token")?,
         last_error: row.try_get("", "last_error")?,
+        last_error_kind: row.try_get("", "last_error_kind")?,
         last_refreshed_at: row.try_get("", "last_refreshed_at")?,
         created_at: row.try_get("", "created_at")?,
         updated_at: row.try_get("", "updated_at")?,
@@ -198,6 +200,7 @@ fn grant_item(grant: &GrantRow, config: &ConfigRow, now: DateTime<Utc>) -> AppRe
     facts.login = Some(grant.subject.as_str()).filter(|s| *s != super::grants::APP_SUBJECT);
     facts.grant_status = Some(grant.status);
     facts.grant_error = grant.last_error.as_deref();
+    facts.grant_kind = grant.last_error_kind.as_ref();
     let dead = matches!(grant.status, GrantStatus::ReauthRequired | GrantStatus::Revoked);
     let found = if dead {
         // Re-consent is what the grant needs, whatever the configuration's own state.
@@ -285,7 +288,7 @@ async fn collect(ctx: &AppContext, tenant: Option<Uuid>, query: ExpiringQuery) -
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT g.id, g.tenant_id, g.token_config_id, g.subject, g.status, g.refresh_token IS NOT NULL AS has_refresh_token, \
-                    g.last_error, g.last_refreshed_at, g.created_at, g.updated_at, \
+                    g.last_error, g.last_error_kind, g.last_refreshed_at, g.created_at, g.updated_at, \
                     (SELECT max(e.created_at) FROM events e WHERE e.tenant_id = g.tenant_id AND e.resource_id = g.id \
                        AND e.event_type = $2) AS consented_at, \
                     (SELECT a.id FROM email_accounts a WHERE a.tenant_id = g.tenant_id AND a.grant_id = g.id \

@@ -160,27 +160,20 @@ async fn set_outcome<C: ConnectionTrait>(
     Ok(written.rows_affected() == 1)
 }
 
-fn backoff_seconds(attempts: i32) -> i64 {
-    let base = (30i64 << attempts.clamp(0, 8)).min(6 * 3600);
-    (base as f64 * rand::rng().random_range(0.8..1.2)) as i64
-}
-
 /// Sends one queued message (the worker's job). The lease is renewed while it runs; an error before the content
 /// reached the server gives the message back to the queue at once.
 pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> {
     let Some((message, lease)) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
-    let outcome = super::leases::renewing(
-        "send",
-        LEASE_RENEW_EVERY,
-        deliver_leased(ctx, &message, lease),
-        || renew_lease(ctx, lease),
-    )
-    .await;
+    let outcome =
+        super::leases::renewing("send", LEASE_RENEW_EVERY, deliver_leased(ctx, &message, lease), || renew_lease(ctx, lease))
+            .await;
     if let Err(e) = &outcome {
         match release_unsent(ctx, lease, &format!("interrupted before reaching the mail server: {e}")).await {
             Ok(true) => tracing::warn!(%message_id, error = %e, "delivery interrupted before sending; queued again"),
             Ok(false) => {}
-            Err(release) => tracing::warn!(%message_id, error = %release, "could not give the message back; its lease will expire"),
+            Err(release) => {
+                tracing::warn!(%message_id, error = %release, "could not give the message back; its lease will expire")
+            }
         }
     }
     outcome
@@ -295,7 +288,15 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
     if message.attempts >= MAX_ATTEMPTS {
         return fail(ctx, message, lease, &format!("gave up after {} attempts: {error}", message.attempts)).await;
     }
-    set_outcome(&ctx.db, lease, OutboundStatus::Queued, Some(error), None, Some(backoff_seconds(message.attempts))).await?;
+    set_outcome(
+        &ctx.db,
+        lease,
+        OutboundStatus::Queued,
+        Some(error),
+        None,
+        Some(crate::backoff::MESSAGE_SEND.seconds(message.attempts)),
+    )
+    .await?;
     Ok(Delivery::Retry)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use rand::{Rng, RngCore};
+use rand::RngCore;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, IntoActiveModel, QueryFilter,
@@ -22,6 +22,7 @@ use crate::context::AppContext;
 use crate::crypto::SecretLocation;
 use crate::entities::{email_account, grant, oauth_state, tenant, token_config};
 use crate::error::{AppError, AppResult};
+use crate::failure::FailureKind;
 use crate::model::{
     AccountState, AuthMethod, AuthorizeAccount, AuthorizeResult, AuthorizeStatus, Grant, GrantStatus, OAuthFlow, Page,
     PageRequest, Provider, Role,
@@ -359,6 +360,7 @@ async fn store_grant(
                 scopes: Set(scopes),
                 status: Set(GrantStatus::Valid.as_str().to_owned()),
                 last_error: Set(None),
+                last_error_kind: Set(None),
                 refresh_failures: Set(0),
                 next_refresh_at: Set(None),
                 last_refreshed_at: Set(Some(now)),
@@ -406,6 +408,7 @@ async fn link_accounts(
             Expr::cust("CASE WHEN state IN ('draft', 'error') THEN 'authorized' ELSE state END"),
         )
         .col_expr(email_account::Column::LastError, Expr::value(Option::<String>::None))
+        .col_expr(email_account::Column::LastErrorKind, Expr::value(Option::<FailureKind>::None))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(email_account::Column::TenantId.eq(tenant_id))
         .filter(email_account::Column::TokenConfigId.eq(config_id))
@@ -581,14 +584,19 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     // consent that names no identity at all proves nothing about whose mailbox the tokens open.
     let refused = match &consented_by {
         _ if account.shared_mailbox => None,
-        Some(who) if *who != login => Some(("wrong_mailbox", crate::hints::wrong_mailbox_message(who, &login))),
+        Some(who) if *who != login => Some((
+            "wrong_mailbox",
+            crate::hints::wrong_mailbox_message(who, &login),
+            FailureKind::WrongMailbox { consented: who.clone(), expected: login.clone() },
+        )),
         Some(_) => None,
-        None => Some(("unknown_identity", crate::hints::UNKNOWN_IDENTITY_MESSAGE.to_owned())),
+        None => Some(("unknown_identity", crate::hints::UNKNOWN_IDENTITY_MESSAGE.to_owned(), FailureKind::UnknownIdentity)),
     };
-    if let Some((reason, message)) = refused {
+    if let Some((reason, message, kind)) = refused {
         // No grant is stored, but the account says why it is still not connected (its state stays).
         email_account::Entity::update_many()
             .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
+            .col_expr(email_account::Column::LastErrorKind, Expr::value(kind))
             .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(email_account::Column::Id.eq(account.id))
             .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
@@ -692,16 +700,27 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
 #[derive(Debug, thiserror::Error)]
 pub enum TokenAccessError {
     /// The grant is dead (revoked, expired, consent withdrawn): someone must consent again.
-    #[error("the grant needs re-consent: {0}")]
-    ReauthRequired(String),
+    #[error("the grant needs re-consent: {message}")]
+    ReauthRequired { message: String, kind: FailureKind },
     /// The token configuration's client credentials were refused: its admin must fix them.
-    #[error("the token configuration needs its admin: {0}")]
-    NeedsAdmin(String),
+    #[error("the token configuration needs its admin: {message}")]
+    NeedsAdmin { message: String, kind: FailureKind },
     /// The provider could not be reached; nothing changed, try again later.
     #[error("the provider is unavailable: {reason}")]
     Unavailable { reason: String, retry_after: Option<Duration> },
     #[error(transparent)]
     App(#[from] AppError),
+}
+
+impl TokenAccessError {
+    /// The failure kind recorded for an account this failure stopped.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            TokenAccessError::ReauthRequired { kind, .. } | TokenAccessError::NeedsAdmin { kind, .. } => kind.clone(),
+            TokenAccessError::Unavailable { .. } => FailureKind::ProviderUnavailable,
+            TokenAccessError::App(_) => FailureKind::Internal,
+        }
+    }
 }
 
 impl From<sea_orm::DbErr> for TokenAccessError {
@@ -735,14 +754,17 @@ fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Op
 }
 
 fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
-    (model.status == GrantStatus::ReauthRequired.as_str() || model.status == GrantStatus::Revoked.as_str())
-        .then(|| TokenAccessError::ReauthRequired(model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned())))
+    (model.status == GrantStatus::ReauthRequired.as_str() || model.status == GrantStatus::Revoked.as_str()).then(|| {
+        TokenAccessError::ReauthRequired {
+            message: model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned()),
+            kind: model.last_error_kind.clone().unwrap_or(FailureKind::ReauthRequired { oauth_error: None, provider_code: None }),
+        }
+    })
 }
 
 /// Exponential backoff with jitter for a grant whose refresh failed `failures` times; at least Retry-After.
 fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
-    let base = 30i64.saturating_mul(1i64 << failures.clamp(0, 7)).min(3600);
-    let jittered = (base as f64 * rand::rng().random_range(0.8..1.2)) as i64;
+    let jittered = crate::backoff::GRANT_REFRESH.seconds(failures);
     // A provider's Retry-After is honoured up to a day, whatever it says.
     let ceiling = crate::oauth::MAX_RETRY_AFTER.as_secs() as i64;
     let floor = retry_after.map(|d| i64::try_from(d.as_secs()).unwrap_or(ceiling).min(ceiling)).unwrap_or(0);
@@ -819,18 +841,24 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
         }
         Err(e) if e.needs_reauth() => {
             let message = e.to_string();
-            bury_grant(&txn, &locked, &message).await?;
+            let kind = if locked.refresh_token.is_none() && config.flow != OAuthFlow::App.as_str() {
+                FailureKind::RefreshTokenMissing
+            } else {
+                FailureKind::of_token_error(&e)
+            };
+            bury_grant(&txn, &locked, &message, &kind).await?;
             txn.commit().await?;
             ctx.metrics.token_refresh("reauth_required");
-            Err(TokenAccessError::ReauthRequired(message))
+            Err(TokenAccessError::ReauthRequired { message, kind })
         }
         Err(e) if e.needs_admin() => {
             let message = e.to_string();
+            let kind = FailureKind::of_token_error(&e);
             mark_config(&txn, &config, true, Some(&message)).await?;
-            record_failure(&txn, &locked, &message, None).await?;
+            record_failure(&txn, &locked, &message, &kind, None).await?;
             txn.commit().await?;
             ctx.metrics.token_refresh("needs_admin");
-            Err(TokenAccessError::NeedsAdmin(message))
+            Err(TokenAccessError::NeedsAdmin { message, kind })
         }
         Err(e) => {
             let message = e.to_string();
@@ -838,7 +866,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
                 TokenError::Unavailable { retry_after, .. } => *retry_after,
                 _ => None,
             };
-            record_failure(&txn, &locked, &message, retry_after).await?;
+            record_failure(&txn, &locked, &message, &FailureKind::of_token_error(&e), retry_after).await?;
             txn.commit().await?;
             ctx.metrics.token_refresh("failed");
             // An early refresh that failed leaves the current token usable until it really expires.
@@ -929,6 +957,7 @@ async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: gran
 fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
     active.status = Set(GrantStatus::Valid.as_str().to_owned());
     active.last_error = Set(None);
+    active.last_error_kind = Set(None);
     active.refresh_failures = Set(0);
     active.next_refresh_at = Set(None);
     active.last_refreshed_at = Set(Some(now));
@@ -936,11 +965,12 @@ fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
 }
 
 /// `invalid_grant` and friends: the grant needs re-consent, its accounts are in error, an event says so.
-async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &str) -> AppResult<()> {
+async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &str, kind: &FailureKind) -> AppResult<()> {
     let now = Utc::now();
     grant::Entity::update_many()
         .col_expr(grant::Column::Status, Expr::value(GrantStatus::ReauthRequired.as_str()))
         .col_expr(grant::Column::LastError, Expr::value(message))
+        .col_expr(grant::Column::LastErrorKind, Expr::value(kind.clone()))
         .col_expr(grant::Column::UpdatedAt, Expr::value(now))
         .filter(grant::Column::Id.eq(model.id))
         .exec(txn)
@@ -948,6 +978,7 @@ async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &s
     email_account::Entity::update_many()
         .col_expr(email_account::Column::State, Expr::value(AccountState::Error.as_str()))
         .col_expr(email_account::Column::LastError, Expr::value(format!("sign-in needed again: {message}")))
+        .col_expr(email_account::Column::LastErrorKind, Expr::value(kind.clone()))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(now))
         .filter(email_account::Column::TenantId.eq(model.tenant_id))
         .filter(email_account::Column::GrantId.eq(model.id))
@@ -983,7 +1014,7 @@ pub(crate) async fn require_reauth_for_config(
         .await?;
     let mut buried = 0;
     for model in held.iter().filter(|g| g.status == GrantStatus::Valid.as_str()) {
-        bury_grant(txn, model, message).await?;
+        bury_grant(txn, model, message, &FailureKind::ReauthRequired { oauth_error: None, provider_code: None }).await?;
         buried += 1;
     }
     grant::Entity::update_many()
@@ -1004,12 +1035,14 @@ async fn record_failure(
     txn: &DatabaseTransaction,
     model: &grant::Model,
     message: &str,
+    kind: &FailureKind,
     retry_after: Option<Duration>,
 ) -> AppResult<()> {
     let failures = model.refresh_failures.saturating_add(1);
     let now = Utc::now();
     grant::Entity::update_many()
         .col_expr(grant::Column::LastError, Expr::value(message))
+        .col_expr(grant::Column::LastErrorKind, Expr::value(kind.clone()))
         .col_expr(grant::Column::RefreshFailures, Expr::value(failures))
         .col_expr(
             grant::Column::NextRefreshAt,
@@ -1096,7 +1129,7 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
     for (id, outcome) in outcomes {
         match outcome {
             Ok(_) => pass.refreshed += 1,
-            Err(TokenAccessError::ReauthRequired(_)) => pass.reauth_required += 1,
+            Err(TokenAccessError::ReauthRequired { .. }) => pass.reauth_required += 1,
             Err(TokenAccessError::App(e)) => {
                 record_internal_failure(ctx, id, &e).await;
                 pass.failed += 1;
@@ -1123,7 +1156,7 @@ async fn record_internal_failure(ctx: &AppContext, grant_id: Uuid, err: &AppErro
     let recorded = async {
         let txn = ctx.db.begin().await?;
         let Some(model) = grant::Entity::find_by_id(grant_id).lock_exclusive().one(&txn).await? else { return Ok(()) };
-        record_failure(&txn, &model, INTERNAL_REFRESH_ERROR, None).await?;
+        record_failure(&txn, &model, INTERNAL_REFRESH_ERROR, &FailureKind::Internal, None).await?;
         txn.commit().await?;
         Ok::<_, AppError>(())
     }
@@ -1176,7 +1209,7 @@ async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOu
     }
     match access_token(ctx, model.tenant_id, grant_id).await {
         Ok(_) => Ok(RefreshOutcome::Refreshed),
-        Err(TokenAccessError::ReauthRequired(_)) => Ok(RefreshOutcome::ReauthRequired),
+        Err(TokenAccessError::ReauthRequired { .. }) => Ok(RefreshOutcome::ReauthRequired),
         Err(TokenAccessError::App(e)) => {
             record_internal_failure(ctx, grant_id, &e).await;
             Ok(RefreshOutcome::Failed)

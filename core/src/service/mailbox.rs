@@ -12,6 +12,7 @@ use crate::context::AppContext;
 use crate::crypto::SecretLocation;
 use crate::entities::email_account;
 use crate::error::{AppError, AppResult};
+use crate::failure::FailureKind;
 use crate::mail::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
 use crate::model::{AccountState, AuthMethod, Protocol, Role, Security};
 
@@ -57,17 +58,20 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
             let config_id = account
                 .token_config_id
                 .ok_or_else(|| MailError::new(MailStep::Auth, "the account has no token configuration"))?;
-            let config =
-                token_configs::find(ctx, account.tenant_id, config_id).await.map_err(CredentialError::Internal)?;
+            let config = token_configs::find(ctx, account.tenant_id, config_id).await.map_err(CredentialError::Internal)?;
             if let Err(refused) = token_configs::check_mail_host(&config, &account.host, "host") {
                 return Err(CredentialError::Mail(MailError::new(MailStep::Auth, refused.to_string())));
             }
             let access_token = grants::access_token(ctx, account.tenant_id, grant_id).await.map_err(|e| match e {
-                TokenAccessError::Unavailable { reason, .. } => {
-                    CredentialError::Mail(MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}")))
-                }
+                TokenAccessError::Unavailable { reason, .. } => CredentialError::Mail(
+                    MailError::new(MailStep::Timeout, format!("token provider unavailable: {reason}"))
+                        .caused_by(FailureKind::ProviderUnavailable),
+                ),
                 TokenAccessError::App(e) => CredentialError::Internal(e),
-                other => CredentialError::Mail(MailError::new(MailStep::Auth, other.to_string())),
+                other => {
+                    let kind = other.failure_kind();
+                    CredentialError::Mail(MailError::new(MailStep::Auth, other.to_string()).caused_by(kind))
+                }
             })?;
             Ok(MailAuth::XOAuth2 { login: account.login.clone(), access_token })
         }
@@ -146,13 +150,13 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
     let now = Utc::now();
     let (sql, values): (&str, Vec<sea_orm::Value>) = match &outcome {
         Ok(()) => (
-            "UPDATE email_accounts SET state = 'confirmed', confirmed_at = $2, last_error = NULL, next_poll_at = $2, \
-             poll_failures = 0, updated_at = $2 WHERE id = $1",
+            "UPDATE email_accounts SET state = 'confirmed', confirmed_at = $2, last_error = NULL, last_error_kind = NULL, \
+             next_poll_at = $2, poll_failures = 0, updated_at = $2 WHERE id = $1",
             vec![account.id.into(), now.into()],
         ),
         Err(e) => (
-            "UPDATE email_accounts SET last_error = $2, updated_at = $3 WHERE id = $1",
-            vec![account.id.into(), e.to_string().into(), now.into()],
+            "UPDATE email_accounts SET last_error = $2, last_error_kind = $3, updated_at = $4 WHERE id = $1",
+            vec![account.id.into(), e.to_string().into(), e.kind().into(), now.into()],
         ),
     };
     ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
@@ -209,8 +213,9 @@ pub async fn record_account_error<C: ConnectionTrait>(
 ) -> AppResult<()> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE email_accounts SET state = $2, last_error = $3, lease_until = NULL, dispatched_until = NULL, updated_at = now() WHERE id = $1",
-        [account.id.into(), AccountState::Error.as_str().into(), error.to_string().into()],
+        "UPDATE email_accounts SET state = $2, last_error = $3, last_error_kind = $4, lease_until = NULL, dispatched_until = NULL, \
+         updated_at = now() WHERE id = $1",
+        [account.id.into(), AccountState::Error.as_str().into(), error.to_string().into(), error.kind().into()],
     ))
     .await?;
     Ok(())

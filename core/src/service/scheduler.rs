@@ -107,11 +107,10 @@ pub async fn undispatch(ctx: &AppContext, rows: Dispatched, ids: &[Uuid]) -> App
     if ids.is_empty() {
         return Ok(0);
     }
-    let sql = format!(
-        "UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
-        rows.table()
-    );
-    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?;
+    let sql =
+        format!("UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)", rows.table());
+    let done =
+        ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?;
     Ok(done.rows_affected())
 }
 

@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
-use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use uuid::Uuid;
 
@@ -42,6 +41,16 @@ pub enum PollError {
     Mail(#[from] MailError),
     #[error(transparent)]
     App(#[from] AppError),
+}
+
+impl PollError {
+    /// The failure kind recorded on the account.
+    pub fn failure_kind(&self) -> crate::failure::FailureKind {
+        match self {
+            PollError::Mail(e) => e.kind(),
+            PollError::App(_) => crate::failure::FailureKind::Internal,
+        }
+    }
 }
 
 impl From<mailbox::CredentialError> for PollError {
@@ -454,7 +463,7 @@ async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Resul
                 .execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
                     "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, last_polled_at = now(), poll_failures = 0, last_error = NULL, \
-                     next_poll_at = now() + make_interval(secs => $2) WHERE id = $1",
+                     last_error_kind = NULL, next_poll_at = now() + make_interval(secs => $2) WHERE id = $1",
                     [account.id.into(), (interval as f64).into()],
                 ))
                 .await?;
@@ -462,14 +471,19 @@ async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Resul
         Err(PollError::Mail(e)) if e.is_auth_failure() => mailbox::record_account_error(&ctx.db, account, e).await?,
         Err(e) => {
             let failures = account.poll_failures.saturating_add(1);
-            let backoff = (interval.max(30) * (1i64 << failures.clamp(0, 6))).min(3600);
-            let jittered = (backoff as f64 * rand::rng().random_range(0.8..1.2)) as i64;
+            let jittered = crate::backoff::mailbox_poll(interval).seconds(failures);
             ctx.db
                 .execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
                     "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, poll_failures = $2, last_error = $3, \
-                     next_poll_at = $4 WHERE id = $1",
-                    [account.id.into(), failures.into(), e.to_string().into(), (Utc::now() + chrono::Duration::seconds(jittered)).into()],
+                     last_error_kind = $4, next_poll_at = $5 WHERE id = $1",
+                    [
+                        account.id.into(),
+                        failures.into(),
+                        e.to_string().into(),
+                        e.failure_kind().into(),
+                        (Utc::now() + chrono::Duration::seconds(jittered)).into(),
+                    ],
                 ))
                 .await?;
         }

@@ -132,7 +132,11 @@ fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -> AppResult
             AppError::validation(field, "invalid_host", format!("{field}: each entry must be a host name or *.domain"))
         })?;
         if wildcard && !validate::is_domain(&name) {
-            return Err(AppError::validation(field, "invalid_host", format!("{field}: a wildcard needs a domain, as in *.example.com")));
+            return Err(AppError::validation(
+                field,
+                "invalid_host",
+                format!("{field}: a wildcard needs a domain, as in *.example.com"),
+            ));
         }
         let entry = if wildcard { format!("*.{name}") } else { name };
         if !checked.contains(&entry) {
@@ -158,7 +162,8 @@ pub fn check_mail_host(model: &token_config::Model, host: &str, field: &str) -> 
         return Ok(());
     }
     let fix = if allowed.is_empty() {
-        "the token configuration allows no mail host yet: an admin must list it in the configuration's allowed_mail_hosts".to_owned()
+        "the token configuration allows no mail host yet: an admin must list it in the configuration's allowed_mail_hosts"
+            .to_owned()
     } else {
         format!("the token configuration sends tokens only to {}", allowed.join(", "))
     };

@@ -382,7 +382,11 @@ pub fn redact_url(raw: &str) -> String {
         Ok(url) => {
             let hidden = url.path() != "/" || url.query().is_some() || url.fragment().is_some();
             let origin = url.origin().ascii_serialization();
-            if hidden { format!("{origin}/…") } else { origin }
+            if hidden {
+                format!("{origin}/…")
+            } else {
+                origin
+            }
         }
         Err(_) => "(hidden)".to_owned(),
     }

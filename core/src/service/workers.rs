@@ -166,7 +166,8 @@ pub async fn list(ctx: &AppContext, principal: &Principal) -> AppResult<Vec<Work
                 version: row.try_get("", "version")?,
                 status,
                 ready: live && row.try_get::<bool>("", "ready")?,
-                problems: serde_json::from_value(problems).map_err(|e| AppError::Internal(anyhow::anyhow!("worker problems: {e}")))?,
+                problems: serde_json::from_value(problems)
+                    .map_err(|e| AppError::Internal(anyhow::anyhow!("worker problems: {e}")))?,
                 consumers: if live { consumers_of(consumers)? } else { Vec::new() },
                 started_at: row.try_get("", "started_at")?,
                 last_seen: row.try_get("", "last_seen")?,

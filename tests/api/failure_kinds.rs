@@ -1,0 +1,121 @@
+//! Failure kinds: the fix-it `reason` follows the stored kind, and rows that failed before kinds existed get
+//! theirs read once, by the migration, from the sentences that wrote them.
+
+use postbridge_tests::{spawn_app, TestApp};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm_migration::MigratorTrait;
+use serde_json::{json, Value};
+
+/// Words a failing row carried before failure kinds, and the reason (plus a fact) the hints give it after.
+const LEGACY_ACCOUNT_ERRORS: &[(&str, &str, &str)] = &[
+    (
+        "wrong mailbox: consent was given by bob@contoso.com, but this account is ann@contoso.com: sign in as ann@contoso.com, or mark the account as a shared mailbox",
+        "wrong_mailbox",
+        "bob@contoso.com",
+    ),
+    (
+        "sign-in needed again: the provider refused: invalid_grant (AADSTS700082: The refresh token has expired due to inactivity.)",
+        "reauth_required",
+        "90 days without use",
+    ),
+    (
+        "auth: the token configuration needs its admin: the provider refused: invalid_client (AADSTS7000215: Invalid client secret provided.)",
+        "client_secret_invalid",
+        "Certificates & secrets",
+    ),
+    ("auth: the grant needs re-consent: the provider refused: consent_required", "admin_consent_required", "Grant admin consent"),
+    ("sign-in needed again: the provider refused: invalid_grant (no refresh token stored)", "refresh_token_missing", "refresh token"),
+    ("tls: invalid peer certificate: UnknownIssuer", "tls_failed", "TLS"),
+    ("connect: Connection refused (os error 111)", "server_unreachable", "(connect)"),
+    (
+        "auth: 535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.",
+        "smtp_auth_disabled",
+        "Authenticated SMTP",
+    ),
+    ("timeout: token provider unavailable: HTTP 503", "provider_unavailable", "retries"),
+];
+
+async fn owner_exec(owner: &sea_orm::DatabaseConnection, sql: &str, values: Vec<sea_orm::Value>) {
+    owner.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await.expect(sql);
+}
+
+async fn problem_of(app: &TestApp, key: &str, path: &str) -> Value {
+    let reply = app.get(path, key).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    let body: Value = serde_json::from_str(&reply.text).expect("json");
+    body["problem"].clone()
+}
+
+#[tokio::test]
+async fn rows_failing_before_failure_kinds_keep_their_reasons_after_the_migration() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.tenant_with_admin().await;
+    let config = app.post("/v1/token-configs", &key, TestApp::microsoft_config()).await;
+    assert_eq!(config.status.as_u16(), 201, "{}", config.text);
+    let config_id = serde_json::from_str::<Value>(&config.text).expect("json")["id"].as_str().expect("id").to_owned();
+    let mut accounts = Vec::new();
+    for (i, _) in LEGACY_ACCOUNT_ERRORS.iter().enumerate() {
+        let reply = app.post("/v1/accounts", &key, TestApp::smtp_account(&format!("legacy{i}@example.com"))).await;
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.text);
+        accounts.push(serde_json::from_str::<Value>(&reply.text).expect("json")["id"].as_str().expect("id").to_owned());
+    }
+
+    // Back to the schema before failure kinds, with rows as the old code left them.
+    let owner = app.owner_db().await;
+    postbridge_migration::Migrator::down(&owner, Some(1)).await.expect("revert the failure-kinds migration");
+    for ((error, _, _), id) in LEGACY_ACCOUNT_ERRORS.iter().zip(&accounts) {
+        owner_exec(
+            &owner,
+            "UPDATE email_accounts SET state = 'error', last_error = $2 WHERE id = $1::uuid",
+            vec![id.as_str().into(), (*error).into()],
+        )
+        .await;
+    }
+    let grant_id = uuid::Uuid::new_v4();
+    owner_exec(
+        &owner,
+        "INSERT INTO grants (id, tenant_id, token_config_id, subject, status, last_error) \
+         VALUES ($1, $2::uuid, $3::uuid, 'carol@contoso.com', 'reauth_required', \
+                 'the provider refused: invalid_grant (AADSTS50173: The provided grant has expired due to it being revoked.)')",
+        vec![grant_id.into(), tenant.as_str().into(), config_id.as_str().into()],
+    )
+    .await;
+    postbridge_migration::Migrator::up(&owner, None).await.expect("apply it again");
+
+    for ((_, reason, fact), id) in LEGACY_ACCOUNT_ERRORS.iter().zip(&accounts) {
+        let problem = problem_of(&app, &key, &format!("/v1/accounts/{id}")).await;
+        assert_eq!(problem["reason"], *reason, "{problem}");
+        assert!(problem.to_string().contains(fact), "{reason}: {problem}");
+    }
+    let grant = problem_of(&app, &key, &format!("/v1/grants/{grant_id}")).await;
+    assert_eq!(grant["reason"], "reauth_required", "{grant}");
+    assert!(grant["next_step"].as_str().unwrap_or_default().contains("password changed"), "{grant}");
+    let kind = app.sql_text(&format!("SELECT last_error_kind::text FROM grants WHERE id = '{grant_id}'")).await.expect("a kind");
+    let kind: Value = serde_json::from_str(&kind).expect("json");
+    assert_eq!(kind, json!({"kind": "reauth_required", "oauth_error": "invalid_grant", "provider_code": "AADSTS50173"}));
+}
+
+#[tokio::test]
+async fn a_failed_test_stores_the_failing_step_as_the_kind() {
+    let app = spawn_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    // Nothing listens on port 1 of the loopback address: the connect step fails.
+    let body = json!({"protocol": "smtp", "auth": "password", "login": "kind@example.com", "password": "pw",
+                      "host": "127.0.0.1", "port": 1, "security": "none"});
+    let reply = app.post("/v1/accounts", &key, body).await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.text);
+    let id = serde_json::from_str::<Value>(&reply.text).expect("json")["id"].as_str().expect("id").to_owned();
+    let tested = app.post(&format!("/v1/accounts/{id}/test"), &key, json!({})).await;
+    assert_eq!(tested.status.as_u16(), 200, "{}", tested.text);
+    let kind =
+        app.sql_text(&format!("SELECT last_error_kind::text FROM email_accounts WHERE id = '{id}'")).await.expect("a kind");
+    let kind: Value = serde_json::from_str(&kind).expect("json");
+    assert_eq!(kind["kind"], "mail", "{kind}");
+    let step = kind["step"].as_str().unwrap_or_default().to_owned();
+    assert!(["connect", "forbidden"].contains(&step.as_str()), "{kind}");
+    // Rewording: whatever the words now say, the reason follows the kind.
+    app.sql_exec(&format!("UPDATE email_accounts SET last_error = 'reworded entirely' WHERE id = '{id}'")).await;
+    let problem = problem_of(&app, &key, &format!("/v1/accounts/{id}")).await;
+    let expected = if step == "connect" { "server_unreachable" } else { "host_forbidden" };
+    assert_eq!(problem["reason"], expected, "{problem}");
+}
