@@ -4,6 +4,7 @@
 #   scripts/test.sh -p postbridge-core some_test_name   # extra arguments go to `cargo test`, and no fuzz run
 #                                                       # (with -p, --workspace is left out)
 #   POSTBRIDGE_FUZZ=0 scripts/test.sh                   # the tests without the fuzz run
+#   POSTBRIDGE_CLIPPY=0 scripts/test.sh                 # without the lint pass (clippy, warnings are errors)
 # Does not need a running Postbridge. The integration tests create one database per test
 # (named POSTBRIDGE_TEST_DB_PREFIX*) through POSTBRIDGE_TEST_DATABASE_URL; this run's are dropped after it,
 # idle leftovers of earlier runs before it.
@@ -45,12 +46,27 @@ if [[ -f Cargo.lock ]]; then
 fi
 
 status=0
-cargo test ${flags[@]+"${flags[@]}"} "$@" || status=$?
-# The fuzz run belongs to the whole suite; a run narrowed by arguments skips it unless asked for.
-fuzz_default=1
+# The lint pass and the fuzz run belong to the whole suite; a run narrowed by arguments skips them unless asked for.
+whole_suite=1
 if [[ $# -gt 0 ]]; then
-    fuzz_default=0
+    whole_suite=0
 fi
+run_clippy="${POSTBRIDGE_CLIPPY:-$whole_suite}"
+if [[ "$run_clippy" == "1" ]] && ! cargo clippy --version >/dev/null 2>&1; then
+    # rustup's minimal profile leaves clippy out; add it rather than skip the lint pass.
+    rustup component add clippy >&2 || { echo "test.sh: warning: clippy unavailable, lint pass skipped" >&2; run_clippy=0; }
+fi
+if [[ "$run_clippy" == "1" ]]; then
+    # Shipped crates deny unwrap/expect/panic outside tests (Cargo.toml's [workspace.lints]); every warning fails.
+    cargo clippy --locked -p postbridge-core -p postbridge-api -p postbridge-worker -p postbridge-migration --all-targets \
+        -- -D warnings || status=$?
+fi
+if [[ "$status" -eq 0 ]]; then
+    cargo test ${flags[@]+"${flags[@]}"} "$@" || status=$?
+else
+    echo "test.sh: clippy found problems; fix them (or POSTBRIDGE_CLIPPY=0) to run the tests" >&2
+fi
+fuzz_default=$whole_suite
 if [[ "${POSTBRIDGE_FUZZ:-$fuzz_default}" == "1" && "$status" -eq 0 ]]; then
     bash scripts/fuzz-api.sh || status=$?
 fi

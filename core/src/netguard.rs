@@ -82,9 +82,14 @@ fn v4_kind(v4: Ipv4Addr) -> Option<&'static str> {
         Some("CGNAT")
     } else if v4.is_unspecified() || a == 0 {
         Some("unspecified")
-    } else if v4.is_broadcast() || v4.is_multicast() || a >= 240 {
-        Some("reserved")
-    } else if v4.is_documentation() || (a == 198 && (18..20).contains(&b)) || (a == 192 && b == 0) {
+    } else if v4.is_broadcast()
+        || v4.is_multicast()
+        || a >= 240
+        || v4.is_documentation()
+        || (a == 198 && (18..20).contains(&b))
+        || (a == 192 && b == 0)
+    {
+        // Broadcast, multicast, class E, documentation, benchmarking (198.18/15), IETF protocol assignments (192.0.0/24).
         Some("reserved")
     } else {
         None

@@ -39,7 +39,7 @@ pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage>
 }
 
 fn to_compose(mailbox: &lettre::message::Mailbox) -> Mailbox {
-    Mailbox::new(mailbox.name.as_deref(), &mailbox.email.to_string())
+    Mailbox::new(mailbox.name.as_deref(), mailbox.email.as_ref())
 }
 
 fn mailboxes(field: &str, values: &[String]) -> AppResult<Vec<Mailbox>> {

@@ -61,7 +61,7 @@ pub fn parse_mailbox(field: &str, value: &str) -> AppResult<Mailbox> {
         .trim()
         .parse()
         .map_err(|_| AppError::validation(field, "invalid_email", format!("{field} must be an address or Name <address>")))?;
-    if !validate::is_email(&mailbox.email.to_string()) {
+    if !validate::is_email(mailbox.email.as_ref()) {
         return Err(AppError::validation(field, "invalid_email", format!("{field} must be an address or Name <address>")));
     }
     Ok(mailbox)
