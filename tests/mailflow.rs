@@ -171,12 +171,8 @@ impl TestApp {
     /// Stores `token` as the grant's access token, valid for another hour (as if the provider had issued it), so the
     /// app uses it without refreshing first; returns the ciphertext stored.
     pub async fn plant_access_token(&self, tenant_id: &str, grant_id: &str, token: &str) -> String {
-        let location = postbridge_core::crypto::SecretLocation {
-            tenant_id: tenant_id.parse().expect("tenant uuid"),
-            table: postbridge_core::service::grants::TABLE,
-            column: postbridge_core::service::grants::ACCESS_COLUMN,
-            row_id: grant_id.parse().expect("grant uuid"),
-        };
+        let location = postbridge_core::secrets::GRANT_ACCESS_TOKEN
+            .location(tenant_id.parse().expect("tenant uuid"), grant_id.parse().expect("grant uuid"));
         let stored = self.ctx.cipher.encrypt(location, token).expect("encrypt");
         let updated = self
             .sql_exec(&format!(

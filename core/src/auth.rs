@@ -321,7 +321,7 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
             tracing::warn!(api_key_id = %id, error = %e, "could not record API key use");
         }
     }
-    let role = Role::from_db(&key.role)?;
+    let role = key.role;
     Ok(Principal::in_tenant(format!("apikey:{}", key.id), role, &tenant))
 }
 
@@ -347,7 +347,7 @@ async fn active_tenant(ctx: &AppContext, tenant_id: Uuid) -> AppResult<tenant::M
         .one(&ctx.db)
         .await?
         .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))?;
-    match TenantStatus::from_db(&tenant.status)? {
+    match tenant.status {
         TenantStatus::Active => Ok(tenant),
         TenantStatus::Suspended => Err(AppError::TenantSuspended),
     }

@@ -92,14 +92,14 @@ pub fn provider_of_host(host: &str) -> Option<Provider> {
 
 /// An account's problem: while it is in error, or while its last test or poll left an error (disabled: none).
 pub fn for_account(model: &email_account::Model) -> Option<Problem> {
-    let state = AccountState::parse(&model.state);
+    let state = Some(model.state);
     if state == Some(AccountState::Disabled) || (state != Some(AccountState::Error) && model.last_error.is_none()) {
         return None;
     }
     classify(&Facts {
         provider: provider_of_host(&model.host),
-        protocol: Protocol::parse(&model.protocol),
-        auth: AuthMethod::parse(&model.auth_method),
+        protocol: Some(model.protocol),
+        auth: Some(model.auth_method),
         state,
         account_id: Some(model.id),
         login: Some(&model.login),
@@ -113,8 +113,8 @@ pub fn for_account(model: &email_account::Model) -> Option<Problem> {
 
 /// A grant's problem: while it needs re-consent, or while its last refresh failed.
 pub fn for_grant(model: &grant::Model) -> Option<Problem> {
-    let status = GrantStatus::parse(&model.status);
-    let dead = matches!(status, Some(GrantStatus::ReauthRequired | GrantStatus::Revoked));
+    let status = Some(model.status);
+    let dead = status == Some(GrantStatus::ReauthRequired);
     if !dead && model.last_error.is_none() {
         return None;
     }
@@ -136,7 +136,7 @@ pub fn for_token_config(model: &token_config::Model, today: chrono::NaiveDate) -
         return None;
     }
     classify(&Facts {
-        provider: Provider::parse(&model.provider),
+        provider: Some(model.provider),
         token_config_id: Some(model.id),
         client_id: Some(&model.client_id),
         needs_admin: model.needs_admin,
@@ -157,7 +157,7 @@ fn problem(reason: &str, next_step: String, action: Option<ProblemAction>, detai
 
 /// Classifies the facts; `None` when nothing is wrong.
 pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
-    let grant_dead = matches!(facts.grant_status, Some(GrantStatus::ReauthRequired | GrantStatus::Revoked));
+    let grant_dead = facts.grant_status == Some(GrantStatus::ReauthRequired);
     let in_trouble = facts.state == Some(AccountState::Error)
         || facts.last_error.is_some()
         || grant_dead
@@ -668,7 +668,7 @@ mod tests {
             "reauth_required"
         );
         // A dead grant without any text still needs re-consent.
-        assert_eq!(reason(&Facts { grant_status: Some(GrantStatus::Revoked), ..Facts::default() }), "reauth_required");
+        assert_eq!(reason(&Facts { grant_status: Some(GrantStatus::ReauthRequired), ..Facts::default() }), "reauth_required");
     }
 
     #[test]

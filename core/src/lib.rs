@@ -1,6 +1,7 @@
 //! Postbridge's shared library: configuration, domain model, storage, crypto, auth and the service
 //! layer used by both the API and the worker.
 
+pub mod account_lifecycle;
 pub mod auth;
 pub mod backoff;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod netguard;
 pub mod oauth;
 pub mod presets;
+pub mod secrets;
 pub mod service;
 pub mod telemetry;
 pub mod tenant_wall;

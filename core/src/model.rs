@@ -9,13 +9,30 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// A stored value outside its closed set (a row written by hand, or by a newer Postbridge).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} value: {text:?}")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub text: String,
+}
+
 /// Defines a closed set of values stored as text, spoken as snake_case in REST and as enum values in GraphQL.
+/// Entities hold the enum itself (sea-orm's string value type): a row is read into its enum or fails to load.
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, async_graphql::Enum)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, async_graphql::Enum, sea_orm::DeriveValueType)]
         #[serde(rename_all = "snake_case")]
+        #[sea_orm(value_type = "String")]
         pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+                Self::parse(text).ok_or_else(|| UnknownValue { kind: stringify!($name), text: text.to_owned() })
+            }
+        }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -445,7 +462,7 @@ pub struct UpdateAccount {
 
 string_enum!(
     /// `reauth_required`: the provider refused the refresh token; someone must consent again.
-    GrantStatus { Valid => "valid", Refreshing => "refreshing", ReauthRequired => "reauth_required", Revoked => "revoked" }
+    GrantStatus { Valid => "valid", ReauthRequired => "reauth_required" }
 );
 string_enum!(
     /// `redirect`: send the browser to `authorization_url`; `authorized`: done (app flow).
@@ -499,11 +516,24 @@ pub struct ExpiringQuery {
     pub within_days: Option<i64>,
 }
 
+// ---- webhooks ----
+
+string_enum!(
+    /// Where one event's delivery to one endpoint stands.
+    WebhookDeliveryStatus {
+        /// Waiting for its next attempt.
+        Pending => "pending",
+        Delivered => "delivered",
+        /// Every attempt failed (or the endpoint was disabled); can be redelivered by hand.
+        Failed => "failed",
+    }
+);
+
 // ---- messages ----
 
 string_enum!(
     /// `unknown`: the connection was lost after the message content was sent; not resent blindly.
-    OutboundStatus { Queued => "queued", Sending => "sending", Sent => "sent", Failed => "failed", Cancelled => "cancelled", Unknown => "unknown" }
+    OutboundStatus { Queued => "queued", Sending => "sending", Sent => "sent", Failed => "failed", Unknown => "unknown" }
 );
 string_enum!(
     /// How the sending account was chosen: its from filter is the address, or the domain, or it is the tenant's default.

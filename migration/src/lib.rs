@@ -13,6 +13,7 @@ mod m20261204_000008_oauth_hardening;
 mod m20261204_000009_api_bounds;
 mod m20261204_000010_tenant_wall;
 mod m20261205_000011_failure_kinds;
+mod m20261205_000012_dead_states;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000009_api_bounds::Migration),
             Box::new(m20261204_000010_tenant_wall::Migration),
             Box::new(m20261205_000011_failure_kinds::Migration),
+            Box::new(m20261205_000012_dead_states::Migration),
         ]
     }
 }

@@ -62,7 +62,11 @@ async fn rows_failing_before_failure_kinds_keep_their_reasons_after_the_migratio
 
     // Back to the schema before failure kinds, with rows as the old code left them.
     let owner = app.owner_db().await;
-    postbridge_migration::Migrator::down(&owner, Some(1)).await.expect("revert the failure-kinds migration");
+    // Every migration from failure kinds on is reverted (later ones first), however many came after it.
+    let names: Vec<String> = postbridge_migration::Migrator::migrations().iter().map(|m| m.name().to_owned()).collect();
+    let position = names.iter().position(|n| n == "m20261205_000011_failure_kinds").expect("the failure-kinds migration");
+    let steps = u32::try_from(names.len() - position).expect("few migrations");
+    postbridge_migration::Migrator::down(&owner, Some(steps)).await.expect("revert the failure-kinds migration");
     for ((error, _, _), id) in LEGACY_ACCOUNT_ERRORS.iter().zip(&accounts) {
         owner_exec(
             &owner,

@@ -1487,12 +1487,7 @@ async fn a_token_that_cannot_be_decrypted_is_postbridges_failure_and_touches_nei
         oauth_sender(&app, servers, "tls", |login| json!({"from_filter": login})).await;
     let grant = account_json(&app, &admin, &account).await["grant_id"].as_str().expect("grant_id").to_owned();
     // A ciphertext sealed for another row: it does not decrypt here (as after a lost master key).
-    let elsewhere = postbridge_core::crypto::SecretLocation {
-        tenant_id: tenant.parse().expect("tenant uuid"),
-        table: postbridge_core::service::grants::TABLE,
-        column: postbridge_core::service::grants::ACCESS_COLUMN,
-        row_id: Uuid::new_v4(),
-    };
+    let elsewhere = postbridge_core::secrets::GRANT_ACCESS_TOKEN.location(tenant.parse().expect("tenant uuid"), Uuid::new_v4());
     let foreign = app.ctx.cipher.encrypt(elsewhere, "token-of-another-row").expect("encrypt");
     app.sql_exec(&format!(
         "UPDATE grants SET access_token = '{foreign}', expires_at = now() + interval '1 hour', next_refresh_at = NULL WHERE id = '{grant}'"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use postbridge_core::crypto::SecretLocation;
+use postbridge_core::secrets::{self, SealedColumn};
 use postbridge_core::service::grants::{self, RefreshOutcome, RefreshPass, TokenAccessError};
 use postbridge_core::service::{ops_metrics, rekey, scheduler, token_configs};
 use postbridge_core::AppContext;
@@ -87,9 +87,8 @@ async fn events(app: &TestApp, tenant: Uuid, event_type: &str, resource: &str) -
 }
 
 /// Decrypts a grant token column with `ctx`'s keys.
-fn decrypt(ctx: &AppContext, tenant: Uuid, grant: Uuid, column: &str, stored: &str) -> String {
-    let location = SecretLocation { tenant_id: tenant, table: grants::TABLE, column, row_id: grant };
-    ctx.cipher.decrypt(location, stored).expect("grant token decrypts")
+fn decrypt(ctx: &AppContext, tenant: Uuid, grant: Uuid, column: SealedColumn, stored: &str) -> String {
+    column.open(&ctx.cipher, tenant, grant, stored).expect("grant token decrypts")
 }
 
 /// Moves the stored access token's expiry to `seconds` from now (negative: already expired), as if it were an
@@ -179,7 +178,7 @@ async fn access_token_returns_the_stored_token_while_fresh_and_refreshes_once_wi
     let provider = &c.setup.provider;
     let before = grant_row(&app, c.grant).await;
     let stored =
-        decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, before.access_token.as_deref().expect("access token"));
+        decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_ACCESS_TOKEN, before.access_token.as_deref().expect("access token"));
 
     // An hour left: the stored token, no provider call.
     let first = token(&app, &c).await.expect("a token");
@@ -199,7 +198,7 @@ async fn access_token_returns_the_stored_token_while_fresh_and_refreshes_once_wi
     let expires_at = after.expires_at.expect("expiry stored");
     assert!(expires_at > Utc::now() + chrono::Duration::minutes(50), "the new expiry is stored: {expires_at}");
     assert_eq!(
-        decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, after.access_token.as_deref().expect("access")),
+        decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_ACCESS_TOKEN, after.access_token.as_deref().expect("access")),
         refreshed
     );
 
@@ -228,7 +227,7 @@ async fn a_refresh_persists_the_rotated_refresh_token_so_the_next_refresh_works_
     let due_sql = format!("UPDATE grants SET refresh_at = now() WHERE id = '{}'", c.grant);
     let make_due = || sql(&app, &due_sql);
     let decrypt_refresh = |row: &GrantRow| {
-        decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("refresh token"))
+        decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_REFRESH_TOKEN, row.refresh_token.as_deref().expect("refresh token"))
     };
 
     let r0 = grant_row(&app, c.grant).await;
@@ -709,8 +708,13 @@ async fn a_failed_commit_after_a_rotating_refresh_is_retried_so_the_new_refresh_
     let app = spawn_app().await;
     let c = connect(&app).await;
     let provider = &c.setup.provider;
-    let rt0 =
-        decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, &grant_row(&app, c.grant).await.refresh_token.expect("rt"));
+    let rt0 = decrypt(
+        &app.ctx,
+        c.tenant,
+        c.grant,
+        secrets::GRANT_REFRESH_TOKEN,
+        &grant_row(&app, c.grant).await.refresh_token.expect("rt"),
+    );
     // The first COMMIT that stores a new refresh token fails (a deferred constraint trigger raises at COMMIT; the
     // sequence counts outside the failing transaction), later ones pass. Only the tables' owner may add a trigger.
     app.owner_db()
@@ -731,8 +735,11 @@ async fn a_failed_commit_after_a_rotating_refresh_is_retried_so_the_new_refresh_
     assert_eq!(count(&app, "SELECT last_value AS n FROM test_grant_commits").await, 2, "one failed COMMIT, one that held");
     let row = grant_row(&app, c.grant).await;
     assert_eq!((row.status.as_str(), row.refresh_failures), ("valid", 0));
-    assert_eq!(decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, row.access_token.as_deref().expect("at")), access);
-    let rt1 = decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, row.refresh_token.as_deref().expect("rt"));
+    assert_eq!(
+        decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_ACCESS_TOKEN, row.access_token.as_deref().expect("at")),
+        access
+    );
+    let rt1 = decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_REFRESH_TOKEN, row.refresh_token.as_deref().expect("rt"));
     assert_ne!(rt1, rt0, "the rotated refresh token is stored");
     let (status, _) = present_refresh_token(&app, &c.setup, &rt0).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "the provider rotated the old one away");
@@ -823,7 +830,10 @@ async fn app_flow_authorize_gets_a_client_credentials_grant_whose_token_is_cache
     // Fresh: the cached token, no new client-credentials request.
     let stored = grant_row(&app, grant).await;
     let cached = grants::access_token(&app.ctx, tenant, grant).await.expect("cached app token");
-    assert_eq!(cached, decrypt(&app.ctx, tenant, grant, grants::ACCESS_COLUMN, stored.access_token.as_deref().expect("access")));
+    assert_eq!(
+        cached,
+        decrypt(&app.ctx, tenant, grant, secrets::GRANT_ACCESS_TOKEN, stored.access_token.as_deref().expect("access"))
+    );
     assert_eq!(provider.introspect(&cached), Some(setup.client_id.clone()), "an app token is the client's");
     assert_eq!(grants::access_token(&app.ctx, tenant, grant).await.expect("cached"), cached);
     assert_eq!(provider.token_requests("client_credentials"), 1);
@@ -1013,8 +1023,8 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     let (access_before, refresh_before) =
         (before.access_token.clone().expect("access"), before.refresh_token.clone().expect("refresh"));
     assert!(access_before.starts_with("old:") && refresh_before.starts_with("old:"));
-    let plain_access = decrypt(&app.ctx, c.tenant, c.grant, grants::ACCESS_COLUMN, &access_before);
-    let plain_refresh = decrypt(&app.ctx, c.tenant, c.grant, grants::REFRESH_COLUMN, &refresh_before);
+    let plain_access = decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_ACCESS_TOKEN, &access_before);
+    let plain_refresh = decrypt(&app.ctx, c.tenant, c.grant, secrets::GRANT_REFRESH_TOKEN, &refresh_before);
 
     let new_key = random_key_b64();
     let rotated = app.context_with_master_keys(&format!("old:{old_key},new:{new_key}"), Some("new")).await;
@@ -1028,7 +1038,7 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     assert!(access_after.starts_with("new:") && refresh_after.starts_with("new:"), "{after:?}");
 
     let new_only = app.context_with_master_keys(&format!("new:{new_key}"), None).await;
-    assert_eq!(decrypt(&new_only, c.tenant, c.grant, grants::REFRESH_COLUMN, &refresh_after), plain_refresh);
+    assert_eq!(decrypt(&new_only, c.tenant, c.grant, secrets::GRANT_REFRESH_TOKEN, &refresh_after), plain_refresh);
 
     // The fresh token, then a refresh (client secret and refresh token decrypted with the new key alone).
     assert_eq!(grants::access_token(&new_only, c.tenant, c.grant).await.expect("fresh token"), plain_access);
@@ -1040,7 +1050,7 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     assert!(stored.access_token.as_deref().is_some_and(|t| t.starts_with("new:")));
     assert!(stored.refresh_token.as_deref().is_some_and(|t| t.starts_with("new:")));
     assert_eq!(
-        decrypt(&new_only, c.tenant, c.grant, grants::ACCESS_COLUMN, stored.access_token.as_deref().expect("access")),
+        decrypt(&new_only, c.tenant, c.grant, secrets::GRANT_ACCESS_TOKEN, stored.access_token.as_deref().expect("access")),
         refreshed
     );
 }

@@ -9,6 +9,7 @@ use postbridge_core::service::webhooks::{self, WebhookOutcome};
 use postbridge_tests::webhook_receiver::{Received, WebhookReceiver};
 use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::StatusCode;
+use sea_orm::TransactionTrait;
 use serde_json::{json, Value};
 use standardwebhooks::Webhook;
 use uuid::Uuid;
@@ -498,4 +499,43 @@ async fn graphql_creates_lists_and_rotates_endpoints() {
         .await;
     assert_eq!(graphql_error_code(&refused), "unknown_event_type");
     assert_eq!(refused["errors"][0]["extensions"]["field"], json!("event_types"));
+}
+
+#[tokio::test]
+async fn the_fan_out_trigger_gives_each_event_one_pending_delivery_per_subscribed_enabled_endpoint_of_its_tenant() {
+    let app = spawn_app().await;
+    let installed = app
+        .sql_i64(&format!("SELECT count(*) FROM pg_trigger WHERE tgname = '{}' AND NOT tgisinternal", webhooks::FAN_OUT_TRIGGER))
+        .await;
+    assert_eq!(installed, 1, "the trigger the code names is the one the migration installs");
+
+    let (tenant, key) = app.tenant_with_admin().await;
+    let (every, _) = endpoint(&app, &key, json!({"url": "https://hooks.example.com/every"})).await;
+    let (sent_only, _) =
+        endpoint(&app, &key, json!({"url": "https://hooks.example.com/sent", "event_types": ["message.sent"]})).await;
+    let (failed_only, _) =
+        endpoint(&app, &key, json!({"url": "https://hooks.example.com/failed", "event_types": ["message.failed"]})).await;
+    let (disabled, _) = endpoint(&app, &key, json!({"url": "https://hooks.example.com/off"})).await;
+    let reply = app.patch(&format!("/v1/webhooks/{disabled}"), &key, json!({"enabled": false})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let (other_tenant, other_key) = app.tenant_with_admin().await;
+    let (elsewhere, _) = endpoint(&app, &other_key, json!({"url": "https://hooks.example.com/elsewhere"})).await;
+
+    let event = record_event(&app, &tenant, events::MESSAGE_SENT, Uuid::now_v7()).await;
+    for (endpoint_id, expected) in [(every, 1), (sent_only, 1), (failed_only, 0), (disabled, 0)] {
+        let listed = deliveries(&app, &key, endpoint_id).await;
+        assert_eq!(listed.len(), expected, "{endpoint_id}: {listed:?}");
+        for delivery in listed {
+            assert_eq!((delivery["event_id"].clone(), delivery["status"].clone()), (json!(event), json!("pending")));
+        }
+    }
+    assert!(deliveries(&app, &other_key, elsewhere).await.is_empty(), "another tenant's endpoint hears nothing");
+
+    // In the event's own transaction: an event rolled back leaves no delivery behind.
+    let txn = app.ctx.db.begin().await.expect("begin");
+    let tenant_id = Uuid::parse_str(&tenant).expect("tenant id");
+    events::record(&txn, tenant_id, events::MESSAGE_SENT, "message", Some(Uuid::now_v7()), json!({})).await.expect("record");
+    txn.rollback().await.expect("rollback");
+    assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '{tenant}'")).await, 2);
+    assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '{other_tenant}'")).await, 0);
 }

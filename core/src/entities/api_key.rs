@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::model::Role;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "api_keys")]
 pub struct Model {
@@ -7,7 +9,7 @@ pub struct Model {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub prefix: String,
     /// SHA-256 of the full key, hex.
     pub secret_hash: String,

@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::model::{AccountState, AfterFetch, AuthMethod, Direction, Protocol, Security};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "email_accounts")]
 pub struct Model {
@@ -7,19 +9,19 @@ pub struct Model {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub name: String,
-    pub direction: String,
-    pub protocol: String,
+    pub direction: Direction,
+    pub protocol: Protocol,
     pub host: String,
     pub port: i32,
-    pub security: String,
-    pub auth_method: String,
+    pub security: Security,
+    pub auth_method: AuthMethod,
     pub login: String,
     /// Encrypted envelope (see `crypto`).
     pub password: Option<String>,
     pub token_config_id: Option<Uuid>,
     /// The grant (shared by the mailbox's inbound and outbound accounts) once someone consented.
     pub grant_id: Option<Uuid>,
-    pub state: String,
+    pub state: AccountState,
     pub last_error: Option<String>,
     /// What kind of failure `last_error` describes (`failure::FailureKind`), for the fix-it hints.
     pub last_error_kind: Option<crate::failure::FailureKind>,
@@ -29,7 +31,7 @@ pub struct Model {
     pub shared_mailbox: bool,
     pub folder: Option<String>,
     pub poll_interval_seconds: Option<i32>,
-    pub after_fetch: Option<String>,
+    pub after_fetch: Option<AfterFetch>,
     pub move_to_folder: Option<String>,
     pub owner_subject: String,
     /// An admin created or authorized this account, so it may use the configuration's app-flow grant.

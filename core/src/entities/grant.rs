@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::model::GrantStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "grants")]
 pub struct Model {
@@ -23,7 +25,7 @@ pub struct Model {
     pub refresh_at: Option<DateTimeUtc>,
     #[sea_orm(column_type = "JsonBinary")]
     pub scopes: Json,
-    pub status: String,
+    pub status: GrantStatus,
     pub last_error: Option<String>,
     /// What kind of failure `last_error` describes (`failure::FailureKind`), for the fix-it hints.
     pub last_error_kind: Option<crate::failure::FailureKind>,

@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::model::{OutboundStatus, RoutedBy};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "outbound_messages")]
 pub struct Model {
@@ -9,7 +11,7 @@ pub struct Model {
     pub idempotency_key: Option<String>,
     pub requested_from: String,
     pub account_id: Option<Uuid>,
-    pub routed_by: String,
+    pub routed_by: RoutedBy,
     pub envelope_from: String,
     #[sea_orm(column_type = "JsonBinary")]
     pub recipients: Json,
@@ -18,7 +20,7 @@ pub struct Model {
     /// The composed RFC 5322 message, fixed before the first attempt (stable Message-ID).
     pub raw: Vec<u8>,
     pub size: i32,
-    pub status: String,
+    pub status: OutboundStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTimeUtc,
     pub lease_until: Option<DateTimeUtc>,

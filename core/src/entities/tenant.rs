@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::model::TenantStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "tenants")]
 pub struct Model {
@@ -7,7 +9,7 @@ pub struct Model {
     pub id: Uuid,
     pub slug: String,
     pub name: String,
-    pub status: String,
+    pub status: TenantStatus,
     /// Origins a post-consent return URL may point at.
     #[sea_orm(column_type = "JsonBinary")]
     pub allowed_return_origins: Json,

@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::model::{OAuthFlow, Provider};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "token_configs")]
 pub struct Model {
@@ -7,8 +9,8 @@ pub struct Model {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub name: String,
-    pub provider: String,
-    pub flow: String,
+    pub provider: Provider,
+    pub flow: OAuthFlow,
     pub client_id: String,
     /// Encrypted envelope (see `crypto`).
     pub client_secret: Option<String>,

@@ -11,19 +11,17 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{audit, is_unique_violation, limit_of, page_of, token_configs};
+use crate::account_lifecycle::AccountEvent;
 use crate::auth::TenantScope;
 use crate::context::AppContext;
-use crate::crypto::SecretLocation;
 use crate::entities::{email_account, grant};
 use crate::error::{AppError, AppResult};
 use crate::model::{
-    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, GrantStatus, Page, PageRequest, Protocol, Provider,
-    Role, Security, UpdateAccount,
+    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, GrantStatus, Page, PageRequest, Protocol, Role,
+    Security, UpdateAccount,
 };
-use crate::{presets, validate};
+use crate::{presets, secrets, validate};
 
-pub const TABLE: &str = "email_accounts";
-pub const SECRET_COLUMN: &str = "password";
 pub const DEFAULT_POLL_INTERVAL_SECONDS: i32 = 60;
 pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<i32> = 10..=86_400;
 pub const SEND_RATE_RANGE: std::ops::RangeInclusive<i32> = 0..=100_000;
@@ -34,17 +32,17 @@ pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
         id: model.id,
         tenant_id: model.tenant_id,
         name: model.name,
-        direction: Direction::from_db(&model.direction)?,
-        protocol: Protocol::from_db(&model.protocol)?,
+        direction: model.direction,
+        protocol: model.protocol,
         host: model.host,
         port: model.port,
-        security: Security::from_db(&model.security)?,
-        auth: AuthMethod::from_db(&model.auth_method)?,
+        security: model.security,
+        auth: model.auth_method,
         login: model.login,
         password_set: model.password.is_some(),
         token_config_id: model.token_config_id,
         grant_id: model.grant_id,
-        state: AccountState::from_db(&model.state)?,
+        state: model.state,
         last_error: model.last_error,
         problem,
         enabled: model.enabled,
@@ -53,7 +51,7 @@ pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
         shared_mailbox: model.shared_mailbox,
         folder: model.folder,
         poll_interval_seconds: model.poll_interval_seconds,
-        after_fetch: model.after_fetch.as_deref().map(AfterFetch::from_db).transpose()?,
+        after_fetch: model.after_fetch,
         move_to_folder: model.move_to_folder,
         send_rate_per_minute: model.send_rate_per_minute,
         owner: model.owner_subject,
@@ -167,7 +165,7 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
             Some(config)
         }
     };
-    let provider = config.as_ref().map(|c| Provider::from_db(&c.provider)).transpose()?;
+    let provider = config.as_ref().map(|c| c.provider);
 
     // Server: explicit, else the provider's, else required.
     let preset = provider.and_then(|p| presets::mail_host(p, spec.protocol));
@@ -286,8 +284,7 @@ async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut Spec<'_>) 
 }
 
 fn encrypt_password(ctx: &AppContext, tenant_id: Uuid, id: Uuid, password: &str) -> AppResult<String> {
-    let location = SecretLocation { tenant_id, table: TABLE, column: SECRET_COLUMN, row_id: id };
-    ctx.cipher.encrypt(location, password).map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting password: {e}")))
+    Ok(secrets::ACCOUNT_PASSWORD.seal(&ctx.cipher, tenant_id, id, password)?)
 }
 
 /// A valid grant this mailbox can use already (its other direction was authorized first): consent once, both
@@ -425,26 +422,26 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
     };
     let now = Utc::now();
     let grant_id = existing_grant(ctx, scope, spec.auth, spec.token_config_id, &spec.login).await?;
-    let state = match (spec.enabled, grant_id) {
-        (false, _) => AccountState::Disabled,
-        (true, Some(_)) => AccountState::Authorized,
-        (true, None) => AccountState::Draft,
-    };
+    let state = AccountState::Draft.after(AccountEvent::Saved {
+        enabled: spec.enabled,
+        has_grant: grant_id.is_some(),
+        connection_changed: true,
+    });
     let active = email_account::ActiveModel {
         id: Set(id),
         tenant_id: Set(scope.tenant_id),
         name: Set(spec.name.unwrap_or_default()),
-        direction: Set(spec.protocol.direction().as_str().to_owned()),
-        protocol: Set(spec.protocol.as_str().to_owned()),
+        direction: Set(spec.protocol.direction()),
+        protocol: Set(spec.protocol),
         host: Set(spec.host.unwrap_or_default()),
         port: Set(spec.port.unwrap_or_default()),
-        security: Set(spec.security.unwrap_or(Security::Tls).as_str().to_owned()),
-        auth_method: Set(spec.auth.as_str().to_owned()),
+        security: Set(spec.security.unwrap_or(Security::Tls)),
+        auth_method: Set(spec.auth),
         login: Set(spec.login),
         password: Set(password),
         token_config_id: Set(spec.token_config_id),
         grant_id: Set(grant_id),
-        state: Set(state.as_str().to_owned()),
+        state: Set(state),
         last_error: Set(None),
         last_error_kind: Set(None),
         enabled: Set(spec.enabled),
@@ -453,7 +450,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         shared_mailbox: Set(spec.shared_mailbox),
         folder: Set(spec.folder),
         poll_interval_seconds: Set(spec.poll_interval_seconds),
-        after_fetch: Set(spec.after_fetch.map(|a| a.as_str().to_owned())),
+        after_fetch: Set(spec.after_fetch),
         move_to_folder: Set(spec.move_to_folder),
         send_rate_per_minute: Set(spec.send_rate_per_minute),
         owner_subject: Set(scope.principal.subject.clone()),
@@ -575,24 +572,22 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         current.grant_id
     };
     // A confirmed connection is only confirmed for the settings it was tested with.
-    let state = match (spec.enabled, current.state) {
-        (false, _) => AccountState::Disabled,
-        (true, AccountState::Disabled) => AccountState::Draft,
-        (true, _) if credentials_or_server_changed => AccountState::Draft,
-        (true, state) => state,
-    };
-    let state = if state == AccountState::Draft && grant_id.is_some() { AccountState::Authorized } else { state };
+    let state = current.state.after(AccountEvent::Saved {
+        enabled: spec.enabled,
+        has_grant: grant_id.is_some(),
+        connection_changed: credentials_or_server_changed,
+    });
     active.grant_id = Set(grant_id);
     if state != current.state {
-        active.state = Set(state.as_str().to_owned());
+        active.state = Set(state);
         active.last_error = Set(None);
         active.last_error_kind = Set(None);
     }
     active.name = Set(spec.name.unwrap_or_default());
     active.host = Set(host);
     active.port = Set(port);
-    active.security = Set(security.as_str().to_owned());
-    active.auth_method = Set(spec.auth.as_str().to_owned());
+    active.security = Set(security);
+    active.auth_method = Set(spec.auth);
     active.login = Set(spec.login);
     active.token_config_id = Set(spec.token_config_id);
     active.enabled = Set(spec.enabled);
@@ -601,7 +596,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.shared_mailbox = Set(spec.shared_mailbox);
     active.folder = Set(spec.folder);
     active.poll_interval_seconds = Set(spec.poll_interval_seconds);
-    active.after_fetch = Set(spec.after_fetch.map(|a| a.as_str().to_owned()));
+    active.after_fetch = Set(spec.after_fetch);
     active.move_to_folder = Set(spec.move_to_folder);
     active.send_rate_per_minute = Set(spec.send_rate_per_minute);
     active.updated_at = Set(Utc::now());

@@ -201,7 +201,7 @@ fn grant_item(grant: &GrantRow, config: &ConfigRow, now: DateTime<Utc>) -> AppRe
     facts.grant_status = Some(grant.status);
     facts.grant_error = grant.last_error.as_deref();
     facts.grant_kind = grant.last_error_kind.as_ref();
-    let dead = matches!(grant.status, GrantStatus::ReauthRequired | GrantStatus::Revoked);
+    let dead = grant.status == GrantStatus::ReauthRequired;
     let found = if dead {
         // Re-consent is what the grant needs, whatever the configuration's own state.
         facts.needs_admin = false;

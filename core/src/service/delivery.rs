@@ -20,7 +20,7 @@ use crate::entities::{email_account, outbound_message};
 use crate::error::AppResult;
 use crate::mail::error::MailError;
 use crate::mail::smtp::{SendError, SendOutcome};
-use crate::model::OutboundStatus;
+use crate::model::{Direction, OutboundStatus, Protocol};
 
 /// Attempts before a message that keeps failing temporarily is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
@@ -55,10 +55,17 @@ async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<(outbound
         .db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = 'sending', attempts = attempts + 1, \
+            "UPDATE outbound_messages SET status = $5, attempts = attempts + 1, \
              lease_until = now() + make_interval(secs => $2), lease_token = $3, leased_by = $4, handed_at = NULL, \
-             updated_at = now() WHERE id = $1 AND status = 'queued' AND next_attempt_at <= now() RETURNING *",
-            [message_id.into(), LEASE_SECONDS.into(), token.into(), ctx.instance_id.into()],
+             updated_at = now() WHERE id = $1 AND status = $6 AND next_attempt_at <= now() RETURNING *",
+            [
+                message_id.into(),
+                LEASE_SECONDS.into(),
+                token.into(),
+                ctx.instance_id.into(),
+                OutboundStatus::Sending.into(),
+                OutboundStatus::Queued.into(),
+            ],
         ))
         .await?;
     let Some(row) = row else { return Ok(None) };
@@ -72,8 +79,8 @@ async fn renew_lease(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE outbound_messages SET lease_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND lease_token = $2 AND status = 'sending'",
-            [lease.message_id.into(), lease.token.into(), LEASE_SECONDS.into()],
+             WHERE id = $1 AND lease_token = $2 AND status = $4",
+            [lease.message_id.into(), lease.token.into(), LEASE_SECONDS.into(), OutboundStatus::Sending.into()],
         ))
         .await?;
     Ok(renewed.rows_affected() == 1)
@@ -85,8 +92,8 @@ async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
         .db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE outbound_messages SET handed_at = now() WHERE id = $1 AND lease_token = $2 AND status = 'sending'",
-            [lease.message_id.into(), lease.token.into()],
+            "UPDATE outbound_messages SET handed_at = now() WHERE id = $1 AND lease_token = $2 AND status = $3",
+            [lease.message_id.into(), lease.token.into(), OutboundStatus::Sending.into()],
         ))
         .await?;
     Ok(marked.rows_affected() == 1)
@@ -102,14 +109,18 @@ async fn requeue_unsent(
     retry_in_seconds: f64,
 ) -> AppResult<u64> {
     let sql = format!(
-        "UPDATE outbound_messages SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_until = NULL, \
-         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${}, updated_at = now(), \
-         next_attempt_at = now() + make_interval(secs => ${}) WHERE status = 'sending' AND handed_at IS NULL AND {which}",
-        values.len() + 1,
-        values.len() + 2
+        "UPDATE outbound_messages SET status = ${queued}, attempts = greatest(attempts - 1, 0), lease_until = NULL, \
+         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${why}, updated_at = now(), \
+         next_attempt_at = now() + make_interval(secs => ${retry}) WHERE {sending} AND handed_at IS NULL AND {which}",
+        why = values.len() + 1,
+        retry = values.len() + 2,
+        queued = values.len() + 3,
+        // Spelled, not bound: the sweep over expired leases needs the partial index on `sending` rows.
+        sending = super::due::sending(),
     );
     values.push(why.into());
     values.push(retry_in_seconds.into());
+    values.push(OutboundStatus::Queued.into());
     let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     Ok(done.rows_affected())
 }
@@ -142,15 +153,17 @@ async fn set_outcome<C: ConnectionTrait>(
             DbBackend::Postgres,
             "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
              next_attempt_at = COALESCE($6, next_attempt_at), lease_until = NULL, lease_token = NULL, leased_by = NULL, \
-             handed_at = CASE WHEN $3 = 'queued' THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
-             sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
+             handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
+             sent_at = CASE WHEN $8 THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
             [
                 lease.message_id.into(),
                 lease.token.into(),
-                status.as_str().into(),
+                status.into(),
                 error.map(str::to_owned).into(),
                 reply.map(str::to_owned).into(),
                 next.into(),
+                (status == OutboundStatus::Queued).into(),
+                (status == OutboundStatus::Sent).into(),
             ],
         ))
         .await?;
@@ -190,10 +203,10 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
         ctx.db
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE outbound_messages SET status = 'queued', attempts = attempts - 1, lease_until = NULL, lease_token = NULL, \
+                "UPDATE outbound_messages SET status = $4, attempts = attempts - 1, lease_until = NULL, lease_token = NULL, \
                  leased_by = NULL, dispatched_until = NULL, next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
                  WHERE id = $1 AND lease_token = $2",
-                [message.id.into(), lease.token.into(), wait.into()],
+                [message.id.into(), lease.token.into(), wait.into(), OutboundStatus::Queued.into()],
             ))
             .await?;
         return Ok(Delivery::Paced);
@@ -342,8 +355,8 @@ async fn pace_wait(ctx: &AppContext, account: &email_account::Model) -> AppResul
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT count(*) AS sent, EXTRACT(EPOCH FROM (min(sent_at) + interval '60 seconds' - now()))::float8 AS wait \
-             FROM outbound_messages WHERE account_id = $1 AND status = 'sent' AND sent_at > now() - interval '60 seconds'",
-            [account.id.into()],
+             FROM outbound_messages WHERE account_id = $1 AND status = $2 AND sent_at > now() - interval '60 seconds'",
+            [account.id.into(), OutboundStatus::Sent.into()],
         ))
         .await?;
     let Some(row) = row else { return Ok(None) };
@@ -381,11 +394,15 @@ pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
     let requeued = requeue_unsent(ctx, "lease_until < now()", vec![], STOPPED_BEFORE_HANDING, 0.0).await?;
     let unknown = ctx
         .db
-        .execute_raw(Statement::from_string(
+        .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = 'unknown', lease_until = NULL, lease_token = NULL, leased_by = NULL, \
-             updated_at = now(), last_error = 'the worker stopped while delivering; the server may have accepted it' \
-             WHERE status = 'sending' AND lease_until < now()",
+            format!(
+                "UPDATE outbound_messages SET status = $1, lease_until = NULL, lease_token = NULL, leased_by = NULL, \
+                 updated_at = now(), last_error = 'the worker stopped while delivering; the server may have accepted it' \
+                 WHERE {} AND lease_until < now()",
+                super::due::sending()
+            ),
+            [OutboundStatus::Unknown.into()],
         ))
         .await?;
     Ok(Abandoned { requeued, unknown: unknown.rows_affected() })
@@ -424,8 +441,7 @@ pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement
         .db
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT id FROM outbound_messages WHERE status = 'unknown' AND sent_folder_checked_at IS NULL \
-             AND updated_at < now() - interval '60 seconds' ORDER BY updated_at LIMIT 100",
+            format!("SELECT id FROM outbound_messages WHERE {} ORDER BY updated_at LIMIT 100", super::due::settle()),
         ))
         .await?;
     let mut settled = Vec::new();
@@ -464,9 +480,9 @@ async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleErro
             .db
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT * FROM email_accounts WHERE tenant_id = $1 AND direction = 'inbound' AND protocol = 'imap' \
+                "SELECT * FROM email_accounts WHERE tenant_id = $1 AND direction = $3 AND protocol = $4 \
                  AND enabled AND lower(login) = lower($2) ORDER BY id LIMIT 1",
-                [sender.tenant_id.into(), sender.login.clone().into()],
+                [sender.tenant_id.into(), sender.login.clone().into(), Direction::Inbound.into(), Protocol::Imap.into()],
             ))
             .await?
             .map(|r| email_account::Model::from_query_result(&r, ""))
@@ -534,23 +550,30 @@ async fn record_settlement(
 ) -> Result<Settlement, SettleError> {
     let sql = match outcome {
         Settlement::FoundSent => {
-            "UPDATE outbound_messages SET status = 'sent', sent_at = now(), smtp_reply = 'found in the Sent folder', \
+            "UPDATE outbound_messages SET status = $3, sent_at = now(), smtp_reply = 'found in the Sent folder', \
              last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
-             WHERE id = $1 AND status = 'unknown'"
+             WHERE id = $1 AND status = $2"
         }
         Settlement::Resend => {
-            "UPDATE outbound_messages SET status = 'queued', next_attempt_at = now(), sent_folder_checked_at = now(), \
+            "UPDATE outbound_messages SET status = $3, next_attempt_at = now(), sent_folder_checked_at = now(), \
              last_error = 'not in the Sent folder after an interrupted delivery: sending again', dispatched_until = NULL, \
              handed_at = NULL, updated_at = now() \
-             WHERE id = $1 AND status = 'unknown'"
+             WHERE id = $1 AND status = $2"
         }
         Settlement::Undecided => {
             "UPDATE outbound_messages SET sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
-             WHERE id = $1 AND status = 'unknown'"
+             WHERE id = $1 AND status = $2"
         }
     };
     let txn = ctx.db.begin().await?;
-    let updated = txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [message.id.into()])).await?;
+    // $2: the status a settlement expects; $3: the one it writes (an undecided one writes none).
+    let mut values = vec![message.id.into(), OutboundStatus::Unknown.into()];
+    match outcome {
+        Settlement::FoundSent => values.push(OutboundStatus::Sent.into()),
+        Settlement::Resend => values.push(OutboundStatus::Queued.into()),
+        Settlement::Undecided => {}
+    }
+    let updated = txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     // Only the settlement that changed the row announces it (two at once would announce it twice).
     let found_sent = outcome == Settlement::FoundSent && updated.rows_affected() > 0;
     if found_sent {

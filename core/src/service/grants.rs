@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{accounts, audit, events, is_unique_violation, limit_of, page_of, token_configs};
+use crate::account_lifecycle::{self, AccountEvent};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
-use crate::crypto::SecretLocation;
 use crate::entities::{email_account, grant, oauth_state, tenant, token_config};
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
@@ -28,12 +28,8 @@ use crate::model::{
     PageRequest, Provider, Role,
 };
 use crate::oauth::{id_token_identity, OAuthClient, ProviderConfig, TokenError, TokenSet};
+use crate::secrets;
 
-pub const TABLE: &str = "grants";
-pub const ACCESS_COLUMN: &str = "access_token";
-pub const REFRESH_COLUMN: &str = "refresh_token";
-pub const STATE_TABLE: &str = "oauth_states";
-pub const VERIFIER_COLUMN: &str = "pkce_verifier";
 /// The subject of a client-credentials grant: the app itself.
 pub const APP_SUBJECT: &str = "app";
 
@@ -74,7 +70,7 @@ fn view(model: grant::Model) -> AppResult<Grant> {
         scopes: scopes_of(&model),
         subject: model.subject,
         consented_by: model.consented_by,
-        status: GrantStatus::from_db(&model.status)?,
+        status: model.status,
         expires_at: model.expires_at,
         has_refresh_token: model.refresh_token.is_some(),
         last_error: model.last_error,
@@ -83,10 +79,6 @@ fn view(model: grant::Model) -> AppResult<Grant> {
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
-}
-
-fn location(tenant_id: Uuid, table: &'static str, column: &'static str, row_id: Uuid) -> SecretLocation<'static> {
-    SecretLocation { tenant_id, table, column, row_id }
 }
 
 fn internal(context: &str, err: impl std::fmt::Display) -> AppError {
@@ -108,10 +100,7 @@ pub fn provider_config(ctx: &AppContext, config: &token_config::Model) -> AppRes
     let client_secret = config
         .client_secret
         .as_deref()
-        .map(|stored| {
-            let loc = location(config.tenant_id, token_configs::TABLE, token_configs::SECRET_COLUMN, config.id);
-            ctx.cipher.decrypt(loc, stored).map_err(|e| internal("decrypting client secret", e))
-        })
+        .map(|stored| secrets::TOKEN_CONFIG_CLIENT_SECRET.open(&ctx.cipher, config.tenant_id, config.id, stored))
         .transpose()?;
     Ok(ProviderConfig {
         client_id: config.client_id.clone(),
@@ -160,7 +149,7 @@ pub async fn authorize(
 ) -> AppResult<AuthorizeResult> {
     scope.require(Role::Member)?;
     let account = accounts::find_visible(ctx, scope, account_id).await?;
-    if account.auth_method != AuthMethod::Oauth2.as_str() {
+    if account.auth_method != AuthMethod::Oauth2 {
         return Err(AppError::validation("auth", "not_oauth2", "only oauth2 accounts are authorized through a provider"));
     }
     let config_id = account
@@ -168,7 +157,7 @@ pub async fn authorize(
         .ok_or_else(|| AppError::validation("token_config_id", "required", "the account has no token configuration"))?;
     let config = token_configs::find(ctx, scope.tenant_id, config_id).await?;
     let return_url = check_return_url(ctx, scope.tenant_id, input.return_url.as_deref()).await?;
-    match OAuthFlow::from_db(&config.flow)? {
+    match config.flow {
         OAuthFlow::App if !accounts::may_approve_app_grants(scope) => Err(AppError::forbidden(
             "an app-flow configuration reaches every mailbox of the directory: only an admin may authorize an account with it",
         )),
@@ -202,14 +191,11 @@ async fn start_user_flow(
     // consent screen yields a refresh token (Google).
     let needs_consent = existing
         .as_ref()
-        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid.as_str() || scopes_of(g) != config_scopes);
+        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid || scopes_of(g) != config_scopes);
     if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
         params.push(("prompt".to_owned(), "consent".to_owned()));
     }
-    if Provider::from_db(&config.provider)? == Provider::Microsoft
-        && !account.shared_mailbox
-        && !params.iter().any(|(k, _)| k == "login_hint")
-    {
+    if config.provider == Provider::Microsoft && !account.shared_mailbox && !params.iter().any(|(k, _)| k == "login_hint") {
         params.push(("login_hint".to_owned(), account.login.clone()));
     }
     let state = random_token();
@@ -217,10 +203,7 @@ async fn start_user_flow(
         .authorization_request(&state, &params)
         .map_err(|e| AppError::validation("token_config_id", "token_config_unusable", e.to_string()))?;
     let id = Uuid::now_v7();
-    let verifier = ctx
-        .cipher
-        .encrypt(location(scope.tenant_id, STATE_TABLE, VERIFIER_COLUMN, id), &request.pkce_verifier)
-        .map_err(|e| internal("encrypting PKCE verifier", e))?;
+    let verifier = secrets::OAUTH_STATE_PKCE_VERIFIER.seal(&ctx.cipher, scope.tenant_id, id, &request.pkce_verifier)?;
     let now = Utc::now();
     let expires_at = now + state_ttl();
     oauth_state::ActiveModel {
@@ -324,11 +307,9 @@ async fn store_grant(
         .one(txn)
         .await?;
     let id = existing.as_ref().map(|g| g.id).unwrap_or_else(Uuid::now_v7);
-    let encrypt = |column: &'static str, value: &str| {
-        ctx.cipher.encrypt(location(tenant_id, TABLE, column, id), value).map_err(|e| internal("encrypting token", e))
-    };
-    let access = encrypt(ACCESS_COLUMN, &tokens.access_token)?;
-    let refresh = tokens.refresh_token.as_deref().map(|t| encrypt(REFRESH_COLUMN, t)).transpose()?;
+    let access = secrets::GRANT_ACCESS_TOKEN.seal(&ctx.cipher, tenant_id, id, &tokens.access_token)?;
+    let refresh =
+        tokens.refresh_token.as_deref().map(|t| secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, t)).transpose()?;
     let now = Utc::now();
     let scopes = serde_json::to_value(&tokens.scopes).map_err(|e| internal("scopes", e))?;
     match existing {
@@ -358,7 +339,7 @@ async fn store_grant(
                 expires_at: Set(tokens.expires_at),
                 refresh_at: Set(refresh_at_for(tokens.expires_at, now)),
                 scopes: Set(scopes),
-                status: Set(GrantStatus::Valid.as_str().to_owned()),
+                status: Set(GrantStatus::Valid),
                 last_error: Set(None),
                 last_error_kind: Set(None),
                 refresh_failures: Set(0),
@@ -403,10 +384,7 @@ async fn link_accounts(
 ) -> AppResult<u64> {
     let mut update = email_account::Entity::update_many()
         .col_expr(email_account::Column::GrantId, Expr::value(grant_id))
-        .col_expr(
-            email_account::Column::State,
-            Expr::cust("CASE WHEN state IN ('draft', 'error') THEN 'authorized' ELSE state END"),
-        )
+        .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantLinked)))
         .col_expr(email_account::Column::LastError, Expr::value(Option::<String>::None))
         .col_expr(email_account::Column::LastErrorKind, Expr::value(Option::<FailureKind>::None))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -510,7 +488,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     }
     // RFC 9207: an authorization response naming another issuer is a mix-up attack (or a misconfiguration).
     if let Some(iss) = params.iss.as_deref() {
-        let provider = Provider::from_db(&config.provider)?;
+        let provider = config.provider;
         let expected = crate::presets::expected_issuer(provider, config.directory_tenant_id.as_deref(), config.issuer.as_deref());
         if !expected.accepts(iss) {
             return Ok(CallbackOutcome::failure(
@@ -533,7 +511,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         .one(&ctx.db)
         .await?;
     let Some(account) =
-        account.filter(|a| a.token_config_id == Some(state_row.token_config_id) && a.auth_method == AuthMethod::Oauth2.as_str())
+        account.filter(|a| a.token_config_id == Some(state_row.token_config_id) && a.auth_method == AuthMethod::Oauth2)
     else {
         return Ok(CallbackOutcome::failure(
             "account_changed",
@@ -541,10 +519,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             Some(&state_row),
         ));
     };
-    let verifier = ctx
-        .cipher
-        .decrypt(location(state_row.tenant_id, STATE_TABLE, VERIFIER_COLUMN, state_row.id), &state_row.pkce_verifier)
-        .map_err(|e| internal("decrypting PKCE verifier", e))?;
+    let verifier =
+        secrets::OAUTH_STATE_PKCE_VERIFIER.open(&ctx.cipher, state_row.tenant_id, state_row.id, &state_row.pkce_verifier)?;
 
     let tokens = match oauth_client(ctx, &config)?.exchange_code(code, &verifier).await {
         Ok(tokens) => tokens,
@@ -670,7 +646,7 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
     let model = find(ctx, scope.tenant_id, id).await?;
     let txn = ctx.db.begin().await?;
     email_account::Entity::update_many()
-        .col_expr(email_account::Column::State, Expr::cust("CASE WHEN state = 'disabled' THEN 'disabled' ELSE 'draft' END"))
+        .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantRevoked)))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(email_account::Column::TenantId.eq(scope.tenant_id))
         .filter(email_account::Column::GrantId.eq(id))
@@ -732,18 +708,16 @@ impl From<sea_orm::DbErr> for TokenAccessError {
 /// The stored access token, decrypted, when `usable` says the grant may hand it out.
 fn stored_access_token(ctx: &AppContext, model: &grant::Model, usable: bool) -> Result<Option<String>, TokenAccessError> {
     match (&model.access_token, usable) {
-        (Some(stored), true) => Ok(Some(
-            ctx.cipher
-                .decrypt(location(model.tenant_id, TABLE, ACCESS_COLUMN, model.id), stored)
-                .map_err(|e| internal("decrypting access token", e))?,
-        )),
+        (Some(stored), true) => {
+            Ok(Some(secrets::GRANT_ACCESS_TOKEN.open(&ctx.cipher, model.tenant_id, model.id, stored).map_err(AppError::from)?))
+        }
         _ => Ok(None),
     }
 }
 
 /// The stored token while the grant is valid and its token is not due for refresh.
 fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
-    let usable = model.status == GrantStatus::Valid.as_str() && !refresh_due_at(model, now);
+    let usable = model.status == GrantStatus::Valid && !refresh_due_at(model, now);
     stored_access_token(ctx, model, usable)
 }
 
@@ -754,11 +728,9 @@ fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Op
 }
 
 fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
-    (model.status == GrantStatus::ReauthRequired.as_str() || model.status == GrantStatus::Revoked.as_str()).then(|| {
-        TokenAccessError::ReauthRequired {
-            message: model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned()),
-            kind: model.last_error_kind.clone().unwrap_or(FailureKind::ReauthRequired { oauth_error: None, provider_code: None }),
-        }
+    (model.status == GrantStatus::ReauthRequired).then(|| TokenAccessError::ReauthRequired {
+        message: model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned()),
+        kind: model.last_error_kind.clone().unwrap_or(FailureKind::ReauthRequired { oauth_error: None, provider_code: None }),
     })
 }
 
@@ -812,15 +784,13 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
         }
     }
     let client = oauth_client(ctx, &config)?;
-    let result = if config.flow == OAuthFlow::App.as_str() {
+    let result = if config.flow == OAuthFlow::App {
         client.client_credentials().await
     } else {
         match &locked.refresh_token {
             Some(stored) => {
-                let refresh = ctx
-                    .cipher
-                    .decrypt(location(tenant_id, TABLE, REFRESH_COLUMN, grant_id), stored)
-                    .map_err(|e| internal("decrypting refresh token", e))?;
+                let refresh =
+                    secrets::GRANT_REFRESH_TOKEN.open(&ctx.cipher, tenant_id, grant_id, stored).map_err(AppError::from)?;
                 client.refresh(&refresh).await
             }
             None => Err(TokenError::Rejected {
@@ -841,7 +811,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
         }
         Err(e) if e.needs_reauth() => {
             let message = e.to_string();
-            let kind = if locked.refresh_token.is_none() && config.flow != OAuthFlow::App.as_str() {
+            let kind = if locked.refresh_token.is_none() && config.flow != OAuthFlow::App {
                 FailureKind::RefreshTokenMissing
             } else {
                 FailureKind::of_token_error(&e)
@@ -937,14 +907,11 @@ async fn persist_refreshed_again(
 /// Stores new tokens; a rotated refresh token goes in the same transaction, a missing one keeps the old.
 async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: grant::Model, tokens: &TokenSet) -> AppResult<()> {
     let (tenant_id, id) = (model.tenant_id, model.id);
-    let encrypt = |column: &'static str, value: &str| {
-        ctx.cipher.encrypt(location(tenant_id, TABLE, column, id), value).map_err(|e| internal("encrypting token", e))
-    };
     let now = Utc::now();
     let mut active = model.into_active_model();
-    active.access_token = Set(Some(encrypt(ACCESS_COLUMN, &tokens.access_token)?));
+    active.access_token = Set(Some(secrets::GRANT_ACCESS_TOKEN.seal(&ctx.cipher, tenant_id, id, &tokens.access_token)?));
     if let Some(rotated) = &tokens.refresh_token {
-        active.refresh_token = Set(Some(encrypt(REFRESH_COLUMN, rotated)?));
+        active.refresh_token = Set(Some(secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, rotated)?));
     }
     active.expires_at = Set(tokens.expires_at);
     active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
@@ -955,7 +922,7 @@ async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: gran
 
 /// A grant that just got tokens: valid, no error, no backoff.
 fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
-    active.status = Set(GrantStatus::Valid.as_str().to_owned());
+    active.status = Set(GrantStatus::Valid);
     active.last_error = Set(None);
     active.last_error_kind = Set(None);
     active.refresh_failures = Set(0);
@@ -976,7 +943,7 @@ async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &s
         .exec(txn)
         .await?;
     email_account::Entity::update_many()
-        .col_expr(email_account::Column::State, Expr::value(AccountState::Error.as_str()))
+        .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::Failed)))
         .col_expr(email_account::Column::LastError, Expr::value(format!("sign-in needed again: {message}")))
         .col_expr(email_account::Column::LastErrorKind, Expr::value(kind.clone()))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(now))
@@ -1013,7 +980,7 @@ pub(crate) async fn require_reauth_for_config(
         .all(txn)
         .await?;
     let mut buried = 0;
-    for model in held.iter().filter(|g| g.status == GrantStatus::Valid.as_str()) {
+    for model in held.iter().filter(|g| g.status == GrantStatus::Valid) {
         bury_grant(txn, model, message, &FailureKind::ReauthRequired { oauth_error: None, provider_code: None }).await?;
         buried += 1;
     }
@@ -1110,8 +1077,7 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
         .db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT id, tenant_id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL \
-             AND refresh_at <= now() AND (next_refresh_at IS NULL OR next_refresh_at <= now()) ORDER BY refresh_at LIMIT $1",
+            format!("SELECT id, tenant_id FROM grants WHERE {} ORDER BY refresh_at LIMIT $1", super::due::refresh()),
             [(limit as i64).into()],
         ))
         .await?;
@@ -1203,7 +1169,7 @@ pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshO
 
 async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
     let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
-    let due = model.status == GrantStatus::Valid.as_str() && refresh_due_at(&model, Utc::now());
+    let due = model.status == GrantStatus::Valid && refresh_due_at(&model, Utc::now());
     if !due {
         return Ok(RefreshOutcome::Skipped);
     }

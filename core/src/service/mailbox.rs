@@ -7,17 +7,18 @@ use uuid::Uuid;
 
 use super::grants::{self, TokenAccessError};
 use super::{accounts, token_configs};
+use crate::account_lifecycle::{self, AccountEvent};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
-use crate::crypto::SecretLocation;
 use crate::entities::email_account;
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
 use crate::mail::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
-use crate::model::{AccountState, AuthMethod, Protocol, Role, Security};
+use crate::model::{AuthMethod, Protocol, Role};
+use crate::secrets;
 
 pub fn endpoint(account: &email_account::Model) -> AppResult<Endpoint> {
-    let security = Security::from_db(&account.security)?;
+    let security = account.security;
     let port = u16::try_from(account.port).map_err(|_| AppError::Internal(anyhow::anyhow!("stored port out of range")))?;
     Ok(Endpoint::new(account.host.clone(), port, security))
 }
@@ -36,18 +37,12 @@ pub enum CredentialError {
 
 /// The account's credentials now: its password, or a valid access token of its grant.
 pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Result<MailAuth, CredentialError> {
-    match AuthMethod::from_db(&account.auth_method).map_err(CredentialError::Internal)? {
+    match account.auth_method {
         AuthMethod::Password => {
             let stored = account.password.as_deref().ok_or_else(|| MailError::new(MailStep::Auth, "no password is stored"))?;
-            let location = SecretLocation {
-                tenant_id: account.tenant_id,
-                table: accounts::TABLE,
-                column: accounts::SECRET_COLUMN,
-                row_id: account.id,
-            };
-            let password = ctx.cipher.decrypt(location, stored).map_err(|e| {
-                CredentialError::Internal(AppError::Internal(anyhow::anyhow!("decrypting the stored password: {e}")))
-            })?;
+            let password = secrets::ACCOUNT_PASSWORD
+                .open(&ctx.cipher, account.tenant_id, account.id, stored)
+                .map_err(|e| CredentialError::Internal(e.into()))?;
             Ok(MailAuth::Password { login: account.login.clone(), password })
         }
         AuthMethod::Oauth2 => {
@@ -136,7 +131,7 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
         token_configs::find(ctx, scope.tenant_id, config_id).await?;
     }
     // At most one connection per mailbox: an inbound test takes the same lease as a poll.
-    let inbound = account.direction == crate::model::Direction::Inbound.as_str();
+    let inbound = account.direction == crate::model::Direction::Inbound;
     if inbound && lease(&ctx.db, account.id, 120).await?.is_none() {
         return Err(AppError::Conflict {
             code: "mailbox_busy",
@@ -148,14 +143,17 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
         release(&ctx.db, account.id).await?;
     }
     let now = Utc::now();
-    let (sql, values): (&str, Vec<sea_orm::Value>) = match &outcome {
+    let (sql, values): (String, Vec<sea_orm::Value>) = match &outcome {
         Ok(()) => (
-            "UPDATE email_accounts SET state = 'confirmed', confirmed_at = $2, last_error = NULL, last_error_kind = NULL, \
-             next_poll_at = $2, poll_failures = 0, updated_at = $2 WHERE id = $1",
+            format!(
+                "UPDATE email_accounts SET state = {}, confirmed_at = $2, last_error = NULL, last_error_kind = NULL, \
+                 next_poll_at = $2, poll_failures = 0, updated_at = $2 WHERE id = $1",
+                account_lifecycle::sql_after(AccountEvent::Confirmed)
+            ),
             vec![account.id.into(), now.into()],
         ),
         Err(e) => (
-            "UPDATE email_accounts SET last_error = $2, last_error_kind = $3, updated_at = $4 WHERE id = $1",
+            "UPDATE email_accounts SET last_error = $2, last_error_kind = $3, updated_at = $4 WHERE id = $1".to_owned(),
             vec![account.id.into(), e.to_string().into(), e.kind().into(), now.into()],
         ),
     };
@@ -181,7 +179,7 @@ async fn probe(ctx: &AppContext, account: &email_account::Model) -> Result<(), M
     let timeouts = Timeouts::default();
     let overall = timeouts.connect + timeouts.io * 3;
     let attempt = async {
-        match Protocol::from_db(&account.protocol).map_err(|e| MailError::new(MailStep::Unknown, e.to_string()))? {
+        match account.protocol {
             Protocol::Imap => {
                 let mut session =
                     crate::mail::imap::ImapSession::connect(&ctx.guard, &ctx.mail_tls, &endpoint, &auth, timeouts).await?;
@@ -213,9 +211,12 @@ pub async fn record_account_error<C: ConnectionTrait>(
 ) -> AppResult<()> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE email_accounts SET state = $2, last_error = $3, last_error_kind = $4, lease_until = NULL, dispatched_until = NULL, \
-         updated_at = now() WHERE id = $1",
-        [account.id.into(), AccountState::Error.as_str().into(), error.to_string().into(), error.kind().into()],
+        format!(
+            "UPDATE email_accounts SET state = {}, last_error = $2, last_error_kind = $3, lease_until = NULL, \
+             dispatched_until = NULL, updated_at = now() WHERE id = $1",
+            account_lifecycle::sql_after(AccountEvent::Failed)
+        ),
+        [account.id.into(), error.to_string().into(), error.kind().into()],
     ))
     .await?;
     Ok(())

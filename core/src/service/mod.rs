@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod credential_health;
 pub mod delivery;
+pub mod due;
 pub mod events;
 pub mod grants;
 pub mod inbound;

@@ -9,39 +9,48 @@ use subtle::ConstantTimeEq;
 use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::model::{AccountState, GrantStatus};
+use crate::service::due;
 
 /// Queue kinds, as in `jobs_total{kind}`.
 pub const QUEUE_KINDS: &[&str] = &["send", "poll", "refresh", "settle", "webhook"];
 
-/// One row per gauge value: `family` (queue / grants / accounts), its label, a count and (queues) an age.
-const GAUGES_SQL: &str = "\
+/// One row per gauge value: `family` (queue / grants / accounts), its label, a count and (queues) an age. The
+/// queues count what the scheduler's claims would take (`due`), plus the messages being sent.
+fn gauges_sql() -> String {
+    format!(
+        "\
 SELECT 'queue' AS family, 'send' AS label, count(*) AS n, \
        COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::float8 AS age \
-  FROM outbound_messages WHERE (status = 'queued' AND next_attempt_at <= now()) OR status = 'sending' \
+  FROM outbound_messages WHERE ({send}) OR {sending} \
 UNION ALL \
 SELECT 'queue', 'poll', count(*), \
        COALESCE(EXTRACT(EPOCH FROM now() - min(COALESCE(next_poll_at, confirmed_at, created_at))), 0)::float8 \
-  FROM email_accounts WHERE direction = 'inbound' AND enabled AND state = 'confirmed' \
-   AND (next_poll_at IS NULL OR next_poll_at <= now()) \
+  FROM email_accounts WHERE {poll} \
 UNION ALL \
 SELECT 'queue', 'refresh', count(*), \
        COALESCE(EXTRACT(EPOCH FROM now() - min(GREATEST(refresh_at, next_refresh_at))), 0)::float8 \
-  FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND refresh_at <= now() \
-   AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
+  FROM grants WHERE {refresh} \
 UNION ALL \
 SELECT 'queue', 'settle', count(*), \
        COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at + interval '60 seconds')), 0)::float8 \
-  FROM outbound_messages WHERE status = 'unknown' AND sent_folder_checked_at IS NULL \
-   AND updated_at < now() - interval '60 seconds' \
+  FROM outbound_messages WHERE {settle} \
 UNION ALL \
 SELECT 'queue', 'webhook', count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::float8 \
-  FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
+  FROM webhook_deliveries WHERE {webhook} \
 UNION ALL \
 SELECT 'grants', status, count(*), 0::float8 FROM grants GROUP BY status \
 UNION ALL \
-SELECT 'accounts', state, count(*), 0::float8 FROM email_accounts GROUP BY state";
+SELECT 'accounts', state, count(*), 0::float8 FROM email_accounts GROUP BY state",
+        send = due::send(),
+        sending = due::sending(),
+        poll = due::poll(),
+        refresh = due::refresh(),
+        settle = due::settle(),
+        webhook = due::webhook(),
+    )
+}
 
-/// One row of `GAUGES_SQL`.
+/// One row of `gauges_sql()`.
 struct GaugeRow {
     family: String,
     label: String,
@@ -51,7 +60,7 @@ struct GaugeRow {
 
 /// Reads every Postgres-backed gauge value in one query.
 async fn gauge_rows(ctx: &AppContext) -> AppResult<Vec<GaugeRow>> {
-    let rows = ctx.db.query_all_raw(Statement::from_string(DbBackend::Postgres, GAUGES_SQL)).await?;
+    let rows = ctx.db.query_all_raw(Statement::from_string(DbBackend::Postgres, gauges_sql())).await?;
     rows.iter()
         .map(|row| {
             Ok(GaugeRow {

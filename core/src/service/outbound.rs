@@ -14,7 +14,7 @@ use crate::context::AppContext;
 use crate::entities::outbound_message;
 use crate::error::{AppError, AppResult};
 use crate::mail::compose::{self, Attachment, Mailbox, OutgoingMessage};
-use crate::model::{OutboundMessage, OutboundStatus, Page, PageRequest, Role, RoutedBy, SendMessage};
+use crate::model::{OutboundMessage, OutboundStatus, Page, PageRequest, Role, SendMessage};
 
 pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage> {
     Ok(OutboundMessage {
@@ -23,12 +23,12 @@ pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage>
         idempotency_key: model.idempotency_key,
         requested_from: model.requested_from,
         account_id: model.account_id,
-        routed_by: RoutedBy::from_db(&model.routed_by)?,
+        routed_by: model.routed_by,
         recipients: serde_json::from_value(model.recipients).unwrap_or_default(),
         subject: model.subject,
         message_id: model.message_id,
         size: model.size,
-        status: OutboundStatus::from_db(&model.status)?,
+        status: model.status,
         attempts: model.attempts,
         next_attempt_at: model.next_attempt_at,
         last_error: model.last_error,
@@ -169,14 +169,14 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
         idempotency_key: Set(key.clone()),
         requested_from: Set(requested.to_string()),
         account_id: Set(Some(route.account.id)),
-        routed_by: Set(route.routed_by.as_str().to_owned()),
+        routed_by: Set(route.routed_by),
         envelope_from: Set(composed.envelope_from.clone()),
         recipients: Set(serde_json::json!(composed.envelope_to)),
         subject: Set(message.subject.clone()),
         message_id: Set(message.message_id.clone()),
         size: Set(i32::try_from(composed.raw.len()).unwrap_or(i32::MAX)),
         raw: Set(composed.raw),
-        status: Set(OutboundStatus::Queued.as_str().to_owned()),
+        status: Set(OutboundStatus::Queued),
         attempts: Set(0),
         next_attempt_at: Set(now),
         lease_until: Set(None),

@@ -14,7 +14,7 @@ use crate::context::AppContext;
 use crate::entities::email_account;
 use crate::error::{AppError, AppResult};
 use crate::hints::{self, Problem};
-use crate::model::{Direction, Protocol, TenantStatus};
+use crate::model::{AccountState, Direction, GrantStatus, OutboundStatus, Protocol, TenantStatus};
 
 /// Client secrets expiring within this many days count as expiring.
 pub const SECRET_EXPIRY_WINDOW_DAYS: i32 = 30;
@@ -152,17 +152,18 @@ fn tenant_row(row: &QueryResult) -> AppResult<TenantOverview> {
     })
 }
 
-/// Per tenant in one statement: each table grouped once, joined on the tenant.
+/// Per tenant in one statement: each table grouped once, joined on the tenant. `$1` the tenant (or NULL), `$2` the
+/// secret expiry window, `$3`… the states counted (`tenants_sql_values`).
 const TENANTS_SQL: &str = "
 WITH acc AS (
     SELECT tenant_id,
-           count(*) FILTER (WHERE state = 'draft') AS draft,
-           count(*) FILTER (WHERE state = 'authorized') AS authorized,
-           count(*) FILTER (WHERE state = 'confirmed') AS confirmed,
-           count(*) FILTER (WHERE state = 'error') AS error,
-           count(*) FILTER (WHERE state = 'disabled') AS disabled,
+           count(*) FILTER (WHERE state = $3) AS draft,
+           count(*) FILTER (WHERE state = $4) AS authorized,
+           count(*) FILTER (WHERE state = $5) AS confirmed,
+           count(*) FILTER (WHERE state = $6) AS error,
+           count(*) FILTER (WHERE state = $7) AS disabled,
            max(CASE
-                 WHEN direction <> 'inbound' OR NOT enabled OR state <> 'confirmed' THEN NULL
+                 WHEN direction <> $8 OR NOT enabled OR state <> $5 THEN NULL
                  WHEN last_polled_at IS NOT NULL THEN EXTRACT(EPOCH FROM now() - last_polled_at)
                  WHEN next_poll_at IS NOT NULL THEN GREATEST(EXTRACT(EPOCH FROM now() - next_poll_at), 0)
                  ELSE 0
@@ -170,7 +171,7 @@ WITH acc AS (
     FROM email_accounts WHERE ($1::uuid IS NULL OR tenant_id = $1) GROUP BY tenant_id
 ), gr AS (
     SELECT tenant_id, count(*) AS grants_needing_reconsent
-    FROM grants WHERE status IN ('reauth_required', 'revoked') AND ($1::uuid IS NULL OR tenant_id = $1) GROUP BY tenant_id
+    FROM grants WHERE status = $9 AND ($1::uuid IS NULL OR tenant_id = $1) GROUP BY tenant_id
 ), tc AS (
     SELECT tenant_id,
            count(*) FILTER (WHERE needs_admin) AS token_configs_needing_admin,
@@ -180,11 +181,11 @@ WITH acc AS (
     FROM token_configs WHERE ($1::uuid IS NULL OR tenant_id = $1) GROUP BY tenant_id
 ), msg AS (
     SELECT tenant_id,
-           count(*) FILTER (WHERE status IN ('queued', 'sending')) AS messages_queued,
-           count(*) FILTER (WHERE status = 'failed' AND updated_at > now() - interval '24 hours') AS messages_failed_last_24h,
-           count(*) FILTER (WHERE status = 'sent' AND sent_at > now() - interval '24 hours') AS messages_sent_last_24h
+           count(*) FILTER (WHERE status IN ($10, $11)) AS messages_queued,
+           count(*) FILTER (WHERE status = $12 AND updated_at > now() - interval '24 hours') AS messages_failed_last_24h,
+           count(*) FILTER (WHERE status = $13 AND sent_at > now() - interval '24 hours') AS messages_sent_last_24h
     FROM outbound_messages
-    WHERE (status IN ('queued', 'sending') OR updated_at > now() - interval '24 hours')
+    WHERE (status IN ($10, $11) OR updated_at > now() - interval '24 hours')
       AND ($1::uuid IS NULL OR tenant_id = $1)
     GROUP BY tenant_id
 )
@@ -200,6 +201,25 @@ LEFT JOIN msg ON msg.tenant_id = t.id
 WHERE ($1::uuid IS NULL OR t.id = $1)
 ORDER BY t.slug";
 
+/// The values of `TENANTS_SQL`, in the order of its parameters.
+fn tenants_sql_values(tenant: Option<Uuid>) -> Vec<sea_orm::Value> {
+    let mut values = vec![tenant.into(), SECRET_EXPIRY_WINDOW_DAYS.into()];
+    values.extend([
+        AccountState::Draft.into(),
+        AccountState::Authorized.into(),
+        AccountState::Confirmed.into(),
+        AccountState::Error.into(),
+        AccountState::Disabled.into(),
+        Direction::Inbound.into(),
+        GrantStatus::ReauthRequired.into(),
+        OutboundStatus::Queued.into(),
+        OutboundStatus::Sending.into(),
+        OutboundStatus::Failed.into(),
+        OutboundStatus::Sent.into(),
+    ]);
+    values
+}
+
 /// Operators see every tenant (or the one they name); a tenant admin or viewer sees only their own tenant.
 pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQuery) -> AppResult<OpsOverview> {
     require_oversight(principal)?;
@@ -213,11 +233,7 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
     let generated_at = Utc::now();
     let tenants = ctx
         .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            TENANTS_SQL,
-            [tenant.into(), SECRET_EXPIRY_WINDOW_DAYS.into()],
-        ))
+        .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, TENANTS_SQL, tenants_sql_values(tenant)))
         .await?
         .iter()
         .map(tenant_row)
@@ -230,9 +246,9 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT a.*, t.slug AS tenant_slug FROM email_accounts a JOIN tenants t ON t.id = a.tenant_id \
-             WHERE a.state = 'error' AND ($1::uuid IS NULL OR a.tenant_id = $1) \
+             WHERE a.state = $3 AND ($1::uuid IS NULL OR a.tenant_id = $1) \
              ORDER BY a.failing_since ASC NULLS LAST, a.id LIMIT $2",
-            [tenant.into(), limit.into()],
+            [tenant.into(), limit.into(), AccountState::Error.into()],
         ))
         .await?
         .iter()
@@ -242,8 +258,8 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
                 account_id: account.id,
                 tenant_id: account.tenant_id,
                 tenant_slug: row.try_get("", "tenant_slug")?,
-                direction: Direction::from_db(&account.direction)?,
-                protocol: Protocol::from_db(&account.protocol)?,
+                direction: account.direction,
+                protocol: account.protocol,
                 problem: hints::for_account(&account),
                 failing_since: account.failing_since,
                 last_error: account.last_error,

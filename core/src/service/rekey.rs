@@ -4,18 +4,8 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
 use crate::context::AppContext;
-use crate::crypto::{Cipher, SecretLocation};
-
-/// Every encrypted column: (table, column). A new secret column must be listed here to be rotated.
-pub const SECRET_COLUMNS: &[(&str, &str)] = &[
-    (super::token_configs::TABLE, super::token_configs::SECRET_COLUMN),
-    (super::accounts::TABLE, super::accounts::SECRET_COLUMN),
-    (super::grants::TABLE, super::grants::ACCESS_COLUMN),
-    (super::grants::TABLE, super::grants::REFRESH_COLUMN),
-    (super::grants::STATE_TABLE, super::grants::VERIFIER_COLUMN),
-    (super::webhooks::TABLE, super::webhooks::SECRET_COLUMN),
-    (super::webhooks::TABLE, super::webhooks::PREVIOUS_SECRET_COLUMN),
-];
+use crate::crypto::Cipher;
+use crate::secrets::{self, SealedColumn};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RekeyReport {
@@ -29,10 +19,11 @@ const BATCH: i64 = 500;
 pub async fn reencrypt_all(ctx: &AppContext) -> anyhow::Result<RekeyReport> {
     let mut report = RekeyReport::default();
     let active = ctx.cipher.active_key_id().to_owned();
-    for (table, column) in SECRET_COLUMNS {
+    for sealed in secrets::ALL {
+        let SealedColumn { table, column } = sealed;
         let mut after = Uuid::nil();
         loop {
-            // Table and column names come from the constant list above, never from input.
+            // Table and column names come from `secrets::ALL`, never from input.
             let select = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 format!(
@@ -50,7 +41,7 @@ pub async fn reencrypt_all(ctx: &AppContext) -> anyhow::Result<RekeyReport> {
                 let tenant_id: Uuid = row.try_get("", "tenant_id")?;
                 let stored: String = row.try_get("", "secret")?;
                 after = id;
-                let location = SecretLocation { tenant_id, table, column, row_id: id };
+                let location = sealed.location(tenant_id, id);
                 let plain = match ctx.cipher.decrypt(location, &stored) {
                     Ok(plain) => plain,
                     Err(e) => {

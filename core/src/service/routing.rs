@@ -69,7 +69,7 @@ pub fn parse_mailbox(field: &str, value: &str) -> AppResult<Mailbox> {
 
 /// Accounts that may send: outbound, enabled, authorized or confirmed.
 fn usable(account: &email_account::Model) -> bool {
-    account.enabled && (account.state == AccountState::Authorized.as_str() || account.state == AccountState::Confirmed.as_str())
+    account.enabled && (account.state == AccountState::Authorized || account.state == AccountState::Confirmed)
 }
 
 /// The address a default sender sends as: its from filter when that is an address, else its login.
@@ -161,7 +161,7 @@ async fn skipped_senders<C: ConnectionTrait>(
         .filter(|a| !usable(a) && visible(a))
         .filter(|a| a.is_default || a.from_filter.as_deref().is_some_and(|f| f == address || f == domain))
         .map(|a| {
-            let state = AccountState::from_db(&a.state)?;
+            let state = a.state;
             let reason = if !a.enabled {
                 "disabled".to_owned()
             } else {

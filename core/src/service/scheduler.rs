@@ -9,75 +9,62 @@ use uuid::Uuid;
 
 use crate::context::AppContext;
 use crate::error::AppResult;
+use crate::service::due;
 
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
 
-/// Runs a claim: `$1` is the grace, `$2` the limit, `extra` follows from `$3`; returns the claimed ids.
-async fn claim_with(ctx: &AppContext, sql: &str, limit: u64, extra: Vec<sea_orm::Value>) -> AppResult<Vec<Uuid>> {
-    let mut values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
-    values.extend(extra);
+/// Runs a claim (`due` says what each selects): `$1` is the grace, `$2` the limit; returns the claimed ids.
+async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
+    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
     let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
 }
 
-async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
-    claim_with(ctx, sql, limit, Vec::new()).await
-}
-
 /// Inbound accounts due for a poll: enabled, confirmed, not held by a worker.
 pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
-    claim(
-        ctx,
+    let sql = format!(
         "UPDATE email_accounts SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM email_accounts WHERE direction = 'inbound' AND enabled AND state = 'confirmed' \
-           AND (next_poll_at IS NULL OR next_poll_at <= now()) AND (lease_until IS NULL OR lease_until < now()) \
+           SELECT id FROM email_accounts WHERE {} AND (lease_until IS NULL OR lease_until < now()) \
            AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY next_poll_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        limit,
-    )
-    .await
+        due::poll()
+    );
+    claim(ctx, &sql, limit).await
 }
 
 /// Queued messages due for an attempt.
 pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
-    claim(
-        ctx,
+    let sql = format!(
         "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM outbound_messages WHERE status = 'queued' AND next_attempt_at <= now() \
-           AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        limit,
-    )
-    .await
+        due::send()
+    );
+    claim(ctx, &sql, limit).await
 }
 
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
 /// backoff has passed. A grant being refreshed holds its row lock, so it is skipped here.
 pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
-    claim(
-        ctx,
+    let sql = format!(
         "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM grants WHERE status = 'valid' AND refresh_token IS NOT NULL AND refresh_at <= now() \
-           AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
-           AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           SELECT id FROM grants WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        limit,
-    )
-    .await
+        due::refresh()
+    );
+    claim(ctx, &sql, limit).await
 }
 
 /// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.
 pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
-    claim(
-        ctx,
+    let sql = format!(
         "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM outbound_messages WHERE status = 'unknown' AND sent_folder_checked_at IS NULL \
-           AND updated_at < now() - interval '60 seconds' AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        limit,
-    )
-    .await
+        due::settle()
+    );
+    claim(ctx, &sql, limit).await
 }
 
 /// Tables whose rows carry a dispatch mark.

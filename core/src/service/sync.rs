@@ -74,7 +74,7 @@ pub async fn poll_account(ctx: &AppContext, account_id: Uuid) -> Result<PollRepo
         return Ok(PollReport::default());
     };
     let poll = async {
-        match Protocol::from_db(&account.protocol)? {
+        match account.protocol {
             Protocol::Imap => poll_imap_with_reauth(ctx, &account).await,
             Protocol::Pop3 => poll_pop3(ctx, &account).await,
             Protocol::Smtp => {
@@ -113,7 +113,7 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
     let skip: Option<HashSet<(Option<String>, String)>> =
         if resync { Some(inbound::fingerprints(&ctx.db, account.id).await?) } else { None };
     let mut last_uid = if resync || account.uid_validity.is_none() { 0 } else { account.last_uid.unwrap_or(0) };
-    let after_fetch = account.after_fetch.as_deref().map(AfterFetch::from_db).transpose()?.unwrap_or(AfterFetch::Keep);
+    let after_fetch = account.after_fetch.unwrap_or(AfterFetch::Keep);
     let limits = Limits::of(ctx);
     let mut report = PollReport { polled: true, resynchronised: resync, ..Default::default() };
     let new_uids = session.uids_after(u32::try_from(last_uid).unwrap_or(u32::MAX)).await?;
@@ -341,7 +341,7 @@ async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<P
         .iter()
         .filter_map(|r| Some((r.try_get::<String>("", "pop3_uid").ok()?, r.try_get::<bool>("", "oversized").ok()?)))
         .collect();
-    let delete = account.after_fetch.as_deref() == Some(AfterFetch::Delete.as_str());
+    let delete = account.after_fetch == Some(AfterFetch::Delete);
     let limits = Limits::of(ctx);
     let max = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
     let mut report = PollReport { polled: true, ..Default::default() };

@@ -41,7 +41,7 @@ fn view(model: tenant::Model) -> AppResult<Tenant> {
         id: model.id,
         slug: model.slug,
         name: model.name,
-        status: TenantStatus::from_db(&model.status)?,
+        status: model.status,
         allowed_return_origins: serde_json::from_value(model.allowed_return_origins)
             .map_err(|e| AppError::Internal(anyhow::anyhow!("tenants.allowed_return_origins: {e}")))?,
         api_rate_limit_per_minute: model.api_rate_limit_per_minute,
@@ -72,7 +72,7 @@ pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant
         id: Set(Uuid::now_v7()),
         slug: Set(slug),
         name: Set(name),
-        status: Set(TenantStatus::Active.as_str().to_owned()),
+        status: Set(TenantStatus::Active),
         allowed_return_origins: Set(check_origins(input.allowed_return_origins.unwrap_or_default())?),
         api_rate_limit_per_minute: Set(input.api_rate_limit_per_minute.map(check_rate_limit).transpose()?),
         created_at: Set(now),
@@ -138,7 +138,7 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
         active.allowed_return_origins = Set(check_origins(origins)?);
     }
     if let Some(status) = input.status {
-        active.status = Set(status.as_str().to_owned());
+        active.status = Set(status);
     }
     match input.api_rate_limit_per_minute {
         MaybeUndefined::Undefined => {}

@@ -12,17 +12,14 @@ use uuid::Uuid;
 use super::{audit, is_foreign_key_violation, limit_of, page_of};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
-use crate::crypto::SecretLocation;
 use crate::entities::{grant, token_config};
 use crate::error::{AppError, AppResult};
 use crate::model::{
     CreateTokenConfig, ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig,
 };
 use crate::presets;
+use crate::secrets;
 use crate::validate;
-
-pub const TABLE: &str = "token_configs";
-pub const SECRET_COLUMN: &str = "client_secret";
 
 /// Parameters Postbridge sets itself; a tenant may not override them through extra parameters.
 const RESERVED_AUTH_PARAMS: &[&str] =
@@ -39,8 +36,8 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         id: model.id,
         tenant_id: model.tenant_id,
         name: model.name,
-        provider: Provider::from_db(&model.provider)?,
-        flow: OAuthFlow::from_db(&model.flow)?,
+        provider: model.provider,
+        flow: model.flow,
         client_id: model.client_id,
         client_secret_set: model.client_secret.is_some(),
         client_secret_expires_at: model.client_secret_expires_at,
@@ -148,7 +145,7 @@ fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -> AppResult
 
 /// The mail hosts the configuration's tokens may be sent to.
 pub fn allowed_mail_hosts(model: &token_config::Model) -> AppResult<Vec<String>> {
-    match presets::provider_mail_hosts(Provider::from_db(&model.provider)?) {
+    match presets::provider_mail_hosts(model.provider) {
         Some(hosts) => Ok(hosts.iter().map(|h| (*h).to_owned()).collect()),
         None => serde_json::from_value(model.allowed_mail_hosts.clone())
             .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.allowed_mail_hosts is not a string list: {e}"))),
@@ -308,8 +305,7 @@ fn encrypt_secret(ctx: &AppContext, tenant_id: Uuid, id: Uuid, secret: &str) -> 
     if secret.len() > 4096 {
         return Err(AppError::validation("client_secret", "too_long", "client_secret is too long"));
     }
-    let location = SecretLocation { tenant_id, table: TABLE, column: SECRET_COLUMN, row_id: id };
-    ctx.cipher.encrypt(location, secret).map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting client secret: {e}")))
+    Ok(secrets::TOKEN_CONFIG_CLIENT_SECRET.seal(&ctx.cipher, tenant_id, id, secret)?)
 }
 
 fn json_of<T: serde::Serialize>(value: &T) -> AppResult<serde_json::Value> {
@@ -345,8 +341,8 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         id: Set(id),
         tenant_id: Set(scope.tenant_id),
         name: Set(spec.name),
-        provider: Set(spec.provider.as_str().to_owned()),
-        flow: Set(spec.flow.as_str().to_owned()),
+        provider: Set(spec.provider),
+        flow: Set(spec.flow),
         client_id: Set(spec.client_id),
         client_secret: Set(client_secret),
         client_secret_expires_at: Set(input.client_secret_expires_at),

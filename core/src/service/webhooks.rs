@@ -1,8 +1,8 @@
 //! Webhooks: per-tenant endpoints and the delivery of every event to them, signed the Standard Webhooks way
 //! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`).
 //!
-//! Deliveries are created by the database in the transaction that inserts an event (migration
-//! `observability`), so no code path can miss one. The scheduler claims due deliveries
+//! Deliveries are created by the database in the transaction that inserts an event ([`FAN_OUT_TRIGGER`], from
+//! migration `observability`), so no code path can miss one. The scheduler claims due deliveries
 //! ([`claim_due_webhooks`]); the worker delivers each under a lease ([`deliver`]), retries it on
 //! `settings.webhooks.retry_schedule`, and disables an endpoint whose every attempt has failed for
 //! `settings.webhooks.disable_after` (recording `webhook_endpoint.disabled` in the same transaction).
@@ -23,14 +23,10 @@ use uuid::Uuid;
 use super::{audit, events, limit_of, page_of, scheduler};
 use crate::auth::TenantScope;
 use crate::context::AppContext;
-use crate::crypto::SecretLocation;
 use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
+use crate::secrets::{self, SealedColumn};
 use crate::validate;
-
-pub const TABLE: &str = "webhook_endpoints";
-pub const SECRET_COLUMN: &str = "secret";
-pub const PREVIOUS_SECRET_COLUMN: &str = "previous_secret";
 
 const SECRET_PREFIX: &str = "whsec_";
 /// How long the previous secret keeps signing after a rotation, so a receiver can switch over without
@@ -97,34 +93,12 @@ pub struct UpdateWebhookEndpoint {
     pub enabled: Option<bool>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, async_graphql::Enum)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookDeliveryStatus {
-    /// Waiting for its next attempt.
-    Pending,
-    Delivered,
-    /// Every attempt failed (or the endpoint was disabled); can be redelivered by hand.
-    Failed,
-}
+pub use crate::model::WebhookDeliveryStatus;
 
-impl WebhookDeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn from_db(text: &str) -> AppResult<Self> {
-        match text {
-            "pending" => Ok(Self::Pending),
-            "delivered" => Ok(Self::Delivered),
-            "failed" => Ok(Self::Failed),
-            other => Err(AppError::Internal(anyhow::anyhow!("unknown webhook delivery status in database: {other}"))),
-        }
-    }
-}
+/// The trigger on `events` that fans each inserted event out: one `pending` delivery per enabled endpoint of the
+/// event's tenant subscribed to its type (no `event_types`: every type), plus a `NOTIFY postbridge_events` for live
+/// subscriptions, all in the transaction that records the event (function `postbridge_events_inserted`).
+pub const FAN_OUT_TRIGGER: &str = "events_inserted";
 
 /// One event's delivery to one endpoint.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema, async_graphql::SimpleObject)]
@@ -254,28 +228,20 @@ fn generate_secret() -> String {
     format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(key))
 }
 
-fn location(tenant_id: Uuid, row_id: Uuid, column: &'static str) -> SecretLocation<'static> {
-    SecretLocation { tenant_id, table: TABLE, column, row_id }
+fn encrypt(ctx: &AppContext, tenant_id: Uuid, id: Uuid, column: SealedColumn, secret: &str) -> AppResult<String> {
+    Ok(column.seal(&ctx.cipher, tenant_id, id, secret)?)
 }
 
-fn encrypt(ctx: &AppContext, tenant_id: Uuid, id: Uuid, column: &'static str, secret: &str) -> AppResult<String> {
-    ctx.cipher
-        .encrypt(location(tenant_id, id, column), secret)
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting a webhook secret: {e}")))
-}
-
-fn decrypt(ctx: &AppContext, row: &EndpointRow, column: &'static str, stored: &str) -> AppResult<String> {
-    ctx.cipher
-        .decrypt(location(row.tenant_id, row.id, column), stored)
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("decrypting webhook secret {column} of endpoint {}: {e}", row.id)))
+fn decrypt(ctx: &AppContext, row: &EndpointRow, column: SealedColumn, stored: &str) -> AppResult<String> {
+    Ok(column.open(&ctx.cipher, row.tenant_id, row.id, stored)?)
 }
 
 /// The secrets deliveries are signed with: the current one, and the previous one until it expires.
 fn signing_secrets(ctx: &AppContext, row: &EndpointRow) -> AppResult<Vec<String>> {
-    let mut secrets = vec![decrypt(ctx, row, SECRET_COLUMN, &row.secret)?];
+    let mut secrets = vec![decrypt(ctx, row, secrets::WEBHOOK_SECRET, &row.secret)?];
     if let (Some(previous), Some(expires)) = (&row.previous_secret, row.previous_secret_expires_at) {
         if expires > Utc::now() {
-            secrets.push(decrypt(ctx, row, PREVIOUS_SECRET_COLUMN, previous)?);
+            secrets.push(decrypt(ctx, row, secrets::WEBHOOK_PREVIOUS_SECRET, previous)?);
         }
     }
     Ok(secrets)
@@ -344,7 +310,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
     let enabled = input.enabled.unwrap_or(true);
     let id = Uuid::now_v7();
     let secret = generate_secret();
-    let stored = encrypt(ctx, scope.tenant_id, id, SECRET_COLUMN, &secret)?;
+    let stored = encrypt(ctx, scope.tenant_id, id, secrets::WEBHOOK_SECRET, &secret)?;
     let sql = format!(
         "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, secret, created_by) \
          VALUES ($1, $2, $3, $4, {}, $6, $7, $8) RETURNING {ENDPOINT_COLUMNS}",
@@ -500,11 +466,11 @@ pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
 pub async fn rotate_secret(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<WebhookEndpointSecret> {
     let current = find(&ctx.db, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
-    let old = decrypt(ctx, &current, SECRET_COLUMN, &current.secret)?;
+    let old = decrypt(ctx, &current, secrets::WEBHOOK_SECRET, &current.secret)?;
     // Moving a value to another column means encrypting it again: the column is part of its associated data.
-    let previous = encrypt(ctx, scope.tenant_id, id, PREVIOUS_SECRET_COLUMN, &old)?;
+    let previous = encrypt(ctx, scope.tenant_id, id, secrets::WEBHOOK_PREVIOUS_SECRET, &old)?;
     let secret = generate_secret();
-    let stored = encrypt(ctx, scope.tenant_id, id, SECRET_COLUMN, &secret)?;
+    let stored = encrypt(ctx, scope.tenant_id, id, secrets::WEBHOOK_SECRET, &secret)?;
     let sql = format!(
         "UPDATE webhook_endpoints SET secret = $3, previous_secret = $4, \
          previous_secret_expires_at = now() + make_interval(hours => $5), updated_at = now() \
@@ -537,7 +503,7 @@ struct DeliveryRow {
     endpoint_id: Uuid,
     event_id: Uuid,
     event_type: String,
-    status: String,
+    status: WebhookDeliveryStatus,
     attempts: i32,
     next_attempt_at: DateTime<Utc>,
     last_status_code: Option<i32>,
@@ -552,7 +518,7 @@ const DELIVERY_SELECT: &str = "SELECT d.endpoint_id, d.event_id, e.event_type, d
     FROM webhook_deliveries d JOIN events e ON e.id = d.event_id";
 
 fn delivery_view(row: DeliveryRow) -> AppResult<WebhookDelivery> {
-    let status = WebhookDeliveryStatus::from_db(&row.status)?;
+    let status = row.status;
     Ok(WebhookDelivery {
         endpoint_id: row.endpoint_id,
         event_id: row.event_id,
@@ -581,7 +547,7 @@ pub async fn list_deliveries(
     let mut sql = format!("{DELIVERY_SELECT} WHERE d.tenant_id = $1 AND d.endpoint_id = $2");
     let mut values: Vec<sea_orm::Value> = vec![scope.tenant_id.into(), endpoint_id.into()];
     if let Some(status) = query.status {
-        values.push(status.as_str().into());
+        values.push(status.into());
         sql.push_str(&format!(" AND d.status = ${}", values.len()));
     }
     if let Some(cursor) = query.cursor {
@@ -666,10 +632,10 @@ pub async fn redeliver(ctx: &AppContext, scope: &TenantScope, endpoint_id: Uuid,
     let reset = ctx
         .db
         .execute_raw(statement(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(), dispatched_until = NULL, \
+            "UPDATE webhook_deliveries SET status = $4, next_attempt_at = now(), dispatched_until = NULL, \
              updated_at = now() WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 \
              AND (lease_until IS NULL OR lease_until < now())",
-            key(),
+            [key(), vec![WebhookDeliveryStatus::Pending.into()]].concat(),
         ))
         .await?;
     let sql = format!("{DELIVERY_SELECT} WHERE d.tenant_id = $1 AND d.endpoint_id = $2 AND d.event_id = $3");
@@ -686,9 +652,9 @@ pub async fn redeliver(ctx: &AppContext, scope: &TenantScope, endpoint_id: Uuid,
 /// Fails every pending delivery of an endpoint that no longer takes any.
 async fn fail_pending<C: ConnectionTrait>(db: &C, endpoint_id: Uuid, reason: &str) -> AppResult<()> {
     db.execute_raw(statement(
-        "UPDATE webhook_deliveries SET status = 'failed', last_error = $2, lease_until = NULL, dispatched_until = NULL, \
-         updated_at = now() WHERE endpoint_id = $1 AND status = 'pending'",
-        vec![endpoint_id.into(), reason.into()],
+        "UPDATE webhook_deliveries SET status = $3, last_error = $2, lease_until = NULL, dispatched_until = NULL, \
+         updated_at = now() WHERE endpoint_id = $1 AND status = $4",
+        vec![endpoint_id.into(), reason.into(), WebhookDeliveryStatus::Failed.into(), WebhookDeliveryStatus::Pending.into()],
     ))
     .await?;
     Ok(())
@@ -701,12 +667,15 @@ pub async fn claim_due_webhooks(ctx: &AppContext, limit: u64) -> AppResult<Vec<(
     let rows = ctx
         .db
         .query_all_raw(statement(
-            "UPDATE webhook_deliveries SET dispatched_until = now() + make_interval(secs => $1) \
-             WHERE (endpoint_id, event_id) IN ( \
-               SELECT endpoint_id, event_id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
-               AND (lease_until IS NULL OR lease_until < now()) AND (dispatched_until IS NULL OR dispatched_until < now()) \
-               ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING endpoint_id, event_id",
+            format!(
+                "UPDATE webhook_deliveries SET dispatched_until = now() + make_interval(secs => $1) \
+                 WHERE (endpoint_id, event_id) IN ( \
+                   SELECT endpoint_id, event_id FROM webhook_deliveries WHERE {} \
+                   AND (lease_until IS NULL OR lease_until < now()) AND (dispatched_until IS NULL OR dispatched_until < now()) \
+                   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING endpoint_id, event_id",
+                super::due::webhook()
+            ),
             vec![scheduler::DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()],
         ))
         .await?;
@@ -826,9 +795,9 @@ pub async fn deliver(ctx: &AppContext, endpoint_id: Uuid, event_id: Uuid) -> App
         .db
         .query_one_raw(statement(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = now() + make_interval(secs => $3), \
-             updated_at = now() WHERE endpoint_id = $1 AND event_id = $2 AND status = 'pending' AND next_attempt_at <= now() \
+             updated_at = now() WHERE endpoint_id = $1 AND event_id = $2 AND status = $4 AND next_attempt_at <= now() \
              AND (lease_until IS NULL OR lease_until < now()) RETURNING tenant_id, attempts",
-            vec![endpoint_id.into(), event_id.into(), lease_seconds.into()],
+            vec![endpoint_id.into(), event_id.into(), lease_seconds.into(), WebhookDeliveryStatus::Pending.into()],
         ))
         .await?;
     let Some(leased) = leased else { return Ok(WebhookOutcome::Skipped) };
@@ -843,9 +812,14 @@ pub async fn deliver(ctx: &AppContext, endpoint_id: Uuid, event_id: Uuid) -> App
     if !endpoint.enabled {
         ctx.db
             .execute_raw(statement(
-                "UPDATE webhook_deliveries SET status = 'failed', attempts = attempts - 1, last_error = $3, \
+                "UPDATE webhook_deliveries SET status = $4, attempts = attempts - 1, last_error = $3, \
                  lease_until = NULL, dispatched_until = NULL, updated_at = now() WHERE endpoint_id = $1 AND event_id = $2",
-                vec![endpoint_id.into(), event_id.into(), "the endpoint was disabled".into()],
+                vec![
+                    endpoint_id.into(),
+                    event_id.into(),
+                    "the endpoint was disabled".into(),
+                    WebhookDeliveryStatus::Failed.into(),
+                ],
             ))
             .await?;
         return Ok(WebhookOutcome::Abandoned);
@@ -929,8 +903,9 @@ async fn settle(
     let Some(error) = error else {
         let mut values = key();
         values.push(status_code.into());
+        values.push(WebhookDeliveryStatus::Delivered.into());
         txn.execute_raw(statement(
-            "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(), last_status_code = $3, \
+            "UPDATE webhook_deliveries SET status = $4, delivered_at = now(), last_status_code = $3, \
              last_error = NULL, lease_until = NULL, dispatched_until = NULL, updated_at = now() \
              WHERE endpoint_id = $1 AND event_id = $2",
             values,
@@ -950,8 +925,10 @@ async fn settle(
     values.push(status_code.into());
     values.push(error.into());
     values.push(retry_in.map(|wait| wait.as_secs_f64()).into());
+    values.push(WebhookDeliveryStatus::Failed.into());
+    values.push(WebhookDeliveryStatus::Pending.into());
     txn.execute_raw(statement(
-        "UPDATE webhook_deliveries SET status = CASE WHEN $5::float8 IS NULL THEN 'failed' ELSE 'pending' END, \
+        "UPDATE webhook_deliveries SET status = CASE WHEN $5::float8 IS NULL THEN $6::text ELSE $7::text END, \
          next_attempt_at = CASE WHEN $5::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $5::float8) END, \
          last_status_code = $3, last_error = $4, lease_until = NULL, dispatched_until = NULL, updated_at = now() \
          WHERE endpoint_id = $1 AND event_id = $2",
