@@ -37,6 +37,9 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Re-consent needed, without a provider's answer to say why (an endpoint moved, a grant found dead).
+    pub const REAUTH_REQUIRED: FailureKind = FailureKind::ReauthRequired { oauth_error: None, provider_code: None };
+
     /// The kind of a failed token request.
     pub fn of_token_error(error: &TokenError) -> Self {
         let (oauth_error, provider_code) = match error {

@@ -45,12 +45,6 @@ macro_rules! string_enum {
             pub fn parse(text: &str) -> Option<Self> {
                 match text { $($text => Some($name::$variant),)+ _ => None }
             }
-
-            /// Parses a value read from the database, where anything else is a bug.
-            pub fn from_db(text: &str) -> Result<Self, crate::error::AppError> {
-                Self::parse(text).ok_or_else(|| crate::error::AppError::Internal(anyhow::anyhow!(
-                    concat!("unknown ", stringify!($name), " value in database: {}"), text)))
-            }
         }
 
         impl fmt::Display for $name {

@@ -301,7 +301,7 @@ async fn existing_grant(
     let mut query = grant::Entity::find()
         .filter(grant::Column::TenantId.eq(scope.tenant_id))
         .filter(grant::Column::TokenConfigId.eq(config_id))
-        .filter(grant::Column::Status.eq(GrantStatus::Valid.as_str()));
+        .filter(grant::Column::Status.eq(GrantStatus::Valid));
     query = if may_approve_app_grants(scope) {
         query.filter(grant::Column::Subject.is_in([login.to_lowercase(), super::grants::APP_SUBJECT.to_owned()]))
     } else {

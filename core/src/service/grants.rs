@@ -390,7 +390,7 @@ async fn link_accounts(
         .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(email_account::Column::TenantId.eq(tenant_id))
         .filter(email_account::Column::TokenConfigId.eq(config_id))
-        .filter(email_account::Column::AuthMethod.eq(AuthMethod::Oauth2.as_str()));
+        .filter(email_account::Column::AuthMethod.eq(AuthMethod::Oauth2));
     match to {
         LinkTo::Mailbox { login, owners } => {
             update = update
@@ -541,7 +541,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         .filter(grant::Column::TenantId.eq(state_row.tenant_id))
         .filter(grant::Column::TokenConfigId.eq(config.id))
         .filter(grant::Column::Subject.eq(account.login.to_lowercase()))
-        .filter(grant::Column::Status.eq(GrantStatus::Valid.as_str()))
+        .filter(grant::Column::Status.eq(GrantStatus::Valid))
         .filter(grant::Column::RefreshToken.is_not_null())
         .one(&ctx.db)
         .await?
@@ -730,7 +730,7 @@ fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Op
 fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
     (model.status == GrantStatus::ReauthRequired).then(|| TokenAccessError::ReauthRequired {
         message: model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned()),
-        kind: model.last_error_kind.clone().unwrap_or(FailureKind::ReauthRequired { oauth_error: None, provider_code: None }),
+        kind: model.last_error_kind.clone().unwrap_or(FailureKind::REAUTH_REQUIRED),
     })
 }
 
@@ -935,7 +935,7 @@ fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
 async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &str, kind: &FailureKind) -> AppResult<()> {
     let now = Utc::now();
     grant::Entity::update_many()
-        .col_expr(grant::Column::Status, Expr::value(GrantStatus::ReauthRequired.as_str()))
+        .col_expr(grant::Column::Status, Expr::value(GrantStatus::ReauthRequired))
         .col_expr(grant::Column::LastError, Expr::value(message))
         .col_expr(grant::Column::LastErrorKind, Expr::value(kind.clone()))
         .col_expr(grant::Column::UpdatedAt, Expr::value(now))
@@ -949,7 +949,7 @@ async fn bury_grant(txn: &DatabaseTransaction, model: &grant::Model, message: &s
         .col_expr(email_account::Column::UpdatedAt, Expr::value(now))
         .filter(email_account::Column::TenantId.eq(model.tenant_id))
         .filter(email_account::Column::GrantId.eq(model.id))
-        .filter(email_account::Column::State.ne(AccountState::Disabled.as_str()))
+        .filter(email_account::Column::State.ne(AccountState::Disabled))
         .exec(txn)
         .await?;
     events::record(
@@ -981,7 +981,7 @@ pub(crate) async fn require_reauth_for_config(
         .await?;
     let mut buried = 0;
     for model in held.iter().filter(|g| g.status == GrantStatus::Valid) {
-        bury_grant(txn, model, message, &FailureKind::ReauthRequired { oauth_error: None, provider_code: None }).await?;
+        bury_grant(txn, model, message, &FailureKind::REAUTH_REQUIRED).await?;
         buried += 1;
     }
     grant::Entity::update_many()

@@ -133,7 +133,7 @@ fn tenant_row(row: &QueryResult) -> AppResult<TenantOverview> {
         tenant_id: row.try_get("", "id")?,
         slug: row.try_get("", "slug")?,
         name: row.try_get("", "name")?,
-        status: TenantStatus::from_db(&row.try_get::<String>("", "status")?)?,
+        status: row.try_get("", "status")?,
         accounts: AccountStateCounts {
             draft: count("draft")?,
             authorized: count("authorized")?,

@@ -86,7 +86,7 @@ pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) 
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
     let accounts: Vec<email_account::Model> = email_account::Entity::find()
         .filter(email_account::Column::TenantId.eq(tenant_id))
-        .filter(email_account::Column::Direction.eq(Direction::Outbound.as_str()))
+        .filter(email_account::Column::Direction.eq(Direction::Outbound))
         .order_by_asc(email_account::Column::Id)
         .all(db)
         .await?
@@ -152,7 +152,7 @@ async fn skipped_senders<C: ConnectionTrait>(
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
     let accounts = email_account::Entity::find()
         .filter(email_account::Column::TenantId.eq(tenant_id))
-        .filter(email_account::Column::Direction.eq(Direction::Outbound.as_str()))
+        .filter(email_account::Column::Direction.eq(Direction::Outbound))
         .order_by_asc(email_account::Column::Id)
         .all(db)
         .await?;

@@ -228,10 +228,6 @@ fn generate_secret() -> String {
     format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(key))
 }
 
-fn encrypt(ctx: &AppContext, tenant_id: Uuid, id: Uuid, column: SealedColumn, secret: &str) -> AppResult<String> {
-    Ok(column.seal(&ctx.cipher, tenant_id, id, secret)?)
-}
-
 fn decrypt(ctx: &AppContext, row: &EndpointRow, column: SealedColumn, stored: &str) -> AppResult<String> {
     Ok(column.open(&ctx.cipher, row.tenant_id, row.id, stored)?)
 }
@@ -310,7 +306,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
     let enabled = input.enabled.unwrap_or(true);
     let id = Uuid::now_v7();
     let secret = generate_secret();
-    let stored = encrypt(ctx, scope.tenant_id, id, secrets::WEBHOOK_SECRET, &secret)?;
+    let stored = secrets::WEBHOOK_SECRET.seal(&ctx.cipher, scope.tenant_id, id, &secret)?;
     let sql = format!(
         "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, secret, created_by) \
          VALUES ($1, $2, $3, $4, {}, $6, $7, $8) RETURNING {ENDPOINT_COLUMNS}",
@@ -468,9 +464,9 @@ pub async fn rotate_secret(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> A
     scope.require(Role::Admin)?;
     let old = decrypt(ctx, &current, secrets::WEBHOOK_SECRET, &current.secret)?;
     // Moving a value to another column means encrypting it again: the column is part of its associated data.
-    let previous = encrypt(ctx, scope.tenant_id, id, secrets::WEBHOOK_PREVIOUS_SECRET, &old)?;
+    let previous = secrets::WEBHOOK_PREVIOUS_SECRET.seal(&ctx.cipher, scope.tenant_id, id, &old)?;
     let secret = generate_secret();
-    let stored = encrypt(ctx, scope.tenant_id, id, secrets::WEBHOOK_SECRET, &secret)?;
+    let stored = secrets::WEBHOOK_SECRET.seal(&ctx.cipher, scope.tenant_id, id, &secret)?;
     let sql = format!(
         "UPDATE webhook_endpoints SET secret = $3, previous_secret = $4, \
          previous_secret_expires_at = now() + make_interval(hours => $5), updated_at = now() \
