@@ -15,6 +15,7 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::mail::error::truncate;
 use crate::netguard::NetGuard;
 
 /// OIDC providers add an `id_token` to the token response; it tells who consented.
@@ -228,8 +229,9 @@ impl OAuthClient {
                 id_token: response.extra_fields().id_token.clone(),
             }),
             Err(RequestTokenError::ServerResponse(err)) => {
-                let error = err.error().as_ref().to_owned();
-                let description = err.error_description().cloned();
+                // The provider's words are kept bounded, as a mail server's are: they end up in `last_error` and its kind.
+                let error = truncate(err.error().as_ref());
+                let description = err.error_description().map(|d| truncate(d));
                 if retryable_status || matches!(error.as_str(), "temporarily_unavailable" | "server_error") {
                     Err(unavailable(format!("HTTP {}: {error}", meta.status)))
                 } else {

@@ -123,3 +123,36 @@ async fn a_failed_test_stores_the_failing_step_as_the_kind() {
     let expected = if step == "connect" { "server_unreachable" } else { "host_forbidden" };
     assert_eq!(problem["reason"], expected, "{problem}");
 }
+
+#[tokio::test]
+async fn a_providers_flood_of_words_is_kept_bounded_in_the_error_and_its_kind() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let account = app.oauth_account(&setup, "imap", postbridge_tests::oauth::CONSENTING_USER).await;
+    let outcome = app.consent(&setup, &account).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    let grant_id = app.account_json(&setup, &account).await["grant_id"].as_str().expect("grant").to_owned();
+
+    // 200 KB of description after the AADSTS code: a hostile or broken provider.
+    let flood = format!("AADSTS70008: expired. {}", "x".repeat(200_000));
+    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::InvalidGrant { description: flood });
+    app.sql_exec(&format!(
+        "UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'"
+    ))
+    .await;
+    let tenant = uuid::Uuid::parse_str(&setup.tenant).expect("tenant");
+    let grant = uuid::Uuid::parse_str(&grant_id).expect("grant");
+    assert!(postbridge_core::service::grants::access_token(&app.ctx, tenant, grant).await.is_err(), "the refresh is refused");
+
+    let stored = app
+        .sql_i64(&format!(
+            "SELECT greatest(octet_length(g.last_error), octet_length(g.last_error_kind::text), \
+                    octet_length(a.last_error), octet_length(a.last_error_kind::text))::bigint \
+             FROM grants g JOIN email_accounts a ON a.grant_id = g.id WHERE g.id = '{grant_id}'"
+        ))
+        .await;
+    assert!(stored < 2_000, "at most a few hundred bytes of the provider's words are kept, not {stored}");
+    let body = app.account_json(&setup, &account).await;
+    assert_eq!(body["problem"]["reason"], "reauth_required", "{body}");
+    assert_eq!(body["problem"]["details"]["provider_code"], "AADSTS70008", "{body}");
+}
