@@ -313,7 +313,12 @@ async fn a_created_api_key_authenticates_as_its_tenant_and_role() {
     assert!(secret.starts_with("pbk_"), "{secret}");
     assert_accepted(&app, &secret).await;
     // The real prefix with any other secret is refused.
-    let (prefix, rest) = secret.rsplit_once('_').expect("pbk_PREFIX_SECRET");
+    // Split after the hex prefix: the secret part is base64url and may hold '_' itself (splitting at the last one
+    // could leave a one-character palindrome, whose "flip" is the key itself).
+    let (prefix, rest) = secret["pbk_".len()..]
+        .split_once('_')
+        .map(|(hex, rest)| (&secret[..hex.len() + "pbk_".len()], rest))
+        .expect("pbk_PREFIX_SECRET");
     let flipped: String = rest.chars().rev().collect();
     for wrong in
         [format!("{prefix}_{flipped}"), format!("{prefix}_"), format!("{secret}x"), secret[..secret.len() - 1].to_owned()]
