@@ -86,9 +86,9 @@ pub struct SharedOAuth {
 
 impl TestApp {
     /// One poll of an inbound account by id, as the worker's job runs it; panics on failure.
-    pub async fn poll(&self, account: &str) -> postbridge_core::service::sync::PollReport {
+    pub async fn poll(&self, account: &str) -> postbridge_core::receive::poll::PollReport {
         let id: Uuid = account.parse().expect("an account id");
-        match postbridge_core::service::sync::poll_account(&self.ctx, id).await {
+        match postbridge_core::receive::poll::poll_account(&self.ctx, id).await {
             Ok(report) => report,
             Err(err) => panic!("poll failed: {err}"),
         }

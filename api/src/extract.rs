@@ -3,7 +3,7 @@
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage as _, HttpRequest};
 use futures::future::LocalBoxFuture;
-use postbridge_core::auth::{authenticate, Principal, TenantScope};
+use postbridge_core::access::auth::{authenticate, Principal, TenantScope};
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 

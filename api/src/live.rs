@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use postbridge_core::service::events::{self, Event};
+use postbridge_core::observe::events::{self, Event};
 use postbridge_core::AppContext;
 use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, oneshot};

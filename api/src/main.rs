@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::RotateKeys => {
             let ctx = AppContext::build(settings).await?;
-            let report = postbridge_core::service::rekey::reencrypt_all(&ctx).await?;
+            let report = postbridge_core::secrets::rekey::reencrypt_all(&ctx).await?;
             println!("re-encrypted {} secrets; {} could not be decrypted", report.reencrypted, report.failed);
             if report.failed > 0 {
                 std::process::exit(1);

@@ -9,7 +9,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpRequest, HttpResponse};
-use postbridge_core::service::ops_metrics;
+use postbridge_core::observe::ops_metrics;
 use postbridge_core::{AppContext, AppError};
 
 use crate::error::ApiError;

@@ -1,4 +1,4 @@
-//! Per-tenant API rate limits (see `postbridge_core::service::rate_limit`), applied once per request to
+//! Per-tenant API rate limits (see `postbridge_core::access::rate_limit`), applied once per request to
 //! `/v1/*` and `/graphql` for tenant credentials (API keys and tenant JWTs). Requests there without a
 //! credential, or with one that is not valid, are limited per client address (the connection's peer address:
 //! behind a reverse proxy, that proxy). Operators and the health, metrics and OAuth callback routes are not
@@ -11,9 +11,9 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage as _, HttpResponse};
-use postbridge_core::auth::authenticate;
+use postbridge_core::access::auth::authenticate;
+use postbridge_core::access::rate_limit::{Decision, RateLimiter};
 use postbridge_core::error::ErrorBody;
-use postbridge_core::service::rate_limit::{Decision, RateLimiter};
 use postbridge_core::AppContext;
 
 use crate::extract::{bearer_token, Authenticated};

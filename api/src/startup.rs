@@ -9,7 +9,7 @@ use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
 use async_graphql_actix_web::GraphQLSubscription;
-use postbridge_core::service::rate_limit::RateLimiter;
+use postbridge_core::access::rate_limit::RateLimiter;
 use postbridge_core::{AppContext, AppError, Settings};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -99,7 +99,7 @@ async fn tenant_wall(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    postbridge_core::tenant_wall::request(next.call(req)).await
+    postbridge_core::store::tenant_wall::request(next.call(req)).await
 }
 
 /// GraphQL over HTTP: one operation as a JSON body of at most `POSTBRIDGE_MAX_REQUEST_BYTES` (refused before it

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
-use crate::auth::JwtKeys;
+use crate::access::auth::JwtKeys;
 use crate::config::Settings;
-use crate::crypto::Cipher;
-use crate::netguard::NetGuard;
+use crate::protocols::netguard::NetGuard;
+use crate::secrets::crypto::Cipher;
 
 #[derive(Clone)]
 pub struct AppContext {
@@ -23,7 +23,7 @@ pub struct AppContext {
     /// TLS client configuration for mail servers (web PKI plus POSTBRIDGE_EXTRA_CA_FILE).
     pub mail_tls: Arc<tokio_rustls::rustls::ClientConfig>,
     /// SMTP client with authenticated connections pooled per server and credential.
-    pub smtp: Arc<crate::mail::smtp::SmtpClient>,
+    pub smtp: Arc<crate::protocols::smtp::SmtpClient>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// This process among all API and worker processes: names its leases and its heartbeat row.
@@ -40,14 +40,14 @@ impl AppContext {
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
-        crate::tenant_wall::install(&mut options, settings.database_role.clone());
+        crate::store::tenant_wall::install(&mut options, settings.database_role.clone());
         let db = Database::connect(options).await.context("failed to connect to Postgres (POSTBRIDGE_DATABASE_URL)")?;
         let redis = redis::Client::open(settings.redis_url.as_str()).context("invalid POSTBRIDGE_REDIS_URL")?;
         let jwt = JwtKeys::new(&settings.jwt).context("invalid JWT key material (POSTBRIDGE_JWT_KEYS)")?;
         let guard = NetGuard::new(settings.allow_private_hosts);
         let http = guard.http_client().context("failed to build the HTTP client")?;
-        let mail_tls = crate::mail::tls::client_config(settings.extra_ca_file.as_deref())?;
-        let smtp = crate::mail::smtp::SmtpClient::from_settings(&settings, crate::mail::smtp::SmtpConfig::default())?;
+        let mail_tls = crate::protocols::tls::client_config(settings.extra_ca_file.as_deref())?;
+        let smtp = crate::protocols::smtp::SmtpClient::from_settings(&settings, crate::protocols::smtp::SmtpConfig::default())?;
         Ok(AppContext {
             db,
             redis,

@@ -5,8 +5,8 @@
 use sea_orm::FromJsonQueryResult;
 use serde::{Deserialize, Serialize};
 
-use crate::mail::error::MailStep;
-use crate::oauth::TokenError;
+use crate::protocols::error::MailStep;
+use crate::protocols::oauth::TokenError;
 
 /// The failure behind an account's or a grant's `last_error`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]

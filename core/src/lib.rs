@@ -1,26 +1,24 @@
-//! Postbridge's shared library: configuration, domain model, storage, crypto, auth and the service
-//! layer used by both the API and the worker.
+//! Postbridge's shared library, read by flow: `connect` (mailboxes and their tokens), `send`, `receive`,
+//! `observe` (events, webhooks, audit, health), `jobs` (background units), over `access` (who calls),
+//! `store` (tables, tenant wall), `secrets` (sealed columns) and `protocols` (the wire). Both the API and the
+//! worker call these; REST and GraphQL only translate to and from them.
 
-pub mod account_lifecycle;
-pub mod auth;
-pub mod backoff;
+pub mod access;
 pub mod config;
+pub mod connect;
 pub mod context;
-pub mod crypto;
-pub mod entities;
 pub mod error;
 pub mod failure;
-pub mod hints;
-pub mod mail;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
-pub mod netguard;
-pub mod oauth;
-pub mod presets;
+pub mod observe;
+pub mod protocols;
+pub mod receive;
 pub mod secrets;
-pub mod service;
+pub mod send;
+pub mod store;
 pub mod telemetry;
-pub mod tenant_wall;
 pub mod validate;
 
 pub use config::Settings;

@@ -110,7 +110,7 @@ impl SecretInput {
 /// Serializing an input (the audit log does) says only that a secret was given, never its value.
 impl Serialize for SecretInput {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(crate::service::audit::SECRET_CHANGED)
+        serializer.serialize_str(crate::observe::audit::SECRET_CHANGED)
     }
 }
 
@@ -145,11 +145,11 @@ impl async_graphql::ScalarType for SecretInput {
 #[graphql(concrete(name = "GrantPage", params(Grant)))]
 #[graphql(concrete(name = "InboundMessagePage", params(InboundMessage)))]
 #[graphql(concrete(name = "OutboundMessagePage", params(OutboundMessage)))]
-#[graphql(concrete(name = "AuditEntryPage", params(crate::service::audit::AuditEntry)))]
-#[graphql(concrete(name = "EventPage", params(crate::service::events::Event)))]
-#[graphql(concrete(name = "WebhookEndpointPage", params(crate::service::webhooks::WebhookEndpoint)))]
-#[graphql(concrete(name = "WebhookDeliveryPage", params(crate::service::webhooks::WebhookDelivery)))]
-#[graphql(concrete(name = "WebhookAttemptPage", params(crate::service::webhooks::WebhookAttempt)))]
+#[graphql(concrete(name = "AuditEntryPage", params(crate::observe::audit::AuditEntry)))]
+#[graphql(concrete(name = "EventPage", params(crate::observe::events::Event)))]
+#[graphql(concrete(name = "WebhookEndpointPage", params(crate::observe::webhooks::WebhookEndpoint)))]
+#[graphql(concrete(name = "WebhookDeliveryPage", params(crate::observe::webhooks::WebhookDelivery)))]
+#[graphql(concrete(name = "WebhookAttemptPage", params(crate::observe::webhooks::WebhookAttempt)))]
 pub struct Page<T: async_graphql::OutputType> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -285,7 +285,7 @@ pub struct TokenConfig {
     /// consent (credential health warns before). Always false for other providers.
     pub testing_app: bool,
     /// Set while the provider refuses the client credentials or the secret is past its expiry date: why, and the fix.
-    pub problem: Option<crate::hints::Problem>,
+    pub problem: Option<crate::observe::hints::Problem>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -370,7 +370,7 @@ pub struct Account {
     pub state: AccountState,
     pub last_error: Option<String>,
     /// Set while the account is in error (or its last test or poll failed): a stable reason and the next step.
-    pub problem: Option<crate::hints::Problem>,
+    pub problem: Option<crate::observe::hints::Problem>,
     pub enabled: bool,
     /// Outbound: the From address or domain this account sends for.
     pub from_filter: Option<String>,
@@ -480,7 +480,7 @@ pub struct Grant {
     pub has_refresh_token: bool,
     pub last_error: Option<String>,
     /// Set while the grant needs re-consent or its last refresh failed: a stable reason and the next step.
-    pub problem: Option<crate::hints::Problem>,
+    pub problem: Option<crate::observe::hints::Problem>,
     pub last_refreshed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use postbridge_core::auth::hash_api_key;
+use postbridge_core::access::auth::hash_api_key;
 use postbridge_core::model::Role;
 use postbridge_tests::{assert_error, graphql_error_code, random_key_b64, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::{Method, StatusCode};

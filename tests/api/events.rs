@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
-use postbridge_core::service::{events, grants, sync, token_configs};
+use postbridge_core::connect::{grants, token_configs};
+use postbridge_core::observe::events;
+use postbridge_core::receive::poll;
 use postbridge_tests::mail::MailServers;
 use postbridge_tests::mailflow::{new_login, password_account, sample_message, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_tests::oauth::CONSENTING_USER;
@@ -160,7 +162,7 @@ async fn confirming_receiving_sending_failing_and_locking_out_each_record_an_eve
     // message.received: one per stored message, about the received message.
     let seeded: Vec<Vec<u8>> = (1..=2).map(|i| sample_message(&login, &format!("Hello {i}")).1).collect();
     servers.seed_messages(&login, "INBOX", &seeded);
-    let report = sync::poll_account(&app.ctx, inbound.parse().expect("uuid")).await.expect("poll");
+    let report = poll::poll_account(&app.ctx, inbound.parse().expect("uuid")).await.expect("poll");
     assert_eq!(report.stored, 2);
     let received = app.all_received(&admin, &inbound).await;
     assert_eq!(received.len(), 2);
@@ -183,7 +185,7 @@ async fn confirming_receiving_sending_failing_and_locking_out_each_record_an_eve
 
     // account.error: the password changed on the server, so the next poll cannot log in.
     locked_out(servers, &login).await;
-    assert!(sync::poll_account(&app.ctx, inbound.parse().expect("uuid")).await.is_err());
+    assert!(poll::poll_account(&app.ctx, inbound.parse().expect("uuid")).await.is_err());
     let error = the_event(&app, &admin, "account.error", "account", &inbound).await;
     assert_eq!(error["data"]["previous_state"], json!("confirmed"), "{error}");
     assert!(error["data"]["error"].as_str().is_some_and(|e| !e.is_empty()), "the event says why: {error}");
@@ -200,7 +202,7 @@ async fn send(app: &TestApp, key: &str, from: &str, to: &str) -> String {
     let reply = app.post("/v1/messages", key, json!({"from": from, "to": [to], "subject": "Events", "text": "Hi"})).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     let id = reply.id();
-    postbridge_core::service::delivery::deliver(&app.ctx, id.parse().expect("uuid")).await.expect("deliver runs");
+    postbridge_core::send::delivery::deliver(&app.ctx, id.parse().expect("uuid")).await.expect("deliver runs");
     id
 }
 
@@ -218,8 +220,8 @@ async fn a_message_whose_sending_account_was_deleted_fails_with_a_message_failed
     let message = reply.id();
     assert_eq!(app.delete(&format!("/v1/accounts/{account}"), &admin).await.status, StatusCode::NO_CONTENT);
 
-    let outcome = postbridge_core::service::delivery::deliver(&app.ctx, message.parse().expect("uuid")).await.expect("deliver");
-    assert_eq!(outcome, postbridge_core::service::delivery::Delivery::Failed);
+    let outcome = postbridge_core::send::delivery::deliver(&app.ctx, message.parse().expect("uuid")).await.expect("deliver");
+    assert_eq!(outcome, postbridge_core::send::delivery::Delivery::Failed);
     let failure = the_event(&app, &admin, "message.failed", "message", &message).await;
     assert_eq!(failure["data"]["error"], json!("its sending account was deleted"), "{failure}");
 }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use postbridge_core::service::inbound::content_hash;
-use postbridge_core::service::sync::{self, PollError, PollReport};
+use postbridge_core::receive::inbox::content_hash;
+use postbridge_core::receive::poll::{self, PollError, PollReport};
 use postbridge_tests::mail::MailServers;
 use postbridge_tests::mailflow::{
     new_login, password_account, sample_message, spawn_mail_app, spawn_mail_app_with, MAIL_PASSWORD,
@@ -357,7 +357,7 @@ async fn a_server_announcing_a_huge_literal_is_cut_off_at_once_and_what_came_bef
     let account = lying_account(&app, &admin, lying_imap_server(Lie::HugeLiteral).await).await;
 
     let started = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(20), sync::poll_account(&app.ctx, uuid(&account)))
+    let outcome = tokio::time::timeout(Duration::from_secs(20), poll::poll_account(&app.ctx, uuid(&account)))
         .await
         .expect("the poll ends without waiting for the announced gigabyte");
     match outcome {

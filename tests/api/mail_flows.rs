@@ -1,7 +1,7 @@
 //! The mail flows end to end (design flows 4–6) against the real Dovecot and SMTP server of `MailServers::shared()`:
 //! test & confirm, inbound polling (IMAP and POP3, after-fetch actions, XOAUTH2, UIDVALIDITY changes, tenancy) and
 //! outbound sending (idempotency, routing, delivery outcomes, validation). Polls and deliveries are run by calling the
-//! service functions the worker calls (`sync::poll_account`, `delivery::deliver`), so each test drives its own queue.
+//! service functions the worker calls (`poll::poll_account`, `delivery::deliver`), so each test drives its own queue.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mail_parser::MessageParser;
-use postbridge_core::mail::error::MailStep;
-use postbridge_core::service::delivery::{self, Delivery};
-use postbridge_core::service::sync::{self, PollError, PollReport};
+use postbridge_core::protocols::error::MailStep;
+use postbridge_core::receive::poll::{self, PollError, PollReport};
+use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_tests::mail::{AcceptedMessage, MailServers};
 use postbridge_tests::mailflow::{
     new_login, oauth_account, password_account, sample_message, spawn_mail_app, spawn_mail_app_with, MAIL_PASSWORD,
@@ -396,7 +396,7 @@ async fn a_token_the_server_refuses_and_a_refresh_answered_invalid_grant_put_the
     // The user withdraws consent: the stored access token is refused by Dovecot, and the refresh gets invalid_grant.
     servers.provider().revoke_user(&login);
 
-    match sync::poll_account(&app.ctx, uuid(&account)).await {
+    match poll::poll_account(&app.ctx, uuid(&account)).await {
         Err(PollError::Mail(e)) => assert_eq!(e.step, MailStep::Auth, "{e}"),
         other => panic!("expected an authentication failure, got {other:?}"),
     }
@@ -409,7 +409,7 @@ async fn a_token_the_server_refuses_and_a_refresh_answered_invalid_grant_put_the
     assert_eq!(app.event_count("grant.reauth_required", &grant).await, 1);
     assert_eq!(app.all_received(&admin, &account).await.len(), 0);
     // Only one refresh was attempted: a second poll does not hammer the provider or change the outcome.
-    assert!(matches!(sync::poll_account(&app.ctx, uuid(&account)).await, Err(PollError::Mail(_))));
+    assert!(matches!(poll::poll_account(&app.ctx, uuid(&account)).await, Err(PollError::Mail(_))));
     assert_eq!(app.event_count("grant.reauth_required", &grant).await, 1);
 }
 
@@ -475,7 +475,7 @@ async fn a_password_the_imap_server_no_longer_accepts_puts_the_account_in_error_
     let account = app.confirmed_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({}))).await;
     servers.seed_messages(&login, "INBOX", &raws(&seeded(&login, 2, "Locked out")));
     change_password_on_server(servers, &login).await;
-    match sync::poll_account(&app.ctx, uuid(&account)).await {
+    match poll::poll_account(&app.ctx, uuid(&account)).await {
         Err(PollError::Mail(e)) => assert_eq!(e.step, MailStep::Auth, "{e}"),
         other => panic!("expected an authentication failure, got {other:?}"),
     }
@@ -640,7 +640,7 @@ async fn a_connection_the_server_drops_mid_fetch_keeps_a_stored_prefix_and_the_n
     // half a megabyte into the rest.
     let first_batch: u64 = messages[..1_000].iter().map(|(_, raw)| raw.len() as u64 + 100).sum();
     proxy.cut_after(first_batch + 500_000);
-    let outcome = sync::poll_account(&app.ctx, uuid(&account)).await;
+    let outcome = poll::poll_account(&app.ctx, uuid(&account)).await;
     let stored = stored_uids(&app, &account).await;
     match &outcome {
         Err(PollError::Mail(_)) => {}

@@ -1,15 +1,15 @@
-//! The inbound mail clients (`postbridge_core::mail::{imap, pop3}`) against the real Dovecot of
+//! The inbound mail clients (`postbridge_core::protocols::{imap, pop3}`) against the real Dovecot of
 //! `MailServers::shared()`: implicit TLS and STARTTLS / STLS, passwords and XOAUTH2 tokens, the server's own words on
 //! failure, the SSRF guard and certificate checks, and exact message bytes. Each test uses its own mailbox user.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postbridge_core::mail::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
-use postbridge_core::mail::imap::ImapSession;
-use postbridge_core::mail::pop3::Pop3Session;
 use postbridge_core::model::Security;
-use postbridge_core::netguard::NetGuard;
+use postbridge_core::protocols::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use postbridge_core::protocols::imap::ImapSession;
+use postbridge_core::protocols::netguard::NetGuard;
+use postbridge_core::protocols::pop3::Pop3Session;
 use postbridge_tests::mail::MailServers;
 use tokio_rustls::rustls::ClientConfig;
 use uuid::Uuid;
@@ -249,7 +249,7 @@ async fn imap_fetch_new_pages_by_max_and_sees_mail_that_arrives_between_calls() 
 
     let mut session = server.imap(&auth).await;
     session.select("INBOX").await.expect("select");
-    let uids = |batch: &[postbridge_core::mail::imap::FetchedMessage]| batch.iter().map(|m| m.uid).collect::<Vec<_>>();
+    let uids = |batch: &[postbridge_core::protocols::imap::FetchedMessage]| batch.iter().map(|m| m.uid).collect::<Vec<_>>();
     let first = session.fetch_new(0, 2).await.expect("page 1");
     assert_eq!(uids(&first), vec![1, 2]);
     assert_eq!(first[1].raw, seeded[1]);
@@ -371,7 +371,7 @@ async fn imap_refuses_a_host_the_guard_forbids_without_connecting() {
 async fn tls_to_a_server_whose_ca_is_not_trusted_fails_at_the_tls_step() {
     let server = Server::new().await;
     let (_, auth) = server.password_user("untrusted-pw");
-    let web_pki_only = postbridge_core::mail::tls::client_config(None).expect("default TLS config");
+    let web_pki_only = postbridge_core::protocols::tls::client_config(None).expect("default TLS config");
 
     for (port, security) in [(server.servers.imaps_port(), Security::Tls), (server.servers.imap_port(), Security::Starttls)] {
         let endpoint = server.endpoint(port, security);

@@ -1,4 +1,4 @@
-//! The SMTP client (`postbridge_core::mail::smtp`) and the message composer (`mail::compose`) against the real Node SMTP
+//! The SMTP client (`postbridge_core::protocols::smtp`) and the message composer (`mail::compose`) against the real Node SMTP
 //! server of the shared mail servers (STARTTLS and implicit TLS, PLAIN / LOGIN / XOAUTH2, failure knobs), plus a tiny
 //! in-process SMTP server for behaviours a real server will not show on demand (a pooled connection closed under
 //! the client, no reply after the content, a Gmail-style XOAUTH2 error challenge).
@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mail_parser::{MessageParser, MimeHeaders as _};
-use postbridge_core::mail::compose::{compose, new_message_id, Attachment, ComposeError, Composed, Mailbox, OutgoingMessage};
-use postbridge_core::mail::error::{Endpoint, MailAuth, MailStep, Timeouts};
-use postbridge_core::mail::smtp::{SendError, SendOutcome, SmtpClient, SmtpConfig};
 use postbridge_core::model::Security;
-use postbridge_core::netguard::NetGuard;
+use postbridge_core::protocols::compose::{
+    compose, new_message_id, Attachment, ComposeError, Composed, Mailbox, OutgoingMessage,
+};
+use postbridge_core::protocols::error::{Endpoint, MailAuth, MailStep, Timeouts};
+use postbridge_core::protocols::netguard::NetGuard;
+use postbridge_core::protocols::smtp::{SendError, SendOutcome, SmtpClient, SmtpConfig};
 use postbridge_tests::mail::{AcceptedMessage, MailServers};
 use postbridge_tests::TestEnv;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use postbridge_core::service::grants;
+use postbridge_core::connect::grants;
 use postbridge_oauth_provider::TokenFailure;
 use postbridge_tests::mailflow::{new_login, password_account, sample_message, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_tests::oauth::CONSENTING_USER;

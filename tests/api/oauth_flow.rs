@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use postbridge_core::crypto::SecretLocation;
+use postbridge_core::secrets::crypto::SecretLocation;
 use postbridge_oauth_provider::{pkce_challenge, TokenFailure};
 use postbridge_tests::oauth::{ConsentOutcome, OAuthSetup, CONSENTING_USER, RETURN_ORIGIN};
 use postbridge_tests::{assert_error, graphql_error_code, spawn_app, TestApp};
@@ -381,7 +381,7 @@ async fn consent_by_another_user_fails_with_wrong_mailbox_naming_both_and_stores
     let mut expected = before.clone();
     for account in expected["accounts"].as_array_mut().expect("accounts") {
         if account["id"] == json!(inbound) {
-            account["last_error"] = json!(postbridge_core::hints::wrong_mailbox_message(OTHER_USER, CONSENTING_USER));
+            account["last_error"] = json!(postbridge_core::observe::hints::wrong_mailbox_message(OTHER_USER, CONSENTING_USER));
         }
     }
 
@@ -560,7 +560,7 @@ async fn a_microsoft_authorization_url_names_the_directory_the_login_and_the_pre
     let params = query_of(url);
     assert_eq!(params.get("login_hint").map(String::as_str), Some(login), "{url}");
     let scopes: Vec<&str> = params.get("scope").map(|s| s.split(' ').collect()).unwrap_or_default();
-    for preset in postbridge_core::presets::MICROSOFT_USER_SCOPES {
+    for preset in postbridge_core::connect::presets::MICROSOFT_USER_SCOPES {
         assert!(scopes.contains(preset), "scope {preset} missing: {url}");
     }
     assert_eq!(params.get("client_id").map(String::as_str), Some("11111111-2222-3333-4444-555555555555"));
@@ -1050,7 +1050,7 @@ async fn a_consent_naming_nobody_is_refused_unless_the_account_is_a_shared_mailb
     let mut expected = before.clone();
     for account in expected["accounts"].as_array_mut().expect("accounts") {
         if account["id"] == json!(inbound) {
-            account["last_error"] = json!(postbridge_core::hints::UNKNOWN_IDENTITY_MESSAGE);
+            account["last_error"] = json!(postbridge_core::observe::hints::UNKNOWN_IDENTITY_MESSAGE);
         }
     }
 

@@ -5,9 +5,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use postbridge_core::connect::grants::{self, RefreshOutcome, RefreshPass, TokenAccessError};
+use postbridge_core::connect::token_configs;
+use postbridge_core::jobs::scheduler;
+use postbridge_core::observe::ops_metrics;
+use postbridge_core::secrets::rekey;
 use postbridge_core::secrets::{self, SealedColumn};
-use postbridge_core::service::grants::{self, RefreshOutcome, RefreshPass, TokenAccessError};
-use postbridge_core::service::{ops_metrics, rekey, scheduler, token_configs};
 use postbridge_core::AppContext;
 use postbridge_oauth_provider::TokenFailure;
 use postbridge_tests::oauth::{OAuthSetup, CONSENTING_USER, RETURN_ORIGIN};

@@ -4,8 +4,8 @@
 //! the wrong user).
 
 use chrono::{DateTime, Duration, Utc};
-use postbridge_core::service::delivery::{self, Delivery};
-use postbridge_core::service::grants::{self, TokenAccessError};
+use postbridge_core::connect::grants::{self, TokenAccessError};
+use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_oauth_provider::TokenFailure;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_tests::oauth::{CONSENTING_USER, RETURN_ORIGIN};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use postbridge_core::service::delivery::{self, Delivery};
+use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::{Method, StatusCode};

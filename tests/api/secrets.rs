@@ -1,7 +1,7 @@
 //! Secrets are encrypted at rest, bound to their row, rotatable, and never returned or logged.
 
-use postbridge_core::crypto::SecretLocation;
-use postbridge_core::service::rekey;
+use postbridge_core::secrets::crypto::SecretLocation;
+use postbridge_core::secrets::rekey;
 use postbridge_tests::{captured_logs, random_key_b64, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::{Method, StatusCode};
 use sea_orm::ConnectionTrait;

@@ -1,9 +1,9 @@
 //! The database's own wall between tenants: row-level security on every tenant-owned table, a role that owns
 //! nothing, and each request narrowed to its credential's tenant.
 
-use postbridge_core::auth::authenticate;
-use postbridge_core::entities::{email_account, tenant};
-use postbridge_core::tenant_wall;
+use postbridge_core::access::auth::authenticate;
+use postbridge_core::store::entities::{email_account, tenant};
+use postbridge_core::store::tenant_wall;
 use postbridge_tests::{spawn_app, TestApp};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};

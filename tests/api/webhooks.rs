@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use postbridge_core::crypto::SecretLocation;
-use postbridge_core::service::events;
-use postbridge_core::service::webhooks::{self, WebhookOutcome};
+use postbridge_core::observe::events;
+use postbridge_core::observe::webhooks::{self, WebhookOutcome};
+use postbridge_core::secrets::crypto::SecretLocation;
 use postbridge_tests::webhook_receiver::{Received, WebhookReceiver};
 use postbridge_tests::{assert_error, graphql_error_code, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::StatusCode;

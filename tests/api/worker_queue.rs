@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use postbridge_core::service::delivery::{self, Delivery};
+use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
@@ -96,7 +96,7 @@ async fn a_retry_is_not_sent_before_its_backoff_ends_even_if_dispatched_again() 
     assert_eq!(delivery::deliver(&app.ctx, id).await.expect("early job"), Delivery::Skipped, "the backoff holds");
     let attempts = app.sql_i64(&format!("SELECT attempts::bigint FROM outbound_messages WHERE id = '{id}'")).await;
     assert_eq!(attempts, 1);
-    let claimed = postbridge_core::service::scheduler::claim_due_sends(&app.ctx, 10).await.expect("claim");
+    let claimed = postbridge_core::jobs::scheduler::claim_due_sends(&app.ctx, 10).await.expect("claim");
     assert!(!claimed.contains(&id), "a message in backoff is not dispatched");
 }
 

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
-use postbridge_core::crypto::SecretLocation;
-use postbridge_core::service::grants;
-use postbridge_core::service::{outbound, sync};
+use postbridge_core::connect::grants;
+use postbridge_core::receive::poll;
+use postbridge_core::secrets::crypto::SecretLocation;
+use postbridge_core::send::outbox;
 use postbridge_tests::mail::MailServers;
 use postbridge_tests::{spawn_app, spawn_app_with, TestApp, TestEnv};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value as SqlValue};
@@ -265,7 +266,7 @@ async fn bench_inbound(messages: usize) -> anyhow::Result<()> {
     )
     .await?;
     let started = Instant::now();
-    let report = sync::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = poll::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let elapsed = started.elapsed();
     anyhow::ensure!(report.stored == messages as u64, "stored {} of {messages}", report.stored);
     let bytes: usize = seeded.iter().map(Vec::len).sum();
@@ -274,7 +275,7 @@ async fn bench_inbound(messages: usize) -> anyhow::Result<()> {
     app.ctx.db.execute_unprepared(&format!("UPDATE email_accounts SET lease_until = NULL WHERE id = '{account}'")).await?;
     servers.seed_messages(&login, "INBOX", &[sample_message(messages + 1)]);
     let arrived = Instant::now();
-    let one = sync::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let one = poll::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let latency = arrived.elapsed();
     anyhow::ensure!(one.stored == 1, "the new message was not stored");
 
@@ -317,7 +318,7 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
     // Baseline: the same number of messages in a plain loop of direct sends over the pooled connection.
     let mut composed = Vec::with_capacity(messages);
     for i in 0..messages {
-        let row = outbound::submit(&app.ctx, &scope, submit(i)).await?;
+        let row = outbox::submit(&app.ctx, &scope, submit(i)).await?;
         composed.push(row.id);
     }
     let raws = app
@@ -329,9 +330,12 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
             [account.into()],
         ))
         .await?;
-    let endpoint =
-        postbridge_core::mail::error::Endpoint::new("127.0.0.1", servers.smtp_port(), postbridge_core::model::Security::Starttls);
-    let auth = postbridge_core::mail::error::MailAuth::Password { login: login.clone(), password: "bench-password".into() };
+    let endpoint = postbridge_core::protocols::error::Endpoint::new(
+        "127.0.0.1",
+        servers.smtp_port(),
+        postbridge_core::model::Security::Starttls,
+    );
+    let auth = postbridge_core::protocols::error::MailAuth::Password { login: login.clone(), password: "bench-password".into() };
     let started = Instant::now();
     for row in &raws {
         let from: String = row.try_get("", "envelope_from")?;
@@ -420,10 +424,10 @@ async fn bench_memory(accounts: usize) -> anyhow::Result<()> {
 }
 
 /// The service layer's view of a tenant admin (the bench submits through the service, as the API does).
-fn admin_scope(tenant: Uuid) -> postbridge_core::auth::TenantScope {
-    postbridge_core::auth::TenantScope {
+fn admin_scope(tenant: Uuid) -> postbridge_core::access::auth::TenantScope {
+    postbridge_core::access::auth::TenantScope {
         tenant_id: tenant,
-        principal: postbridge_core::auth::Principal {
+        principal: postbridge_core::access::auth::Principal {
             subject: "bench".into(),
             role: postbridge_core::model::Role::Admin,
             tenant_id: Some(tenant),
@@ -502,7 +506,7 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
                     attachments: None,
                     idempotency_key: None,
                 };
-                outbound::submit(&app.ctx, &scope, message).await?;
+                outbox::submit(&app.ctx, &scope, message).await?;
                 submitted += 1;
             }
         }

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use postbridge_core::service::ops_metrics;
+use postbridge_core::observe::ops_metrics;
 use postbridge_core::AppContext;
 use tokio::net::TcpListener;
 

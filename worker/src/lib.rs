@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use apalis::prelude::*;
 use futures::FutureExt;
-use postbridge_core::service::{delivery, workers};
+use postbridge_core::jobs::workers;
+use postbridge_core::send::delivery;
 use postbridge_core::{AppContext, Settings};
 
 use consumers::{stopped, supervise, track_liveness, StartConsumer};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
-use postbridge_core::service::workers::{self, Heartbeat, QUEUES};
+use postbridge_core::jobs::workers::{self, Heartbeat, QUEUES};
 use postbridge_core::AppContext;
 
 /// A loop that has not gone round for this long is stuck.

@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
-use postbridge_core::service::delivery::{self, Delivery};
-use postbridge_core::service::{grants, sync, webhooks, workers};
-use postbridge_core::tenant_wall::{self, JobRoot};
+use postbridge_core::connect::grants;
+use postbridge_core::jobs::workers;
+use postbridge_core::observe::webhooks;
+use postbridge_core::receive::poll;
+use postbridge_core::send::delivery::{self, Delivery};
+use postbridge_core::store::tenant_wall::{self, JobRoot};
 use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -171,7 +174,7 @@ pub async fn poll_mailbox(job: PollMailbox, runner: Data<JobRunner>) -> Result<(
     let ctx = runner.ctx.clone();
     runner
         .run("poll", JobRoot::Account(job.account_id), async move {
-            match sync::poll_account(&ctx, job.account_id).await {
+            match poll::poll_account(&ctx, job.account_id).await {
                 Ok(report) => {
                     if report.stored > 0 {
                         tracing::info!(account_id = %job.account_id, stored = report.stored, resynchronised = report.resynchronised, "mailbox polled");
@@ -182,11 +185,11 @@ pub async fn poll_mailbox(job: PollMailbox, runner: Data<JobRunner>) -> Result<(
                         "skipped"
                     }
                 }
-                Err(sync::PollError::Mail(e)) => {
+                Err(poll::PollError::Mail(e)) => {
                     tracing::warn!(account_id = %job.account_id, error = %e, "poll failed");
                     "mail_error"
                 }
-                Err(sync::PollError::App(e)) => {
+                Err(poll::PollError::App(e)) => {
                     tracing::error!(account_id = %job.account_id, error = %e, "poll job failed");
                     "error"
                 }

@@ -9,8 +9,11 @@ use std::time::Duration;
 use apalis::prelude::*;
 use apalis_core::backend::Vacuum;
 use apalis_redis::{ConnectionManager, RedisStorage};
-use postbridge_core::service::scheduler::{self, Dispatched};
-use postbridge_core::service::{delivery, events, token_configs, webhooks, workers};
+use postbridge_core::connect::token_configs;
+use postbridge_core::jobs::scheduler::{self, Dispatched};
+use postbridge_core::jobs::workers;
+use postbridge_core::observe::{events, webhooks};
+use postbridge_core::send::delivery;
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

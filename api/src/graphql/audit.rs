@@ -1,6 +1,6 @@
 use async_graphql::{Context, Object};
 use postbridge_core::model::Page;
-use postbridge_core::service::audit::{self, AuditEntry, AuditQuery};
+use postbridge_core::observe::audit::{self, AuditEntry, AuditQuery};
 use uuid::Uuid;
 
 use super::{caller, clone_auth_error, gql_error, request_auth, GqlResultExt};

@@ -1,7 +1,7 @@
 use async_graphql::{Context, Object};
 use chrono::{DateTime, Utc};
 use postbridge_core::model::Page;
-use postbridge_core::service::events::{self, Event, EventQuery};
+use postbridge_core::observe::events::{self, Event, EventQuery};
 use uuid::Uuid;
 
 use super::{tenant_scope, GqlResultExt};

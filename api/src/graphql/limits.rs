@@ -14,8 +14,8 @@ use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, N
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::parser::Positioned;
 use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, ValidationResult, Variables};
+use postbridge_core::access::rate_limit::{Decision, RateLimiter};
 use postbridge_core::model::PageRequest;
-use postbridge_core::service::rate_limit::{Decision, RateLimiter};
 use postbridge_core::AppContext;
 
 use super::RequestAuth;

@@ -12,8 +12,8 @@ mod webhooks;
 use std::sync::Arc;
 
 use async_graphql::{ErrorExtensions, MergedObject, Schema};
-use postbridge_core::auth::{Principal, TenantScope};
-use postbridge_core::service::rate_limit::RateLimiter;
+use postbridge_core::access::auth::{Principal, TenantScope};
+use postbridge_core::access::rate_limit::RateLimiter;
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 

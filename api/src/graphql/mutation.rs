@@ -1,10 +1,12 @@
 use async_graphql::{Context, Object};
+use postbridge_core::access::{api_keys, tenants};
+use postbridge_core::connect::{accounts, grants, token_configs};
 use postbridge_core::model::{
     Account, ApiKey, AuthorizeAccount, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig,
     CreatedApiKey, IssuedToken, OutboundMessage, SendMessage, Tenant, TenantStatus, TokenConfig, UpdateAccount, UpdateTenant,
     UpdateTokenConfig,
 };
-use postbridge_core::service::{accounts, api_keys, grants, outbound, tenants, token_configs};
+use postbridge_core::send::outbox;
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};
@@ -116,7 +118,7 @@ impl CoreMutation {
     /// Queue a message; the same idempotency key returns the same message.
     async fn send_message(&self, ctx: &Context<'_>, input: SendMessage) -> async_graphql::Result<OutboundMessage> {
         let (app, scope) = tenant_scope(ctx).await?;
-        outbound::submit(&app, &scope, input).await.gql()
+        outbox::submit(&app, &scope, input).await.gql()
     }
 
     /// "Test & confirm": connect with the current credentials; confirmed on success, else the failing step.
@@ -124,8 +126,8 @@ impl CoreMutation {
         &self,
         ctx: &Context<'_>,
         id: Uuid,
-    ) -> async_graphql::Result<postbridge_core::service::mailbox::TestResult> {
+    ) -> async_graphql::Result<postbridge_core::connect::mailbox::TestResult> {
         let (app, scope) = tenant_scope(ctx).await?;
-        postbridge_core::service::mailbox::test_and_confirm(&app, &scope, id).await.gql()
+        postbridge_core::connect::mailbox::test_and_confirm(&app, &scope, id).await.gql()
     }
 }

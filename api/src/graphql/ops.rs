@@ -1,10 +1,10 @@
 //! The operator overview, credential health and worker processes as a graph.
 
 use async_graphql::{Context, Object};
+use postbridge_core::jobs::workers::{self, WorkerProcess};
 use postbridge_core::model::ExpiringQuery;
-use postbridge_core::service::credential_health::{self, CredentialHealth};
-use postbridge_core::service::overview::{self, OpsOverview, OverviewQuery};
-use postbridge_core::service::workers::{self, WorkerProcess};
+use postbridge_core::observe::credential_health::{self, CredentialHealth};
+use postbridge_core::observe::overview::{self, OpsOverview, OverviewQuery};
 use uuid::Uuid;
 
 use super::{caller, request_auth, tenant_scope, GqlResultExt};

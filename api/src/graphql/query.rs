@@ -1,9 +1,12 @@
 use async_graphql::{Context, Object, SimpleObject};
+use postbridge_core::access::{api_keys, tenants};
+use postbridge_core::connect::{accounts, grants, token_configs};
 use postbridge_core::model::{
     Account, ApiKey, ExpiringQuery, Grant, InboundMessage, OutboundMessage, Page, PageRequest, Role, RouteExplanation, Tenant,
     TokenConfig,
 };
-use postbridge_core::service::{accounts, api_keys, grants, inbound, outbound, routing, tenants, token_configs};
+use postbridge_core::receive::inbox;
+use postbridge_core::send::{outbox, routing};
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};
@@ -116,12 +119,12 @@ impl CoreQuery {
         cursor: Option<Uuid>,
     ) -> async_graphql::Result<Page<InboundMessage>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        inbound::list(&app, &scope, account_id, page(limit, cursor)).await.gql()
+        inbox::list(&app, &scope, account_id, page(limit, cursor)).await.gql()
     }
 
     async fn received_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<InboundMessage> {
         let (app, scope) = tenant_scope(ctx).await?;
-        inbound::get(&app, &scope, id).await.gql()
+        inbox::get(&app, &scope, id).await.gql()
     }
 
     #[graphql(complexity = "crate::graphql::limits::page_complexity(limit, child_complexity)")]
@@ -132,12 +135,12 @@ impl CoreQuery {
         cursor: Option<Uuid>,
     ) -> async_graphql::Result<Page<OutboundMessage>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        outbound::list(&app, &scope, page(limit, cursor)).await.gql()
+        outbox::list(&app, &scope, page(limit, cursor)).await.gql()
     }
 
     async fn sent_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<OutboundMessage> {
         let (app, scope) = tenant_scope(ctx).await?;
-        outbound::get(&app, &scope, id).await.gql()
+        outbox::get(&app, &scope, id).await.gql()
     }
 
     /// Which account would send From `from`, and why.

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use async_graphql::{Context, Data, Subscription};
 use futures::{Stream, StreamExt};
-use postbridge_core::auth::{authenticate, TenantScope};
+use postbridge_core::access::auth::{authenticate, TenantScope};
+use postbridge_core::connect::accounts;
 use postbridge_core::model::{Account, Role};
-use postbridge_core::service::events::Event;
-use postbridge_core::service::{accounts, events};
+use postbridge_core::observe::events;
+use postbridge_core::observe::events::Event;
 use postbridge_core::{AppContext, AppError};
 use serde_json::Value;
 use uuid::Uuid;

@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, Object};
 use postbridge_core::model::{Page, PageRequest};
-use postbridge_core::service::webhooks::{
+use postbridge_core::observe::webhooks::{
     self, AttemptQuery, CreateWebhookEndpoint, DeliveryQuery, UpdateWebhookEndpoint, WebhookAttempt, WebhookDelivery,
     WebhookDeliveryStatus, WebhookEndpoint, WebhookEndpointSecret,
 };

@@ -1,7 +1,7 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::connect::accounts;
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Account, CreateAccount, Page, PageRequest, UpdateAccount};
-use postbridge_core::service::accounts;
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -62,7 +62,7 @@ pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
 /// "Test & confirm": connects with the account's current credentials and moves it to confirmed, or
 /// answers which step failed with the server's own words (200 either way; see `ok`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/test", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = postbridge_core::service::mailbox::TestResult), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = postbridge_core::connect::mailbox::TestResult), (status = 404, body = ErrorBody)))]
 pub async fn test(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(postbridge_core::service::mailbox::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(postbridge_core::connect::mailbox::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
 }

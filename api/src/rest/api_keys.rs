@@ -1,7 +1,7 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::access::api_keys;
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{ApiKey, CreateApiKey, CreatedApiKey, Page, PageRequest};
-use postbridge_core::service::api_keys;
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::Page;
-use postbridge_core::service::audit::{self, AuditEntry, AuditQuery};
+use postbridge_core::observe::audit::{self, AuditEntry, AuditQuery};
 use postbridge_core::AppContext;
 
 use crate::error::ApiResult;

@@ -2,7 +2,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::Page;
-use postbridge_core::service::events::{self, Event, EventQuery};
+use postbridge_core::observe::events::{self, Event, EventQuery};
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 

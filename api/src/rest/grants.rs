@@ -1,7 +1,7 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::connect::{grants, token_configs};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{AuthorizeAccount, AuthorizeResult, ExpiringQuery, Grant, Page, PageRequest, TokenConfig};
-use postbridge_core::service::{grants, token_configs};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

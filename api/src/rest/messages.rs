@@ -1,7 +1,8 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{InboundMessage, OutboundMessage, Page, PageRequest, RouteExplanation, SendMessage};
-use postbridge_core::service::{inbound, outbound, routing};
+use postbridge_core::receive::inbox;
+use postbridge_core::send::{outbox, routing};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -23,21 +24,21 @@ pub async fn list_received(
     id: web::Path<Uuid>,
     page: web::Query<PageRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(inbound::list(&ctx, &scope, id.into_inner(), page.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner(), page.into_inner()).await?))
 }
 
 /// One received message, parsed.
 #[utoipa::path(get, path = "/v1/received-messages/{id}", tag = "messages", security(("bearer" = [])),
     responses((status = 200, body = InboundMessage), (status = 404, body = ErrorBody)))]
 pub async fn get_received(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(inbound::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(inbox::get(&ctx, &scope, id.into_inner()).await?))
 }
 
 /// The message exactly as received (RFC 5322).
 #[utoipa::path(get, path = "/v1/received-messages/{id}/raw", tag = "messages", security(("bearer" = [])),
     responses((status = 200, content_type = "message/rfc822", description = "the raw message"), (status = 404, body = ErrorBody)))]
 pub async fn raw_received(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    let raw = inbound::raw(&ctx, &scope, id.into_inner()).await?;
+    let raw = inbox::raw(&ctx, &scope, id.into_inner()).await?;
     Ok(HttpResponse::Ok().content_type("message/rfc822").body(raw))
 }
 
@@ -72,16 +73,16 @@ pub async fn send(
     let mut input: SendMessage = crate::bounds::read_json(&http, payload, limit).await?;
     if let Some(header) = http.headers().get("Idempotency-Key") {
         let header =
-            header.to_str().map_err(|_| outbound::invalid_idempotency_key("the Idempotency-Key header is not readable text"))?;
-        let header = outbound::idempotency_key(header)?;
-        match input.idempotency_key.as_deref().map(outbound::idempotency_key).transpose()? {
+            header.to_str().map_err(|_| outbox::invalid_idempotency_key("the Idempotency-Key header is not readable text"))?;
+        let header = outbox::idempotency_key(header)?;
+        match input.idempotency_key.as_deref().map(outbox::idempotency_key).transpose()? {
             Some(body_key) if body_key != header => {
-                return Err(outbound::invalid_idempotency_key("the Idempotency-Key header and idempotency_key differ").into())
+                return Err(outbox::invalid_idempotency_key("the Idempotency-Key header and idempotency_key differ").into())
             }
             _ => input.idempotency_key = Some(header),
         }
     }
-    Ok(HttpResponse::Accepted().json(outbound::submit(&ctx, &scope, input).await?))
+    Ok(HttpResponse::Accepted().json(outbox::submit(&ctx, &scope, input).await?))
 }
 
 /// The tenant's outgoing messages, newest first.
@@ -92,14 +93,14 @@ pub async fn list_sent(
     Tenant(scope): Tenant,
     page: web::Query<PageRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(outbound::list(&ctx, &scope, page.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(outbox::list(&ctx, &scope, page.into_inner()).await?))
 }
 
 /// Status, attempts, the account used, the SMTP reply and the Message-ID.
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
     responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody)))]
 pub async fn get_sent(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(outbound::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(outbox::get(&ctx, &scope, id.into_inner()).await?))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

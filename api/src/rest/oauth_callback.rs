@@ -1,7 +1,7 @@
 //! `GET /oauth/callback`: the one redirect URI of the deployment.
 
 use actix_web::{web, HttpResponse};
-use postbridge_core::service::grants::{self, CallbackParams};
+use postbridge_core::connect::grants::{self, CallbackParams};
 use postbridge_core::AppContext;
 
 use crate::error::ApiResult;

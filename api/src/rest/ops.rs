@@ -2,10 +2,10 @@
 
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
+use postbridge_core::jobs::workers::{self, WorkerProcess};
 use postbridge_core::model::ExpiringQuery;
-use postbridge_core::service::credential_health::{self, CredentialHealth};
-use postbridge_core::service::overview::{self, OpsOverview, OverviewQuery};
-use postbridge_core::service::workers::{self, WorkerProcess};
+use postbridge_core::observe::credential_health::{self, CredentialHealth};
+use postbridge_core::observe::overview::{self, OpsOverview, OverviewQuery};
 use postbridge_core::AppContext;
 
 use crate::error::ApiResult;

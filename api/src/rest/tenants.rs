@@ -1,7 +1,7 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::access::{api_keys, tenants};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{CreateTenant, IssuedToken, Page, PageRequest, Tenant, TenantStatus, UpdateTenant};
-use postbridge_core::service::{api_keys, tenants};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::connect::token_configs;
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{CreateTokenConfig, Page, PageRequest, TokenConfig, UpdateTokenConfig};
-use postbridge_core::service::token_configs;
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Page, PageRequest};
-use postbridge_core::service::webhooks::{
+use postbridge_core::observe::webhooks::{
     self, AttemptQuery, CreateWebhookEndpoint, DeliveryQuery, UpdateWebhookEndpoint, WebhookAttempt, WebhookDelivery,
     WebhookEndpoint, WebhookEndpointSecret,
 };

@@ -1,0 +1,104 @@
+//! API keys of a tenant: the secret is shown once, stored as a hash, listed by prefix, revocable.
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::access::auth::{generate_api_key, Principal, TenantScope, API_KEY_PREFIX};
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{ApiKey, CreateApiKey, CreatedApiKey, IssuedToken, Page, PageRequest, Role};
+use crate::observe::audit;
+use crate::store::entities::api_key;
+use crate::store::limit_of;
+use crate::store::page_of;
+use crate::validate;
+
+fn view(model: api_key::Model) -> AppResult<ApiKey> {
+    Ok(ApiKey {
+        id: model.id,
+        tenant_id: model.tenant_id,
+        name: model.name,
+        role: model.role,
+        prefix: format!("{API_KEY_PREFIX}{}", model.prefix),
+        created_at: model.created_at,
+        last_used_at: model.last_used_at,
+        revoked_at: model.revoked_at,
+    })
+}
+
+async fn find(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<api_key::Model> {
+    api_key::Entity::find_by_id(id)
+        .filter(api_key::Column::TenantId.eq(scope.tenant_id))
+        .one(&ctx.db)
+        .await?
+        .ok_or(AppError::not_found("api key"))
+}
+
+pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateApiKey) -> AppResult<CreatedApiKey> {
+    scope.require(Role::Admin)?;
+    let name = validate::non_empty("name", &input.name, 200)?;
+    if !input.role.is_tenant_role() {
+        return Err(AppError::validation("role", "invalid_role", "role must be admin, member or viewer"));
+    }
+    let generated = generate_api_key();
+    let row = api_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(scope.tenant_id),
+        name: Set(name),
+        role: Set(input.role),
+        prefix: Set(generated.prefix),
+        secret_hash: Set(generated.hash),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    };
+    let txn = ctx.db.begin().await?;
+    let model = row.insert(&txn).await?;
+    audit::record_in_tenant(&txn, scope, "api_key.created", model.id, audit::Changes::of(&input)).await?;
+    txn.commit().await?;
+    Ok(CreatedApiKey { api_key: view(model)?, secret: generated.full_key })
+}
+
+pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<ApiKey>> {
+    scope.require(Role::Admin)?;
+    let limit = limit_of(&page)?;
+    let mut query = api_key::Entity::find()
+        .filter(api_key::Column::TenantId.eq(scope.tenant_id))
+        .order_by_asc(api_key::Column::Id)
+        .limit(limit + 1);
+    if let Some(cursor) = page.cursor {
+        query = query.filter(api_key::Column::Id.gt(cursor));
+    }
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+}
+
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<ApiKey> {
+    // Look up first: another tenant's id answers 404 whatever the caller's role.
+    let model = find(ctx, scope, id).await?;
+    scope.require(Role::Admin)?;
+    view(model)
+}
+
+/// Revokes a key; it stops working at once. Revoking twice keeps the first revocation time.
+pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<ApiKey> {
+    let model = find(ctx, scope, id).await?;
+    scope.require(Role::Admin)?;
+    if model.revoked_at.is_some() {
+        return view(model);
+    }
+    let mut active = model.into_active_model();
+    active.revoked_at = Set(Some(Utc::now()));
+    let txn = ctx.db.begin().await?;
+    let saved = active.update(&txn).await?;
+    audit::record_in_tenant(&txn, scope, "api_key.revoked", id, audit::Changes::new()).await?;
+    txn.commit().await?;
+    view(saved)
+}
+
+/// Exchanges the presented credential for a short-lived JWT with the same identity and role.
+pub fn issue_token(ctx: &AppContext, principal: &Principal) -> AppResult<IssuedToken> {
+    ctx.jwt.issue(&principal.subject, principal.role, principal.tenant_id, None)
+}

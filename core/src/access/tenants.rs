@@ -1,0 +1,177 @@
+//! Tenants: operator-managed; a tenant credential may read its own tenant.
+
+use async_graphql::MaybeUndefined;
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::access::auth::Principal;
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{CreateTenant, Page, PageRequest, Role, Tenant, TenantStatus, UpdateTenant};
+use crate::observe::audit;
+use crate::store::entities::tenant;
+use crate::store::is_unique_violation;
+use crate::store::limit_of;
+use crate::store::page_of;
+use crate::validate;
+
+/// Each entry must be a bare origin: `https://app.example.com[:port]`, no path.
+fn check_origins(origins: Vec<String>) -> AppResult<serde_json::Value> {
+    let field = "allowed_return_origins";
+    let mut checked = Vec::with_capacity(origins.len());
+    for origin in origins {
+        let trimmed = origin.trim().trim_end_matches('/');
+        let parsed = url::Url::parse(trimmed).ok().filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+        match parsed {
+            Some(url) if url.origin().ascii_serialization() == trimmed => checked.push(trimmed.to_owned()),
+            _ => {
+                return Err(AppError::validation(
+                    field,
+                    "invalid_origin",
+                    "each allowed return origin must look like https://app.example.com (no path)",
+                ))
+            }
+        }
+    }
+    serde_json::to_value(checked).map_err(|e| AppError::Internal(e.into()))
+}
+
+fn view(model: tenant::Model) -> AppResult<Tenant> {
+    Ok(Tenant {
+        id: model.id,
+        slug: model.slug,
+        name: model.name,
+        status: model.status,
+        allowed_return_origins: serde_json::from_value(model.allowed_return_origins)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("tenants.allowed_return_origins: {e}")))?,
+        api_rate_limit_per_minute: model.api_rate_limit_per_minute,
+        created_at: model.created_at,
+        updated_at: model.updated_at,
+    })
+}
+
+/// An operator's per-tenant API rate limit.
+fn check_rate_limit(limit: i32) -> AppResult<i32> {
+    if !(1..=1_000_000).contains(&limit) {
+        return Err(AppError::validation(
+            "api_rate_limit_per_minute",
+            "invalid_rate_limit",
+            "api_rate_limit_per_minute must be between 1 and 1000000",
+        ));
+    }
+    Ok(limit)
+}
+
+pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant) -> AppResult<Tenant> {
+    principal.require(Role::Operator)?;
+    let changes = audit::Changes::of(&input);
+    let slug = validate::slug("slug", input.slug.trim())?;
+    let name = validate::non_empty("name", &input.name, 200)?;
+    let now = Utc::now();
+    let row = tenant::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        slug: Set(slug),
+        name: Set(name),
+        status: Set(TenantStatus::Active),
+        allowed_return_origins: Set(check_origins(input.allowed_return_origins.unwrap_or_default())?),
+        api_rate_limit_per_minute: Set(input.api_rate_limit_per_minute.map(check_rate_limit).transpose()?),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let txn = ctx.db.begin().await?;
+    let model = match row.insert(&txn).await {
+        Ok(model) => model,
+        Err(e) if is_unique_violation(&e) => {
+            return Err(AppError::Conflict { code: "slug_taken", message: "a tenant with this slug already exists".to_owned() })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    audit_tenant(&txn, principal, "tenant.created", model.id, changes).await?;
+    txn.commit().await?;
+    view(model)
+}
+
+async fn audit_tenant(
+    txn: &sea_orm::DatabaseTransaction,
+    principal: &Principal,
+    action: &str,
+    id: Uuid,
+    changes: audit::Changes,
+) -> AppResult<()> {
+    // A deleted tenant's own log goes with it (cascade), so its deletion is kept outside any tenant.
+    let tenant_id = if action == "tenant.deleted" { None } else { Some(id) };
+    let entry = audit::Entry { tenant_id, action, resource_type: "tenant", resource_id: Some(id), changes };
+    audit::record(txn, principal, entry).await
+}
+
+pub async fn list(ctx: &AppContext, principal: &Principal, page: PageRequest) -> AppResult<Page<Tenant>> {
+    principal.require(Role::Operator)?;
+    let limit = limit_of(&page)?;
+    let mut query = tenant::Entity::find().order_by_asc(tenant::Column::Id).limit(limit + 1);
+    if let Some(cursor) = page.cursor {
+        query = query.filter(tenant::Column::Id.gt(cursor));
+    }
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+}
+
+/// Operators read any tenant; a tenant credential reads only its own (others answer 404).
+pub async fn get(ctx: &AppContext, principal: &Principal, id: Uuid) -> AppResult<Tenant> {
+    if !principal.is_operator() && principal.tenant_id != Some(id) {
+        return Err(AppError::not_found("tenant"));
+    }
+    let model = tenant::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
+    view(model)
+}
+
+pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: UpdateTenant) -> AppResult<Tenant> {
+    if !principal.is_operator() && principal.tenant_id != Some(id) {
+        return Err(AppError::not_found("tenant"));
+    }
+    principal.require(Role::Operator)?;
+    let changes = audit::Changes::of(&input).cleared("api_rate_limit_per_minute", &input.api_rate_limit_per_minute);
+    let model = tenant::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
+    let mut active = model.into_active_model();
+    if let Some(name) = input.name {
+        active.name = Set(validate::non_empty("name", &name, 200)?);
+    }
+    if let Some(origins) = input.allowed_return_origins {
+        active.allowed_return_origins = Set(check_origins(origins)?);
+    }
+    if let Some(status) = input.status {
+        active.status = Set(status);
+    }
+    match input.api_rate_limit_per_minute {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.api_rate_limit_per_minute = Set(None),
+        MaybeUndefined::Value(limit) => active.api_rate_limit_per_minute = Set(Some(check_rate_limit(limit)?)),
+    }
+    active.updated_at = Set(Utc::now());
+    let txn = ctx.db.begin().await?;
+    let saved = active.update(&txn).await?;
+    audit_tenant(&txn, principal, "tenant.updated", id, changes).await?;
+    txn.commit().await?;
+    view(saved)
+}
+
+pub async fn set_status(ctx: &AppContext, principal: &Principal, id: Uuid, status: TenantStatus) -> AppResult<Tenant> {
+    update(ctx, principal, id, UpdateTenant { status: Some(status), ..Default::default() }).await
+}
+
+/// Deletes the tenant and, by cascade, everything it owns.
+pub async fn delete(ctx: &AppContext, principal: &Principal, id: Uuid) -> AppResult<()> {
+    if !principal.is_operator() && principal.tenant_id != Some(id) {
+        return Err(AppError::not_found("tenant"));
+    }
+    principal.require(Role::Operator)?;
+    let txn = ctx.db.begin().await?;
+    let result = tenant::Entity::delete_many().filter(tenant::Column::Id.eq(id)).exec(&txn).await?;
+    if result.rows_affected == 0 {
+        return Err(AppError::not_found("tenant"));
+    }
+    audit_tenant(&txn, principal, "tenant.deleted", id, audit::Changes::new()).await?;
+    txn.commit().await?;
+    Ok(())
+}

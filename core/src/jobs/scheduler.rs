@@ -1,0 +1,131 @@
+//! What is due, read from Postgres (the source of truth) and claimed atomically, so any number of
+//! schedulers can run: a claim marks the row dispatched for a grace period (its due time is left as is),
+//! the job clears the mark when it finishes, and if the job is lost (Redis flushed or restarted, a worker
+//! killed) the row is dispatched again once the grace has passed. The jobs themselves take leases, so a
+//! job dispatched twice still runs once in effect.
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use uuid::Uuid;
+
+use crate::context::AppContext;
+use crate::error::AppResult;
+use crate::jobs::due;
+
+/// How long a dispatched job has to finish before its row is dispatched again.
+pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
+
+/// Runs a claim (`due` says what each selects): `$1` is the grace, `$2` the limit; returns the claimed ids.
+async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
+    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
+}
+
+/// Inbound accounts due for a poll: enabled, confirmed, not held by a worker.
+pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+    let sql = format!(
+        "UPDATE email_accounts SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM email_accounts WHERE {} AND (lease_until IS NULL OR lease_until < now()) \
+           AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           ORDER BY next_poll_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        due::poll()
+    );
+    claim(ctx, &sql, limit).await
+}
+
+/// Queued messages due for an attempt.
+pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+    let sql = format!(
+        "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        due::send()
+    );
+    claim(ctx, &sql, limit).await
+}
+
+/// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
+/// backoff has passed. A grant being refreshed holds its row lock, so it is skipped here.
+pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+    let sql = format!(
+        "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM grants WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        due::refresh()
+    );
+    claim(ctx, &sql, limit).await
+}
+
+/// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.
+pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+    let sql = format!(
+        "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
+           ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        due::settle()
+    );
+    claim(ctx, &sql, limit).await
+}
+
+/// Tables whose rows carry a dispatch mark.
+const DISPATCHED_TABLES: [&str; 4] = ["email_accounts", "outbound_messages", "grants", "webhook_deliveries"];
+
+/// The claims keyed by a row id (webhook deliveries are keyed by endpoint and event: `undispatch_webhook_deliveries`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatched {
+    Polls,
+    Messages,
+    Grants,
+}
+
+impl Dispatched {
+    fn table(self) -> &'static str {
+        match self {
+            Dispatched::Polls => "email_accounts",
+            Dispatched::Messages => "outbound_messages",
+            Dispatched::Grants => "grants",
+        }
+    }
+}
+
+/// Clears the dispatch marks of rows whose jobs never reached Redis (the push failed), so the next pass sends
+/// them again instead of waiting out the grace.
+pub async fn undispatch(ctx: &AppContext, rows: Dispatched, ids: &[Uuid]) -> AppResult<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let sql =
+        format!("UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)", rows.table());
+    let done =
+        ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?;
+    Ok(done.rows_affected())
+}
+
+/// `undispatch` for webhook deliveries, keyed by `(endpoint_id, event_id)`.
+pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(Uuid, Uuid)]) -> AppResult<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let done = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE webhook_deliveries SET dispatched_until = NULL WHERE (endpoint_id, event_id) IN \
+             (SELECT (pair->>0)::uuid, (pair->>1)::uuid FROM jsonb_array_elements($1) AS pair)",
+            [serde_json::json!(keys).into()],
+        ))
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Redis lost its jobs (flushed, restarted empty, failed over): every dispatch mark is forgotten so everything
+/// due is dispatched again at once. Rows whose jobs survived get a second job, which finds the row leased or not
+/// due and does nothing.
+pub async fn forget_dispatches(ctx: &AppContext) -> AppResult<u64> {
+    let mut cleared = 0;
+    for table in DISPATCHED_TABLES {
+        let sql = format!("UPDATE {table} SET dispatched_until = NULL WHERE dispatched_until > now()");
+        cleared += ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql)).await?.rows_affected();
+    }
+    Ok(cleared)
+}

@@ -1,0 +1,434 @@
+//! A small POP3 client (RFC 1939) with STLS (RFC 2595) and SASL XOAUTH2 through AUTH (RFC 5034), for inbound
+//! polling and for test & confirm. Every read is bounded by the I/O timeout, lines by a length limit, and every
+//! failure is a [`MailError`] with the server's own words.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::model::Security;
+use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::protocols::net::{connect_tcp, start_tls};
+use crate::protocols::netguard::NetGuard;
+
+/// Longest status line accepted (RFC 1939 allows 512 octets; servers' texts are short).
+const MAX_STATUS_LINE: usize = 64 * 1024;
+/// Longest line of a multi-line response (RFC 5322 allows 1000 octets; real mail sometimes has far longer lines).
+const MAX_DATA_LINE: usize = 4 * 1024 * 1024;
+/// RFC 5034: an AUTH command with its initial response may be 255 octets at most; longer ones go after a `+`.
+const MAX_AUTH_LINE: usize = 255;
+const BUFFER_SIZE: usize = 64 * 1024;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An authenticated POP3 session (the TRANSACTION state). Deletions take effect at [`Pop3Session::quit`].
+pub struct Pop3Session {
+    conn: Conn<Box<dyn Io>>,
+}
+
+impl std::fmt::Debug for Pop3Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pop3Session").field("io_timeout", &self.conn.io).finish_non_exhaustive()
+    }
+}
+
+impl Pop3Session {
+    /// Connects to `endpoint` (through `guard`), sets up TLS as the endpoint's security says (implicit TLS, or
+    /// `STLS`), reads the greeting and logs in (USER / PASS for a password, `AUTH XOAUTH2` for a token).
+    pub async fn connect(
+        guard: &NetGuard,
+        tls_config: &Arc<ClientConfig>,
+        endpoint: &Endpoint,
+        auth: &MailAuth,
+        timeouts: Timeouts,
+    ) -> Result<Pop3Session, MailError> {
+        let io = timeouts.io;
+        let tcp = connect_tcp(guard, &endpoint.host, endpoint.port, timeouts.connect).await?;
+        let mut conn: Conn<Box<dyn Io>> = match endpoint.security {
+            Security::Tls => {
+                let tls = start_tls(Arc::clone(tls_config), &endpoint.host, tcp, io).await?;
+                let mut conn = Conn::new(Box::new(tls) as Box<dyn Io>, io);
+                conn.greeting().await?;
+                conn
+            }
+            Security::Starttls => {
+                let mut plain = Conn::new(tcp, io);
+                plain.greeting().await?;
+                plain.command("STLS", MailStep::Tls).await?;
+                if !plain.reader.buffer().is_empty() {
+                    return Err(MailError::new(MailStep::Tls, "the server sent data before the TLS handshake"));
+                }
+                let tls = start_tls(Arc::clone(tls_config), &endpoint.host, plain.reader.into_inner(), io).await?;
+                Conn::new(Box::new(tls) as Box<dyn Io>, io)
+            }
+            Security::None => {
+                let mut conn = Conn::new(Box::new(tcp) as Box<dyn Io>, io);
+                conn.greeting().await?;
+                conn
+            }
+        };
+        match auth {
+            MailAuth::Password { login, password } => {
+                if has_line_break(login) || has_line_break(password) {
+                    return Err(MailError::new(MailStep::Auth, "the login or password contains a line break"));
+                }
+                conn.command(&format!("USER {login}"), MailStep::Auth).await?;
+                conn.command_hidden(&format!("PASS {password}"), "PASS", MailStep::Auth).await?;
+            }
+            MailAuth::XOAuth2 { login, access_token } => conn.xoauth2(login, access_token).await?,
+        }
+        Ok(Pop3Session { conn })
+    }
+
+    /// `STAT`: how many messages the maildrop holds and their total size in octets.
+    pub async fn stat(&mut self) -> Result<(u32, u64), MailError> {
+        let text = self.conn.command("STAT", MailStep::Command).await?;
+        let mut words = text.split_whitespace();
+        match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|n| n.parse().ok())) {
+            (Some(count), Some(size)) => Ok((count, size)),
+            _ => Err(MailError::new(MailStep::Command, format!("unreadable STAT reply: {}", truncate(&text)))),
+        }
+    }
+
+    /// `UIDL`: every message's number and unique id (stable across sessions), in the server's order.
+    pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, MailError> {
+        self.conn.command("UIDL", MailStep::Command).await?;
+        let mut entries = Vec::new();
+        for line in self.conn.multi_line_lines().await? {
+            let text = String::from_utf8_lossy(&line);
+            let mut words = text.split_whitespace();
+            match (words.next().and_then(|n| n.parse().ok()), words.next()) {
+                (Some(number), Some(uid)) => entries.push((number, uid.to_owned())),
+                _ => return Err(MailError::new(MailStep::Command, format!("unreadable UIDL line: {}", truncate(&text)))),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// `RETR`: the message's exact bytes (dot-unstuffed, line endings as sent).
+    pub async fn retr(&mut self, msg_no: u32) -> Result<Vec<u8>, MailError> {
+        self.conn.command(&format!("RETR {msg_no}"), MailStep::Command).await?;
+        let mut raw = Vec::new();
+        self.conn.multi_line(|line| raw.extend_from_slice(line)).await?;
+        Ok(raw)
+    }
+
+    /// `LIST`: every message's number and size in octets as the server announces it (a hint only: what is read is
+    /// bounded by [`Self::retr_limited`]).
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, MailError> {
+        self.conn.command("LIST", MailStep::Command).await?;
+        let mut entries = Vec::new();
+        for line in self.conn.multi_line_lines().await? {
+            let text = String::from_utf8_lossy(&line);
+            let mut words = text.split_whitespace();
+            match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|n| n.parse().ok())) {
+                (Some(number), Some(size)) => entries.push((number, size)),
+                _ => return Err(MailError::new(MailStep::Command, format!("unreadable LIST line: {}", truncate(&text)))),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// `RETR` reading at most `max` octets of the message: [`Limited::Whole`], or [`Limited::Cut`] with its first
+    /// octets when the server sends more (the session is then mid-response and unusable: drop it without QUIT).
+    pub async fn retr_limited(&mut self, msg_no: u32, max: usize) -> Result<Limited, MailError> {
+        self.conn.command(&format!("RETR {msg_no}"), MailStep::Command).await?;
+        self.conn.multi_line_limited(max).await
+    }
+
+    /// `TOP n 0`: the message's header (and the blank line after it), read up to `max` octets as in
+    /// [`Self::retr_limited`].
+    pub async fn top_headers(&mut self, msg_no: u32, max: usize) -> Result<Limited, MailError> {
+        self.conn.command(&format!("TOP {msg_no} 0"), MailStep::Command).await?;
+        self.conn.multi_line_limited(max).await
+    }
+
+    /// `DELE`: marks the message deleted; the server removes it at [`Pop3Session::quit`].
+    pub async fn dele(&mut self, msg_no: u32) -> Result<(), MailError> {
+        self.conn.command(&format!("DELE {msg_no}"), MailStep::Command).await.map(drop)
+    }
+
+    /// `QUIT`: ends the session and commits deletions (a `-ERR` means they were not all committed).
+    pub async fn quit(mut self) -> Result<(), MailError> {
+        self.conn.command("QUIT", MailStep::Command).await.map(drop)
+    }
+}
+
+/// A multi-line response read up to a bound.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Limited {
+    /// All of it.
+    Whole(Vec<u8>),
+    /// Its first octets (more than the bound); the rest was left unread.
+    Cut(Vec<u8>),
+}
+
+/// A line-oriented connection.
+struct Conn<S> {
+    reader: BufReader<S>,
+    io: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S, io: Duration) -> Self {
+        Conn { reader: BufReader::with_capacity(BUFFER_SIZE, stream), io }
+    }
+
+    async fn greeting(&mut self) -> Result<(), MailError> {
+        let line = match self.read_line(MAX_STATUS_LINE, "the greeting").await {
+            Ok(line) => line,
+            Err(err) if err.step == MailStep::Connect => {
+                return Err(MailError::new(MailStep::Greeting, "the server closed the connection without a greeting"))
+            }
+            Err(err) => return Err(err),
+        };
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if text.starts_with("+OK") {
+            Ok(())
+        } else {
+            let words = text.strip_prefix("-ERR").unwrap_or(text).trim();
+            Err(MailError::new(
+                MailStep::Greeting,
+                if words.is_empty() { "not a POP3 greeting".to_owned() } else { truncate(words) },
+            ))
+        }
+    }
+
+    /// Sends `line` and reads the status line: the text after `+OK`, or the `-ERR` text as an error at `step`.
+    async fn command(&mut self, line: &str, step: MailStep) -> Result<String, MailError> {
+        let verb = line.split(' ').next().unwrap_or("").to_owned();
+        self.command_hidden(line, &verb, step).await
+    }
+
+    /// [`Self::command`] where `name` (never the line itself) is what messages mention.
+    async fn command_hidden(&mut self, line: &str, name: &str, step: MailStep) -> Result<String, MailError> {
+        self.send(line, name).await?;
+        self.status(name, step).await
+    }
+
+    async fn send(&mut self, line: &str, name: &str) -> Result<(), MailError> {
+        let io = self.io;
+        let stream = self.reader.get_mut();
+        let write = async {
+            stream.write_all(line.as_bytes()).await?;
+            stream.write_all(b"\r\n").await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(io, write).await {
+            Err(_) => Err(MailError::timeout(name, io)),
+            Ok(Err(err)) => Err(MailError::new(MailStep::Connect, format!("connection lost sending {name}: {err}"))),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn status(&mut self, name: &str, step: MailStep) -> Result<String, MailError> {
+        let line = self.read_line(MAX_STATUS_LINE, name).await?;
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if let Some(rest) = text.strip_prefix("+OK") {
+            return Ok(rest.trim_start().to_owned());
+        }
+        if let Some(rest) = text.strip_prefix("-ERR") {
+            return Err(refusal(step, rest.trim()));
+        }
+        Err(MailError::new(MailStep::Command, format!("unexpected reply to {name}: {}", truncate(text))))
+    }
+
+    /// SASL XOAUTH2 (RFC 5034): the initial response on the AUTH line when the line stays within 255 octets, else
+    /// after the server's `+`; the error challenge (a JSON document) is answered with an empty line.
+    async fn xoauth2(&mut self, login: &str, token: &str) -> Result<(), MailError> {
+        if has_line_break(login) || has_line_break(token) || login.contains('\x01') || token.contains('\x01') {
+            return Err(MailError::new(MailStep::Auth, "the login or access token contains a control character"));
+        }
+        let initial = base64::engine::general_purpose::STANDARD.encode(format!("user={login}\x01auth=Bearer {token}\x01\x01"));
+        let name = "AUTH XOAUTH2";
+        let inline = format!("{name} {initial}");
+        let mut pending = if inline.len() + 2 <= MAX_AUTH_LINE {
+            self.send(&inline, name).await?;
+            None
+        } else {
+            self.send(name, name).await?;
+            Some(initial)
+        };
+        let mut challenge = None;
+        loop {
+            let line = self.read_line(MAX_STATUS_LINE, name).await?;
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            if text.starts_with("+OK") {
+                return Ok(());
+            }
+            if let Some(rest) = text.strip_prefix("-ERR") {
+                let mut error = refusal(MailStep::Auth, rest.trim());
+                if let Some(challenge) = challenge {
+                    error.message = format!("{} (server said: {challenge})", error.message);
+                }
+                return Err(error);
+            }
+            if let Some(rest) = text.strip_prefix('+') {
+                match pending.take() {
+                    Some(initial) => self.send(&initial, name).await?,
+                    None => {
+                        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).unwrap_or_default();
+                        if !decoded.is_empty() {
+                            challenge = Some(truncate(&String::from_utf8_lossy(&decoded)));
+                        }
+                        self.send("", name).await?;
+                    }
+                }
+                continue;
+            }
+            return Err(MailError::new(MailStep::Auth, format!("unexpected reply to {name}: {}", truncate(text))));
+        }
+    }
+
+    /// Reads a multi-line response body up to the terminating `.` line, handing each dot-unstuffed line (with its
+    /// line ending) to `on_line`.
+    async fn multi_line(&mut self, mut on_line: impl FnMut(&[u8])) -> Result<(), MailError> {
+        loop {
+            let line = self.read_line(MAX_DATA_LINE, "a multi-line response").await?;
+            if line == b".\r\n" || line == b".\n" {
+                return Ok(());
+            }
+            match line.strip_prefix(b".") {
+                Some(unstuffed) => on_line(unstuffed),
+                None => on_line(&line),
+            }
+        }
+    }
+
+    /// [`Self::multi_line`] gathered into one buffer of at most `max` octets; past that it stops reading and returns
+    /// what it has (a little more than `max`, never more than one line beyond it).
+    async fn multi_line_limited(&mut self, max: usize) -> Result<Limited, MailError> {
+        let mut raw = Vec::new();
+        loop {
+            let line = self.read_line(MAX_DATA_LINE, "a multi-line response").await?;
+            if line == b".\r\n" || line == b".\n" {
+                return Ok(Limited::Whole(raw));
+            }
+            raw.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+            if raw.len() > max {
+                return Ok(Limited::Cut(raw));
+            }
+        }
+    }
+
+    /// A multi-line response's lines without line endings.
+    async fn multi_line_lines(&mut self) -> Result<Vec<Vec<u8>>, MailError> {
+        let mut lines = Vec::new();
+        self.multi_line(|line| {
+            let end = line.iter().rposition(|b| *b != b'\r' && *b != b'\n').map_or(0, |i| i + 1);
+            lines.push(line[..end].to_vec());
+        })
+        .await?;
+        Ok(lines)
+    }
+
+    /// One line including its `\n`, at most `max` octets; every read bounded by the I/O timeout.
+    async fn read_line(&mut self, max: usize, waiting_for: &str) -> Result<Vec<u8>, MailError> {
+        let io = self.io;
+        let mut line = Vec::new();
+        loop {
+            let available = match tokio::time::timeout(io, self.reader.fill_buf()).await {
+                Err(_) => return Err(MailError::timeout(waiting_for, io)),
+                Ok(Err(err)) => return Err(MailError::new(MailStep::Connect, format!("connection lost: {err}"))),
+                Ok(Ok(available)) => available,
+            };
+            if available.is_empty() {
+                return Err(MailError::new(MailStep::Connect, "the server closed the connection"));
+            }
+            let (used, done) = match available.iter().position(|b| *b == b'\n') {
+                Some(end) => (end + 1, true),
+                None => (available.len(), false),
+            };
+            line.extend_from_slice(&available[..used]);
+            self.reader.consume(used);
+            if line.len() > max {
+                return Err(MailError::new(MailStep::Command, format!("the server sent a line longer than {max} octets")));
+            }
+            if done {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+fn has_line_break(text: &str) -> bool {
+    text.contains(['\r', '\n'])
+}
+
+/// A `-ERR` as an error: RFC 2449 / 3206 response codes `[SYS/TEMP]`, `[IN-USE]` and `[LOGIN-DELAY]` are
+/// temporary (454 at the auth step, 451 elsewhere).
+fn refusal(step: MailStep, text: &str) -> MailError {
+    let words = if text.is_empty() { "no reason given".to_owned() } else { truncate(text) };
+    let upper = text.to_ascii_uppercase();
+    let temporary = ["[SYS/TEMP]", "[IN-USE]", "[LOGIN-DELAY]"].iter().any(|code| upper.starts_with(code));
+    let error = MailError::new(step, words);
+    if temporary {
+        error.with_code(if step == MailStep::Auth { 454 } else { 451 })
+    } else {
+        error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_refusals_are_transient_and_not_auth_failures() {
+        let error = refusal(MailStep::Auth, "[SYS/TEMP] Try again later");
+        assert!(error.is_transient());
+        assert!(!error.is_auth_failure());
+        let error = refusal(MailStep::Auth, "[AUTH] Authentication failed.");
+        assert!(error.is_auth_failure());
+        assert!(!error.is_transient());
+        assert_eq!(error.to_string(), "auth: [AUTH] Authentication failed.");
+    }
+
+    #[tokio::test]
+    async fn multi_line_responses_are_dot_unstuffed_and_end_at_the_dot_line() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(b"line one\r\n..dot line\r\n.\r\nnext\r\n").await.expect("write");
+        let mut conn = Conn::new(client, Duration::from_secs(5));
+        let mut raw = Vec::new();
+        conn.multi_line(|line| raw.extend_from_slice(line)).await.expect("multi-line");
+        assert_eq!(raw, b"line one\r\n.dot line\r\n");
+        assert_eq!(conn.read_line(100, "next").await.expect("next line"), b"next\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_bounded_multi_line_read_stops_past_the_bound() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let body: Vec<u8> = b"line of text\r\n".repeat(100);
+        server.write_all(&body).await.expect("write");
+        server.write_all(b".\r\nshort\r\n.\r\n").await.expect("write");
+        let mut conn = Conn::new(client, Duration::from_secs(5));
+        match conn.multi_line_limited(100).await.expect("read") {
+            Limited::Cut(prefix) => assert!(prefix.len() > 100 && prefix.len() <= 100 + 14, "{}", prefix.len()),
+            other => panic!("expected a cut, got {other:?}"),
+        }
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        server.write_all(b"short\r\n.\r\n").await.expect("write");
+        let mut conn = Conn::new(client, Duration::from_secs(5));
+        assert_eq!(conn.multi_line_limited(100).await.expect("read"), Limited::Whole(b"short\r\n".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn absurd_lines_and_silence_are_errors() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(&[b'x'; 300]).await.expect("write");
+        let mut conn = Conn::new(client, Duration::from_millis(200));
+        let error = conn.read_line(100, "a line").await.expect_err("too long");
+        assert_eq!(error.step, MailStep::Command);
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(client, Duration::from_millis(50));
+        let error = conn.read_line(100, "the greeting").await.expect_err("silence");
+        assert_eq!(error.step, MailStep::Timeout);
+    }
+}

@@ -1,0 +1,544 @@
+//! Inbound polling: fetch what is new since the stored position, store it once, advance the position
+//! only in the transaction that stores the batch, then apply the after-fetch action. A crash at any
+//! point loses nothing (the position never runs ahead of what is stored) and duplicates nothing (the
+//! unique keys absorb a refetch).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use uuid::Uuid;
+
+use super::inbox::{self, Fetched};
+use crate::connect::mailbox::{self, credentials, endpoint};
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{AfterFetch, Protocol};
+use crate::protocols::error::{MailError, MailStep, Timeouts};
+use crate::protocols::imap::{ImapSession, MessageSize};
+use crate::protocols::pop3::{Limited, Pop3Session};
+use crate::store::entities::email_account;
+
+/// Messages fetched and committed per round trip.
+const BATCH: usize = 1_000;
+/// How long a poll holds its mailbox without renewing: a killed worker's mailboxes are polled again within it.
+const LEASE_SECONDS: i64 = 60;
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PollReport {
+    /// False when another worker held the mailbox.
+    pub polled: bool,
+    pub fetched: u64,
+    pub stored: u64,
+    /// UIDVALIDITY changed (or the folder did) and the mailbox was matched again from the start.
+    pub resynchronised: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl PollError {
+    /// The failure kind recorded on the account.
+    pub fn failure_kind(&self) -> crate::failure::FailureKind {
+        match self {
+            PollError::Mail(e) => e.kind(),
+            PollError::App(_) => crate::failure::FailureKind::Internal,
+        }
+    }
+}
+
+impl From<mailbox::CredentialError> for PollError {
+    fn from(err: mailbox::CredentialError) -> Self {
+        match err {
+            mailbox::CredentialError::Mail(e) => PollError::Mail(e),
+            mailbox::CredentialError::Internal(e) => PollError::App(e),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for PollError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        PollError::App(err.into())
+    }
+}
+
+/// Polls one inbound account now (the scheduler calls this when it is due).
+pub async fn poll_account(ctx: &AppContext, account_id: Uuid) -> Result<PollReport, PollError> {
+    let Some(account) = mailbox::lease(&ctx.db, account_id, LEASE_SECONDS).await? else {
+        return Ok(PollReport::default());
+    };
+    let poll = async {
+        match account.protocol {
+            Protocol::Imap => poll_imap_with_reauth(ctx, &account).await,
+            Protocol::Pop3 => poll_pop3(ctx, &account).await,
+            Protocol::Smtp => {
+                Err(PollError::App(AppError::validation("protocol", "not_inbound", "an outbound account is not polled")))
+            }
+        }
+    };
+    let result =
+        crate::jobs::leases::renewing("poll", LEASE_RENEW_EVERY, poll, || mailbox::renew(&ctx.db, account_id, LEASE_SECONDS))
+            .await;
+    finish(ctx, &account, &result).await?;
+    result
+}
+
+/// A login refused with a token that should be valid gets one refresh and one retry.
+async fn poll_imap_with_reauth(ctx: &AppContext, account: &email_account::Model) -> Result<PollReport, PollError> {
+    match poll_imap(ctx, account).await {
+        Err(PollError::Mail(e)) if e.is_auth_failure() && account.grant_id.is_some() => {
+            if let Some(grant_id) = account.grant_id {
+                crate::connect::grants::expire_access_token(ctx, account.tenant_id, grant_id).await?;
+            }
+            poll_imap(ctx, account).await
+        }
+        other => other,
+    }
+}
+
+async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<PollReport, PollError> {
+    let folder = account.folder.clone().unwrap_or_else(|| "INBOX".to_owned());
+    let auth = credentials(ctx, account).await?;
+    let mut session = ImapSession::connect(&ctx.guard, &ctx.mail_tls, &endpoint(account)?, &auth, Timeouts::default()).await?;
+    let status = session.select(&folder).await?;
+    let uid_validity = i64::from(status.uid_validity);
+    // RFC 9051: a new UIDVALIDITY (or another folder) voids every stored UID; match again from the start.
+    let resync = account.uid_validity.is_some()
+        && (account.sync_folder.as_deref() != Some(folder.as_str()) || account.uid_validity != Some(uid_validity));
+    let skip: Option<HashSet<(Option<String>, String)>> =
+        if resync { Some(inbox::fingerprints(&ctx.db, account.id).await?) } else { None };
+    let mut last_uid = if resync || account.uid_validity.is_none() { 0 } else { account.last_uid.unwrap_or(0) };
+    let after_fetch = account.after_fetch.unwrap_or(AfterFetch::Keep);
+    let limits = Limits::of(ctx);
+    let mut report = PollReport { polled: true, resynchronised: resync, ..Default::default() };
+    let new_uids = session.uids_after(u32::try_from(last_uid).unwrap_or(u32::MAX)).await?;
+    for window in new_uids.chunks(BATCH) {
+        // Sizes first, so no batch holds more than its bytes; the sizes are only a hint (see `fetch_run`).
+        let sizes = session.message_sizes(window).await?;
+        for run in plan_runs(&sizes, &limits) {
+            let fetched = fetch_run(&mut session, &run, &limits).await?;
+            if fetched.messages.is_empty() {
+                if let Some(cut) = fetched.cut {
+                    return Err(cut.into());
+                }
+            }
+            let position = match (fetched.cut.is_some(), fetched.messages.last(), run.messages.last()) {
+                // Cut off: past what arrived whole, and no further.
+                (true, Some(kept), _) => kept.uid,
+                // Past the whole run, including messages expunged meanwhile.
+                (false, _, Some(last)) => last.uid,
+                _ => continue,
+            };
+            let rows: Vec<Fetched<'_>> = fetched
+                .messages
+                .iter()
+                .map(|m| Fetched { uid: i64::from(m.uid), pop3_uid: None, raw: &m.raw, oversized: m.oversized })
+                .collect();
+            let txn = ctx.db.begin().await?;
+            let stored = inbox::store_batch(&txn, account, &folder, uid_validity, &rows, skip.as_ref()).await?;
+            save_position(&txn, account.id, &folder, uid_validity, i64::from(position)).await?;
+            txn.commit().await?;
+            ctx.metrics.messages("received", stored);
+            report.stored += stored;
+            report.fetched += fetched.messages.len() as u64;
+            last_uid = i64::from(position);
+            if let Some(cut) = fetched.cut {
+                // What arrived whole is stored; the connection is unusable, so after-fetch actions wait for the
+                // next poll's messages (these stay on the server, as with `keep`).
+                return Err(cut.into());
+            }
+            let uids: Vec<u32> = fetched.messages.iter().map(|m| m.uid).collect();
+            match after_fetch {
+                AfterFetch::Keep => {}
+                AfterFetch::MarkSeen => session.mark_seen(&uids).await?,
+                AfterFetch::Move => session.move_to(&uids, account.move_to_folder.as_deref().unwrap_or("Archive")).await?,
+                AfterFetch::Delete => {
+                    // The server keeps the only whole copy of an oversized message: never delete it.
+                    let whole: Vec<u32> = fetched.messages.iter().filter(|m| m.oversized.is_none()).map(|m| m.uid).collect();
+                    session.delete(&whole).await?
+                }
+            }
+        }
+    }
+    if account.uid_validity != Some(uid_validity) || account.sync_folder.as_deref() != Some(folder.as_str()) {
+        // An empty mailbox still fixes the position's UIDVALIDITY.
+        save_position(&ctx.db, account.id, &folder, uid_validity, last_uid).await?;
+    }
+    let _ = session.logout().await;
+    Ok(report)
+}
+
+/// The byte bounds of one poll, from the settings.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Largest message stored whole.
+    max_message: u64,
+    /// Message bytes fetched and committed at a time.
+    batch_bytes: u64,
+}
+
+impl Limits {
+    fn of(ctx: &AppContext) -> Limits {
+        Limits { max_message: ctx.settings.max_inbound_message_bytes, batch_bytes: ctx.settings.inbound_batch_bytes }
+    }
+
+    /// Placeholders fetched at a time: their headers (each at most `HEADER_BYTES`) stay within a batch's bytes.
+    fn headers_per_run(&self) -> usize {
+        usize::try_from(self.batch_bytes / HEADER_BYTES).unwrap_or(BATCH).clamp(1, BATCH)
+    }
+
+    /// What the server may send for a run of messages announced at `declared` bytes in all: that with a quarter
+    /// more (servers' sizes are not always exact), and at least one whole message, plus the responses' framing.
+    fn budget(&self, declared: u64, count: usize, each: u64) -> u64 {
+        let framing = 64 * 1024 + 512 * count as u64;
+        declared.saturating_add(declared / 4).max(each).saturating_add(framing)
+    }
+}
+
+/// The most of an oversized message's header that is kept.
+const HEADER_BYTES: u64 = 512 * 1024;
+
+/// Consecutive messages fetched and committed together: whole ones within the batch's bytes and count, or
+/// placeholders of oversized ones (whose headers only are fetched).
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    messages: Vec<MessageSize>,
+    /// Their announced sizes, summed.
+    declared: u64,
+    oversized: bool,
+}
+
+impl Run {
+    fn uids(&self) -> Vec<u32> {
+        self.messages.iter().map(|m| m.uid).collect()
+    }
+}
+
+/// Splits `sizes` (ascending by UID) into runs, in UID order.
+fn plan_runs(sizes: &[MessageSize], limits: &Limits) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for message in sizes {
+        let size = u64::from(message.size);
+        let oversized = size > limits.max_message;
+        let fits = runs.last().is_some_and(|run| {
+            run.oversized == oversized
+                && if oversized {
+                    run.messages.len() < limits.headers_per_run()
+                } else {
+                    run.messages.len() < BATCH && run.declared.saturating_add(size) <= limits.batch_bytes
+                }
+        });
+        match runs.last_mut() {
+            Some(run) if fits => {
+                run.messages.push(*message);
+                run.declared = run.declared.saturating_add(size);
+            }
+            _ => runs.push(Run { messages: vec![*message], declared: size, oversized }),
+        }
+    }
+    runs
+}
+
+/// A message ready to store: whole, or (`oversized` holding its size) only its header.
+struct RunMessage {
+    uid: u32,
+    raw: Vec<u8>,
+    oversized: Option<u64>,
+}
+
+struct RunFetch {
+    /// In UID order: a prefix of the run's UIDs (without those the server no longer has).
+    messages: Vec<RunMessage>,
+    /// Why the server was cut off mid-run, if it was.
+    cut: Option<MailError>,
+}
+
+/// Fetches one run within its byte bounds. A message that arrives longer than the maximum (the server announced
+/// less) is kept as a placeholder made of the start that arrived. When the server is cut off, only the run's UIDs
+/// up to the first missing one are kept, so the position never passes a message that was not stored.
+async fn fetch_run(session: &mut ImapSession, run: &Run, limits: &Limits) -> Result<RunFetch, MailError> {
+    let uids = run.uids();
+    let count = uids.len();
+    let batch = if run.oversized {
+        let budget = limits.budget(HEADER_BYTES.saturating_mul(count as u64), count, HEADER_BYTES);
+        session.fetch_headers(&uids, HEADER_BYTES, budget).await?
+    } else {
+        let budget = limits.budget(run.declared, count, limits.max_message.saturating_add(1));
+        session.fetch_bodies(&uids, limits.max_message, budget).await?
+    };
+    let mut messages = Vec::with_capacity(batch.messages.len());
+    let mut arrived = batch.messages.into_iter().peekable();
+    for wanted in &run.messages {
+        let Some(message) = arrived.next_if(|m| m.uid == wanted.uid) else {
+            if batch.cut.is_some() {
+                break;
+            }
+            continue;
+        };
+        let declared = u64::from(wanted.size);
+        let received = message.raw.len() as u64;
+        let (raw, oversized) = if run.oversized {
+            (message.raw, Some(declared))
+        } else if received > limits.max_message {
+            (header_of(&message.raw).to_vec(), Some(declared.max(received)))
+        } else {
+            (message.raw, None)
+        };
+        messages.push(RunMessage { uid: message.uid, raw, oversized });
+    }
+    Ok(RunFetch { messages, cut: batch.cut })
+}
+
+/// The header of a message's start (up to and with the blank line), at most [`HEADER_BYTES`].
+fn header_of(raw: &[u8]) -> &[u8] {
+    let limit = raw.len().min(HEADER_BYTES as usize);
+    let head = &raw[..limit];
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+        .or_else(|| head.windows(2).position(|w| w == b"\n\n").map(|at| at + 2));
+    &head[..end.unwrap_or(limit)]
+}
+async fn save_position<C: ConnectionTrait>(
+    db: &C,
+    account_id: Uuid,
+    folder: &str,
+    uid_validity: i64,
+    last_uid: i64,
+) -> AppResult<()> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE email_accounts SET sync_folder = $2, uid_validity = $3, last_uid = $4 WHERE id = $1",
+        [account_id.into(), folder.into(), uid_validity.into(), last_uid.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// POP3 has no UIDs that survive; UIDL strings say what is new, and the unique key keeps it once. LIST's sizes
+/// bound the batches and pick the oversized messages (only their header is read, with `TOP n 0`); what is read
+/// is bounded whatever LIST said.
+async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<PollReport, PollError> {
+    let auth = credentials(ctx, account).await?;
+    let mut session = Pop3Session::connect(&ctx.guard, &ctx.mail_tls, &endpoint(account)?, &auth, Timeouts::default()).await?;
+    let listing = session.uidl().await?;
+    let sizes: HashMap<u32, u64> = session.list().await?.into_iter().collect();
+    // UIDL → whether only the header is stored.
+    let known: HashMap<String, bool> = ctx
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pop3_uid, oversized FROM inbound_messages WHERE account_id = $1 AND pop3_uid IS NOT NULL",
+            [account.id.into()],
+        ))
+        .await?
+        .iter()
+        .filter_map(|r| Some((r.try_get::<String>("", "pop3_uid").ok()?, r.try_get::<bool>("", "oversized").ok()?)))
+        .collect();
+    let delete = account.after_fetch == Some(AfterFetch::Delete);
+    let limits = Limits::of(ctx);
+    let max = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
+    let mut report = PollReport { polled: true, ..Default::default() };
+    // The server keeps the only whole copy of an oversized message: it is never deleted.
+    let mut to_delete: Vec<u32> =
+        listing.iter().filter(|(_, uid)| known.get(uid) == Some(&false)).map(|(number, _)| *number).collect();
+    let mut pending: Vec<Pop3Message> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let mut cut = None;
+    for (number, uid) in listing.iter().filter(|(_, uid)| !known.contains_key(uid)) {
+        let announced = sizes.get(number).copied().unwrap_or(0);
+        let oversized = announced > limits.max_message;
+        let expected = if oversized { HEADER_BYTES } else { announced };
+        if !pending.is_empty() && (pending.len() >= BATCH || pending_bytes.saturating_add(expected) > limits.batch_bytes) {
+            store_pop3(ctx, account, &mut report, std::mem::take(&mut pending), &mut to_delete).await?;
+            pending_bytes = 0;
+        }
+        let message = if oversized {
+            match session.top_headers(*number, HEADER_BYTES as usize).await? {
+                Limited::Whole(head) => Pop3Message { number: *number, uid: uid.clone(), raw: head, oversized: Some(announced) },
+                Limited::Cut(start) => {
+                    cut = Some(MailError::new(
+                        MailStep::Command,
+                        format!("the header of message {number} is longer than {HEADER_BYTES} bytes"),
+                    ));
+                    Pop3Message { number: *number, uid: uid.clone(), raw: header_of(&start).to_vec(), oversized: Some(announced) }
+                }
+            }
+        } else {
+            match session.retr_limited(*number, max).await? {
+                Limited::Whole(raw) => Pop3Message { number: *number, uid: uid.clone(), raw, oversized: None },
+                Limited::Cut(start) => {
+                    // LIST understated it: keep its header as a placeholder and stop (the rest is still unread).
+                    cut = Some(MailError::new(
+                        MailStep::Command,
+                        format!("message {number} is larger than the {announced} bytes the server announced"),
+                    ));
+                    let size = announced.max(start.len() as u64);
+                    Pop3Message { number: *number, uid: uid.clone(), raw: header_of(&start).to_vec(), oversized: Some(size) }
+                }
+            }
+        };
+        pending_bytes = pending_bytes.saturating_add(message.raw.len() as u64);
+        pending.push(message);
+        if cut.is_some() {
+            break;
+        }
+    }
+    store_pop3(ctx, account, &mut report, pending, &mut to_delete).await?;
+    if let Some(cut) = cut {
+        // The session is mid-response: drop it without QUIT, so no deletion takes effect.
+        return Err(cut.into());
+    }
+    if delete {
+        // Only messages already committed are deleted, at QUIT.
+        for number in to_delete {
+            session.dele(number).await?;
+        }
+    }
+    session.quit().await?;
+    Ok(report)
+}
+
+struct Pop3Message {
+    number: u32,
+    uid: String,
+    raw: Vec<u8>,
+    /// Set (to the size) when `raw` is only the header.
+    oversized: Option<u64>,
+}
+
+/// Commits one batch of POP3 messages; the whole ones become deletable.
+async fn store_pop3(
+    ctx: &AppContext,
+    account: &email_account::Model,
+    report: &mut PollReport,
+    batch: Vec<Pop3Message>,
+    to_delete: &mut Vec<u32>,
+) -> Result<(), PollError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let txn = ctx.db.begin().await?;
+    // POP3 has no UIDs: number the account's messages in arrival order so the (folder, UIDVALIDITY, UID) key
+    // stays unique per message (a constant 0 made every message after the first a "duplicate"); UIDL dedups.
+    let next = next_pop3_number(&txn, account.id).await?;
+    let fetched: Vec<Fetched<'_>> = batch
+        .iter()
+        .zip(next..)
+        .map(|(m, n)| Fetched { uid: n, pop3_uid: Some(&m.uid), raw: &m.raw, oversized: m.oversized })
+        .collect();
+    let stored = inbox::store_batch(&txn, account, "INBOX", 0, &fetched, None).await?;
+    txn.commit().await?;
+    ctx.metrics.messages("received", stored);
+    report.stored += stored;
+    report.fetched += batch.len() as u64;
+    to_delete.extend(batch.iter().filter(|m| m.oversized.is_none()).map(|m| m.number));
+    Ok(())
+}
+
+/// The number the account's next POP3 message gets (its stand-in for a UID).
+async fn next_pop3_number<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<i64> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT COALESCE(MAX(uid), 0) + 1 AS next FROM inbound_messages WHERE account_id = $1 AND pop3_uid IS NOT NULL",
+            [account_id.into()],
+        ))
+        .await?;
+    Ok(row.map(|r| r.try_get::<i64>("", "next")).transpose()?.unwrap_or(1))
+}
+
+/// Schedules the next poll, records the outcome and frees the mailbox.
+async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Result<PollReport, PollError>) -> AppResult<()> {
+    let interval = i64::from(account.poll_interval_seconds.unwrap_or(60));
+    match result {
+        Ok(_) => {
+            ctx.db
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, last_polled_at = now(), poll_failures = 0, last_error = NULL, \
+                     last_error_kind = NULL, next_poll_at = now() + make_interval(secs => $2) WHERE id = $1",
+                    [account.id.into(), (interval as f64).into()],
+                ))
+                .await?;
+        }
+        Err(PollError::Mail(e)) if e.is_auth_failure() => mailbox::record_account_error(&ctx.db, account, e).await?,
+        Err(e) => {
+            let failures = account.poll_failures.saturating_add(1);
+            let jittered = crate::jobs::backoff::mailbox_poll(interval).seconds(failures);
+            ctx.db
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, poll_failures = $2, last_error = $3, \
+                     last_error_kind = $4, next_poll_at = $5 WHERE id = $1",
+                    [
+                        account.id.into(),
+                        failures.into(),
+                        e.to_string().into(),
+                        e.failure_kind().into(),
+                        (Utc::now() + chrono::Duration::seconds(jittered)).into(),
+                    ],
+                ))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(list: &[(u32, u32)]) -> Vec<MessageSize> {
+        list.iter().map(|&(uid, size)| MessageSize { uid, size }).collect()
+    }
+
+    fn uids(runs: &[Run]) -> Vec<(Vec<u32>, bool)> {
+        runs.iter().map(|r| (r.uids(), r.oversized)).collect()
+    }
+
+    #[test]
+    fn runs_are_bounded_by_bytes_and_oversized_messages_go_apart_in_uid_order() {
+        let limits = Limits { max_message: 500_000, batch_bytes: 2 * HEADER_BYTES };
+        let announced = [(1, 400_000), (2, 400_000), (3, 300_000), (4, 500_001), (5, 5_000_000), (6, 10), (7, 0)];
+        let runs = plan_runs(&sizes(&announced), &limits);
+        assert_eq!(uids(&runs), vec![(vec![1, 2], false), (vec![3], false), (vec![4, 5], true), (vec![6, 7], false)]);
+        assert!(runs.iter().filter(|r| !r.oversized).all(|r| r.declared <= limits.batch_bytes));
+        assert_eq!(plan_runs(&[], &limits), Vec::<Run>::new());
+    }
+
+    #[test]
+    fn runs_hold_at_most_a_batch_of_messages_and_placeholders_within_the_batch_bytes() {
+        let limits = Limits { max_message: 10, batch_bytes: 3 * HEADER_BYTES };
+        let small: Vec<(u32, u32)> = (1..=2500).map(|uid| (uid, 0)).collect();
+        let counts: Vec<usize> = plan_runs(&sizes(&small), &limits).iter().map(|r| r.messages.len()).collect();
+        assert_eq!(counts, [BATCH, BATCH, 500]);
+        let big: Vec<(u32, u32)> = (1..=7).map(|uid| (uid, u32::MAX)).collect();
+        let counts: Vec<usize> = plan_runs(&sizes(&big), &limits).iter().map(|r| r.messages.len()).collect();
+        assert_eq!(counts, [3, 3, 1]);
+    }
+
+    #[test]
+    fn a_run_may_receive_a_quarter_more_than_announced_and_always_one_whole_message() {
+        let limits = Limits { max_message: 1000, batch_bytes: 10_000 };
+        let framing = 64 * 1024 + 512 * 4;
+        assert_eq!(limits.budget(8000, 4, 1001), 10_000 + framing);
+        assert_eq!(limits.budget(10, 4, 1001), 1001 + framing);
+        assert_eq!(limits.budget(u64::MAX, 4, 1001), u64::MAX);
+    }
+
+    #[test]
+    fn the_header_of_a_cut_message_ends_at_its_blank_line() {
+        assert_eq!(header_of(b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n\r\nmore"), b"Subject: a\r\nFrom: b\r\n\r\n");
+        assert_eq!(header_of(b"Subject: a\n\nbody"), b"Subject: a\n\n");
+        let endless = vec![b'x'; HEADER_BYTES as usize * 2];
+        assert_eq!(header_of(&endless).len(), HEADER_BYTES as usize);
+    }
+}

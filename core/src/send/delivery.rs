@@ -1,0 +1,624 @@
+//! Sending queued messages. A message is leased to one worker at a time; 4xx replies and connection
+//! errors before the content was sent are retried with backoff; 5xx fails; an authentication failure
+//! refreshes the token once and retries, a second one puts the account in error; a connection lost
+//! after the content was sent leaves the message `unknown` (never resent blindly).
+//!
+//! Guarantee: a message is handed to the SMTP server at most once per lease. A worker killed after the
+//! server accepted a message but before the status was written leaves it `sending`; when its lease
+//! expires it becomes `unknown` rather than being sent again.
+
+use chrono::Utc;
+use rand::Rng;
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement, TransactionTrait};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::connect::grants;
+use crate::connect::mailbox::{self, credentials, endpoint};
+use crate::context::AppContext;
+use crate::error::AppResult;
+use crate::model::{Direction, OutboundStatus, Protocol};
+use crate::observe::events;
+use crate::protocols::error::MailError;
+use crate::protocols::smtp::{SendError, SendOutcome};
+use crate::store::entities::{email_account, outbound_message};
+
+/// Attempts before a message that keeps failing temporarily is given up.
+pub const MAX_ATTEMPTS: i32 = 8;
+/// A send lease lasts this long and is renewed while the delivery runs, so a killed worker's messages are
+/// taken back within it.
+pub const LEASE_SECONDS: f64 = 30.0;
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Someone else holds it, or it is not due / not sendable any more.
+    Skipped,
+    /// The account reached its sending pace; the message waits (no attempt counted).
+    Paced,
+    Sent,
+    Retry,
+    Failed,
+    Unknown,
+}
+
+/// One job's hold on a message: only the holder of `token` may hand it to the server or record its outcome.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    message_id: Uuid,
+    token: Uuid,
+}
+
+/// Takes a due message for this worker.
+async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<(outbound_message::Model, Lease)>> {
+    let token = Uuid::new_v4();
+    let row = ctx
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET status = $5, attempts = attempts + 1, \
+             lease_until = now() + make_interval(secs => $2), lease_token = $3, leased_by = $4, handed_at = NULL, \
+             updated_at = now() WHERE id = $1 AND status = $6 AND next_attempt_at <= now() RETURNING *",
+            [
+                message_id.into(),
+                LEASE_SECONDS.into(),
+                token.into(),
+                ctx.instance_id.into(),
+                OutboundStatus::Sending.into(),
+                OutboundStatus::Queued.into(),
+            ],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some((outbound_message::Model::from_query_result(&row, "")?, Lease { message_id, token })))
+}
+
+/// Extends the lease while its delivery runs; false when the lease is no longer ours.
+async fn renew_lease(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
+    let renewed = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET lease_until = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND lease_token = $2 AND status = $4",
+            [lease.message_id.into(), lease.token.into(), LEASE_SECONDS.into(), OutboundStatus::Sending.into()],
+        ))
+        .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Written just before the content goes to the server; false (send nothing) when the lease is lost.
+async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
+    let marked = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET handed_at = now() WHERE id = $1 AND lease_token = $2 AND status = $3",
+            [lease.message_id.into(), lease.token.into(), OutboundStatus::Sending.into()],
+        ))
+        .await?;
+    Ok(marked.rows_affected() == 1)
+}
+
+/// Puts leased messages that never reached the server back in the queue, the cut attempt not counted. `which`
+/// narrows the `sending` rows with `values` as `$1`, `$2`, ...; the reason recorded comes after them.
+async fn requeue_unsent(
+    ctx: &AppContext,
+    which: &str,
+    mut values: Vec<sea_orm::Value>,
+    why: &str,
+    retry_in_seconds: f64,
+) -> AppResult<u64> {
+    let sql = format!(
+        "UPDATE outbound_messages SET status = ${queued}, attempts = greatest(attempts - 1, 0), lease_until = NULL, \
+         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${why}, updated_at = now(), \
+         next_attempt_at = now() + make_interval(secs => ${retry}) WHERE {sending} AND handed_at IS NULL AND {which}",
+        why = values.len() + 1,
+        retry = values.len() + 2,
+        queued = values.len() + 3,
+        // Spelled, not bound: the sweep over expired leases needs the partial index on `sending` rows.
+        sending = crate::jobs::due::sending(),
+    );
+    values.push(why.into());
+    values.push(retry_in_seconds.into());
+    values.push(OutboundStatus::Queued.into());
+    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Ok(done.rows_affected())
+}
+
+const STOPPED_BEFORE_HANDING: &str = "the worker stopped before handing it to the mail server; queued again";
+
+/// A delivery that failed on Postbridge's own side (database, decryption) waits this long before its next try; the
+/// attempt is not counted, so such failures never fail a message for good.
+const INTERNAL_RETRY_SECONDS: f64 = 30.0;
+
+/// Gives a leased message back to the queue when nothing of it reached the server; false when it had been handed
+/// over (it then settles as `unknown`) or the lease is no longer ours.
+async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<bool> {
+    let which = "id = $1 AND lease_token = $2";
+    Ok(requeue_unsent(ctx, which, vec![lease.message_id.into(), lease.token.into()], why, INTERNAL_RETRY_SECONDS).await? == 1)
+}
+
+/// Records the outcome of the lease holder; false (nothing written) when the lease is no longer ours.
+async fn set_outcome<C: ConnectionTrait>(
+    db: &C,
+    lease: Lease,
+    status: OutboundStatus,
+    error: Option<&str>,
+    reply: Option<&str>,
+    retry_in: Option<i64>,
+) -> AppResult<bool> {
+    let next = retry_in.and_then(|s| Utc::now().checked_add_signed(chrono::Duration::seconds(s)));
+    let written = db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
+             next_attempt_at = COALESCE($6, next_attempt_at), lease_until = NULL, lease_token = NULL, leased_by = NULL, \
+             handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
+             sent_at = CASE WHEN $8 THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
+            [
+                lease.message_id.into(),
+                lease.token.into(),
+                status.into(),
+                error.map(str::to_owned).into(),
+                reply.map(str::to_owned).into(),
+                next.into(),
+                (status == OutboundStatus::Queued).into(),
+                (status == OutboundStatus::Sent).into(),
+            ],
+        ))
+        .await?;
+    if written.rows_affected() == 0 {
+        tracing::warn!(message_id = %lease.message_id, status = status.as_str(), "the send lease was lost; outcome not recorded");
+    }
+    Ok(written.rows_affected() == 1)
+}
+
+/// Sends one queued message (the worker's job). The lease is renewed while it runs; an error before the content
+/// reached the server gives the message back to the queue at once.
+pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> {
+    let Some((message, lease)) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
+    let outcome = crate::jobs::leases::renewing("send", LEASE_RENEW_EVERY, deliver_leased(ctx, &message, lease), || {
+        renew_lease(ctx, lease)
+    })
+    .await;
+    if let Err(e) = &outcome {
+        match release_unsent(ctx, lease, &format!("interrupted before reaching the mail server: {e}")).await {
+            Ok(true) => tracing::warn!(%message_id, error = %e, "delivery interrupted before sending; queued again"),
+            Ok(false) => {}
+            Err(release) => {
+                tracing::warn!(%message_id, error = %release, "could not give the message back; its lease will expire")
+            }
+        }
+    }
+    outcome
+}
+
+async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lease: Lease) -> AppResult<Delivery> {
+    let Some(account_id) = message.account_id else {
+        return fail(ctx, message, lease, "its sending account was deleted").await;
+    };
+    let Some(account) = email_account::Entity::find_by_id(account_id).one(&ctx.db).await? else {
+        return fail(ctx, message, lease, "its sending account was deleted").await;
+    };
+    if let Some(wait) = pace_wait(ctx, &account).await? {
+        ctx.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE outbound_messages SET status = $4, attempts = attempts - 1, lease_until = NULL, lease_token = NULL, \
+                 leased_by = NULL, dispatched_until = NULL, next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2",
+                [message.id.into(), lease.token.into(), wait.into(), OutboundStatus::Queued.into()],
+            ))
+            .await?;
+        return Ok(Delivery::Paced);
+    }
+    let recipients: Vec<String> = serde_json::from_value(message.recipients.clone()).unwrap_or_default();
+    let mut refreshed = false;
+    loop {
+        let outcome = send_once(ctx, &account, message, lease, &recipients).await;
+        match outcome {
+            Ok(sent) => {
+                // The status and its event together: a crash in between would lose the event for good.
+                let txn = ctx.db.begin().await?;
+                if set_outcome(&txn, lease, OutboundStatus::Sent, None, Some(sent.reply()), None).await? {
+                    events::record(
+                        &txn,
+                        message.tenant_id,
+                        events::MESSAGE_SENT,
+                        "message",
+                        Some(message.id),
+                        json!({"message_id": message.message_id}),
+                    )
+                    .await?;
+                }
+                txn.commit().await?;
+                ctx.metrics.messages("sent", 1);
+                return Ok(Delivery::Sent);
+            }
+            Err(Failure::LeaseLost) => return Ok(Delivery::Skipped),
+            Err(Failure::Send(SendError::Auth { message: words, .. }))
+            | Err(Failure::Credentials(MailError { message: words, .. }))
+                if !refreshed && account.grant_id.is_some() =>
+            {
+                // A token that should be valid was refused: refresh once and retry.
+                tracing::info!(account_id = %account.id, reply = %words, "SMTP authentication refused; refreshing the token once");
+                if let Some(grant_id) = account.grant_id {
+                    grants::expire_access_token(ctx, account.tenant_id, grant_id).await?;
+                }
+                refreshed = true;
+            }
+            Err(Failure::Send(SendError::Auth { code, message: words })) => {
+                let hint = auth_hint(&words);
+                let error = MailError::new(crate::protocols::error::MailStep::Auth, format!("{words}{hint}"));
+                let error = match code {
+                    Some(c) => error.with_code(c),
+                    None => error,
+                };
+                mailbox::record_account_error(&ctx.db, &account, &error).await?;
+                return fail(ctx, message, lease, &error.to_string()).await;
+            }
+            Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::Credentials(e)) => return fail(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::Send(SendError::Unknown { message: words })) => {
+                set_outcome(&ctx.db, lease, OutboundStatus::Unknown, Some(&format!("delivery uncertain: {words}")), None, None)
+                    .await?;
+                return Ok(Delivery::Unknown);
+            }
+            Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::Send(e)) => return fail(ctx, message, lease, &e.to_string()).await,
+            Err(Failure::App(e)) => return Err(e),
+        }
+    }
+}
+
+enum Failure {
+    Credentials(MailError),
+    Send(SendError),
+    /// The lease was taken over before the content went out: nothing was sent.
+    LeaseLost,
+    App(crate::error::AppError),
+}
+
+async fn send_once(
+    ctx: &AppContext,
+    account: &email_account::Model,
+    message: &outbound_message::Model,
+    lease: Lease,
+    recipients: &[String],
+) -> Result<SendOutcome, Failure> {
+    let endpoint = endpoint(account)
+        .map_err(|e| Failure::Credentials(MailError::new(crate::protocols::error::MailStep::Unknown, e.to_string())))?;
+    let auth = credentials(ctx, account).await.map_err(|e| match e {
+        mailbox::CredentialError::Mail(e) => Failure::Credentials(e),
+        mailbox::CredentialError::Internal(e) => Failure::App(e),
+    })?;
+    if !mark_handed(ctx, lease).await.map_err(Failure::App)? {
+        return Err(Failure::LeaseLost);
+    }
+    ctx.smtp.send_raw(&endpoint, &auth, &message.envelope_from, recipients, &message.raw).await.map_err(Failure::Send)
+}
+
+async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
+    if message.attempts >= MAX_ATTEMPTS {
+        return fail(ctx, message, lease, &format!("gave up after {} attempts: {error}", message.attempts)).await;
+    }
+    set_outcome(
+        &ctx.db,
+        lease,
+        OutboundStatus::Queued,
+        Some(error),
+        None,
+        Some(crate::jobs::backoff::MESSAGE_SEND.seconds(message.attempts)),
+    )
+    .await?;
+    Ok(Delivery::Retry)
+}
+
+async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
+    let txn = ctx.db.begin().await?;
+    let recorded = set_outcome(&txn, lease, OutboundStatus::Failed, Some(error), None, None).await?;
+    if recorded {
+        events::record(&txn, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error}))
+            .await?;
+    }
+    txn.commit().await?;
+    if !recorded {
+        return Ok(Delivery::Skipped);
+    }
+    ctx.metrics.messages("failed", 1);
+    Ok(Delivery::Failed)
+}
+
+/// The account's sending pace in messages per minute (0: none): its own if set, else the deployment's, where
+/// Microsoft 365 mailboxes have their own.
+fn pace_of(ctx: &AppContext, account: &email_account::Model) -> u32 {
+    if let Some(own) = account.send_rate_per_minute {
+        return u32::try_from(own).unwrap_or(0);
+    }
+    let microsoft =
+        account.host.eq_ignore_ascii_case("smtp.office365.com") || account.host.to_ascii_lowercase().ends_with(".outlook.com");
+    if microsoft {
+        ctx.settings.microsoft_send_rate_per_minute
+    } else {
+        ctx.settings.send_rate_per_minute
+    }
+}
+
+/// Seconds to wait when the account already sent its pace in the last minute (counted in Postgres, so the
+/// pace holds across every worker process).
+async fn pace_wait(ctx: &AppContext, account: &email_account::Model) -> AppResult<Option<f64>> {
+    let pace = pace_of(ctx, account);
+    if pace == 0 {
+        return Ok(None);
+    }
+    let row = ctx
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT count(*) AS sent, EXTRACT(EPOCH FROM (min(sent_at) + interval '60 seconds' - now()))::float8 AS wait \
+             FROM outbound_messages WHERE account_id = $1 AND status = $2 AND sent_at > now() - interval '60 seconds'",
+            [account.id.into(), OutboundStatus::Sent.into()],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let sent: i64 = row.try_get("", "sent")?;
+    if sent < i64::from(pace) {
+        return Ok(None);
+    }
+    let wait: Option<f64> = row.try_get("", "wait")?;
+    Ok(Some(wait.unwrap_or(1.0).max(1.0) + rand::rng().random_range(0.0..1.0)))
+}
+
+/// What a person should do about an authentication refusal.
+fn auth_hint(words: &str) -> &'static str {
+    if words.contains("5.7.139") {
+        " — SMTP AUTH is disabled for this Microsoft 365 tenant or mailbox: an Exchange admin must enable authenticated SMTP (Set-CASMailbox -SmtpClientAuthenticationDisabled $false)"
+    } else if words.contains("5.7.3") || words.contains("535") {
+        " — the server refused the credentials: check the login, the password or app password, or authorize the account again"
+    } else {
+        ""
+    }
+}
+
+/// What `settle_abandoned` did with messages whose worker stopped mid-delivery.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Abandoned {
+    /// Never handed to the server: queued again, the attempt not counted.
+    pub requeued: u64,
+    /// Handed to the server, outcome unheard: `unknown`, never resent blindly.
+    pub unknown: u64,
+}
+
+/// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
+/// back to the queue; the others become `unknown`, since the server may have accepted them.
+pub async fn settle_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
+    let requeued = requeue_unsent(ctx, "lease_until < now()", vec![], STOPPED_BEFORE_HANDING, 0.0).await?;
+    let unknown = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "UPDATE outbound_messages SET status = $1, lease_until = NULL, lease_token = NULL, leased_by = NULL, \
+                 updated_at = now(), last_error = 'the worker stopped while delivering; the server may have accepted it' \
+                 WHERE {} AND lease_until < now()",
+                crate::jobs::due::sending()
+            ),
+            [OutboundStatus::Unknown.into()],
+        ))
+        .await?;
+    Ok(Abandoned { requeued, unknown: unknown.rows_affected() })
+}
+
+/// A stopping worker gives back the messages it leased but never handed to the server (jobs cut by the shutdown
+/// grace). Returns how many.
+pub async fn release_unsent_of_instance(ctx: &AppContext, instance_id: Uuid) -> AppResult<u64> {
+    requeue_unsent(ctx, "leased_by = $1", vec![instance_id.into()], STOPPED_BEFORE_HANDING, 0.0).await
+}
+
+/// Where servers file submitted mail; tried in order.
+const SENT_FOLDERS: &[&str] = &["Sent", "Sent Items", "Sent Messages", "[Gmail]/Sent Mail", "INBOX.Sent"];
+
+/// Providers whose SMTP submission files a copy into the Sent folder, so a message missing there was not sent.
+fn files_submissions_in_sent(account: &email_account::Model) -> bool {
+    let host = account.host.to_ascii_lowercase();
+    host == "smtp.office365.com" || host == "smtp.gmail.com" || host.ends_with(".outlook.com")
+}
+
+/// How an `unknown` message was settled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Its Message-ID is in the mailbox's Sent folder.
+    FoundSent,
+    /// Not in the Sent folder of a server that files every submission there: queued again.
+    Resend,
+    /// No IMAP account of the mailbox, no Sent folder, or a server that does not file submissions: stays unknown.
+    Undecided,
+}
+
+/// Looks `unknown` messages (older than a minute, so the server had time to file them) up in the Sent folder of
+/// the mailbox's IMAP account. Each is checked once; a connection failure leaves it for the next round.
+pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement)>> {
+    let rows = ctx
+        .db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT id FROM outbound_messages WHERE {} ORDER BY updated_at LIMIT 100", crate::jobs::due::settle()),
+        ))
+        .await?;
+    let mut settled = Vec::new();
+    for row in rows {
+        let id: Uuid = row.try_get("", "id")?;
+        match settle_unknown_message(ctx, id).await {
+            Ok(Some(outcome)) => settled.push((id, outcome)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(message_id = %id, error = %e, "could not settle the message; will retry"),
+        }
+    }
+    Ok(settled)
+}
+
+/// Settles one `unknown` message (the worker's settle job): `None` when the mailbox was busy or unreachable, so a
+/// later dispatch tries again.
+pub async fn settle_unknown_message(ctx: &AppContext, id: Uuid) -> AppResult<Option<Settlement>> {
+    match settle_one(ctx, id).await {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(SettleError::App(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(message_id = %id, error = %e, "could not look for the message in the Sent folder; will retry");
+            Ok(None)
+        }
+    }
+}
+
+async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleError> {
+    let message = outbound_message::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(SettleError::Gone)?;
+    let sender = match message.account_id {
+        Some(account_id) => email_account::Entity::find_by_id(account_id).one(&ctx.db).await?,
+        None => None,
+    };
+    let inbound = match &sender {
+        Some(sender) => ctx
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM email_accounts WHERE tenant_id = $1 AND direction = $3 AND protocol = $4 \
+                 AND enabled AND lower(login) = lower($2) ORDER BY id LIMIT 1",
+                [sender.tenant_id.into(), sender.login.clone().into(), Direction::Inbound.into(), Protocol::Imap.into()],
+            ))
+            .await?
+            .map(|r| email_account::Model::from_query_result(&r, ""))
+            .transpose()?,
+        None => None,
+    };
+    let (Some(sender), Some(inbound)) = (sender, inbound) else {
+        return record_settlement(ctx, &message, Settlement::Undecided).await;
+    };
+    // One connection per mailbox: take the poll lease, or try again next round.
+    if mailbox::lease(&ctx.db, inbound.id, 120).await?.is_none() {
+        return Err(SettleError::Busy);
+    }
+    let outcome = search_sent_folders(ctx, &inbound, &message.message_id).await;
+    mailbox::release(&ctx.db, inbound.id).await?;
+    let (searched, found) = outcome?;
+    let outcome = if found {
+        Settlement::FoundSent
+    } else if searched && files_submissions_in_sent(&sender) {
+        Settlement::Resend
+    } else {
+        Settlement::Undecided
+    };
+    record_settlement(ctx, &message, outcome).await
+}
+
+/// Whether any Sent folder was found, and whether one holds `message_id`.
+async fn search_sent_folders(
+    ctx: &AppContext,
+    inbound: &email_account::Model,
+    message_id: &str,
+) -> Result<(bool, bool), SettleError> {
+    let auth = credentials(ctx, inbound).await?;
+    let mut session = crate::protocols::imap::ImapSession::connect(
+        &ctx.guard,
+        &ctx.mail_tls,
+        &endpoint(inbound)?,
+        &auth,
+        crate::protocols::error::Timeouts::default(),
+    )
+    .await?;
+    let mut searched = false;
+    let mut found = false;
+    for folder in SENT_FOLDERS {
+        match session.find_message_id(folder, message_id).await {
+            Ok(hit) => {
+                searched = true;
+                if hit {
+                    found = true;
+                    break;
+                }
+            }
+            Err(e) if e.step == crate::protocols::error::MailStep::Folder => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = session.logout().await;
+    Ok((searched, found))
+}
+
+async fn record_settlement(
+    ctx: &AppContext,
+    message: &outbound_message::Model,
+    outcome: Settlement,
+) -> Result<Settlement, SettleError> {
+    let sql = match outcome {
+        Settlement::FoundSent => {
+            "UPDATE outbound_messages SET status = $3, sent_at = now(), smtp_reply = 'found in the Sent folder', \
+             last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
+             WHERE id = $1 AND status = $2"
+        }
+        Settlement::Resend => {
+            "UPDATE outbound_messages SET status = $3, next_attempt_at = now(), sent_folder_checked_at = now(), \
+             last_error = 'not in the Sent folder after an interrupted delivery: sending again', dispatched_until = NULL, \
+             handed_at = NULL, updated_at = now() \
+             WHERE id = $1 AND status = $2"
+        }
+        Settlement::Undecided => {
+            "UPDATE outbound_messages SET sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
+             WHERE id = $1 AND status = $2"
+        }
+    };
+    let txn = ctx.db.begin().await?;
+    // $2: the status a settlement expects; $3: the one it writes (an undecided one writes none).
+    let mut values = vec![message.id.into(), OutboundStatus::Unknown.into()];
+    match outcome {
+        Settlement::FoundSent => values.push(OutboundStatus::Sent.into()),
+        Settlement::Resend => values.push(OutboundStatus::Queued.into()),
+        Settlement::Undecided => {}
+    }
+    let updated = txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    // Only the settlement that changed the row announces it (two at once would announce it twice).
+    let found_sent = outcome == Settlement::FoundSent && updated.rows_affected() > 0;
+    if found_sent {
+        events::record(
+            &txn,
+            message.tenant_id,
+            events::MESSAGE_SENT,
+            "message",
+            Some(message.id),
+            json!({"message_id": message.message_id, "settled": "sent_folder"}),
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    if found_sent {
+        ctx.metrics.messages("sent", 1);
+    }
+    Ok(outcome)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SettleError {
+    #[error("the message is gone")]
+    Gone,
+    #[error("a poll is using the mailbox")]
+    Busy,
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error(transparent)]
+    App(#[from] crate::error::AppError),
+}
+
+impl From<mailbox::CredentialError> for SettleError {
+    fn from(err: mailbox::CredentialError) -> Self {
+        match err {
+            mailbox::CredentialError::Mail(e) => SettleError::Mail(e),
+            mailbox::CredentialError::Internal(e) => SettleError::App(e),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for SettleError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        SettleError::App(err.into())
+    }
+}

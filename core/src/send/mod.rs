@@ -1,0 +1,5 @@
+//! Sending: the outbox (submit, list), routing a sender to its outbound account, and delivery over SMTP.
+
+pub mod delivery;
+pub mod outbox;
+pub mod routing;

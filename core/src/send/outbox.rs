@@ -1,0 +1,233 @@
+//! The outbox: `POST /v1/messages` routes by From, composes the message once (its Message-ID is fixed
+//! before the first attempt), and stores it; the worker sends it. An idempotency key returns the same row for
+//! the same request, and is refused (422 `idempotency_key_mismatch`) for another one.
+
+use base64::Engine;
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::routing;
+use crate::access::auth::TenantScope;
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{OutboundMessage, OutboundStatus, Page, PageRequest, Role, SendMessage};
+use crate::protocols::compose::{self, Attachment, Mailbox, OutgoingMessage};
+use crate::store::entities::outbound_message;
+use crate::store::is_unique_violation;
+use crate::store::limit_of;
+use crate::store::page_of;
+
+pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage> {
+    Ok(OutboundMessage {
+        id: model.id,
+        tenant_id: model.tenant_id,
+        idempotency_key: model.idempotency_key,
+        requested_from: model.requested_from,
+        account_id: model.account_id,
+        routed_by: model.routed_by,
+        recipients: serde_json::from_value(model.recipients).unwrap_or_default(),
+        subject: model.subject,
+        message_id: model.message_id,
+        size: model.size,
+        status: model.status,
+        attempts: model.attempts,
+        next_attempt_at: model.next_attempt_at,
+        last_error: model.last_error,
+        smtp_reply: model.smtp_reply,
+        created_at: model.created_at,
+        sent_at: model.sent_at,
+    })
+}
+
+fn to_compose(mailbox: &lettre::message::Mailbox) -> Mailbox {
+    Mailbox::new(mailbox.name.as_deref(), mailbox.email.as_ref())
+}
+
+fn mailboxes(field: &str, values: &[String]) -> AppResult<Vec<Mailbox>> {
+    values.iter().enumerate().map(|(i, v)| routing::parse_mailbox(&format!("{field}[{i}]"), v).map(|m| to_compose(&m))).collect()
+}
+
+async fn find_by_key(ctx: &AppContext, tenant_id: Uuid, key: &str) -> AppResult<Option<outbound_message::Model>> {
+    Ok(outbound_message::Entity::find()
+        .filter(outbound_message::Column::TenantId.eq(tenant_id))
+        .filter(outbound_message::Column::IdempotencyKey.eq(key))
+        .one(&ctx.db)
+        .await?)
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// An idempotency key as given (header or body): trimmed; empty is a missing field (422); longer than
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`] or holding a control character, it cannot be a key (400).
+pub fn idempotency_key(raw: &str) -> AppResult<String> {
+    let key = raw.trim();
+    if key.is_empty() {
+        return Err(AppError::validation("idempotency_key", "required", "idempotency_key must not be empty"));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(invalid_idempotency_key(format!(
+            "an idempotency key is at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes of printable text"
+        )));
+    }
+    Ok(key.to_owned())
+}
+
+pub fn invalid_idempotency_key(message: impl Into<String>) -> AppError {
+    AppError::BadRequest { code: "invalid_idempotency_key", message: message.into() }
+}
+
+/// What makes two submissions "the same request": everything but the key, hashed (SHA-256, hex). The fields
+/// serialize in declaration order and the headers map is sorted, so the same request hashes the same over
+/// REST and GraphQL.
+fn request_hash(unkeyed: &SendMessage) -> AppResult<String> {
+    debug_assert!(unkeyed.idempotency_key.is_none());
+    let mut hasher = Sha256::new();
+    serde_json::to_writer(&mut hasher, unkeyed).map_err(|e| AppError::Internal(anyhow::Error::new(e).context("hash request")))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The message stored under a key, if the request is the one it was stored for.
+fn same_request(existing: outbound_message::Model, hash: &str) -> AppResult<OutboundMessage> {
+    // Messages stored before hashes were kept cannot be compared: they answer as before.
+    if existing.request_hash.as_deref().is_some_and(|stored| stored != hash) {
+        return Err(AppError::validation(
+            "idempotency_key",
+            "idempotency_key_mismatch",
+            format!("this idempotency key was used for another message ({}); a new message needs a new key", existing.id),
+        ));
+    }
+    view(existing)
+}
+
+/// Validates, routes and stores a message to send; the same idempotency key with the same request returns the
+/// first message.
+pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessage) -> AppResult<OutboundMessage> {
+    scope.require(Role::Member)?;
+    let key = input.idempotency_key.take().as_deref().map(idempotency_key).transpose()?;
+    let hash = request_hash(&input)?;
+    if let Some(key) = &key {
+        if let Some(existing) = find_by_key(ctx, scope.tenant_id, key).await? {
+            return same_request(existing, &hash);
+        }
+    }
+    let requested = routing::parse_mailbox("from", &input.from)?;
+    let to = mailboxes("to", &input.to)?;
+    let cc = mailboxes("cc", &input.cc)?;
+    let bcc = mailboxes("bcc", &input.bcc)?;
+    let explicit_reply_to = input.reply_to.as_deref().map(|r| routing::parse_mailbox("reply_to", r)).transpose()?;
+    if input.text.is_none() && input.html.is_none() {
+        return Err(AppError::validation("text", "required", "a message needs text or html"));
+    }
+    let mut attachments = Vec::new();
+    for (i, a) in input.attachments.unwrap_or_default().into_iter().enumerate() {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(a.content_base64.trim()).map_err(|_| {
+            AppError::validation(
+                format!("attachments[{i}].content_base64"),
+                "invalid_base64",
+                "attachment content must be base64",
+            )
+        })?;
+        attachments.push(Attachment {
+            filename: a.filename,
+            content_type: a.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+            bytes,
+        });
+    }
+    let route = routing::route(&ctx.db, scope.tenant_id, &requested).await?;
+    let from = to_compose(&route.from);
+    let reply_to = explicit_reply_to.or(route.reply_to.clone()).map(|m| to_compose(&m));
+    let domain = from.address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+    let message = OutgoingMessage {
+        from,
+        reply_to,
+        to,
+        cc,
+        bcc,
+        subject: input.subject,
+        text: input.text,
+        html: input.html,
+        headers: input.headers.unwrap_or_default().into_iter().collect(),
+        attachments,
+        message_id: compose::new_message_id(&domain),
+    };
+    let composed =
+        compose::compose(&message).map_err(|e| AppError::validation(e.field().to_owned(), "invalid_message", e.to_string()))?;
+    if composed.raw.len() > ctx.settings.max_message_bytes {
+        return Err(AppError::TooLarge {
+            code: "message_too_large",
+            message: format!(
+                "the composed message is {} bytes; this deployment sends at most {} (POSTBRIDGE_MAX_MESSAGE_BYTES)",
+                composed.raw.len(),
+                ctx.settings.max_message_bytes
+            ),
+        });
+    }
+    let now = Utc::now();
+    let row = outbound_message::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(scope.tenant_id),
+        idempotency_key: Set(key.clone()),
+        requested_from: Set(requested.to_string()),
+        account_id: Set(Some(route.account.id)),
+        routed_by: Set(route.routed_by),
+        envelope_from: Set(composed.envelope_from.clone()),
+        recipients: Set(serde_json::json!(composed.envelope_to)),
+        subject: Set(message.subject.clone()),
+        message_id: Set(message.message_id.clone()),
+        size: Set(i32::try_from(composed.raw.len()).unwrap_or(i32::MAX)),
+        raw: Set(composed.raw),
+        status: Set(OutboundStatus::Queued),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        lease_until: Set(None),
+        lease_token: Set(None),
+        leased_by: Set(None),
+        handed_at: Set(None),
+        dispatched_until: Set(None),
+        sent_folder_checked_at: Set(None),
+        last_error: Set(None),
+        smtp_reply: Set(None),
+        created_at: Set(now),
+        sent_at: Set(None),
+        updated_at: Set(now),
+        request_hash: Set(Some(hash.clone())),
+    };
+    match row.insert(&ctx.db).await {
+        Ok(model) => view(model),
+        // Two submissions with one key at the same moment: the first one wins, both get it.
+        Err(e) if is_unique_violation(&e) => match &key {
+            Some(key) => {
+                same_request(find_by_key(ctx, scope.tenant_id, key).await?.ok_or(AppError::not_found("message"))?, &hash)
+            }
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<OutboundMessage> {
+    scope.require(Role::Viewer)?;
+    let model = outbound_message::Entity::find_by_id(id)
+        .filter(outbound_message::Column::TenantId.eq(scope.tenant_id))
+        .one(&ctx.db)
+        .await?
+        .ok_or(AppError::not_found("message"))?;
+    view(model)
+}
+
+/// The tenant's sent and queued messages, newest first.
+pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<OutboundMessage>> {
+    scope.require(Role::Viewer)?;
+    let limit = limit_of(&page)?;
+    let mut query = outbound_message::Entity::find()
+        .filter(outbound_message::Column::TenantId.eq(scope.tenant_id))
+        .order_by_desc(outbound_message::Column::Id)
+        .limit(limit + 1);
+    if let Some(cursor) = page.cursor {
+        query = query.filter(outbound_message::Column::Id.lt(cursor));
+    }
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+}

@@ -1,0 +1,176 @@
+//! Which outbound account sends a message: the account whose from filter is the address, else the one
+//! whose filter is the domain, else the tenant's default sender (From then becomes the default
+//! account's address, the display name is kept and the original address goes to Reply-To).
+
+use lettre::message::Mailbox;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::model::{AccountState, Direction, RouteExplanation, RoutedBy, SkippedSender};
+use crate::store::entities::email_account;
+use crate::validate;
+
+pub struct Route {
+    pub account: email_account::Model,
+    pub routed_by: RoutedBy,
+    /// The From the message carries.
+    pub from: Mailbox,
+    /// The original From when the fallback rewrote it.
+    pub reply_to: Option<Mailbox>,
+}
+
+impl Route {
+    /// The explanation; with `shown = false` (a member asking about an account that is not theirs) it names
+    /// neither the account's id nor its login.
+    pub fn explain(&self, requested: &Mailbox, skipped: Vec<SkippedSender>, shown: bool) -> RouteExplanation {
+        let address = requested.email.to_string().to_lowercase();
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        let account = if shown { format!("account {}", self.account.login) } else { "another member's account".to_owned() };
+        let reason = match self.routed_by {
+            RoutedBy::Address => format!("{account}'s from filter is the address {address}"),
+            RoutedBy::Domain => format!("{account}'s from filter is the domain {domain}"),
+            RoutedBy::Default => format!(
+                "no usable account's from filter is {address} or {domain}, so the tenant's default sender ({account}) is used"
+            ),
+        };
+        let warning = (self.routed_by == RoutedBy::Default).then(|| match &self.reply_to {
+            Some(original) => format!(
+                "the fallback sender is used: recipients see From {} and replies go to {original} (Reply-To); add an \
+                 outbound account with from filter {address} or {domain} to send as {address}",
+                self.from
+            ),
+            None => "the fallback sender is used (it sends as this very address)".to_owned(),
+        });
+        RouteExplanation {
+            account_id: shown.then_some(self.account.id),
+            routed_by: self.routed_by,
+            effective_from: self.from.to_string(),
+            reply_to: self.reply_to.as_ref().map(|m| m.to_string()),
+            account_login: shown.then(|| self.account.login.clone()),
+            reason,
+            warning,
+            skipped,
+        }
+    }
+}
+
+/// Parses `addr` or `Name <addr>`.
+pub fn parse_mailbox(field: &str, value: &str) -> AppResult<Mailbox> {
+    let mailbox: Mailbox = value
+        .trim()
+        .parse()
+        .map_err(|_| AppError::validation(field, "invalid_email", format!("{field} must be an address or Name <address>")))?;
+    if !validate::is_email(mailbox.email.as_ref()) {
+        return Err(AppError::validation(field, "invalid_email", format!("{field} must be an address or Name <address>")));
+    }
+    Ok(mailbox)
+}
+
+/// Accounts that may send: outbound, enabled, authorized or confirmed.
+fn usable(account: &email_account::Model) -> bool {
+    account.enabled && (account.state == AccountState::Authorized || account.state == AccountState::Confirmed)
+}
+
+/// The address a default sender sends as: its from filter when that is an address, else its login.
+fn sender_address(account: &email_account::Model) -> Option<String> {
+    [account.from_filter.as_deref(), Some(account.login.as_str())]
+        .into_iter()
+        .flatten()
+        .find(|a| validate::is_email(a))
+        .map(str::to_lowercase)
+}
+
+pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) -> AppResult<Route> {
+    let address = from.email.to_string().to_lowercase();
+    let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+    let accounts: Vec<email_account::Model> = email_account::Entity::find()
+        .filter(email_account::Column::TenantId.eq(tenant_id))
+        .filter(email_account::Column::Direction.eq(Direction::Outbound))
+        .order_by_asc(email_account::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(usable)
+        .collect();
+    let by_filter = |wanted: &str| accounts.iter().find(|a| a.from_filter.as_deref() == Some(wanted)).cloned();
+    if let Some(account) = by_filter(&address) {
+        return Ok(Route { account, routed_by: RoutedBy::Address, from: from.clone(), reply_to: None });
+    }
+    if let Some(account) = by_filter(&domain) {
+        return Ok(Route { account, routed_by: RoutedBy::Domain, from: from.clone(), reply_to: None });
+    }
+    let default = accounts.iter().find(|a| a.is_default).cloned().ok_or_else(|| {
+        AppError::validation(
+            "from",
+            "no_sender",
+            format!("no outbound account sends for {address} (no from filter matches it or its domain) and the tenant has no usable default sender"),
+        )
+    })?;
+    let sender = sender_address(&default)
+        .ok_or_else(|| AppError::validation("from", "no_sender", "the default sender has no address to send as"))?;
+    let sender_mailbox =
+        sender.parse().map_err(|_| AppError::validation("from", "no_sender", "the default sender's address is not valid"))?;
+    // Same address: nothing to rewrite.
+    if sender == address {
+        return Ok(Route { account: default, routed_by: RoutedBy::Default, from: from.clone(), reply_to: None });
+    }
+    Ok(Route {
+        account: default,
+        routed_by: RoutedBy::Default,
+        from: Mailbox::new(from.name.clone(), sender_mailbox),
+        reply_to: Some(from.clone()),
+    })
+}
+
+/// "Which account would send From X, and why" — without sending anything.
+pub async fn explain(
+    ctx: &crate::context::AppContext,
+    scope: &crate::access::auth::TenantScope,
+    from: &str,
+) -> AppResult<RouteExplanation> {
+    scope.require(crate::model::Role::Viewer)?;
+    let mailbox = parse_mailbox("from", from)?;
+    let chosen = route(&ctx.db, scope.tenant_id, &mailbox).await?;
+    // Members see only their own accounts, here as everywhere else.
+    let visible = |account: &email_account::Model| {
+        scope.principal.role != crate::model::Role::Member || account.owner_subject == scope.principal.subject
+    };
+    let skipped = skipped_senders(&ctx.db, scope.tenant_id, &mailbox, &visible).await?;
+    Ok(chosen.explain(&mailbox, skipped, visible(&chosen.account)))
+}
+
+/// Outbound accounts whose from filter matches the address or its domain (or that are the default sender) but
+/// which cannot send now: the usual answer to "why did my mail go out from the fallback?".
+async fn skipped_senders<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Uuid,
+    from: &Mailbox,
+    visible: &(dyn Fn(&email_account::Model) -> bool + Sync),
+) -> AppResult<Vec<SkippedSender>> {
+    let address = from.email.to_string().to_lowercase();
+    let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+    let accounts = email_account::Entity::find()
+        .filter(email_account::Column::TenantId.eq(tenant_id))
+        .filter(email_account::Column::Direction.eq(Direction::Outbound))
+        .order_by_asc(email_account::Column::Id)
+        .all(db)
+        .await?;
+    accounts
+        .into_iter()
+        .filter(|a| !usable(a) && visible(a))
+        .filter(|a| a.is_default || a.from_filter.as_deref().is_some_and(|f| f == address || f == domain))
+        .map(|a| {
+            let state = a.state;
+            let reason = if !a.enabled {
+                "disabled".to_owned()
+            } else {
+                match (&a.last_error, state) {
+                    (Some(error), AccountState::Error) => format!("in error: {error}"),
+                    _ => format!("{state}: only authorized or confirmed accounts send"),
+                }
+            };
+            Ok(SkippedSender { account_id: a.id, login: a.login, from_filter: a.from_filter, state, enabled: a.enabled, reason })
+        })
+        .collect()
+}
