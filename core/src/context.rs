@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
-use crate::access::auth::JwtKeys;
+use crate::access::jwt::JwtKeys;
 use crate::config::Settings;
 use crate::protocols::netguard::NetGuard;
 use crate::secrets::crypto::Cipher;

@@ -1,12 +1,63 @@
 //! Why an account or a grant failed, as data. `last_error` keeps the words (the server's or provider's own, for a
 //! person to read); `last_error_kind` keeps this kind beside them, so the fix-it hints (`hints`) match on kinds and
 //! never on sentences Postbridge wrote itself. Rewording an error changes no `reason`.
+//!
+//! A leaf: the protocols name their failures in these terms (`MailStep`, `TokenError::failure_kind`), never the
+//! other way round.
+
+use std::fmt;
 
 use sea_orm::FromJsonQueryResult;
 use serde::{Deserialize, Serialize};
 
-use crate::protocols::error::MailStep;
-use crate::protocols::oauth::TokenError;
+/// Where a mail session failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailStep {
+    /// The host name could not be resolved.
+    Dns,
+    /// The SSRF guard refused the host's address (a deployment policy; retrying does not help).
+    Forbidden,
+    /// No TCP connection (refused, unreachable, connect timeout), or the connection was lost mid-session.
+    Connect,
+    /// TLS handshake or certificate verification (implicit TLS or STARTTLS / STLS).
+    Tls,
+    /// The server's greeting was missing, malformed or a refusal.
+    Greeting,
+    /// Authentication was refused (wrong password, invalid / revoked token, mechanism not offered).
+    Auth,
+    /// The folder (mailbox) does not exist or cannot be selected.
+    Folder,
+    /// A command after login failed (the server answered NO / BAD / -ERR / 5xx, or the reply was malformed).
+    Command,
+    /// The server did not answer within the I/O timeout.
+    Timeout,
+    /// Anything else.
+    Unknown,
+}
+
+impl MailStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailStep::Dns => "dns",
+            MailStep::Forbidden => "forbidden",
+            MailStep::Connect => "connect",
+            MailStep::Tls => "tls",
+            MailStep::Greeting => "greeting",
+            MailStep::Auth => "auth",
+            MailStep::Folder => "folder",
+            MailStep::Command => "command",
+            MailStep::Timeout => "timeout",
+            MailStep::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for MailStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The failure behind an account's or a grant's `last_error`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
@@ -39,24 +90,6 @@ pub enum FailureKind {
 impl FailureKind {
     /// Re-consent needed, without a provider's answer to say why (an endpoint moved, a grant found dead).
     pub const REAUTH_REQUIRED: FailureKind = FailureKind::ReauthRequired { oauth_error: None, provider_code: None };
-
-    /// The kind of a failed token request.
-    pub fn of_token_error(error: &TokenError) -> Self {
-        let (oauth_error, provider_code) = match error {
-            TokenError::Rejected { error, description } => {
-                (Some(error.clone()), description.as_deref().and_then(aadsts_code).map(str::to_owned))
-            }
-            TokenError::Unavailable { .. } => return FailureKind::ProviderUnavailable,
-            TokenError::Configuration(_) | TokenError::Protocol(_) => (None, None),
-        };
-        if error.needs_reauth() {
-            FailureKind::ReauthRequired { oauth_error, provider_code }
-        } else if error.needs_admin() {
-            FailureKind::ClientRefused { oauth_error, provider_code }
-        } else {
-            FailureKind::ProviderAnswer { oauth_error, provider_code }
-        }
-    }
 
     /// Whether someone must consent again.
     pub fn needs_reconsent(&self) -> bool {
@@ -94,22 +127,6 @@ pub fn aadsts_code(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_errors_keep_the_providers_codes() {
-        let refused = TokenError::Rejected {
-            error: "invalid_grant".into(),
-            description: Some("AADSTS700082: The refresh token has expired due to inactivity.".into()),
-        };
-        assert_eq!(
-            FailureKind::of_token_error(&refused),
-            FailureKind::ReauthRequired { oauth_error: Some("invalid_grant".into()), provider_code: Some("AADSTS700082".into()) }
-        );
-        let client = TokenError::Rejected { error: "invalid_client".into(), description: None };
-        assert!(matches!(FailureKind::of_token_error(&client), FailureKind::ClientRefused { .. }));
-        let outage = TokenError::Unavailable { reason: "HTTP 503".into(), retry_after: None };
-        assert_eq!(FailureKind::of_token_error(&outage), FailureKind::ProviderUnavailable);
-    }
 
     #[test]
     fn kinds_are_stored_as_tagged_json() {

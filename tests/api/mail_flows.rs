@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mail_parser::MessageParser;
-use postbridge_core::protocols::error::MailStep;
+use postbridge_core::failure::MailStep;
 use postbridge_core::receive::poll::{self, PollError, PollReport};
 use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_tests::mail::{AcceptedMessage, MailServers};

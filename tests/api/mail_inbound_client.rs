@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use postbridge_core::failure::MailStep;
 use postbridge_core::model::Security;
-use postbridge_core::protocols::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use postbridge_core::protocols::error::{Endpoint, MailAuth, MailError, Timeouts};
 use postbridge_core::protocols::imap::ImapSession;
 use postbridge_core::protocols::netguard::NetGuard;
 use postbridge_core::protocols::pop3::Pop3Session;

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mail_parser::{MessageParser, MimeHeaders as _};
+use postbridge_core::failure::MailStep;
 use postbridge_core::model::Security;
 use postbridge_core::protocols::compose::{
     compose, new_message_id, Attachment, ComposeError, Composed, Mailbox, OutgoingMessage,
 };
-use postbridge_core::protocols::error::{Endpoint, MailAuth, MailStep, Timeouts};
+use postbridge_core::protocols::error::{Endpoint, MailAuth, Timeouts};
 use postbridge_core::protocols::netguard::NetGuard;
 use postbridge_core::protocols::smtp::{SendError, SendOutcome, SmtpClient, SmtpConfig};
 use postbridge_tests::mail::{AcceptedMessage, MailServers};

@@ -301,7 +301,7 @@ async fn bench_send(messages: usize) -> anyhow::Result<()> {
     )
     .await?;
     let scope = admin_scope(Uuid::parse_str(&tenant)?);
-    let submit = |i: usize| postbridge_core::model::SendMessage {
+    let submit = |i: usize| postbridge_core::send::outbox::SendMessage {
         from: login.clone(),
         to: vec![format!("rcpt{i}@example.org")],
         cc: vec![],
@@ -493,7 +493,7 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
         let mut submitted = 0;
         for (_, login) in &senders {
             for i in 0..per_account {
-                let message = postbridge_core::model::SendMessage {
+                let message = postbridge_core::send::outbox::SendMessage {
                     from: login.clone(),
                     to: vec![format!("{rcpt_prefix}{i}@example.org")],
                     cc: vec![],

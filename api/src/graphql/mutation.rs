@@ -1,12 +1,24 @@
 use async_graphql::{Context, Object};
+use postbridge_core::access::api_keys::ApiKey;
+use postbridge_core::access::api_keys::CreateApiKey;
+use postbridge_core::access::api_keys::CreatedApiKey;
+use postbridge_core::access::tenants::CreateTenant;
+use postbridge_core::access::tenants::Tenant;
+use postbridge_core::access::tenants::UpdateTenant;
 use postbridge_core::access::{api_keys, tenants};
+use postbridge_core::connect::accounts::Account;
+use postbridge_core::connect::accounts::CreateAccount;
+use postbridge_core::connect::accounts::UpdateAccount;
+use postbridge_core::connect::grants::AuthorizeAccount;
+use postbridge_core::connect::grants::AuthorizeResult;
+use postbridge_core::connect::token_configs::CreateTokenConfig;
+use postbridge_core::connect::token_configs::TokenConfig;
+use postbridge_core::connect::token_configs::UpdateTokenConfig;
 use postbridge_core::connect::{accounts, grants, token_configs};
-use postbridge_core::model::{
-    Account, ApiKey, AuthorizeAccount, AuthorizeResult, CreateAccount, CreateApiKey, CreateTenant, CreateTokenConfig,
-    CreatedApiKey, IssuedToken, OutboundMessage, SendMessage, Tenant, TenantStatus, TokenConfig, UpdateAccount, UpdateTenant,
-    UpdateTokenConfig,
-};
+use postbridge_core::model::{IssuedToken, TenantStatus};
 use postbridge_core::send::outbox;
+use postbridge_core::send::outbox::OutboundMessage;
+use postbridge_core::send::outbox::SendMessage;
 use uuid::Uuid;
 
 use super::{caller, tenant_scope, GqlResultExt};

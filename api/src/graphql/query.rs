@@ -1,11 +1,16 @@
 use async_graphql::{Context, Object, SimpleObject};
+use postbridge_core::access::api_keys::ApiKey;
+use postbridge_core::access::tenants::Tenant;
 use postbridge_core::access::{api_keys, tenants};
+use postbridge_core::connect::accounts::Account;
+use postbridge_core::connect::grants::Grant;
+use postbridge_core::connect::token_configs::TokenConfig;
 use postbridge_core::connect::{accounts, grants, token_configs};
-use postbridge_core::model::{
-    Account, ApiKey, ExpiringQuery, Grant, InboundMessage, OutboundMessage, Page, PageRequest, Role, RouteExplanation, Tenant,
-    TokenConfig,
-};
+use postbridge_core::model::{ExpiringQuery, Page, PageRequest, Role};
 use postbridge_core::receive::inbox;
+use postbridge_core::receive::inbox::InboundMessage;
+use postbridge_core::send::outbox::OutboundMessage;
+use postbridge_core::send::routing::RouteExplanation;
 use postbridge_core::send::{outbox, routing};
 use uuid::Uuid;
 

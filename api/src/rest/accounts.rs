@@ -1,7 +1,10 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::connect::accounts;
+use postbridge_core::connect::accounts::Account;
+use postbridge_core::connect::accounts::CreateAccount;
+use postbridge_core::connect::accounts::UpdateAccount;
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{Account, CreateAccount, Page, PageRequest, UpdateAccount};
+use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

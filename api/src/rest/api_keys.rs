@@ -1,7 +1,10 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::access::api_keys;
+use postbridge_core::access::api_keys::ApiKey;
+use postbridge_core::access::api_keys::CreateApiKey;
+use postbridge_core::access::api_keys::CreatedApiKey;
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{ApiKey, CreateApiKey, CreatedApiKey, Page, PageRequest};
+use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

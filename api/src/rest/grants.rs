@@ -1,7 +1,11 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::connect::grants::AuthorizeAccount;
+use postbridge_core::connect::grants::AuthorizeResult;
+use postbridge_core::connect::grants::Grant;
+use postbridge_core::connect::token_configs::TokenConfig;
 use postbridge_core::connect::{grants, token_configs};
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{AuthorizeAccount, AuthorizeResult, ExpiringQuery, Grant, Page, PageRequest, TokenConfig};
+use postbridge_core::model::{ExpiringQuery, Page, PageRequest};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

@@ -1,7 +1,11 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{InboundMessage, OutboundMessage, Page, PageRequest, RouteExplanation, SendMessage};
+use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::receive::inbox;
+use postbridge_core::receive::inbox::InboundMessage;
+use postbridge_core::send::outbox::OutboundMessage;
+use postbridge_core::send::outbox::SendMessage;
+use postbridge_core::send::routing::RouteExplanation;
 use postbridge_core::send::{outbox, routing};
 use postbridge_core::AppContext;
 use uuid::Uuid;

@@ -1,7 +1,10 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::access::tenants::CreateTenant;
+use postbridge_core::access::tenants::Tenant;
+use postbridge_core::access::tenants::UpdateTenant;
 use postbridge_core::access::{api_keys, tenants};
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{CreateTenant, IssuedToken, Page, PageRequest, Tenant, TenantStatus, UpdateTenant};
+use postbridge_core::model::{IssuedToken, Page, PageRequest, TenantStatus};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

@@ -1,7 +1,10 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::connect::token_configs;
+use postbridge_core::connect::token_configs::CreateTokenConfig;
+use postbridge_core::connect::token_configs::TokenConfig;
+use postbridge_core::connect::token_configs::UpdateTokenConfig;
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{CreateTokenConfig, Page, PageRequest, TokenConfig, UpdateTokenConfig};
+use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 

@@ -9,12 +9,43 @@ use uuid::Uuid;
 use crate::access::auth::{generate_api_key, Principal, TenantScope, API_KEY_PREFIX};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{ApiKey, CreateApiKey, CreatedApiKey, IssuedToken, Page, PageRequest, Role};
+use crate::model::{IssuedToken, Page, PageRequest, Role};
 use crate::observe::audit;
 use crate::store::entities::api_key;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::validate;
+use async_graphql::{InputObject, SimpleObject};
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub role: Role,
+    /// The public start of the key, to recognise it; the secret is shown only once, at creation.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// admin, member or viewer.
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct CreatedApiKey {
+    pub api_key: ApiKey,
+    /// The full key. Shown only in this response; store it now.
+    pub secret: String,
+}
 
 fn view(model: api_key::Model) -> AppResult<ApiKey> {
     Ok(ApiKey {

@@ -2,5 +2,6 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod jwt;
 pub mod rate_limit;
 pub mod tenants;

@@ -10,13 +10,53 @@ use uuid::Uuid;
 use crate::access::auth::Principal;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{CreateTenant, Page, PageRequest, Role, Tenant, TenantStatus, UpdateTenant};
+use crate::model::{Page, PageRequest, Role, TenantStatus};
 use crate::observe::audit;
 use crate::store::entities::tenant;
 use crate::store::is_unique_violation;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::validate;
+use async_graphql::{InputObject, SimpleObject};
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub status: TenantStatus,
+    /// Origins (`https://app.example.com`) that post-consent return URLs may point at.
+    pub allowed_return_origins: Vec<String>,
+    /// API requests per minute this tenant may make; null: the deployment's default. Set by operators.
+    pub api_rate_limit_per_minute: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct CreateTenant {
+    /// Lowercase letters, digits and '-', 2 to 63 characters; unique.
+    pub slug: String,
+    pub name: String,
+    pub allowed_return_origins: Option<Vec<String>>,
+    /// 1 to 1000000; omitted: the deployment's default.
+    pub api_rate_limit_per_minute: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    /// `suspended` stops every credential of the tenant; `active` restores them.
+    pub status: Option<TenantStatus>,
+    pub allowed_return_origins: Option<Vec<String>>,
+    /// 1 to 1000000; null returns the tenant to the deployment's default.
+    #[serde(default)]
+    #[schema(value_type = Option<i32>)]
+    pub api_rate_limit_per_minute: MaybeUndefined<i32>,
+}
 
 /// Each entry must be a bare origin: `https://app.example.com[:port]`, no path.
 fn check_origins(origins: Vec<String>) -> AppResult<serde_json::Value> {

@@ -17,8 +17,7 @@ use crate::connect::presets;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{
-    Account, AccountState, AfterFetch, AuthMethod, CreateAccount, Direction, GrantStatus, Page, PageRequest, Protocol, Role,
-    Security, UpdateAccount,
+    AccountState, AfterFetch, AuthMethod, Direction, GrantStatus, Page, PageRequest, Protocol, Role, SecretInput, Security,
 };
 use crate::observe::audit;
 use crate::store::entities::{email_account, grant};
@@ -26,6 +25,112 @@ use crate::store::is_unique_violation;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::{secrets, validate};
+use async_graphql::{InputObject, SimpleObject};
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct Account {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: i32,
+    pub security: Security,
+    pub auth: AuthMethod,
+    pub login: String,
+    /// Whether a password is stored (the password itself is write-only).
+    pub password_set: bool,
+    pub token_config_id: Option<Uuid>,
+    /// The OAuth grant in use, once someone consented (shared by the mailbox's inbound and outbound accounts).
+    pub grant_id: Option<Uuid>,
+    pub state: AccountState,
+    pub last_error: Option<String>,
+    /// Set while the account is in error (or its last test or poll failed): a stable reason and the next step.
+    pub problem: Option<crate::observe::hints::Problem>,
+    pub enabled: bool,
+    /// Outbound: the From address or domain this account sends for.
+    pub from_filter: Option<String>,
+    /// Outbound: the tenant's fallback sender (at most one per tenant).
+    pub is_default: bool,
+    /// A shared or delegated mailbox: the consenting user may differ from the login.
+    pub shared_mailbox: bool,
+    /// Inbound: the folder to fetch from.
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<AfterFetch>,
+    pub move_to_folder: Option<String>,
+    /// Outbound: messages per minute this account may send (0: no limit); null: the deployment's pace.
+    pub send_rate_per_minute: Option<i32>,
+    /// The credential subject that created the account (members see only their own).
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct CreateAccount {
+    /// Defaults to the login.
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    /// Implied by the protocol; if given it must match.
+    pub direction: Option<Direction>,
+    /// Derived from the token configuration's provider when omitted (Microsoft, Google).
+    pub host: Option<String>,
+    /// Derived from protocol and security when omitted.
+    pub port: Option<i32>,
+    /// Default: tls for IMAP/POP3, starttls for SMTP (or the provider's).
+    pub security: Option<Security>,
+    pub auth: AuthMethod,
+    pub login: String,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<SecretInput>,
+    pub token_config_id: Option<Uuid>,
+    pub enabled: Option<bool>,
+    pub from_filter: Option<String>,
+    pub is_default: Option<bool>,
+    pub shared_mailbox: Option<bool>,
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<AfterFetch>,
+    pub move_to_folder: Option<String>,
+    /// Outbound, admins only: messages per minute (0 to 100000, 0: no limit); omitted: the deployment's pace.
+    pub send_rate_per_minute: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct UpdateAccount {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i32>,
+    pub security: Option<Security>,
+    pub auth: Option<AuthMethod>,
+    pub login: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<SecretInput>,
+    #[serde(default)]
+    #[schema(value_type = Option<Uuid>)]
+    pub token_config_id: MaybeUndefined<Uuid>,
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub from_filter: MaybeUndefined<String>,
+    pub is_default: Option<bool>,
+    pub shared_mailbox: Option<bool>,
+    pub folder: Option<String>,
+    pub poll_interval_seconds: Option<i32>,
+    pub after_fetch: Option<AfterFetch>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub move_to_folder: MaybeUndefined<String>,
+    /// Outbound, admins only: messages per minute (0: no limit); null returns to the deployment's pace.
+    #[serde(default)]
+    #[schema(value_type = Option<i32>)]
+    pub send_rate_per_minute: MaybeUndefined<i32>,
+}
 
 pub const DEFAULT_POLL_INTERVAL_SECONDS: i32 = 60;
 pub const POLL_INTERVAL_RANGE: std::ops::RangeInclusive<i32> = 10..=86_400;
@@ -308,7 +413,7 @@ async fn existing_grant(
         .filter(grant::Column::TokenConfigId.eq(config_id))
         .filter(grant::Column::Status.eq(GrantStatus::Valid));
     query = if may_approve_app_grants(scope) {
-        query.filter(grant::Column::Subject.is_in([login.to_lowercase(), super::grants::APP_SUBJECT.to_owned()]))
+        query.filter(grant::Column::Subject.is_in([login.to_lowercase(), grant::APP_SUBJECT.to_owned()]))
     } else {
         query
             .filter(grant::Column::Subject.eq(login.to_lowercase()))

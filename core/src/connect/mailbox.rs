@@ -13,8 +13,9 @@ use crate::connect::account_lifecycle::{self, AccountEvent};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
+use crate::failure::MailStep;
 use crate::model::{AuthMethod, Protocol, Role};
-use crate::protocols::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::protocols::error::{Endpoint, MailAuth, MailError, Timeouts};
 use crate::secrets;
 use crate::store::entities::email_account;
 
@@ -117,7 +118,7 @@ pub struct TestResult {
     pub step: Option<String>,
     /// The server's own words on failure.
     pub message: Option<String>,
-    pub account: crate::model::Account,
+    pub account: crate::connect::accounts::Account,
 }
 
 /// Connects with the account's current credentials (IMAP: log in and select the folder; POP3: log in

@@ -13,9 +13,7 @@ use crate::access::auth::TenantScope;
 use crate::connect::presets;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{
-    CreateTokenConfig, ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, TokenConfig, UpdateTokenConfig,
-};
+use crate::model::{ExpiringQuery, OAuthFlow, Page, PageRequest, Provider, Role, SecretInput};
 use crate::observe::audit;
 use crate::secrets;
 use crate::store::entities::{grant, token_config};
@@ -23,6 +21,105 @@ use crate::store::is_foreign_key_violation;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::validate;
+use async_graphql::{InputObject, SimpleObject};
+use chrono::{DateTime, NaiveDate};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct TokenConfig {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub provider: Provider,
+    pub flow: OAuthFlow,
+    pub client_id: String,
+    /// Whether a client secret is stored (the secret itself is write-only).
+    pub client_secret_set: bool,
+    pub client_secret_expires_at: Option<NaiveDate>,
+    /// Microsoft directory (tenant id, domain, `common` or `organizations`).
+    pub directory_tenant_id: Option<String>,
+    pub auth_url: Option<String>,
+    pub token_url: String,
+    /// Generic configurations: the authorization server's issuer identifier; an authorization response carrying
+    /// another `iss` (RFC 9207) is refused. Microsoft and Google configurations know their issuer (null here).
+    pub issuer: Option<String>,
+    pub scopes: Vec<String>,
+    pub extra_auth_params: BTreeMap<String, String>,
+    /// The only mail hosts this configuration's tokens are sent to: the provider's own for Microsoft and Google,
+    /// the admin's list for generic configurations (`*.example.com` matches subdomains).
+    pub allowed_mail_hosts: Vec<String>,
+    /// Paste this at the provider as the app's redirect URI.
+    pub redirect_uri: String,
+    /// The provider refused the client id or secret: create a new secret at the provider and paste it here.
+    pub needs_admin: bool,
+    pub last_error: Option<String>,
+    /// Google only: the app's OAuth consent screen is in "Testing", so Google expires its refresh tokens 7 days after
+    /// consent (credential health warns before). Always false for other providers.
+    pub testing_app: bool,
+    /// Set while the provider refuses the client credentials or the secret is past its expiry date: why, and the fix.
+    pub problem: Option<crate::observe::hints::Problem>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct CreateTokenConfig {
+    pub name: String,
+    pub provider: Provider,
+    /// Default `user`.
+    pub flow: Option<OAuthFlow>,
+    pub client_id: String,
+    /// Required for the app flow and for Microsoft/Google; write-only.
+    #[schema(value_type = Option<String>, format = Password)]
+    pub client_secret: Option<SecretInput>,
+    pub client_secret_expires_at: Option<NaiveDate>,
+    /// Microsoft only, required there.
+    pub directory_tenant_id: Option<String>,
+    /// Derived for microsoft/google; required for generic user flow.
+    pub auth_url: Option<String>,
+    /// Derived for microsoft/google; required for generic.
+    pub token_url: Option<String>,
+    /// Generic only, optional: the issuer identifier the provider returns as `iss` (RFC 9207), e.g.
+    /// `https://id.example.com`; an authorization response naming another issuer is refused.
+    pub issuer: Option<String>,
+    /// Derived from provider and flow when omitted.
+    pub scopes: Option<Vec<String>>,
+    pub extra_auth_params: Option<BTreeMap<String, String>>,
+    /// Generic only, and needed before an oauth2 account can use the configuration: the mail hosts its tokens may be
+    /// sent to (host names, or `*.example.com` for subdomains; at most 50).
+    pub allowed_mail_hosts: Option<Vec<String>>,
+    /// Google only: the app's consent screen is in "Testing" (refresh tokens expire after 7 days). Default false.
+    pub testing_app: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct UpdateTokenConfig {
+    pub name: Option<String>,
+    pub client_id: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
+    pub client_secret: Option<SecretInput>,
+    /// `null` clears the date.
+    #[serde(default)]
+    #[schema(value_type = Option<NaiveDate>)]
+    pub client_secret_expires_at: MaybeUndefined<NaiveDate>,
+    pub directory_tenant_id: Option<String>,
+    /// Changing `auth_url` or `token_url` (directly, or through a Microsoft directory) while grants exist needs
+    /// `client_secret` in the same request, and sends every grant of the configuration to `reauth_required`.
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    /// Generic only; `null` clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub issuer: MaybeUndefined<String>,
+    pub scopes: Option<Vec<String>>,
+    pub extra_auth_params: Option<BTreeMap<String, String>>,
+    /// Generic only: replaces the list of mail hosts the configuration's tokens may be sent to. Accounts on a host
+    /// no longer listed stop receiving tokens.
+    pub allowed_mail_hosts: Option<Vec<String>>,
+    /// Google only: the app's consent screen is in "Testing" (refresh tokens expire after 7 days).
+    pub testing_app: Option<bool>,
+}
 
 /// Parameters Postbridge sets itself; a tenant may not override them through extra parameters.
 const RESERVED_AUTH_PARAMS: &[&str] =
@@ -489,7 +586,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     }
     let changes = if urls_changed {
         let message = "the token configuration's auth_url or token_url changed; sign in again";
-        let buried = super::grants::require_reauth_for_config(&txn, scope.tenant_id, id, message).await?;
+        let buried = super::grants::reauth::require_reauth_for_config(&txn, scope.tenant_id, id, message).await?;
         changes.set("grants_reauth_required", Some(buried))
     } else {
         changes

@@ -13,8 +13,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
 
-/// What stands in for a secret's value in an audit entry.
-pub const SECRET_CHANGED: &str = "(secret changed)";
+use crate::model::SECRET_CHANGED;
 
 /// The fields an operation set: plain values as given, secrets replaced by [`SECRET_CHANGED`].
 #[derive(Default)]

@@ -197,7 +197,7 @@ fn config_item(config: &ConfigRow, now: DateTime<Utc>) -> AppResult<Option<Crede
 fn grant_item(grant: &GrantRow, config: &ConfigRow, now: DateTime<Utc>) -> AppResult<Option<CredentialHealth>> {
     let mut facts = facts_of_config(config);
     facts.account_id = grant.account_id;
-    facts.login = Some(grant.subject.as_str()).filter(|s| *s != crate::connect::grants::APP_SUBJECT);
+    facts.login = Some(grant.subject.as_str()).filter(|s| *s != crate::store::entities::grant::APP_SUBJECT);
     facts.grant_status = Some(grant.status);
     facts.grant_error = grant.last_error.as_deref();
     facts.grant_kind = grant.last_error_kind.as_ref();

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::failure::MailStep;
 use crate::failure::{aadsts_code, FailureKind};
 use crate::model::{AccountState, AuthMethod, GrantStatus, Protocol, Provider};
-use crate::protocols::error::MailStep;
 use crate::store::entities::{email_account, grant, token_config};
 
 /// What is wrong and what to do about it.
@@ -540,10 +540,7 @@ mod tests {
 
     /// The kind of a provider's refusal, as the token code records it.
     fn rejected(error: &str, description: Option<&str>) -> FailureKind {
-        FailureKind::of_token_error(&TokenError::Rejected {
-            error: error.to_owned(),
-            description: description.map(str::to_owned),
-        })
+        TokenError::Rejected { error: error.to_owned(), description: description.map(str::to_owned) }.failure_kind()
     }
 
     fn reason(facts: &Facts<'_>) -> String {

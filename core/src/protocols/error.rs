@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::failure::FailureKind;
+use crate::failure::{FailureKind, MailStep};
 use crate::model::Security;
 use crate::protocols::net::ConnectError;
 
@@ -23,55 +23,6 @@ pub(crate) fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
-}
-
-/// Where a mail session failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MailStep {
-    /// The host name could not be resolved.
-    Dns,
-    /// The SSRF guard refused the host's address (a deployment policy; retrying does not help).
-    Forbidden,
-    /// No TCP connection (refused, unreachable, connect timeout), or the connection was lost mid-session.
-    Connect,
-    /// TLS handshake or certificate verification (implicit TLS or STARTTLS / STLS).
-    Tls,
-    /// The server's greeting was missing, malformed or a refusal.
-    Greeting,
-    /// Authentication was refused (wrong password, invalid / revoked token, mechanism not offered).
-    Auth,
-    /// The folder (mailbox) does not exist or cannot be selected.
-    Folder,
-    /// A command after login failed (the server answered NO / BAD / -ERR / 5xx, or the reply was malformed).
-    Command,
-    /// The server did not answer within the I/O timeout.
-    Timeout,
-    /// Anything else.
-    Unknown,
-}
-
-impl MailStep {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MailStep::Dns => "dns",
-            MailStep::Forbidden => "forbidden",
-            MailStep::Connect => "connect",
-            MailStep::Tls => "tls",
-            MailStep::Greeting => "greeting",
-            MailStep::Auth => "auth",
-            MailStep::Folder => "folder",
-            MailStep::Command => "command",
-            MailStep::Timeout => "timeout",
-            MailStep::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for MailStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A failed mail-protocol step. `message` holds the server's own words (or the local reason); it never holds a

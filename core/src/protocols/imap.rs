@@ -23,8 +23,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::ClientConfig;
 
+use crate::failure::MailStep;
 use crate::model::Security;
-use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 

@@ -15,6 +15,7 @@ use oauth2::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::failure::{aadsts_code, FailureKind};
 use crate::protocols::error::truncate;
 use crate::protocols::netguard::NetGuard;
 
@@ -88,6 +89,25 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The kind of this failure, as stored beside its words.
+    pub fn failure_kind(&self) -> FailureKind {
+        let error = self;
+        let (oauth_error, provider_code) = match error {
+            TokenError::Rejected { error, description } => {
+                (Some(error.clone()), description.as_deref().and_then(aadsts_code).map(str::to_owned))
+            }
+            TokenError::Unavailable { .. } => return FailureKind::ProviderUnavailable,
+            TokenError::Configuration(_) | TokenError::Protocol(_) => (None, None),
+        };
+        if error.needs_reauth() {
+            FailureKind::ReauthRequired { oauth_error, provider_code }
+        } else if error.needs_admin() {
+            FailureKind::ClientRefused { oauth_error, provider_code }
+        } else {
+            FailureKind::ProviderAnswer { oauth_error, provider_code }
+        }
+    }
+
     pub fn oauth_error(&self) -> Option<&str> {
         match self {
             TokenError::Rejected { error, .. } => Some(error),
@@ -380,6 +400,22 @@ pub fn id_token_identity(id_token: &str) -> Option<ConsentIdentity> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_errors_keep_the_providers_codes() {
+        let refused = TokenError::Rejected {
+            error: "invalid_grant".into(),
+            description: Some("AADSTS700082: The refresh token has expired due to inactivity.".into()),
+        };
+        assert_eq!(
+            refused.failure_kind(),
+            FailureKind::ReauthRequired { oauth_error: Some("invalid_grant".into()), provider_code: Some("AADSTS700082".into()) }
+        );
+        let client = TokenError::Rejected { error: "invalid_client".into(), description: None };
+        assert!(matches!(client.failure_kind(), FailureKind::ClientRefused { .. }));
+        let outage = TokenError::Unavailable { reason: "HTTP 503".into(), retry_after: None };
+        assert_eq!(outage.failure_kind(), FailureKind::ProviderUnavailable);
+    }
+
     use super::*;
 
     #[test]

@@ -9,8 +9,9 @@ use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio_rustls::rustls::ClientConfig;
 
+use crate::failure::MailStep;
 use crate::model::Security;
-use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 

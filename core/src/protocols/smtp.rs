@@ -35,10 +35,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::ClientConfig;
 
 use crate::config::Settings;
-use crate::context::AppContext;
+use crate::failure::MailStep;
 use crate::model::Security;
 use crate::protocols::compose::Composed;
-use crate::protocols::error::{Endpoint, MailAuth, MailError, MailStep, Timeouts};
+use crate::protocols::error::{Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 
@@ -240,12 +240,6 @@ impl SmtpClient {
     pub fn from_settings(settings: &Settings, config: SmtpConfig) -> anyhow::Result<SmtpClient> {
         let extra = read_extra_ca(settings)?;
         SmtpClient::new(NetGuard::new(settings.allow_private_hosts), extra.as_deref(), config)
-    }
-
-    /// A client with the context's guard and `POSTBRIDGE_EXTRA_CA_FILE`.
-    pub fn from_context(ctx: &AppContext, config: SmtpConfig) -> anyhow::Result<SmtpClient> {
-        let extra = read_extra_ca(&ctx.settings)?;
-        SmtpClient::new(ctx.guard.clone(), extra.as_deref(), config)
     }
 
     /// Sends a composed message (its envelope and bytes).

@@ -13,10 +13,35 @@ use crate::access::auth::TenantScope;
 use crate::connect::accounts;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{InboundMessage, Page, PageRequest, Role};
+use crate::model::{Page, PageRequest, Role};
 use crate::store::entities::{email_account, inbound_message};
 use crate::store::limit_of;
 use crate::store::page_of;
+use async_graphql::SimpleObject;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A fetched message, parsed (the raw bytes are at `.../raw`).
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct InboundMessage {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub folder: String,
+    pub uid_validity: i64,
+    pub uid: i64,
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub subject: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The message's size in bytes (for an oversized message, the size the mail server announced).
+    pub size: i32,
+    pub received_at: DateTime<Utc>,
+    /// The message was larger than the inbound maximum (`POSTBRIDGE_MAX_INBOUND_MESSAGE_BYTES`): only its headers
+    /// were stored, and `.../raw` returns just them. The full message stays on the mail server.
+    pub oversized: bool,
+}
 
 /// One fetched message: an IMAP UID (0 for POP3), or a POP3 UIDL, and the bytes as received.
 pub struct Fetched<'a> {

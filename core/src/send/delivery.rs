@@ -250,7 +250,7 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
             }
             Err(Failure::Send(SendError::Auth { code, message: words })) => {
                 let hint = auth_hint(&words);
-                let error = MailError::new(crate::protocols::error::MailStep::Auth, format!("{words}{hint}"));
+                let error = MailError::new(crate::failure::MailStep::Auth, format!("{words}{hint}"));
                 let error = match code {
                     Some(c) => error.with_code(c),
                     None => error,
@@ -287,8 +287,8 @@ async fn send_once(
     lease: Lease,
     recipients: &[String],
 ) -> Result<SendOutcome, Failure> {
-    let endpoint = endpoint(account)
-        .map_err(|e| Failure::Credentials(MailError::new(crate::protocols::error::MailStep::Unknown, e.to_string())))?;
+    let endpoint =
+        endpoint(account).map_err(|e| Failure::Credentials(MailError::new(crate::failure::MailStep::Unknown, e.to_string())))?;
     let auth = credentials(ctx, account).await.map_err(|e| match e {
         mailbox::CredentialError::Mail(e) => Failure::Credentials(e),
         mailbox::CredentialError::Internal(e) => Failure::App(e),
@@ -537,7 +537,7 @@ async fn search_sent_folders(
                     break;
                 }
             }
-            Err(e) if e.step == crate::protocols::error::MailStep::Folder => continue,
+            Err(e) if e.step == crate::failure::MailStep::Folder => continue,
             Err(e) => return Err(e.into()),
         }
     }

@@ -12,12 +12,75 @@ use super::routing;
 use crate::access::auth::TenantScope;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{OutboundMessage, OutboundStatus, Page, PageRequest, Role, SendMessage};
+use crate::model::{OutboundStatus, Page, PageRequest, Role, RoutedBy};
 use crate::protocols::compose::{self, Attachment, Mailbox, OutgoingMessage};
 use crate::store::entities::outbound_message;
 use crate::store::is_unique_violation;
 use crate::store::limit_of;
 use crate::store::page_of;
+use async_graphql::{InputObject, SimpleObject};
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A file attached to an outgoing message.
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct AttachmentInput {
+    pub filename: String,
+    /// e.g. `application/pdf`; default `application/octet-stream`.
+    pub content_type: Option<String>,
+    /// The file's bytes, base64.
+    pub content_base64: String,
+}
+
+/// A message to send. From decides the sending account (see the routing rules).
+#[derive(Clone, Debug, Serialize, Deserialize, InputObject, ToSchema)]
+pub struct SendMessage {
+    /// `address@example.com` or `Display Name <address@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    #[graphql(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    #[graphql(default)]
+    pub cc: Vec<String>,
+    #[serde(default)]
+    #[graphql(default)]
+    pub bcc: Vec<String>,
+    pub reply_to: Option<String>,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    /// Extra headers (`X-…` and the like); structural headers are refused.
+    pub headers: Option<BTreeMap<String, String>>,
+    pub attachments: Option<Vec<AttachmentInput>>,
+    /// The same key returns the same message and never sends twice.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct OutboundMessage {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub idempotency_key: Option<String>,
+    pub requested_from: String,
+    /// The account used (chosen at submission).
+    pub account_id: Option<Uuid>,
+    pub routed_by: RoutedBy,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub message_id: String,
+    pub size: i32,
+    pub status: OutboundStatus,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// The SMTP server's final reply.
+    pub smtp_reply: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
 
 pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage> {
     Ok(OutboundMessage {

@@ -7,9 +7,43 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
-use crate::model::{AccountState, Direction, RouteExplanation, RoutedBy, SkippedSender};
+use crate::model::{AccountState, Direction, RoutedBy};
 use crate::store::entities::email_account;
 use crate::validate;
+use async_graphql::SimpleObject;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// "Which account would send From X, and why".
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct RouteExplanation {
+    /// The chosen account; absent when a member asks and the account is not theirs (members see only their own).
+    pub account_id: Option<Uuid>,
+    pub routed_by: RoutedBy,
+    /// The From the message will carry (the default sender's address when the fallback is used).
+    pub effective_from: String,
+    /// Set when the fallback rewrote From: the original address goes to Reply-To.
+    pub reply_to: Option<String>,
+    /// The chosen account's login; absent when it is not the asking member's account.
+    pub account_login: Option<String>,
+    /// Why this account, in words.
+    pub reason: String,
+    /// Set when the tenant's fallback (default) sender would be used: recipients see another From.
+    pub warning: Option<String>,
+    /// Accounts whose from filter matches but which cannot send now, with why.
+    pub skipped: Vec<SkippedSender>,
+}
+
+/// An outbound account the router passed over.
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct SkippedSender {
+    pub account_id: Uuid,
+    pub login: String,
+    pub from_filter: Option<String>,
+    pub state: AccountState,
+    pub enabled: bool,
+    pub reason: String,
+}
 
 pub struct Route {
     pub account: email_account::Model,

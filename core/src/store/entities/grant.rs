@@ -2,6 +2,9 @@ use sea_orm::entity::prelude::*;
 
 use crate::model::GrantStatus;
 
+/// The subject of a client-credentials grant: the app itself.
+pub const APP_SUBJECT: &str = "app";
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "grants")]
 pub struct Model {

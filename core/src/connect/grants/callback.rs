@@ -1,0 +1,230 @@
+//! The provider's redirect back (`/oauth/callback`): the state checked once, the code exchanged, the grant stored.
+
+use chrono::Utc;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::link::{link_accounts, store_grant, Connection, LinkTo};
+use super::{hash_state, oauth_client};
+use crate::connect::token_configs;
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::failure::FailureKind;
+use crate::model::{AuthMethod, GrantStatus};
+use crate::observe::events;
+use crate::protocols::oauth::id_token_identity;
+use crate::secrets;
+use crate::store::entities::{email_account, grant, oauth_state};
+
+/// What the provider sent to `/oauth/callback`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    /// RFC 9207: the issuer of the authorization response, when the provider names it.
+    pub iss: Option<String>,
+}
+
+/// How a callback ended; the browser is sent to `return_url` (if any) with `status` and `reason`.
+#[derive(Clone, Debug)]
+pub struct CallbackOutcome {
+    pub success: bool,
+    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`,
+    /// `unknown_identity`, `issuer_mismatch`, `configuration_changed`, ...
+    pub reason: String,
+    pub message: String,
+    pub account_id: Option<Uuid>,
+    pub return_url: Option<String>,
+}
+
+impl CallbackOutcome {
+    fn failure(reason: &str, message: impl Into<String>, state: Option<&oauth_state::Model>) -> Self {
+        CallbackOutcome {
+            success: false,
+            reason: reason.to_owned(),
+            message: message.into(),
+            account_id: state.map(|s| s.account_id),
+            return_url: state.and_then(|s| s.return_url.clone()),
+        }
+    }
+
+    /// The return URL with `status`, `reason` and `account_id` appended.
+    pub fn redirect_url(&self) -> Option<String> {
+        let mut url = url::Url::parse(self.return_url.as_deref()?).ok()?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("status", if self.success { "success" } else { "error" });
+            query.append_pair("reason", &self.reason);
+            if let Some(id) = self.account_id {
+                query.append_pair("account_id", &id.to_string());
+            }
+        }
+        Some(url.to_string())
+    }
+}
+
+/// Completes the user flow. A failed, replayed, expired or forged callback stores nothing, except that a consent by
+/// the wrong identity leaves its account's `last_error` naming who consented and who was expected.
+pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppResult<CallbackOutcome> {
+    let Some(state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(CallbackOutcome::failure("invalid_state", "the callback carries no state", None));
+    };
+    // Single use: the first callback consumes the state, any replay finds nothing.
+    let consumed = oauth_state::Entity::update_many()
+        .col_expr(oauth_state::Column::ConsumedAt, Expr::value(Utc::now()))
+        .filter(oauth_state::Column::StateHash.eq(hash_state(state)))
+        .filter(oauth_state::Column::ConsumedAt.is_null())
+        .exec_with_returning(&ctx.db)
+        .await?;
+    let Some(state_row) = consumed.into_iter().next() else {
+        return Ok(CallbackOutcome::failure(
+            "invalid_state",
+            "this sign-in link is unknown or was already used; start again",
+            None,
+        ));
+    };
+    if state_row.expires_at < Utc::now() {
+        return Ok(CallbackOutcome::failure("state_expired", "this sign-in link expired; start again", Some(&state_row)));
+    }
+    let config = token_configs::find(ctx, state_row.tenant_id, state_row.token_config_id).await?;
+    // The code is redeemed only at the token URL the sign-in started with: the configuration's endpoints may have
+    // moved since (and its grants been sent to re-consent).
+    if config.token_url != state_row.token_url {
+        return Ok(CallbackOutcome::failure(
+            "configuration_changed",
+            "the token configuration's endpoints changed while signing in; start again",
+            Some(&state_row),
+        ));
+    }
+    // RFC 9207: an authorization response naming another issuer is a mix-up attack (or a misconfiguration).
+    if let Some(iss) = params.iss.as_deref() {
+        let provider = config.provider;
+        let expected =
+            crate::connect::presets::expected_issuer(provider, config.directory_tenant_id.as_deref(), config.issuer.as_deref());
+        if !expected.accepts(iss) {
+            return Ok(CallbackOutcome::failure(
+                "issuer_mismatch",
+                "the authorization response came from another issuer than the token configuration's; nothing was stored",
+                Some(&state_row),
+            ));
+        }
+    }
+    if let Some(error) = params.error.as_deref() {
+        let description = params.error_description.as_deref().unwrap_or("no description");
+        let reason = if error == "access_denied" { "access_denied" } else { "provider_error" };
+        return Ok(CallbackOutcome::failure(reason, format!("the provider answered {error}: {description}"), Some(&state_row)));
+    }
+    let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
+        return Ok(CallbackOutcome::failure("invalid_request", "the callback carries no code", Some(&state_row)));
+    };
+    let account = email_account::Entity::find_by_id(state_row.account_id)
+        .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+        .one(&ctx.db)
+        .await?;
+    let Some(account) =
+        account.filter(|a| a.token_config_id == Some(state_row.token_config_id) && a.auth_method == AuthMethod::Oauth2)
+    else {
+        return Ok(CallbackOutcome::failure(
+            "account_changed",
+            "the account changed while signing in; start again",
+            Some(&state_row),
+        ));
+    };
+    let verifier =
+        secrets::OAUTH_STATE_PKCE_VERIFIER.open(&ctx.cipher, state_row.tenant_id, state_row.id, &state_row.pkce_verifier)?;
+
+    let tokens = match oauth_client(ctx, &config)?.exchange_code(code, &verifier).await {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            let reason = if e.needs_admin() {
+                "invalid_client"
+            } else if e.is_transient() {
+                "provider_unavailable"
+            } else {
+                "token_exchange_failed"
+            };
+            let hint = if e.needs_admin() { " An admin must fix the token configuration's client id or secret." } else { "" };
+            return Ok(CallbackOutcome::failure(reason, format!("{e}.{hint}"), Some(&state_row)));
+        }
+    };
+    // Without prompt=consent a provider may return no new refresh token; a live stored one then stays.
+    let keeps_refresh_token = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(state_row.tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config.id))
+        .filter(grant::Column::Subject.eq(account.login.to_lowercase()))
+        .filter(grant::Column::Status.eq(GrantStatus::Valid))
+        .filter(grant::Column::RefreshToken.is_not_null())
+        .one(&ctx.db)
+        .await?
+        .is_some();
+    if tokens.refresh_token.is_none() && !keeps_refresh_token {
+        return Ok(CallbackOutcome::failure(
+            "no_refresh_token",
+            "the provider returned no refresh token: make sure the configuration asks for offline access (Microsoft: the offline_access scope; Google: access_type=offline with prompt=consent) and sign in again",
+            Some(&state_row),
+        ));
+    }
+    let identity = tokens.id_token.as_deref().and_then(id_token_identity).unwrap_or_default();
+    let consented_by = identity.username.clone();
+    let login = account.login.to_lowercase();
+    // The consenting identity must be the mailbox, unless the account is a shared mailbox (delegated access): a
+    // consent that names no identity at all proves nothing about whose mailbox the tokens open.
+    let refused = match &consented_by {
+        _ if account.shared_mailbox => None,
+        Some(who) if *who != login => Some((
+            "wrong_mailbox",
+            crate::observe::hints::wrong_mailbox_message(who, &login),
+            FailureKind::WrongMailbox { consented: who.clone(), expected: login.clone() },
+        )),
+        Some(_) => None,
+        None => {
+            Some(("unknown_identity", crate::observe::hints::UNKNOWN_IDENTITY_MESSAGE.to_owned(), FailureKind::UnknownIdentity))
+        }
+    };
+    if let Some((reason, message, kind)) = refused {
+        // No grant is stored, but the account says why it is still not connected (its state stays).
+        email_account::Entity::update_many()
+            .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
+            .col_expr(email_account::Column::LastErrorKind, Expr::value(kind))
+            .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(email_account::Column::Id.eq(account.id))
+            .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+            .exec(&ctx.db)
+            .await?;
+        return Ok(CallbackOutcome::failure(reason, message, Some(&state_row)));
+    }
+
+    let txn = ctx.db.begin().await?;
+    let connection = Connection { subject: &login, consented_by: consented_by.clone(), connected_by: &state_row.created_by };
+    let grant_id = match store_grant(ctx, &txn, state_row.tenant_id, config.id, connection, &tokens).await {
+        Ok(id) => id,
+        Err(AppError::Conflict { message, .. }) => {
+            return Ok(CallbackOutcome::failure("concurrent_authorization", message, Some(&state_row)))
+        }
+        Err(e) => return Err(e),
+    };
+    let owners = [state_row.created_by.as_str(), account.owner_subject.as_str()];
+    let linked = link_accounts(&txn, state_row.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id).await?;
+    events::record(
+        &txn,
+        state_row.tenant_id,
+        events::GRANT_CONNECTED,
+        "grant",
+        Some(grant_id),
+        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by,
+               "consented_by_id": identity.stable_id(), "accounts": linked}),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(CallbackOutcome {
+        success: true,
+        reason: "connected".to_owned(),
+        message: format!("{login} is connected"),
+        account_id: Some(account.id),
+        return_url: state_row.return_url,
+    })
+}

@@ -1,0 +1,142 @@
+//! Storing a new grant and linking it to the accounts it serves.
+
+use chrono::Utc;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
+use uuid::Uuid;
+
+use super::internal;
+use super::refresh_at_for;
+use super::tokens::mark_fresh;
+use crate::connect::account_lifecycle::{self, AccountEvent};
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::failure::FailureKind;
+use crate::model::{AuthMethod, GrantStatus};
+use crate::protocols::oauth::TokenSet;
+use crate::secrets;
+use crate::store::entities::{email_account, grant};
+use crate::store::is_unique_violation;
+
+/// Whose grant is stored, and by whom.
+pub(super) struct Connection<'a> {
+    /// The mailbox login (lower-cased), or `app`.
+    pub(super) subject: &'a str,
+    /// Who consented, as the provider said.
+    pub(super) consented_by: Option<String>,
+    /// The Postbridge caller that started it.
+    pub(super) connected_by: &'a str,
+}
+
+/// Creates or replaces (re-consent) the grant of `subject` at `config`, tokens encrypted.
+pub(super) async fn store_grant(
+    ctx: &AppContext,
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    connection: Connection<'_>,
+    tokens: &TokenSet,
+) -> AppResult<Uuid> {
+    let Connection { subject, consented_by, connected_by } = connection;
+    let existing = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .filter(grant::Column::TokenConfigId.eq(config_id))
+        .filter(grant::Column::Subject.eq(subject))
+        .lock_exclusive()
+        .one(txn)
+        .await?;
+    let id = existing.as_ref().map(|g| g.id).unwrap_or_else(Uuid::now_v7);
+    let access = secrets::GRANT_ACCESS_TOKEN.seal(&ctx.cipher, tenant_id, id, &tokens.access_token)?;
+    let refresh =
+        tokens.refresh_token.as_deref().map(|t| secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, t)).transpose()?;
+    let now = Utc::now();
+    let scopes = serde_json::to_value(&tokens.scopes).map_err(|e| internal("scopes", e))?;
+    match existing {
+        Some(model) => {
+            let keep_refresh = model.refresh_token.clone();
+            let mut active = model.into_active_model();
+            active.access_token = Set(Some(access));
+            active.refresh_token = Set(refresh.or(keep_refresh));
+            active.expires_at = Set(tokens.expires_at);
+            active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
+            active.scopes = Set(scopes);
+            active.consented_by = Set(consented_by);
+            active.connected_by = Set(Some(connected_by.to_owned()));
+            mark_fresh(&mut active, now);
+            active.update(txn).await?;
+        }
+        None => {
+            let inserted = grant::ActiveModel {
+                id: Set(id),
+                tenant_id: Set(tenant_id),
+                token_config_id: Set(config_id),
+                subject: Set(subject.to_owned()),
+                consented_by: Set(consented_by),
+                connected_by: Set(Some(connected_by.to_owned())),
+                access_token: Set(Some(access)),
+                refresh_token: Set(refresh),
+                expires_at: Set(tokens.expires_at),
+                refresh_at: Set(refresh_at_for(tokens.expires_at, now)),
+                scopes: Set(scopes),
+                status: Set(GrantStatus::Valid),
+                last_error: Set(None),
+                last_error_kind: Set(None),
+                refresh_failures: Set(0),
+                next_refresh_at: Set(None),
+                last_refreshed_at: Set(Some(now)),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(txn)
+            .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(AppError::Conflict {
+                        code: "concurrent_authorization",
+                        message: "another authorization of this mailbox finished at the same moment; try again".to_owned(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(id)
+}
+
+/// Which accounts a new grant is linked to.
+pub(super) enum LinkTo<'a> {
+    /// User flow: the mailbox's accounts (inbound and outbound) owned by the caller who started the consent or by
+    /// the owner of the account it was started for; another member's account of the same login stays unlinked.
+    Mailbox { login: &'a str, owners: [&'a str; 2] },
+    /// App flow: every account of the configuration an admin created or authorized.
+    ApprovedAccounts,
+}
+
+/// Points the accounts `to` names at the grant and marks them authorized.
+pub(super) async fn link_accounts(
+    txn: &DatabaseTransaction,
+    tenant_id: Uuid,
+    config_id: Uuid,
+    to: LinkTo<'_>,
+    grant_id: Uuid,
+) -> AppResult<u64> {
+    let mut update = email_account::Entity::update_many()
+        .col_expr(email_account::Column::GrantId, Expr::value(grant_id))
+        .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantLinked)))
+        .col_expr(email_account::Column::LastError, Expr::value(Option::<String>::None))
+        .col_expr(email_account::Column::LastErrorKind, Expr::value(Option::<FailureKind>::None))
+        .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(email_account::Column::TenantId.eq(tenant_id))
+        .filter(email_account::Column::TokenConfigId.eq(config_id))
+        .filter(email_account::Column::AuthMethod.eq(AuthMethod::Oauth2));
+    match to {
+        LinkTo::Mailbox { login, owners } => {
+            update = update
+                .filter(Expr::cust_with_values("lower(login) = $1", [login.to_lowercase()]))
+                .filter(email_account::Column::OwnerSubject.is_in(owners));
+        }
+        LinkTo::ApprovedAccounts => update = update.filter(email_account::Column::AppGrantApproved.eq(true)),
+    }
+    Ok(update.exec(txn).await?.rows_affected)
+}

@@ -1,0 +1,220 @@
+//! OAuth grants: "Authenticate account" (user flow with consent, or app flow), the callback, revocation,
+//! and the one function that gives a caller a valid access token, refreshing at most once at a time.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::access::auth::TenantScope;
+use crate::connect::account_lifecycle::{self, AccountEvent};
+use crate::connect::accounts::Account;
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{AuthorizeStatus, GrantStatus, Page, PageRequest, Role};
+use crate::observe::audit;
+use crate::observe::events;
+use crate::protocols::oauth::{OAuthClient, ProviderConfig};
+use crate::secrets;
+use crate::store::entities::{email_account, grant, token_config};
+use crate::store::limit_of;
+use crate::store::page_of;
+use async_graphql::{InputObject, SimpleObject};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+mod authorize;
+mod callback;
+mod link;
+pub(crate) mod reauth;
+mod tokens;
+
+pub use authorize::authorize;
+pub use callback::{complete_callback, CallbackOutcome, CallbackParams};
+pub use tokens::*;
+
+/// Tokens one identity granted to one token configuration (the tokens themselves are never shown).
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct Grant {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub token_config_id: Uuid,
+    /// The mailbox login the grant serves, or `app` for the app flow.
+    pub subject: String,
+    /// Who consented, as the provider said.
+    pub consented_by: Option<String>,
+    pub status: GrantStatus,
+    /// When the current access token expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: Vec<String>,
+    pub has_refresh_token: bool,
+    pub last_error: Option<String>,
+    /// Set while the grant needs re-consent or its last refresh failed: a stable reason and the next step.
+    pub problem: Option<crate::observe::hints::Problem>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, InputObject, ToSchema)]
+pub struct AuthorizeAccount {
+    /// Where the browser goes after consent (must be on one of the tenant's `allowed_return_origins`);
+    /// `status`, `reason` and `account_id` are appended.
+    pub return_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
+pub struct AuthorizeResult {
+    pub status: AuthorizeStatus,
+    /// The provider's consent page (user flow).
+    pub authorization_url: Option<String>,
+    /// The authorization must finish before this time.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub account: Account,
+}
+
+/// An access token is refreshed when less than this, or a third of its lifetime, is left (whichever is less).
+pub fn refresh_margin() -> chrono::Duration {
+    chrono::Duration::minutes(5)
+}
+
+/// When a token that expires at `expires_at`, received at `now`, is due for refresh: with less than
+/// min(5 minutes, a third of its lifetime) left. A 5-minute token is refreshed after 3m20s, not on every pass.
+pub fn refresh_at_for(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let expires_at = expires_at?;
+    let lifetime = expires_at.signed_duration_since(now).max(chrono::Duration::zero());
+    let margin = refresh_margin().min(lifetime / 3);
+    Some(expires_at.checked_sub_signed(margin).unwrap_or(expires_at))
+}
+
+/// Whether the grant's access token is due for refresh at `now` (the one predicate; the SQL twins read
+/// `refresh_at <= now()` too).
+fn refresh_due_at(model: &grant::Model, now: DateTime<Utc>) -> bool {
+    model.refresh_at.is_some_and(|at| at <= now)
+}
+
+fn state_ttl() -> chrono::Duration {
+    chrono::Duration::minutes(10)
+}
+
+fn scopes_of(model: &grant::Model) -> Vec<String> {
+    serde_json::from_value(model.scopes.clone()).unwrap_or_default()
+}
+
+fn view(model: grant::Model) -> AppResult<Grant> {
+    let problem = crate::observe::hints::for_grant(&model);
+    Ok(Grant {
+        id: model.id,
+        tenant_id: model.tenant_id,
+        token_config_id: model.token_config_id,
+        scopes: scopes_of(&model),
+        subject: model.subject,
+        consented_by: model.consented_by,
+        status: model.status,
+        expires_at: model.expires_at,
+        has_refresh_token: model.refresh_token.is_some(),
+        last_error: model.last_error,
+        problem,
+        last_refreshed_at: model.last_refreshed_at,
+        created_at: model.created_at,
+        updated_at: model.updated_at,
+    })
+}
+
+fn internal(context: &str, err: impl std::fmt::Display) -> AppError {
+    AppError::Internal(anyhow::anyhow!("{context}: {err}"))
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash_state(state: &str) -> String {
+    Sha256::digest(state.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The provider side of a token configuration, with its client secret decrypted.
+pub fn provider_config(ctx: &AppContext, config: &token_config::Model) -> AppResult<ProviderConfig> {
+    let client_secret = config
+        .client_secret
+        .as_deref()
+        .map(|stored| secrets::TOKEN_CONFIG_CLIENT_SECRET.open(&ctx.cipher, config.tenant_id, config.id, stored))
+        .transpose()?;
+    Ok(ProviderConfig {
+        client_id: config.client_id.clone(),
+        client_secret,
+        auth_url: config.auth_url.clone(),
+        token_url: config.token_url.clone(),
+        scopes: serde_json::from_value(config.scopes.clone()).map_err(|e| internal("token_configs.scopes", e))?,
+        redirect_uri: ctx.settings.oauth_redirect_uri(),
+    })
+}
+
+fn oauth_client(ctx: &AppContext, config: &token_config::Model) -> AppResult<OAuthClient> {
+    Ok(OAuthClient::new(ctx.http.clone(), &ctx.guard, provider_config(ctx, config)?))
+}
+
+// ---- read and revoke -------------------------------------------------------------------------
+
+pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<Grant>> {
+    scope.require(Role::Viewer)?;
+    let limit = limit_of(&page)?;
+    let mut query = grant::Entity::find()
+        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+        .order_by_asc(grant::Column::Id)
+        .limit(limit + 1);
+    if let Some(cursor) = page.cursor {
+        query = query.filter(grant::Column::Id.gt(cursor));
+    }
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+}
+
+async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<grant::Model> {
+    grant::Entity::find_by_id(id)
+        .filter(grant::Column::TenantId.eq(tenant_id))
+        .one(&ctx.db)
+        .await?
+        .ok_or(AppError::not_found("grant"))
+}
+
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Grant> {
+    scope.require(Role::Viewer)?;
+    view(find(ctx, scope.tenant_id, id).await?)
+}
+
+/// Deletes a grant; its accounts go back to draft until someone consents again.
+pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+    scope.require(Role::Admin)?;
+    let model = find(ctx, scope.tenant_id, id).await?;
+    let txn = ctx.db.begin().await?;
+    email_account::Entity::update_many()
+        .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantRevoked)))
+        .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(email_account::Column::TenantId.eq(scope.tenant_id))
+        .filter(email_account::Column::GrantId.eq(id))
+        .exec(&txn)
+        .await?;
+    grant::Entity::delete_many()
+        .filter(grant::Column::Id.eq(id))
+        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+        .exec(&txn)
+        .await?;
+    events::record(
+        &txn,
+        scope.tenant_id,
+        events::GRANT_REVOKED,
+        "grant",
+        Some(id),
+        json!({"subject": model.subject, "by": scope.principal.subject}),
+    )
+    .await?;
+    audit::record_in_tenant(&txn, scope, "grant.revoked", id, audit::Changes::new().set("subject", Some(&model.subject))).await?;
+    txn.commit().await?;
+    Ok(())
+}
