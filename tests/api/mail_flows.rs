@@ -1261,7 +1261,7 @@ async fn smtp_auth_disabled_fails_the_message_with_the_admin_hint_and_puts_the_a
 }
 
 #[tokio::test]
-async fn settle_abandoned_requeues_a_message_never_handed_over_and_makes_a_handed_one_unknown() {
+async fn reclaim_abandoned_requeues_a_message_never_handed_over_and_makes_a_handed_one_unknown() {
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "starttls").await;
     let body = |s: &str| json!({"from": o.sender, "to": [recipient("abandoned-")], "subject": s, "text": "Hi"});
@@ -1284,7 +1284,7 @@ async fn settle_abandoned_requeues_a_message_never_handed_over_and_makes_a_hande
          lease_token = gen_random_uuid() WHERE id = '{in_flight}'"
     ))
     .await;
-    assert_eq!(delivery::settle_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned { requeued: 1, unknown: 1 });
+    assert_eq!(delivery::reclaim_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned { requeued: 1, unknown: 1 });
     let row = outbound_json(&app, &o.admin, &abandoned).await;
     assert_eq!(row["status"], "unknown", "{row}");
     assert!(row["last_error"].as_str().unwrap_or_default().contains("may have accepted"), "{row}");
@@ -1295,7 +1295,7 @@ async fn settle_abandoned_requeues_a_message_never_handed_over_and_makes_a_hande
     assert_eq!(outbound_json(&app, &o.admin, &queued).await["status"], "queued");
     assert_eq!(deliver(&app, &abandoned).await, Delivery::Skipped, "an unknown message is never resent blindly");
     assert_eq!(deliver(&app, &in_flight).await, Delivery::Skipped, "a leased message belongs to its worker");
-    assert_eq!(delivery::settle_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned::default());
+    assert_eq!(delivery::reclaim_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned::default());
     assert_eq!(deliver(&app, &never_handed).await, Delivery::Sent, "the requeued message is sent at once");
     assert_eq!(outbound_json(&app, &o.admin, &never_handed).await["attempts"], 1);
 }

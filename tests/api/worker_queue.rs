@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use postbridge_core::send::delivery::{self, Delivery};
+use postbridge_core::send::settle;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
@@ -155,26 +156,26 @@ async fn an_unknown_delivery_found_in_the_sent_folder_is_settled_as_sent() {
     let raw =
         app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
     servers.seed_messages(&login, "Sent", &[raw.into_bytes()]);
-    let settled = delivery::settle_unknown(&app.ctx).await.expect("settle");
-    assert_eq!(settled, vec![(id, delivery::Settlement::FoundSent)]);
+    let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
+    assert_eq!(settled, vec![(id, settle::Settlement::FoundSent)]);
     let message = app.get(&format!("/v1/messages/{id}"), &key).await;
     assert_eq!(message.body["status"], json!("sent"));
     assert_eq!(message.body["smtp_reply"], json!("found in the Sent folder"));
-    assert!(delivery::settle_unknown(&app.ctx).await.expect("again").is_empty(), "settled once");
+    assert!(settle::settle_unknown(&app.ctx).await.expect("again").is_empty(), "settled once");
 }
 
 #[tokio::test]
 async fn an_unknown_delivery_missing_from_a_generic_servers_sent_folder_stays_unknown_and_is_checked_once() {
     let (app, key, login, id, servers) = unknown_delivery().await;
     servers.seed_messages(&login, "Sent", &[b"Subject: another\r\nMessage-ID: <other@example.com>\r\n\r\nx\r\n".to_vec()]);
-    let settled = delivery::settle_unknown(&app.ctx).await.expect("settle");
+    let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
     assert_eq!(
         settled,
-        vec![(id, delivery::Settlement::Undecided)],
+        vec![(id, settle::Settlement::Undecided)],
         "a generic server does not file submissions: no basis to resend"
     );
     assert_eq!(app.get(&format!("/v1/messages/{id}"), &key).await.body["status"], json!("unknown"));
-    assert!(delivery::settle_unknown(&app.ctx).await.expect("again").is_empty(), "checked once");
+    assert!(settle::settle_unknown(&app.ctx).await.expect("again").is_empty(), "checked once");
 }
 
 #[tokio::test]

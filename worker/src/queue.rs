@@ -20,6 +20,7 @@ use postbridge_core::jobs::workers;
 use postbridge_core::observe::webhooks;
 use postbridge_core::receive::poll;
 use postbridge_core::send::delivery::{self, Delivery};
+use postbridge_core::send::settle;
 use postbridge_core::store::tenant_wall::{self, JobRoot};
 use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
@@ -233,7 +234,7 @@ pub async fn deliver_webhook(job: DeliverWebhook, runner: Data<JobRunner>) -> Re
     let ctx = runner.ctx.clone();
     runner
         .run("webhook", JobRoot::WebhookEndpoint(job.endpoint_id), async move {
-            match webhooks::deliver(&ctx, job.endpoint_id, job.event_id).await {
+            match webhooks::attempt(&ctx, job.endpoint_id, job.event_id).await {
                 Ok(outcome) => {
                     tracing::debug!(endpoint_id = %job.endpoint_id, event_id = %job.event_id, ?outcome, "webhook delivery");
                     outcome.as_str()
@@ -266,7 +267,7 @@ pub async fn settle_message(job: SettleMessage, runner: Data<JobRunner>) -> Resu
     let ctx = runner.ctx.clone();
     runner
         .run("settle", JobRoot::OutboundMessage(job.message_id), async move {
-            match delivery::settle_unknown_message(&ctx, job.message_id).await {
+            match settle::settle_unknown_message(&ctx, job.message_id).await {
                 Ok(Some(settlement)) => {
                     tracing::info!(message_id = %job.message_id, ?settlement, "settled an unknown delivery through the Sent folder");
                     "completed"

@@ -250,7 +250,7 @@ pub async fn housekeeping(
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             _ = abandoned.tick() => {
-                match delivery::settle_abandoned(&ctx).await {
+                match delivery::reclaim_abandoned(&ctx).await {
                     Ok(done) if done == delivery::Abandoned::default() => {}
                     Ok(done) => tracing::warn!(requeued = done.requeued, unknown = done.unknown, "took back deliveries whose worker stopped"),
                     Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),

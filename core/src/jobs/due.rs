@@ -1,6 +1,6 @@
 //! What "due" means for each kind of job, written once: the scheduler's claims (`scheduler` and
 //! `webhooks::claim_due_webhooks`), the queue gauges (`ops_metrics`) and the in-process passes the tests drive
-//! (`grants::refresh_due`, `delivery::settle_unknown`) all select with these predicates, so a gauge never counts
+//! (`grants::refresh_due`, `settle::settle_unknown`) all select with these predicates, so a gauge never counts
 //! work no claim would take, or the reverse.
 //!
 //! Each is a SQL condition over its table's own columns. The states in them come from the enums (a closed set of
