@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use postbridge_core::model::Role;
 use postbridge_core::{AppContext, Settings};
 use sea_orm_migration::MigratorTrait;
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -35,14 +36,23 @@ enum Command {
     RotateKeys,
     /// Print the GraphQL schema (SDL); `schema.graphql` is this output.
     PrintSchema,
+    /// Print the OpenAPI document the API serves at `/openapi.json`.
+    PrintOpenapi,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::PrintSchema) = cli.command {
-        print!("{}", postbridge_api::graphql::sdl());
-        return Ok(());
+    match cli.command {
+        Some(Command::PrintSchema) => {
+            print!("{}", postbridge_api::graphql::sdl());
+            return Ok(());
+        }
+        Some(Command::PrintOpenapi) => {
+            println!("{}", postbridge_api::openapi::ApiDoc::openapi().to_pretty_json()?);
+            return Ok(());
+        }
+        _ => {}
     }
     postbridge_core::telemetry::init("info");
     let settings = Settings::from_env()?;
@@ -75,8 +85,8 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        // Needs no settings: handled before they are loaded.
-        Command::PrintSchema => {}
+        // Need no settings: handled before they are loaded.
+        Command::PrintSchema | Command::PrintOpenapi => {}
     }
     Ok(())
 }

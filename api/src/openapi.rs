@@ -6,7 +6,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::rest::{
-    accounts, api_keys, audit, events, grants, health, messages, oauth_callback, ops, tenants, token_configs, webhooks,
+    accounts, api_keys, audit, auth, events, grants, health, messages, oauth_callback, ops, received_messages, routing, tenants,
+    token_configs, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -14,7 +15,7 @@ use crate::rest::{
     info(title = "Postbridge API", description = "Connect, receive and send tenants' mailboxes. Authenticate with `Authorization: Bearer <API key or JWT>`; operators add `X-Postbridge-Tenant: <tenant id>` on tenant-scoped routes. Errors are `{code, message, field?}`. Request bodies are JSON (`Content-Type: application/json`, else 415) of at most `POSTBRIDGE_MAX_REQUEST_BYTES` (1 MiB; `POST /v1/messages`: sized for `POSTBRIDGE_MAX_MESSAGE_BYTES`), else 413; unknown fields in a body are ignored. URLs over 8 KiB answer 414, more than 64 headers or 32 KiB of them 431, a method a path does not serve 405 with `Allow`. Requests are rate limited per tenant, and without a valid credential per client address (429 with `Retry-After`)."),
     paths(
         health::healthz, health::readyz, crate::metrics::metrics,
-        tenants::issue_token, tenants::list, tenants::create, tenants::get, tenants::update, tenants::suspend, tenants::resume, tenants::delete,
+        auth::issue_token, tenants::list, tenants::create, tenants::get, tenants::update, tenants::suspend, tenants::resume, tenants::delete,
         api_keys::list, api_keys::create, api_keys::get, api_keys::revoke,
         audit::list,
         events::list, events::get,
@@ -22,10 +23,10 @@ use crate::rest::{
         webhooks::list, webhooks::create, webhooks::get, webhooks::update, webhooks::delete, webhooks::rotate_secret,
         webhooks::deliveries, webhooks::attempts, webhooks::redeliver,
         accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete, accounts::test,
-        grants::authorize, grants::list, grants::get, grants::revoke, grants::expiring,
+        accounts::authorize, grants::list, grants::get, grants::revoke, token_configs::expiring,
         oauth_callback::callback,
-        messages::list_received, messages::get_received, messages::raw_received,
-        messages::send, messages::list_sent, messages::get_sent, messages::explain_route,
+        accounts::list_received, received_messages::get_received, received_messages::raw_received,
+        messages::send, messages::list_sent, messages::get_sent, routing::explain_route,
         ops::ops_overview, ops::ops_credential_health, ops::tenant_credential_health, ops::ops_workers,
     ),
     modifiers(&BearerAuth, &CommonResponses)

@@ -1,12 +1,19 @@
 //! GraphQL at `/graphql`: the same operations as REST, over the same service layer.
 
+mod accounts;
+mod api_keys;
 mod audit;
+mod auth;
 mod events;
+mod grants;
 pub mod limits;
-mod mutation;
+mod messages;
 mod ops;
-mod query;
+mod received_messages;
+mod routing;
 pub mod subscription;
+mod tenants;
+mod token_configs;
 mod webhooks;
 
 use std::sync::Arc;
@@ -14,15 +21,43 @@ use std::sync::Arc;
 use async_graphql::{ErrorExtensions, MergedObject, Schema};
 use postbridge_core::access::auth::{Principal, TenantScope};
 use postbridge_core::access::rate_limit::RateLimiter;
+use postbridge_core::model::PageRequest;
 use postbridge_core::{AppContext, AppError};
 use uuid::Uuid;
 
-// Every query and mutation, one area per object (each area's resolvers live in its own module).
+// Every query and mutation, one area per object; each area's resolvers live in the module named like its REST file.
 #[derive(MergedObject, Default)]
-pub struct Query(query::CoreQuery, audit::AuditQueryRoot, events::EventsQuery, webhooks::WebhooksQuery, ops::OpsQuery);
+pub struct Query(
+    tenants::TenantsQuery,
+    api_keys::ApiKeysQuery,
+    token_configs::TokenConfigsQuery,
+    accounts::AccountsQuery,
+    grants::GrantsQuery,
+    received_messages::ReceivedMessagesQuery,
+    messages::MessagesQuery,
+    routing::RoutingQuery,
+    audit::AuditQueryRoot,
+    events::EventsQuery,
+    webhooks::WebhooksQuery,
+    ops::OpsQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(mutation::CoreMutation, webhooks::WebhooksMutation);
+pub struct Mutation(
+    auth::AuthMutation,
+    tenants::TenantsMutation,
+    api_keys::ApiKeysMutation,
+    token_configs::TokenConfigsMutation,
+    accounts::AccountsMutation,
+    grants::GrantsMutation,
+    messages::MessagesMutation,
+    webhooks::WebhooksMutation,
+);
+
+/// A page request from a list field's `limit` and `cursor` arguments.
+fn page(limit: Option<u64>, cursor: Option<Uuid>) -> PageRequest {
+    PageRequest { limit, cursor }
+}
 
 pub type ApiSchema = Schema<Query, Mutation, subscription::SubscriptionRoot>;
 

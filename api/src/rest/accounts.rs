@@ -3,8 +3,12 @@ use postbridge_core::connect::accounts;
 use postbridge_core::connect::accounts::Account;
 use postbridge_core::connect::accounts::CreateAccount;
 use postbridge_core::connect::accounts::UpdateAccount;
+use postbridge_core::connect::grants;
+use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Page, PageRequest};
+use postbridge_core::receive::inbox;
+use postbridge_core::receive::inbox::InboundMessage;
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -17,7 +21,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/accounts/{id}", web::get().to(get))
         .route("/accounts/{id}", web::patch().to(update))
         .route("/accounts/{id}", web::delete().to(delete))
-        .route("/accounts/{id}/test", web::post().to(test));
+        .route("/accounts/{id}/test", web::post().to(test))
+        .route("/accounts/{id}/authorize", web::post().to(authorize))
+        .route("/accounts/{id}/messages", web::get().to(list_received));
 }
 
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), params(PageRequest),
@@ -68,4 +74,30 @@ pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
     responses((status = 200, body = postbridge_core::connect::mailbox::TestResult), (status = 404, body = ErrorBody)))]
 pub async fn test(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(postbridge_core::connect::mailbox::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
+}
+
+/// "Authenticate account": the provider URL to send the browser to (user flow), or an immediate
+/// client-credentials authorization (app flow).
+#[utoipa::path(post, path = "/v1/accounts/{id}/authorize", tag = "oauth", security(("bearer" = [])), request_body = AuthorizeAccount,
+    responses((status = 200, body = AuthorizeResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn authorize(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    id: web::Path<Uuid>,
+    input: Option<web::Json<AuthorizeAccount>>,
+) -> ApiResult<HttpResponse> {
+    let input = input.map(|i| i.into_inner()).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(grants::authorize(&ctx, &scope, id.into_inner(), input).await?))
+}
+
+/// An inbound account's received messages, newest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/messages", tag = "messages", security(("bearer" = [])), params(PageRequest),
+    responses((status = 200, body = Page<InboundMessage>), (status = 404, body = ErrorBody)))]
+pub async fn list_received(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    id: web::Path<Uuid>,
+    page: web::Query<PageRequest>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner(), page.into_inner()).await?))
 }

@@ -1,12 +1,9 @@
 use actix_web::{web, HttpResponse};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Page, PageRequest};
-use postbridge_core::receive::inbox;
-use postbridge_core::receive::inbox::InboundMessage;
+use postbridge_core::send::outbox;
 use postbridge_core::send::outbox::OutboundMessage;
 use postbridge_core::send::outbox::SendMessage;
-use postbridge_core::send::routing::RouteExplanation;
-use postbridge_core::send::{outbox, routing};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -14,43 +11,9 @@ use crate::error::ApiResult;
 use crate::extract::Tenant;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/accounts/{id}/messages", web::get().to(list_received))
-        .route("/received-messages/{id}", web::get().to(get_received))
-        .route("/received-messages/{id}/raw", web::get().to(raw_received));
-}
-
-/// An inbound account's received messages, newest first.
-#[utoipa::path(get, path = "/v1/accounts/{id}/messages", tag = "messages", security(("bearer" = [])), params(PageRequest),
-    responses((status = 200, body = Page<InboundMessage>), (status = 404, body = ErrorBody)))]
-pub async fn list_received(
-    ctx: web::Data<AppContext>,
-    Tenant(scope): Tenant,
-    id: web::Path<Uuid>,
-    page: web::Query<PageRequest>,
-) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner(), page.into_inner()).await?))
-}
-
-/// One received message, parsed.
-#[utoipa::path(get, path = "/v1/received-messages/{id}", tag = "messages", security(("bearer" = [])),
-    responses((status = 200, body = InboundMessage), (status = 404, body = ErrorBody)))]
-pub async fn get_received(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(inbox::get(&ctx, &scope, id.into_inner()).await?))
-}
-
-/// The message exactly as received (RFC 5322).
-#[utoipa::path(get, path = "/v1/received-messages/{id}/raw", tag = "messages", security(("bearer" = [])),
-    responses((status = 200, content_type = "message/rfc822", description = "the raw message"), (status = 404, body = ErrorBody)))]
-pub async fn raw_received(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    let raw = inbox::raw(&ctx, &scope, id.into_inner()).await?;
-    Ok(HttpResponse::Ok().content_type("message/rfc822").body(raw))
-}
-
-pub fn outbox_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/messages", web::post().to(send))
         .route("/messages", web::get().to(list_sent))
-        .route("/messages/{id}", web::get().to(get_sent))
-        .route("/routing", web::get().to(explain_route));
+        .route("/messages/{id}", web::get().to(get_sent));
 }
 
 /// The largest body `POST /v1/messages` reads: a message of `POSTBRIDGE_MAX_MESSAGE_BYTES` composed, as JSON.
@@ -105,22 +68,4 @@ pub async fn list_sent(
     responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody)))]
 pub async fn get_sent(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(outbox::get(&ctx, &scope, id.into_inner()).await?))
-}
-
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct RoutingQuery {
-    /// The From address to route.
-    pub from: String,
-}
-
-/// Which account would send From X for this tenant, and why (`routed_by: default` means the fallback sender).
-#[utoipa::path(get, path = "/v1/routing", tag = "messages", security(("bearer" = [])), params(RoutingQuery),
-    responses((status = 200, body = RouteExplanation), (status = 422, body = ErrorBody)))]
-pub async fn explain_route(
-    ctx: web::Data<AppContext>,
-    Tenant(scope): Tenant,
-    query: web::Query<RoutingQuery>,
-) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(routing::explain(&ctx, &scope, &query.from).await?))
 }

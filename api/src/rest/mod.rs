@@ -3,12 +3,15 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
+pub mod auth;
 pub mod events;
 pub mod grants;
 pub mod health;
 pub mod messages;
 pub mod oauth_callback;
 pub mod ops;
+pub mod received_messages;
+pub mod routing;
 pub mod tenants;
 pub mod token_configs;
 pub mod webhooks;
@@ -18,6 +21,7 @@ use actix_web::web;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
+            .configure(auth::routes)
             .configure(tenants::routes)
             .configure(api_keys::routes)
             .configure(audit::routes)
@@ -27,7 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(webhooks::routes)
             .configure(accounts::routes)
             .configure(messages::routes)
-            .configure(messages::outbox_routes)
+            .configure(received_messages::routes)
+            .configure(routing::routes)
             .configure(ops::routes),
     )
     .configure(health::routes)

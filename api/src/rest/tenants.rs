@@ -1,10 +1,10 @@
 use actix_web::{web, HttpResponse};
+use postbridge_core::access::tenants;
 use postbridge_core::access::tenants::CreateTenant;
 use postbridge_core::access::tenants::Tenant;
 use postbridge_core::access::tenants::UpdateTenant;
-use postbridge_core::access::{api_keys, tenants};
 use postbridge_core::error::ErrorBody;
-use postbridge_core::model::{IssuedToken, Page, PageRequest, TenantStatus};
+use postbridge_core::model::{Page, PageRequest, TenantStatus};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -12,21 +12,13 @@ use crate::error::ApiResult;
 use crate::extract::Caller;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/token", web::post().to(issue_token))
-        .route("/tenants", web::get().to(list))
+    cfg.route("/tenants", web::get().to(list))
         .route("/tenants", web::post().to(create))
         .route("/tenants/{id}", web::get().to(get))
         .route("/tenants/{id}", web::patch().to(update))
         .route("/tenants/{id}", web::delete().to(delete))
         .route("/tenants/{id}/suspend", web::post().to(suspend))
         .route("/tenants/{id}/resume", web::post().to(resume));
-}
-
-/// Exchange the presented credential (API key, operator token or JWT) for a short-lived JWT.
-#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", security(("bearer" = [])),
-    responses((status = 200, body = IssuedToken), (status = 401, body = ErrorBody)))]
-pub async fn issue_token(ctx: web::Data<AppContext>, Caller(principal): Caller) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(api_keys::issue_token(&ctx, &principal)?))
 }
 
 /// List tenants (operator).

@@ -4,6 +4,7 @@ use postbridge_core::connect::token_configs::CreateTokenConfig;
 use postbridge_core::connect::token_configs::TokenConfig;
 use postbridge_core::connect::token_configs::UpdateTokenConfig;
 use postbridge_core::error::ErrorBody;
+use postbridge_core::model::ExpiringQuery;
 use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::AppContext;
 use uuid::Uuid;
@@ -12,7 +13,9 @@ use crate::error::ApiResult;
 use crate::extract::Tenant;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/token-configs", web::get().to(list))
+    // Registered before `/token-configs/{id}`, which would otherwise take "expiring" for an id.
+    cfg.route("/token-configs/expiring", web::get().to(expiring))
+        .route("/token-configs", web::get().to(list))
         .route("/token-configs", web::post().to(create))
         .route("/token-configs/{id}", web::get().to(get))
         .route("/token-configs/{id}", web::patch().to(update))
@@ -59,4 +62,15 @@ pub async fn update(
 pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     token_configs::delete(&ctx, &scope, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Token configurations whose client secret expires within `within_days` (default 30), soonest first.
+#[utoipa::path(get, path = "/v1/token-configs/expiring", tag = "token-configs", security(("bearer" = [])), params(ExpiringQuery),
+    responses((status = 200, body = Vec<TokenConfig>)))]
+pub async fn expiring(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    query: web::Query<ExpiringQuery>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(token_configs::expiring(&ctx, &scope, query.into_inner()).await?))
 }

@@ -1,0 +1,19 @@
+//! One received message.
+
+use async_graphql::{Context, Object};
+use postbridge_core::receive::inbox;
+use postbridge_core::receive::inbox::InboundMessage;
+use uuid::Uuid;
+
+use super::{tenant_scope, GqlResultExt};
+
+#[derive(Default)]
+pub struct ReceivedMessagesQuery;
+
+#[Object]
+impl ReceivedMessagesQuery {
+    async fn received_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<InboundMessage> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        inbox::get(&app, &scope, id).await.gql()
+    }
+}
