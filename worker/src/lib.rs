@@ -21,7 +21,8 @@ use postbridge_core::{AppContext, Settings};
 
 use consumers::{stopped, supervise, track_liveness, StartConsumer};
 use liveness::{Identity, Liveness};
-use queue::JobRunner;
+use postbridge_core::jobs::job::Queue;
+use queue::{DeliverMessage, DeliverWebhook, JobRunner, PollMailbox, RefreshGrant, SettleMessage};
 use scheduler::Queues;
 
 /// `postbridge-worker`: settings from the environment, runs until SIGTERM or Ctrl-C, then stops cleanly.
@@ -101,15 +102,16 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     tracing::info!(%prefix, worker_id = %identity.id, host = %identity.host, pid = identity.pid, "postbridge-worker started");
 
     let limit = |queue| queue::concurrency(&ctx.settings, queue);
-    let starts: Vec<(&'static str, StartConsumer)> = vec![
-        ("send", consumer!(queues.sends.clone(), limit("send"), queue::deliver_message, runner)),
-        ("poll", consumer!(queues.polls.clone(), limit("poll"), queue::poll_mailbox, runner)),
-        ("refresh", consumer!(queues.refreshes.clone(), limit("refresh"), queue::refresh_grant, runner)),
-        ("settle", consumer!(queues.settles.clone(), limit("settle"), queue::settle_message, runner)),
-        ("webhook", consumer!(queues.hooks.clone(), limit("webhook"), queue::deliver_webhook, runner)),
+    let starts: Vec<(Queue, StartConsumer)> = vec![
+        (Queue::Send, consumer!(queues.sends.clone(), limit(Queue::Send), queue::handle::<DeliverMessage>, runner)),
+        (Queue::Poll, consumer!(queues.polls.clone(), limit(Queue::Poll), queue::handle::<PollMailbox>, runner)),
+        (Queue::Refresh, consumer!(queues.refreshes.clone(), limit(Queue::Refresh), queue::handle::<RefreshGrant>, runner)),
+        (Queue::Settle, consumer!(queues.settles.clone(), limit(Queue::Settle), queue::handle::<SettleMessage>, runner)),
+        (Queue::Webhook, consumer!(queues.hooks.clone(), limit(Queue::Webhook), queue::handle::<DeliverWebhook>, runner)),
     ];
     let mut consumer_tasks = Vec::new();
     for (queue, start) in starts {
+        let queue = queue.as_str();
         let identity = identity.clone();
         let live = liveness.consumer_flag(queue);
         consumer_tasks.push(tokio::spawn(supervise(queue, move || identity.consumer_name(queue), start, live, stop.clone())));

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::liveness::Liveness;
 use crate::queue::{DeliverMessage, DeliverWebhook, PollMailbox, RefreshGrant, SettleMessage};
+use postbridge_core::jobs::job::Queue;
 
 /// Rows claimed per query; a full batch means more may be due.
 const BATCH: u64 = 1_000;
@@ -36,11 +37,11 @@ pub struct Queues {
 impl Queues {
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
         Queues {
-            polls: crate::queue::storage(conn.clone(), prefix, "poll"),
-            sends: crate::queue::storage(conn.clone(), prefix, "send"),
-            hooks: crate::queue::storage(conn.clone(), prefix, "webhook"),
-            refreshes: crate::queue::storage(conn.clone(), prefix, "refresh"),
-            settles: crate::queue::storage(conn, prefix, "settle"),
+            polls: crate::queue::storage(conn.clone(), prefix, Queue::Poll),
+            sends: crate::queue::storage(conn.clone(), prefix, Queue::Send),
+            hooks: crate::queue::storage(conn.clone(), prefix, Queue::Webhook),
+            refreshes: crate::queue::storage(conn.clone(), prefix, Queue::Refresh),
+            settles: crate::queue::storage(conn, prefix, Queue::Settle),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod due;
+pub mod job;
 pub mod leases;
 pub mod scheduler;
 pub mod workers;

@@ -152,8 +152,34 @@ pub fn for_token_config(model: &token_config::Model, today: chrono::NaiveDate) -
     })
 }
 
-fn action(method: &str, path: String) -> Option<ProblemAction> {
-    Some(ProblemAction { method: method.to_owned(), path })
+/// The API calls a problem can point at; each route is spelled here only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fix {
+    /// Consent again: `POST /v1/accounts/{id}/authorize`.
+    Reconsent { account_id: Uuid },
+    /// Test & confirm again, once the fix is made outside Postbridge: `POST /v1/accounts/{id}/test`.
+    Retest { account_id: Uuid },
+    /// Change the account's settings: `PATCH /v1/accounts/{id}`.
+    EditAccount { account_id: Uuid },
+    /// Change the token configuration: `PATCH /v1/token-configs/{id}`.
+    EditTokenConfig { token_config_id: Uuid },
+}
+
+impl From<Fix> for ProblemAction {
+    fn from(fix: Fix) -> Self {
+        let (method, path) = match fix {
+            Fix::Reconsent { account_id } => ("POST", format!("/v1/accounts/{account_id}/authorize")),
+            Fix::Retest { account_id } => ("POST", format!("/v1/accounts/{account_id}/test")),
+            Fix::EditAccount { account_id } => ("PATCH", format!("/v1/accounts/{account_id}")),
+            Fix::EditTokenConfig { token_config_id } => ("PATCH", format!("/v1/token-configs/{token_config_id}")),
+        };
+        ProblemAction { method: method.to_owned(), path }
+    }
+}
+
+/// The call fixing the account or configuration `id` names, where the facts know it.
+fn action(id: Option<Uuid>, fix: impl FnOnce(Uuid) -> Fix) -> Option<ProblemAction> {
+    id.map(|id| fix(id).into())
 }
 
 fn problem(reason: &str, next_step: String, action: Option<ProblemAction>, details: Option<serde_json::Value>) -> Problem {
@@ -187,10 +213,10 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
         .or(code.map(|_| Provider::Microsoft))
         .or_else(|| facts.host.and_then(provider_of_host));
     let login = facts.login.unwrap_or("the mailbox user");
-    let reconsent = facts.account_id.and_then(|id| action("POST", format!("/v1/accounts/{id}/authorize")));
-    let retest = facts.account_id.and_then(|id| action("POST", format!("/v1/accounts/{id}/test")));
-    let edit_account = facts.account_id.and_then(|id| action("PATCH", format!("/v1/accounts/{id}")));
-    let edit_config = facts.token_config_id.and_then(|id| action("PATCH", format!("/v1/token-configs/{id}")));
+    let reconsent = action(facts.account_id, |account_id| Fix::Reconsent { account_id });
+    let retest = action(facts.account_id, |account_id| Fix::Retest { account_id });
+    let edit_account = action(facts.account_id, |account_id| Fix::EditAccount { account_id });
+    let edit_config = action(facts.token_config_id, |token_config_id| Fix::EditTokenConfig { token_config_id });
     let config_path =
         facts.token_config_id.map(|id| format!("/v1/token-configs/{id}")).unwrap_or("/v1/token-configs/{id}".into());
     let account_path = facts.account_id.map(|id| format!("/v1/accounts/{id}")).unwrap_or("/v1/accounts/{id}".into());
@@ -450,6 +476,11 @@ pub fn classify(facts: &Facts<'_>) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The action a test expects, spelled out as the API shows it.
+    fn action(method: &str, path: String) -> Option<ProblemAction> {
+        Some(ProblemAction { method: method.to_owned(), path })
+    }
 
     use crate::protocols::oauth::TokenError;
 

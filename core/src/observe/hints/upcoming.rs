@@ -1,9 +1,9 @@
 //! Warnings ahead of a known break: a client secret near its expiry, a Google Testing app's 7-day refresh tokens.
 
-use super::action;
 use super::problem;
 use super::Facts;
 use super::Problem;
+use super::{action, Fix};
 use crate::model::Provider;
 
 /// A credential that still works but is expected to break on a known date.
@@ -23,7 +23,7 @@ pub fn upcoming(kind: Upcoming, facts: &Facts<'_>, on: chrono::NaiveDate) -> Pro
     let account_path = facts.account_id.map(|id| format!("/v1/accounts/{id}")).unwrap_or("/v1/accounts/{id}".into());
     let config_path =
         facts.token_config_id.map(|id| format!("/v1/token-configs/{id}")).unwrap_or("/v1/token-configs/{id}".into());
-    let reconsent = facts.account_id.and_then(|id| action("POST", format!("/v1/accounts/{id}/authorize")));
+    let reconsent = action(facts.account_id, |account_id| Fix::Reconsent { account_id });
     match kind {
         Upcoming::ClientSecretExpiry => {
             let app = facts.client_id.map(|c| format!("the app with client id {c}")).unwrap_or_else(|| "<app>".to_owned());
@@ -32,7 +32,7 @@ pub fn upcoming(kind: Upcoming, facts: &Facts<'_>, on: chrono::NaiveDate) -> Pro
             problem(
                 "client_secret_expiring",
                 format!("The client secret expires on {on}; before then: {fix}"),
-                facts.token_config_id.and_then(|id| action("PATCH", format!("/v1/token-configs/{id}"))),
+                action(facts.token_config_id, |token_config_id| Fix::EditTokenConfig { token_config_id }),
                 Some(serde_json::json!({"expires_on": on})),
             )
         }

@@ -1,0 +1,245 @@
+//! Every background job as one kind of unit: the ids it carries (never state: the job reloads its rows), the queue
+//! that carries it, the row whose tenant it runs as, and one outcome type. The worker's consumers only move jobs
+//! between Redis and [`Job::run`].
+
+use uuid::Uuid;
+
+use crate::connect::grants::{self, RefreshOutcome};
+use crate::context::AppContext;
+use crate::observe::webhooks::{self, WebhookOutcome};
+use crate::receive::poll::{self, PollError};
+use crate::send::delivery::{self, Delivery};
+use crate::send::settle;
+use crate::store::tenant_wall::JobRoot;
+
+/// The Redis queues, one per kind of job; their names are part of the deployment (`{prefix}:{name}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Queue {
+    Send,
+    Poll,
+    Refresh,
+    Settle,
+    Webhook,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 5] = [Queue::Send, Queue::Poll, Queue::Refresh, Queue::Settle, Queue::Webhook];
+    /// The names of [`Queue::ALL`], as metrics and heartbeats label them.
+    pub const NAMES: [&'static str; 5] = {
+        let mut names = [""; 5];
+        let mut i = 0;
+        while i < Queue::ALL.len() {
+            names[i] = Queue::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Queue::Send => "send",
+            Queue::Poll => "poll",
+            Queue::Refresh => "refresh",
+            Queue::Settle => "settle",
+            Queue::Webhook => "webhook",
+        }
+    }
+}
+
+/// One unit of background work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Poll one inbound mailbox.
+    Poll { account_id: Uuid },
+    /// Send one queued message.
+    Send { message_id: Uuid },
+    /// Look an `unknown` message up in its mailbox's Sent folder.
+    Settle { message_id: Uuid },
+    /// Refresh one grant whose access token is about to expire.
+    Refresh { grant_id: Uuid },
+    /// Make one attempt of a webhook delivery (an event to one endpoint).
+    Webhook { endpoint_id: Uuid, event_id: Uuid },
+}
+
+/// What came of a job. The word inside is its `outcome` label in `postbridge_worker_jobs_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The work was done: a mailbox polled, a message sent, a token refreshed, a webhook delivered, a message settled.
+    Done(&'static str),
+    /// Nothing to do now (not due, held by another worker, paced); the scheduler brings it back when due.
+    Skipped(&'static str),
+    /// Tried and failed for now; its row says when it is tried again.
+    Retry(&'static str),
+    /// Failed for good, or the far side refused; its row says why, and the failure's kind.
+    Failed(&'static str),
+    /// The mail server may or may not have the message; never resent blindly, settled later.
+    Undecided(&'static str),
+    /// Postbridge itself failed (database, decryption): logged, and dispatched again by the scheduler.
+    Error,
+}
+
+impl JobOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            JobOutcome::Done(label)
+            | JobOutcome::Skipped(label)
+            | JobOutcome::Retry(label)
+            | JobOutcome::Failed(label)
+            | JobOutcome::Undecided(label) => label,
+            JobOutcome::Error => "error",
+        }
+    }
+}
+
+impl From<Delivery> for JobOutcome {
+    fn from(delivery: Delivery) -> Self {
+        match delivery {
+            Delivery::Skipped => JobOutcome::Skipped("skipped"),
+            Delivery::Paced => JobOutcome::Skipped("paced"),
+            Delivery::Sent => JobOutcome::Done("sent"),
+            Delivery::Retry => JobOutcome::Retry("retry"),
+            Delivery::Failed => JobOutcome::Failed("failed"),
+            Delivery::Unknown => JobOutcome::Undecided("unknown"),
+        }
+    }
+}
+
+impl From<WebhookOutcome> for JobOutcome {
+    fn from(outcome: WebhookOutcome) -> Self {
+        let label = outcome.as_str();
+        match outcome {
+            WebhookOutcome::Skipped => JobOutcome::Skipped(label),
+            WebhookOutcome::Delivered => JobOutcome::Done(label),
+            WebhookOutcome::Retrying => JobOutcome::Retry(label),
+            WebhookOutcome::Failed | WebhookOutcome::Abandoned => JobOutcome::Failed(label),
+        }
+    }
+}
+
+impl From<RefreshOutcome> for JobOutcome {
+    fn from(outcome: RefreshOutcome) -> Self {
+        let label = outcome.as_str();
+        match outcome {
+            RefreshOutcome::Skipped => JobOutcome::Skipped(label),
+            RefreshOutcome::Refreshed => JobOutcome::Done(label),
+            // The grant backs off and keeps its tokens.
+            RefreshOutcome::Failed => JobOutcome::Retry(label),
+            RefreshOutcome::ReauthRequired => JobOutcome::Failed(label),
+        }
+    }
+}
+
+impl Job {
+    pub fn queue(self) -> Queue {
+        match self {
+            Job::Poll { .. } => Queue::Poll,
+            Job::Send { .. } => Queue::Send,
+            Job::Settle { .. } => Queue::Settle,
+            Job::Refresh { .. } => Queue::Refresh,
+            Job::Webhook { .. } => Queue::Webhook,
+        }
+    }
+
+    /// The row whose tenant the job runs as (row-level security narrows every query it makes to that tenant).
+    pub fn root(self) -> JobRoot {
+        match self {
+            Job::Poll { account_id } => JobRoot::Account(account_id),
+            Job::Send { message_id } | Job::Settle { message_id } => JobRoot::OutboundMessage(message_id),
+            Job::Refresh { grant_id } => JobRoot::Grant(grant_id),
+            Job::Webhook { endpoint_id, .. } => JobRoot::WebhookEndpoint(endpoint_id),
+        }
+    }
+
+    /// Does the work. Failures of the far side are recorded on the job's rows by the flows themselves; failures of
+    /// Postbridge are logged here and answered by the scheduler's next dispatch.
+    pub async fn run(self, ctx: &AppContext) -> JobOutcome {
+        match self {
+            Job::Poll { account_id } => match poll::poll_account(ctx, account_id).await {
+                Ok(report) if report.polled => {
+                    if report.stored > 0 {
+                        tracing::info!(%account_id, stored = report.stored, resynchronised = report.resynchronised, "mailbox polled");
+                    }
+                    JobOutcome::Done("completed")
+                }
+                Ok(_) => JobOutcome::Skipped("skipped"),
+                Err(PollError::Mail(e)) => {
+                    tracing::warn!(%account_id, error = %e, "poll failed");
+                    JobOutcome::Failed("mail_error")
+                }
+                Err(PollError::App(e)) => {
+                    tracing::error!(%account_id, error = %e, "poll job failed");
+                    JobOutcome::Error
+                }
+            },
+            Job::Send { message_id } => match delivery::deliver(ctx, message_id).await {
+                Ok(delivery) => {
+                    tracing::debug!(%message_id, ?delivery, "delivery");
+                    delivery.into()
+                }
+                Err(e) => {
+                    tracing::error!(%message_id, error = %e, "send job failed");
+                    JobOutcome::Error
+                }
+            },
+            Job::Settle { message_id } => match settle::settle_unknown_message(ctx, message_id).await {
+                Ok(Some(settlement)) => {
+                    tracing::info!(%message_id, ?settlement, "settled an unknown delivery through the Sent folder");
+                    JobOutcome::Done("completed")
+                }
+                Ok(None) => JobOutcome::Skipped("deferred"),
+                Err(e) => {
+                    tracing::error!(%message_id, error = %e, "settle job failed");
+                    JobOutcome::Error
+                }
+            },
+            Job::Refresh { grant_id } => match grants::refresh_one(ctx, grant_id).await {
+                Ok(outcome) => outcome.into(),
+                Err(e) => {
+                    tracing::error!(%grant_id, error = %e, "refresh job failed");
+                    JobOutcome::Error
+                }
+            },
+            Job::Webhook { endpoint_id, event_id } => match webhooks::attempt(ctx, endpoint_id, event_id).await {
+                Ok(outcome) => {
+                    tracing::debug!(%endpoint_id, %event_id, ?outcome, "webhook delivery");
+                    outcome.into()
+                }
+                Err(e) => {
+                    tracing::error!(%endpoint_id, %event_id, error = %e, "webhook job failed");
+                    JobOutcome::Error
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_names_its_queue_and_root() {
+        let id = Uuid::new_v4();
+        let cases = [
+            (Job::Poll { account_id: id }, Queue::Poll, JobRoot::Account(id)),
+            (Job::Send { message_id: id }, Queue::Send, JobRoot::OutboundMessage(id)),
+            (Job::Settle { message_id: id }, Queue::Settle, JobRoot::OutboundMessage(id)),
+            (Job::Refresh { grant_id: id }, Queue::Refresh, JobRoot::Grant(id)),
+            (Job::Webhook { endpoint_id: id, event_id: Uuid::new_v4() }, Queue::Webhook, JobRoot::WebhookEndpoint(id)),
+        ];
+        for (job, queue, root) in cases {
+            assert_eq!((job.queue(), job.root()), (queue, root), "{job:?}");
+        }
+        let names: Vec<&str> = Queue::ALL.iter().map(|q| q.as_str()).collect();
+        assert_eq!(names, ["send", "poll", "refresh", "settle", "webhook"]);
+    }
+
+    #[test]
+    fn outcomes_keep_the_labels_operators_graph() {
+        assert_eq!(JobOutcome::from(Delivery::Paced), JobOutcome::Skipped("paced"));
+        assert_eq!(JobOutcome::from(Delivery::Unknown).label(), "unknown");
+        assert_eq!(JobOutcome::from(WebhookOutcome::Abandoned), JobOutcome::Failed("abandoned"));
+        assert_eq!(JobOutcome::from(RefreshOutcome::Failed), JobOutcome::Retry("failed"));
+        assert_eq!(JobOutcome::Error.label(), "error");
+    }
+}
