@@ -201,3 +201,16 @@ fn no_module_of_the_core_outgrows_a_short_read() {
         .collect();
     assert!(too_long.is_empty(), "split these by what they do: {too_long:?}");
 }
+
+#[test]
+fn tenant_filters_are_written_only_by_the_store() {
+    // Flows reach a tenant's rows through `store::tenant_owned` (`in_tenant`, `find_in_tenant` …), never by
+    // spelling the filter, which one forgotten line would leave out.
+    let by_hand: Vec<String> = modules()
+        .iter()
+        .filter(|(name, _)| !name.starts_with("store"))
+        .filter(|(_, source)| code_of(source).contains("Column::TenantId.eq("))
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert!(by_hand.is_empty(), "filter through store::tenant_owned instead: {by_hand:?}");
+}

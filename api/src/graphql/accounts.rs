@@ -84,8 +84,8 @@ impl AccountsMutation {
         &self,
         ctx: &Context<'_>,
         id: Uuid,
-    ) -> async_graphql::Result<postbridge_core::connect::mailbox::TestResult> {
+    ) -> async_graphql::Result<postbridge_core::connect::confirm::TestResult> {
         let (app, scope) = tenant_scope(ctx).await?;
-        postbridge_core::connect::mailbox::test_and_confirm(&app, &scope, id).await.gql()
+        postbridge_core::connect::confirm::test_and_confirm(&app, &scope, id).await.gql()
     }
 }

@@ -71,9 +71,9 @@ pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
 /// "Test & confirm": connects with the account's current credentials and moves it to confirmed, or
 /// answers which step failed with the server's own words (200 either way; see `ok`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/test", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = postbridge_core::connect::mailbox::TestResult), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = postbridge_core::connect::confirm::TestResult), (status = 404, body = ErrorBody)))]
 pub async fn test(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(postbridge_core::connect::mailbox::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(postbridge_core::connect::confirm::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
 }
 
 /// "Authenticate account": the provider URL to send the browser to (user flow), or an immediate

@@ -1,9 +1,7 @@
 //! API keys of a tenant: the secret is shown once, stored as a hash, listed by prefix, revocable.
 
 use chrono::Utc;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait};
 use uuid::Uuid;
 
 use crate::access::auth::{generate_api_key, Principal, TenantScope, API_KEY_PREFIX};
@@ -14,6 +12,7 @@ use crate::observe::audit;
 use crate::store::entities::api_key;
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
 use crate::validate;
 use async_graphql::{InputObject, SimpleObject};
 use chrono::DateTime;
@@ -61,11 +60,7 @@ fn view(model: api_key::Model) -> AppResult<ApiKey> {
 }
 
 async fn find(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<api_key::Model> {
-    api_key::Entity::find_by_id(id)
-        .filter(api_key::Column::TenantId.eq(scope.tenant_id))
-        .one(&ctx.db)
-        .await?
-        .ok_or(AppError::not_found("api key"))
+    find_in_tenant::<api_key::Entity, _>(&ctx.db, scope.tenant_id, id).await
 }
 
 pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateApiKey) -> AppResult<CreatedApiKey> {
@@ -96,10 +91,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateApiKey) 
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<ApiKey>> {
     scope.require(Role::Admin)?;
     let limit = limit_of(&page)?;
-    let mut query = api_key::Entity::find()
-        .filter(api_key::Column::TenantId.eq(scope.tenant_id))
-        .order_by_asc(api_key::Column::Id)
-        .limit(limit + 1);
+    let mut query = api_key::Entity::in_tenant(scope.tenant_id).order_by_asc(api_key::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(api_key::Column::Id.gt(cursor));
     }

@@ -13,6 +13,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Role, TenantStatus};
 use crate::store::entities::{api_key, tenant};
+use crate::store::tenant_owned::TenantOwned;
 
 pub const API_KEY_PREFIX: &str = "pbk_";
 
@@ -176,11 +177,8 @@ async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Uu
     let revoked =
         || AppError::Unauthenticated("the API key this token was issued for was revoked or no longer exists".to_owned());
     let key_id = Uuid::parse_str(key_id).map_err(|_| revoked())?;
-    let key = api_key::Entity::find_by_id(key_id)
-        .filter(api_key::Column::TenantId.eq(tenant_id))
-        .one(&ctx.db)
-        .await?
-        .ok_or_else(revoked)?;
+    let key =
+        api_key::Entity::in_tenant(tenant_id).filter(api_key::Column::Id.eq(key_id)).one(&ctx.db).await?.ok_or_else(revoked)?;
     if key.revoked_at.is_some() {
         return Err(revoked());
     }

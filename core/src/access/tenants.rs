@@ -14,6 +14,7 @@ use crate::model::{Page, PageRequest, Role, TenantStatus};
 use crate::observe::audit;
 use crate::store::entities::tenant;
 use crate::store::is_unique_violation;
+use crate::store::json::StringList;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::validate;
@@ -59,7 +60,7 @@ pub struct UpdateTenant {
 }
 
 /// Each entry must be a bare origin: `https://app.example.com[:port]`, no path.
-fn check_origins(origins: Vec<String>) -> AppResult<serde_json::Value> {
+fn check_origins(origins: Vec<String>) -> AppResult<StringList> {
     let field = "allowed_return_origins";
     let mut checked = Vec::with_capacity(origins.len());
     for origin in origins {
@@ -76,7 +77,7 @@ fn check_origins(origins: Vec<String>) -> AppResult<serde_json::Value> {
             }
         }
     }
-    serde_json::to_value(checked).map_err(|e| AppError::Internal(e.into()))
+    Ok(StringList(checked))
 }
 
 fn view(model: tenant::Model) -> AppResult<Tenant> {
@@ -85,8 +86,7 @@ fn view(model: tenant::Model) -> AppResult<Tenant> {
         slug: model.slug,
         name: model.name,
         status: model.status,
-        allowed_return_origins: serde_json::from_value(model.allowed_return_origins)
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("tenants.allowed_return_origins: {e}")))?,
+        allowed_return_origins: model.allowed_return_origins.0,
         api_rate_limit_per_minute: model.api_rate_limit_per_minute,
         created_at: model.created_at,
         updated_at: model.updated_at,

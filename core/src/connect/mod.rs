@@ -3,6 +3,7 @@
 
 pub mod account_lifecycle;
 pub mod accounts;
+pub mod confirm;
 pub mod grants;
 pub mod mailbox;
 pub mod presets;

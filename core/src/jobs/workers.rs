@@ -15,6 +15,7 @@ use crate::access::auth::Principal;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::Role;
+use crate::store::json::StringList;
 
 /// How often a worker process writes its heartbeat row.
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -26,7 +27,7 @@ pub const LISTED_FOR_HOURS: i64 = 24;
 pub const KEPT_FOR_DAYS: i64 = 7;
 
 /// The queues a worker process consumes, as in `postbridge_worker_consumers{queue}`.
-pub const QUEUES: &[&str] = &["send", "poll", "refresh", "settle", "webhook"];
+pub const QUEUES: [&str; 5] = crate::jobs::job::Queue::NAMES;
 
 /// What one heartbeat says about its process.
 #[derive(Clone, Debug)]
@@ -158,7 +159,7 @@ pub async fn list(ctx: &AppContext, principal: &Principal) -> AppResult<Vec<Work
             };
             let live = status == WorkerStatus::Live;
             let consumers: serde_json::Value = row.try_get("", "consumers")?;
-            let problems: serde_json::Value = row.try_get("", "problems")?;
+            let problems: StringList = row.try_get("", "problems")?;
             Ok(WorkerProcess {
                 id: row.try_get("", "id")?,
                 host: row.try_get("", "host")?,
@@ -166,8 +167,7 @@ pub async fn list(ctx: &AppContext, principal: &Principal) -> AppResult<Vec<Work
                 version: row.try_get("", "version")?,
                 status,
                 ready: live && row.try_get::<bool>("", "ready")?,
-                problems: serde_json::from_value(problems)
-                    .map_err(|e| AppError::Internal(anyhow::anyhow!("worker problems: {e}")))?,
+                problems: problems.0,
                 consumers: if live { consumers_of(consumers)? } else { Vec::new() },
                 started_at: row.try_get("", "started_at")?,
                 last_seen: row.try_get("", "last_seen")?,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, MessageParser};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, Value};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, QueryFilter, QueryOrder, QuerySelect, Statement, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -17,6 +17,7 @@ use crate::model::{Page, PageRequest, Role};
 use crate::store::entities::{email_account, inbound_message};
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
 use async_graphql::SimpleObject;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -250,8 +251,8 @@ fn view(model: inbound_message::Model) -> InboundMessage {
         uid: model.uid,
         message_id: model.message_id,
         from: model.from_address,
-        to: serde_json::from_value(model.to_addresses).unwrap_or_default(),
-        cc: serde_json::from_value(model.cc_addresses).unwrap_or_default(),
+        to: model.to_addresses.0,
+        cc: model.cc_addresses.0,
         subject: model.subject,
         sent_at: model.sent_at,
         size: model.size,
@@ -265,7 +266,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, page:
     scope.require(Role::Viewer)?;
     accounts::find_visible(ctx, scope, account_id).await?;
     let limit = limit_of(&page)?;
-    let mut query = inbound_message::Entity::find()
+    let mut query = inbound_message::Entity::in_tenant(scope.tenant_id)
         .select_only()
         .columns([
             inbound_message::Column::Id,
@@ -288,7 +289,6 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, page:
         ])
         // The list never needs the raw bytes; select an empty value in their place.
         .column_as(sea_orm::sea_query::Expr::cust("''::bytea"), "raw")
-        .filter(inbound_message::Column::TenantId.eq(scope.tenant_id))
         .filter(inbound_message::Column::AccountId.eq(account_id))
         .order_by_desc(inbound_message::Column::Id)
         .limit(limit + 1);
@@ -300,11 +300,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, page:
 
 async fn find(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<inbound_message::Model> {
     scope.require(Role::Viewer)?;
-    let model = inbound_message::Entity::find_by_id(id)
-        .filter(inbound_message::Column::TenantId.eq(scope.tenant_id))
-        .one(&ctx.db)
-        .await?
-        .ok_or(AppError::not_found("message"))?;
+    let model = find_in_tenant::<inbound_message::Entity, _>(&ctx.db, scope.tenant_id, id).await?;
     // Members see only their own accounts' mail.
     accounts::find_visible(ctx, scope, model.account_id).await.map_err(|_| AppError::not_found("message"))?;
     Ok(model)

@@ -213,7 +213,7 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
             .await?;
         return Ok(Delivery::Paced);
     }
-    let recipients: Vec<String> = serde_json::from_value(message.recipients.clone()).unwrap_or_default();
+    let recipients = message.recipients.0.clone();
     let mut refreshed = false;
     loop {
         let outcome = send_once(ctx, &account, message, lease, &recipients).await;

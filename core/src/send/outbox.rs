@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -16,8 +16,10 @@ use crate::model::{OutboundStatus, Page, PageRequest, Role, RoutedBy};
 use crate::protocols::compose::{self, Attachment, Mailbox, OutgoingMessage};
 use crate::store::entities::outbound_message;
 use crate::store::is_unique_violation;
+use crate::store::json::StringList;
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::tenant_owned::TenantOwned;
 use async_graphql::{InputObject, SimpleObject};
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
@@ -90,7 +92,7 @@ pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage>
         requested_from: model.requested_from,
         account_id: model.account_id,
         routed_by: model.routed_by,
-        recipients: serde_json::from_value(model.recipients).unwrap_or_default(),
+        recipients: model.recipients.0,
         subject: model.subject,
         message_id: model.message_id,
         size: model.size,
@@ -113,8 +115,7 @@ fn mailboxes(field: &str, values: &[String]) -> AppResult<Vec<Mailbox>> {
 }
 
 async fn find_by_key(ctx: &AppContext, tenant_id: Uuid, key: &str) -> AppResult<Option<outbound_message::Model>> {
-    Ok(outbound_message::Entity::find()
-        .filter(outbound_message::Column::TenantId.eq(tenant_id))
+    Ok(outbound_message::Entity::in_tenant(tenant_id)
         .filter(outbound_message::Column::IdempotencyKey.eq(key))
         .one(&ctx.db)
         .await?)
@@ -237,7 +238,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
         account_id: Set(Some(route.account.id)),
         routed_by: Set(route.routed_by),
         envelope_from: Set(composed.envelope_from.clone()),
-        recipients: Set(serde_json::json!(composed.envelope_to)),
+        recipients: Set(StringList(composed.envelope_to.clone())),
         subject: Set(message.subject.clone()),
         message_id: Set(message.message_id.clone()),
         size: Set(i32::try_from(composed.raw.len()).unwrap_or(i32::MAX)),
@@ -273,8 +274,8 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
 
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<OutboundMessage> {
     scope.require(Role::Viewer)?;
-    let model = outbound_message::Entity::find_by_id(id)
-        .filter(outbound_message::Column::TenantId.eq(scope.tenant_id))
+    let model = outbound_message::Entity::in_tenant(scope.tenant_id)
+        .filter(outbound_message::Column::Id.eq(id))
         .one(&ctx.db)
         .await?
         .ok_or(AppError::not_found("message"))?;
@@ -285,10 +286,8 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<O
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<OutboundMessage>> {
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
-    let mut query = outbound_message::Entity::find()
-        .filter(outbound_message::Column::TenantId.eq(scope.tenant_id))
-        .order_by_desc(outbound_message::Column::Id)
-        .limit(limit + 1);
+    let mut query =
+        outbound_message::Entity::in_tenant(scope.tenant_id).order_by_desc(outbound_message::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(outbound_message::Column::Id.lt(cursor));
     }

@@ -3,12 +3,13 @@
 //! account's address, the display name is kept and the original address goes to Reply-To).
 
 use lettre::message::Mailbox;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 use crate::model::{AccountState, Direction, RoutedBy};
 use crate::store::entities::email_account;
+use crate::store::tenant_owned::TenantOwned;
 use crate::validate;
 use async_graphql::SimpleObject;
 use serde::{Deserialize, Serialize};
@@ -118,8 +119,7 @@ fn sender_address(account: &email_account::Model) -> Option<String> {
 pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) -> AppResult<Route> {
     let address = from.email.to_string().to_lowercase();
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
-    let accounts: Vec<email_account::Model> = email_account::Entity::find()
-        .filter(email_account::Column::TenantId.eq(tenant_id))
+    let accounts: Vec<email_account::Model> = email_account::Entity::in_tenant(tenant_id)
         .filter(email_account::Column::Direction.eq(Direction::Outbound))
         .order_by_asc(email_account::Column::Id)
         .all(db)
@@ -184,8 +184,7 @@ async fn skipped_senders<C: ConnectionTrait>(
 ) -> AppResult<Vec<SkippedSender>> {
     let address = from.email.to_string().to_lowercase();
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
-    let accounts = email_account::Entity::find()
-        .filter(email_account::Column::TenantId.eq(tenant_id))
+    let accounts = email_account::Entity::in_tenant(tenant_id)
         .filter(email_account::Column::Direction.eq(Direction::Outbound))
         .order_by_asc(email_account::Column::Id)
         .all(db)

@@ -2,6 +2,8 @@
 //! every flow's queries share (pages, constraint violations).
 
 pub mod entities;
+pub mod json;
+pub mod tenant_owned;
 pub mod tenant_wall;
 
 use sea_orm::{DbErr, SqlErr};

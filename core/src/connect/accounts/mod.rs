@@ -3,7 +3,7 @@
 
 use async_graphql::MaybeUndefined;
 use chrono::Utc;
-use sea_orm::{ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Select, Set, TransactionTrait};
+use sea_orm::{ColumnTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Select, Set, TransactionTrait};
 use uuid::Uuid;
 
 use crate::access::auth::TenantScope;
@@ -15,6 +15,7 @@ use crate::observe::audit;
 use crate::store::entities::email_account;
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::tenant_owned::TenantOwned;
 use async_graphql::{InputObject, SimpleObject};
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
@@ -174,7 +175,7 @@ pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
 
 /// Accounts the caller may see: the tenant's, and for members only their own.
 fn visible(scope: &TenantScope) -> Select<email_account::Entity> {
-    let query = email_account::Entity::find().filter(email_account::Column::TenantId.eq(scope.tenant_id));
+    let query = email_account::Entity::in_tenant(scope.tenant_id);
     if scope.principal.role == Role::Member {
         query.filter(email_account::Column::OwnerSubject.eq(scope.principal.subject.clone()))
     } else {
@@ -417,11 +418,7 @@ pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
     let model = find_visible(ctx, scope, id).await?;
     scope.require(Role::Member)?;
     let txn = ctx.db.begin().await?;
-    email_account::Entity::delete_many()
-        .filter(email_account::Column::Id.eq(model.id))
-        .filter(email_account::Column::TenantId.eq(scope.tenant_id))
-        .exec(&txn)
-        .await?;
+    email_account::Entity::delete_in_tenant(scope.tenant_id).filter(email_account::Column::Id.eq(model.id)).exec(&txn).await?;
     audit::record_in_tenant(&txn, scope, "account.deleted", model.id, audit::Changes::new()).await?;
     txn.commit().await?;
     Ok(())

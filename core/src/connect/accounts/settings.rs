@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
 use super::DEFAULT_POLL_INTERVAL_SECONDS;
@@ -18,6 +18,7 @@ use crate::model::{AfterFetch, AuthMethod, Direction, GrantStatus, Protocol, Rol
 use crate::observe::audit;
 use crate::store::entities::{email_account, grant};
 use crate::store::is_unique_violation;
+use crate::store::tenant_owned::TenantOwned;
 use crate::{secrets, validate};
 
 /// What a password field asks for.
@@ -244,8 +245,7 @@ pub(super) async fn existing_grant(
     login: &str,
 ) -> AppResult<Option<Uuid>> {
     let (AuthMethod::Oauth2, Some(config_id)) = (auth, config_id) else { return Ok(None) };
-    let mut query = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+    let mut query = grant::Entity::in_tenant(scope.tenant_id)
         .filter(grant::Column::TokenConfigId.eq(config_id))
         .filter(grant::Column::Status.eq(GrantStatus::Valid));
     query = if may_approve_app_grants(scope) {
@@ -296,10 +296,9 @@ pub(super) async fn save(
     };
     let txn = ctx.db.begin().await?;
     if becomes_default {
-        email_account::Entity::update_many()
+        email_account::Entity::update_in_tenant(tenant_id)
             .col_expr(email_account::Column::IsDefault, Expr::value(false))
             .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(email_account::Column::TenantId.eq(tenant_id))
             .filter(email_account::Column::IsDefault.eq(true))
             .filter(email_account::Column::Id.ne(id))
             .exec(&txn)

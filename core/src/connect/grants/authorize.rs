@@ -7,7 +7,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::link::{link_accounts, store_grant, Connection, LinkTo};
-use super::{hash_state, internal, oauth_client, random_token, scopes_of, state_ttl, AuthorizeAccount, AuthorizeResult};
+use super::{hash_state, oauth_client, random_token, scopes_of, state_ttl, AuthorizeAccount, AuthorizeResult};
 use crate::access::auth::TenantScope;
 use crate::connect::accounts;
 use crate::connect::token_configs;
@@ -18,6 +18,7 @@ use crate::observe::events;
 use crate::protocols::oauth::TokenError;
 use crate::secrets;
 use crate::store::entities::{email_account, grant, oauth_state, tenant, token_config};
+use crate::store::tenant_owned::TenantOwned;
 
 /// The return URL must be on one of the tenant's allowed origins (open redirects help phishing).
 pub(super) async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<&str>) -> AppResult<Option<String>> {
@@ -29,7 +30,7 @@ pub(super) async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_u
     }
     let origin = url.origin().ascii_serialization();
     let tenant = tenant::Entity::find_by_id(tenant_id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
-    let allowed: Vec<String> = serde_json::from_value(tenant.allowed_return_origins).unwrap_or_default();
+    let allowed = tenant.allowed_return_origins.0;
     if !allowed.iter().any(|o| o.trim_end_matches('/') == origin) {
         return Err(AppError::validation(
             field,
@@ -75,24 +76,19 @@ pub(super) async fn start_user_flow(
     return_url: Option<String>,
 ) -> AppResult<AuthorizeResult> {
     let client = oauth_client(ctx, config)?;
-    let mut params: Vec<(String, String)> =
-        serde_json::from_value::<std::collections::BTreeMap<String, String>>(config.extra_auth_params.clone())
-            .map_err(|e| internal("token_configs.extra_auth_params", e))?
-            .into_iter()
-            .collect();
+    let mut params: Vec<(String, String)> = config.extra_auth_params.0.clone().into_iter().collect();
     let subject = account.login.to_lowercase();
-    let existing = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(scope.tenant_id))
+    let existing = grant::Entity::in_tenant(scope.tenant_id)
         .filter(grant::Column::TokenConfigId.eq(config.id))
         .filter(grant::Column::Subject.eq(subject.clone()))
         .one(&ctx.db)
         .await?;
-    let config_scopes: Vec<String> = serde_json::from_value(config.scopes.clone()).unwrap_or_default();
+    let config_scopes = &config.scopes.0;
     // Without a live refresh token (none stored, or the stored one was refused), or with new scopes, only a
     // consent screen yields a refresh token (Google).
     let needs_consent = existing
         .as_ref()
-        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid || scopes_of(g) != config_scopes);
+        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid || scopes_of(g) != *config_scopes);
     if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
         params.push(("prompt".to_owned(), "consent".to_owned()));
     }
@@ -142,10 +138,9 @@ pub(super) async fn authorize_app(
     let txn = ctx.db.begin().await?;
     // Authorizing is the admin's approval of this account; other accounts of the configuration are linked only
     // if an admin created or authorized them too.
-    email_account::Entity::update_many()
+    email_account::Entity::update_in_tenant(scope.tenant_id)
         .col_expr(email_account::Column::AppGrantApproved, Expr::value(true))
         .filter(email_account::Column::Id.eq(account.id))
-        .filter(email_account::Column::TenantId.eq(scope.tenant_id))
         .exec(&txn)
         .await?;
     let connection = Connection { subject: grant::APP_SUBJECT, consented_by: None, connected_by: &scope.principal.subject };

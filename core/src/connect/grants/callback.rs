@@ -17,6 +17,7 @@ use crate::observe::events;
 use crate::protocols::oauth::id_token_identity;
 use crate::secrets;
 use crate::store::entities::{email_account, grant, oauth_state};
+use crate::store::tenant_owned::TenantOwned;
 
 /// What the provider sent to `/oauth/callback`.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -121,8 +122,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
         return Ok(CallbackOutcome::failure("invalid_request", "the callback carries no code", Some(&state_row)));
     };
-    let account = email_account::Entity::find_by_id(state_row.account_id)
-        .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
+    let account = email_account::Entity::in_tenant(state_row.tenant_id)
+        .filter(email_account::Column::Id.eq(state_row.account_id))
         .one(&ctx.db)
         .await?;
     let Some(account) =
@@ -152,8 +153,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         }
     };
     // Without prompt=consent a provider may return no new refresh token; a live stored one then stays.
-    let keeps_refresh_token = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(state_row.tenant_id))
+    let keeps_refresh_token = grant::Entity::in_tenant(state_row.tenant_id)
         .filter(grant::Column::TokenConfigId.eq(config.id))
         .filter(grant::Column::Subject.eq(account.login.to_lowercase()))
         .filter(grant::Column::Status.eq(GrantStatus::Valid))
@@ -187,12 +187,11 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     };
     if let Some((reason, message, kind)) = refused {
         // No grant is stored, but the account says why it is still not connected (its state stays).
-        email_account::Entity::update_many()
+        email_account::Entity::update_in_tenant(state_row.tenant_id)
             .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
             .col_expr(email_account::Column::LastErrorKind, Expr::value(kind))
             .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(email_account::Column::Id.eq(account.id))
-            .filter(email_account::Column::TenantId.eq(state_row.tenant_id))
             .exec(&ctx.db)
             .await?;
         return Ok(CallbackOutcome::failure(reason, message, Some(&state_row)));

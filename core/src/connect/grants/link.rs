@@ -2,10 +2,9 @@
 
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseTransaction, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
-use super::internal;
 use super::refresh_at_for;
 use super::tokens::mark_fresh;
 use crate::connect::account_lifecycle::{self, AccountEvent};
@@ -17,6 +16,8 @@ use crate::protocols::oauth::TokenSet;
 use crate::secrets;
 use crate::store::entities::{email_account, grant};
 use crate::store::is_unique_violation;
+use crate::store::json::StringList;
+use crate::store::tenant_owned::TenantOwned;
 
 /// Whose grant is stored, and by whom.
 pub(super) struct Connection<'a> {
@@ -38,8 +39,7 @@ pub(super) async fn store_grant(
     tokens: &TokenSet,
 ) -> AppResult<Uuid> {
     let Connection { subject, consented_by, connected_by } = connection;
-    let existing = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(tenant_id))
+    let existing = grant::Entity::in_tenant(tenant_id)
         .filter(grant::Column::TokenConfigId.eq(config_id))
         .filter(grant::Column::Subject.eq(subject))
         .lock_exclusive()
@@ -50,7 +50,7 @@ pub(super) async fn store_grant(
     let refresh =
         tokens.refresh_token.as_deref().map(|t| secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, t)).transpose()?;
     let now = Utc::now();
-    let scopes = serde_json::to_value(&tokens.scopes).map_err(|e| internal("scopes", e))?;
+    let scopes = StringList(tokens.scopes.clone());
     match existing {
         Some(model) => {
             let keep_refresh = model.refresh_token.clone();
@@ -121,13 +121,12 @@ pub(super) async fn link_accounts(
     to: LinkTo<'_>,
     grant_id: Uuid,
 ) -> AppResult<u64> {
-    let mut update = email_account::Entity::update_many()
+    let mut update = email_account::Entity::update_in_tenant(tenant_id)
         .col_expr(email_account::Column::GrantId, Expr::value(grant_id))
         .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantLinked)))
         .col_expr(email_account::Column::LastError, Expr::value(Option::<String>::None))
         .col_expr(email_account::Column::LastErrorKind, Expr::value(Option::<FailureKind>::None))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(email_account::Column::TenantId.eq(tenant_id))
         .filter(email_account::Column::TokenConfigId.eq(config_id))
         .filter(email_account::Column::AuthMethod.eq(AuthMethod::Oauth2));
     match to {

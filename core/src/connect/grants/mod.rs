@@ -5,7 +5,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -14,7 +14,7 @@ use crate::access::auth::TenantScope;
 use crate::connect::account_lifecycle::{self, AccountEvent};
 use crate::connect::accounts::Account;
 use crate::context::AppContext;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::model::{AuthorizeStatus, GrantStatus, Page, PageRequest, Role};
 use crate::observe::audit;
 use crate::observe::events;
@@ -23,6 +23,7 @@ use crate::secrets;
 use crate::store::entities::{email_account, grant, token_config};
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
 use async_graphql::{InputObject, SimpleObject};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -102,7 +103,7 @@ fn state_ttl() -> chrono::Duration {
 }
 
 fn scopes_of(model: &grant::Model) -> Vec<String> {
-    serde_json::from_value(model.scopes.clone()).unwrap_or_default()
+    model.scopes.0.clone()
 }
 
 fn view(model: grant::Model) -> AppResult<Grant> {
@@ -123,10 +124,6 @@ fn view(model: grant::Model) -> AppResult<Grant> {
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
-}
-
-fn internal(context: &str, err: impl std::fmt::Display) -> AppError {
-    AppError::Internal(anyhow::anyhow!("{context}: {err}"))
 }
 
 fn random_token() -> String {
@@ -151,7 +148,7 @@ pub fn provider_config(ctx: &AppContext, config: &token_config::Model) -> AppRes
         client_secret,
         auth_url: config.auth_url.clone(),
         token_url: config.token_url.clone(),
-        scopes: serde_json::from_value(config.scopes.clone()).map_err(|e| internal("token_configs.scopes", e))?,
+        scopes: config.scopes.0.clone(),
         redirect_uri: ctx.settings.oauth_redirect_uri(),
     })
 }
@@ -165,10 +162,7 @@ fn oauth_client(ctx: &AppContext, config: &token_config::Model) -> AppResult<OAu
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<Grant>> {
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
-    let mut query = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(scope.tenant_id))
-        .order_by_asc(grant::Column::Id)
-        .limit(limit + 1);
+    let mut query = grant::Entity::in_tenant(scope.tenant_id).order_by_asc(grant::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(grant::Column::Id.gt(cursor));
     }
@@ -176,11 +170,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
 }
 
 async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<grant::Model> {
-    grant::Entity::find_by_id(id)
-        .filter(grant::Column::TenantId.eq(tenant_id))
-        .one(&ctx.db)
-        .await?
-        .ok_or(AppError::not_found("grant"))
+    find_in_tenant::<grant::Entity, _>(&ctx.db, tenant_id, id).await
 }
 
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Grant> {
@@ -193,18 +183,13 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
     scope.require(Role::Admin)?;
     let model = find(ctx, scope.tenant_id, id).await?;
     let txn = ctx.db.begin().await?;
-    email_account::Entity::update_many()
+    email_account::Entity::update_in_tenant(scope.tenant_id)
         .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantRevoked)))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(email_account::Column::TenantId.eq(scope.tenant_id))
         .filter(email_account::Column::GrantId.eq(id))
         .exec(&txn)
         .await?;
-    grant::Entity::delete_many()
-        .filter(grant::Column::Id.eq(id))
-        .filter(grant::Column::TenantId.eq(scope.tenant_id))
-        .exec(&txn)
-        .await?;
+    grant::Entity::delete_in_tenant(scope.tenant_id).filter(grant::Column::Id.eq(id)).exec(&txn).await?;
     events::record(
         &txn,
         scope.tenant_id,

@@ -12,6 +12,7 @@ use crate::failure::FailureKind;
 use crate::model::{AccountState, GrantStatus};
 use crate::observe::events;
 use crate::store::entities::{email_account, grant};
+use crate::store::tenant_owned::TenantOwned;
 
 /// `invalid_grant` and friends: the grant needs re-consent, its accounts are in error, an event says so.
 pub(super) async fn bury_grant(
@@ -29,12 +30,11 @@ pub(super) async fn bury_grant(
         .filter(grant::Column::Id.eq(model.id))
         .exec(txn)
         .await?;
-    email_account::Entity::update_many()
+    email_account::Entity::update_in_tenant(model.tenant_id)
         .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::Failed)))
         .col_expr(email_account::Column::LastError, Expr::value(format!("sign-in needed again: {message}")))
         .col_expr(email_account::Column::LastErrorKind, Expr::value(kind.clone()))
         .col_expr(email_account::Column::UpdatedAt, Expr::value(now))
-        .filter(email_account::Column::TenantId.eq(model.tenant_id))
         .filter(email_account::Column::GrantId.eq(model.id))
         .filter(email_account::Column::State.ne(AccountState::Disabled))
         .exec(txn)
@@ -60,24 +60,19 @@ pub(crate) async fn require_reauth_for_config(
     config_id: Uuid,
     message: &str,
 ) -> AppResult<u64> {
-    let held = grant::Entity::find()
-        .filter(grant::Column::TenantId.eq(tenant_id))
-        .filter(grant::Column::TokenConfigId.eq(config_id))
-        .lock_exclusive()
-        .all(txn)
-        .await?;
+    let held =
+        grant::Entity::in_tenant(tenant_id).filter(grant::Column::TokenConfigId.eq(config_id)).lock_exclusive().all(txn).await?;
     let mut buried = 0;
     for model in held.iter().filter(|g| g.status == GrantStatus::Valid) {
         bury_grant(txn, model, message, &FailureKind::REAUTH_REQUIRED).await?;
         buried += 1;
     }
-    grant::Entity::update_many()
+    grant::Entity::update_in_tenant(tenant_id)
         .col_expr(grant::Column::AccessToken, Expr::value(Option::<String>::None))
         .col_expr(grant::Column::RefreshToken, Expr::value(Option::<String>::None))
         .col_expr(grant::Column::ExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(grant::Column::RefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
         .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
-        .filter(grant::Column::TenantId.eq(tenant_id))
         .filter(grant::Column::TokenConfigId.eq(config_id))
         .exec(txn)
         .await?;

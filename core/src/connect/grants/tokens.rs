@@ -23,6 +23,7 @@ use crate::observe::events;
 use crate::protocols::oauth::{TokenError, TokenSet};
 use crate::secrets;
 use crate::store::entities::{grant, token_config};
+use crate::store::tenant_owned::TenantOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenAccessError {
@@ -117,8 +118,8 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
     }
 
     let txn = ctx.db.begin().await?;
-    let locked = grant::Entity::find_by_id(grant_id)
-        .filter(grant::Column::TenantId.eq(tenant_id))
+    let locked = grant::Entity::in_tenant(tenant_id)
+        .filter(grant::Column::Id.eq(grant_id))
         .lock_exclusive()
         .one(&txn)
         .await?
@@ -243,8 +244,8 @@ pub(super) async fn persist_refreshed_again(
         tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
         let retried = async {
             let txn = ctx.db.begin().await?;
-            let model = grant::Entity::find_by_id(grant_id)
-                .filter(grant::Column::TenantId.eq(tenant_id))
+            let model = grant::Entity::in_tenant(tenant_id)
+                .filter(grant::Column::Id.eq(grant_id))
                 .lock_exclusive()
                 .one(&txn)
                 .await?
@@ -350,12 +351,11 @@ pub(super) async fn mark_config(
 /// the next `access_token` call refreshes.
 pub async fn expire_access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> AppResult<()> {
     let past = Utc::now() - chrono::Duration::seconds(1);
-    grant::Entity::update_many()
+    grant::Entity::update_in_tenant(tenant_id)
         .col_expr(grant::Column::ExpiresAt, Expr::value(past))
         .col_expr(grant::Column::RefreshAt, Expr::value(past))
         .col_expr(grant::Column::NextRefreshAt, Expr::value(Option::<DateTime<Utc>>::None))
         .filter(grant::Column::Id.eq(grant_id))
-        .filter(grant::Column::TenantId.eq(tenant_id))
         .exec(&ctx.db)
         .await?;
     Ok(())

@@ -11,6 +11,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{ExpiringQuery, Role};
 use crate::store::entities::token_config;
+use crate::store::tenant_owned::TenantOwned;
 
 /// Configurations whose client secret expires within `within_days` (default 30), soonest first: an
 /// expired secret stops every grant of that app at once.
@@ -21,8 +22,7 @@ pub async fn expiring(ctx: &AppContext, scope: &TenantScope, query: ExpiringQuer
         return Err(AppError::validation("within_days", "invalid_window", "within_days must be between 0 and 365"));
     }
     let horizon = Utc::now().date_naive() + chrono::Duration::days(days);
-    let rows = token_config::Entity::find()
-        .filter(token_config::Column::TenantId.eq(scope.tenant_id))
+    let rows = token_config::Entity::in_tenant(scope.tenant_id)
         .filter(token_config::Column::ClientSecretExpiresAt.lte(horizon))
         .order_by_asc(token_config::Column::ClientSecretExpiresAt)
         .order_by_asc(token_config::Column::Id)

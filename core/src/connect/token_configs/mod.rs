@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use async_graphql::MaybeUndefined;
 use chrono::Utc;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait};
 use uuid::Uuid;
 
 use crate::access::auth::TenantScope;
@@ -16,8 +14,10 @@ use crate::model::{OAuthFlow, Page, PageRequest, Provider, Role, SecretInput};
 use crate::observe::audit;
 use crate::store::entities::{grant, token_config};
 use crate::store::is_foreign_key_violation;
+use crate::store::json::{StringList, StringMap};
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
 use async_graphql::{InputObject, SimpleObject};
 use chrono::{DateTime, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,6 @@ mod expiry;
 use settings::check_spec;
 use settings::check_testing_app;
 use settings::encrypt_secret;
-use settings::json_of;
 use settings::Spec;
 
 #[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
@@ -136,10 +135,8 @@ const RESERVED_AUTH_PARAMS: &[&str] =
 pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<TokenConfig> {
     let allowed_mail_hosts = allowed_mail_hosts(&model)?;
     let problem = crate::observe::hints::for_token_config(&model, Utc::now().date_naive());
-    let scopes: Vec<String> = serde_json::from_value(model.scopes)
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.scopes is not a string list: {e}")))?;
-    let extra_auth_params: BTreeMap<String, String> = serde_json::from_value(model.extra_auth_params)
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.extra_auth_params is not a string map: {e}")))?;
+    let scopes = model.scopes.0;
+    let extra_auth_params = model.extra_auth_params.0;
     Ok(TokenConfig {
         id: model.id,
         tenant_id: model.tenant_id,
@@ -173,11 +170,7 @@ pub async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<toke
 
 /// `find` on a given connection or transaction (so a caller holding a transaction needs no second connection).
 pub async fn find_in<C: sea_orm::ConnectionTrait>(db: &C, tenant_id: Uuid, id: Uuid) -> AppResult<token_config::Model> {
-    token_config::Entity::find_by_id(id)
-        .filter(token_config::Column::TenantId.eq(tenant_id))
-        .one(db)
-        .await?
-        .ok_or(AppError::not_found("token configuration"))
+    find_in_tenant::<token_config::Entity, _>(db, tenant_id, id).await
 }
 
 pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenConfig) -> AppResult<TokenConfig> {
@@ -218,9 +211,9 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         auth_url: Set(spec.auth_url),
         token_url: Set(spec.token_url.unwrap_or_default()),
         issuer: Set(spec.issuer),
-        scopes: Set(json_of(&spec.scopes)?),
-        extra_auth_params: Set(json_of(&spec.extra_auth_params)?),
-        allowed_mail_hosts: Set(json_of(&spec.allowed_mail_hosts)?),
+        scopes: Set(StringList(spec.scopes.clone())),
+        extra_auth_params: Set(StringMap(spec.extra_auth_params.clone())),
+        allowed_mail_hosts: Set(StringList(spec.allowed_mail_hosts.clone())),
         needs_admin: Set(false),
         testing_app: Set(testing_app),
         last_error: Set(None),
@@ -238,10 +231,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
 pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<TokenConfig>> {
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
-    let mut query = token_config::Entity::find()
-        .filter(token_config::Column::TenantId.eq(scope.tenant_id))
-        .order_by_asc(token_config::Column::Id)
-        .limit(limit + 1);
+    let mut query = token_config::Entity::in_tenant(scope.tenant_id).order_by_asc(token_config::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(token_config::Column::Id.gt(cursor));
     }
@@ -295,12 +285,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     // the secret, and the grants (issued by the old endpoints) need consent again.
     let urls_changed = spec.auth_url != current.auth_url || spec.token_url.as_deref() != Some(current.token_url.as_str());
     let has_grants = urls_changed
-        && grant::Entity::find()
-            .filter(grant::Column::TenantId.eq(scope.tenant_id))
-            .filter(grant::Column::TokenConfigId.eq(id))
-            .one(&ctx.db)
-            .await?
-            .is_some();
+        && grant::Entity::in_tenant(scope.tenant_id).filter(grant::Column::TokenConfigId.eq(id)).one(&ctx.db).await?.is_some();
     if has_grants && new_secret.is_none() {
         return Err(AppError::validation(
             "client_secret",
@@ -337,17 +322,16 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.auth_url = Set(spec.auth_url);
     active.token_url = Set(spec.token_url.unwrap_or_default());
     active.issuer = Set(spec.issuer);
-    active.scopes = Set(json_of(&spec.scopes)?);
-    active.extra_auth_params = Set(json_of(&spec.extra_auth_params)?);
-    active.allowed_mail_hosts = Set(json_of(&spec.allowed_mail_hosts)?);
+    active.scopes = Set(StringList(spec.scopes.clone()));
+    active.extra_auth_params = Set(StringMap(spec.extra_auth_params.clone()));
+    active.allowed_mail_hosts = Set(StringList(spec.allowed_mail_hosts.clone()));
     active.updated_at = Set(Utc::now());
     let txn = ctx.db.begin().await?;
     let saved = active.update(&txn).await?;
     if credentials_changed {
         // Grants waiting out a backoff caused by the old credentials may try again at once.
-        grant::Entity::update_many()
+        grant::Entity::update_in_tenant(scope.tenant_id)
             .col_expr(grant::Column::NextRefreshAt, sea_orm::sea_query::Expr::value(Option::<chrono::DateTime<Utc>>::None))
-            .filter(grant::Column::TenantId.eq(scope.tenant_id))
             .filter(grant::Column::TokenConfigId.eq(id))
             .exec(&txn)
             .await?;
@@ -369,11 +353,7 @@ pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
     find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
     let txn = ctx.db.begin().await?;
-    let result = token_config::Entity::delete_many()
-        .filter(token_config::Column::Id.eq(id))
-        .filter(token_config::Column::TenantId.eq(scope.tenant_id))
-        .exec(&txn)
-        .await;
+    let result = token_config::Entity::delete_in_tenant(scope.tenant_id).filter(token_config::Column::Id.eq(id)).exec(&txn).await;
     match result {
         Ok(_) => {
             audit::record_in_tenant(&txn, scope, "token_config.deleted", id, audit::Changes::new()).await?;

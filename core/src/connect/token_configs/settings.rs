@@ -89,8 +89,7 @@ pub(super) fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -
 pub fn allowed_mail_hosts(model: &token_config::Model) -> AppResult<Vec<String>> {
     match presets::provider_mail_hosts(model.provider) {
         Some(hosts) => Ok(hosts.iter().map(|h| (*h).to_owned()).collect()),
-        None => serde_json::from_value(model.allowed_mail_hosts.clone())
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("token_configs.allowed_mail_hosts is not a string list: {e}"))),
+        None => Ok(model.allowed_mail_hosts.0.clone()),
     }
 }
 
@@ -248,8 +247,4 @@ pub(super) fn encrypt_secret(ctx: &AppContext, tenant_id: Uuid, id: Uuid, secret
         return Err(AppError::validation("client_secret", "too_long", "client_secret is too long"));
     }
     Ok(secrets::TOKEN_CONFIG_CLIENT_SECRET.seal(&ctx.cipher, tenant_id, id, secret)?)
-}
-
-pub(super) fn json_of<T: serde::Serialize>(value: &T) -> AppResult<serde_json::Value> {
-    serde_json::to_value(value).map_err(|e| AppError::Internal(e.into()))
 }

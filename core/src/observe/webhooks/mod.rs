@@ -22,6 +22,7 @@ use super::events;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::secrets::{self, SealedColumn};
+use crate::store::json::StringList;
 use crate::validate;
 
 mod attempt;
@@ -168,7 +169,7 @@ struct EndpointRow {
     tenant_id: Uuid,
     url: String,
     description: Option<String>,
-    event_types: Value,
+    event_types: StringList,
     enabled: bool,
     disabled_reason: Option<String>,
     secret: String,
@@ -194,8 +195,7 @@ fn statement(sql: impl Into<String>, values: Vec<sea_orm::Value>) -> Statement {
 }
 
 fn view(row: EndpointRow) -> AppResult<WebhookEndpoint> {
-    let event_types: Vec<String> = serde_json::from_value(row.event_types)
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("webhook_endpoints.event_types is not a text list: {e}")))?;
+    let event_types = row.event_types.0;
     Ok(WebhookEndpoint {
         id: row.id,
         tenant_id: row.tenant_id,

@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::store::json::StringList;
+
 use crate::model::GrantStatus;
 
 /// The subject of a client-credentials grant: the app itself.
@@ -27,7 +29,7 @@ pub struct Model {
     /// token's lifetime), set whenever tokens are stored. Every "due" predicate reads it.
     pub refresh_at: Option<DateTimeUtc>,
     #[sea_orm(column_type = "JsonBinary")]
-    pub scopes: Json,
+    pub scopes: StringList,
     pub status: GrantStatus,
     pub last_error: Option<String>,
     /// What kind of failure `last_error` describes (`failure::FailureKind`), for the fix-it hints.

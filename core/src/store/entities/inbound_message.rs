@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::store::json::StringList;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "inbound_messages")]
 pub struct Model {
@@ -14,9 +16,9 @@ pub struct Model {
     pub message_id: Option<String>,
     pub from_address: Option<String>,
     #[sea_orm(column_type = "JsonBinary")]
-    pub to_addresses: Json,
+    pub to_addresses: StringList,
     #[sea_orm(column_type = "JsonBinary")]
-    pub cc_addresses: Json,
+    pub cc_addresses: StringList,
     pub subject: Option<String>,
     pub sent_at: Option<DateTimeUtc>,
     pub size: i32,

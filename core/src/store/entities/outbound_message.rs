@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::store::json::StringList;
+
 use crate::model::{OutboundStatus, RoutedBy};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -14,7 +16,7 @@ pub struct Model {
     pub routed_by: RoutedBy,
     pub envelope_from: String,
     #[sea_orm(column_type = "JsonBinary")]
-    pub recipients: Json,
+    pub recipients: StringList,
     pub subject: String,
     pub message_id: String,
     /// The composed RFC 5322 message, fixed before the first attempt (stable Message-ID).

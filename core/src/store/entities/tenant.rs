@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::store::json::StringList;
+
 use crate::model::TenantStatus;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -12,7 +14,7 @@ pub struct Model {
     pub status: TenantStatus,
     /// Origins a post-consent return URL may point at.
     #[sea_orm(column_type = "JsonBinary")]
-    pub allowed_return_origins: Json,
+    pub allowed_return_origins: StringList,
     /// Overrides `POSTBRIDGE_API_RATE_LIMIT_PER_MINUTE` for this tenant.
     pub api_rate_limit_per_minute: Option<i32>,
     pub created_at: DateTimeUtc,

@@ -1,5 +1,7 @@
 use sea_orm::entity::prelude::*;
 
+use crate::store::json::{StringList, StringMap};
+
 use crate::model::{OAuthFlow, Provider};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -19,14 +21,14 @@ pub struct Model {
     pub auth_url: Option<String>,
     pub token_url: String,
     #[sea_orm(column_type = "JsonBinary")]
-    pub scopes: Json,
+    pub scopes: StringList,
     /// A generic configuration's issuer identifier (RFC 9207); presets know theirs.
     pub issuer: Option<String>,
     #[sea_orm(column_type = "JsonBinary")]
-    pub extra_auth_params: Json,
+    pub extra_auth_params: StringMap,
     /// Mail hosts oauth2 accounts of a generic configuration may use (lower-case; `*.domain` matches subdomains).
     #[sea_orm(column_type = "JsonBinary")]
-    pub allowed_mail_hosts: Json,
+    pub allowed_mail_hosts: StringList,
     /// The provider refused the client credentials (wrong or expired secret): an admin must act.
     pub needs_admin: bool,
     /// A Google app whose consent screen is in "Testing": its refresh tokens expire after 7 days.
