@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use apalis_redis::ConnectionManager;
 use chrono::{DateTime, Utc};
-use postbridge_core::jobs::workers::{self, Heartbeat, QUEUES};
+use postbridge_core::jobs::job::Queue;
+use postbridge_core::jobs::workers::{self, Heartbeat};
 use postbridge_core::AppContext;
 
 /// A loop that has not gone round for this long is stuck.
@@ -27,7 +28,7 @@ impl Liveness {
         let now = Utc::now().timestamp_millis();
         Arc::new(Liveness {
             started_at: Utc::now(),
-            consumers: QUEUES.iter().map(|q| (*q, Arc::new(AtomicBool::new(false)))).collect(),
+            consumers: Queue::NAMES.iter().map(|q| (*q, Arc::new(AtomicBool::new(false)))).collect(),
             scheduler_round: AtomicI64::new(now),
             housekeeping_round: AtomicI64::new(now),
         })
@@ -48,7 +49,7 @@ impl Liveness {
 
     /// Live consumers per queue (0 or 1 in one process).
     pub fn consumers(&self) -> BTreeMap<String, i64> {
-        QUEUES
+        Queue::NAMES
             .iter()
             .map(|q| ((*q).to_owned(), i64::from(self.consumers.get(q).is_some_and(|f| f.load(Ordering::Relaxed)))))
             .collect()

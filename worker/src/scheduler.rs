@@ -275,7 +275,7 @@ async fn vacuum_redis(queues: &mut Queues, redis: &mut ConnectionManager, prefix
     removed += queues.hooks.vacuum().await?;
     removed += queues.refreshes.vacuum().await?;
     removed += queues.settles.vacuum().await?;
-    for queue in workers::QUEUES {
+    for queue in Queue::NAMES {
         let _: i64 = redis::cmd("DEL").arg(format!("{prefix}:{queue}:done")).query_async(redis).await?;
     }
     tracing::debug!(removed, "vacuumed finished jobs from Redis");

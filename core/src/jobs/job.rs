@@ -24,7 +24,7 @@ pub enum Queue {
 
 impl Queue {
     pub const ALL: [Queue; 5] = [Queue::Send, Queue::Poll, Queue::Refresh, Queue::Settle, Queue::Webhook];
-    /// The names of [`Queue::ALL`], as metrics and heartbeats label them.
+    /// The names of [`Queue::ALL`], as metrics (`postbridge_worker_consumers{queue}`) and heartbeats label them.
     pub const NAMES: [&'static str; 5] = {
         let mut names = [""; 5];
         let mut i = 0;

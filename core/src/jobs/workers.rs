@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::access::auth::Principal;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
+use crate::jobs::job::Queue;
 use crate::model::Role;
 use crate::store::json::StringList;
 
@@ -25,9 +26,6 @@ pub const DEAD_AFTER_SECONDS: i64 = 30;
 pub const LISTED_FOR_HOURS: i64 = 24;
 /// Rows older than this are deleted by the housekeeping pass.
 pub const KEPT_FOR_DAYS: i64 = 7;
-
-/// The queues a worker process consumes, as in `postbridge_worker_consumers{queue}`.
-pub const QUEUES: [&str; 5] = crate::jobs::job::Queue::NAMES;
 
 /// What one heartbeat says about its process.
 #[derive(Clone, Debug)]
@@ -189,7 +187,7 @@ pub async fn live_consumers(ctx: &AppContext) -> AppResult<BTreeMap<String, i64>
             [(DEAD_AFTER_SECONDS as f64).into()],
         ))
         .await?;
-    let mut live: BTreeMap<String, i64> = QUEUES.iter().map(|q| ((*q).to_owned(), 0)).collect();
+    let mut live: BTreeMap<String, i64> = Queue::NAMES.iter().map(|q| ((*q).to_owned(), 0)).collect();
     for row in rows {
         let queue: String = row.try_get("", "queue")?;
         if let Some(n) = live.get_mut(&queue) {

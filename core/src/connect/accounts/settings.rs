@@ -53,7 +53,7 @@ pub(super) struct Spec<'a> {
 
 /// A from filter routes every message the tenant sends From that address (or domain) through the account, so a
 /// member may only claim the account's own address; any other address, and every domain, is an admin's decision.
-pub(super) fn check_member_from_filter(scope: &TenantScope, filter: Option<&str>, login: &str) -> AppResult<()> {
+fn check_member_from_filter(scope: &TenantScope, filter: Option<&str>, login: &str) -> AppResult<()> {
     let Some(filter) = filter else { return Ok(()) };
     if scope.principal.role != Role::Member || filter.eq_ignore_ascii_case(login.trim()) {
         return Ok(());
@@ -63,7 +63,7 @@ pub(super) fn check_member_from_filter(scope: &TenantScope, filter: Option<&str>
     ))
 }
 
-pub(super) fn not_for(field: &str, direction: Direction) -> AppError {
+fn not_for(field: &str, direction: Direction) -> AppError {
     let applies = if direction == Direction::Inbound { "outbound" } else { "inbound" };
     AppError::validation(field, "not_applicable", format!("{field} applies to {applies} accounts only"))
 }

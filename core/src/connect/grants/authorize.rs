@@ -7,7 +7,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::link::{link_accounts, store_grant, Connection, LinkTo};
-use super::{hash_state, oauth_client, random_token, scopes_of, state_ttl, AuthorizeAccount, AuthorizeResult};
+use super::{hash_state, oauth_client, random_token, state_ttl, AuthorizeAccount, AuthorizeResult};
 use crate::access::auth::TenantScope;
 use crate::connect::accounts;
 use crate::connect::token_configs;
@@ -21,7 +21,7 @@ use crate::store::entities::{email_account, grant, oauth_state, tenant, token_co
 use crate::store::tenant_owned::TenantOwned;
 
 /// The return URL must be on one of the tenant's allowed origins (open redirects help phishing).
-pub(super) async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<&str>) -> AppResult<Option<String>> {
+async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<&str>) -> AppResult<Option<String>> {
     let Some(raw) = return_url else { return Ok(None) };
     let field = "return_url";
     let url = url::Url::parse(raw).map_err(|_| AppError::validation(field, "invalid_url", "return_url is not a valid URL"))?;
@@ -68,7 +68,7 @@ pub async fn authorize(
     }
 }
 
-pub(super) async fn start_user_flow(
+async fn start_user_flow(
     ctx: &AppContext,
     scope: &TenantScope,
     account: &email_account::Model,
@@ -83,12 +83,11 @@ pub(super) async fn start_user_flow(
         .filter(grant::Column::Subject.eq(subject.clone()))
         .one(&ctx.db)
         .await?;
-    let config_scopes = &config.scopes.0;
     // Without a live refresh token (none stored, or the stored one was refused), or with new scopes, only a
     // consent screen yields a refresh token (Google).
     let needs_consent = existing
         .as_ref()
-        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid || scopes_of(g) != *config_scopes);
+        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid || g.scopes != config.scopes);
     if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
         params.push(("prompt".to_owned(), "consent".to_owned()));
     }
@@ -128,7 +127,7 @@ pub(super) async fn start_user_flow(
 }
 
 /// Client credentials: a successful token request is the authorization.
-pub(super) async fn authorize_app(
+async fn authorize_app(
     ctx: &AppContext,
     scope: &TenantScope,
     account: &email_account::Model,
@@ -164,7 +163,7 @@ pub(super) async fn authorize_app(
     })
 }
 
-pub(super) fn provider_error_to_app(err: &TokenError) -> AppError {
+fn provider_error_to_app(err: &TokenError) -> AppError {
     let (code, hint) = if err.needs_admin() {
         ("provider_rejected_client", "check the token configuration's client id and secret (it may have expired)")
     } else if err.is_transient() {

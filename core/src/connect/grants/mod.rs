@@ -36,7 +36,10 @@ mod tokens;
 
 pub use authorize::authorize;
 pub use callback::{complete_callback, CallbackOutcome, CallbackParams};
-pub use tokens::*;
+pub use tokens::{
+    access_token, expire_access_token, refresh_due, refresh_one, RefreshOutcome, RefreshPass, TokenAccessError,
+    INTERNAL_REFRESH_ERROR,
+};
 
 /// Tokens one identity granted to one token configuration (the tokens themselves are never shown).
 #[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
@@ -102,17 +105,13 @@ fn state_ttl() -> chrono::Duration {
     chrono::Duration::minutes(10)
 }
 
-fn scopes_of(model: &grant::Model) -> Vec<String> {
-    model.scopes.0.clone()
-}
-
 fn view(model: grant::Model) -> AppResult<Grant> {
     let problem = crate::observe::hints::for_grant(&model);
     Ok(Grant {
         id: model.id,
         tenant_id: model.tenant_id,
         token_config_id: model.token_config_id,
-        scopes: scopes_of(&model),
+        scopes: model.scopes.0,
         subject: model.subject,
         consented_by: model.consented_by,
         status: model.status,

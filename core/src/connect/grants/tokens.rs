@@ -58,11 +58,7 @@ impl From<sea_orm::DbErr> for TokenAccessError {
 }
 
 /// The stored access token, decrypted, when `usable` says the grant may hand it out.
-pub(super) fn stored_access_token(
-    ctx: &AppContext,
-    model: &grant::Model,
-    usable: bool,
-) -> Result<Option<String>, TokenAccessError> {
+fn stored_access_token(ctx: &AppContext, model: &grant::Model, usable: bool) -> Result<Option<String>, TokenAccessError> {
     match (&model.access_token, usable) {
         (Some(stored), true) => {
             Ok(Some(secrets::GRANT_ACCESS_TOKEN.open(&ctx.cipher, model.tenant_id, model.id, stored).map_err(AppError::from)?))
@@ -72,22 +68,18 @@ pub(super) fn stored_access_token(
 }
 
 /// The stored token while the grant is valid and its token is not due for refresh.
-pub(super) fn fresh_access_token(
-    ctx: &AppContext,
-    model: &grant::Model,
-    now: DateTime<Utc>,
-) -> Result<Option<String>, TokenAccessError> {
+fn fresh_access_token(ctx: &AppContext, model: &grant::Model, now: DateTime<Utc>) -> Result<Option<String>, TokenAccessError> {
     let usable = model.status == GrantStatus::Valid && !refresh_due_at(model, now);
     stored_access_token(ctx, model, usable)
 }
 
 /// The stored access token if it has not expired yet (with a little slack for the request in flight).
-pub(super) fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Option<String>, TokenAccessError> {
+fn still_valid_access_token(ctx: &AppContext, model: &grant::Model) -> Result<Option<String>, TokenAccessError> {
     let usable = model.expires_at.is_some_and(|exp| exp > Utc::now() + chrono::Duration::seconds(30));
     stored_access_token(ctx, model, usable)
 }
 
-pub(super) fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
+fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError> {
     (model.status == GrantStatus::ReauthRequired).then(|| TokenAccessError::ReauthRequired {
         message: model.last_error.clone().unwrap_or_else(|| "consent withdrawn".to_owned()),
         kind: model.last_error_kind.clone().unwrap_or(FailureKind::REAUTH_REQUIRED),
@@ -95,7 +87,7 @@ pub(super) fn dead_grant_error(model: &grant::Model) -> Option<TokenAccessError>
 }
 
 /// Exponential backoff with jitter for a grant whose refresh failed `failures` times; at least Retry-After.
-pub(super) fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
+fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
     let jittered = crate::jobs::backoff::GRANT_REFRESH.seconds(failures);
     // A provider's Retry-After is honoured up to a day, whatever it says.
     let ceiling = crate::protocols::oauth::MAX_RETRY_AFTER.as_secs() as i64;
@@ -210,7 +202,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> 
 
 /// Stores refreshed tokens (and clears a configuration's `needs_admin`, since its credentials just worked), then
 /// commits.
-pub(super) async fn persist_refreshed(
+async fn persist_refreshed(
     ctx: &AppContext,
     txn: DatabaseTransaction,
     model: grant::Model,
@@ -228,9 +220,9 @@ pub(super) async fn persist_refreshed(
 /// Retries after storing refreshed tokens failed (a failed COMMIT included). The provider may have rotated the
 /// refresh token: the old one is dead there and the new one exists only in memory, so giving up at once would
 /// lose the grant.
-pub(super) const PERSIST_RETRIES: u32 = 4;
+const PERSIST_RETRIES: u32 = 4;
 
-pub(super) async fn persist_refreshed_again(
+async fn persist_refreshed_again(
     ctx: &AppContext,
     tenant_id: Uuid,
     grant_id: Uuid,
@@ -265,12 +257,7 @@ pub(super) async fn persist_refreshed_again(
 }
 
 /// Stores new tokens; a rotated refresh token goes in the same transaction, a missing one keeps the old.
-pub(super) async fn save_refreshed(
-    ctx: &AppContext,
-    txn: &DatabaseTransaction,
-    model: grant::Model,
-    tokens: &TokenSet,
-) -> AppResult<()> {
+async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: grant::Model, tokens: &TokenSet) -> AppResult<()> {
     let (tenant_id, id) = (model.tenant_id, model.id);
     let now = Utc::now();
     let mut active = model.into_active_model();
@@ -297,7 +284,7 @@ pub(super) fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
 }
 
 /// A failed refresh that is not the grant's fault: tokens and status stay, the next attempt waits.
-pub(super) async fn record_failure(
+async fn record_failure(
     txn: &DatabaseTransaction,
     model: &grant::Model,
     message: &str,
@@ -321,7 +308,7 @@ pub(super) async fn record_failure(
     Ok(())
 }
 
-pub(super) async fn mark_config(
+async fn mark_config(
     txn: &DatabaseTransaction,
     config: &token_config::Model,
     needs_admin: bool,
@@ -414,7 +401,7 @@ pub const INTERNAL_REFRESH_ERROR: &str =
 
 /// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant
 /// keeps its tokens and status, backs off like after a provider outage, and the pass goes on with the others.
-pub(super) async fn record_internal_failure(ctx: &AppContext, grant_id: Uuid, err: &AppError) {
+async fn record_internal_failure(ctx: &AppContext, grant_id: Uuid, err: &AppError) {
     tracing::error!(%grant_id, error = %err, "grant refresh failed inside Postbridge; skipped and retried with backoff");
     ctx.metrics.token_refresh("failed");
     let recorded = async {
@@ -465,7 +452,7 @@ pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshO
     outcome
 }
 
-pub(super) async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
+async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
     let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
     let due = model.status == GrantStatus::Valid && refresh_due_at(&model, Utc::now());
     if !due {

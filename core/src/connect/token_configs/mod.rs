@@ -133,7 +133,7 @@ const RESERVED_AUTH_PARAMS: &[&str] =
     &["client_id", "redirect_uri", "response_type", "scope", "state", "code_challenge", "code_challenge_method"];
 
 pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<TokenConfig> {
-    let allowed_mail_hosts = allowed_mail_hosts(&model)?;
+    let allowed_mail_hosts = allowed_mail_hosts(&model);
     let problem = crate::observe::hints::for_token_config(&model, Utc::now().date_naive());
     let scopes = model.scopes.0;
     let extra_auth_params = model.extra_auth_params.0;

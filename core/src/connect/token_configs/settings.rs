@@ -41,11 +41,11 @@ pub(super) struct Spec {
 }
 
 /// At most this many entries in `allowed_mail_hosts`.
-pub(super) const MAX_ALLOWED_MAIL_HOSTS: usize = 50;
+const MAX_ALLOWED_MAIL_HOSTS: usize = 50;
 
 /// A generic configuration's allowed mail hosts: host names (or `*.domain`), lower-cased, without duplicates.
 /// Microsoft and Google configurations take none: their providers' own hosts are the only ones allowed.
-pub(super) fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -> AppResult<Vec<String>> {
+fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -> AppResult<Vec<String>> {
     let field = "allowed_mail_hosts";
     if provider != Provider::Generic {
         if hosts.is_empty() {
@@ -86,16 +86,16 @@ pub(super) fn check_allowed_mail_hosts(provider: Provider, hosts: Vec<String>) -
 }
 
 /// The mail hosts the configuration's tokens may be sent to.
-pub fn allowed_mail_hosts(model: &token_config::Model) -> AppResult<Vec<String>> {
+pub fn allowed_mail_hosts(model: &token_config::Model) -> Vec<String> {
     match presets::provider_mail_hosts(model.provider) {
-        Some(hosts) => Ok(hosts.iter().map(|h| (*h).to_owned()).collect()),
-        None => Ok(model.allowed_mail_hosts.0.clone()),
+        Some(hosts) => hosts.iter().map(|h| (*h).to_owned()).collect(),
+        None => model.allowed_mail_hosts.0.clone(),
     }
 }
 
 /// Refuses a mail host the configuration's tokens may not be sent to (422 naming `field`).
 pub fn check_mail_host(model: &token_config::Model, host: &str, field: &str) -> AppResult<()> {
-    let allowed = allowed_mail_hosts(model)?;
+    let allowed = allowed_mail_hosts(model);
     if presets::host_on_list(&allowed, host) {
         return Ok(());
     }
@@ -108,7 +108,7 @@ pub fn check_mail_host(model: &token_config::Model, host: &str, field: &str) -> 
     Err(AppError::validation(field, "mail_host_not_allowed", format!("{host} is not an allowed mail host: {fix}")))
 }
 
-pub(super) fn check_directory(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -> AppResult<Option<String>> {
+fn check_directory(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -> AppResult<Option<String>> {
     let field = "directory_tenant_id";
     match (provider, directory.map(str::trim)) {
         (Provider::Microsoft, None) | (Provider::Microsoft, Some("")) => Err(AppError::validation(
@@ -217,7 +217,7 @@ pub(super) async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<(
 
 /// A generic configuration's issuer identifier (RFC 8414): an https URL without query or fragment, compared as a
 /// string with the `iss` of authorization responses. Presets know their issuer.
-pub(super) fn check_issuer(ctx: &AppContext, provider: Provider, issuer: Option<&str>) -> AppResult<Option<String>> {
+fn check_issuer(ctx: &AppContext, provider: Provider, issuer: Option<&str>) -> AppResult<Option<String>> {
     let field = "issuer";
     let Some(issuer) = issuer.map(str::trim).filter(|i| !i.is_empty()) else { return Ok(None) };
     if provider != Provider::Generic {

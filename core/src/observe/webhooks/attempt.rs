@@ -72,7 +72,7 @@ impl WebhookOutcome {
 }
 
 #[derive(Debug, FromQueryResult)]
-pub(super) struct EventRow {
+struct EventRow {
     event_type: String,
     resource_type: String,
     resource_id: Option<Uuid>,
@@ -82,7 +82,7 @@ pub(super) struct EventRow {
 
 /// The Standard Webhooks body: `{"type", "timestamp", "data"}`; `data` is the event's data with the
 /// tenant and the resource it concerns.
-pub(super) fn payload(tenant_id: Uuid, event: EventRow) -> AppResult<String> {
+fn payload(tenant_id: Uuid, event: EventRow) -> AppResult<String> {
     let mut data = match event.data {
         Value::Object(map) => map,
         Value::Null => Map::new(),
@@ -109,7 +109,7 @@ pub(super) fn truncate(text: &str) -> String {
 }
 
 /// A transport error in words, without the URL (the log shows it beside the endpoint anyway).
-pub(super) fn describe(err: reqwest::Error, timeout: std::time::Duration) -> String {
+fn describe(err: reqwest::Error, timeout: std::time::Duration) -> String {
     if err.is_timeout() {
         return format!("no answer within {} s", timeout.as_secs_f64());
     }
@@ -125,7 +125,7 @@ pub(super) fn describe(err: reqwest::Error, timeout: std::time::Duration) -> Str
 }
 
 /// One POST: the receiver's status code, or why there was none.
-pub(super) async fn post(ctx: &AppContext, url: &str, headers: [(&'static str, String); 3], body: String) -> Result<u16, String> {
+async fn post(ctx: &AppContext, url: &str, headers: [(&'static str, String); 3], body: String) -> Result<u16, String> {
     let url = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
     // The deployment may have tightened its rules since the URL was stored.
     if url.scheme() != "https" && !(url.scheme() == "http" && ctx.guard.allows_private()) {
@@ -218,7 +218,7 @@ pub async fn attempt(ctx: &AppContext, endpoint_id: Uuid, event_id: Uuid) -> App
 
 /// `webhook-id` (the event id, the same on every attempt), `webhook-timestamp` (now, unix seconds) and
 /// `webhook-signature` (one `v1,` entry per signing secret, space-separated).
-pub(super) fn signed_headers(
+fn signed_headers(
     ctx: &AppContext,
     endpoint: &EndpointRow,
     event_id: Uuid,
@@ -234,7 +234,7 @@ pub(super) fn signed_headers(
 }
 
 /// Logs an attempt and moves the delivery and the endpoint on, in one transaction.
-pub(super) async fn record_attempt(
+async fn record_attempt(
     ctx: &AppContext,
     endpoint: &EndpointRow,
     event_id: Uuid,
@@ -320,7 +320,7 @@ pub(super) async fn record_attempt(
 
 /// Disables an endpoint that has failed for too long, fails its pending deliveries and records
 /// `webhook_endpoint.disabled`; false if another worker did it first.
-pub(super) async fn disable<C: ConnectionTrait>(db: &C, endpoint: &EndpointRow, failing_since: DateTime<Utc>) -> AppResult<bool> {
+async fn disable<C: ConnectionTrait>(db: &C, endpoint: &EndpointRow, failing_since: DateTime<Utc>) -> AppResult<bool> {
     let since = failing_since.to_rfc3339_opts(SecondsFormat::Secs, true);
     let reason = format!("every delivery attempt has failed since {since}; enable the endpoint again once it accepts deliveries");
     let disabled = db

@@ -91,7 +91,7 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
-pub(super) fn view_for(scope: &TenantScope, row: EndpointRow) -> AppResult<WebhookEndpoint> {
+fn view_for(scope: &TenantScope, row: EndpointRow) -> AppResult<WebhookEndpoint> {
     let mut endpoint = view(row)?;
     if !matches!(scope.principal.role, Role::Admin | Role::Operator) {
         endpoint.url = redact_url(&endpoint.url);

@@ -21,7 +21,7 @@ use crate::store::page_of;
 // ---- deliveries and their log ----
 
 #[derive(Debug, FromQueryResult)]
-pub(super) struct DeliveryRow {
+struct DeliveryRow {
     endpoint_id: Uuid,
     event_id: Uuid,
     event_type: String,
@@ -35,12 +35,11 @@ pub(super) struct DeliveryRow {
     updated_at: DateTime<Utc>,
 }
 
-pub(super) const DELIVERY_SELECT: &str =
-    "SELECT d.endpoint_id, d.event_id, e.event_type, d.status, d.attempts, d.next_attempt_at, \
+const DELIVERY_SELECT: &str = "SELECT d.endpoint_id, d.event_id, e.event_type, d.status, d.attempts, d.next_attempt_at, \
     d.last_status_code, d.last_error, d.delivered_at, d.created_at, d.updated_at \
     FROM webhook_deliveries d JOIN events e ON e.id = d.event_id";
 
-pub(super) fn delivery_view(row: DeliveryRow) -> AppResult<WebhookDelivery> {
+fn delivery_view(row: DeliveryRow) -> AppResult<WebhookDelivery> {
     let status = row.status;
     Ok(WebhookDelivery {
         endpoint_id: row.endpoint_id,
@@ -84,7 +83,7 @@ pub async fn list_deliveries(
 }
 
 #[derive(Debug, FromQueryResult)]
-pub(super) struct AttemptRow {
+struct AttemptRow {
     id: Uuid,
     endpoint_id: Uuid,
     event_id: Uuid,
