@@ -17,6 +17,9 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'postbridge_app') THEN
         CREATE ROLE postbridge_app NOLOGIN;
     END IF;
+-- Roles belong to the whole cluster: databases migrated at the same moment (parallel tests on a fresh server)
+-- race to create it, and the loser finds it made.
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
 -- The migrating user may switch to the role (a superuser always may).
