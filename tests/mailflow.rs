@@ -88,7 +88,7 @@ impl TestApp {
     /// One poll of an inbound account by id, as the worker's job runs it; panics on failure.
     pub async fn poll(&self, account: &str) -> postbridge_core::receive::poll::PollReport {
         let id: Uuid = account.parse().expect("an account id");
-        match postbridge_core::receive::poll::poll_account(&self.ctx, id).await {
+        match postbridge_core::receive::poll::poll_account(&self.ctx, id.into()).await {
             Ok(report) => report,
             Err(err) => panic!("poll failed: {err}"),
         }
@@ -172,7 +172,7 @@ impl TestApp {
     /// app uses it without refreshing first; returns the ciphertext stored.
     pub async fn plant_access_token(&self, tenant_id: &str, grant_id: &str, token: &str) -> String {
         let location = postbridge_core::secrets::GRANT_ACCESS_TOKEN
-            .location(tenant_id.parse().expect("tenant uuid"), grant_id.parse().expect("grant uuid"));
+            .location(tenant_id.parse().expect("tenant uuid"), grant_id.parse::<uuid::Uuid>().expect("grant uuid"));
         let stored = self.ctx.cipher.encrypt(location, token).expect("encrypt");
         let updated = self
             .sql_exec(&format!(

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use postbridge_core::observe::events::{self, Event};
+use postbridge_core::store::ids::TenantId;
 use postbridge_core::AppContext;
 use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, oneshot};
@@ -32,13 +33,13 @@ pub struct EventHub {
 
 struct Inner {
     ctx: AppContext,
-    tenants: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Event>>>>,
+    tenants: Mutex<HashMap<TenantId, broadcast::Sender<Arc<Event>>>>,
     /// Dropped with the hub, which stops the listener task.
     _stop: oneshot::Sender<()>,
 }
 
 impl Inner {
-    fn tenants(&self) -> MutexGuard<'_, HashMap<Uuid, broadcast::Sender<Arc<Event>>>> {
+    fn tenants(&self) -> MutexGuard<'_, HashMap<TenantId, broadcast::Sender<Arc<Event>>>> {
         // The map stays consistent whatever panicked while holding it: every change is a single insert or remove.
         self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -50,7 +51,7 @@ impl Inner {
             tracing::warn!(payload, "ignoring a malformed event notification");
             return;
         };
-        let (Ok(tenant_id), Ok(event_id)) = (Uuid::parse_str(tenant), Uuid::parse_str(event)) else {
+        let (Ok(tenant_id), Ok(event_id)) = (tenant.parse::<TenantId>(), Uuid::parse_str(event)) else {
             tracing::warn!(payload, "ignoring a malformed event notification");
             return;
         };
@@ -79,7 +80,7 @@ impl EventHub {
     }
 
     /// The events of one tenant from now on. The caller has checked that its principal may see them.
-    pub fn subscribe(&self, tenant_id: Uuid) -> TenantEvents {
+    pub fn subscribe(&self, tenant_id: TenantId) -> TenantEvents {
         let receiver = self.inner.tenants().entry(tenant_id).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
         TenantEvents { receiver: Some(receiver), tenant_id, hub: self.inner.clone() }
     }
@@ -88,12 +89,12 @@ impl EventHub {
 /// One subscriber's feed of its tenant's events.
 pub struct TenantEvents {
     receiver: Option<broadcast::Receiver<Arc<Event>>>,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     hub: Arc<Inner>,
 }
 
 impl TenantEvents {
-    pub fn tenant_id(&self) -> Uuid {
+    pub fn tenant_id(&self) -> TenantId {
         self.tenant_id
     }
 

@@ -74,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--tenant is required for role {role}");
             }
             let ctx = AppContext::build(settings).await?;
-            let token = ctx.jwt.issue(&subject, role, if role.is_tenant_role() { tenant } else { None }, ttl_seconds)?;
+            let token =
+                ctx.jwt.issue(&subject, role, if role.is_tenant_role() { tenant.map(Into::into) } else { None }, ttl_seconds)?;
             println!("{}", token.access_token);
         }
         Command::RotateKeys => {

@@ -214,3 +214,49 @@ fn tenant_filters_are_written_only_by_the_store() {
         .collect();
     assert!(by_hand.is_empty(), "filter through store::tenant_owned instead: {by_hand:?}");
 }
+
+/// Which modules may write each table in SQL of their own (sea-orm's typed queries aside). A table's writes sit
+/// with the flow that owns its states, beside the claims that mark its rows dispatched (`jobs::scheduler`); the
+/// lease columns every leased table shares are written by `jobs::leases`, which names its tables in an enum.
+const SQL_WRITERS: &[(&str, &[&str])] = &[
+    ("audit_log", &["observe::audit"]),
+    ("email_accounts", &["connect::confirm", "connect::mailbox", "jobs::scheduler", "receive::poll"]),
+    ("events", &["observe::events", "receive::inbox"]),
+    ("grants", &["connect::grants::tokens", "jobs::scheduler"]),
+    ("inbound_messages", &["receive::inbox"]),
+    ("outbound_messages", &["jobs::scheduler", "send::delivery", "send::settle"]),
+    ("webhook_attempts", &["observe::webhooks::attempt"]),
+    ("webhook_deliveries", &["jobs::scheduler", "observe::webhooks::attempt", "observe::webhooks::log"]),
+    ("webhook_endpoints", &["observe::webhooks::attempt", "observe::webhooks::endpoints"]),
+    ("worker_processes", &["jobs::workers"]),
+];
+
+/// The tables a module's SQL writes (`UPDATE t`, `INSERT INTO t`, `DELETE FROM t`).
+fn tables_written(code: &str) -> BTreeSet<String> {
+    let mut tables = BTreeSet::new();
+    for verb in ["UPDATE ", "INSERT INTO ", "DELETE FROM "] {
+        for (at, _) in code.match_indices(verb) {
+            let table: String = code[at + verb.len()..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if !table.is_empty() {
+                tables.insert(table);
+            }
+        }
+    }
+    tables
+}
+
+#[test]
+fn each_table_is_written_in_sql_only_by_the_modules_that_own_it() {
+    let owners: BTreeMap<&str, &[&str]> = SQL_WRITERS.iter().copied().collect();
+    let mut strays = Vec::new();
+    for (module, source) in modules() {
+        for table in tables_written(&code_of(&source)) {
+            match owners.get(table.as_str()) {
+                Some(allowed) if allowed.contains(&module.as_str()) => {}
+                _ => strays.push(format!("{module} writes {table}")),
+            }
+        }
+    }
+    assert!(strays.is_empty(), "move the statement to the table's owner, or name the new owner in SQL_WRITERS: {strays:?}");
+    assert_eq!(tables_written("x(\"UPDATE grants SET a = 1\"); y(\"DELETE FROM events\")").len(), 2, "the scan sees writes");
+}

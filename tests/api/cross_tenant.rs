@@ -38,7 +38,7 @@ async fn world(app: &TestApp) -> World {
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
     let a_account = account.id();
     let b_id = Uuid::parse_str(&b).expect("uuid");
-    let b_jwt = app.ctx.jwt.issue("bob@b.example.com", Role::Admin, Some(b_id), None).expect("issue").access_token;
+    let b_jwt = app.ctx.jwt.issue("bob@b.example.com", Role::Admin, Some(b_id.into()), None).expect("issue").access_token;
     World { a, a_admin, a_key_id, a_key, a_config, a_account, b, b_admin, b_jwt }
 }
 

@@ -142,7 +142,10 @@ async fn a_providers_flood_of_words_is_kept_bounded_in_the_error_and_its_kind() 
     .await;
     let tenant = uuid::Uuid::parse_str(&setup.tenant).expect("tenant");
     let grant = uuid::Uuid::parse_str(&grant_id).expect("grant");
-    assert!(postbridge_core::connect::grants::access_token(&app.ctx, tenant, grant).await.is_err(), "the refresh is refused");
+    assert!(
+        postbridge_core::connect::grants::access_token(&app.ctx, tenant.into(), grant.into()).await.is_err(),
+        "the refresh is refused"
+    );
 
     let stored = app
         .sql_i64(&format!(

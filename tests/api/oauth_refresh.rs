@@ -91,7 +91,7 @@ async fn events(app: &TestApp, tenant: Uuid, event_type: &str, resource: &str) -
 
 /// Decrypts a grant token column with `ctx`'s keys.
 fn decrypt(ctx: &AppContext, tenant: Uuid, grant: Uuid, column: SealedColumn, stored: &str) -> String {
-    column.open(&ctx.cipher, tenant, grant, stored).expect("grant token decrypts")
+    column.open(&ctx.cipher, tenant.into(), grant, stored).expect("grant token decrypts")
 }
 
 /// Moves the stored access token's expiry to `seconds` from now (negative: already expired), as if it were an
@@ -130,7 +130,7 @@ async fn consent_grant(app: &TestApp, setup: &OAuthSetup, account: &str) -> Uuid
 }
 
 async fn token(app: &TestApp, c: &Connected) -> Result<String, TokenAccessError> {
-    grants::access_token(&app.ctx, c.tenant, c.grant).await
+    grants::access_token(&app.ctx, c.tenant.into(), c.grant.into()).await
 }
 
 /// A port on loopback where nothing listens.
@@ -216,7 +216,7 @@ async fn access_token_returns_the_stored_token_while_fresh_and_refreshes_once_wi
     let (other_tenant, other_admin) = app.tenant_with_admin().await;
     assert_error(&app.get(&format!("/v1/grants/{}", c.grant), &other_admin).await, StatusCode::NOT_FOUND, "not_found");
     let other_tenant = Uuid::parse_str(&other_tenant).expect("tenant uuid");
-    let err = grants::access_token(&app.ctx, other_tenant, c.grant).await.expect_err("not this tenant's grant");
+    let err = grants::access_token(&app.ctx, other_tenant.into(), c.grant.into()).await.expect_err("not this tenant's grant");
     assert!(matches!(err, TokenAccessError::App(postbridge_core::AppError::NotFound { .. })), "{err:?}");
     assert_eq!(provider.token_requests("refresh_token"), 1);
 }
@@ -311,7 +311,8 @@ async fn twenty_concurrent_callers_on_an_expired_grant_cause_exactly_one_refresh
     let mut second_env = TestEnv::new();
     second_env.vars = app.env.vars.clone();
     let second = AppContext::build(second_env.settings()).await.expect("a second context");
-    let callers = (0..20).map(|i| grants::access_token(if i % 2 == 0 { &app.ctx } else { &second }, c.tenant, c.grant));
+    let callers =
+        (0..20).map(|i| grants::access_token(if i % 2 == 0 { &app.ctx } else { &second }, c.tenant.into(), c.grant.into()));
     let results = futures::future::join_all(callers).await;
     let tokens: Vec<String> = results.into_iter().map(|r| r.expect("every caller gets a token")).collect();
 
@@ -661,7 +662,7 @@ async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_
     for pass in 0..3 {
         assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "pass {pass}");
         assert!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim").is_empty(), "pass {pass}");
-        assert_eq!(grants::refresh_one(&app.ctx, c.grant).await.expect("job"), RefreshOutcome::Skipped, "pass {pass}");
+        assert_eq!(grants::refresh_one(&app.ctx, c.grant.into()).await.expect("job"), RefreshOutcome::Skipped, "pass {pass}");
         let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
         assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(0), "pass {pass}");
         token(&app, &c).await.expect("the stored token");
@@ -682,7 +683,7 @@ async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_
     let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
     assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(1));
     assert_eq!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim"), vec![c.grant]);
-    assert_eq!(grants::refresh_one(&app.ctx, c.grant).await.expect("job"), RefreshOutcome::Refreshed);
+    assert_eq!(grants::refresh_one(&app.ctx, c.grant.into()).await.expect("job"), RefreshOutcome::Refreshed);
     assert_eq!(provider.token_requests("refresh_token"), 1);
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "the new token is fresh");
     assert_eq!(provider.token_requests("refresh_token"), 1);
@@ -796,7 +797,7 @@ async fn a_grant_whose_refresh_token_does_not_decrypt_is_recorded_and_skipped_an
     // Backing off, the next pass leaves it alone; once due again, the worker's job records it as failed, not an error.
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
     sql(&app, &format!("UPDATE grants SET next_refresh_at = NULL WHERE id = '{broken}'")).await;
-    assert_eq!(grants::refresh_one(&app.ctx, broken).await.expect("the job does not fail"), RefreshOutcome::Failed);
+    assert_eq!(grants::refresh_one(&app.ctx, broken.into()).await.expect("the job does not fail"), RefreshOutcome::Failed);
     assert_eq!(grant_row(&app, broken).await.refresh_failures, 2);
 }
 
@@ -832,25 +833,25 @@ async fn app_flow_authorize_gets_a_client_credentials_grant_whose_token_is_cache
 
     // Fresh: the cached token, no new client-credentials request.
     let stored = grant_row(&app, grant).await;
-    let cached = grants::access_token(&app.ctx, tenant, grant).await.expect("cached app token");
+    let cached = grants::access_token(&app.ctx, tenant.into(), grant.into()).await.expect("cached app token");
     assert_eq!(
         cached,
         decrypt(&app.ctx, tenant, grant, secrets::GRANT_ACCESS_TOKEN, stored.access_token.as_deref().expect("access"))
     );
     assert_eq!(provider.introspect(&cached), Some(setup.client_id.clone()), "an app token is the client's");
-    assert_eq!(grants::access_token(&app.ctx, tenant, grant).await.expect("cached"), cached);
+    assert_eq!(grants::access_token(&app.ctx, tenant.into(), grant.into()).await.expect("cached"), cached);
     assert_eq!(provider.token_requests("client_credentials"), 1);
     assert_eq!(provider.token_requests("refresh_token"), 0);
 
     // Within the margin: a new client-credentials token (app grants are fetched on demand, not by the pass).
     expire_in(&app, grant, 60).await;
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
-    let renewed = grants::access_token(&app.ctx, tenant, grant).await.expect("a new app token");
+    let renewed = grants::access_token(&app.ctx, tenant.into(), grant.into()).await.expect("a new app token");
     assert_ne!(renewed, cached);
     assert_eq!(provider.token_requests("client_credentials"), 2);
     assert_eq!(provider.token_requests("refresh_token"), 0);
     assert_eq!(provider.introspect(&renewed), Some(setup.client_id.clone()));
-    assert_eq!(grants::access_token(&app.ctx, tenant, grant).await.expect("cached again"), renewed);
+    assert_eq!(grants::access_token(&app.ctx, tenant.into(), grant.into()).await.expect("cached again"), renewed);
     assert_eq!(provider.token_requests("client_credentials"), 2);
     let row = grant_row(&app, grant).await;
     assert_eq!((row.status.as_str(), row.refresh_token), ("valid", None));
@@ -1044,9 +1045,10 @@ async fn rekeying_reencrypts_grant_tokens_and_access_token_works_with_only_the_n
     assert_eq!(decrypt(&new_only, c.tenant, c.grant, secrets::GRANT_REFRESH_TOKEN, &refresh_after), plain_refresh);
 
     // The fresh token, then a refresh (client secret and refresh token decrypted with the new key alone).
-    assert_eq!(grants::access_token(&new_only, c.tenant, c.grant).await.expect("fresh token"), plain_access);
+    assert_eq!(grants::access_token(&new_only, c.tenant.into(), c.grant.into()).await.expect("fresh token"), plain_access);
     expire_in(&app, c.grant, 60).await;
-    let refreshed = grants::access_token(&new_only, c.tenant, c.grant).await.expect("refresh with the new key only");
+    let refreshed =
+        grants::access_token(&new_only, c.tenant.into(), c.grant.into()).await.expect("refresh with the new key only");
     assert_ne!(refreshed, plain_access);
     assert_eq!(c.setup.provider.introspect(&refreshed).as_deref(), Some(CONSENTING_USER));
     let stored = grant_row(&app, c.grant).await;

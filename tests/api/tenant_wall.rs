@@ -36,24 +36,24 @@ async fn a_query_without_a_tenant_filter_sees_only_the_scopes_tenant() {
     let (a, _) = tenant_with_accounts(&app, 2).await;
     let (b, _) = tenant_with_accounts(&app, 3).await;
 
-    let in_a = tenant_wall::in_tenant(a, email_account::Entity::find().all(&app.ctx.db)).await.expect("query");
+    let in_a = tenant_wall::in_tenant(a.into(), email_account::Entity::find().all(&app.ctx.db)).await.expect("query");
     assert_eq!(in_a.len(), 2);
     assert!(in_a.iter().all(|row| row.tenant_id == a));
-    let tenants = tenant_wall::in_tenant(b, tenant::Entity::find().all(&app.ctx.db)).await.expect("query");
+    let tenants = tenant_wall::in_tenant(b.into(), tenant::Entity::find().all(&app.ctx.db)).await.expect("query");
     assert_eq!(tenants.iter().map(|t| t.id).collect::<Vec<_>>(), vec![b]);
-    assert_eq!(tenant_wall::in_tenant(a, count(&app, "SELECT count(*) FROM email_accounts")).await, 2);
-    assert_eq!(tenant_wall::in_tenant(b, count(&app, "SELECT count(*) FROM api_keys")).await, 1);
+    assert_eq!(tenant_wall::in_tenant(a.into(), count(&app, "SELECT count(*) FROM email_accounts")).await, 2);
+    assert_eq!(tenant_wall::in_tenant(b.into(), count(&app, "SELECT count(*) FROM api_keys")).await, 1);
     // The explicit operator-wide path sees everything.
     assert_eq!(tenant_wall::system(count(&app, "SELECT count(*) FROM email_accounts")).await, 5);
 
     // Writes are walled too: another tenant's rows cannot be changed, nor rows written into another tenant.
-    let changed = tenant_wall::in_tenant(a, async {
+    let changed = tenant_wall::in_tenant(a.into(), async {
         app.ctx.db.execute_unprepared("UPDATE email_accounts SET name = 'taken' WHERE true").await.expect("update")
     })
     .await;
     assert_eq!(changed.rows_affected(), 2);
     assert_eq!(count(&app, "SELECT count(*) FROM email_accounts WHERE name = 'taken'").await, 2);
-    let smuggled = tenant_wall::in_tenant(a, async {
+    let smuggled = tenant_wall::in_tenant(a.into(), async {
         app.ctx
             .db
             .execute_unprepared(&format!(
@@ -81,7 +81,7 @@ async fn a_tenant_credential_narrows_its_request_to_its_tenant() {
     })
     .await;
     assert_eq!(seen.0, 3, "authentication itself looks across tenants");
-    assert_eq!(seen.1.tenant_id, Some(a));
+    assert_eq!(seen.1.tenant_id, Some(Into::into(a)));
     assert_eq!(seen.2.len(), 1);
     assert_eq!(seen.2[0].tenant_id, a);
     // An operator's request stays operator-wide.

@@ -136,8 +136,12 @@ async fn deleting_a_tenant_stops_its_api_keys_and_tokens() {
     let (other, other_admin) = app.tenant_with_admin().await;
     let account = app.post("/v1/accounts", &admin, TestApp::smtp_account("a@example.com")).await;
     assert_eq!(account.status, StatusCode::CREATED, "{}", account.text);
-    let jwt =
-        app.ctx.jwt.issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid")), None).expect("issue").access_token;
+    let jwt = app
+        .ctx
+        .jwt
+        .issue("alice", Role::Admin, Some((Uuid::parse_str(&tenant).expect("uuid")).into()), None)
+        .expect("issue")
+        .access_token;
     assert_eq!(app.get("/v1/accounts", &jwt).await.status, StatusCode::OK);
 
     let deleted = app.delete(&format!("/v1/tenants/{tenant}"), &app.operator_token()).await;

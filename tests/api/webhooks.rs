@@ -25,7 +25,7 @@ async fn endpoint(app: &TestApp, key: &str, body: Value) -> (Uuid, String) {
 /// Records an event the way the services do; returns its id.
 async fn record_event(app: &TestApp, tenant: &str, event_type: &str, resource_id: Uuid) -> Uuid {
     let tenant_id = Uuid::parse_str(tenant).expect("tenant id");
-    events::record(&app.ctx.db, tenant_id, event_type, "message", Some(resource_id), json!({"subject": "hello"}))
+    events::record(&app.ctx.db, tenant_id.into(), event_type, "message", Some(resource_id), json!({"subject": "hello"}))
         .await
         .expect("event recorded");
     let id = app
@@ -87,8 +87,12 @@ async fn creating_an_endpoint_shows_its_secret_once_and_stores_it_encrypted() {
     let stored = app.stored_value("webhook_endpoints", "secret", &id).await.expect("stored secret");
     assert!(!stored.contains(raw_key), "the secret is stored encrypted");
     let tenant_id = Uuid::parse_str(&tenant).expect("uuid");
-    let location =
-        SecretLocation { tenant_id, table: "webhook_endpoints", column: "secret", row_id: Uuid::parse_str(&id).expect("uuid") };
+    let location = SecretLocation {
+        tenant_id: tenant_id.into(),
+        table: "webhook_endpoints",
+        column: "secret",
+        row_id: Uuid::parse_str(&id).expect("uuid"),
+    };
     assert_eq!(app.ctx.cipher.decrypt(location, &stored).expect("decrypts at its own row"), secret);
 
     let audit = app
@@ -162,7 +166,7 @@ async fn an_event_is_delivered_signed_so_that_the_official_verifier_accepts_it()
     let message_id = Uuid::now_v7();
     let event_id = record_event(&app, &tenant, events::MESSAGE_RECEIVED, message_id).await;
 
-    let outcome = webhooks::attempt(&app.ctx, endpoint_id, event_id).await.expect("delivery");
+    let outcome = webhooks::attempt(&app.ctx, endpoint_id.into(), event_id).await.expect("delivery");
     assert_eq!(outcome, WebhookOutcome::Delivered);
     let received = receiver.received();
     assert_eq!(received.len(), 1);
@@ -199,7 +203,7 @@ async fn an_event_is_delivered_signed_so_that_the_official_verifier_accepts_it()
     assert_eq!((log[0]["attempt"].clone(), log[0]["status_code"].clone()), (json!(1), json!(200)));
     assert!(log[0]["latency_ms"].as_i64().is_some_and(|ms| ms >= 0));
     assert_eq!(
-        webhooks::attempt(&app.ctx, endpoint_id, event_id).await.expect("again"),
+        webhooks::attempt(&app.ctx, endpoint_id.into(), event_id).await.expect("again"),
         WebhookOutcome::Skipped,
         "a delivered event is not sent again by a second job"
     );
@@ -260,7 +264,7 @@ async fn a_delivery_whose_every_attempt_fails_is_failed_and_a_manual_redelivery_
 
     let mut outcomes = Vec::new();
     for _ in 0..4 {
-        outcomes.push(webhooks::attempt(&app.ctx, endpoint_id, event_id).await.expect("attempt"));
+        outcomes.push(webhooks::attempt(&app.ctx, endpoint_id.into(), event_id).await.expect("attempt"));
     }
     assert_eq!(
         outcomes,
@@ -282,8 +286,8 @@ async fn a_delivery_whose_every_attempt_fails_is_failed_and_a_manual_redelivery_
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     assert_eq!(reply.body["status"], json!("pending"));
     let claimed = webhooks::claim_due_webhooks(&app.ctx, 10).await.expect("claim");
-    assert_eq!(claimed, vec![(endpoint_id, event_id)], "the redelivery is due at once");
-    assert_eq!(webhooks::attempt(&app.ctx, endpoint_id, event_id).await.expect("redelivery"), WebhookOutcome::Delivered);
+    assert_eq!(claimed, vec![(endpoint_id.into(), event_id)], "the redelivery is due at once");
+    assert_eq!(webhooks::attempt(&app.ctx, endpoint_id.into(), event_id).await.expect("redelivery"), WebhookOutcome::Delivered);
     let received = receiver.received();
     assert_eq!(received.len(), 4);
     verify(&secret, &received[3]).expect("the redelivery is signed");
@@ -311,14 +315,14 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled_and_an_ev
 
     // A first failure starts the streak but does not disable anything.
     let first = record_event(&app, &tenant, events::MESSAGE_RECEIVED, Uuid::now_v7()).await;
-    assert_eq!(webhooks::attempt(&app.ctx, failing_id, first).await.expect("attempt"), WebhookOutcome::Retrying);
+    assert_eq!(webhooks::attempt(&app.ctx, failing_id.into(), first).await.expect("attempt"), WebhookOutcome::Retrying);
     assert_eq!(app.get(&format!("/v1/webhooks/{failing_id}"), &key).await.body["enabled"], json!(true));
 
     // Every attempt has failed for six days (the default limit is five) when the next one fails.
     app.sql_exec(&format!("UPDATE webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = '{failing_id}'"))
         .await;
     let second = record_event(&app, &tenant, events::MESSAGE_RECEIVED, Uuid::now_v7()).await;
-    assert_eq!(webhooks::attempt(&app.ctx, failing_id, second).await.expect("attempt"), WebhookOutcome::Failed);
+    assert_eq!(webhooks::attempt(&app.ctx, failing_id.into(), second).await.expect("attempt"), WebhookOutcome::Failed);
 
     let got = app.get(&format!("/v1/webhooks/{failing_id}"), &key).await;
     assert_eq!(got.body["enabled"], json!(false), "{}", got.text);
@@ -332,7 +336,7 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled_and_an_ev
     assert_eq!(watched.len(), 1);
     assert_eq!(watched[0]["event_type"], json!("webhook_endpoint.disabled"));
     let event_id = Uuid::parse_str(watched[0]["event_id"].as_str().expect("event id")).expect("uuid");
-    assert_eq!(webhooks::attempt(&app.ctx, watcher_id, event_id).await.expect("delivery"), WebhookOutcome::Delivered);
+    assert_eq!(webhooks::attempt(&app.ctx, watcher_id.into(), event_id).await.expect("delivery"), WebhookOutcome::Delivered);
     let notice = &watcher.received()[0];
     verify(&watcher_secret, notice).expect("signed");
     assert_eq!(notice.json()["type"], json!("webhook_endpoint.disabled"));
@@ -376,7 +380,7 @@ async fn after_a_rotation_deliveries_carry_both_signatures_and_each_secret_verif
     assert!(!stored.contains(old_secret.trim_start_matches("whsec_")), "the previous secret is stored encrypted");
 
     let event_id = record_event(&app, &tenant, events::MESSAGE_RECEIVED, Uuid::now_v7()).await;
-    assert_eq!(webhooks::attempt(&app.ctx, endpoint_id, event_id).await.expect("delivery"), WebhookOutcome::Delivered);
+    assert_eq!(webhooks::attempt(&app.ctx, endpoint_id.into(), event_id).await.expect("delivery"), WebhookOutcome::Delivered);
     let request = &receiver.received()[0];
     let signatures: Vec<&str> = request.header("webhook-signature").split(' ').collect();
     assert_eq!(signatures.len(), 2, "{signatures:?}");
@@ -396,7 +400,7 @@ async fn after_a_rotation_deliveries_carry_both_signatures_and_each_secret_verif
     ))
     .await;
     let later = record_event(&app, &tenant, events::MESSAGE_RECEIVED, Uuid::now_v7()).await;
-    webhooks::attempt(&app.ctx, endpoint_id, later).await.expect("delivery");
+    webhooks::attempt(&app.ctx, endpoint_id.into(), later).await.expect("delivery");
     let request = &receiver.received()[1];
     assert_eq!(request.header("webhook-signature").split(' ').count(), 1);
     verify(&new_secret, request).expect("the new secret verifies");
@@ -534,7 +538,9 @@ async fn the_fan_out_trigger_gives_each_event_one_pending_delivery_per_subscribe
     // In the event's own transaction: an event rolled back leaves no delivery behind.
     let txn = app.ctx.db.begin().await.expect("begin");
     let tenant_id = Uuid::parse_str(&tenant).expect("tenant id");
-    events::record(&txn, tenant_id, events::MESSAGE_SENT, "message", Some(Uuid::now_v7()), json!({})).await.expect("record");
+    events::record(&txn, tenant_id.into(), events::MESSAGE_SENT, "message", Some(Uuid::now_v7()), json!({}))
+        .await
+        .expect("record");
     txn.rollback().await.expect("rollback");
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '{tenant}'")).await, 2);
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '{other_tenant}'")).await, 0);

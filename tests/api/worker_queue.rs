@@ -68,11 +68,15 @@ async fn a_message_delivered_by_two_jobs_at_once_is_sent_once() {
     let reply = app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": "once", "text": "hello"})).await;
     let id = Uuid::parse_str(&reply.id()).expect("id");
 
-    let (first, second) = tokio::join!(delivery::deliver(&app.ctx, id), delivery::deliver(&app.ctx, id));
+    let (first, second) = tokio::join!(delivery::deliver(&app.ctx, id.into()), delivery::deliver(&app.ctx, id.into()));
     let mut outcomes = [first.expect("first"), second.expect("second")];
     outcomes.sort_by_key(|o| format!("{o:?}"));
     assert_eq!(outcomes, [Delivery::Sent, Delivery::Skipped]);
-    assert_eq!(delivery::deliver(&app.ctx, id).await.expect("third"), Delivery::Skipped, "a sent message is never sent again");
+    assert_eq!(
+        delivery::deliver(&app.ctx, id.into()).await.expect("third"),
+        Delivery::Skipped,
+        "a sent message is never sent again"
+    );
     servers.wait_for_messages_to(&rcpt, 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(servers.accepted_messages_to(&rcpt).len(), 1);
@@ -93,12 +97,12 @@ async fn a_retry_is_not_sent_before_its_backoff_ends_even_if_dispatched_again() 
         .post("/v1/messages", &key, json!({"from": login, "to": [format!("tempfail+{}@example.org", Uuid::new_v4().simple())], "subject": "later", "text": "hi"}))
         .await;
     let id = Uuid::parse_str(&reply.id()).expect("id");
-    assert_eq!(delivery::deliver(&app.ctx, id).await.expect("first attempt"), Delivery::Retry);
-    assert_eq!(delivery::deliver(&app.ctx, id).await.expect("early job"), Delivery::Skipped, "the backoff holds");
+    assert_eq!(delivery::deliver(&app.ctx, id.into()).await.expect("first attempt"), Delivery::Retry);
+    assert_eq!(delivery::deliver(&app.ctx, id.into()).await.expect("early job"), Delivery::Skipped, "the backoff holds");
     let attempts = app.sql_i64(&format!("SELECT attempts::bigint FROM outbound_messages WHERE id = '{id}'")).await;
     assert_eq!(attempts, 1);
     let claimed = postbridge_core::jobs::scheduler::claim_due_sends(&app.ctx, 10).await.expect("claim");
-    assert!(!claimed.contains(&id), "a message in backoff is not dispatched");
+    assert!(!claimed.contains(&id.into()), "a message in backoff is not dispatched");
 }
 
 #[tokio::test]
@@ -117,9 +121,9 @@ async fn an_account_sends_no_faster_than_its_pace_and_the_rest_waits_without_an_
             app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("p{i}"), "text": "hi"})).await;
         ids.push(Uuid::parse_str(&reply.id()).expect("id"));
     }
-    assert_eq!(delivery::deliver(&app.ctx, ids[0]).await.expect("first"), Delivery::Sent);
-    assert_eq!(delivery::deliver(&app.ctx, ids[1]).await.expect("second"), Delivery::Sent);
-    assert_eq!(delivery::deliver(&app.ctx, ids[2]).await.expect("third"), Delivery::Paced);
+    assert_eq!(delivery::deliver(&app.ctx, (ids[0]).into()).await.expect("first"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, (ids[1]).into()).await.expect("second"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, (ids[2]).into()).await.expect("third"), Delivery::Paced);
     let third = app.get(&format!("/v1/messages/{}", ids[2]), &key).await;
     assert_eq!((third.body["status"].clone(), third.body["attempts"].clone()), (json!("queued"), json!(0)));
     let wait = app
@@ -144,7 +148,7 @@ async fn unknown_delivery() -> (postbridge_tests::TestApp, String, String, Uuid,
     let rcpt = format!("dropafterdata+{}@example.org", Uuid::new_v4().simple());
     let reply = app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": "cut", "text": "hello"})).await;
     let id = Uuid::parse_str(&reply.id()).expect("id");
-    assert_eq!(delivery::deliver(&app.ctx, id).await.expect("deliver"), Delivery::Unknown);
+    assert_eq!(delivery::deliver(&app.ctx, id.into()).await.expect("deliver"), Delivery::Unknown);
     app.sql_exec(&format!("UPDATE outbound_messages SET updated_at = now() - interval '2 minutes' WHERE id = '{id}'")).await;
     (app, key, login, id, servers)
 }
@@ -157,7 +161,7 @@ async fn an_unknown_delivery_found_in_the_sent_folder_is_settled_as_sent() {
         app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
     servers.seed_messages(&login, "Sent", &[raw.into_bytes()]);
     let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
-    assert_eq!(settled, vec![(id, settle::Settlement::FoundSent)]);
+    assert_eq!(settled, vec![(id.into(), settle::Settlement::FoundSent)]);
     let message = app.get(&format!("/v1/messages/{id}"), &key).await;
     assert_eq!(message.body["status"], json!("sent"));
     assert_eq!(message.body["smtp_reply"], json!("found in the Sent folder"));
@@ -171,7 +175,7 @@ async fn an_unknown_delivery_missing_from_a_generic_servers_sent_folder_stays_un
     let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
     assert_eq!(
         settled,
-        vec![(id, settle::Settlement::Undecided)],
+        vec![(id.into(), settle::Settlement::Undecided)],
         "a generic server does not file submissions: no basis to resend"
     );
     assert_eq!(app.get(&format!("/v1/messages/{id}"), &key).await.body["status"], json!("unknown"));
@@ -258,4 +262,51 @@ async fn each_send_job_runs_narrowed_to_the_tenant_owning_its_message() {
         assert_eq!(scope_tenant, message_tenant, "the job ran as the tenant owning its message");
         assert!(tenants.contains(&message_tenant));
     }
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_is_let_go_or_runs_out() {
+    use postbridge_core::jobs::leases::{Holder, Leased};
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    let id = app.create_mail_account(&key, password_account(servers, "imap", "tls", &login, json!({}))).await;
+    let row = || sea_orm::Value::from(Uuid::parse_str(&id).expect("id"));
+    let mailboxes = Leased::Mailboxes;
+
+    assert!(mailboxes.take(&app.ctx.db, row(), 30.0).await.expect("take").is_some(), "a free row is taken");
+    assert!(mailboxes.take(&app.ctx.db, row(), 30.0).await.expect("take").is_none(), "a held row is not taken twice");
+    assert!(mailboxes.renew(&app.ctx.db, row(), Holder::Current, 30.0).await.expect("renew"), "the holder renews");
+    assert!(mailboxes.release(&app.ctx.db, row(), Holder::Current).await.expect("release"));
+    assert!(!mailboxes.renew(&app.ctx.db, row(), Holder::Current, 30.0).await.expect("renew"), "a let-go lease is not renewed");
+
+    // A holder whose time ran out (a killed worker) no longer keeps the row.
+    assert!(mailboxes.take(&app.ctx.db, row(), 30.0).await.expect("take").is_some());
+    app.sql_exec(&format!("UPDATE email_accounts SET lease_until = now() - interval '1 second' WHERE id = '{id}'")).await;
+    assert!(mailboxes.take(&app.ctx.db, row(), 30.0).await.expect("take").is_some(), "an expired lease is free");
+
+    // A message's lease is its token's: another token neither renews nor lets it go.
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let reply =
+        app.post("/v1/messages", &key, json!({"from": login, "to": ["lease@example.org"], "subject": "s", "text": "t"})).await;
+    let message = sea_orm::Value::from(Uuid::parse_str(&reply.id()).expect("id"));
+    let token = Uuid::new_v4();
+    let held = format!(
+        "UPDATE outbound_messages SET status = 'sending', lease_token = '{token}', lease_until = now() + interval '30 seconds' \
+         WHERE id = '{}'",
+        reply.id()
+    );
+    assert_eq!(app.sql_exec(&held).await, 1);
+    let messages = Leased::Messages;
+    let stranger = Holder::Token(Uuid::new_v4());
+    assert!(!messages.renew(&app.ctx.db, message.clone(), stranger, 30.0).await.expect("renew"), "not the stranger's");
+    assert!(!messages.release(&app.ctx.db, message.clone(), stranger).await.expect("release"), "not the stranger's");
+    assert!(messages.renew(&app.ctx.db, message.clone(), Holder::Token(token), 30.0).await.expect("renew"), "the holder's");
+    assert!(messages.release(&app.ctx.db, message, Holder::Token(token)).await.expect("release"), "the holder's");
+    let cleared = format!(
+        "SELECT count(*) FROM outbound_messages WHERE id = '{}' AND lease_token IS NULL AND leased_by IS NULL",
+        reply.id()
+    );
+    assert_eq!(app.sql_i64(&cleared).await, 1, "letting go forgets the holder");
 }

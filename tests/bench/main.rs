@@ -104,7 +104,7 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("mint"))?;
         let id = Uuid::now_v7();
         let seal = |column: &'static str, value: &str| {
-            app.ctx.cipher.encrypt(SecretLocation { tenant_id: tenant, table: "grants", column, row_id: id }, value)
+            app.ctx.cipher.encrypt(SecretLocation { tenant_id: tenant.into(), table: "grants", column, row_id: id }, value)
         };
         rows.push(vec![
             id.into(),
@@ -266,7 +266,7 @@ async fn bench_inbound(messages: usize) -> anyhow::Result<()> {
     )
     .await?;
     let started = Instant::now();
-    let report = poll::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = poll::poll_account(&app.ctx, account.into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let elapsed = started.elapsed();
     anyhow::ensure!(report.stored == messages as u64, "stored {} of {messages}", report.stored);
     let bytes: usize = seeded.iter().map(Vec::len).sum();
@@ -275,7 +275,7 @@ async fn bench_inbound(messages: usize) -> anyhow::Result<()> {
     app.ctx.db.execute_unprepared(&format!("UPDATE email_accounts SET lease_until = NULL WHERE id = '{account}'")).await?;
     servers.seed_messages(&login, "INBOX", &[sample_message(messages + 1)]);
     let arrived = Instant::now();
-    let one = poll::poll_account(&app.ctx, account).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let one = poll::poll_account(&app.ctx, account.into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let latency = arrived.elapsed();
     anyhow::ensure!(one.stored == 1, "the new message was not stored");
 
@@ -426,11 +426,11 @@ async fn bench_memory(accounts: usize) -> anyhow::Result<()> {
 /// The service layer's view of a tenant admin (the bench submits through the service, as the API does).
 fn admin_scope(tenant: Uuid) -> postbridge_core::access::auth::TenantScope {
     postbridge_core::access::auth::TenantScope {
-        tenant_id: tenant,
+        tenant_id: tenant.into(),
         principal: postbridge_core::access::auth::Principal {
             subject: "bench".into(),
             role: postbridge_core::model::Role::Admin,
-            tenant_id: Some(tenant),
+            tenant_id: Some(tenant.into()),
             api_rate_limit_per_minute: None,
         },
     }

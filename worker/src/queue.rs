@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::jobs::job::{Job, Queue};
+use postbridge_core::store::ids::{AccountId, GrantId, OutboundMessageId, WebhookEndpointId};
 use postbridge_core::store::tenant_wall;
 use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
@@ -28,32 +29,32 @@ use uuid::Uuid;
 /// Poll one inbound mailbox.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PollMailbox {
-    pub account_id: Uuid,
+    pub account_id: AccountId,
 }
 
 /// Send one queued message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliverMessage {
-    pub message_id: Uuid,
+    pub message_id: OutboundMessageId,
 }
 
 /// Make one attempt of a webhook delivery (an event to one endpoint).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliverWebhook {
-    pub endpoint_id: Uuid,
+    pub endpoint_id: WebhookEndpointId,
     pub event_id: Uuid,
 }
 
 /// Refresh one grant whose access token is about to expire.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RefreshGrant {
-    pub grant_id: Uuid,
+    pub grant_id: GrantId,
 }
 
 /// Look an `unknown` message up in its mailbox's Sent folder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SettleMessage {
-    pub message_id: Uuid,
+    pub message_id: OutboundMessageId,
 }
 
 impl From<PollMailbox> for Job {

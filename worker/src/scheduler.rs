@@ -47,14 +47,15 @@ impl Queues {
 }
 
 /// Pushes jobs; on failure the rows are unclaimed so the next round dispatches them again.
-async fn push<T, S, K>(
+async fn push<T, S, K, Id>(
     ctx: &AppContext,
     storage: &mut S,
     rows: Dispatched,
-    ids: Vec<Uuid>,
-    job: impl Fn(Uuid) -> T,
+    ids: Vec<Id>,
+    job: impl Fn(Id) -> T,
 ) -> anyhow::Result<usize>
 where
+    Id: Copy + serde::Serialize,
     S: TaskSink<T, K>,
     S::Error: std::fmt::Display,
 {

@@ -29,7 +29,7 @@ impl AccountsQuery {
 
     async fn account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Account> {
         let (app, scope) = tenant_scope(ctx).await?;
-        accounts::get(&app, &scope, id).await.gql()
+        accounts::get(&app, &scope, id.into()).await.gql()
     }
 
     /// An inbound account's received messages, newest first.
@@ -42,7 +42,7 @@ impl AccountsQuery {
         cursor: Option<Uuid>,
     ) -> async_graphql::Result<Page<InboundMessage>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        inbox::list(&app, &scope, account_id, page(limit, cursor)).await.gql()
+        inbox::list(&app, &scope, account_id.into(), page(limit, cursor)).await.gql()
     }
 }
 
@@ -58,12 +58,12 @@ impl AccountsMutation {
 
     async fn update_account(&self, ctx: &Context<'_>, id: Uuid, input: UpdateAccount) -> async_graphql::Result<Account> {
         let (app, scope) = tenant_scope(ctx).await?;
-        accounts::update(&app, &scope, id, input).await.gql()
+        accounts::update(&app, &scope, id.into(), input).await.gql()
     }
 
     async fn delete_account(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
         let (app, scope) = tenant_scope(ctx).await?;
-        accounts::delete(&app, &scope, id).await.gql()?;
+        accounts::delete(&app, &scope, id.into()).await.gql()?;
         Ok(id)
     }
 
@@ -76,7 +76,7 @@ impl AccountsMutation {
         input: Option<AuthorizeAccount>,
     ) -> async_graphql::Result<AuthorizeResult> {
         let (app, scope) = tenant_scope(ctx).await?;
-        grants::authorize(&app, &scope, id, input.unwrap_or_default()).await.gql()
+        grants::authorize(&app, &scope, id.into(), input.unwrap_or_default()).await.gql()
     }
 
     /// "Test & confirm": connect with the current credentials; confirmed on success, else the failing step.
@@ -86,6 +86,6 @@ impl AccountsMutation {
         id: Uuid,
     ) -> async_graphql::Result<postbridge_core::connect::confirm::TestResult> {
         let (app, scope) = tenant_scope(ctx).await?;
-        postbridge_core::connect::confirm::test_and_confirm(&app, &scope, id).await.gql()
+        postbridge_core::connect::confirm::test_and_confirm(&app, &scope, id.into()).await.gql()
     }
 }

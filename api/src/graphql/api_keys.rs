@@ -21,7 +21,7 @@ impl ApiKeysQuery {
 
     async fn api_key(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<ApiKey> {
         let (app, scope) = tenant_scope(ctx).await?;
-        api_keys::get(&app, &scope, id).await.gql()
+        api_keys::get(&app, &scope, id.into()).await.gql()
     }
 }
 
@@ -37,6 +37,6 @@ impl ApiKeysMutation {
 
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<ApiKey> {
         let (app, scope) = tenant_scope(ctx).await?;
-        api_keys::revoke(&app, &scope, id).await.gql()
+        api_keys::revoke(&app, &scope, id.into()).await.gql()
     }
 }

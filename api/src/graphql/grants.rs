@@ -21,7 +21,7 @@ impl GrantsQuery {
 
     async fn grant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Grant> {
         let (app, scope) = tenant_scope(ctx).await?;
-        grants::get(&app, &scope, id).await.gql()
+        grants::get(&app, &scope, id.into()).await.gql()
     }
 }
 
@@ -33,7 +33,7 @@ impl GrantsMutation {
     /// Deletes a grant; its accounts go back to draft. Returns the grant's id.
     async fn revoke_grant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
         let (app, scope) = tenant_scope(ctx).await?;
-        grants::revoke(&app, &scope, id).await.gql()?;
+        grants::revoke(&app, &scope, id.into()).await.gql()?;
         Ok(id)
     }
 }

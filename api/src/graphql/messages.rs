@@ -26,7 +26,7 @@ impl MessagesQuery {
 
     async fn sent_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<OutboundMessage> {
         let (app, scope) = tenant_scope(ctx).await?;
-        outbox::get(&app, &scope, id).await.gql()
+        outbox::get(&app, &scope, id.into()).await.gql()
     }
 }
 

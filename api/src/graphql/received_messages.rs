@@ -14,6 +14,6 @@ pub struct ReceivedMessagesQuery;
 impl ReceivedMessagesQuery {
     async fn received_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<InboundMessage> {
         let (app, scope) = tenant_scope(ctx).await?;
-        inbox::get(&app, &scope, id).await.gql()
+        inbox::get(&app, &scope, id.into()).await.gql()
     }
 }

@@ -123,7 +123,7 @@ impl SubscriptionRoot {
         let feed = Feed::open(ctx).await?;
         if let Some(id) = account_id {
             // An account the caller cannot see is not found now, not silently never delivered.
-            accounts::get(&feed.app, &feed.scope, id).await.gql()?;
+            accounts::get(&feed.app, &feed.scope, id.into()).await.gql()?;
         }
         Ok(feed.stream(move |feed, event| {
             let id = event
@@ -132,7 +132,7 @@ impl SubscriptionRoot {
             let (app, scope) = (feed.app.clone(), feed.scope.clone());
             async move {
                 let Some(id) = id else { return Ok(None) };
-                match accounts::get(&app, &scope, id).await {
+                match accounts::get(&app, &scope, id.into()).await {
                     Ok(account) => Ok(Some(account)),
                     // Gone since, or another member's account.
                     Err(AppError::NotFound { .. }) => Ok(None),
@@ -165,7 +165,7 @@ impl Feed {
         // after the subscription started is missed; nothing is delivered unless the check passes.
         let (_, principal) = caller(ctx)?;
         let named = request_auth(ctx)?.requested_tenant.as_ref().ok().copied().flatten();
-        let early = principal.tenant_id.or(named).map(|tenant_id| hub.subscribe(tenant_id));
+        let early = principal.tenant_id.or(named.map(Into::into)).map(|tenant_id| hub.subscribe(tenant_id));
         let (app, scope) = tenant_scope(ctx).await?;
         scope.require(Role::Viewer).gql()?;
         let credential = ctx.data_opt::<LiveCredential>().map(|c| (c.token.clone(), c.requested_tenant));

@@ -23,7 +23,7 @@ pub struct TenantsQuery;
 impl TenantsQuery {
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
         let (_, p) = caller(ctx)?;
-        Ok(Me { subject: p.subject, role: p.role, tenant_id: p.tenant_id })
+        Ok(Me { subject: p.subject, role: p.role, tenant_id: p.tenant_id.map(Into::into) })
     }
 
     /// All tenants (operator).
@@ -35,7 +35,7 @@ impl TenantsQuery {
 
     async fn tenant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Tenant> {
         let (app, p) = caller(ctx)?;
-        tenants::get(&app, &p, id).await.gql()
+        tenants::get(&app, &p, id.into()).await.gql()
     }
 }
 
@@ -51,23 +51,23 @@ impl TenantsMutation {
 
     async fn update_tenant(&self, ctx: &Context<'_>, id: Uuid, input: UpdateTenant) -> async_graphql::Result<Tenant> {
         let (app, p) = caller(ctx)?;
-        tenants::update(&app, &p, id, input).await.gql()
+        tenants::update(&app, &p, id.into(), input).await.gql()
     }
 
     async fn suspend_tenant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Tenant> {
         let (app, p) = caller(ctx)?;
-        tenants::set_status(&app, &p, id, TenantStatus::Suspended).await.gql()
+        tenants::set_status(&app, &p, id.into(), TenantStatus::Suspended).await.gql()
     }
 
     async fn resume_tenant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Tenant> {
         let (app, p) = caller(ctx)?;
-        tenants::set_status(&app, &p, id, TenantStatus::Active).await.gql()
+        tenants::set_status(&app, &p, id.into(), TenantStatus::Active).await.gql()
     }
 
     /// Returns the deleted tenant's id.
     async fn delete_tenant(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
         let (app, p) = caller(ctx)?;
-        tenants::delete(&app, &p, id).await.gql()?;
+        tenants::delete(&app, &p, id.into()).await.gql()?;
         Ok(id)
     }
 }

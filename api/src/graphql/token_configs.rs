@@ -26,7 +26,7 @@ impl TokenConfigsQuery {
 
     async fn token_config(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<TokenConfig> {
         let (app, scope) = tenant_scope(ctx).await?;
-        token_configs::get(&app, &scope, id).await.gql()
+        token_configs::get(&app, &scope, id.into()).await.gql()
     }
 
     /// Token configurations whose client secret expires within `withinDays` (default 30), soonest first.
@@ -57,12 +57,12 @@ impl TokenConfigsMutation {
         input: UpdateTokenConfig,
     ) -> async_graphql::Result<TokenConfig> {
         let (app, scope) = tenant_scope(ctx).await?;
-        token_configs::update(&app, &scope, id, input).await.gql()
+        token_configs::update(&app, &scope, id.into(), input).await.gql()
     }
 
     async fn delete_token_config(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
         let (app, scope) = tenant_scope(ctx).await?;
-        token_configs::delete(&app, &scope, id).await.gql()?;
+        token_configs::delete(&app, &scope, id.into()).await.gql()?;
         Ok(id)
     }
 }

@@ -28,7 +28,7 @@ impl WebhooksQuery {
 
     async fn webhook_endpoint(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<WebhookEndpoint> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::get(&app, &scope, id).await.gql()
+        webhooks::get(&app, &scope, id.into()).await.gql()
     }
 
     /// An endpoint's deliveries, newest event first.
@@ -42,7 +42,7 @@ impl WebhooksQuery {
         cursor: Option<Uuid>,
     ) -> async_graphql::Result<Page<WebhookDelivery>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::list_deliveries(&app, &scope, endpoint_id, DeliveryQuery { status, limit, cursor }).await.gql()
+        webhooks::list_deliveries(&app, &scope, endpoint_id.into(), DeliveryQuery { status, limit, cursor }).await.gql()
     }
 
     /// An endpoint's delivery log: every attempt, newest first.
@@ -56,7 +56,7 @@ impl WebhooksQuery {
         cursor: Option<Uuid>,
     ) -> async_graphql::Result<Page<WebhookAttempt>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::list_attempts(&app, &scope, endpoint_id, AttemptQuery { event_id, limit, cursor }).await.gql()
+        webhooks::list_attempts(&app, &scope, endpoint_id.into(), AttemptQuery { event_id, limit, cursor }).await.gql()
     }
 }
 
@@ -82,20 +82,20 @@ impl WebhooksMutation {
         input: UpdateWebhookEndpoint,
     ) -> async_graphql::Result<WebhookEndpoint> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::update(&app, &scope, id, input).await.gql()
+        webhooks::update(&app, &scope, id.into(), input).await.gql()
     }
 
     /// Returns the deleted endpoint's id.
     async fn delete_webhook_endpoint(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Uuid> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::delete(&app, &scope, id).await.gql()?;
+        webhooks::delete(&app, &scope, id.into()).await.gql()?;
         Ok(id)
     }
 
     /// New signing secret, shown only in this answer; the previous one keeps signing for 24 hours.
     async fn rotate_webhook_secret(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<WebhookEndpointSecret> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::rotate_secret(&app, &scope, id).await.gql()
+        webhooks::rotate_secret(&app, &scope, id.into()).await.gql()
     }
 
     /// Deliver an event again now: one more attempt, the retry schedule is not restarted.
@@ -106,6 +106,6 @@ impl WebhooksMutation {
         event_id: Uuid,
     ) -> async_graphql::Result<WebhookDelivery> {
         let (app, scope) = tenant_scope(ctx).await?;
-        webhooks::redeliver(&app, &scope, endpoint_id, event_id).await.gql()
+        webhooks::redeliver(&app, &scope, endpoint_id.into(), event_id).await.gql()
     }
 }

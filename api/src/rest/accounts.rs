@@ -46,7 +46,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = Account), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(accounts::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(accounts::get(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 #[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])), request_body = UpdateAccount,
@@ -57,14 +57,14 @@ pub async fn update(
     id: web::Path<Uuid>,
     input: web::Json<UpdateAccount>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(accounts::update(&ctx, &scope, id.into_inner(), input.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(accounts::update(&ctx, &scope, id.into_inner().into(), input.into_inner()).await?))
 }
 
 /// Delete an account (its owner or an admin).
 #[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    accounts::delete(&ctx, &scope, id.into_inner()).await?;
+    accounts::delete(&ctx, &scope, id.into_inner().into()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -73,7 +73,7 @@ pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
 #[utoipa::path(post, path = "/v1/accounts/{id}/test", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = postbridge_core::connect::confirm::TestResult), (status = 404, body = ErrorBody)))]
 pub async fn test(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(postbridge_core::connect::confirm::test_and_confirm(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(postbridge_core::connect::confirm::test_and_confirm(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 /// "Authenticate account": the provider URL to send the browser to (user flow), or an immediate
@@ -87,7 +87,7 @@ pub async fn authorize(
     input: Option<web::Json<AuthorizeAccount>>,
 ) -> ApiResult<HttpResponse> {
     let input = input.map(|i| i.into_inner()).unwrap_or_default();
-    Ok(HttpResponse::Ok().json(grants::authorize(&ctx, &scope, id.into_inner(), input).await?))
+    Ok(HttpResponse::Ok().json(grants::authorize(&ctx, &scope, id.into_inner().into(), input).await?))
 }
 
 /// An inbound account's received messages, newest first.
@@ -99,5 +99,5 @@ pub async fn list_received(
     id: web::Path<Uuid>,
     page: web::Query<PageRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner(), page.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner().into(), page.into_inner()).await?))
 }

@@ -39,12 +39,12 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     responses((status = 200, body = ApiKey), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(api_keys::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(api_keys::get(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 /// Revoke an API key (admin); it stops working at once.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     responses((status = 200, body = ApiKey), (status = 404, body = ErrorBody)))]
 pub async fn revoke(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(api_keys::revoke(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(api_keys::revoke(&ctx, &scope, id.into_inner().into()).await?))
 }

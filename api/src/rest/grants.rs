@@ -25,13 +25,13 @@ pub async fn list(ctx: web::Data<AppContext>, Tenant(scope): Tenant, page: web::
 #[utoipa::path(get, path = "/v1/grants/{id}", tag = "oauth", security(("bearer" = [])),
     responses((status = 200, body = Grant), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(grants::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(grants::get(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 /// Revoke (delete) a grant (admin); its accounts go back to draft.
 #[utoipa::path(delete, path = "/v1/grants/{id}", tag = "oauth", security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn revoke(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    grants::revoke(&ctx, &scope, id.into_inner()).await?;
+    grants::revoke(&ctx, &scope, id.into_inner().into()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -67,5 +67,5 @@ pub async fn list_sent(
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
     responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody)))]
 pub async fn get_sent(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(outbox::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(outbox::get(&ctx, &scope, id.into_inner().into()).await?))
 }

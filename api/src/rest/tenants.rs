@@ -39,7 +39,7 @@ pub async fn create(ctx: web::Data<AppContext>, Caller(p): Caller, input: web::J
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),
     responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: web::Data<AppContext>, Caller(p): Caller, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(tenants::get(&ctx, &p, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(tenants::get(&ctx, &p, id.into_inner().into()).await?))
 }
 
 /// Rename a tenant or change its status (operator).
@@ -51,27 +51,27 @@ pub async fn update(
     id: web::Path<Uuid>,
     input: web::Json<UpdateTenant>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(tenants::update(&ctx, &p, id.into_inner(), input.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(tenants::update(&ctx, &p, id.into_inner().into(), input.into_inner()).await?))
 }
 
 /// Suspend a tenant: all its credentials stop working (operator).
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("bearer" = [])),
     responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
 pub async fn suspend(ctx: web::Data<AppContext>, Caller(p): Caller, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(tenants::set_status(&ctx, &p, id.into_inner(), TenantStatus::Suspended).await?))
+    Ok(HttpResponse::Ok().json(tenants::set_status(&ctx, &p, id.into_inner().into(), TenantStatus::Suspended).await?))
 }
 
 /// Reactivate a suspended tenant (operator).
 #[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("bearer" = [])),
     responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
 pub async fn resume(ctx: web::Data<AppContext>, Caller(p): Caller, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(tenants::set_status(&ctx, &p, id.into_inner(), TenantStatus::Active).await?))
+    Ok(HttpResponse::Ok().json(tenants::set_status(&ctx, &p, id.into_inner().into(), TenantStatus::Active).await?))
 }
 
 /// Delete a tenant and everything it owns (operator).
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(ctx: web::Data<AppContext>, Caller(p): Caller, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    tenants::delete(&ctx, &p, id.into_inner()).await?;
+    tenants::delete(&ctx, &p, id.into_inner().into()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -42,7 +42,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/token-configs/{id}", tag = "token-configs", security(("bearer" = [])),
     responses((status = 200, body = TokenConfig), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(token_configs::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(token_configs::get(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 #[utoipa::path(patch, path = "/v1/token-configs/{id}", tag = "token-configs", security(("bearer" = [])), request_body = UpdateTokenConfig,
@@ -53,14 +53,14 @@ pub async fn update(
     id: web::Path<Uuid>,
     input: web::Json<UpdateTokenConfig>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(token_configs::update(&ctx, &scope, id.into_inner(), input.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(token_configs::update(&ctx, &scope, id.into_inner().into(), input.into_inner()).await?))
 }
 
 /// Delete a configuration (admin); 409 while accounts use it.
 #[utoipa::path(delete, path = "/v1/token-configs/{id}", tag = "token-configs", security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    token_configs::delete(&ctx, &scope, id.into_inner()).await?;
+    token_configs::delete(&ctx, &scope, id.into_inner().into()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -43,7 +43,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     responses((status = 200, body = WebhookEndpoint), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(webhooks::get(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(webhooks::get(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 /// Change an endpoint (admin); `enabled: true` re-enables one Postbridge disabled.
@@ -55,14 +55,14 @@ pub async fn update(
     id: web::Path<Uuid>,
     input: web::Json<UpdateWebhookEndpoint>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(webhooks::update(&ctx, &scope, id.into_inner(), input.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(webhooks::update(&ctx, &scope, id.into_inner().into(), input.into_inner()).await?))
 }
 
 /// Delete an endpoint with its deliveries and their log (admin).
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    webhooks::delete(&ctx, &scope, id.into_inner()).await?;
+    webhooks::delete(&ctx, &scope, id.into_inner().into()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -70,7 +70,7 @@ pub async fn delete(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", security(("bearer" = [])),
     responses((status = 200, body = WebhookEndpointSecret), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rotate_secret(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(webhooks::rotate_secret(&ctx, &scope, id.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(webhooks::rotate_secret(&ctx, &scope, id.into_inner().into()).await?))
 }
 
 /// The endpoint's deliveries, newest event first.
@@ -82,7 +82,7 @@ pub async fn deliveries(
     id: web::Path<Uuid>,
     query: web::Query<DeliveryQuery>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(webhooks::list_deliveries(&ctx, &scope, id.into_inner(), query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(webhooks::list_deliveries(&ctx, &scope, id.into_inner().into(), query.into_inner()).await?))
 }
 
 /// The delivery log: every attempt (status code, latency, attempt number), newest first.
@@ -94,7 +94,7 @@ pub async fn attempts(
     id: web::Path<Uuid>,
     query: web::Query<AttemptQuery>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(webhooks::list_attempts(&ctx, &scope, id.into_inner(), query.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(webhooks::list_attempts(&ctx, &scope, id.into_inner().into(), query.into_inner()).await?))
 }
 
 /// Deliver an event again now (admin): one more attempt, the retry schedule is not restarted.
@@ -106,5 +106,5 @@ pub async fn redeliver(
     path: web::Path<(Uuid, Uuid)>,
 ) -> ApiResult<HttpResponse> {
     let (id, event_id) = path.into_inner();
-    Ok(HttpResponse::Accepted().json(webhooks::redeliver(&ctx, &scope, id, event_id).await?))
+    Ok(HttpResponse::Accepted().json(webhooks::redeliver(&ctx, &scope, id.into(), event_id).await?))
 }

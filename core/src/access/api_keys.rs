@@ -10,6 +10,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{IssuedToken, Page, PageRequest, Role};
 use crate::observe::audit;
 use crate::store::entities::api_key;
+use crate::store::ids::ApiKeyId;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
@@ -48,8 +49,8 @@ pub struct CreatedApiKey {
 
 fn view(model: api_key::Model) -> AppResult<ApiKey> {
     Ok(ApiKey {
-        id: model.id,
-        tenant_id: model.tenant_id,
+        id: model.id.into(),
+        tenant_id: model.tenant_id.into(),
         name: model.name,
         role: model.role,
         prefix: format!("{API_KEY_PREFIX}{}", model.prefix),
@@ -59,7 +60,7 @@ fn view(model: api_key::Model) -> AppResult<ApiKey> {
     })
 }
 
-async fn find(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<api_key::Model> {
+async fn find(ctx: &AppContext, scope: &TenantScope, id: ApiKeyId) -> AppResult<api_key::Model> {
     find_in_tenant::<api_key::Entity, _>(&ctx.db, scope.tenant_id, id).await
 }
 
@@ -71,7 +72,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateApiKey) 
     }
     let generated = generate_api_key();
     let row = api_key::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(ApiKeyId::new()),
         tenant_id: Set(scope.tenant_id),
         name: Set(name),
         role: Set(input.role),
@@ -83,7 +84,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateApiKey) 
     };
     let txn = ctx.db.begin().await?;
     let model = row.insert(&txn).await?;
-    audit::record_in_tenant(&txn, scope, "api_key.created", model.id, audit::Changes::of(&input)).await?;
+    audit::record_in_tenant(&txn, scope, "api_key.created", model.id.into(), audit::Changes::of(&input)).await?;
     txn.commit().await?;
     Ok(CreatedApiKey { api_key: view(model)?, secret: generated.full_key })
 }
@@ -95,10 +96,10 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(api_key::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<ApiKey> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: ApiKeyId) -> AppResult<ApiKey> {
     // Look up first: another tenant's id answers 404 whatever the caller's role.
     let model = find(ctx, scope, id).await?;
     scope.require(Role::Admin)?;
@@ -106,7 +107,7 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<A
 }
 
 /// Revokes a key; it stops working at once. Revoking twice keeps the first revocation time.
-pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<ApiKey> {
+pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: ApiKeyId) -> AppResult<ApiKey> {
     let model = find(ctx, scope, id).await?;
     scope.require(Role::Admin)?;
     if model.revoked_at.is_some() {
@@ -116,7 +117,7 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
     active.revoked_at = Set(Some(Utc::now()));
     let txn = ctx.db.begin().await?;
     let saved = active.update(&txn).await?;
-    audit::record_in_tenant(&txn, scope, "api_key.revoked", id, audit::Changes::new()).await?;
+    audit::record_in_tenant(&txn, scope, "api_key.revoked", id.into(), audit::Changes::new()).await?;
     txn.commit().await?;
     view(saved)
 }

@@ -13,6 +13,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Role, TenantStatus};
 use crate::store::entities::{api_key, tenant};
+use crate::store::ids::TenantId;
 use crate::store::tenant_owned::TenantOwned;
 
 pub const API_KEY_PREFIX: &str = "pbk_";
@@ -24,7 +25,7 @@ pub struct Principal {
     pub subject: String,
     pub role: Role,
     /// `None` only for operators.
-    pub tenant_id: Option<Uuid>,
+    pub tenant_id: Option<TenantId>,
     /// The tenant's own API rate limit, read with the tenant while authenticating (so the limiter needs no
     /// second lookup); `None` for operators and for tenants without one.
     pub api_rate_limit_per_minute: Option<i32>,
@@ -33,7 +34,7 @@ pub struct Principal {
 /// A principal acting inside one tenant; every tenant-owned query is filtered by `tenant_id`.
 #[derive(Clone, Debug)]
 pub struct TenantScope {
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub principal: Principal,
 }
 
@@ -76,7 +77,7 @@ impl Principal {
             (Some(own), _) => own,
             (None, Some(requested)) => {
                 tenant::Entity::find_by_id(requested).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
-                requested
+                requested.into()
             }
             (None, None) => return Err(AppError::TenantRequired),
         };
@@ -172,7 +173,7 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
 }
 
 /// A token exchanged from an API key (subject `apikey:<id>`) lives no longer than the key: revoking the key ends it too.
-async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Uuid) -> AppResult<()> {
+async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: TenantId) -> AppResult<()> {
     let Some(key_id) = subject.strip_prefix("apikey:") else { return Ok(()) };
     let revoked =
         || AppError::Unauthenticated("the API key this token was issued for was revoked or no longer exists".to_owned());
@@ -185,7 +186,7 @@ async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Uu
     Ok(())
 }
 
-async fn active_tenant(ctx: &AppContext, tenant_id: Uuid) -> AppResult<tenant::Model> {
+async fn active_tenant(ctx: &AppContext, tenant_id: TenantId) -> AppResult<tenant::Model> {
     let tenant = tenant::Entity::find_by_id(tenant_id)
         .one(&ctx.db)
         .await?

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::config::{JwtAlgorithm, JwtKeyMaterial, JwtSettings};
 use crate::error::{AppError, AppResult};
 use crate::model::{IssuedToken, Role};
+use crate::store::ids::TenantId;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -23,7 +24,7 @@ pub struct Claims {
     pub role: Role,
     /// Tenant id; absent for operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tid: Option<Uuid>,
+    pub tid: Option<TenantId>,
 }
 
 struct VerifyingKey {
@@ -99,7 +100,13 @@ impl JwtKeys {
         })
     }
 
-    pub fn issue(&self, subject: &str, role: Role, tenant_id: Option<Uuid>, ttl_seconds: Option<i64>) -> AppResult<IssuedToken> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        role: Role,
+        tenant_id: Option<TenantId>,
+        ttl_seconds: Option<i64>,
+    ) -> AppResult<IssuedToken> {
         let now = Utc::now().timestamp();
         let ttl = ttl_seconds.unwrap_or(self.ttl_seconds);
         let claims = Claims {
@@ -155,7 +162,7 @@ impl JwtKeys {
         if claims.role == Role::Operator && !key.may_grant_operator {
             return Err(invalid("this key may not grant the operator role"));
         }
-        if key.tenant.is_some_and(|tenant| claims.tid != Some(tenant)) {
+        if key.tenant.is_some_and(|tenant| claims.tid != Some(tenant.into())) {
             return Err(invalid("this key is limited to another tenant"));
         }
         Ok(claims)

@@ -20,9 +20,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use uuid::Uuid;
 
 use crate::context::AppContext;
+use crate::store::ids::TenantId;
 
 /// How long a limit check may take before the request is let through.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -76,13 +76,13 @@ impl RateLimiter {
 
     /// Counts one request of `tenant_id` against its limit: the tenant's own (`own_limit`, as read while
     /// authenticating), else the deployment's.
-    pub async fn check(&self, ctx: &AppContext, tenant_id: Uuid, own_limit: Option<i32>) -> Decision {
+    pub async fn check(&self, ctx: &AppContext, tenant_id: TenantId, own_limit: Option<i32>) -> Decision {
         self.check_cost(ctx, tenant_id, own_limit, 1).await
     }
 
     /// Counts `cost` requests of `tenant_id` at once (a GraphQL operation with several top-level fields).
     /// A cost above the tenant's whole allowance is counted as the whole allowance.
-    pub async fn check_cost(&self, ctx: &AppContext, tenant_id: Uuid, own_limit: Option<i32>, cost: u32) -> Decision {
+    pub async fn check_cost(&self, ctx: &AppContext, tenant_id: TenantId, own_limit: Option<i32>, cost: u32) -> Decision {
         let key = format!("{}:ratelimit:{tenant_id}", ctx.settings.redis_prefix);
         self.check_key(ctx, &key, limit_for(ctx, own_limit), cost).await
     }

@@ -13,6 +13,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role, TenantStatus};
 use crate::observe::audit;
 use crate::store::entities::tenant;
+use crate::store::ids::TenantId;
 use crate::store::is_unique_violation;
 use crate::store::json::StringList;
 use crate::store::limit_of;
@@ -82,7 +83,7 @@ fn check_origins(origins: Vec<String>) -> AppResult<StringList> {
 
 fn view(model: tenant::Model) -> AppResult<Tenant> {
     Ok(Tenant {
-        id: model.id,
+        id: model.id.into(),
         slug: model.slug,
         name: model.name,
         status: model.status,
@@ -112,7 +113,7 @@ pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant
     let name = validate::non_empty("name", &input.name, 200)?;
     let now = Utc::now();
     let row = tenant::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(TenantId::new()),
         slug: Set(slug),
         name: Set(name),
         status: Set(TenantStatus::Active),
@@ -138,12 +139,12 @@ async fn audit_tenant(
     txn: &sea_orm::DatabaseTransaction,
     principal: &Principal,
     action: &str,
-    id: Uuid,
+    id: TenantId,
     changes: audit::Changes,
 ) -> AppResult<()> {
     // A deleted tenant's own log goes with it (cascade), so its deletion is kept outside any tenant.
     let tenant_id = if action == "tenant.deleted" { None } else { Some(id) };
-    let entry = audit::Entry { tenant_id, action, resource_type: "tenant", resource_id: Some(id), changes };
+    let entry = audit::Entry { tenant_id, action, resource_type: "tenant", resource_id: Some(id.into()), changes };
     audit::record(txn, principal, entry).await
 }
 
@@ -154,11 +155,11 @@ pub async fn list(ctx: &AppContext, principal: &Principal, page: PageRequest) ->
     if let Some(cursor) = page.cursor {
         query = query.filter(tenant::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
 /// Operators read any tenant; a tenant credential reads only its own (others answer 404).
-pub async fn get(ctx: &AppContext, principal: &Principal, id: Uuid) -> AppResult<Tenant> {
+pub async fn get(ctx: &AppContext, principal: &Principal, id: TenantId) -> AppResult<Tenant> {
     if !principal.is_operator() && principal.tenant_id != Some(id) {
         return Err(AppError::not_found("tenant"));
     }
@@ -166,7 +167,7 @@ pub async fn get(ctx: &AppContext, principal: &Principal, id: Uuid) -> AppResult
     view(model)
 }
 
-pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: UpdateTenant) -> AppResult<Tenant> {
+pub async fn update(ctx: &AppContext, principal: &Principal, id: TenantId, input: UpdateTenant) -> AppResult<Tenant> {
     if !principal.is_operator() && principal.tenant_id != Some(id) {
         return Err(AppError::not_found("tenant"));
     }
@@ -196,12 +197,12 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: Uuid, input: Up
     view(saved)
 }
 
-pub async fn set_status(ctx: &AppContext, principal: &Principal, id: Uuid, status: TenantStatus) -> AppResult<Tenant> {
+pub async fn set_status(ctx: &AppContext, principal: &Principal, id: TenantId, status: TenantStatus) -> AppResult<Tenant> {
     update(ctx, principal, id, UpdateTenant { status: Some(status), ..Default::default() }).await
 }
 
 /// Deletes the tenant and, by cascade, everything it owns.
-pub async fn delete(ctx: &AppContext, principal: &Principal, id: Uuid) -> AppResult<()> {
+pub async fn delete(ctx: &AppContext, principal: &Principal, id: TenantId) -> AppResult<()> {
     if !principal.is_operator() && principal.tenant_id != Some(id) {
         return Err(AppError::not_found("tenant"));
     }

@@ -2,7 +2,6 @@
 
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};
-use uuid::Uuid;
 
 use super::accounts;
 use super::mailbox::{credentials, endpoint, lease, release, CredentialError};
@@ -15,6 +14,7 @@ use crate::failure::MailStep;
 use crate::model::{Protocol, Role};
 use crate::protocols::error::{MailError, Timeouts};
 use crate::store::entities::email_account;
+use crate::store::ids::AccountId;
 
 /// The outcome of "test & confirm".
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
@@ -29,7 +29,7 @@ pub struct TestResult {
 
 /// Connects with the account's current credentials (IMAP: log in and select the folder; POP3: log in
 /// and STAT; SMTP: EHLO, STARTTLS, AUTH) and moves it to confirmed, or says which step failed and why.
-pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id: Uuid) -> AppResult<TestResult> {
+pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id: AccountId) -> AppResult<TestResult> {
     let account = accounts::find_visible(ctx, scope, account_id).await?;
     scope.require(Role::Member)?;
     if !account.enabled {

@@ -2,7 +2,6 @@
 //! from its grant), the lease that lets one worker at a time hold a mailbox, and recording its failures.
 
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
-use uuid::Uuid;
 
 use super::grants::{self, TokenAccessError};
 use super::token_configs;
@@ -11,10 +10,12 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
 use crate::failure::MailStep;
+use crate::jobs::leases::{Holder, Leased};
 use crate::model::AuthMethod;
 use crate::protocols::error::{Endpoint, MailAuth, MailError};
 use crate::secrets;
 use crate::store::entities::email_account;
+use crate::store::ids::AccountId;
 
 pub fn endpoint(account: &email_account::Model) -> AppResult<Endpoint> {
     let security = account.security;
@@ -73,37 +74,18 @@ pub async fn credentials(ctx: &AppContext, account: &email_account::Model) -> Re
 }
 
 /// Takes the account for `seconds` unless another worker holds it; `None` when it is held.
-pub async fn lease<C: ConnectionTrait>(db: &C, account_id: Uuid, seconds: i64) -> AppResult<Option<email_account::Model>> {
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE email_accounts SET lease_until = now() + make_interval(secs => $2) \
-             WHERE id = $1 AND (lease_until IS NULL OR lease_until < now()) RETURNING *",
-            [account_id.into(), (seconds as f64).into()],
-        ))
-        .await?;
+pub async fn lease<C: ConnectionTrait>(db: &C, account_id: AccountId, seconds: i64) -> AppResult<Option<email_account::Model>> {
+    let row = Leased::Mailboxes.take(db, account_id.into(), seconds as f64).await?;
     row.map(|r| email_account::Model::from_query_result(&r, "")).transpose().map_err(AppError::from)
 }
 
 /// Extends a held lease by `seconds` from now; false when the account is not leased any more.
-pub async fn renew<C: ConnectionTrait>(db: &C, account_id: Uuid, seconds: i64) -> AppResult<bool> {
-    let renewed = db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE email_accounts SET lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND lease_until IS NOT NULL",
-            [account_id.into(), (seconds as f64).into()],
-        ))
-        .await?;
-    Ok(renewed.rows_affected() == 1)
+pub async fn renew<C: ConnectionTrait>(db: &C, account_id: AccountId, seconds: i64) -> AppResult<bool> {
+    Leased::Mailboxes.renew(db, account_id.into(), Holder::Current, seconds as f64).await
 }
 
-pub async fn release<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<()> {
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE email_accounts SET lease_until = NULL WHERE id = $1",
-        [account_id.into()],
-    ))
-    .await?;
+pub async fn release<C: ConnectionTrait>(db: &C, account_id: AccountId) -> AppResult<()> {
+    Leased::Mailboxes.release(db, account_id.into(), Holder::Current).await?;
     Ok(())
 }
 
@@ -116,9 +98,10 @@ pub async fn record_account_error<C: ConnectionTrait>(
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         format!(
-            "UPDATE email_accounts SET state = {}, last_error = $2, last_error_kind = $3, lease_until = NULL, \
+            "UPDATE email_accounts SET state = {}, last_error = $2, last_error_kind = $3, {}, \
              dispatched_until = NULL, updated_at = now() WHERE id = $1",
-            account_lifecycle::sql_after(AccountEvent::Failed)
+            account_lifecycle::sql_after(AccountEvent::Failed),
+            Leased::Mailboxes.released()
         ),
         [account.id.into(), error.to_string().into(), error.kind().into()],
     ))

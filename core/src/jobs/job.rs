@@ -10,6 +10,7 @@ use crate::observe::webhooks::{self, WebhookOutcome};
 use crate::receive::poll::{self, PollError};
 use crate::send::delivery::{self, Delivery};
 use crate::send::settle;
+use crate::store::ids::{AccountId, GrantId, OutboundMessageId, WebhookEndpointId};
 use crate::store::tenant_wall::JobRoot;
 
 /// The Redis queues, one per kind of job; their names are part of the deployment (`{prefix}:{name}`).
@@ -50,15 +51,15 @@ impl Queue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     /// Poll one inbound mailbox.
-    Poll { account_id: Uuid },
+    Poll { account_id: AccountId },
     /// Send one queued message.
-    Send { message_id: Uuid },
+    Send { message_id: OutboundMessageId },
     /// Look an `unknown` message up in its mailbox's Sent folder.
-    Settle { message_id: Uuid },
+    Settle { message_id: OutboundMessageId },
     /// Refresh one grant whose access token is about to expire.
-    Refresh { grant_id: Uuid },
+    Refresh { grant_id: GrantId },
     /// Make one attempt of a webhook delivery (an event to one endpoint).
-    Webhook { endpoint_id: Uuid, event_id: Uuid },
+    Webhook { endpoint_id: WebhookEndpointId, event_id: Uuid },
 }
 
 /// What came of a job. The word inside is its `outcome` label in `postbridge_worker_jobs_total`.
@@ -219,13 +220,18 @@ mod tests {
 
     #[test]
     fn every_job_names_its_queue_and_root() {
-        let id = Uuid::new_v4();
+        let (account, message, grant, endpoint) =
+            (AccountId::new(), OutboundMessageId::new(), GrantId::new(), WebhookEndpointId::new());
         let cases = [
-            (Job::Poll { account_id: id }, Queue::Poll, JobRoot::Account(id)),
-            (Job::Send { message_id: id }, Queue::Send, JobRoot::OutboundMessage(id)),
-            (Job::Settle { message_id: id }, Queue::Settle, JobRoot::OutboundMessage(id)),
-            (Job::Refresh { grant_id: id }, Queue::Refresh, JobRoot::Grant(id)),
-            (Job::Webhook { endpoint_id: id, event_id: Uuid::new_v4() }, Queue::Webhook, JobRoot::WebhookEndpoint(id)),
+            (Job::Poll { account_id: account }, Queue::Poll, JobRoot::Account(account)),
+            (Job::Send { message_id: message }, Queue::Send, JobRoot::OutboundMessage(message)),
+            (Job::Settle { message_id: message }, Queue::Settle, JobRoot::OutboundMessage(message)),
+            (Job::Refresh { grant_id: grant }, Queue::Refresh, JobRoot::Grant(grant)),
+            (
+                Job::Webhook { endpoint_id: endpoint, event_id: Uuid::new_v4() },
+                Queue::Webhook,
+                JobRoot::WebhookEndpoint(endpoint),
+            ),
         ];
         for (job, queue, root) in cases {
             assert_eq!((job.queue(), job.root()), (queue, root), "{job:?}");

@@ -4,37 +4,39 @@
 //! killed) the row is dispatched again once the grace has passed. The jobs themselves take leases, so a
 //! job dispatched twice still runs once in effect.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TryGetable};
 use uuid::Uuid;
 
 use crate::context::AppContext;
 use crate::error::AppResult;
-use crate::jobs::due;
+use crate::jobs::{due, leases};
+use crate::store::ids::{AccountId, GrantId, OutboundMessageId, WebhookEndpointId};
 
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
 
 /// Runs a claim (`due` says what each selects): `$1` is the grace, `$2` the limit; returns the claimed ids.
-async fn claim(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Uuid>> {
+async fn claim<Id: TryGetable>(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Id>> {
     let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
     let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    rows.iter().map(|r| r.try_get::<Uuid>("", "id").map_err(Into::into)).collect()
+    rows.iter().map(|r| r.try_get::<Id>("", "id").map_err(Into::into)).collect()
 }
 
 /// Inbound accounts due for a poll: enabled, confirmed, not held by a worker.
-pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<AccountId>> {
     let sql = format!(
         "UPDATE email_accounts SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM email_accounts WHERE {} AND (lease_until IS NULL OR lease_until < now()) \
+           SELECT id FROM email_accounts WHERE {} AND {} \
            AND (dispatched_until IS NULL OR dispatched_until < now()) \
            ORDER BY next_poll_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        due::poll()
+        due::poll(),
+        leases::FREE
     );
     claim(ctx, &sql, limit).await
 }
 
 /// Queued messages due for an attempt.
-pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<OutboundMessageId>> {
     let sql = format!(
         "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
@@ -46,7 +48,7 @@ pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid
 
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
 /// backoff has passed. A grant being refreshed holds its row lock, so it is skipped here.
-pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<GrantId>> {
     let sql = format!(
         "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM grants WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
@@ -57,7 +59,7 @@ pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<
 }
 
 /// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.
-pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Vec<Uuid>> {
+pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Vec<OutboundMessageId>> {
     let sql = format!(
         "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
@@ -90,7 +92,7 @@ impl Dispatched {
 
 /// Clears the dispatch marks of rows whose jobs never reached Redis (the push failed), so the next pass sends
 /// them again instead of waiting out the grace.
-pub async fn undispatch(ctx: &AppContext, rows: Dispatched, ids: &[Uuid]) -> AppResult<u64> {
+pub async fn undispatch<Id: serde::Serialize>(ctx: &AppContext, rows: Dispatched, ids: &[Id]) -> AppResult<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -102,7 +104,7 @@ pub async fn undispatch(ctx: &AppContext, rows: Dispatched, ids: &[Uuid]) -> App
 }
 
 /// `undispatch` for webhook deliveries, keyed by `(endpoint_id, event_id)`.
-pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(Uuid, Uuid)]) -> AppResult<u64> {
+pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(WebhookEndpointId, Uuid)]) -> AppResult<u64> {
     if keys.is_empty() {
         return Ok(0);
     }

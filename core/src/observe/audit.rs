@@ -12,6 +12,7 @@ use crate::access::auth::{Principal, TenantScope};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
+use crate::store::ids::TenantId;
 
 use crate::model::SECRET_CHANGED;
 
@@ -65,7 +66,7 @@ impl Changes {
 
 /// One audit entry. `tenant_id` is `None` only for operator actions outside any tenant.
 pub struct Entry<'a> {
-    pub tenant_id: Option<Uuid>,
+    pub tenant_id: Option<TenantId>,
     pub action: &'a str,
     pub resource_type: &'a str,
     pub resource_id: Option<Uuid>,

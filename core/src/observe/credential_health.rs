@@ -21,6 +21,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{ExpiringQuery, GrantStatus, OAuthFlow, Provider, Role};
 use crate::observe::hints::{self, Facts, Problem, Upcoming};
+use crate::store::ids::{AccountId, GrantId, TenantId, TokenConfigId};
 
 /// Microsoft revokes refresh tokens unused for this long.
 pub const MICROSOFT_INACTIVITY_DAYS: i64 = 90;
@@ -74,8 +75,8 @@ pub struct CredentialHealth {
 }
 
 struct ConfigRow {
-    id: Uuid,
-    tenant_id: Uuid,
+    id: TokenConfigId,
+    tenant_id: TenantId,
     tenant_slug: String,
     name: String,
     provider: Provider,
@@ -90,9 +91,9 @@ struct ConfigRow {
 }
 
 struct GrantRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    token_config_id: Uuid,
+    id: GrantId,
+    tenant_id: TenantId,
+    token_config_id: TokenConfigId,
     subject: String,
     status: GrantStatus,
     has_refresh_token: bool,
@@ -102,7 +103,7 @@ struct GrantRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     consented_at: Option<DateTime<Utc>>,
-    account_id: Option<Uuid>,
+    account_id: Option<AccountId>,
 }
 
 fn config_row(row: &QueryResult) -> AppResult<ConfigRow> {
@@ -178,10 +179,10 @@ fn config_item(config: &ConfigRow, now: DateTime<Utc>) -> AppResult<Option<Crede
     };
     Ok(Some(CredentialHealth {
         kind: CredentialKind::TokenConfig,
-        id: config.id,
-        tenant_id: config.tenant_id,
+        id: config.id.into(),
+        tenant_id: config.tenant_id.into(),
         tenant_slug: config.tenant_slug.clone(),
-        token_config_id: config.id,
+        token_config_id: config.id.into(),
         token_config_name: config.name.clone(),
         provider: config.provider,
         subject: None,
@@ -239,14 +240,14 @@ fn grant_item(grant: &GrantRow, config: &ConfigRow, now: DateTime<Utc>) -> AppRe
     let Some((cause, breaks_at, problem)) = found else { return Ok(None) };
     Ok(Some(CredentialHealth {
         kind: CredentialKind::Grant,
-        id: grant.id,
-        tenant_id: grant.tenant_id,
+        id: grant.id.into(),
+        tenant_id: grant.tenant_id.into(),
         tenant_slug: config.tenant_slug.clone(),
-        token_config_id: config.id,
+        token_config_id: config.id.into(),
         token_config_name: config.name.clone(),
         provider: config.provider,
         subject: Some(grant.subject.clone()),
-        account_id: grant.account_id,
+        account_id: grant.account_id.map(Into::into),
         cause,
         broken: dead || config.needs_admin || breaks_at <= now,
         breaks_at,
@@ -301,7 +302,7 @@ async fn collect(ctx: &AppContext, tenant: Option<Uuid>, query: ExpiringQuery) -
         .map(grant_row)
         .collect::<AppResult<Vec<_>>>()?;
 
-    let by_id: HashMap<Uuid, &ConfigRow> = configs.iter().map(|c| (c.id, c)).collect();
+    let by_id: HashMap<TokenConfigId, &ConfigRow> = configs.iter().map(|c| (c.id, c)).collect();
     let mut items = Vec::new();
     for config in &configs {
         items.extend(config_item(config, now)?);
@@ -320,7 +321,7 @@ async fn collect(ctx: &AppContext, tenant: Option<Uuid>, query: ExpiringQuery) -
 /// The tenant's credentials that are broken or break within `within_days` (default 30) — admins and viewers.
 pub async fn for_tenant(ctx: &AppContext, scope: &TenantScope, query: ExpiringQuery) -> AppResult<Vec<CredentialHealth>> {
     require_oversight(&scope.principal)?;
-    collect(ctx, Some(scope.tenant_id), query).await
+    collect(ctx, Some(scope.tenant_id.into()), query).await
 }
 
 /// Every tenant's credentials (operator).

@@ -10,6 +10,7 @@ use crate::access::auth::TenantScope;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
+use crate::store::ids::TenantId;
 
 pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_SENT: &str = "message.sent";
@@ -42,7 +43,7 @@ pub const EVENT_TYPES: &[&str] = &[
 
 pub async fn record<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     event_type: &str,
     resource_type: &str,
     resource_id: Option<Uuid>,
@@ -203,7 +204,7 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<E
 
 /// An event by id within a tenant, without an authorization check: for the live event hub, which only
 /// hands it to subscribers already scoped to that tenant.
-pub async fn load<C: ConnectionTrait>(db: &C, tenant_id: Uuid, id: Uuid) -> Result<Option<Event>, DbErr> {
+pub async fn load<C: ConnectionTrait>(db: &C, tenant_id: TenantId, id: Uuid) -> Result<Option<Event>, DbErr> {
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -228,12 +228,16 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
         // Another tenant's id is indistinguishable from a missing one.
         (Some(own), Some(other)) if own != other => return Err(AppError::not_found("tenant")),
         (Some(own), _) => Some(own),
-        (None, requested) => requested,
+        (None, requested) => requested.map(Into::into),
     };
     let generated_at = Utc::now();
     let tenants = ctx
         .db
-        .query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, TENANTS_SQL, tenants_sql_values(tenant)))
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            TENANTS_SQL,
+            tenants_sql_values(tenant.map(Into::into)),
+        ))
         .await?
         .iter()
         .map(tenant_row)
@@ -255,8 +259,8 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
         .map(|row| {
             let account = email_account::Model::from_query_result(row, "")?;
             Ok(FailingAccount {
-                account_id: account.id,
-                tenant_id: account.tenant_id,
+                account_id: account.id.into(),
+                tenant_id: account.tenant_id.into(),
                 tenant_slug: row.try_get("", "tenant_slug")?,
                 direction: account.direction,
                 protocol: account.protocol,

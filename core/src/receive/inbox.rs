@@ -15,6 +15,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
 use crate::store::entities::{email_account, inbound_message};
+use crate::store::ids::{AccountId, InboundMessageId};
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
@@ -95,7 +96,7 @@ pub fn content_hash(raw: &[u8]) -> String {
 
 /// Fingerprints (Message-ID, content hash) of what an account already holds, to re-match after a
 /// UIDVALIDITY change without storing a message twice.
-pub async fn fingerprints<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<HashSet<(Option<String>, String)>> {
+pub async fn fingerprints<C: ConnectionTrait>(db: &C, account_id: AccountId) -> AppResult<HashSet<(Option<String>, String)>> {
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -212,7 +213,7 @@ async fn record_received<C: ConnectionTrait>(
     }
     let mut values: Vec<Value> = Vec::with_capacity(stored.len() * 5);
     for row in stored {
-        let id: Uuid = row.try_get("", "id")?;
+        let id: InboundMessageId = row.try_get("", "id")?;
         let message_id: Option<String> = row.try_get("", "message_id")?;
         values.extend([
             Uuid::now_v7().into(),
@@ -244,8 +245,8 @@ async fn record_received<C: ConnectionTrait>(
 
 fn view(model: inbound_message::Model) -> InboundMessage {
     InboundMessage {
-        id: model.id,
-        account_id: model.account_id,
+        id: model.id.into(),
+        account_id: model.account_id.into(),
         folder: model.folder,
         uid_validity: model.uid_validity,
         uid: model.uid,
@@ -262,7 +263,12 @@ fn view(model: inbound_message::Model) -> InboundMessage {
 }
 
 /// An account's received messages, newest first.
-pub async fn list(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, page: PageRequest) -> AppResult<Page<InboundMessage>> {
+pub async fn list(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    account_id: AccountId,
+    page: PageRequest,
+) -> AppResult<Page<InboundMessage>> {
     scope.require(Role::Viewer)?;
     accounts::find_visible(ctx, scope, account_id).await?;
     let limit = limit_of(&page)?;
@@ -295,10 +301,10 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, account_id: Uuid, page:
     if let Some(cursor) = page.cursor {
         query = query.filter(inbound_message::Column::Id.lt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, |m| Ok(view(m)))
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), |m| Ok(view(m)))
 }
 
-async fn find(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<inbound_message::Model> {
+async fn find(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> AppResult<inbound_message::Model> {
     scope.require(Role::Viewer)?;
     let model = find_in_tenant::<inbound_message::Entity, _>(&ctx.db, scope.tenant_id, id).await?;
     // Members see only their own accounts' mail.
@@ -306,12 +312,12 @@ async fn find(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<inbo
     Ok(model)
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<InboundMessage> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> AppResult<InboundMessage> {
     Ok(view(find(ctx, scope, id).await?))
 }
 
 /// The message exactly as received (RFC 5322 bytes).
-pub async fn raw(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Vec<u8>> {
+pub async fn raw(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> AppResult<Vec<u8>> {
     Ok(find(ctx, scope, id).await?.raw)
 }
 

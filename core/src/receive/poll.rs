@@ -7,18 +7,19 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
-use uuid::Uuid;
 
 use super::inbox::{self, Fetched};
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::failure::MailStep;
+use crate::jobs::leases::Leased;
 use crate::model::{AfterFetch, Protocol};
 use crate::protocols::error::{MailError, Timeouts};
 use crate::protocols::imap::{ImapSession, MessageSize};
 use crate::protocols::pop3::{Limited, Pop3Session};
 use crate::store::entities::email_account;
+use crate::store::ids::AccountId;
 
 /// Messages fetched and committed per round trip.
 const BATCH: usize = 1_000;
@@ -70,7 +71,7 @@ impl From<sea_orm::DbErr> for PollError {
 }
 
 /// Polls one inbound account now (the scheduler calls this when it is due).
-pub async fn poll_account(ctx: &AppContext, account_id: Uuid) -> Result<PollReport, PollError> {
+pub async fn poll_account(ctx: &AppContext, account_id: AccountId) -> Result<PollReport, PollError> {
     let Some(account) = mailbox::lease(&ctx.db, account_id, LEASE_SECONDS).await? else {
         return Ok(PollReport::default());
     };
@@ -309,7 +310,7 @@ fn header_of(raw: &[u8]) -> &[u8] {
 }
 async fn save_position<C: ConnectionTrait>(
     db: &C,
-    account_id: Uuid,
+    account_id: AccountId,
     folder: &str,
     uid_validity: i64,
     last_uid: i64,
@@ -445,7 +446,7 @@ async fn store_pop3(
 }
 
 /// The number the account's next POP3 message gets (its stand-in for a UID).
-async fn next_pop3_number<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppResult<i64> {
+async fn next_pop3_number<C: ConnectionTrait>(db: &C, account_id: AccountId) -> AppResult<i64> {
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -459,37 +460,25 @@ async fn next_pop3_number<C: ConnectionTrait>(db: &C, account_id: Uuid) -> AppRe
 /// Schedules the next poll, records the outcome and frees the mailbox.
 async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Result<PollReport, PollError>) -> AppResult<()> {
     let interval = i64::from(account.poll_interval_seconds.unwrap_or(60));
-    match result {
-        Ok(_) => {
-            ctx.db
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, last_polled_at = now(), poll_failures = 0, last_error = NULL, \
-                     last_error_kind = NULL, next_poll_at = now() + make_interval(secs => $2) WHERE id = $1",
-                    [account.id.into(), (interval as f64).into()],
-                ))
-                .await?;
-        }
-        Err(PollError::Mail(e)) if e.is_auth_failure() => mailbox::record_account_error(&ctx.db, account, e).await?,
+    let (outcome, values): (&str, Vec<sea_orm::Value>) = match result {
+        Ok(_) => (
+            "last_polled_at = now(), poll_failures = 0, last_error = NULL, last_error_kind = NULL, \
+             next_poll_at = now() + make_interval(secs => $2)",
+            vec![account.id.into(), (interval as f64).into()],
+        ),
+        Err(PollError::Mail(e)) if e.is_auth_failure() => return mailbox::record_account_error(&ctx.db, account, e).await,
         Err(e) => {
             let failures = account.poll_failures.saturating_add(1);
             let jittered = crate::jobs::backoff::mailbox_poll(interval).seconds(failures);
-            ctx.db
-                .execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "UPDATE email_accounts SET lease_until = NULL, dispatched_until = NULL, poll_failures = $2, last_error = $3, \
-                     last_error_kind = $4, next_poll_at = $5 WHERE id = $1",
-                    [
-                        account.id.into(),
-                        failures.into(),
-                        e.to_string().into(),
-                        e.failure_kind().into(),
-                        (Utc::now() + chrono::Duration::seconds(jittered)).into(),
-                    ],
-                ))
-                .await?;
+            let next_poll_at = Utc::now() + chrono::Duration::seconds(jittered);
+            let values =
+                vec![account.id.into(), failures.into(), e.to_string().into(), e.failure_kind().into(), next_poll_at.into()];
+            ("poll_failures = $2, last_error = $3, last_error_kind = $4, next_poll_at = $5", values)
         }
-    }
+    };
+    let released = Leased::Mailboxes.released();
+    let sql = format!("UPDATE email_accounts SET {released}, dispatched_until = NULL, {outcome} WHERE id = $1");
+    ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     Ok(())
 }
 

@@ -12,13 +12,14 @@ use rand::RngCore;
 use uuid::Uuid;
 
 use crate::config::EncryptionSettings;
+use crate::store::ids::TenantId;
 
 const NONCE_LEN: usize = 12;
 
 /// Where a secret lives; it is the associated data of its ciphertext.
 #[derive(Clone, Copy, Debug)]
 pub struct SecretLocation<'a> {
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     pub table: &'a str,
     pub column: &'a str,
     pub row_id: Uuid,
@@ -106,7 +107,7 @@ mod tests {
     }
 
     fn location(row_id: Uuid) -> SecretLocation<'static> {
-        SecretLocation { tenant_id: Uuid::from_u128(1), table: "email_accounts", column: "password", row_id }
+        SecretLocation { tenant_id: TenantId::from(Uuid::from_u128(1)), table: "email_accounts", column: "password", row_id }
     }
 
     #[test]
@@ -127,7 +128,7 @@ mod tests {
         assert_eq!(cipher.decrypt(location(Uuid::from_u128(10)), &stored), Err(CryptoError::Authentication));
         let other_column = SecretLocation { column: "client_secret", ..location(Uuid::from_u128(9)) };
         assert_eq!(cipher.decrypt(other_column, &stored), Err(CryptoError::Authentication));
-        let other_tenant = SecretLocation { tenant_id: Uuid::from_u128(2), ..location(Uuid::from_u128(9)) };
+        let other_tenant = SecretLocation { tenant_id: TenantId::from(Uuid::from_u128(2)), ..location(Uuid::from_u128(9)) };
         assert_eq!(cipher.decrypt(other_tenant, &stored), Err(CryptoError::Authentication));
     }
 

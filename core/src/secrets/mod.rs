@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::secrets::crypto::{Cipher, CryptoError, SecretLocation};
+use crate::store::ids::TenantId;
 
 /// A text column whose values are sealed by `Cipher`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,17 +57,25 @@ impl From<SecretError> for AppError {
 
 impl SealedColumn {
     /// The place a value of this column is bound to.
-    pub fn location(self, tenant_id: Uuid, row_id: Uuid) -> SecretLocation<'static> {
-        SecretLocation { tenant_id, table: self.table, column: self.column, row_id }
+    pub fn location(self, tenant_id: TenantId, row_id: impl Into<Uuid>) -> SecretLocation<'static> {
+        SecretLocation { tenant_id, table: self.table, column: self.column, row_id: row_id.into() }
     }
 
     /// Seals `plain` for this column of row `row_id`.
-    pub fn seal(self, cipher: &Cipher, tenant_id: Uuid, row_id: Uuid, plain: &str) -> Result<String, SecretError> {
+    pub fn seal(self, cipher: &Cipher, tenant_id: TenantId, row_id: impl Into<Uuid>, plain: &str) -> Result<String, SecretError> {
+        let row_id = row_id.into();
         cipher.encrypt(self.location(tenant_id, row_id), plain).map_err(|source| self.error("sealing", row_id, source))
     }
 
     /// Opens a value stored in this column of row `row_id`.
-    pub fn open(self, cipher: &Cipher, tenant_id: Uuid, row_id: Uuid, stored: &str) -> Result<String, SecretError> {
+    pub fn open(
+        self,
+        cipher: &Cipher,
+        tenant_id: TenantId,
+        row_id: impl Into<Uuid>,
+        stored: &str,
+    ) -> Result<String, SecretError> {
+        let row_id = row_id.into();
         cipher.decrypt(self.location(tenant_id, row_id), stored).map_err(|source| self.error("opening", row_id, source))
     }
 

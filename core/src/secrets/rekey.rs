@@ -6,6 +6,7 @@ use uuid::Uuid;
 use crate::context::AppContext;
 use crate::secrets::crypto::Cipher;
 use crate::secrets::{self, SealedColumn};
+use crate::store::ids::TenantId;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RekeyReport {
@@ -38,7 +39,7 @@ pub async fn reencrypt_all(ctx: &AppContext) -> anyhow::Result<RekeyReport> {
             }
             for row in rows {
                 let id: Uuid = row.try_get("", "id")?;
-                let tenant_id: Uuid = row.try_get("", "tenant_id")?;
+                let tenant_id: TenantId = row.try_get("", "tenant_id")?;
                 let stored: String = row.try_get("", "secret")?;
                 after = id;
                 let location = sealed.location(tenant_id, id);

@@ -17,11 +17,13 @@ use crate::connect::grants;
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
 use crate::error::AppResult;
+use crate::jobs::leases::{self, Holder, Leased};
 use crate::model::OutboundStatus;
 use crate::observe::events;
 use crate::protocols::error::MailError;
 use crate::protocols::smtp::{SendError, SendOutcome};
 use crate::store::entities::{email_account, outbound_message};
+use crate::store::ids::OutboundMessageId;
 
 /// Attempts before a message that keeps failing temporarily is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
@@ -45,20 +47,23 @@ pub enum Delivery {
 /// One job's hold on a message: only the holder of `token` may hand it to the server or record its outcome.
 #[derive(Clone, Copy, Debug)]
 struct Lease {
-    message_id: Uuid,
+    message_id: OutboundMessageId,
     token: Uuid,
 }
 
 /// Takes a due message for this worker.
-async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<(outbound_message::Model, Lease)>> {
+async fn lease(ctx: &AppContext, message_id: OutboundMessageId) -> AppResult<Option<(outbound_message::Model, Lease)>> {
     let token = Uuid::new_v4();
     let row = ctx
         .db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = $5, attempts = attempts + 1, \
-             lease_until = now() + make_interval(secs => $2), lease_token = $3, leased_by = $4, handed_at = NULL, \
-             updated_at = now() WHERE id = $1 AND status = $6 AND next_attempt_at <= now() RETURNING *",
+            // A queued message is free by its status: taking it makes it `sending`, which no one else takes.
+            format!(
+                "UPDATE outbound_messages SET status = $5, attempts = attempts + 1, {}, lease_token = $3, leased_by = $4, \
+                 handed_at = NULL, updated_at = now() WHERE id = $1 AND status = $6 AND next_attempt_at <= now() RETURNING *",
+                Leased::hold_for(2)
+            ),
             [
                 message_id.into(),
                 LEASE_SECONDS.into(),
@@ -75,16 +80,7 @@ async fn lease(ctx: &AppContext, message_id: Uuid) -> AppResult<Option<(outbound
 
 /// Extends the lease while its delivery runs; false when the lease is no longer ours.
 async fn renew_lease(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
-    let renewed = ctx
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE outbound_messages SET lease_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND lease_token = $2 AND status = $4",
-            [lease.message_id.into(), lease.token.into(), LEASE_SECONDS.into(), OutboundStatus::Sending.into()],
-        ))
-        .await?;
-    Ok(renewed.rows_affected() == 1)
+    Leased::Messages.renew(&ctx.db, lease.message_id.into(), Holder::Token(lease.token), LEASE_SECONDS).await
 }
 
 /// Written just before the content goes to the server; false (send nothing) when the lease is lost.
@@ -110,9 +106,10 @@ async fn requeue_unsent(
     retry_in_seconds: f64,
 ) -> AppResult<u64> {
     let sql = format!(
-        "UPDATE outbound_messages SET status = ${queued}, attempts = greatest(attempts - 1, 0), lease_until = NULL, \
-         lease_token = NULL, leased_by = NULL, dispatched_until = NULL, last_error = ${why}, updated_at = now(), \
+        "UPDATE outbound_messages SET status = ${queued}, attempts = greatest(attempts - 1, 0), {released}, \
+         dispatched_until = NULL, last_error = ${why}, updated_at = now(), \
          next_attempt_at = now() + make_interval(secs => ${retry}) WHERE {sending} AND handed_at IS NULL AND {which}",
+        released = Leased::Messages.released(),
         why = values.len() + 1,
         retry = values.len() + 2,
         queued = values.len() + 3,
@@ -152,10 +149,13 @@ async fn set_outcome<C: ConnectionTrait>(
     let written = db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
-             next_attempt_at = COALESCE($6, next_attempt_at), lease_until = NULL, lease_token = NULL, leased_by = NULL, \
-             handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
-             sent_at = CASE WHEN $8 THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
+            format!(
+                "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
+                 next_attempt_at = COALESCE($6, next_attempt_at), {}, \
+                 handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
+                 sent_at = CASE WHEN $8 THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
+                Leased::Messages.released()
+            ),
             [
                 lease.message_id.into(),
                 lease.token.into(),
@@ -176,12 +176,10 @@ async fn set_outcome<C: ConnectionTrait>(
 
 /// Sends one queued message (the worker's job). The lease is renewed while it runs; an error before the content
 /// reached the server gives the message back to the queue at once.
-pub async fn deliver(ctx: &AppContext, message_id: Uuid) -> AppResult<Delivery> {
+pub async fn deliver(ctx: &AppContext, message_id: OutboundMessageId) -> AppResult<Delivery> {
     let Some((message, lease)) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
-    let outcome = crate::jobs::leases::renewing("send", LEASE_RENEW_EVERY, deliver_leased(ctx, &message, lease), || {
-        renew_lease(ctx, lease)
-    })
-    .await;
+    let outcome =
+        leases::renewing("send", LEASE_RENEW_EVERY, deliver_leased(ctx, &message, lease), || renew_lease(ctx, lease)).await;
     if let Err(e) = &outcome {
         match release_unsent(ctx, lease, &format!("interrupted before reaching the mail server: {e}")).await {
             Ok(true) => tracing::warn!(%message_id, error = %e, "delivery interrupted before sending; queued again"),
@@ -205,9 +203,11 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
         ctx.db
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE outbound_messages SET status = $4, attempts = attempts - 1, lease_until = NULL, lease_token = NULL, \
-                 leased_by = NULL, dispatched_until = NULL, next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
-                 WHERE id = $1 AND lease_token = $2",
+                format!(
+                    "UPDATE outbound_messages SET status = $4, attempts = attempts - 1, {}, dispatched_until = NULL, \
+                     next_attempt_at = now() + make_interval(secs => $3), updated_at = now() WHERE id = $1 AND lease_token = $2",
+                    Leased::Messages.released()
+                ),
                 [message.id.into(), lease.token.into(), wait.into(), OutboundStatus::Queued.into()],
             ))
             .await?;
@@ -227,7 +227,7 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
                         message.tenant_id,
                         events::MESSAGE_SENT,
                         "message",
-                        Some(message.id),
+                        Some(message.id.into()),
                         json!({"message_id": message.message_id}),
                     )
                     .await?;
@@ -319,8 +319,15 @@ async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease,
     let txn = ctx.db.begin().await?;
     let recorded = set_outcome(&txn, lease, OutboundStatus::Failed, Some(error), None, None).await?;
     if recorded {
-        events::record(&txn, message.tenant_id, events::MESSAGE_FAILED, "message", Some(message.id), json!({"error": error}))
-            .await?;
+        events::record(
+            &txn,
+            message.tenant_id,
+            events::MESSAGE_FAILED,
+            "message",
+            Some(message.id.into()),
+            json!({"error": error}),
+        )
+        .await?;
     }
     txn.commit().await?;
     if !recorded {
@@ -393,16 +400,17 @@ pub struct Abandoned {
 /// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
 /// back to the queue; the others become `unknown`, since the server may have accepted them.
 pub async fn reclaim_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
-    let requeued = requeue_unsent(ctx, "lease_until < now()", vec![], STOPPED_BEFORE_HANDING, 0.0).await?;
+    let requeued = requeue_unsent(ctx, leases::EXPIRED, vec![], STOPPED_BEFORE_HANDING, 0.0).await?;
     let unknown = ctx
         .db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             format!(
-                "UPDATE outbound_messages SET status = $1, lease_until = NULL, lease_token = NULL, leased_by = NULL, \
-                 updated_at = now(), last_error = 'the worker stopped while delivering; the server may have accepted it' \
-                 WHERE {} AND lease_until < now()",
-                crate::jobs::due::sending()
+                "UPDATE outbound_messages SET status = $1, {}, updated_at = now(), \
+                 last_error = 'the worker stopped while delivering; the server may have accepted it' WHERE {} AND {}",
+                Leased::Messages.released(),
+                crate::jobs::due::sending(),
+                leases::EXPIRED
             ),
             [OutboundStatus::Unknown.into()],
         ))

@@ -15,6 +15,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{OutboundStatus, Page, PageRequest, Role, RoutedBy};
 use crate::protocols::compose::{self, Attachment, Mailbox, OutgoingMessage};
 use crate::store::entities::outbound_message;
+use crate::store::ids::{OutboundMessageId, TenantId};
 use crate::store::is_unique_violation;
 use crate::store::json::StringList;
 use crate::store::limit_of;
@@ -86,11 +87,11 @@ pub struct OutboundMessage {
 
 pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage> {
     Ok(OutboundMessage {
-        id: model.id,
-        tenant_id: model.tenant_id,
+        id: model.id.into(),
+        tenant_id: model.tenant_id.into(),
         idempotency_key: model.idempotency_key,
         requested_from: model.requested_from,
-        account_id: model.account_id,
+        account_id: model.account_id.map(Into::into),
         routed_by: model.routed_by,
         recipients: model.recipients.0,
         subject: model.subject,
@@ -114,7 +115,7 @@ fn mailboxes(field: &str, values: &[String]) -> AppResult<Vec<Mailbox>> {
     values.iter().enumerate().map(|(i, v)| routing::parse_mailbox(&format!("{field}[{i}]"), v).map(|m| to_compose(&m))).collect()
 }
 
-async fn find_by_key(ctx: &AppContext, tenant_id: Uuid, key: &str) -> AppResult<Option<outbound_message::Model>> {
+async fn find_by_key(ctx: &AppContext, tenant_id: TenantId, key: &str) -> AppResult<Option<outbound_message::Model>> {
     Ok(outbound_message::Entity::in_tenant(tenant_id)
         .filter(outbound_message::Column::IdempotencyKey.eq(key))
         .one(&ctx.db)
@@ -231,7 +232,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
     }
     let now = Utc::now();
     let row = outbound_message::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(OutboundMessageId::new()),
         tenant_id: Set(scope.tenant_id),
         idempotency_key: Set(key.clone()),
         requested_from: Set(requested.to_string()),
@@ -272,7 +273,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
     }
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<OutboundMessage> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId) -> AppResult<OutboundMessage> {
     scope.require(Role::Viewer)?;
     let model = outbound_message::Entity::in_tenant(scope.tenant_id)
         .filter(outbound_message::Column::Id.eq(id))
@@ -291,5 +292,5 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(outbound_message::Column::Id.lt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
 }

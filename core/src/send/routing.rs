@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::error::{AppError, AppResult};
 use crate::model::{AccountState, Direction, RoutedBy};
 use crate::store::entities::email_account;
+use crate::store::ids::TenantId;
 use crate::store::tenant_owned::TenantOwned;
 use crate::validate;
 use async_graphql::SimpleObject;
@@ -78,7 +79,7 @@ impl Route {
             None => "the fallback sender is used (it sends as this very address)".to_owned(),
         });
         RouteExplanation {
-            account_id: shown.then_some(self.account.id),
+            account_id: shown.then_some(self.account.id.into()),
             routed_by: self.routed_by,
             effective_from: self.from.to_string(),
             reply_to: self.reply_to.as_ref().map(|m| m.to_string()),
@@ -116,7 +117,7 @@ fn sender_address(account: &email_account::Model) -> Option<String> {
         .map(str::to_lowercase)
 }
 
-pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: Uuid, from: &Mailbox) -> AppResult<Route> {
+pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: TenantId, from: &Mailbox) -> AppResult<Route> {
     let address = from.email.to_string().to_lowercase();
     let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
     let accounts: Vec<email_account::Model> = email_account::Entity::in_tenant(tenant_id)
@@ -178,7 +179,7 @@ pub async fn explain(
 /// which cannot send now: the usual answer to "why did my mail go out from the fallback?".
 async fn skipped_senders<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Uuid,
+    tenant_id: TenantId,
     from: &Mailbox,
     visible: &(dyn Fn(&email_account::Model) -> bool + Sync),
 ) -> AppResult<Vec<SkippedSender>> {
@@ -203,7 +204,14 @@ async fn skipped_senders<C: ConnectionTrait>(
                     _ => format!("{state}: only authorized or confirmed accounts send"),
                 }
             };
-            Ok(SkippedSender { account_id: a.id, login: a.login, from_filter: a.from_filter, state, enabled: a.enabled, reason })
+            Ok(SkippedSender {
+                account_id: a.id.into(),
+                login: a.login,
+                from_filter: a.from_filter,
+                state,
+                enabled: a.enabled,
+                reason,
+            })
         })
         .collect()
 }

@@ -4,7 +4,6 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement, TransactionTrait};
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
@@ -13,6 +12,7 @@ use crate::model::{Direction, OutboundStatus, Protocol};
 use crate::observe::events;
 use crate::protocols::error::MailError;
 use crate::store::entities::{email_account, outbound_message};
+use crate::store::ids::OutboundMessageId;
 
 const SENT_FOLDERS: &[&str] = &["Sent", "Sent Items", "Sent Messages", "[Gmail]/Sent Mail", "INBOX.Sent"];
 
@@ -35,7 +35,7 @@ pub enum Settlement {
 
 /// Looks `unknown` messages (older than a minute, so the server had time to file them) up in the Sent folder of
 /// the mailbox's IMAP account. Each is checked once; a connection failure leaves it for the next round.
-pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement)>> {
+pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(OutboundMessageId, Settlement)>> {
     let rows = ctx
         .db
         .query_all_raw(Statement::from_string(
@@ -45,7 +45,7 @@ pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement
         .await?;
     let mut settled = Vec::new();
     for row in rows {
-        let id: Uuid = row.try_get("", "id")?;
+        let id: OutboundMessageId = row.try_get("", "id")?;
         match settle_unknown_message(ctx, id).await {
             Ok(Some(outcome)) => settled.push((id, outcome)),
             Ok(None) => {}
@@ -57,7 +57,7 @@ pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(Uuid, Settlement
 
 /// Settles one `unknown` message (the worker's settle job): `None` when the mailbox was busy or unreachable, so a
 /// later dispatch tries again.
-pub async fn settle_unknown_message(ctx: &AppContext, id: Uuid) -> AppResult<Option<Settlement>> {
+pub async fn settle_unknown_message(ctx: &AppContext, id: OutboundMessageId) -> AppResult<Option<Settlement>> {
     match settle_one(ctx, id).await {
         Ok(outcome) => Ok(Some(outcome)),
         Err(SettleError::App(e)) => Err(e),
@@ -68,7 +68,7 @@ pub async fn settle_unknown_message(ctx: &AppContext, id: Uuid) -> AppResult<Opt
     }
 }
 
-async fn settle_one(ctx: &AppContext, id: Uuid) -> Result<Settlement, SettleError> {
+async fn settle_one(ctx: &AppContext, id: OutboundMessageId) -> Result<Settlement, SettleError> {
     let message = outbound_message::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(SettleError::Gone)?;
     let sender = match message.account_id {
         Some(account_id) => email_account::Entity::find_by_id(account_id).one(&ctx.db).await?,
@@ -181,7 +181,7 @@ async fn record_settlement(
             message.tenant_id,
             events::MESSAGE_SENT,
             "message",
-            Some(message.id),
+            Some(message.id.into()),
             json!({"message_id": message.message_id, "settled": "sent_folder"}),
         )
         .await?;

@@ -2,6 +2,7 @@
 //! every flow's queries share (pages, constraint violations).
 
 pub mod entities;
+pub mod ids;
 pub mod json;
 pub mod tenant_owned;
 pub mod tenant_wall;

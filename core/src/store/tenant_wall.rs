@@ -12,6 +12,7 @@
 //! owner up operator-wide, and the job itself runs under [`in_tenant`]. Operator-wide work (authentication itself,
 //! the ops views, the scheduler's claims, the background loops) runs in [`DbScope::System`] explicitly.
 
+use crate::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, WebhookEndpointId};
 use std::cell::Cell;
 use std::future::Future;
 
@@ -34,8 +35,8 @@ tokio::task_local! {
 }
 
 /// Runs `work` seeing only `tenant_id`'s rows.
-pub async fn in_tenant<F: Future>(tenant_id: Uuid, work: F) -> F::Output {
-    SCOPE.scope(Cell::new(DbScope::Tenant(tenant_id)), work).await
+pub async fn in_tenant<F: Future>(tenant_id: TenantId, work: F) -> F::Output {
+    SCOPE.scope(Cell::new(DbScope::Tenant(tenant_id.into())), work).await
 }
 
 /// Runs `work` operator-wide (the explicit path for cross-tenant reads and writes).
@@ -50,8 +51,8 @@ pub async fn request<F: Future>(work: F) -> F::Output {
 
 /// Narrows the current request to one tenant for the rest of it. Outside a request or explicit scope it does
 /// nothing (there is nothing to narrow).
-pub fn narrow_request(tenant_id: Uuid) {
-    let _ = SCOPE.try_with(|scope| scope.set(DbScope::Tenant(tenant_id)));
+pub fn narrow_request(tenant_id: TenantId) {
+    let _ = SCOPE.try_with(|scope| scope.set(DbScope::Tenant(tenant_id.into())));
 }
 
 /// The current task's scope. Tasks outside any scope (background loops, the scheduler) are operator-wide: they
@@ -63,31 +64,31 @@ pub fn current() -> DbScope {
 /// The row a worker job carries the id of; the job runs in the scope of the tenant owning that row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobRoot {
-    Account(Uuid),
-    OutboundMessage(Uuid),
-    WebhookEndpoint(Uuid),
-    Grant(Uuid),
+    Account(AccountId),
+    OutboundMessage(OutboundMessageId),
+    WebhookEndpoint(WebhookEndpointId),
+    Grant(GrantId),
 }
 
 impl JobRoot {
     /// The query finding the row's tenant. Table names are fixed here, never taken from input.
-    fn tenant_query(self) -> (&'static str, Uuid) {
+    fn tenant_query(self) -> (&'static str, sea_orm::Value) {
         match self {
-            JobRoot::Account(id) => ("SELECT tenant_id FROM email_accounts WHERE id = $1", id),
-            JobRoot::OutboundMessage(id) => ("SELECT tenant_id FROM outbound_messages WHERE id = $1", id),
-            JobRoot::WebhookEndpoint(id) => ("SELECT tenant_id FROM webhook_endpoints WHERE id = $1", id),
-            JobRoot::Grant(id) => ("SELECT tenant_id FROM grants WHERE id = $1", id),
+            JobRoot::Account(id) => ("SELECT tenant_id FROM email_accounts WHERE id = $1", id.into()),
+            JobRoot::OutboundMessage(id) => ("SELECT tenant_id FROM outbound_messages WHERE id = $1", id.into()),
+            JobRoot::WebhookEndpoint(id) => ("SELECT tenant_id FROM webhook_endpoints WHERE id = $1", id.into()),
+            JobRoot::Grant(id) => ("SELECT tenant_id FROM grants WHERE id = $1", id.into()),
         }
     }
 }
 
 /// The tenant owning a job's row, looked up operator-wide; `None` when the row is gone (the job has nothing left
 /// to do).
-pub async fn tenant_of(db: &DatabaseConnection, root: JobRoot) -> Result<Option<Uuid>, DbErr> {
+pub async fn tenant_of(db: &DatabaseConnection, root: JobRoot) -> Result<Option<TenantId>, DbErr> {
     let (sql, id) = root.tenant_query();
-    let statement = Statement::from_sql_and_values(db.get_database_backend(), sql, [id.into()]);
+    let statement = Statement::from_sql_and_values(db.get_database_backend(), sql, [id]);
     let row = system(db.query_one_raw(statement)).await?;
-    row.map(|row| row.try_get::<Uuid>("", "tenant_id")).transpose()
+    row.map(|row| row.try_get::<TenantId>("", "tenant_id")).transpose()
 }
 
 /// The `set_config` values for a scope: (`postbridge.scope`, `postbridge.tenant`).

@@ -13,6 +13,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{AccountState, AfterFetch, AuthMethod, Direction, Page, PageRequest, Protocol, Role, SecretInput, Security};
 use crate::observe::audit;
 use crate::store::entities::email_account;
+use crate::store::ids::AccountId;
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::store::tenant_owned::TenantOwned;
@@ -142,8 +143,8 @@ pub const SEND_RATE_RANGE: std::ops::RangeInclusive<i32> = 0..=100_000;
 pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
     let problem = crate::observe::hints::for_account(&model);
     Ok(Account {
-        id: model.id,
-        tenant_id: model.tenant_id,
+        id: model.id.into(),
+        tenant_id: model.tenant_id.into(),
         name: model.name,
         direction: model.direction,
         protocol: model.protocol,
@@ -153,8 +154,8 @@ pub(crate) fn view(model: email_account::Model) -> AppResult<Account> {
         auth: model.auth_method,
         login: model.login,
         password_set: model.password.is_some(),
-        token_config_id: model.token_config_id,
-        grant_id: model.grant_id,
+        token_config_id: model.token_config_id.map(Into::into),
+        grant_id: model.grant_id.map(Into::into),
         state: model.state,
         last_error: model.last_error,
         problem,
@@ -183,7 +184,7 @@ fn visible(scope: &TenantScope) -> Select<email_account::Entity> {
     }
 }
 
-pub(crate) async fn find_visible(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<email_account::Model> {
+pub(crate) async fn find_visible(ctx: &AppContext, scope: &TenantScope, id: AccountId) -> AppResult<email_account::Model> {
     visible(scope).filter(email_account::Column::Id.eq(id)).one(&ctx.db).await?.ok_or(AppError::not_found("account"))
 }
 
@@ -226,13 +227,13 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         from_filter_changed: true,
     };
     check_spec(ctx, scope, &mut spec).await?;
-    let id = Uuid::now_v7();
+    let id = AccountId::new();
     let password = match spec.password {
         PasswordChange::Set(p) if spec.auth == AuthMethod::Password => Some(encrypt_password(ctx, scope.tenant_id, id, p)?),
         _ => None,
     };
     let now = Utc::now();
-    let grant_id = existing_grant(ctx, scope, spec.auth, spec.token_config_id, &spec.login).await?;
+    let grant_id = existing_grant(ctx, scope, spec.auth, spec.token_config_id.map(Into::into), &spec.login).await?;
     let state = AccountState::Draft.after(AccountEvent::Saved {
         enabled: spec.enabled,
         has_grant: grant_id.is_some(),
@@ -250,8 +251,8 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateAccount)
         auth_method: Set(spec.auth),
         login: Set(spec.login),
         password: Set(password),
-        token_config_id: Set(spec.token_config_id),
-        grant_id: Set(grant_id),
+        token_config_id: Set(spec.token_config_id.map(Into::into)),
+        grant_id: Set(grant_id.map(Into::into)),
         state: Set(state),
         last_error: Set(None),
         last_error_kind: Set(None),
@@ -281,10 +282,10 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(email_account::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Account> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: AccountId) -> AppResult<Account> {
     scope.require(Role::Viewer)?;
     view(find_visible(ctx, scope, id).await?)
 }
@@ -297,7 +298,7 @@ fn merge<T>(patch: MaybeUndefined<T>, current: Option<T>) -> Option<T> {
     }
 }
 
-pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateAccount) -> AppResult<Account> {
+pub async fn update(ctx: &AppContext, scope: &TenantScope, id: AccountId, input: UpdateAccount) -> AppResult<Account> {
     // Look up first: an id the caller cannot see answers 404 whatever the caller's role.
     let model = find_visible(ctx, scope, id).await?;
     let changes = audit::Changes::of(&input)
@@ -378,7 +379,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     let grant_id = if identity_changed {
         // Another mailbox or configuration: an earlier admin approval does not carry over to it.
         active.app_grant_approved = Set(may_approve_app_grants(scope));
-        existing_grant(ctx, scope, spec.auth, spec.token_config_id, &spec.login).await?
+        existing_grant(ctx, scope, spec.auth, spec.token_config_id.map(Into::into), &spec.login).await?
     } else {
         current.grant_id
     };
@@ -388,7 +389,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
         has_grant: grant_id.is_some(),
         connection_changed: credentials_or_server_changed,
     });
-    active.grant_id = Set(grant_id);
+    active.grant_id = Set(grant_id.map(Into::into));
     if state != current.state {
         active.state = Set(state);
         active.last_error = Set(None);
@@ -400,7 +401,7 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     active.security = Set(security);
     active.auth_method = Set(spec.auth);
     active.login = Set(spec.login);
-    active.token_config_id = Set(spec.token_config_id);
+    active.token_config_id = Set(spec.token_config_id.map(Into::into));
     active.enabled = Set(spec.enabled);
     active.from_filter = Set(spec.from_filter);
     active.is_default = Set(spec.is_default);
@@ -414,12 +415,12 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     view(save(ctx, scope, active, false, changes).await?)
 }
 
-pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: AccountId) -> AppResult<()> {
     let model = find_visible(ctx, scope, id).await?;
     scope.require(Role::Member)?;
     let txn = ctx.db.begin().await?;
     email_account::Entity::delete_in_tenant(scope.tenant_id).filter(email_account::Column::Id.eq(model.id)).exec(&txn).await?;
-    audit::record_in_tenant(&txn, scope, "account.deleted", model.id, audit::Changes::new()).await?;
+    audit::record_in_tenant(&txn, scope, "account.deleted", model.id.into(), audit::Changes::new()).await?;
     txn.commit().await?;
     Ok(())
 }

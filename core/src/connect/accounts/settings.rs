@@ -17,6 +17,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{AfterFetch, AuthMethod, Direction, GrantStatus, Protocol, Role, Security};
 use crate::observe::audit;
 use crate::store::entities::{email_account, grant};
+use crate::store::ids::{AccountId, TenantId, TokenConfigId};
 use crate::store::is_unique_violation;
 use crate::store::tenant_owned::TenantOwned;
 use crate::{secrets, validate};
@@ -102,7 +103,7 @@ pub(super) async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut
                 return Err(AppError::validation("password", "not_applicable", "an oauth2 account takes no password"));
             }
             // Another tenant's configuration is indistinguishable from a missing one.
-            let config = token_configs::find(ctx, scope.tenant_id, id).await.map_err(|e| match e {
+            let config = token_configs::find(ctx, scope.tenant_id, id.into()).await.map_err(|e| match e {
                 AppError::NotFound { .. } => {
                     AppError::validation("token_config_id", "unknown_token_config", "no such token configuration")
                 }
@@ -230,7 +231,7 @@ pub(super) async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut
     Ok(())
 }
 
-pub(super) fn encrypt_password(ctx: &AppContext, tenant_id: Uuid, id: Uuid, password: &str) -> AppResult<String> {
+pub(super) fn encrypt_password(ctx: &AppContext, tenant_id: TenantId, id: AccountId, password: &str) -> AppResult<String> {
     Ok(secrets::ACCOUNT_PASSWORD.seal(&ctx.cipher, tenant_id, id, password)?)
 }
 
@@ -241,7 +242,7 @@ pub(super) async fn existing_grant(
     ctx: &AppContext,
     scope: &TenantScope,
     auth: AuthMethod,
-    config_id: Option<Uuid>,
+    config_id: Option<TokenConfigId>,
     login: &str,
 ) -> AppResult<Option<Uuid>> {
     let (AuthMethod::Oauth2, Some(config_id)) = (auth, config_id) else { return Ok(None) };
@@ -255,7 +256,7 @@ pub(super) async fn existing_grant(
             .filter(grant::Column::Subject.eq(login.to_lowercase()))
             .filter(grant::Column::ConnectedBy.eq(scope.principal.subject.clone()))
     };
-    Ok(query.one(&ctx.db).await?.map(|g| g.id))
+    Ok((query.one(&ctx.db).await?.map(|g| g.id)).map(Into::into))
 }
 
 /// Admins (and operators acting in the tenant) decide which accounts use shared grants.
@@ -316,7 +317,7 @@ pub(super) async fn save(
         Err(e) => return Err(e.into()),
     };
     let action = if insert { "account.created" } else { "account.updated" };
-    audit::record_in_tenant(&txn, scope, action, id, changes).await?;
+    audit::record_in_tenant(&txn, scope, action, id.into(), changes).await?;
     txn.commit().await?;
     Ok(model)
 }

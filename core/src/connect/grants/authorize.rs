@@ -4,7 +4,6 @@ use chrono::Utc;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::link::{link_accounts, store_grant, Connection, LinkTo};
 use super::{hash_state, oauth_client, random_token, state_ttl, AuthorizeAccount, AuthorizeResult};
@@ -18,10 +17,11 @@ use crate::observe::events;
 use crate::protocols::oauth::TokenError;
 use crate::secrets;
 use crate::store::entities::{email_account, grant, oauth_state, tenant, token_config};
+use crate::store::ids::{AccountId, OAuthStateId, TenantId};
 use crate::store::tenant_owned::TenantOwned;
 
 /// The return URL must be on one of the tenant's allowed origins (open redirects help phishing).
-async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<&str>) -> AppResult<Option<String>> {
+async fn check_return_url(ctx: &AppContext, tenant_id: TenantId, return_url: Option<&str>) -> AppResult<Option<String>> {
     let Some(raw) = return_url else { return Ok(None) };
     let field = "return_url";
     let url = url::Url::parse(raw).map_err(|_| AppError::validation(field, "invalid_url", "return_url is not a valid URL"))?;
@@ -46,7 +46,7 @@ async fn check_return_url(ctx: &AppContext, tenant_id: Uuid, return_url: Option<
 pub async fn authorize(
     ctx: &AppContext,
     scope: &TenantScope,
-    account_id: Uuid,
+    account_id: AccountId,
     input: AuthorizeAccount,
 ) -> AppResult<AuthorizeResult> {
     scope.require(Role::Member)?;
@@ -98,7 +98,7 @@ async fn start_user_flow(
     let request = client
         .authorization_request(&state, &params)
         .map_err(|e| AppError::validation("token_config_id", "token_config_unusable", e.to_string()))?;
-    let id = Uuid::now_v7();
+    let id = OAuthStateId::new();
     let verifier = secrets::OAUTH_STATE_PKCE_VERIFIER.seal(&ctx.cipher, scope.tenant_id, id, &request.pkce_verifier)?;
     let now = Utc::now();
     let expires_at = now + state_ttl();
@@ -144,7 +144,7 @@ async fn authorize_app(
         .await?;
     let connection = Connection { subject: grant::APP_SUBJECT, consented_by: None, connected_by: &scope.principal.subject };
     let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, connection, &tokens).await?;
-    link_accounts(&txn, scope.tenant_id, config.id, LinkTo::ApprovedAccounts, grant_id).await?;
+    link_accounts(&txn, scope.tenant_id, config.id, LinkTo::ApprovedAccounts, grant_id.into()).await?;
     events::record(
         &txn,
         scope.tenant_id,

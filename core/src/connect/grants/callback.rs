@@ -48,7 +48,7 @@ impl CallbackOutcome {
             success: false,
             reason: reason.to_owned(),
             message: message.into(),
-            account_id: state.map(|s| s.account_id),
+            account_id: (state.map(|s| s.account_id)).map(Into::into),
             return_url: state.and_then(|s| s.return_url.clone()),
         }
     }
@@ -207,7 +207,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         Err(e) => return Err(e),
     };
     let owners = [state_row.created_by.as_str(), account.owner_subject.as_str()];
-    let linked = link_accounts(&txn, state_row.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id).await?;
+    let linked =
+        link_accounts(&txn, state_row.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id.into()).await?;
     events::record(
         &txn,
         state_row.tenant_id,
@@ -223,7 +224,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         success: true,
         reason: "connected".to_owned(),
         message: format!("{login} is connected"),
-        account_id: Some(account.id),
+        account_id: Some(account.id.into()),
         return_url: state_row.return_url,
     })
 }

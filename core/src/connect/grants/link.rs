@@ -15,6 +15,7 @@ use crate::model::{AuthMethod, GrantStatus};
 use crate::protocols::oauth::TokenSet;
 use crate::secrets;
 use crate::store::entities::{email_account, grant};
+use crate::store::ids::{GrantId, TenantId, TokenConfigId};
 use crate::store::is_unique_violation;
 use crate::store::json::StringList;
 use crate::store::tenant_owned::TenantOwned;
@@ -33,8 +34,8 @@ pub(super) struct Connection<'a> {
 pub(super) async fn store_grant(
     ctx: &AppContext,
     txn: &DatabaseTransaction,
-    tenant_id: Uuid,
-    config_id: Uuid,
+    tenant_id: TenantId,
+    config_id: TokenConfigId,
     connection: Connection<'_>,
     tokens: &TokenSet,
 ) -> AppResult<Uuid> {
@@ -45,7 +46,7 @@ pub(super) async fn store_grant(
         .lock_exclusive()
         .one(txn)
         .await?;
-    let id = existing.as_ref().map(|g| g.id).unwrap_or_else(Uuid::now_v7);
+    let id = existing.as_ref().map(|g| g.id).unwrap_or_else(GrantId::new);
     let access = secrets::GRANT_ACCESS_TOKEN.seal(&ctx.cipher, tenant_id, id, &tokens.access_token)?;
     let refresh =
         tokens.refresh_token.as_deref().map(|t| secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, t)).transpose()?;
@@ -101,7 +102,7 @@ pub(super) async fn store_grant(
             }
         }
     }
-    Ok(id)
+    Ok(id.into())
 }
 
 /// Which accounts a new grant is linked to.
@@ -116,10 +117,10 @@ pub(super) enum LinkTo<'a> {
 /// Points the accounts `to` names at the grant and marks them authorized.
 pub(super) async fn link_accounts(
     txn: &DatabaseTransaction,
-    tenant_id: Uuid,
-    config_id: Uuid,
+    tenant_id: TenantId,
+    config_id: TokenConfigId,
     to: LinkTo<'_>,
-    grant_id: Uuid,
+    grant_id: GrantId,
 ) -> AppResult<u64> {
     let mut update = email_account::Entity::update_in_tenant(tenant_id)
         .col_expr(email_account::Column::GrantId, Expr::value(grant_id))

@@ -21,6 +21,7 @@ use crate::observe::events;
 use crate::protocols::oauth::{OAuthClient, ProviderConfig};
 use crate::secrets;
 use crate::store::entities::{email_account, grant, token_config};
+use crate::store::ids::{GrantId, TenantId};
 use crate::store::limit_of;
 use crate::store::page_of;
 use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
@@ -108,9 +109,9 @@ fn state_ttl() -> chrono::Duration {
 fn view(model: grant::Model) -> AppResult<Grant> {
     let problem = crate::observe::hints::for_grant(&model);
     Ok(Grant {
-        id: model.id,
-        tenant_id: model.tenant_id,
-        token_config_id: model.token_config_id,
+        id: model.id.into(),
+        tenant_id: model.tenant_id.into(),
+        token_config_id: model.token_config_id.into(),
         scopes: model.scopes.0,
         subject: model.subject,
         consented_by: model.consented_by,
@@ -165,20 +166,20 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(grant::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, view)
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
-async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<grant::Model> {
+async fn find(ctx: &AppContext, tenant_id: TenantId, id: GrantId) -> AppResult<grant::Model> {
     find_in_tenant::<grant::Entity, _>(&ctx.db, tenant_id, id).await
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<Grant> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppResult<Grant> {
     scope.require(Role::Viewer)?;
     view(find(ctx, scope.tenant_id, id).await?)
 }
 
 /// Deletes a grant; its accounts go back to draft until someone consents again.
-pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppResult<()> {
     scope.require(Role::Admin)?;
     let model = find(ctx, scope.tenant_id, id).await?;
     let txn = ctx.db.begin().await?;
@@ -194,11 +195,12 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
         scope.tenant_id,
         events::GRANT_REVOKED,
         "grant",
-        Some(id),
+        Some(id.into()),
         json!({"subject": model.subject, "by": scope.principal.subject}),
     )
     .await?;
-    audit::record_in_tenant(&txn, scope, "grant.revoked", id, audit::Changes::new().set("subject", Some(&model.subject))).await?;
+    audit::record_in_tenant(&txn, scope, "grant.revoked", id.into(), audit::Changes::new().set("subject", Some(&model.subject)))
+        .await?;
     txn.commit().await?;
     Ok(())
 }

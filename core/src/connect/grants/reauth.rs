@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::connect::account_lifecycle::{self, AccountEvent};
 use crate::error::AppResult;
@@ -12,6 +11,7 @@ use crate::failure::FailureKind;
 use crate::model::{AccountState, GrantStatus};
 use crate::observe::events;
 use crate::store::entities::{email_account, grant};
+use crate::store::ids::{TenantId, TokenConfigId};
 use crate::store::tenant_owned::TenantOwned;
 
 /// `invalid_grant` and friends: the grant needs re-consent, its accounts are in error, an event says so.
@@ -44,7 +44,7 @@ pub(super) async fn bury_grant(
         model.tenant_id,
         events::GRANT_REAUTH_REQUIRED,
         "grant",
-        Some(model.id),
+        Some(model.id.into()),
         json!({"subject": model.subject, "error": message}),
     )
     .await?;
@@ -56,8 +56,8 @@ pub(super) async fn bury_grant(
 /// new endpoints could be sent. Returns how many grants were sent to re-consent.
 pub(crate) async fn require_reauth_for_config(
     txn: &DatabaseTransaction,
-    tenant_id: Uuid,
-    config_id: Uuid,
+    tenant_id: TenantId,
+    config_id: TokenConfigId,
     message: &str,
 ) -> AppResult<u64> {
     let held =

@@ -10,7 +10,6 @@ use sea_orm::{
     QuerySelect, Set, Statement, TransactionTrait,
 };
 use serde_json::json;
-use uuid::Uuid;
 
 use super::reauth::bury_grant;
 use super::{find, oauth_client, refresh_at_for, refresh_due_at};
@@ -23,6 +22,7 @@ use crate::observe::events;
 use crate::protocols::oauth::{TokenError, TokenSet};
 use crate::secrets;
 use crate::store::entities::{grant, token_config};
+use crate::store::ids::{GrantId, TenantId};
 use crate::store::tenant_owned::TenantOwned;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
 /// refresh. One refresh per grant at a time across all processes: the row lock makes concurrent callers
 /// wait, then they re-read and reuse the new token instead of refreshing again (a provider that rotates
 /// refresh tokens would otherwise invalidate the grant).
-pub async fn access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> Result<String, TokenAccessError> {
+pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: GrantId) -> Result<String, TokenAccessError> {
     let now = Utc::now();
     let model = find(ctx, tenant_id, grant_id).await?;
     if let Some(token) = fresh_access_token(ctx, &model, now)? {
@@ -224,8 +224,8 @@ const PERSIST_RETRIES: u32 = 4;
 
 async fn persist_refreshed_again(
     ctx: &AppContext,
-    tenant_id: Uuid,
-    grant_id: Uuid,
+    tenant_id: TenantId,
+    grant_id: GrantId,
     config: &token_config::Model,
     tokens: &TokenSet,
     first: AppError,
@@ -326,7 +326,7 @@ async fn mark_config(
             config.tenant_id,
             events::TOKEN_CONFIG_NEEDS_ADMIN,
             "token_config",
-            Some(config.id),
+            Some(config.id.into()),
             json!({"error": message}),
         )
         .await?;
@@ -336,7 +336,7 @@ async fn mark_config(
 
 /// Marks the stored access token as used up (a mail server refused it although it looked valid), so
 /// the next `access_token` call refreshes.
-pub async fn expire_access_token(ctx: &AppContext, tenant_id: Uuid, grant_id: Uuid) -> AppResult<()> {
+pub async fn expire_access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: GrantId) -> AppResult<()> {
     let past = Utc::now() - chrono::Duration::seconds(1);
     grant::Entity::update_in_tenant(tenant_id)
         .col_expr(grant::Column::ExpiresAt, Expr::value(past))
@@ -368,10 +368,10 @@ pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass>
         .await?;
     let due = rows
         .iter()
-        .map(|row| Ok((row.try_get::<Uuid>("", "id")?, row.try_get::<Uuid>("", "tenant_id")?)))
+        .map(|row| Ok((row.try_get::<GrantId>("", "id")?, row.try_get::<TenantId>("", "tenant_id")?)))
         .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
     // Each refresh waits on the provider; run several at once (each holds its own row lock).
-    let outcomes: Vec<(Uuid, Result<String, TokenAccessError>)> = futures::stream::iter(due)
+    let outcomes: Vec<(GrantId, Result<String, TokenAccessError>)> = futures::stream::iter(due)
         .map(|(id, tenant_id)| async move { (id, access_token(ctx, tenant_id, id).await) })
         .buffer_unordered(ctx.settings.refresh_concurrency)
         .collect()
@@ -401,7 +401,7 @@ pub const INTERNAL_REFRESH_ERROR: &str =
 
 /// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant
 /// keeps its tokens and status, backs off like after a provider outage, and the pass goes on with the others.
-async fn record_internal_failure(ctx: &AppContext, grant_id: Uuid, err: &AppError) {
+async fn record_internal_failure(ctx: &AppContext, grant_id: GrantId, err: &AppError) {
     tracing::error!(%grant_id, error = %err, "grant refresh failed inside Postbridge; skipped and retried with backoff");
     ctx.metrics.token_refresh("failed");
     let recorded = async {
@@ -440,7 +440,7 @@ impl RefreshOutcome {
 }
 
 /// Refreshes one grant the scheduler found due, then clears its dispatch mark.
-pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
+pub async fn refresh_one(ctx: &AppContext, grant_id: GrantId) -> AppResult<RefreshOutcome> {
     let outcome = refresh_if_due(ctx, grant_id).await;
     ctx.db
         .execute_raw(Statement::from_sql_and_values(
@@ -452,7 +452,7 @@ pub async fn refresh_one(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshO
     outcome
 }
 
-async fn refresh_if_due(ctx: &AppContext, grant_id: Uuid) -> AppResult<RefreshOutcome> {
+async fn refresh_if_due(ctx: &AppContext, grant_id: GrantId) -> AppResult<RefreshOutcome> {
     let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
     let due = model.status == GrantStatus::Valid && refresh_due_at(&model, Utc::now());
     if !due {

@@ -71,7 +71,7 @@ pub async fn scan_secret_expiry(ctx: &AppContext) -> AppResult<u64> {
                 config.tenant_id,
                 crate::observe::events::TOKEN_CONFIG_SECRET_EXPIRING,
                 "token_config",
-                Some(config.id),
+                Some(config.id.into()),
                 serde_json::json!({"name": config.name, "expires_on": expires, "days_left": days_left, "window_days": window}),
             )
             .await?;

@@ -13,6 +13,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{OAuthFlow, Page, PageRequest, Provider, Role, SecretInput};
 use crate::observe::audit;
 use crate::store::entities::{grant, token_config};
+use crate::store::ids::{TenantId, TokenConfigId};
 use crate::store::is_foreign_key_violation;
 use crate::store::json::{StringList, StringMap};
 use crate::store::limit_of;
@@ -138,8 +139,8 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
     let scopes = model.scopes.0;
     let extra_auth_params = model.extra_auth_params.0;
     Ok(TokenConfig {
-        id: model.id,
-        tenant_id: model.tenant_id,
+        id: model.id.into(),
+        tenant_id: model.tenant_id.into(),
         name: model.name,
         provider: model.provider,
         flow: model.flow,
@@ -164,12 +165,16 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
 }
 
 /// Loads a token configuration of the caller's tenant; any other id answers not found.
-pub async fn find(ctx: &AppContext, tenant_id: Uuid, id: Uuid) -> AppResult<token_config::Model> {
+pub async fn find(ctx: &AppContext, tenant_id: TenantId, id: TokenConfigId) -> AppResult<token_config::Model> {
     find_in(&ctx.db, tenant_id, id).await
 }
 
 /// `find` on a given connection or transaction (so a caller holding a transaction needs no second connection).
-pub async fn find_in<C: sea_orm::ConnectionTrait>(db: &C, tenant_id: Uuid, id: Uuid) -> AppResult<token_config::Model> {
+pub async fn find_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    tenant_id: TenantId,
+    id: TokenConfigId,
+) -> AppResult<token_config::Model> {
     find_in_tenant::<token_config::Entity, _>(db, tenant_id, id).await
 }
 
@@ -192,7 +197,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
     };
     check_spec(ctx, &mut spec).await?;
     let testing_app = check_testing_app(spec.provider, input.testing_app)?;
-    let id = Uuid::now_v7();
+    let id = TokenConfigId::new();
     let client_secret = match &input.client_secret {
         Some(secret) if !secret.expose().trim().is_empty() => Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?),
         _ => None,
@@ -223,7 +228,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
     };
     let txn = ctx.db.begin().await?;
     let saved = row.insert(&txn).await?;
-    audit::record_in_tenant(&txn, scope, "token_config.created", id, changes).await?;
+    audit::record_in_tenant(&txn, scope, "token_config.created", id.into(), changes).await?;
     txn.commit().await?;
     view(ctx, saved)
 }
@@ -235,15 +240,20 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(token_config::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id, |m| view(ctx, m))
+    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), |m| view(ctx, m))
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<TokenConfig> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: TokenConfigId) -> AppResult<TokenConfig> {
     scope.require(Role::Viewer)?;
     view(ctx, find(ctx, scope.tenant_id, id).await?)
 }
 
-pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateTokenConfig) -> AppResult<TokenConfig> {
+pub async fn update(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    id: TokenConfigId,
+    input: UpdateTokenConfig,
+) -> AppResult<TokenConfig> {
     // Look up first: another tenant's id answers 404 whatever the caller's role.
     let model = find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
@@ -343,20 +353,20 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     } else {
         changes
     };
-    audit::record_in_tenant(&txn, scope, "token_config.updated", id, changes).await?;
+    audit::record_in_tenant(&txn, scope, "token_config.updated", id.into(), changes).await?;
     txn.commit().await?;
     view(ctx, saved)
 }
 
 /// Deletes a configuration no account uses; one still in use answers 409.
-pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: TokenConfigId) -> AppResult<()> {
     find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
     let txn = ctx.db.begin().await?;
     let result = token_config::Entity::delete_in_tenant(scope.tenant_id).filter(token_config::Column::Id.eq(id)).exec(&txn).await;
     match result {
         Ok(_) => {
-            audit::record_in_tenant(&txn, scope, "token_config.deleted", id, audit::Changes::new()).await?;
+            audit::record_in_tenant(&txn, scope, "token_config.deleted", id.into(), audit::Changes::new()).await?;
             txn.commit().await?;
             Ok(())
         }

@@ -12,6 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{OAuthFlow, Provider};
 use crate::secrets;
 use crate::store::entities::token_config;
+use crate::store::ids::{TenantId, TokenConfigId};
 use crate::validate;
 
 /// "Testing" consent screens (7-day refresh tokens) are a Google notion; elsewhere the flag would mislead.
@@ -238,7 +239,7 @@ fn check_issuer(ctx: &AppContext, provider: Provider, issuer: Option<&str>) -> A
     Ok(Some(issuer.to_owned()))
 }
 
-pub(super) fn encrypt_secret(ctx: &AppContext, tenant_id: Uuid, id: Uuid, secret: &str) -> AppResult<String> {
+pub(super) fn encrypt_secret(ctx: &AppContext, tenant_id: TenantId, id: TokenConfigId, secret: &str) -> AppResult<String> {
     let secret = secret.trim();
     if secret.is_empty() {
         return Err(AppError::validation("client_secret", "required", "client_secret must not be empty"));

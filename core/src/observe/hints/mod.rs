@@ -9,12 +9,12 @@
 use async_graphql::SimpleObject;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::failure::MailStep;
 use crate::failure::{aadsts_code, FailureKind};
 use crate::model::{AccountState, AuthMethod, GrantStatus, Protocol, Provider};
 use crate::store::entities::{email_account, grant, token_config};
+use crate::store::ids::{AccountId, TokenConfigId};
 
 mod upcoming;
 use upcoming::new_secret_step;
@@ -50,7 +50,7 @@ pub struct Facts<'a> {
     pub protocol: Option<Protocol>,
     pub auth: Option<AuthMethod>,
     pub state: Option<AccountState>,
-    pub account_id: Option<Uuid>,
+    pub account_id: Option<AccountId>,
     pub login: Option<&'a str>,
     pub host: Option<&'a str>,
     /// The account's (or the item's own) last error: the server's or provider's words.
@@ -61,7 +61,7 @@ pub struct Facts<'a> {
     pub grant_error: Option<&'a str>,
     /// What kind of failure the grant's `grant_error` describes.
     pub grant_kind: Option<&'a FailureKind>,
-    pub token_config_id: Option<Uuid>,
+    pub token_config_id: Option<TokenConfigId>,
     pub client_id: Option<&'a str>,
     pub needs_admin: bool,
     pub config_error: Option<&'a str>,
@@ -156,13 +156,13 @@ pub fn for_token_config(model: &token_config::Model, today: chrono::NaiveDate) -
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fix {
     /// Consent again: `POST /v1/accounts/{id}/authorize`.
-    Reconsent { account_id: Uuid },
+    Reconsent { account_id: AccountId },
     /// Test & confirm again, once the fix is made outside Postbridge: `POST /v1/accounts/{id}/test`.
-    Retest { account_id: Uuid },
+    Retest { account_id: AccountId },
     /// Change the account's settings: `PATCH /v1/accounts/{id}`.
-    EditAccount { account_id: Uuid },
+    EditAccount { account_id: AccountId },
     /// Change the token configuration: `PATCH /v1/token-configs/{id}`.
-    EditTokenConfig { token_config_id: Uuid },
+    EditTokenConfig { token_config_id: TokenConfigId },
 }
 
 impl From<Fix> for ProblemAction {
@@ -178,7 +178,7 @@ impl From<Fix> for ProblemAction {
 }
 
 /// The call fixing the account or configuration `id` names, where the facts know it.
-fn action(id: Option<Uuid>, fix: impl FnOnce(Uuid) -> Fix) -> Option<ProblemAction> {
+fn action<Id>(id: Option<Id>, fix: impl FnOnce(Id) -> Fix) -> Option<ProblemAction> {
     id.map(|id| fix(id).into())
 }
 
@@ -488,7 +488,7 @@ mod tests {
     fn failed(kind: FailureKind, error: &str) -> Facts<'static> {
         Facts {
             state: Some(AccountState::Error),
-            account_id: Some(Uuid::nil()),
+            account_id: Some(AccountId::from(uuid::Uuid::nil())),
             login: Some("ann@contoso.com"),
             last_error: Some(Box::leak(error.to_owned().into_boxed_str())),
             kind: Some(Box::leak(Box::new(kind))),
@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn expired_client_secret_points_at_azure_certificates_and_secrets() {
-        let config = Uuid::nil();
+        let config = TokenConfigId::from(uuid::Uuid::nil());
         let facts = Facts {
             needs_admin: true,
             provider: Some(Provider::Microsoft),
@@ -751,8 +751,11 @@ mod tests {
     #[test]
     fn upcoming_breaks_say_what_to_do_before() {
         let on = chrono::NaiveDate::from_ymd_opt(2030, 1, 31).expect("date");
-        let facts =
-            Facts { provider: Some(Provider::Microsoft), token_config_id: Some(Uuid::nil()), ..account(MailStep::Unknown, "") };
+        let facts = Facts {
+            provider: Some(Provider::Microsoft),
+            token_config_id: Some(TokenConfigId::from(uuid::Uuid::nil())),
+            ..account(MailStep::Unknown, "")
+        };
         let secret = upcoming(Upcoming::ClientSecretExpiry, &facts, on);
         assert_eq!(secret.reason, "client_secret_expiring");
         assert!(

@@ -21,13 +21,15 @@ use super::MAX_ERROR_CHARS;
 use super::USER_AGENT;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
+use crate::jobs::leases::{self, Leased};
 use crate::jobs::scheduler;
 use crate::observe::events;
+use crate::store::ids::{TenantId, WebhookEndpointId};
 
 // ---- the delivery itself (the worker's job) ----
 
 /// Due deliveries, claimed for dispatch as `(endpoint_id, event_id)` (see `scheduler` for the pattern).
-pub async fn claim_due_webhooks(ctx: &AppContext, limit: u64) -> AppResult<Vec<(Uuid, Uuid)>> {
+pub async fn claim_due_webhooks(ctx: &AppContext, limit: u64) -> AppResult<Vec<(WebhookEndpointId, Uuid)>> {
     let rows = ctx
         .db
         .query_all_raw(statement(
@@ -35,15 +37,16 @@ pub async fn claim_due_webhooks(ctx: &AppContext, limit: u64) -> AppResult<Vec<(
                 "UPDATE webhook_deliveries SET dispatched_until = now() + make_interval(secs => $1) \
                  WHERE (endpoint_id, event_id) IN ( \
                    SELECT endpoint_id, event_id FROM webhook_deliveries WHERE {} \
-                   AND (lease_until IS NULL OR lease_until < now()) AND (dispatched_until IS NULL OR dispatched_until < now()) \
+                   AND {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
                    ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  RETURNING endpoint_id, event_id",
-                crate::jobs::due::webhook()
+                crate::jobs::due::webhook(),
+                leases::FREE
             ),
             vec![scheduler::DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()],
         ))
         .await?;
-    rows.iter().map(|r| Ok((r.try_get::<Uuid>("", "endpoint_id")?, r.try_get::<Uuid>("", "event_id")?))).collect()
+    rows.iter().map(|r| Ok((r.try_get::<WebhookEndpointId>("", "endpoint_id")?, r.try_get::<Uuid>("", "event_id")?))).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +85,7 @@ struct EventRow {
 
 /// The Standard Webhooks body: `{"type", "timestamp", "data"}`; `data` is the event's data with the
 /// tenant and the resource it concerns.
-fn payload(tenant_id: Uuid, event: EventRow) -> AppResult<String> {
+fn payload(tenant_id: TenantId, event: EventRow) -> AppResult<String> {
     let mut data = match event.data {
         Value::Object(map) => map,
         Value::Null => Map::new(),
@@ -153,19 +156,23 @@ async fn post(ctx: &AppContext, url: &str, headers: [(&'static str, String); 3],
 /// Makes one attempt of a due delivery (the worker's job): leases it, POSTs the signed event, logs the
 /// attempt and schedules the next one or settles the delivery. Safe to run twice at once: one of the two
 /// gets the lease, the other skips.
-pub async fn attempt(ctx: &AppContext, endpoint_id: Uuid, event_id: Uuid) -> AppResult<WebhookOutcome> {
+pub async fn attempt(ctx: &AppContext, endpoint_id: WebhookEndpointId, event_id: Uuid) -> AppResult<WebhookOutcome> {
     let lease_seconds = ctx.settings.webhooks.timeout.as_secs_f64() + LEASE_MARGIN_SECONDS;
     let leased = ctx
         .db
         .query_one_raw(statement(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, lease_until = now() + make_interval(secs => $3), \
-             updated_at = now() WHERE endpoint_id = $1 AND event_id = $2 AND status = $4 AND next_attempt_at <= now() \
-             AND (lease_until IS NULL OR lease_until < now()) RETURNING tenant_id, attempts",
+            format!(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, {}, updated_at = now() \
+                 WHERE endpoint_id = $1 AND event_id = $2 AND status = $4 AND next_attempt_at <= now() AND {} \
+                 RETURNING tenant_id, attempts",
+                Leased::hold_for(3),
+                leases::FREE
+            ),
             vec![endpoint_id.into(), event_id.into(), lease_seconds.into(), WebhookDeliveryStatus::Pending.into()],
         ))
         .await?;
     let Some(leased) = leased else { return Ok(WebhookOutcome::Skipped) };
-    let tenant_id: Uuid = leased.try_get("", "tenant_id")?;
+    let tenant_id: TenantId = leased.try_get("", "tenant_id")?;
     let attempt: i32 = leased.try_get("", "attempts")?;
     let endpoint = match find(&ctx.db, tenant_id, endpoint_id).await {
         Ok(endpoint) => endpoint,
@@ -176,8 +183,11 @@ pub async fn attempt(ctx: &AppContext, endpoint_id: Uuid, event_id: Uuid) -> App
     if !endpoint.enabled {
         ctx.db
             .execute_raw(statement(
-                "UPDATE webhook_deliveries SET status = $4, attempts = attempts - 1, last_error = $3, \
-                 lease_until = NULL, dispatched_until = NULL, updated_at = now() WHERE endpoint_id = $1 AND event_id = $2",
+                format!(
+                    "UPDATE webhook_deliveries SET status = $4, attempts = attempts - 1, last_error = $3, {}, \
+                     dispatched_until = NULL, updated_at = now() WHERE endpoint_id = $1 AND event_id = $2",
+                    Leased::WebhookDeliveries.released()
+                ),
                 vec![
                     endpoint_id.into(),
                     event_id.into(),
@@ -269,9 +279,12 @@ async fn record_attempt(
         values.push(status_code.into());
         values.push(WebhookDeliveryStatus::Delivered.into());
         txn.execute_raw(statement(
-            "UPDATE webhook_deliveries SET status = $4, delivered_at = now(), last_status_code = $3, \
-             last_error = NULL, lease_until = NULL, dispatched_until = NULL, updated_at = now() \
-             WHERE endpoint_id = $1 AND event_id = $2",
+            format!(
+                "UPDATE webhook_deliveries SET status = $4, delivered_at = now(), last_status_code = $3, \
+                 last_error = NULL, {}, dispatched_until = NULL, updated_at = now() \
+                 WHERE endpoint_id = $1 AND event_id = $2",
+                Leased::WebhookDeliveries.released()
+            ),
             values,
         ))
         .await?;
@@ -292,10 +305,13 @@ async fn record_attempt(
     values.push(WebhookDeliveryStatus::Failed.into());
     values.push(WebhookDeliveryStatus::Pending.into());
     txn.execute_raw(statement(
-        "UPDATE webhook_deliveries SET status = CASE WHEN $5::float8 IS NULL THEN $6::text ELSE $7::text END, \
-         next_attempt_at = CASE WHEN $5::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $5::float8) END, \
-         last_status_code = $3, last_error = $4, lease_until = NULL, dispatched_until = NULL, updated_at = now() \
-         WHERE endpoint_id = $1 AND event_id = $2",
+        format!(
+            "UPDATE webhook_deliveries SET status = CASE WHEN $5::float8 IS NULL THEN $6::text ELSE $7::text END, \
+             next_attempt_at = CASE WHEN $5::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $5::float8) END, \
+             last_status_code = $3, last_error = $4, {}, dispatched_until = NULL, updated_at = now() \
+             WHERE endpoint_id = $1 AND event_id = $2",
+            Leased::WebhookDeliveries.released()
+        ),
         values,
     ))
     .await?;
@@ -340,7 +356,7 @@ async fn disable<C: ConnectionTrait>(db: &C, endpoint: &EndpointRow, failing_sin
         endpoint.tenant_id,
         events::WEBHOOK_ENDPOINT_DISABLED,
         "webhook_endpoint",
-        Some(endpoint.id),
+        Some(endpoint.id.into()),
         json!({"url": redact_url(&endpoint.url), "failing_since": failing_since, "reason": reason}),
     )
     .await?;

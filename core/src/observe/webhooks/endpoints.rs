@@ -2,7 +2,6 @@
 
 use async_graphql::MaybeUndefined;
 use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
-use uuid::Uuid;
 
 use super::check_description;
 use super::check_event_types;
@@ -29,6 +28,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
 use crate::observe::audit;
 use crate::secrets::{self};
+use crate::store::ids::WebhookEndpointId;
 use crate::store::limit_of;
 use crate::store::page_of;
 
@@ -41,7 +41,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
     let description = check_description(input.description)?;
     let event_types = check_event_types(input.event_types.unwrap_or_default())?;
     let enabled = input.enabled.unwrap_or(true);
-    let id = Uuid::now_v7();
+    let id = WebhookEndpointId::new();
     let secret = generate_secret();
     let stored = secrets::WEBHOOK_SECRET.seal(&ctx.cipher, scope.tenant_id, id, &secret)?;
     let sql = format!(
@@ -69,7 +69,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
     let row = one_endpoint(&txn, statement(sql, values))
         .await?
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("INSERT .. RETURNING gave no row")))?;
-    audit::record_in_tenant(&txn, scope, "webhook_endpoint.created", id, changes).await?;
+    audit::record_in_tenant(&txn, scope, "webhook_endpoint.created", id.into(), changes).await?;
     txn.commit().await?;
     Ok(WebhookEndpointSecret { endpoint: view(row)?, secret })
 }
@@ -111,17 +111,22 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
     let rows = ctx.db.query_all_raw(statement(sql, values)).await?;
     let rows = rows.iter().map(|r| EndpointRow::from_query_result(r, "")).collect::<Result<Vec<_>, _>>()?;
-    page_of(rows, limit, |r| r.id, |row| view_for(scope, row))
+    page_of(rows, limit, |r| r.id.into(), |row| view_for(scope, row))
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<WebhookEndpoint> {
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: WebhookEndpointId) -> AppResult<WebhookEndpoint> {
     scope.require(Role::Viewer)?;
     view_for(scope, find(&ctx.db, scope.tenant_id, id).await?)
 }
 
 /// Changes an endpoint (admin). Disabling it fails its pending deliveries; enabling it clears the reason
 /// Postbridge disabled it and its failure streak.
-pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: UpdateWebhookEndpoint) -> AppResult<WebhookEndpoint> {
+pub async fn update(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    id: WebhookEndpointId,
+    input: UpdateWebhookEndpoint,
+) -> AppResult<WebhookEndpoint> {
     // Look up first: another tenant's id answers 404 whatever the caller's role.
     let current = find(&ctx.db, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
@@ -169,13 +174,13 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: Uuid, input: Upda
     if current_view.enabled && !enabled {
         fail_pending(&txn, id, "the endpoint was disabled").await?;
     }
-    audit::record_in_tenant(&txn, scope, "webhook_endpoint.updated", id, changes).await?;
+    audit::record_in_tenant(&txn, scope, "webhook_endpoint.updated", id.into(), changes).await?;
     txn.commit().await?;
     view(row)
 }
 
 /// Deletes an endpoint (admin) with its deliveries and their log.
-pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<()> {
+pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: WebhookEndpointId) -> AppResult<()> {
     let current = find(&ctx.db, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
     let txn = ctx.db.begin().await?;
@@ -189,14 +194,14 @@ pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResul
         return Err(AppError::not_found("webhook endpoint"));
     }
     let changes = audit::Changes::new().set("url", Some(&current.url));
-    audit::record_in_tenant(&txn, scope, "webhook_endpoint.deleted", id, changes).await?;
+    audit::record_in_tenant(&txn, scope, "webhook_endpoint.deleted", id.into(), changes).await?;
     txn.commit().await?;
     Ok(())
 }
 
 /// Replaces the signing secret (admin); the previous one keeps signing for 24 hours, so deliveries carry
 /// both signatures while the receiver switches over. The new secret is shown only in this answer.
-pub async fn rotate_secret(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> AppResult<WebhookEndpointSecret> {
+pub async fn rotate_secret(ctx: &AppContext, scope: &TenantScope, id: WebhookEndpointId) -> AppResult<WebhookEndpointSecret> {
     let current = find(&ctx.db, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
     let old = decrypt(ctx, &current, secrets::WEBHOOK_SECRET, &current.secret)?;
@@ -223,8 +228,14 @@ pub async fn rotate_secret(ctx: &AppContext, scope: &TenantScope, id: Uuid) -> A
         code: "concurrent_rotation",
         message: "the secret was rotated at the same time by another request; rotate again if needed".to_owned(),
     })?;
-    audit::record_in_tenant(&txn, scope, "webhook_endpoint.secret_rotated", id, audit::Changes::new().secret("secret", true))
-        .await?;
+    audit::record_in_tenant(
+        &txn,
+        scope,
+        "webhook_endpoint.secret_rotated",
+        id.into(),
+        audit::Changes::new().secret("secret", true),
+    )
+    .await?;
     txn.commit().await?;
     Ok(WebhookEndpointSecret { endpoint: view(row)?, secret })
 }

@@ -14,7 +14,9 @@ use super::WebhookDeliveryStatus;
 use crate::access::auth::TenantScope;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
+use crate::jobs::leases::{self, Leased};
 use crate::model::{Page, PageRequest, Role};
+use crate::store::ids::WebhookEndpointId;
 use crate::store::limit_of;
 use crate::store::page_of;
 
@@ -22,7 +24,7 @@ use crate::store::page_of;
 
 #[derive(Debug, FromQueryResult)]
 struct DeliveryRow {
-    endpoint_id: Uuid,
+    endpoint_id: WebhookEndpointId,
     event_id: Uuid,
     event_type: String,
     status: WebhookDeliveryStatus,
@@ -42,7 +44,7 @@ const DELIVERY_SELECT: &str = "SELECT d.endpoint_id, d.event_id, e.event_type, d
 fn delivery_view(row: DeliveryRow) -> AppResult<WebhookDelivery> {
     let status = row.status;
     Ok(WebhookDelivery {
-        endpoint_id: row.endpoint_id,
+        endpoint_id: row.endpoint_id.into(),
         event_id: row.event_id,
         event_type: row.event_type,
         status,
@@ -60,7 +62,7 @@ fn delivery_view(row: DeliveryRow) -> AppResult<WebhookDelivery> {
 pub async fn list_deliveries(
     ctx: &AppContext,
     scope: &TenantScope,
-    endpoint_id: Uuid,
+    endpoint_id: WebhookEndpointId,
     query: DeliveryQuery,
 ) -> AppResult<Page<WebhookDelivery>> {
     scope.require(Role::Viewer)?;
@@ -84,8 +86,8 @@ pub async fn list_deliveries(
 
 #[derive(Debug, FromQueryResult)]
 struct AttemptRow {
-    id: Uuid,
-    endpoint_id: Uuid,
+    id: WebhookEndpointId,
+    endpoint_id: WebhookEndpointId,
     event_id: Uuid,
     attempt: i32,
     status_code: Option<i32>,
@@ -98,7 +100,7 @@ struct AttemptRow {
 pub async fn list_attempts(
     ctx: &AppContext,
     scope: &TenantScope,
-    endpoint_id: Uuid,
+    endpoint_id: WebhookEndpointId,
     query: AttemptQuery,
 ) -> AppResult<Page<WebhookAttempt>> {
     scope.require(Role::Viewer)?;
@@ -123,11 +125,11 @@ pub async fn list_attempts(
     page_of(
         rows,
         limit,
-        |r| r.id,
+        |r| r.id.into(),
         |r| {
             Ok(WebhookAttempt {
-                id: r.id,
-                endpoint_id: r.endpoint_id,
+                id: r.id.into(),
+                endpoint_id: r.endpoint_id.into(),
                 event_id: r.event_id,
                 attempt: r.attempt,
                 status_code: r.status_code,
@@ -141,7 +143,12 @@ pub async fn list_attempts(
 
 /// Makes a delivery due now (admin). This is one more attempt, not a new schedule: a failed delivery
 /// that fails again is failed again; a pending one continues its schedule; a delivered one is sent again.
-pub async fn redeliver(ctx: &AppContext, scope: &TenantScope, endpoint_id: Uuid, event_id: Uuid) -> AppResult<WebhookDelivery> {
+pub async fn redeliver(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    endpoint_id: WebhookEndpointId,
+    event_id: Uuid,
+) -> AppResult<WebhookDelivery> {
     let endpoint = find(&ctx.db, scope.tenant_id, endpoint_id).await?;
     scope.require(Role::Admin)?;
     if !endpoint.enabled {
@@ -154,9 +161,11 @@ pub async fn redeliver(ctx: &AppContext, scope: &TenantScope, endpoint_id: Uuid,
     let reset = ctx
         .db
         .execute_raw(statement(
-            "UPDATE webhook_deliveries SET status = $4, next_attempt_at = now(), dispatched_until = NULL, \
-             updated_at = now() WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 \
-             AND (lease_until IS NULL OR lease_until < now())",
+            format!(
+                "UPDATE webhook_deliveries SET status = $4, next_attempt_at = now(), dispatched_until = NULL, \
+                 updated_at = now() WHERE tenant_id = $1 AND endpoint_id = $2 AND event_id = $3 AND {}",
+                leases::FREE
+            ),
             [key(), vec![WebhookDeliveryStatus::Pending.into()]].concat(),
         ))
         .await?;
@@ -172,10 +181,13 @@ pub async fn redeliver(ctx: &AppContext, scope: &TenantScope, endpoint_id: Uuid,
 }
 
 /// Fails every pending delivery of an endpoint that no longer takes any.
-pub(super) async fn fail_pending<C: ConnectionTrait>(db: &C, endpoint_id: Uuid, reason: &str) -> AppResult<()> {
+pub(super) async fn fail_pending<C: ConnectionTrait>(db: &C, endpoint_id: WebhookEndpointId, reason: &str) -> AppResult<()> {
     db.execute_raw(statement(
-        "UPDATE webhook_deliveries SET status = $3, last_error = $2, lease_until = NULL, dispatched_until = NULL, \
-         updated_at = now() WHERE endpoint_id = $1 AND status = $4",
+        format!(
+            "UPDATE webhook_deliveries SET status = $3, last_error = $2, {}, dispatched_until = NULL, \
+             updated_at = now() WHERE endpoint_id = $1 AND status = $4",
+            Leased::WebhookDeliveries.released()
+        ),
         vec![endpoint_id.into(), reason.into(), WebhookDeliveryStatus::Failed.into(), WebhookDeliveryStatus::Pending.into()],
     ))
     .await?;

@@ -22,6 +22,7 @@ use super::events;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::secrets::{self, SealedColumn};
+use crate::store::ids::{TenantId, WebhookEndpointId};
 use crate::store::json::StringList;
 use crate::validate;
 
@@ -165,8 +166,8 @@ pub struct AttemptQuery {
 
 #[derive(Debug, FromQueryResult)]
 struct EndpointRow {
-    id: Uuid,
-    tenant_id: Uuid,
+    id: WebhookEndpointId,
+    tenant_id: TenantId,
     url: String,
     description: Option<String>,
     event_types: StringList,
@@ -197,8 +198,8 @@ fn statement(sql: impl Into<String>, values: Vec<sea_orm::Value>) -> Statement {
 fn view(row: EndpointRow) -> AppResult<WebhookEndpoint> {
     let event_types = row.event_types.0;
     Ok(WebhookEndpoint {
-        id: row.id,
-        tenant_id: row.tenant_id,
+        id: row.id.into(),
+        tenant_id: row.tenant_id.into(),
         url: row.url,
         description: row.description,
         event_types,
@@ -218,7 +219,7 @@ async fn one_endpoint<C: ConnectionTrait>(db: &C, stmt: Statement) -> AppResult<
 }
 
 /// An endpoint of the tenant; any other id answers not found.
-async fn find<C: ConnectionTrait>(db: &C, tenant_id: Uuid, id: Uuid) -> AppResult<EndpointRow> {
+async fn find<C: ConnectionTrait>(db: &C, tenant_id: TenantId, id: WebhookEndpointId) -> AppResult<EndpointRow> {
     let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2");
     one_endpoint(db, statement(sql, vec![id.into(), tenant_id.into()])).await?.ok_or(AppError::not_found("webhook endpoint"))
 }

@@ -1,3 +1,4 @@
+use crate::store::ids::{ApiKeyId, TenantId};
 use sea_orm::entity::prelude::*;
 
 use crate::model::Role;
@@ -6,8 +7,8 @@ use crate::model::Role;
 #[sea_orm(table_name = "api_keys")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub tenant_id: Uuid,
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
     pub name: String,
     pub role: Role,
     pub prefix: String,

@@ -1,3 +1,4 @@
+use crate::store::ids::{AccountId, GrantId, TenantId, TokenConfigId};
 use sea_orm::entity::prelude::*;
 
 use crate::model::{AccountState, AfterFetch, AuthMethod, Direction, Protocol, Security};
@@ -6,8 +7,8 @@ use crate::model::{AccountState, AfterFetch, AuthMethod, Direction, Protocol, Se
 #[sea_orm(table_name = "email_accounts")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub tenant_id: Uuid,
+    pub id: AccountId,
+    pub tenant_id: TenantId,
     pub name: String,
     pub direction: Direction,
     pub protocol: Protocol,
@@ -18,9 +19,9 @@ pub struct Model {
     pub login: String,
     /// Encrypted envelope (see `crypto`).
     pub password: Option<String>,
-    pub token_config_id: Option<Uuid>,
+    pub token_config_id: Option<TokenConfigId>,
     /// The grant (shared by the mailbox's inbound and outbound accounts) once someone consented.
-    pub grant_id: Option<Uuid>,
+    pub grant_id: Option<GrantId>,
     pub state: AccountState,
     pub last_error: Option<String>,
     /// What kind of failure `last_error` describes (`failure::FailureKind`), for the fix-it hints.

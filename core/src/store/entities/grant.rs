@@ -1,3 +1,4 @@
+use crate::store::ids::{GrantId, TenantId, TokenConfigId};
 use sea_orm::entity::prelude::*;
 
 use crate::store::json::StringList;
@@ -11,9 +12,9 @@ pub const APP_SUBJECT: &str = "app";
 #[sea_orm(table_name = "grants")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub token_config_id: Uuid,
+    pub id: GrantId,
+    pub tenant_id: TenantId,
+    pub token_config_id: TokenConfigId,
     /// The mailbox login the grant serves (lower-cased), or `app` for client-credentials grants.
     pub subject: String,
     /// Who consented, as the provider said (may differ for shared mailboxes).

@@ -1,3 +1,4 @@
+use crate::store::ids::{AccountId, InboundMessageId, TenantId};
 use sea_orm::entity::prelude::*;
 
 use crate::store::json::StringList;
@@ -6,9 +7,9 @@ use crate::store::json::StringList;
 #[sea_orm(table_name = "inbound_messages")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub account_id: Uuid,
+    pub id: InboundMessageId,
+    pub tenant_id: TenantId,
+    pub account_id: AccountId,
     pub folder: String,
     pub uid_validity: i64,
     pub uid: i64,

@@ -1,3 +1,4 @@
+use crate::store::ids::{AccountId, OutboundMessageId, TenantId};
 use sea_orm::entity::prelude::*;
 
 use crate::store::json::StringList;
@@ -8,11 +9,11 @@ use crate::model::{OutboundStatus, RoutedBy};
 #[sea_orm(table_name = "outbound_messages")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub tenant_id: Uuid,
+    pub id: OutboundMessageId,
+    pub tenant_id: TenantId,
     pub idempotency_key: Option<String>,
     pub requested_from: String,
-    pub account_id: Option<Uuid>,
+    pub account_id: Option<AccountId>,
     pub routed_by: RoutedBy,
     pub envelope_from: String,
     #[sea_orm(column_type = "JsonBinary")]

@@ -1,3 +1,4 @@
+use crate::store::ids::TenantId;
 use sea_orm::entity::prelude::*;
 
 use crate::store::json::StringList;
@@ -8,7 +9,7 @@ use crate::model::TenantStatus;
 #[sea_orm(table_name = "tenants")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
+    pub id: TenantId,
     pub slug: String,
     pub name: String,
     pub status: TenantStatus,

@@ -1,3 +1,4 @@
+use crate::store::ids::{TenantId, TokenConfigId};
 use sea_orm::entity::prelude::*;
 
 use crate::store::json::{StringList, StringMap};
@@ -8,8 +9,8 @@ use crate::model::{OAuthFlow, Provider};
 #[sea_orm(table_name = "token_configs")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
-    pub tenant_id: Uuid,
+    pub id: TokenConfigId,
+    pub tenant_id: TenantId,
     pub name: String,
     pub provider: Provider,
     pub flow: OAuthFlow,
