@@ -223,8 +223,16 @@ string_enum!(
 // ---- messages ----
 
 string_enum!(
-    /// `unknown`: the connection was lost after the message content was sent; not resent blindly.
-    OutboundStatus { Queued => "queued", Sending => "sending", Sent => "sent", Failed => "failed", Unknown => "unknown" }
+    /// `unknown`: the connection was lost after the message content was sent; not resent blindly. `cancelled`: taken
+    /// out of the queue by the user before any attempt handed it over.
+    OutboundStatus {
+        Queued => "queued",
+        Sending => "sending",
+        Sent => "sent",
+        Failed => "failed",
+        Unknown => "unknown",
+        Cancelled => "cancelled",
+    }
 );
 string_enum!(
     /// How the sending account was chosen: its from filter is the address, or the domain, or it is the tenant's default.

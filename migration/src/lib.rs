@@ -14,6 +14,7 @@ mod m20261204_000009_api_bounds;
 mod m20261204_000010_tenant_wall;
 mod m20261205_000011_failure_kinds;
 mod m20261205_000012_dead_states;
+mod m20261205_000013_cancelled_messages;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000010_tenant_wall::Migration),
             Box::new(m20261205_000011_failure_kinds::Migration),
             Box::new(m20261205_000012_dead_states::Migration),
+            Box::new(m20261205_000013_cancelled_messages::Migration),
         ]
     }
 }

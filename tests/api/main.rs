@@ -18,6 +18,7 @@ mod metrics;
 mod oauth_flow;
 mod oauth_refresh;
 mod ops;
+mod outbox_steering;
 mod rate_limits;
 mod routing;
 mod schema;

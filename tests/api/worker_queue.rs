@@ -138,7 +138,8 @@ async fn an_account_sends_no_faster_than_its_pace_and_the_rest_waits_without_an_
 
 /// A mailbox with an outbound and an inbound account (same login), both confirmed; a message whose delivery
 /// was cut after the content was sent, aged past the settling delay. Returns (app, key, login, message id).
-async fn unknown_delivery() -> (postbridge_tests::TestApp, String, String, Uuid, &'static postbridge_tests::mail::MailServers) {
+pub(crate) async fn unknown_delivery(
+) -> (postbridge_tests::TestApp, String, String, Uuid, &'static postbridge_tests::mail::MailServers) {
     let (app, servers) = spawn_mail_app().await;
     let (_, key) = app.tenant_with_admin().await;
     let login = new_login();

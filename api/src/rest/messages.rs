@@ -4,6 +4,7 @@ use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::send::outbox;
 use postbridge_core::send::outbox::OutboundMessage;
 use postbridge_core::send::outbox::SendMessage;
+use postbridge_core::send::steer::{self, ResolveMessage};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -13,7 +14,10 @@ use crate::extract::Tenant;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/messages", web::post().to(send))
         .route("/messages", web::get().to(list_sent))
-        .route("/messages/{id}", web::get().to(get_sent));
+        .route("/messages/{id}", web::get().to(get_sent))
+        .route("/messages/{id}/cancel", web::post().to(cancel))
+        .route("/messages/{id}/retry", web::post().to(retry))
+        .route("/messages/{id}/resolve", web::post().to(resolve));
 }
 
 /// The largest body `POST /v1/messages` reads: a message of `POSTBRIDGE_MAX_MESSAGE_BYTES` composed, as JSON.
@@ -68,4 +72,35 @@ pub async fn list_sent(
     responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody)))]
 pub async fn get_sent(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(outbox::get(&ctx, &scope, id.into_inner().into()).await?))
+}
+
+/// Take a queued message out of the queue (`cancelled`, event `message.cancelled`). 409 `message_not_cancellable`
+/// once a worker has taken it or it is settled.
+#[utoipa::path(post, path = "/v1/messages/{id}/cancel", tag = "messages", security(("bearer" = [])),
+    responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(steer::cancel(&ctx, &scope, id.into_inner().into()).await?))
+}
+
+/// Queue a `failed` or `cancelled` message again, its attempts counted from zero. 409 `message_not_retryable`
+/// in any other state.
+#[utoipa::path(post, path = "/v1/messages/{id}/retry", tag = "messages", security(("bearer" = [])),
+    responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn retry(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(steer::retry(&ctx, &scope, id.into_inner().into()).await?))
+}
+
+/// Settle an `unknown` message: `{"outcome": "sent"}` marks it sent, `{"outcome": "resend"}` queues it again
+/// (event `message.resolved`). 409 `message_not_unknown` in any other state.
+#[utoipa::path(post, path = "/v1/messages/{id}/resolve", tag = "messages", security(("bearer" = [])),
+    request_body = ResolveMessage,
+    responses((status = 200, body = OutboundMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn resolve(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    id: web::Path<Uuid>,
+    input: web::Json<ResolveMessage>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(steer::resolve(&ctx, &scope, id.into_inner().into(), input.into_inner()).await?))
 }

@@ -15,6 +15,8 @@ use crate::store::ids::TenantId;
 pub const MESSAGE_RECEIVED: &str = "message.received";
 pub const MESSAGE_SENT: &str = "message.sent";
 pub const MESSAGE_FAILED: &str = "message.failed";
+pub const MESSAGE_CANCELLED: &str = "message.cancelled";
+pub const MESSAGE_RESOLVED: &str = "message.resolved";
 pub const GRANT_CONNECTED: &str = "grant.connected";
 pub const GRANT_REAUTH_REQUIRED: &str = "grant.reauth_required";
 pub const GRANT_REVOKED: &str = "grant.revoked";
@@ -28,6 +30,8 @@ pub const EVENT_TYPES: &[&str] = &[
     MESSAGE_RECEIVED,
     MESSAGE_SENT,
     MESSAGE_FAILED,
+    MESSAGE_CANCELLED,
+    MESSAGE_RESOLVED,
     "account.draft",
     "account.authorized",
     "account.confirmed",

@@ -4,3 +4,4 @@ pub mod delivery;
 pub mod outbox;
 pub mod routing;
 pub mod settle;
+pub mod steer;
