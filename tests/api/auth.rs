@@ -176,7 +176,7 @@ async fn an_expired_jwt_is_refused_beyond_the_leeway() {
     assert_accepted(&app, &sign_as_app(&app, &claims)).await;
     // The app's own issuer honours the same rule.
     let issued =
-        app.ctx.jwt.issue("bob", Role::Admin, Some((Uuid::parse_str(&tenant).expect("uuid")).into()), Some(-120)).expect("issue");
+        app.ctx.jwt.issue("bob", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid").into()), Some(-120)).expect("issue");
     assert_refused(&app, &issued.access_token, "expired").await;
 }
 
@@ -270,7 +270,7 @@ async fn an_rs256_token_signed_with_the_configured_key_pair_is_accepted() {
     assert_eq!(me["data"]["me"]["role"], json!("VIEWER"), "{me}");
     // The app still issues and accepts its own HS256 tokens beside the RS key.
     let issued =
-        app.ctx.jwt.issue("bob", Role::Admin, Some((Uuid::parse_str(&tenant).expect("uuid")).into()), None).expect("issue");
+        app.ctx.jwt.issue("bob", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid").into()), None).expect("issue");
     assert_accepted(&app, &issued.access_token).await;
 }
 
@@ -488,7 +488,7 @@ async fn a_suspended_tenants_keys_and_tokens_are_refused_until_it_resumes() {
     let jwt = app
         .ctx
         .jwt
-        .issue("alice", Role::Admin, Some((Uuid::parse_str(&tenant).expect("uuid")).into()), None)
+        .issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid").into()), None)
         .expect("issue")
         .access_token;
     let exchanged = app.request(Method::POST, "/v1/auth/token", Some(&admin), None, None).await.body["access_token"]

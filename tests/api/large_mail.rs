@@ -357,7 +357,7 @@ async fn a_server_announcing_a_huge_literal_is_cut_off_at_once_and_what_came_bef
     let account = lying_account(&app, &admin, lying_imap_server(Lie::HugeLiteral).await).await;
 
     let started = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(20), poll::poll_account(&app.ctx, (uuid(&account)).into()))
+    let outcome = tokio::time::timeout(Duration::from_secs(20), poll::poll_account(&app.ctx, uuid(&account).into()))
         .await
         .expect("the poll ends without waiting for the announced gigabyte");
     match outcome {

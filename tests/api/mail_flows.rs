@@ -396,7 +396,7 @@ async fn a_token_the_server_refuses_and_a_refresh_answered_invalid_grant_put_the
     // The user withdraws consent: the stored access token is refused by Dovecot, and the refresh gets invalid_grant.
     servers.provider().revoke_user(&login);
 
-    match poll::poll_account(&app.ctx, (uuid(&account)).into()).await {
+    match poll::poll_account(&app.ctx, uuid(&account).into()).await {
         Err(PollError::Mail(e)) => assert_eq!(e.step, MailStep::Auth, "{e}"),
         other => panic!("expected an authentication failure, got {other:?}"),
     }
@@ -409,7 +409,7 @@ async fn a_token_the_server_refuses_and_a_refresh_answered_invalid_grant_put_the
     assert_eq!(app.event_count("grant.reauth_required", &grant).await, 1);
     assert_eq!(app.all_received(&admin, &account).await.len(), 0);
     // Only one refresh was attempted: a second poll does not hammer the provider or change the outcome.
-    assert!(matches!(poll::poll_account(&app.ctx, (uuid(&account)).into()).await, Err(PollError::Mail(_))));
+    assert!(matches!(poll::poll_account(&app.ctx, uuid(&account).into()).await, Err(PollError::Mail(_))));
     assert_eq!(app.event_count("grant.reauth_required", &grant).await, 1);
 }
 
@@ -475,7 +475,7 @@ async fn a_password_the_imap_server_no_longer_accepts_puts_the_account_in_error_
     let account = app.confirmed_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({}))).await;
     servers.seed_messages(&login, "INBOX", &raws(&seeded(&login, 2, "Locked out")));
     change_password_on_server(servers, &login).await;
-    match poll::poll_account(&app.ctx, (uuid(&account)).into()).await {
+    match poll::poll_account(&app.ctx, uuid(&account).into()).await {
         Err(PollError::Mail(e)) => assert_eq!(e.step, MailStep::Auth, "{e}"),
         other => panic!("expected an authentication failure, got {other:?}"),
     }
@@ -640,7 +640,7 @@ async fn a_connection_the_server_drops_mid_fetch_keeps_a_stored_prefix_and_the_n
     // half a megabyte into the rest.
     let first_batch: u64 = messages[..1_000].iter().map(|(_, raw)| raw.len() as u64 + 100).sum();
     proxy.cut_after(first_batch + 500_000);
-    let outcome = poll::poll_account(&app.ctx, (uuid(&account)).into()).await;
+    let outcome = poll::poll_account(&app.ctx, uuid(&account).into()).await;
     let stored = stored_uids(&app, &account).await;
     match &outcome {
         Err(PollError::Mail(_)) => {}
@@ -1496,7 +1496,7 @@ async fn a_token_that_cannot_be_decrypted_is_postbridges_failure_and_touches_nei
     let grant_before = app.sql_text(&format!("SELECT expires_at::text FROM grants WHERE id = '{grant}'")).await;
     let id = submit(&app, &admin, json!({"from": login, "to": [recipient("undecryptable-")], "subject": "s", "text": "t"})).await;
 
-    let outcome = delivery::deliver(&app.ctx, (Uuid::parse_str(&id).expect("id")).into()).await;
+    let outcome = delivery::deliver(&app.ctx, Uuid::parse_str(&id).expect("id").into()).await;
     assert!(outcome.is_err(), "an internal failure, not a delivery outcome: {outcome:?}");
     let row = outbound_json(&app, &admin, &id).await;
     assert_eq!(row["status"], "queued", "never failed for good: {row}");

@@ -156,7 +156,7 @@ async fn grant_id_of(app: &TestApp, setup: &OAuthSetup, account: &str) -> String
 
 fn decrypt(app: &TestApp, tenant: &str, table: &str, column: &str, row: &str, stored: &str) -> String {
     let location = SecretLocation {
-        tenant_id: (Uuid::parse_str(tenant).expect("tenant uuid")).into(),
+        tenant_id: Uuid::parse_str(tenant).expect("tenant uuid").into(),
         table,
         column,
         row_id: Uuid::parse_str(row).expect("row uuid"),

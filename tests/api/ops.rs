@@ -426,7 +426,7 @@ async fn an_account_whose_grant_got_invalid_grant_shows_reauth_required_with_the
         .provider
         .fail_next_token_requests(1, TokenFailure::InvalidGrant { description: "Token has been expired or revoked.".into() });
     app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
-    let refused = grants::access_token(&app.ctx, (uuid(&setup.tenant)).into(), (uuid(&grant_id)).into()).await;
+    let refused = grants::access_token(&app.ctx, uuid(&setup.tenant).into(), uuid(&grant_id).into()).await;
     assert!(matches!(refused, Err(TokenAccessError::ReauthRequired { .. })), "{refused:?}");
 
     let body = app.account_json(&setup, &account).await;
@@ -462,7 +462,7 @@ async fn a_token_config_whose_secret_the_provider_refuses_shows_client_secret_in
         TokenFailure::InvalidClient { description: "AADSTS7000215: Invalid client secret provided.".into() },
     );
     app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second', refresh_at = now() - interval '1 second' WHERE id = '{grant_id}'")).await;
-    let refused = grants::access_token(&app.ctx, (uuid(&setup.tenant)).into(), (uuid(&grant_id)).into()).await;
+    let refused = grants::access_token(&app.ctx, uuid(&setup.tenant).into(), uuid(&grant_id).into()).await;
     assert!(matches!(refused, Err(TokenAccessError::NeedsAdmin { .. })), "{refused:?}");
 
     let config = app.get(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin).await;
@@ -494,7 +494,7 @@ async fn smtp_auth_disabled_at_microsoft_shows_the_admin_setting_to_change() {
         .post("/v1/messages", &admin, json!({"from": sender, "to": ["blocked@example.org"], "subject": "Blocked", "text": "Hi"}))
         .await;
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.text);
-    assert_eq!(delivery::deliver(&app.ctx, (uuid(&sent.id())).into()).await.expect("deliver runs"), Delivery::Failed);
+    assert_eq!(delivery::deliver(&app.ctx, uuid(&sent.id()).into()).await.expect("deliver runs"), Delivery::Failed);
 
     let body = app.get(&format!("/v1/accounts/{account}"), &admin).await.body;
     assert_eq!(body["state"], "error", "{body}");

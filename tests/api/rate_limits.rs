@@ -148,8 +148,8 @@ async fn an_accounts_own_send_rate_paces_it_before_the_deployments() {
             app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("p{i}"), "text": "hi"})).await;
         ids.push(Uuid::parse_str(&reply.id()).expect("id"));
     }
-    assert_eq!(delivery::deliver(&app.ctx, (ids[0]).into()).await.expect("first"), Delivery::Sent);
-    assert_eq!(delivery::deliver(&app.ctx, (ids[1]).into()).await.expect("second"), Delivery::Paced);
+    assert_eq!(delivery::deliver(&app.ctx, ids[0].into()).await.expect("first"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, ids[1].into()).await.expect("second"), Delivery::Paced);
     let second = app.get(&format!("/v1/messages/{}", ids[1]), &key).await;
     assert_eq!((second.body["status"].clone(), second.body["attempts"].clone()), (json!("queued"), json!(0)));
     let wait = app
@@ -164,7 +164,7 @@ async fn an_accounts_own_send_rate_paces_it_before_the_deployments() {
     let cleared = app.patch(&format!("/v1/accounts/{account}"), &key, json!({"send_rate_per_minute": null})).await;
     assert_eq!(cleared.body["send_rate_per_minute"], json!(null), "{}", cleared.text);
     app.sql_exec(&format!("UPDATE outbound_messages SET next_attempt_at = now() WHERE id = '{}'", ids[1])).await;
-    assert_eq!(delivery::deliver(&app.ctx, (ids[1]).into()).await.expect("third"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, ids[1].into()).await.expect("third"), Delivery::Sent);
     assert_eq!(servers.wait_for_messages_to(&rcpt, 2, Duration::from_secs(10)).await.len(), 2);
 }
 

@@ -14,7 +14,7 @@ async fn stored_secret(app: &TestApp, table: &str, column: &str, id: &str) -> St
 
 fn location<'a>(tenant: &str, table: &'a str, column: &'a str, id: &str) -> SecretLocation<'a> {
     SecretLocation {
-        tenant_id: (Uuid::parse_str(tenant).expect("tenant uuid")).into(),
+        tenant_id: Uuid::parse_str(tenant).expect("tenant uuid").into(),
         table,
         column,
         row_id: Uuid::parse_str(id).expect("row uuid"),

@@ -139,7 +139,7 @@ async fn deleting_a_tenant_stops_its_api_keys_and_tokens() {
     let jwt = app
         .ctx
         .jwt
-        .issue("alice", Role::Admin, Some((Uuid::parse_str(&tenant).expect("uuid")).into()), None)
+        .issue("alice", Role::Admin, Some(Uuid::parse_str(&tenant).expect("uuid").into()), None)
         .expect("issue")
         .access_token;
     assert_eq!(app.get("/v1/accounts", &jwt).await.status, StatusCode::OK);

@@ -959,12 +959,9 @@ async fn moving_the_endpoints_while_grants_exist_needs_the_client_secret_and_sen
     );
     assert_eq!(count(&app, &audit).await, 1, "the audit log records the move and its consequence");
     let tenant_id = Uuid::parse_str(tenant).expect("tenant uuid");
-    let refused = postbridge_core::connect::grants::access_token(
-        &app.ctx,
-        tenant_id.into(),
-        (Uuid::parse_str(&grant).expect("uuid")).into(),
-    )
-    .await;
+    let refused =
+        postbridge_core::connect::grants::access_token(&app.ctx, tenant_id.into(), Uuid::parse_str(&grant).expect("uuid").into())
+            .await;
     assert!(matches!(refused, Err(postbridge_core::connect::grants::TokenAccessError::ReauthRequired { .. })), "{refused:?}");
     assert_eq!(elsewhere.token_requests("refresh_token"), 0, "no refresh token reached the new endpoint");
     assert_eq!(setup.provider.token_requests("refresh_token"), 0);

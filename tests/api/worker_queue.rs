@@ -121,9 +121,9 @@ async fn an_account_sends_no_faster_than_its_pace_and_the_rest_waits_without_an_
             app.post("/v1/messages", &key, json!({"from": login, "to": [rcpt], "subject": format!("p{i}"), "text": "hi"})).await;
         ids.push(Uuid::parse_str(&reply.id()).expect("id"));
     }
-    assert_eq!(delivery::deliver(&app.ctx, (ids[0]).into()).await.expect("first"), Delivery::Sent);
-    assert_eq!(delivery::deliver(&app.ctx, (ids[1]).into()).await.expect("second"), Delivery::Sent);
-    assert_eq!(delivery::deliver(&app.ctx, (ids[2]).into()).await.expect("third"), Delivery::Paced);
+    assert_eq!(delivery::deliver(&app.ctx, ids[0].into()).await.expect("first"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, ids[1].into()).await.expect("second"), Delivery::Sent);
+    assert_eq!(delivery::deliver(&app.ctx, ids[2].into()).await.expect("third"), Delivery::Paced);
     let third = app.get(&format!("/v1/messages/{}", ids[2]), &key).await;
     assert_eq!((third.body["status"].clone(), third.body["attempts"].clone()), (json!("queued"), json!(0)));
     let wait = app
