@@ -8,13 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use postbridge_core::observe::events::{self, Event};
 use postbridge_core::store::ids::TenantId;
+use postbridge_core::store::listen::{Listener, Notice};
 use postbridge_core::AppContext;
-use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
@@ -22,8 +21,6 @@ use uuid::Uuid;
 const CHANNEL: &str = "postbridge_events";
 /// Events a slow subscriber may fall behind by before it misses some.
 const BUFFER: usize = 256;
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const LAST_RETRY: Duration = Duration::from_secs(30);
 
 /// Shared by every connection of one API process; cheap to clone.
 #[derive(Clone)]
@@ -124,49 +121,19 @@ impl Drop for TenantEvents {
     }
 }
 
-/// Listens until the hub is dropped; reconnects with backoff whenever the connection fails.
+/// Listens until the hub is dropped; the listener reconnects by itself whenever the connection fails.
 async fn listen(hub: Weak<Inner>, mut stopped: oneshot::Receiver<()>) {
-    let mut retry = FIRST_RETRY;
+    let Some(url) = hub.upgrade().map(|inner| inner.ctx.settings.database_url.clone()) else { return };
+    let mut listener = Listener::new(url, CHANNEL, "the live event listener");
     loop {
-        let Some(url) = hub.upgrade().map(|inner| inner.ctx.settings.database_url.clone()) else { return };
-        let connected = tokio::select! {
+        let notice = tokio::select! {
             _ = &mut stopped => return,
-            connected = connect(&url) => connected,
+            notice = listener.next() => notice,
         };
-        match connected {
-            Ok(mut listener) => {
-                tracing::debug!("the live event listener is listening");
-                retry = FIRST_RETRY;
-                loop {
-                    let received = tokio::select! {
-                        _ = &mut stopped => return,
-                        received = listener.recv() => received,
-                    };
-                    match received {
-                        Ok(notification) => {
-                            let Some(inner) = hub.upgrade() else { return };
-                            inner.dispatch(notification.payload()).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the live event listener failed; reconnecting");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?retry, "the live event listener could not connect"),
+        // A reconnect has nothing to catch up: subscriptions are a live view, the event list is the record.
+        if let Notice::Payload(payload) = notice {
+            let Some(inner) = hub.upgrade() else { return };
+            inner.dispatch(&payload).await;
         }
-        tokio::select! {
-            _ = &mut stopped => return,
-            () = tokio::time::sleep(retry) => {}
-        }
-        retry = (retry * 2).min(LAST_RETRY);
     }
-}
-
-async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
-    // Its own connection (a pool of one that `recv` reconnects transparently), not one of the request pool's.
-    let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
 }

@@ -74,6 +74,9 @@ pub struct Settings {
     pub worker_metrics_addr: Option<SocketAddr>,
     /// How long a stopping worker lets its jobs in flight finish before cutting them.
     pub worker_shutdown_grace: std::time::Duration,
+    /// How often a worker's scheduler looks for due work (50 ms to 10 s). Sends are also dispatched the moment
+    /// their row commits; this pass is their backstop and the pace of everything else.
+    pub dispatch_interval: std::time::Duration,
     /// When set, `/metrics` (API and worker) answers only `Authorization: Bearer <this>`.
     pub metrics_token: Option<String>,
     /// Events (and their webhook deliveries) older than this many days are deleted (0: kept forever).
@@ -298,6 +301,7 @@ impl Settings {
                 get("WORKER_SHUTDOWN_GRACE").as_deref().unwrap_or("30s"),
                 "WORKER_SHUTDOWN_GRACE",
             )?,
+            dispatch_interval: dispatch_interval(get("DISPATCH_INTERVAL").as_deref().unwrap_or("500ms"))?,
             event_retention_days: parse_or(get("EVENT_RETENTION_DAYS"), "EVENT_RETENTION_DAYS", 30u32)?,
             metrics_token: get("METRICS_TOKEN"),
         })
@@ -322,6 +326,15 @@ fn within<T: PartialOrd + std::fmt::Display>(value: T, range: std::ops::RangeInc
     Ok(value)
 }
 
+fn dispatch_interval(raw: &str) -> Result<std::time::Duration, ConfigError> {
+    let interval = parse_duration(raw, "DISPATCH_INTERVAL")?;
+    // Longer than 10 s would also outlast the liveness check of the scheduler loop.
+    if !(std::time::Duration::from_millis(50)..=std::time::Duration::from_secs(10)).contains(&interval) {
+        return Err(config_error("DISPATCH_INTERVAL", "must be between 50ms and 10s"));
+    }
+    Ok(interval)
+}
+
 fn at_least_one(value: usize, name: &str) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(config_error(name, "must be at least 1"));
@@ -344,14 +357,16 @@ fn parse_duration(raw: &str, name: &str) -> Result<std::time::Duration, ConfigEr
     let raw = raw.trim();
     let (number, unit) = raw.find(|c: char| !c.is_ascii_digit()).map_or((raw, ""), |at| raw.split_at(at));
     let value: u64 =
-        number.parse().map_err(|_| config_error(name, format!("{raw:?} is not a duration such as 30s, 5m, 2h or 5d")))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        "d" => value * 86_400,
-        _ => return Err(config_error(name, format!("{raw:?} has an unknown unit (use s, m, h or d)"))),
+        number.parse().map_err(|_| config_error(name, format!("{raw:?} is not a duration such as 500ms, 30s, 5m, 2h or 5d")))?;
+    let seconds_per = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(value)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(config_error(name, format!("{raw:?} has an unknown unit (use ms, s, m, h or d)"))),
     };
+    let seconds = value.checked_mul(seconds_per).ok_or_else(|| config_error(name, format!("{raw:?} is too long")))?;
     Ok(std::time::Duration::from_secs(seconds))
 }
 
@@ -503,6 +518,17 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_milliseconds_to_days() {
+        let mut vars = base();
+        assert_eq!(load(&vars).expect("defaults").dispatch_interval, std::time::Duration::from_millis(500));
+        vars.insert("POSTBRIDGE_DISPATCH_INTERVAL", "2s".to_owned());
+        vars.insert("POSTBRIDGE_WORKER_SHUTDOWN_GRACE", "1500ms".to_owned());
+        let settings = load(&vars).expect("valid");
+        assert_eq!(settings.dispatch_interval, std::time::Duration::from_secs(2));
+        assert_eq!(settings.worker_shutdown_grace, std::time::Duration::from_millis(1500));
+    }
+
+    #[test]
     fn jwt_keys_may_be_limited_to_one_tenant() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
         let tenant = uuid::Uuid::now_v7();
@@ -529,6 +555,9 @@ mod tests {
             ("POSTBRIDGE_WEBHOOK_RETRY_SCHEDULE", Some("5s,soon")),
             ("POSTBRIDGE_WEBHOOK_DISABLE_AFTER", Some("5w")),
             ("POSTBRIDGE_WORKER_METRICS_ADDR", Some("port nine")),
+            ("POSTBRIDGE_DISPATCH_INTERVAL", Some("10ms")),
+            ("POSTBRIDGE_DISPATCH_INTERVAL", Some("1m")),
+            ("POSTBRIDGE_WORKER_SHUTDOWN_GRACE", Some("99999999999999999d")),
         ] {
             let mut vars = base();
             match value {

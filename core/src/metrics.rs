@@ -36,6 +36,10 @@ pub struct Metrics {
     pub accounts: IntGaugeVec,
     /// Live queue consumers of this worker process, per queue.
     pub worker_consumers: IntGaugeVec,
+    /// 1 while this worker's Postgres listener of a channel is connected.
+    pub worker_listening: IntGaugeVec,
+    /// Jobs this worker pushed to a queue, by what found them due: its `pass`, or a commit's `notice`.
+    pub worker_dispatched: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -107,6 +111,18 @@ impl Metrics {
             grants: gauge(&registry, "grants", "OAuth grants by status", &["status"])?,
             accounts: gauge(&registry, "accounts", "Email accounts by state", &["state"])?,
             worker_consumers: gauge(&registry, "worker_consumers", "Live queue consumers of this worker process", &["queue"])?,
+            worker_listening: gauge(
+                &registry,
+                "worker_listening",
+                "1 while this worker process listens on a Postgres notification channel",
+                &["channel"],
+            )?,
+            worker_dispatched: counter(
+                &registry,
+                "worker_dispatched_total",
+                "Jobs this worker process pushed to a queue, by what found them due (pass, notice)",
+                &["queue", "trigger"],
+            )?,
             registry,
         };
         // Series of closed label sets start at 0, so a first increase shows as one (and `rate()` sees it).

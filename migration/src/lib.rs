@@ -15,6 +15,7 @@ mod m20261204_000010_tenant_wall;
 mod m20261205_000011_failure_kinds;
 mod m20261205_000012_dead_states;
 mod m20261205_000013_cancelled_messages;
+mod m20261205_000014_send_due_notify;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000011_failure_kinds::Migration),
             Box::new(m20261205_000012_dead_states::Migration),
             Box::new(m20261205_000013_cancelled_messages::Migration),
+            Box::new(m20261205_000014_send_due_notify::Migration),
         ]
     }
 }

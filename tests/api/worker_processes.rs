@@ -345,3 +345,57 @@ async fn postgres_stopped_for_10_seconds_mid_batch_sends_nothing_twice_and_the_w
     let missing = subjects.iter().filter(|s| !seen.contains_key(*s)).count() as i64;
     assert!(missing <= unknown, "only unknown messages may be missing at the server ({missing} > {unknown})");
 }
+
+/// The pid of the worker's send wake-up listener connection, if it is listening.
+async fn send_listener_pid(app: &TestApp) -> Option<i32> {
+    use sea_orm::ConnectionTrait;
+    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+               AND query LIKE 'LISTEN%postbridge_sends_due%'";
+    let row = app.owner_db().await.query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)).await;
+    row.expect("pg_stat_activity").map(|row| row.try_get_by_index::<i32>(0).expect("a pid"))
+}
+
+#[tokio::test]
+async fn a_submitted_message_is_dispatched_on_its_commit_not_at_the_next_pass_even_after_the_listener_is_cut() {
+    let redis = PrivateRedis::start().await;
+    let (app, servers, key) = app_on(TestEnv::new(), &redis).await;
+    let from = sender(&app, servers, &key).await;
+    // The longest pass allowed: the first pass is done when the worker is ready, the next comes 10 s later.
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("DISPATCH_INTERVAL", "10s")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    wait_until("the worker listens for sends", Duration::from_secs(10), async || {
+        worker.metric("postbridge_worker_listening{channel=\"postbridge_sends_due\"}").await == 1.0
+    })
+    .await;
+    let notice = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"notice\"}";
+    let pass = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"pass\"}";
+    let rcpt = format!("notice-{}@example.org", Uuid::new_v4().simple());
+
+    let first = submit_batch(&app, &key, &from, &rcpt, 1).await;
+    wait_until("the first message arrives", Duration::from_secs(30), async || {
+        accepted_subjects(servers, &rcpt).contains_key(&first[0])
+    })
+    .await;
+    assert_eq!(worker.metric(notice).await, 1.0, "the commit's notice dispatched it");
+    assert_eq!(worker.metric(pass).await, 0.0, "no pass found it first");
+
+    // Cut the listener's connection: it reconnects by itself, and the next message is again sent on notice.
+    let cut = send_listener_pid(&app).await.expect("the worker's listener connection");
+    use sea_orm::ConnectionTrait;
+    app.owner_db().await.execute_unprepared(&format!("SELECT pg_terminate_backend({cut})")).await.expect("terminate");
+    wait_until("the listener is back on a new connection", Duration::from_secs(15), async || {
+        send_listener_pid(&app).await.is_some_and(|pid| pid != cut)
+    })
+    .await;
+    let second = submit_batch(&app, &key, &from, &rcpt, 1).await;
+    wait_until("the second message arrives", Duration::from_secs(30), async || {
+        accepted_subjects(servers, &rcpt).contains_key(&second[0])
+    })
+    .await;
+    let by_notice = worker.metric(notice).await;
+    let by_pass = worker.metric(pass).await;
+    assert_eq!(by_notice + by_pass, 2.0, "each message was dispatched once");
+    assert_eq!(by_notice, 2.0, "the reconnected listener dispatched the second too");
+    let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
+    assert_eq!(sent, 2);
+}

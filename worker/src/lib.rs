@@ -9,7 +9,9 @@ pub mod http;
 pub mod liveness;
 pub mod queue;
 pub mod scheduler;
+pub mod wake;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -61,13 +63,15 @@ async fn shutdown_signal() {
 
 /// Starts one queue's consumer under its supervisor.
 macro_rules! consumer {
-    ($storage:expr, $concurrency:expr, $handler:path, $runner:expr) => {{
+    ($storage:expr, $wake:expr, $concurrency:expr, $handler:path, $runner:expr) => {{
         let storage = $storage;
+        let wake = $wake.clone();
         let runner = $runner.clone();
         let concurrency: usize = $concurrency;
         let start: StartConsumer = Box::new(move |name, stop, live| {
             WorkerBuilder::new(name)
-                .backend(storage.clone())
+                // Fetches on its heartbeat, and at once when this process pushed to its queue.
+                .backend(storage.clone().poll_with_strategy(StreamStrategy::new(wake.clone())))
                 .concurrency(concurrency)
                 .data(runner.clone())
                 .on_event(track_liveness(live))
@@ -102,12 +106,34 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     tracing::info!(%prefix, worker_id = %identity.id, host = %identity.host, pid = identity.pid, "postbridge-worker started");
 
     let limit = |queue| queue::concurrency(&ctx.settings, queue);
+    let wake = |queue| queues.wakers.of(queue);
     let starts: Vec<(Queue, StartConsumer)> = vec![
-        (Queue::Send, consumer!(queues.sends.clone(), limit(Queue::Send), queue::handle::<DeliverMessage>, runner)),
-        (Queue::Poll, consumer!(queues.polls.clone(), limit(Queue::Poll), queue::handle::<PollMailbox>, runner)),
-        (Queue::Refresh, consumer!(queues.refreshes.clone(), limit(Queue::Refresh), queue::handle::<RefreshGrant>, runner)),
-        (Queue::Settle, consumer!(queues.settles.clone(), limit(Queue::Settle), queue::handle::<SettleMessage>, runner)),
-        (Queue::Webhook, consumer!(queues.hooks.clone(), limit(Queue::Webhook), queue::handle::<DeliverWebhook>, runner)),
+        (
+            Queue::Send,
+            consumer!(queues.sends.clone(), wake(Queue::Send), limit(Queue::Send), queue::handle::<DeliverMessage>, runner),
+        ),
+        (
+            Queue::Poll,
+            consumer!(queues.polls.clone(), wake(Queue::Poll), limit(Queue::Poll), queue::handle::<PollMailbox>, runner),
+        ),
+        (
+            Queue::Refresh,
+            consumer!(
+                queues.refreshes.clone(),
+                wake(Queue::Refresh),
+                limit(Queue::Refresh),
+                queue::handle::<RefreshGrant>,
+                runner
+            ),
+        ),
+        (
+            Queue::Settle,
+            consumer!(queues.settles.clone(), wake(Queue::Settle), limit(Queue::Settle), queue::handle::<SettleMessage>, runner),
+        ),
+        (
+            Queue::Webhook,
+            consumer!(queues.hooks.clone(), wake(Queue::Webhook), limit(Queue::Webhook), queue::handle::<DeliverWebhook>, runner),
+        ),
     ];
     let mut consumer_tasks = Vec::new();
     for (queue, start) in starts {
@@ -116,8 +142,10 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
         let live = liveness.consumer_flag(queue);
         consumer_tasks.push(tokio::spawn(supervise(queue, move || identity.consumer_name(queue), start, live, stop.clone())));
     }
+    let sends_due = Arc::new(tokio::sync::Notify::new());
     let loops = vec![
-        tokio::spawn(scheduler::run(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),
+        tokio::spawn(wake::listen_for_sends(ctx.clone(), sends_due.clone(), stop.clone())),
+        tokio::spawn(scheduler::run(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), sends_due, stop.clone())),
         tokio::spawn(scheduler::housekeeping(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),
     ];
     // The heartbeat goes on through the shutdown grace, so a stopping worker is never taken for a dead one.

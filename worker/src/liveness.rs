@@ -18,19 +18,19 @@ const LOOP_STALE_AFTER_MS: i64 = 30_000;
 pub struct Liveness {
     pub started_at: DateTime<Utc>,
     consumers: HashMap<&'static str, Arc<AtomicBool>>,
-    /// Unix milliseconds of the scheduler loop's and the housekeeping loop's last round.
+    /// Unix milliseconds of the scheduler loop's and the housekeeping loop's last round (0: none yet, so a process
+    /// is ready only once its first pass is done).
     scheduler_round: AtomicI64,
     housekeeping_round: AtomicI64,
 }
 
 impl Liveness {
     pub fn new() -> Arc<Self> {
-        let now = Utc::now().timestamp_millis();
         Arc::new(Liveness {
             started_at: Utc::now(),
             consumers: Queue::NAMES.iter().map(|q| (*q, Arc::new(AtomicBool::new(false)))).collect(),
-            scheduler_round: AtomicI64::new(now),
-            housekeeping_round: AtomicI64::new(now),
+            scheduler_round: AtomicI64::new(0),
+            housekeeping_round: AtomicI64::new(0),
         })
     }
 
@@ -64,8 +64,11 @@ impl Liveness {
             .collect();
         let now = Utc::now().timestamp_millis();
         for (name, round) in [("scheduler", &self.scheduler_round), ("housekeeping", &self.housekeeping_round)] {
-            let age = now.saturating_sub(round.load(Ordering::Relaxed));
-            if age > LOOP_STALE_AFTER_MS {
+            let round = round.load(Ordering::Relaxed);
+            let age = now.saturating_sub(round);
+            if round == 0 {
+                problems.push(format!("the {name} loop has not gone round yet"));
+            } else if age > LOOP_STALE_AFTER_MS {
                 problems.push(format!("the {name} loop has not run for {} s", age / 1000));
             }
         }

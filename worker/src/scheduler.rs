@@ -19,12 +19,13 @@ use uuid::Uuid;
 
 use crate::liveness::Liveness;
 use crate::queue::{DeliverMessage, DeliverWebhook, PollMailbox, RefreshGrant, SettleMessage};
+use crate::wake::{QueueWakers, Wake};
 use postbridge_core::jobs::job::Queue;
 
 /// Rows claimed per query; a full batch means more may be due.
 const BATCH: u64 = 1_000;
 
-/// The storages of every queue.
+/// The storages of every queue, and the signals that wake this process's consumers after a push.
 #[derive(Clone)]
 pub struct Queues {
     pub polls: RedisStorage<PollMailbox>,
@@ -32,11 +33,13 @@ pub struct Queues {
     pub hooks: RedisStorage<DeliverWebhook>,
     pub refreshes: RedisStorage<RefreshGrant>,
     pub settles: RedisStorage<SettleMessage>,
+    pub wakers: QueueWakers,
 }
 
 impl Queues {
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
         Queues {
+            wakers: QueueWakers::default(),
             polls: crate::queue::storage(conn.clone(), prefix, Queue::Poll),
             sends: crate::queue::storage(conn.clone(), prefix, Queue::Send),
             hooks: crate::queue::storage(conn.clone(), prefix, Queue::Webhook),
@@ -46,10 +49,28 @@ impl Queues {
     }
 }
 
-/// Pushes jobs; on failure the rows are unclaimed so the next round dispatches them again.
+/// What found work due: the scheduler's regular pass, or a notice from Postgres that a row committed.
+#[derive(Clone, Copy, Debug)]
+pub enum Trigger {
+    Pass,
+    Notice,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Pass => "pass",
+            Trigger::Notice => "notice",
+        }
+    }
+}
+
+/// Pushes jobs to `queue` and wakes this process's consumer of it; on failure the rows are unclaimed so the next
+/// round dispatches them again.
 async fn push<T, S, K, Id>(
     ctx: &AppContext,
     storage: &mut S,
+    (queue, wake, trigger): (Queue, &Wake, Trigger),
     rows: Dispatched,
     ids: Vec<Id>,
     job: impl Fn(Id) -> T,
@@ -69,29 +90,38 @@ where
         }
         anyhow::bail!("pushing {count} jobs to Redis failed: {e}");
     }
+    wake.signal();
+    ctx.metrics.worker_dispatched.with_label_values(&[queue.as_str(), trigger.as_str()]).inc_by(count as u64);
     Ok(count)
+}
+
+/// Claims and pushes every message due to send, a batch at a time.
+pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: Trigger) -> anyhow::Result<()> {
+    loop {
+        let ids = scheduler::claim_due_sends(ctx, BATCH).await?;
+        let to = (Queue::Send, queues.wakers.of(Queue::Send), trigger);
+        let pushed =
+            push(ctx, &mut queues.sends, to, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await?;
+        if (pushed as u64) < BATCH {
+            return Ok(());
+        }
+    }
 }
 
 /// Claims and pushes everything due, queue by queue; one queue's failure does not hold up the others.
 pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
     // Every queue is tried; the first failure is reported.
     let mut failures = Vec::new();
-    loop {
-        match scheduler::claim_due_sends(ctx, BATCH).await {
-            Ok(ids) => {
-                match push(ctx, &mut queues.sends, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await {
-                    Ok(n) if n as u64 == BATCH => continue,
-                    Ok(_) => {}
-                    Err(e) => failures.push(e),
-                }
-            }
-            Err(e) => failures.push(e.into()),
-        }
-        break;
+    if let Err(e) = dispatch_due_sends(ctx, queues, Trigger::Pass).await {
+        failures.push(e);
     }
+    let wakers = queues.wakers.clone();
     match scheduler::claim_due_polls(ctx, 500).await {
         Ok(ids) => {
-            if let Err(e) = push(ctx, &mut queues.polls, Dispatched::Polls, ids, |account_id| PollMailbox { account_id }).await {
+            let to = (Queue::Poll, wakers.of(Queue::Poll), Trigger::Pass);
+            if let Err(e) =
+                push(ctx, &mut queues.polls, to, Dispatched::Polls, ids, |account_id| PollMailbox { account_id }).await
+            {
                 failures.push(e);
             }
         }
@@ -99,7 +129,9 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
     match scheduler::claim_due_refreshes(ctx, BATCH).await {
         Ok(ids) => {
-            if let Err(e) = push(ctx, &mut queues.refreshes, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await
+            let to = (Queue::Refresh, wakers.of(Queue::Refresh), Trigger::Pass);
+            if let Err(e) =
+                push(ctx, &mut queues.refreshes, to, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await
             {
                 failures.push(e);
             }
@@ -108,15 +140,16 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
     match scheduler::claim_due_settlements(ctx, 100).await {
         Ok(ids) => {
+            let to = (Queue::Settle, wakers.of(Queue::Settle), Trigger::Pass);
             if let Err(e) =
-                push(ctx, &mut queues.settles, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await
+                push(ctx, &mut queues.settles, to, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await
             {
                 failures.push(e);
             }
         }
         Err(e) => failures.push(e.into()),
     }
-    if let Err(e) = dispatch_due_webhooks(ctx, &mut queues.hooks).await {
+    if let Err(e) = dispatch_due_webhooks(ctx, &mut queues.hooks, wakers.of(Queue::Webhook)).await {
         failures.push(e);
     }
     match failures.into_iter().next() {
@@ -125,7 +158,7 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
 }
 
-async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<DeliverWebhook>) -> anyhow::Result<()> {
+async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<DeliverWebhook>, wake: &Wake) -> anyhow::Result<()> {
     loop {
         let due = webhooks::claim_due_webhooks(ctx, BATCH).await?;
         let count = due.len();
@@ -137,6 +170,11 @@ async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<Delive
                 }
                 anyhow::bail!("pushing {count} webhook jobs to Redis failed: {e}");
             }
+            wake.signal();
+            ctx.metrics
+                .worker_dispatched
+                .with_label_values(&[Queue::Webhook.as_str(), Trigger::Pass.as_str()])
+                .inc_by(count as u64);
         }
         if (count as u64) < BATCH {
             return Ok(());
@@ -173,25 +211,34 @@ impl RedisEpoch {
     }
 }
 
-/// Dispatches what is due every half second until `stop`, and re-dispatches everything when Redis lost its jobs.
+/// Dispatches what is due every `POSTBRIDGE_DISPATCH_INTERVAL` (half a second) until `stop`, and re-dispatches everything when Redis lost its jobs.
+/// `sends_due` (see `wake::listen_for_sends`) dispatches sends at once between the passes.
 pub async fn run(
     ctx: AppContext,
     mut queues: Queues,
     mut redis: ConnectionManager,
     liveness: Arc<Liveness>,
+    sends_due: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut dispatch = tokio::time::interval(Duration::from_millis(500));
+    let mut dispatch = tokio::time::interval(ctx.settings.dispatch_interval);
     dispatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut epoch = RedisEpoch::new(&ctx.settings.redis_prefix);
     let mut last_error_logged: Option<std::time::Instant> = None;
     let mut failing = false;
     loop {
-        tokio::select! {
+        let sends_only = tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            _ = dispatch.tick() => {}
+            _ = dispatch.tick() => false,
+            () = sends_due.notified() => true,
+        };
+        if sends_only {
+            // A failure here is the pass's to report and recover from; the rows stay due.
+            if let Err(e) = dispatch_due_sends(&ctx, &mut queues, Trigger::Notice).await {
+                tracing::debug!(error = %e, "dispatching sends on notice failed; the next pass tries again");
+            }
+            continue;
         }
-        liveness.scheduler_went_round();
         match epoch.lost_data(&mut redis).await {
             Ok(true) => match scheduler::forget_dispatches(&ctx).await {
                 Ok(0) => tracing::info!("Redis holds none of this deployment's jobs yet (new, flushed or restarted)"),
@@ -208,6 +255,8 @@ pub async fn run(
                     tracing::warn!(error = %e, "Redis is unreachable; dispatching waits for it");
                     last_error_logged = Some(std::time::Instant::now());
                 }
+                // The loop itself is fine (Redis is reported on its own), so the round counts.
+                liveness.scheduler_went_round();
                 continue;
             }
         }
@@ -230,6 +279,8 @@ pub async fn run(
                 }
             }
         }
+        // Counted once the pass is done, so a worker is ready only after its first.
+        liveness.scheduler_went_round();
     }
 }
 

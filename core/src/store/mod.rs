@@ -4,6 +4,7 @@
 pub mod entities;
 pub mod ids;
 pub mod json;
+pub mod listen;
 pub mod tenant_owned;
 pub mod tenant_wall;
 

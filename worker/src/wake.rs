@@ -1,0 +1,102 @@
+//! Work at once instead of at the next round. Two wake-ups:
+//! - Postgres announces at commit every message that became due to send (`postbridge_sends_due`, see the
+//!   `send_due_notify` migration); [`listen_for_sends`] wakes the scheduler, which claims and pushes sends at once.
+//!   The scheduler's half-second pass stays as the backstop for a notification nobody heard.
+//! - apalis-redis has no blocking fetch: an idle consumer looks for jobs only on its heartbeat. A job this process
+//!   pushes therefore also wakes this process's consumer of that queue ([`QueueWakers`]); other processes' consumers
+//!   still take their share on their own heartbeats and whenever they are busy.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+use futures::Stream;
+use postbridge_core::jobs::job::Queue;
+use postbridge_core::store::listen::{Listener, Notice};
+use postbridge_core::AppContext;
+use tokio::sync::Notify;
+
+/// The channel the `outbound_messages_due` trigger notifies.
+pub const SENDS_DUE: &str = "postbridge_sends_due";
+
+/// Wakes `wake` for every announced send, and once on each (re)connect to catch up with what was missed, until
+/// `stop`. Keeps `postbridge_worker_listening{channel}` at 1 while it listens.
+pub async fn listen_for_sends(ctx: AppContext, wake: Arc<Notify>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut listener = Listener::new(ctx.settings.database_url.clone(), SENDS_DUE, "the send wake-up listener");
+    let listening = ctx.metrics.worker_listening.with_label_values(&[SENDS_DUE]);
+    loop {
+        let notice = tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            notice = listener.next() => notice,
+        };
+        match notice {
+            Notice::Connected | Notice::Payload(_) => {
+                listening.set(1);
+                wake.notify_one();
+            }
+            Notice::Lost => listening.set(0),
+        }
+    }
+    listening.set(0);
+}
+
+/// One wake-up signal per queue, shared by this process's scheduler (which signals after a push) and consumers
+/// (which fetch when signalled).
+#[derive(Clone, Default)]
+pub struct QueueWakers {
+    send: Wake,
+    poll: Wake,
+    refresh: Wake,
+    settle: Wake,
+    webhook: Wake,
+}
+
+impl QueueWakers {
+    pub fn of(&self, queue: Queue) -> &Wake {
+        match queue {
+            Queue::Send => &self.send,
+            Queue::Poll => &self.poll,
+            Queue::Refresh => &self.refresh,
+            Queue::Settle => &self.settle,
+            Queue::Webhook => &self.webhook,
+        }
+    }
+}
+
+/// A stream that yields once after one or more signals: the poll strategy of a consumer, which fetches whenever it
+/// yields. Signals while nobody waits are kept as one.
+#[derive(Clone, Default)]
+pub struct Wake(Arc<WakeInner>);
+
+#[derive(Default)]
+struct WakeInner {
+    waker: AtomicWaker,
+    signalled: AtomicBool,
+}
+
+impl Wake {
+    pub fn signal(&self) {
+        self.0.signalled.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+}
+
+impl Stream for Wake {
+    type Item = ();
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let inner = &self.0;
+        if inner.signalled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Some(()));
+        }
+        // Registered before looking again, so a signal between the two looks is not lost.
+        inner.waker.register(cx.waker());
+        if inner.signalled.swap(false, Ordering::AcqRel) {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
