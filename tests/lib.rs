@@ -37,6 +37,15 @@ pub fn with(base: Value, changes: Value) -> Value {
 }
 
 /// Admin connection used to create one database per test.
+/// Checks `done` every 100 ms until it holds; panics naming `what` after `within`.
+pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub fn admin_database_url() -> String {
     std::env::var("POSTBRIDGE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())

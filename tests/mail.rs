@@ -299,6 +299,43 @@ impl MailServers {
         }
     }
 
+    /// Delivers one message as a mail server does: written in `tmp/`, then renamed into `new/`, so a client watching
+    /// the folder (IDLE) never sees half of it.
+    pub fn deliver(&self, login: &str, folder: &str, message: &[u8]) {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let dir = self.ensure_folder(login, folder);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let name = format!(
+            "{}.M{}P{}Q{}.pbdeliver",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let (tmp, new) = (dir.join("tmp").join(&name), dir.join("new").join(&name));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, message)?;
+            std::os::unix::fs::fchown(&file, Some(self.mail_uid), Some(self.mail_gid))?;
+            std::fs::rename(&tmp, &new)
+        };
+        write().unwrap_or_else(|e| panic!("deliver {}: {e}", new.display()));
+    }
+
+    /// Cuts every IMAP and POP3 connection of `login` (`doveadm kick`), as a server restart or a network cut would.
+    pub fn kick(&self, login: &str) {
+        let doveadm = which("doveadm").expect("doveadm (Debian's dovecot-core) is installed with dovecot");
+        let conf = self.run_dir.join("dovecot/dovecot.conf");
+        let output = std::process::Command::new(doveadm)
+            .arg("-c")
+            .arg(&conf)
+            .arg("kick")
+            .arg(login.to_lowercase())
+            .output()
+            .expect("run doveadm kick");
+        assert!(output.status.success(), "doveadm kick: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
     /// How many messages the folder holds on disk (`new/` and `cur/`, expunged ones excluded).
     pub fn mailbox_count(&self, login: &str, folder: &str) -> usize {
         self.mailbox_messages_inner(login, folder, false).len()

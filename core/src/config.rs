@@ -74,6 +74,10 @@ pub struct Settings {
     pub worker_metrics_addr: Option<SocketAddr>,
     /// How long a stopping worker lets its jobs in flight finish before cutting them.
     pub worker_shutdown_grace: std::time::Duration,
+    /// Mailboxes one worker process watches in IDLE at most (0: none, every mailbox is polled).
+    pub idle_mailboxes: usize,
+    /// How long one IDLE connection lives before it is ended and opened again (1 s to 29 min).
+    pub idle_reissue: std::time::Duration,
     /// How often a worker's scheduler looks for due work (50 ms to 10 s). Sends are also dispatched the moment
     /// their row commits; this pass is their backstop and the pace of everything else.
     pub dispatch_interval: std::time::Duration,
@@ -301,6 +305,8 @@ impl Settings {
                 get("WORKER_SHUTDOWN_GRACE").as_deref().unwrap_or("30s"),
                 "WORKER_SHUTDOWN_GRACE",
             )?,
+            idle_mailboxes: parse_or(get("IDLE_MAILBOXES"), "IDLE_MAILBOXES", 1000usize)?,
+            idle_reissue: idle_reissue(get("IDLE_REISSUE").as_deref().unwrap_or("25m"))?,
             dispatch_interval: dispatch_interval(get("DISPATCH_INTERVAL").as_deref().unwrap_or("500ms"))?,
             event_retention_days: parse_or(get("EVENT_RETENTION_DAYS"), "EVENT_RETENTION_DAYS", 30u32)?,
             metrics_token: get("METRICS_TOKEN"),
@@ -324,6 +330,15 @@ fn within<T: PartialOrd + std::fmt::Display>(value: T, range: std::ops::RangeInc
         return Err(config_error(name, format!("must be between {} and {} bytes", range.start(), range.end())));
     }
     Ok(value)
+}
+
+fn idle_reissue(raw: &str) -> Result<std::time::Duration, ConfigError> {
+    let reissue = parse_duration(raw, "IDLE_REISSUE")?;
+    // RFC 2177: servers may end an IDLE after 30 minutes without a word.
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(29 * 60)).contains(&reissue) {
+        return Err(config_error("IDLE_REISSUE", "must be between 1s and 29m"));
+    }
+    Ok(reissue)
 }
 
 fn dispatch_interval(raw: &str) -> Result<std::time::Duration, ConfigError> {
@@ -557,6 +572,8 @@ mod tests {
             ("POSTBRIDGE_WORKER_METRICS_ADDR", Some("port nine")),
             ("POSTBRIDGE_DISPATCH_INTERVAL", Some("10ms")),
             ("POSTBRIDGE_DISPATCH_INTERVAL", Some("1m")),
+            ("POSTBRIDGE_IDLE_REISSUE", Some("30m")),
+            ("POSTBRIDGE_IDLE_MAILBOXES", Some("-1")),
             ("POSTBRIDGE_WORKER_SHUTDOWN_GRACE", Some("99999999999999999d")),
         ] {
             let mut vars = base();

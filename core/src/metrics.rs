@@ -38,6 +38,8 @@ pub struct Metrics {
     pub worker_consumers: IntGaugeVec,
     /// 1 while this worker's Postgres listener of a channel is connected.
     pub worker_listening: IntGaugeVec,
+    /// Mailboxes this worker process watches in IDLE.
+    pub worker_idle_mailboxes: IntGaugeVec,
     /// Jobs this worker pushed to a queue, by what found them due: its `pass`, or a commit's `notice`.
     pub worker_dispatched: IntCounterVec,
 }
@@ -116,6 +118,12 @@ impl Metrics {
                 "worker_listening",
                 "1 while this worker process listens on a Postgres notification channel",
                 &["channel"],
+            )?,
+            worker_idle_mailboxes: gauge(
+                &registry,
+                "worker_idle_mailboxes",
+                "Mailboxes this worker process watches in IDLE",
+                &[],
             )?,
             worker_dispatched: counter(
                 &registry,

@@ -16,6 +16,7 @@ mod m20261205_000011_failure_kinds;
 mod m20261205_000012_dead_states;
 mod m20261205_000013_cancelled_messages;
 mod m20261205_000014_send_due_notify;
+mod m20261205_000015_idle_watches;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000012_dead_states::Migration),
             Box::new(m20261205_000013_cancelled_messages::Migration),
             Box::new(m20261205_000014_send_due_notify::Migration),
+            Box::new(m20261205_000015_idle_watches::Migration),
         ]
     }
 }

@@ -8,6 +8,7 @@ mod cross_tenant;
 mod events;
 mod failure_kinds;
 mod health;
+mod idle_watches;
 mod large_mail;
 mod mail_flows;
 mod mail_inbound_client;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use postbridge_core::connect::grants;
 use postbridge_oauth_provider::TokenFailure;
-use postbridge_tests::mailflow::{new_login, password_account, sample_message, spawn_mail_app, MAIL_PASSWORD};
+use postbridge_tests::mailflow::{new_login, password_account, sample_message, spawn_mail_app_with, MAIL_PASSWORD};
 use postbridge_tests::oauth::CONSENTING_USER;
 use postbridge_tests::{assert_error, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::StatusCode;
@@ -96,7 +96,10 @@ async fn a_request_is_counted_under_its_route_pattern_and_status_never_its_path(
 
 #[tokio::test]
 async fn sends_and_polls_through_the_worker_move_jobs_messages_and_queue_gauges() {
-    let (app, servers) = spawn_mail_app().await;
+    // Polls, not IDLE watches (which `idle_watches` tests), so the poll job is counted.
+    let mut env = TestEnv::new();
+    env.set("IDLE_MAILBOXES", "0");
+    let (app, servers) = spawn_mail_app_with(env).await;
     let (_, key) = app.tenant_with_admin().await;
     let login = new_login();
     servers.add_password_user(&login, MAIL_PASSWORD);

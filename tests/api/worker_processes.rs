@@ -9,7 +9,7 @@ use futures::StreamExt;
 use postbridge_tests::mail::MailServers;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app_with, MAIL_PASSWORD};
 use postbridge_tests::processes::{PrivatePostgres, PrivateRedis, WorkerProcess};
-use postbridge_tests::{TestApp, TestEnv};
+use postbridge_tests::{wait_until, TestApp, TestEnv};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -57,14 +57,6 @@ fn accepted_subjects(servers: &MailServers, rcpt: &str) -> HashMap<String, usize
         }
     }
     seen
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every subject accepted exactly once, and every message `sent` in Postgres.

@@ -6,6 +6,7 @@
 
 pub mod consumers;
 pub mod http;
+pub mod idle;
 pub mod liveness;
 pub mod queue;
 pub mod scheduler;
@@ -145,6 +146,7 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     let sends_due = Arc::new(tokio::sync::Notify::new());
     let loops = vec![
         tokio::spawn(wake::listen_for_sends(ctx.clone(), sends_due.clone(), stop.clone())),
+        tokio::spawn(idle::run(ctx.clone(), liveness.clone(), stop.clone())),
         tokio::spawn(scheduler::run(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), sends_due, stop.clone())),
         tokio::spawn(scheduler::housekeeping(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),
     ];

@@ -22,6 +22,7 @@ pub struct Liveness {
     /// is ready only once its first pass is done).
     scheduler_round: AtomicI64,
     housekeeping_round: AtomicI64,
+    idle_round: AtomicI64,
 }
 
 impl Liveness {
@@ -31,6 +32,7 @@ impl Liveness {
             consumers: Queue::NAMES.iter().map(|q| (*q, Arc::new(AtomicBool::new(false)))).collect(),
             scheduler_round: AtomicI64::new(0),
             housekeeping_round: AtomicI64::new(0),
+            idle_round: AtomicI64::new(0),
         })
     }
 
@@ -41,6 +43,10 @@ impl Liveness {
 
     pub fn scheduler_went_round(&self) {
         self.scheduler_round.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    pub fn idle_went_round(&self) {
+        self.idle_round.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     pub fn housekeeping_went_round(&self) {
@@ -63,7 +69,9 @@ impl Liveness {
             .map(|(queue, _)| format!("the {queue} consumer is not running"))
             .collect();
         let now = Utc::now().timestamp_millis();
-        for (name, round) in [("scheduler", &self.scheduler_round), ("housekeeping", &self.housekeeping_round)] {
+        let loops =
+            [("scheduler", &self.scheduler_round), ("housekeeping", &self.housekeeping_round), ("IDLE", &self.idle_round)];
+        for (name, round) in loops {
             let round = round.load(Ordering::Relaxed);
             let age = now.saturating_sub(round);
             if round == 0 {

@@ -8,13 +8,26 @@
 //! those states (`outbound_messages_due_idx`, `grants_refresh_due_idx`, …). Statements on one row bind states as
 //! parameters instead.
 
-use crate::model::{AccountState, Direction, GrantStatus, OutboundStatus, WebhookDeliveryStatus};
+use crate::model::{AccountState, Direction, GrantStatus, OutboundStatus, Protocol, WebhookDeliveryStatus};
 
 /// Inbound accounts, enabled and confirmed, whose poll time has come (`email_accounts`).
 pub fn poll() -> String {
     format!(
         "direction = '{}' AND enabled AND state = '{}' AND (next_poll_at IS NULL OR next_poll_at <= now())",
         Direction::Inbound,
+        AccountState::Confirmed
+    )
+}
+
+/// IMAP mailboxes to watch in IDLE (`email_accounts`): enabled and confirmed, not backing off after a failure,
+/// and not on a server found without IDLE lately.
+pub fn idle() -> String {
+    format!(
+        "direction = '{}' AND protocol = '{}' AND enabled AND state = '{}' \
+         AND (poll_failures = 0 OR next_poll_at IS NULL OR next_poll_at <= now()) \
+         AND (idle_unsupported_until IS NULL OR idle_unsupported_until < now())",
+        Direction::Inbound,
+        Protocol::Imap,
         AccountState::Confirmed
     )
 }
@@ -59,6 +72,7 @@ mod tests {
     #[test]
     fn predicates_spell_the_stored_words_of_their_states() {
         assert!(poll().starts_with("direction = 'inbound' AND enabled AND state = 'confirmed'"), "{}", poll());
+        assert!(idle().starts_with("direction = 'inbound' AND protocol = 'imap' AND enabled AND state = 'confirmed'"));
         assert!(send().starts_with("status = 'queued'"));
         assert_eq!(sending(), "status = 'sending'");
         assert!(refresh().starts_with("status = 'valid' AND refresh_token IS NOT NULL"));

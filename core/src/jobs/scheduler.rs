@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::jobs::{due, leases};
-use crate::store::ids::{AccountId, GrantId, OutboundMessageId, WebhookEndpointId};
+use crate::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, WebhookEndpointId};
 
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
@@ -33,6 +33,39 @@ pub async fn claim_due_polls(ctx: &AppContext, limit: u64) -> AppResult<Vec<Acco
         leases::FREE
     );
     claim(ctx, &sql, limit).await
+}
+
+/// Mailboxes to watch in IDLE (`due::idle`) that nobody holds: their lease is taken here for this process (the
+/// watch renews it). Returns each with its tenant, whose scope the watch runs in.
+pub async fn claim_idle_mailboxes(ctx: &AppContext, limit: u64) -> AppResult<Vec<(AccountId, TenantId)>> {
+    let sql = format!(
+        "UPDATE email_accounts SET {} WHERE id IN ( \
+           SELECT id FROM email_accounts WHERE {} AND {} \
+           ORDER BY last_polled_at NULLS FIRST LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, tenant_id",
+        leases::Leased::hold_for(1),
+        due::idle(),
+        leases::FREE
+    );
+    let values = vec![(crate::receive::poll::LEASE_SECONDS as f64).into(), (limit as i64).into()];
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    rows.iter().map(|r| Ok((r.try_get::<AccountId>("", "id")?, r.try_get::<TenantId>("", "tenant_id")?))).collect()
+}
+
+/// This process's fair share of the mailboxes to watch: all of them over the live worker processes, rounded up.
+pub async fn idle_share(ctx: &AppContext) -> AppResult<usize> {
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM email_accounts WHERE {}) AS mailboxes, \
+                (SELECT count(*) FROM worker_processes WHERE {}) AS workers",
+        due::idle(),
+        crate::jobs::workers::live()
+    );
+    let row = ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await?;
+    let (mailboxes, workers) = match row {
+        Some(row) => (row.try_get::<i64>("", "mailboxes")?, row.try_get::<i64>("", "workers")?),
+        None => (0, 1),
+    };
+    let mailboxes = usize::try_from(mailboxes).unwrap_or(0);
+    Ok(mailboxes.div_ceil(usize::try_from(workers).unwrap_or(1).max(1)))
 }
 
 /// Queued messages due for an attempt.

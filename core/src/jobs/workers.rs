@@ -22,6 +22,11 @@ use crate::store::json::StringList;
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// A process silent for this long (without a clean stop) is dead.
 pub const DEAD_AFTER_SECONDS: i64 = 30;
+
+/// The condition that a `worker_processes` row is a live process (it beat within [`DEAD_AFTER_SECONDS`]).
+pub fn live() -> String {
+    format!("stopped_at IS NULL AND last_seen >= now() - interval '{DEAD_AFTER_SECONDS} seconds'")
+}
 /// Stopped and dead processes stay listed this long.
 pub const LISTED_FOR_HOURS: i64 = 24;
 /// Rows older than this are deleted by the housekeeping pass.

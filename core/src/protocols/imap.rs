@@ -381,6 +381,91 @@ impl ImapSession {
         Ok(self.capabilities.as_ref().is_some_and(|names| names.contains(&name.to_ascii_uppercase())))
     }
 
+    /// Waits in IDLE (RFC 2177) on the selected folder until the server announces a new message (`EXISTS` or
+    /// `RECENT`), `max` passes or `stop` resolves, then ends it with `DONE`. A server that refuses IDLE fails at
+    /// [`MailStep::Command`] with its words (callers check [`Self::has_capability`] first). What the server may send
+    /// meanwhile is bounded like any command's responses.
+    pub async fn idle(&mut self, max: Duration, stop: impl std::future::Future<Output = ()>) -> Result<IdleEnd, MailError> {
+        let io = self.io_timeout;
+        self.arm(IDLE_BYTES, IDLE_BYTES);
+        let tag = self.send("IDLE", MailStep::Command).await?;
+        let mut bye = None;
+        let seen = |parsed: &Response<'_>| Seen::of(parsed, &tag);
+        // The continuation says the server idles; untagged data may come first.
+        let mut changed = false;
+        loop {
+            let deadline = tokio::time::Instant::now() + io;
+            match self.read_by(deadline, "IDLE", &mut bye, seen).await? {
+                None => return Err(MailError::timeout("IDLE", io)),
+                Some(Seen::Continue) => break,
+                Some(Seen::Tagged(Ok(()))) => return Err(MailError::new(MailStep::Command, "IDLE ended before it started")),
+                Some(Seen::Tagged(Err(refused))) => return Err(refused),
+                Some(Seen::NewMail) => changed = true,
+                Some(Seen::Other) => {}
+            }
+        }
+        let end = if changed {
+            IdleEnd::Changed
+        } else {
+            let deadline = tokio::time::Instant::now() + max;
+            tokio::pin!(stop);
+            loop {
+                let read = tokio::select! {
+                    () = &mut stop => break IdleEnd::Stopped,
+                    read = self.read_by(deadline, "IDLE", &mut bye, seen) => read?,
+                };
+                match read {
+                    None => break IdleEnd::TimedOut,
+                    Some(Seen::NewMail) => break IdleEnd::Changed,
+                    // The server ended the IDLE itself (allowed, if unusual): a reason to look at the folder.
+                    Some(Seen::Tagged(done)) => return done.map(|()| IdleEnd::Changed),
+                    // Flag changes, expunges, "still here": nothing to fetch.
+                    Some(Seen::Continue | Seen::Other) => {}
+                }
+            }
+        };
+        match tokio::time::timeout(io, self.session.run_command_untagged("DONE")).await {
+            Err(_) => return Err(MailError::timeout("DONE", io)),
+            Ok(Err(err)) => return Err(imap_error(MailStep::Command, err, None)),
+            Ok(Ok(())) => {}
+        }
+        loop {
+            let deadline = tokio::time::Instant::now() + io;
+            match self.read_by(deadline, "DONE", &mut bye, seen).await? {
+                None => return Err(MailError::timeout("DONE", io)),
+                Some(Seen::Tagged(done)) => return done.map(|()| end),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Reads one response by `deadline` and hands it to `on_response` (`None`: the deadline came first). A `BYE` is
+    /// kept in `bye` for the error when the connection then closes.
+    async fn read_by<R>(
+        &mut self,
+        deadline: tokio::time::Instant,
+        verb: &str,
+        bye: &mut Option<String>,
+        on_response: impl FnOnce(&Response<'_>) -> R,
+    ) -> Result<Option<R>, MailError> {
+        let response = match tokio::time::timeout_at(deadline, self.session.read_response()).await {
+            Err(_) => return Ok(None),
+            Ok(Err(err)) => {
+                return Err(match self.guard_tripped() {
+                    Some(reason) => MailError::new(MailStep::Command, format!("{verb}: {reason}")),
+                    None => io_error(err),
+                })
+            }
+            Ok(Ok(None)) => return Err(connection_lost(bye.as_deref())),
+            Ok(Ok(Some(response))) => response,
+        };
+        let parsed = response.parsed();
+        if let Response::Data { status: Status::Bye, outcome } = parsed {
+            *bye = Some(outcome_text(outcome));
+        }
+        Ok(Some(on_response(parsed)))
+    }
+
     /// Ends the session politely.
     pub async fn logout(mut self) -> Result<(), MailError> {
         self.run("LOGOUT", MailStep::Command, ignore).await
@@ -449,6 +534,43 @@ impl ImapSession {
             Err(_) => Err(MailError::timeout(&command_verb(command), io)),
             Ok(Err(err)) => Err(imap_error(step, err, None)),
             Ok(Ok(tag)) => Ok(tag),
+        }
+    }
+}
+
+/// What ended an IDLE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleEnd {
+    /// The server announced a new message: fetch.
+    Changed,
+    /// The time given ran out (IDLE is re-issued well before servers' 30-minute limit).
+    TimedOut,
+    /// The caller stopped it.
+    Stopped,
+}
+
+/// What the server may send during one IDLE: status updates are small, so this only stops a flood.
+const IDLE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One response during an IDLE, as far as the IDLE cares.
+enum Seen {
+    Continue,
+    /// The IDLE command's own completion: OK, or the refusal.
+    Tagged(Result<(), MailError>),
+    NewMail,
+    Other,
+}
+
+impl Seen {
+    fn of(response: &Response<'_>, tag: &async_imap::imap_proto::RequestId) -> Seen {
+        match response {
+            Response::Continue(_) => Seen::Continue,
+            Response::Done { tag: done, status, outcome } if done == tag => Seen::Tagged(match status {
+                Status::Ok => Ok(()),
+                _ => Err(refusal(MailStep::Command, outcome)),
+            }),
+            Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => Seen::NewMail,
+            _ => Seen::Other,
         }
     }
 }

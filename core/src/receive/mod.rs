@@ -1,4 +1,7 @@
-//! Receiving: polling mailboxes into stored messages, and the inbox read by the API.
+//! Receiving: polling mailboxes and watching them in IDLE into stored messages, and the inbox read by the API.
 
+mod fetch;
+pub mod idle;
 pub mod inbox;
 pub mod poll;
+mod pop3;

@@ -3,72 +3,27 @@
 //! point loses nothing (the position never runs ahead of what is stored) and duplicates nothing (the
 //! unique keys absorb a refetch).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 
+use super::fetch::{header_of, Limits, BATCH, HEADER_BYTES};
+pub use super::fetch::{PollError, PollReport};
 use super::inbox::{self, Fetched};
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::failure::MailStep;
 use crate::jobs::leases::Leased;
 use crate::model::{AfterFetch, Protocol};
 use crate::protocols::error::{MailError, Timeouts};
-use crate::protocols::imap::{ImapSession, MessageSize};
-use crate::protocols::pop3::{Limited, Pop3Session};
+use crate::protocols::imap::{ImapSession, MailboxStatus, MessageSize};
 use crate::store::entities::email_account;
 use crate::store::ids::AccountId;
 
-/// Messages fetched and committed per round trip.
-const BATCH: usize = 1_000;
 /// How long a poll holds its mailbox without renewing: a killed worker's mailboxes are polled again within it.
-const LEASE_SECONDS: i64 = 60;
-const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct PollReport {
-    /// False when another worker held the mailbox.
-    pub polled: bool,
-    pub fetched: u64,
-    pub stored: u64,
-    /// UIDVALIDITY changed (or the folder did) and the mailbox was matched again from the start.
-    pub resynchronised: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error(transparent)]
-    Mail(#[from] MailError),
-    #[error(transparent)]
-    App(#[from] AppError),
-}
-
-impl PollError {
-    /// The failure kind recorded on the account.
-    pub fn failure_kind(&self) -> crate::failure::FailureKind {
-        match self {
-            PollError::Mail(e) => e.kind(),
-            PollError::App(_) => crate::failure::FailureKind::Internal,
-        }
-    }
-}
-
-impl From<mailbox::CredentialError> for PollError {
-    fn from(err: mailbox::CredentialError) -> Self {
-        match err {
-            mailbox::CredentialError::Mail(e) => PollError::Mail(e),
-            mailbox::CredentialError::Internal(e) => PollError::App(e),
-        }
-    }
-}
-
-impl From<sea_orm::DbErr> for PollError {
-    fn from(err: sea_orm::DbErr) -> Self {
-        PollError::App(err.into())
-    }
-}
+pub(crate) const LEASE_SECONDS: i64 = 60;
+pub(crate) const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Polls one inbound account now (the scheduler calls this when it is due).
 pub async fn poll_account(ctx: &AppContext, account_id: AccountId) -> Result<PollReport, PollError> {
@@ -78,7 +33,7 @@ pub async fn poll_account(ctx: &AppContext, account_id: AccountId) -> Result<Pol
     let poll = async {
         match account.protocol {
             Protocol::Imap => poll_imap_with_reauth(ctx, &account).await,
-            Protocol::Pop3 => poll_pop3(ctx, &account).await,
+            Protocol::Pop3 => super::pop3::poll_pop3(ctx, &account).await,
             Protocol::Smtp => {
                 Err(PollError::App(AppError::validation("protocol", "not_inbound", "an outbound account is not polled")))
             }
@@ -87,32 +42,59 @@ pub async fn poll_account(ctx: &AppContext, account_id: AccountId) -> Result<Pol
     let result =
         crate::jobs::leases::renewing("poll", LEASE_RENEW_EVERY, poll, || mailbox::renew(&ctx.db, account_id, LEASE_SECONDS))
             .await;
-    finish(ctx, &account, &result).await?;
+    finish(ctx, &account, result.as_ref().map(|_| ())).await?;
     result
 }
 
 /// A login refused with a token that should be valid gets one refresh and one retry.
 async fn poll_imap_with_reauth(ctx: &AppContext, account: &email_account::Model) -> Result<PollReport, PollError> {
-    match poll_imap(ctx, account).await {
+    let mut open = open_imap_with_reauth(ctx, account).await?;
+    let report = sync_imap(ctx, account, &mut open).await?;
+    let _ = open.session.logout().await;
+    Ok(report)
+}
+
+/// An IMAP session with the account's folder selected.
+pub(crate) struct OpenFolder {
+    pub session: ImapSession,
+    folder: String,
+    status: MailboxStatus,
+}
+
+/// Connects, logs in and selects the account's folder; a login refused with a token that should be valid gets one
+/// refresh and one retry.
+pub(crate) async fn open_imap_with_reauth(ctx: &AppContext, account: &email_account::Model) -> Result<OpenFolder, PollError> {
+    match open_imap(ctx, account).await {
         Err(PollError::Mail(e)) if e.is_auth_failure() && account.grant_id.is_some() => {
             if let Some(grant_id) = account.grant_id {
                 crate::connect::grants::expire_access_token(ctx, account.tenant_id, grant_id).await?;
             }
-            poll_imap(ctx, account).await
+            open_imap(ctx, account).await
         }
         other => other,
     }
 }
 
-async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<PollReport, PollError> {
+async fn open_imap(ctx: &AppContext, account: &email_account::Model) -> Result<OpenFolder, PollError> {
     let folder = account.folder.clone().unwrap_or_else(|| "INBOX".to_owned());
     let auth = credentials(ctx, account).await?;
     let mut session = ImapSession::connect(&ctx.guard, &ctx.mail_tls, &endpoint(account)?, &auth, Timeouts::default()).await?;
     let status = session.select(&folder).await?;
+    Ok(OpenFolder { session, folder, status })
+}
+
+/// Stores what arrived in the open folder since the account's stored position (`account` as it is now).
+pub(crate) async fn sync_imap(
+    ctx: &AppContext,
+    account: &email_account::Model,
+    open: &mut OpenFolder,
+) -> Result<PollReport, PollError> {
+    let OpenFolder { session, folder, status } = open;
+    let folder = folder.as_str();
     let uid_validity = i64::from(status.uid_validity);
     // RFC 9051: a new UIDVALIDITY (or another folder) voids every stored UID; match again from the start.
     let resync = account.uid_validity.is_some()
-        && (account.sync_folder.as_deref() != Some(folder.as_str()) || account.uid_validity != Some(uid_validity));
+        && (account.sync_folder.as_deref() != Some(folder) || account.uid_validity != Some(uid_validity));
     let skip: Option<HashSet<(Option<String>, String)>> =
         if resync { Some(inbox::fingerprints(&ctx.db, account.id).await?) } else { None };
     let mut last_uid = if resync || account.uid_validity.is_none() { 0 } else { account.last_uid.unwrap_or(0) };
@@ -124,7 +106,7 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
         // Sizes first, so no batch holds more than its bytes; the sizes are only a hint (see `fetch_run`).
         let sizes = session.message_sizes(window).await?;
         for run in plan_runs(&sizes, &limits) {
-            let fetched = fetch_run(&mut session, &run, &limits).await?;
+            let fetched = fetch_run(session, &run, &limits).await?;
             if fetched.messages.is_empty() {
                 if let Some(cut) = fetched.cut {
                     return Err(cut.into());
@@ -143,8 +125,8 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
                 .map(|m| Fetched { uid: i64::from(m.uid), pop3_uid: None, raw: &m.raw, oversized: m.oversized })
                 .collect();
             let txn = ctx.db.begin().await?;
-            let stored = inbox::store_batch(&txn, account, &folder, uid_validity, &rows, skip.as_ref()).await?;
-            save_position(&txn, account.id, &folder, uid_validity, i64::from(position)).await?;
+            let stored = inbox::store_batch(&txn, account, folder, uid_validity, &rows, skip.as_ref()).await?;
+            save_position(&txn, account.id, folder, uid_validity, i64::from(position)).await?;
             txn.commit().await?;
             ctx.metrics.messages("received", stored);
             report.stored += stored;
@@ -168,43 +150,12 @@ async fn poll_imap(ctx: &AppContext, account: &email_account::Model) -> Result<P
             }
         }
     }
-    if account.uid_validity != Some(uid_validity) || account.sync_folder.as_deref() != Some(folder.as_str()) {
+    if account.uid_validity != Some(uid_validity) || account.sync_folder.as_deref() != Some(folder) {
         // An empty mailbox still fixes the position's UIDVALIDITY.
-        save_position(&ctx.db, account.id, &folder, uid_validity, last_uid).await?;
+        save_position(&ctx.db, account.id, folder, uid_validity, last_uid).await?;
     }
-    let _ = session.logout().await;
     Ok(report)
 }
-
-/// The byte bounds of one poll, from the settings.
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    /// Largest message stored whole.
-    max_message: u64,
-    /// Message bytes fetched and committed at a time.
-    batch_bytes: u64,
-}
-
-impl Limits {
-    fn of(ctx: &AppContext) -> Limits {
-        Limits { max_message: ctx.settings.max_inbound_message_bytes, batch_bytes: ctx.settings.inbound_batch_bytes }
-    }
-
-    /// Placeholders fetched at a time: their headers (each at most `HEADER_BYTES`) stay within a batch's bytes.
-    fn headers_per_run(&self) -> usize {
-        usize::try_from(self.batch_bytes / HEADER_BYTES).unwrap_or(BATCH).clamp(1, BATCH)
-    }
-
-    /// What the server may send for a run of messages announced at `declared` bytes in all: that with a quarter
-    /// more (servers' sizes are not always exact), and at least one whole message, plus the responses' framing.
-    fn budget(&self, declared: u64, count: usize, each: u64) -> u64 {
-        let framing = 64 * 1024 + 512 * count as u64;
-        declared.saturating_add(declared / 4).max(each).saturating_add(framing)
-    }
-}
-
-/// The most of an oversized message's header that is kept.
-const HEADER_BYTES: u64 = 512 * 1024;
 
 /// Consecutive messages fetched and committed together: whole ones within the batch's bytes and count, or
 /// placeholders of oversized ones (whose headers only are fetched).
@@ -297,17 +248,6 @@ async fn fetch_run(session: &mut ImapSession, run: &Run, limits: &Limits) -> Res
     Ok(RunFetch { messages, cut: batch.cut })
 }
 
-/// The header of a message's start (up to and with the blank line), at most [`HEADER_BYTES`].
-fn header_of(raw: &[u8]) -> &[u8] {
-    let limit = raw.len().min(HEADER_BYTES as usize);
-    let head = &raw[..limit];
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| at + 4)
-        .or_else(|| head.windows(2).position(|w| w == b"\n\n").map(|at| at + 2));
-    &head[..end.unwrap_or(limit)]
-}
 async fn save_position<C: ConnectionTrait>(
     db: &C,
     account_id: AccountId,
@@ -324,141 +264,9 @@ async fn save_position<C: ConnectionTrait>(
     Ok(())
 }
 
-/// POP3 has no UIDs that survive; UIDL strings say what is new, and the unique key keeps it once. LIST's sizes
-/// bound the batches and pick the oversized messages (only their header is read, with `TOP n 0`); what is read
-/// is bounded whatever LIST said.
-async fn poll_pop3(ctx: &AppContext, account: &email_account::Model) -> Result<PollReport, PollError> {
-    let auth = credentials(ctx, account).await?;
-    let mut session = Pop3Session::connect(&ctx.guard, &ctx.mail_tls, &endpoint(account)?, &auth, Timeouts::default()).await?;
-    let listing = session.uidl().await?;
-    let sizes: HashMap<u32, u64> = session.list().await?.into_iter().collect();
-    // UIDL → whether only the header is stored.
-    let known: HashMap<String, bool> = ctx
-        .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pop3_uid, oversized FROM inbound_messages WHERE account_id = $1 AND pop3_uid IS NOT NULL",
-            [account.id.into()],
-        ))
-        .await?
-        .iter()
-        .filter_map(|r| Some((r.try_get::<String>("", "pop3_uid").ok()?, r.try_get::<bool>("", "oversized").ok()?)))
-        .collect();
-    let delete = account.after_fetch == Some(AfterFetch::Delete);
-    let limits = Limits::of(ctx);
-    let max = usize::try_from(limits.max_message).unwrap_or(usize::MAX);
-    let mut report = PollReport { polled: true, ..Default::default() };
-    // The server keeps the only whole copy of an oversized message: it is never deleted.
-    let mut to_delete: Vec<u32> =
-        listing.iter().filter(|(_, uid)| known.get(uid) == Some(&false)).map(|(number, _)| *number).collect();
-    let mut pending: Vec<Pop3Message> = Vec::new();
-    let mut pending_bytes = 0u64;
-    let mut cut = None;
-    for (number, uid) in listing.iter().filter(|(_, uid)| !known.contains_key(uid)) {
-        let announced = sizes.get(number).copied().unwrap_or(0);
-        let oversized = announced > limits.max_message;
-        let expected = if oversized { HEADER_BYTES } else { announced };
-        if !pending.is_empty() && (pending.len() >= BATCH || pending_bytes.saturating_add(expected) > limits.batch_bytes) {
-            store_pop3(ctx, account, &mut report, std::mem::take(&mut pending), &mut to_delete).await?;
-            pending_bytes = 0;
-        }
-        let message = if oversized {
-            match session.top_headers(*number, HEADER_BYTES as usize).await? {
-                Limited::Whole(head) => Pop3Message { number: *number, uid: uid.clone(), raw: head, oversized: Some(announced) },
-                Limited::Cut(start) => {
-                    cut = Some(MailError::new(
-                        MailStep::Command,
-                        format!("the header of message {number} is longer than {HEADER_BYTES} bytes"),
-                    ));
-                    Pop3Message { number: *number, uid: uid.clone(), raw: header_of(&start).to_vec(), oversized: Some(announced) }
-                }
-            }
-        } else {
-            match session.retr_limited(*number, max).await? {
-                Limited::Whole(raw) => Pop3Message { number: *number, uid: uid.clone(), raw, oversized: None },
-                Limited::Cut(start) => {
-                    // LIST understated it: keep its header as a placeholder and stop (the rest is still unread).
-                    cut = Some(MailError::new(
-                        MailStep::Command,
-                        format!("message {number} is larger than the {announced} bytes the server announced"),
-                    ));
-                    let size = announced.max(start.len() as u64);
-                    Pop3Message { number: *number, uid: uid.clone(), raw: header_of(&start).to_vec(), oversized: Some(size) }
-                }
-            }
-        };
-        pending_bytes = pending_bytes.saturating_add(message.raw.len() as u64);
-        pending.push(message);
-        if cut.is_some() {
-            break;
-        }
-    }
-    store_pop3(ctx, account, &mut report, pending, &mut to_delete).await?;
-    if let Some(cut) = cut {
-        // The session is mid-response: drop it without QUIT, so no deletion takes effect.
-        return Err(cut.into());
-    }
-    if delete {
-        // Only messages already committed are deleted, at QUIT.
-        for number in to_delete {
-            session.dele(number).await?;
-        }
-    }
-    session.quit().await?;
-    Ok(report)
-}
-
-struct Pop3Message {
-    number: u32,
-    uid: String,
-    raw: Vec<u8>,
-    /// Set (to the size) when `raw` is only the header.
-    oversized: Option<u64>,
-}
-
-/// Commits one batch of POP3 messages; the whole ones become deletable.
-async fn store_pop3(
-    ctx: &AppContext,
-    account: &email_account::Model,
-    report: &mut PollReport,
-    batch: Vec<Pop3Message>,
-    to_delete: &mut Vec<u32>,
-) -> Result<(), PollError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let txn = ctx.db.begin().await?;
-    // POP3 has no UIDs: number the account's messages in arrival order so the (folder, UIDVALIDITY, UID) key
-    // stays unique per message (a constant 0 made every message after the first a "duplicate"); UIDL dedups.
-    let next = next_pop3_number(&txn, account.id).await?;
-    let fetched: Vec<Fetched<'_>> = batch
-        .iter()
-        .zip(next..)
-        .map(|(m, n)| Fetched { uid: n, pop3_uid: Some(&m.uid), raw: &m.raw, oversized: m.oversized })
-        .collect();
-    let stored = inbox::store_batch(&txn, account, "INBOX", 0, &fetched, None).await?;
-    txn.commit().await?;
-    ctx.metrics.messages("received", stored);
-    report.stored += stored;
-    report.fetched += batch.len() as u64;
-    to_delete.extend(batch.iter().filter(|m| m.oversized.is_none()).map(|m| m.number));
-    Ok(())
-}
-
-/// The number the account's next POP3 message gets (its stand-in for a UID).
-async fn next_pop3_number<C: ConnectionTrait>(db: &C, account_id: AccountId) -> AppResult<i64> {
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT COALESCE(MAX(uid), 0) + 1 AS next FROM inbound_messages WHERE account_id = $1 AND pop3_uid IS NOT NULL",
-            [account_id.into()],
-        ))
-        .await?;
-    Ok(row.map(|r| r.try_get::<i64>("", "next")).transpose()?.unwrap_or(1))
-}
-
-/// Schedules the next poll, records the outcome and frees the mailbox.
-async fn finish(ctx: &AppContext, account: &email_account::Model, result: &Result<PollReport, PollError>) -> AppResult<()> {
+/// Records a poll's end and lets the mailbox go: success schedules the next poll an interval away, refused
+/// credentials put the account in `error`, anything else backs off.
+pub(crate) async fn finish(ctx: &AppContext, account: &email_account::Model, result: Result<(), &PollError>) -> AppResult<()> {
     let interval = i64::from(account.poll_interval_seconds.unwrap_or(60));
     let (outcome, values): (&str, Vec<sea_orm::Value>) = match result {
         Ok(_) => (
