@@ -36,10 +36,11 @@ async fn main() -> anyhow::Result<()> {
         Some("inbound") => bench_inbound(count(10_000)).await,
         Some("send") => bench_send(count(2_000)).await,
         Some("latency") => bench_latency(count(50)).await,
+        Some("idle") => bench_idle(count(1_000)).await,
         Some("memory") => bench_memory(count(1_000)).await,
         Some("scale") => bench_scale(count(50), args.get(2).is_some_and(|a| a == "slow")).await,
         _ => {
-            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | latency [MESSAGES] | memory [ACCOUNTS] | scale [MAILBOXES]");
+            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | latency [MESSAGES] | idle [MAILBOXES] | memory [ACCOUNTS] | scale [MAILBOXES]");
             std::process::exit(2);
         }
     }
@@ -227,6 +228,8 @@ async fn mail_app(servers: &MailServers) -> anyhow::Result<(TestApp, String, Str
     let mut env = TestEnv::new();
     env.set("EXTRA_CA_FILE", servers.ca_file().to_string_lossy().into_owned());
     env.set("DATABASE_MAX_CONNECTIONS", "20");
+    // The bench drives the API faster than a tenant's default rate limit allows.
+    env.set("API_RATE_LIMIT_PER_MINUTE", "0");
     let app = spawn_app_with(env).await;
     let (tenant, key) = app.tenant_with_admin().await;
     Ok((app, tenant, key))
@@ -450,6 +453,91 @@ async fn bench_latency(messages: usize) -> anyhow::Result<()> {
     println!("submit → SMTP 250, {messages} messages one at a time on an idle system (release worker process):");
     println!("  row committed → 250 recorded: {}", describe(&mut server_side));
     println!("  POST sent → client sees it sent: {}", describe(&mut client_side));
+    Ok(())
+}
+
+/// A release worker process watching `mailboxes` IMAP mailboxes in IDLE on the local Dovecot: its memory once it
+/// watches them all, then delivery → stored for 20 messages, one at a time, to mailboxes picked across the set.
+async fn bench_idle(mailboxes: usize) -> anyhow::Result<()> {
+    let servers = MailServers::shared().await;
+    let (app, _tenant, key) = mail_app(servers).await?;
+    let mut watched = Vec::with_capacity(mailboxes);
+    let seeding = Instant::now();
+    for i in 0..mailboxes {
+        let login = format!("idle{i}-{}@example.com", Uuid::new_v4().simple());
+        servers.add_password_user(&login, "bench-password");
+        let id = confirmed_account(
+            &app,
+            &key,
+            json!({"protocol": "imap", "auth": "password", "login": login, "password": "bench-password",
+                   "host": "127.0.0.1", "port": servers.imaps_port(), "security": "tls", "poll_interval_seconds": 3600}),
+        )
+        .await?;
+        watched.push((login, id));
+    }
+    println!("{mailboxes} IMAP mailboxes confirmed in {:.1?}", seeding.elapsed());
+    let worker_path = worker_binary()?;
+    let worker = postbridge_tests::processes::WorkerProcess::spawn(
+        worker_path.to_str().ok_or_else(|| anyhow::anyhow!("worker path"))?,
+        &app.env,
+        &[("IDLE_MAILBOXES", &mailboxes.to_string())],
+    );
+    let started = Instant::now();
+    loop {
+        let held = worker.metric("postbridge_worker_idle_mailboxes").await;
+        if held as usize >= mailboxes {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "only {held} mailboxes watched after 5 minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("  all {mailboxes} watched {:.1?} after the worker started", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", worker.pid()))?;
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).map(|l| l.trim().to_owned()).unwrap_or_default();
+    println!("  worker memory holding {mailboxes} IDLE connections: {} / {}", field("VmRSS"), field("VmHWM"));
+
+    let inotify = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances").unwrap_or_default();
+    let mut latencies = Vec::new();
+    for n in 0..20.min(mailboxes) {
+        let (login, id) = &watched[n * mailboxes / 20.min(mailboxes)];
+        let count = |app: &TestApp, id: Uuid| {
+            let app_db = app.ctx.db.clone();
+            async move {
+                let row = app_db
+                    .query_one_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT count(*) AS n FROM inbound_messages WHERE account_id = $1",
+                        [id.into()],
+                    ))
+                    .await?;
+                Ok::<i64, anyhow::Error>(row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0))
+            }
+        };
+        let before = count(&app, *id).await?;
+        let raw = format!("From: <a@example.net>\r\nTo: <{login}>\r\nSubject: idle {n}\r\nMessage-ID: <idle{n}-{}@example.net>\r\n\r\nhello\r\n", Uuid::new_v4().simple());
+        let delivered = Instant::now();
+        servers.deliver(login, "INBOX", raw.as_bytes());
+        while count(&app, *id).await? == before {
+            anyhow::ensure!(delivered.elapsed() < Duration::from_secs(60), "message {n} not stored within 60 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(delivered.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "  delivered → stored, {} messages one at a time: median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    );
+    println!(
+        "  (Dovecot notices a delivery through inotify; beyond fs.inotify.max_user_instances = {} of its IDLE sessions it looks every 30 s instead)",
+        inotify.trim()
+    );
+    drop(worker);
     Ok(())
 }
 
