@@ -65,10 +65,12 @@ async fn balance(
     watches: &mut HashMap<AccountId, Watch>,
 ) -> anyhow::Result<()> {
     let share = scheduler::idle_share(ctx).await?.min(most);
-    let held = watches.len();
+    // A watch told to stop may still be ending (DONE, LOGOUT): it no longer counts, and is not told twice.
+    let mut going_on: Vec<&Watch> = watches.values().filter(|watch| !watch.stop.is_cancelled()).collect();
+    let held = going_on.len();
     if held > share.saturating_add(1) {
         // Another worker joined: the extra mailboxes are let go and taken by whoever has room.
-        for (_, watch) in watches.iter().take(held - share) {
+        for watch in going_on.drain(..held - share) {
             watch.stop.cancel();
         }
         return Ok(());

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::liveness::Liveness;
 use crate::queue::{DeliverMessage, DeliverWebhook, PollMailbox, RefreshGrant, SettleMessage};
-use crate::wake::{QueueWakers, Wake};
+use crate::wake::QueueWakers;
 use postbridge_core::jobs::job::Queue;
 
 /// Rows claimed per query; a full batch means more may be due.
@@ -65,12 +65,28 @@ impl Trigger {
     }
 }
 
-/// Pushes jobs to `queue` and wakes this process's consumer of it; on failure the rows are unclaimed so the next
-/// round dispatches them again.
+/// Where pushed jobs went and what found them due.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    wakers: &'a QueueWakers,
+    queue: Queue,
+    trigger: Trigger,
+}
+
+impl Target<'_> {
+    /// After a push of `count` jobs: wakes this process's consumer of the queue and counts them.
+    fn pushed(self, ctx: &AppContext, count: usize) {
+        self.wakers.of(self.queue).signal();
+        ctx.metrics.worker_dispatched.with_label_values(&[self.queue.as_str(), self.trigger.as_str()]).inc_by(count as u64);
+    }
+}
+
+/// Pushes jobs to `to`'s queue (see [`Target::pushed`]); on failure the rows are unclaimed so the next round
+/// dispatches them again.
 async fn push<T, S, K, Id>(
     ctx: &AppContext,
     storage: &mut S,
-    (queue, wake, trigger): (Queue, &Wake, Trigger),
+    to: Target<'_>,
     rows: Dispatched,
     ids: Vec<Id>,
     job: impl Fn(Id) -> T,
@@ -90,8 +106,7 @@ where
         }
         anyhow::bail!("pushing {count} jobs to Redis failed: {e}");
     }
-    wake.signal();
-    ctx.metrics.worker_dispatched.with_label_values(&[queue.as_str(), trigger.as_str()]).inc_by(count as u64);
+    to.pushed(ctx, count);
     Ok(count)
 }
 
@@ -99,7 +114,7 @@ where
 pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: Trigger) -> anyhow::Result<()> {
     loop {
         let ids = scheduler::claim_due_sends(ctx, BATCH).await?;
-        let to = (Queue::Send, queues.wakers.of(Queue::Send), trigger);
+        let to = Target { wakers: &queues.wakers, queue: Queue::Send, trigger };
         let pushed =
             push(ctx, &mut queues.sends, to, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await?;
         if (pushed as u64) < BATCH {
@@ -115,10 +130,9 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     if let Err(e) = dispatch_due_sends(ctx, queues, Trigger::Pass).await {
         failures.push(e);
     }
-    let wakers = queues.wakers.clone();
     match scheduler::claim_due_polls(ctx, 500).await {
         Ok(ids) => {
-            let to = (Queue::Poll, wakers.of(Queue::Poll), Trigger::Pass);
+            let to = Target { wakers: &queues.wakers, queue: Queue::Poll, trigger: Trigger::Pass };
             if let Err(e) =
                 push(ctx, &mut queues.polls, to, Dispatched::Polls, ids, |account_id| PollMailbox { account_id }).await
             {
@@ -129,7 +143,7 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
     match scheduler::claim_due_refreshes(ctx, BATCH).await {
         Ok(ids) => {
-            let to = (Queue::Refresh, wakers.of(Queue::Refresh), Trigger::Pass);
+            let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass };
             if let Err(e) =
                 push(ctx, &mut queues.refreshes, to, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await
             {
@@ -140,7 +154,7 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
     match scheduler::claim_due_settlements(ctx, 100).await {
         Ok(ids) => {
-            let to = (Queue::Settle, wakers.of(Queue::Settle), Trigger::Pass);
+            let to = Target { wakers: &queues.wakers, queue: Queue::Settle, trigger: Trigger::Pass };
             if let Err(e) =
                 push(ctx, &mut queues.settles, to, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await
             {
@@ -149,7 +163,8 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
         }
         Err(e) => failures.push(e.into()),
     }
-    if let Err(e) = dispatch_due_webhooks(ctx, &mut queues.hooks, wakers.of(Queue::Webhook)).await {
+    let to = Target { wakers: &queues.wakers, queue: Queue::Webhook, trigger: Trigger::Pass };
+    if let Err(e) = dispatch_due_webhooks(ctx, &mut queues.hooks, to).await {
         failures.push(e);
     }
     match failures.into_iter().next() {
@@ -158,7 +173,7 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     }
 }
 
-async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<DeliverWebhook>, wake: &Wake) -> anyhow::Result<()> {
+async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<DeliverWebhook>, to: Target<'_>) -> anyhow::Result<()> {
     loop {
         let due = webhooks::claim_due_webhooks(ctx, BATCH).await?;
         let count = due.len();
@@ -170,11 +185,7 @@ async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<Delive
                 }
                 anyhow::bail!("pushing {count} webhook jobs to Redis failed: {e}");
             }
-            wake.signal();
-            ctx.metrics
-                .worker_dispatched
-                .with_label_values(&[Queue::Webhook.as_str(), Trigger::Pass.as_str()])
-                .inc_by(count as u64);
+            to.pushed(ctx, count);
         }
         if (count as u64) < BATCH {
             return Ok(());

@@ -169,12 +169,11 @@ async fn let_go(ctx: &AppContext, account_id: AccountId, end: WatchEnd) -> Watch
 
 /// A sync in a watch counts as a poll: errors cleared, and the next poll (should the watch end) an interval away.
 async fn record_synced(ctx: &AppContext, account: &email_account::Model) -> AppResult<()> {
-    let interval = f64::from(account.poll_interval_seconds.unwrap_or(60));
+    let interval = poll::interval_seconds(account) as f64;
     ctx.db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "UPDATE email_accounts SET last_polled_at = now(), poll_failures = 0, last_error = NULL, last_error_kind = NULL, \
-             next_poll_at = now() + make_interval(secs => $2) WHERE id = $1",
+            format!("UPDATE email_accounts SET {} WHERE id = $1", poll::POLLED),
             [account.id.into(), interval.into()],
         ))
         .await?;

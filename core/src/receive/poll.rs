@@ -264,16 +264,22 @@ async fn save_position<C: ConnectionTrait>(
     Ok(())
 }
 
+/// The `SET` fragment of a successful poll (or an IDLE watch's sync): errors cleared, the next poll `$2` seconds
+/// (the account's interval) away.
+pub(crate) const POLLED: &str = "last_polled_at = now(), poll_failures = 0, last_error = NULL, last_error_kind = NULL, \
+     next_poll_at = now() + make_interval(secs => $2)";
+
+/// An account's poll interval in seconds.
+pub(crate) fn interval_seconds(account: &email_account::Model) -> i64 {
+    i64::from(account.poll_interval_seconds.unwrap_or(60))
+}
+
 /// Records a poll's end and lets the mailbox go: success schedules the next poll an interval away, refused
 /// credentials put the account in `error`, anything else backs off.
 pub(crate) async fn finish(ctx: &AppContext, account: &email_account::Model, result: Result<(), &PollError>) -> AppResult<()> {
-    let interval = i64::from(account.poll_interval_seconds.unwrap_or(60));
+    let interval = interval_seconds(account);
     let (outcome, values): (&str, Vec<sea_orm::Value>) = match result {
-        Ok(_) => (
-            "last_polled_at = now(), poll_failures = 0, last_error = NULL, last_error_kind = NULL, \
-             next_poll_at = now() + make_interval(secs => $2)",
-            vec![account.id.into(), (interval as f64).into()],
-        ),
+        Ok(_) => (POLLED, vec![account.id.into(), (interval as f64).into()]),
         Err(PollError::Mail(e)) if e.is_auth_failure() => return mailbox::record_account_error(&ctx.db, account, e).await,
         Err(e) => {
             let failures = account.poll_failures.saturating_add(1);

@@ -34,11 +34,6 @@ impl Listener {
         Listener { url: url.into(), channel, what, connection: None, retry: FIRST_RETRY }
     }
 
-    /// Whether the last attempt left it listening.
-    pub fn is_listening(&self) -> bool {
-        self.connection.is_some()
-    }
-
     /// The next notice; waits (with backoff) through connection failures, so it never ends. Callers drop the
     /// future only to stop listening.
     pub async fn next(&mut self) -> Notice {
