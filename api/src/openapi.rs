@@ -25,7 +25,7 @@ use crate::rest::{
         accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete, accounts::test,
         accounts::authorize, grants::list, grants::get, grants::revoke, token_configs::expiring,
         oauth_callback::callback,
-        accounts::list_received, received_messages::get_received, received_messages::raw_received,
+        accounts::list_received, received_messages::get_received, received_messages::raw_received, received_messages::attachment_received,
         messages::send, messages::list_sent, messages::get_sent, messages::cancel, messages::retry, messages::resolve, routing::explain_route,
         ops::ops_overview, ops::ops_credential_health, ops::tenant_credential_health, ops::ops_workers,
     ),

@@ -17,6 +17,7 @@ mod m20261205_000012_dead_states;
 mod m20261205_000013_cancelled_messages;
 mod m20261205_000014_send_due_notify;
 mod m20261205_000015_idle_watches;
+mod m20261205_000016_message_content;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000013_cancelled_messages::Migration),
             Box::new(m20261205_000014_send_due_notify::Migration),
             Box::new(m20261205_000015_idle_watches::Migration),
+            Box::new(m20261205_000016_message_content::Migration),
         ]
     }
 }

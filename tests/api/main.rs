@@ -21,6 +21,7 @@ mod oauth_refresh;
 mod ops;
 mod outbox_steering;
 mod rate_limits;
+mod received_content;
 mod routing;
 mod schema;
 mod secrets;

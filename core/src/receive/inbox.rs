@@ -14,6 +14,7 @@ use crate::connect::accounts;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Page, PageRequest, Role};
+use crate::receive::content::{self, Attachment};
 use crate::store::entities::{email_account, inbound_message};
 use crate::store::ids::{AccountId, InboundMessageId};
 use crate::store::limit_of;
@@ -43,6 +44,31 @@ pub struct InboundMessage {
     /// The message was larger than the inbound maximum (`POSTBRIDGE_MAX_INBOUND_MESSAGE_BYTES`): only its headers
     /// were stored, and `.../raw` returns just them. The full message stays on the mail server.
     pub oversized: bool,
+    /// The first `text/plain` body (at most 2 MiB); only when one message is read, never in lists.
+    pub text: Option<String>,
+    /// The first `text/html` body (at most 2 MiB), as sent or sanitised on request; only when one message is read.
+    pub html: Option<String>,
+    /// The start of the text, whitespace folded (200 characters).
+    pub snippet: Option<String>,
+    /// `In-Reply-To`, with angle brackets.
+    pub in_reply_to: Option<String>,
+    /// `References`, oldest first, with angle brackets.
+    pub references: Vec<String>,
+    /// Attachments and inline parts, each downloadable at `.../attachments/{index}`.
+    pub attachments: Vec<Attachment>,
+    /// The message did not parse as MIME: only `.../raw` (and the headers found) can be trusted.
+    pub unparsed: bool,
+}
+
+/// How the HTML body is returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, async_graphql::Enum, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HtmlMode {
+    /// As the sender wrote it.
+    #[default]
+    Original,
+    /// Scripts, event handlers, forms, styles and unknown URL schemes removed (`cid:` links to inline parts kept).
+    Sanitized,
 }
 
 /// One fetched message: an IMAP UID (0 for POP3), or a POP3 UIDL, and the bytes as received.
@@ -110,10 +136,12 @@ pub async fn fingerprints<C: ConnectionTrait>(db: &C, account_id: AccountId) -> 
         .map_err(AppError::from)
 }
 
-/// Rows per INSERT: 17 columns each, well under Postgres' 65,535 parameters.
+/// Columns of one stored message.
+const COLUMNS: usize = 24;
+/// Rows per INSERT: 24 columns each, well under Postgres' 65,535 parameters.
 const BATCH_ROWS: usize = 500;
-/// Message bytes per INSERT: one statement stays far below Postgres' 1 GiB message limit (a single larger message,
-/// which the inbound maximum bounds, goes alone).
+/// Message bytes per INSERT (the decoded bodies beside them are at most as large again): one statement stays far
+/// below Postgres' 1 GiB message limit (a single larger message, which the inbound maximum bounds, goes alone).
 const STATEMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Splits `sizes` into consecutive runs of at most `max_rows` items and at most `max_bytes` bytes each (an item larger
@@ -152,7 +180,7 @@ pub async fn store_batch<C: ConnectionTrait>(
     for end in runs_by_bytes(messages.iter().map(|m| m.raw.len()), BATCH_ROWS, STATEMENT_BYTES) {
         let chunk = &messages[start..end];
         start = end;
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 17);
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * COLUMNS);
         let mut rows = 0;
         for message in chunk {
             let summary = summarize(message.raw);
@@ -160,6 +188,7 @@ pub async fn store_batch<C: ConnectionTrait>(
             if skip.is_some_and(|s| s.contains(&(summary.message_id.clone(), hash.clone()))) {
                 continue;
             }
+            let content = content::parse(message.raw, message.oversized.is_some());
             rows += 1;
             values.extend([
                 Uuid::now_v7().into(),
@@ -179,18 +208,26 @@ pub async fn store_batch<C: ConnectionTrait>(
                 hash.into(),
                 message.raw.to_vec().into(),
                 message.oversized.is_some().into(),
+                content.text.into(),
+                content.html.into(),
+                content.in_reply_to.into(),
+                serde_json::json!(content.references).into(),
+                serde_json::json!(content.attachments).into(),
+                content.snippet.into(),
+                content.unparsed.into(),
             ]);
         }
         if rows == 0 {
             continue;
         }
         let tuples: Vec<String> = (0..rows)
-            .map(|r| format!("({})", (1..=17).map(|c| format!("${}", r * 17 + c)).collect::<Vec<_>>().join(", ")))
+            .map(|r| format!("({})", (1..=COLUMNS).map(|c| format!("${}", r * COLUMNS + c)).collect::<Vec<_>>().join(", ")))
             .collect();
         let sql = format!(
             "INSERT INTO inbound_messages (id, tenant_id, account_id, folder, uid_validity, uid, pop3_uid, message_id, \
-             from_address, to_addresses, cc_addresses, subject, sent_at, size, content_hash, raw, oversized) VALUES {} \
-             ON CONFLICT DO NOTHING RETURNING id, message_id",
+             from_address, to_addresses, cc_addresses, subject, sent_at, size, content_hash, raw, oversized, \
+             text_body, html_body, in_reply_to, references_ids, attachments, snippet, unparsed) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING id, message_id, from_address, to_addresses, subject, snippet, attachments",
             tuples.join(", ")
         );
         let stored = db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
@@ -199,6 +236,9 @@ pub async fn store_batch<C: ConnectionTrait>(
     }
     Ok(inserted)
 }
+
+/// Recipients named in a `message.received` event (the message itself lists them all).
+const EVENT_RECIPIENTS: usize = 50;
 
 /// `message.received` for each newly stored message, in the transaction that stores it (so a crash neither
 /// loses an event nor, since a refetch stores nothing, duplicates one).
@@ -215,13 +255,29 @@ async fn record_received<C: ConnectionTrait>(
     for row in stored {
         let id: InboundMessageId = row.try_get("", "id")?;
         let message_id: Option<String> = row.try_get("", "message_id")?;
-        values.extend([
-            Uuid::now_v7().into(),
-            account.tenant_id.into(),
-            id.into(),
-            serde_json::json!({"account_id": account.id, "message_id": message_id}).into(),
-            now.into(),
-        ]);
+        let attachments: serde_json::Value = row.try_get("", "attachments")?;
+        // Enough to act on without a second call: who, to whom, what about, and what is attached.
+        let names: Vec<serde_json::Value> = attachments
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|a| serde_json::json!({"index": a["index"], "filename": a["filename"], "content_type": a["content_type"], "size": a["size"]}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let to: serde_json::Value = row.try_get("", "to_addresses")?;
+        let to: Vec<serde_json::Value> =
+            to.as_array().map(|a| a.iter().take(EVENT_RECIPIENTS).cloned().collect()).unwrap_or_default();
+        let data = serde_json::json!({
+            "account_id": account.id,
+            "message_id": message_id,
+            "from": row.try_get::<Option<String>>("", "from_address")?,
+            "to": to,
+            "subject": row.try_get::<Option<String>>("", "subject")?,
+            "snippet": row.try_get::<Option<String>>("", "snippet")?,
+            "attachments": names,
+        });
+        values.extend([Uuid::now_v7().into(), account.tenant_id.into(), id.into(), data.into(), now.into()]);
     }
     let tuples: Vec<String> = (0..stored.len())
         .map(|r| {
@@ -259,6 +315,13 @@ fn view(model: inbound_message::Model) -> InboundMessage {
         size: model.size,
         received_at: model.received_at,
         oversized: model.oversized,
+        text: model.text_body,
+        html: model.html_body,
+        snippet: model.snippet,
+        in_reply_to: model.in_reply_to,
+        references: model.references_ids.0,
+        attachments: model.attachments.0,
+        unparsed: model.unparsed,
     }
 }
 
@@ -292,9 +355,16 @@ pub async fn list(
             inbound_message::Column::ContentHash,
             inbound_message::Column::ReceivedAt,
             inbound_message::Column::Oversized,
+            inbound_message::Column::InReplyTo,
+            inbound_message::Column::ReferencesIds,
+            inbound_message::Column::Attachments,
+            inbound_message::Column::Snippet,
+            inbound_message::Column::Unparsed,
         ])
-        // The list never needs the raw bytes; select an empty value in their place.
+        // The list never needs the raw bytes nor the bodies (a page stays small); empty values in their place.
         .column_as(sea_orm::sea_query::Expr::cust("''::bytea"), "raw")
+        .column_as(sea_orm::sea_query::Expr::cust("NULL::text"), "text_body")
+        .column_as(sea_orm::sea_query::Expr::cust("NULL::text"), "html_body")
         .filter(inbound_message::Column::AccountId.eq(account_id))
         .order_by_desc(inbound_message::Column::Id)
         .limit(limit + 1);
@@ -312,8 +382,27 @@ async fn find(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> Ap
     Ok(model)
 }
 
-pub async fn get(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> AppResult<InboundMessage> {
-    Ok(view(find(ctx, scope, id).await?))
+/// One message with its bodies; the HTML as sent, or sanitised.
+pub async fn get(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId, html: HtmlMode) -> AppResult<InboundMessage> {
+    let mut message = view(find(ctx, scope, id).await?);
+    if html == HtmlMode::Sanitized {
+        message.html = message.html.map(|body| content::sanitize_html(&body));
+    }
+    Ok(message)
+}
+
+/// Attachment `index` of a message: its description and decoded bytes (taken from the stored raw message).
+pub async fn attachment(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    id: InboundMessageId,
+    index: i32,
+) -> AppResult<(Attachment, Vec<u8>)> {
+    let model = find(ctx, scope, id).await?;
+    if !model.attachments.0.iter().any(|a| a.index == index) {
+        return Err(AppError::not_found("attachment"));
+    }
+    content::attachment(&model.raw, index).ok_or_else(|| AppError::not_found("attachment"))
 }
 
 /// The message exactly as received (RFC 5322 bytes).

@@ -1,5 +1,6 @@
 //! Receiving: polling mailboxes and watching them in IDLE into stored messages, and the inbox read by the API.
 
+pub mod content;
 mod fetch;
 pub mod idle;
 pub mod inbox;

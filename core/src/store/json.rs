@@ -11,6 +11,27 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct StringList(pub Vec<String>);
 
+/// One attachment (or inline part such as an embedded image) of a received message, as listed when it was stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+pub struct Attachment {
+    /// Its position, as in `GET /v1/received-messages/{id}/attachments/{index}`.
+    pub index: i32,
+    pub filename: Option<String>,
+    /// `type/subtype`, as the message declared it (`application/octet-stream` when it did not).
+    pub content_type: String,
+    /// Decoded size in bytes.
+    pub size: i64,
+    /// `Content-ID` without angle brackets: what `cid:` links in the HTML body point at.
+    pub content_id: Option<String>,
+    /// Shown inside the message (`Content-Disposition: inline`) rather than attached.
+    pub inline: bool,
+}
+
+/// The attachments of a received message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+#[serde(transparent)]
+pub struct AttachmentList(pub Vec<Attachment>);
+
 /// A map of strings: extra authorization parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
 #[serde(transparent)]

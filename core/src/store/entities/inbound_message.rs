@@ -1,7 +1,7 @@
 use crate::store::ids::{AccountId, InboundMessageId, TenantId};
 use sea_orm::entity::prelude::*;
 
-use crate::store::json::StringList;
+use crate::store::json::{AttachmentList, StringList};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "inbound_messages")]
@@ -28,6 +28,16 @@ pub struct Model {
     pub received_at: DateTimeUtc,
     /// `raw` holds only the headers; the message was larger than the inbound maximum.
     pub oversized: bool,
+    pub text_body: Option<String>,
+    pub html_body: Option<String>,
+    pub in_reply_to: Option<String>,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub references_ids: StringList,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub attachments: AttachmentList,
+    pub snippet: Option<String>,
+    /// The message did not parse: only its raw bytes and headers-as-found are stored.
+    pub unparsed: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
