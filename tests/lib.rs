@@ -245,6 +245,17 @@ impl TestApp {
         AppContext::build(env.settings()).await.expect("context with the given keys")
     }
 
+    /// A second API process on this app's database (its own pool, caches and listeners): its address and context.
+    pub async fn second_api(&self) -> (String, AppContext) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a test port");
+        let context = AppContext::build(self.env.settings()).await.expect("context builds");
+        let app = Application::with_listener(context, listener).expect("application builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let ctx = app.context().clone();
+        tokio::spawn(app.run_until_stopped());
+        (address, ctx)
+    }
+
     /// A connection as the database's owner, outside the app's role and its row-level security: for what only the
     /// owner (or a superuser) may do in a test, such as terminating a backend or adding a fault-injecting trigger.
     pub async fn owner_db(&self) -> DatabaseConnection {

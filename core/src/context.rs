@@ -28,6 +28,8 @@ pub struct AppContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// This process among all API and worker processes: names its leases and its heartbeat row.
     pub instance_id: uuid::Uuid,
+    /// Keys and tenants authentication read lately; used only where it listens for changes (API processes).
+    pub auth_cache: crate::access::auth_cache::AuthCache,
 }
 
 impl AppContext {
@@ -60,6 +62,7 @@ impl AppContext {
             settings: Arc::new(settings),
             metrics: Arc::new(crate::metrics::Metrics::new().context("failed to register metrics")?),
             instance_id: uuid::Uuid::now_v7(),
+            auth_cache: Default::default(),
         })
     }
 

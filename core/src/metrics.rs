@@ -30,6 +30,8 @@ pub struct Metrics {
     pub messages: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
     pub rate_limited: IntCounter,
+    /// Credential and tenant look-ups by where they were answered: `hit`, `miss`, `bypass` (no change listener).
+    pub auth_cache: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: GaugeVec,
     pub grants: IntGaugeVec,
@@ -108,6 +110,12 @@ impl Metrics {
                 &["outcome"],
             )?,
             rate_limited,
+            auth_cache: counter(
+                &registry,
+                "api_auth_cache_total",
+                "Authentication look-ups of keys and tenants by result (hit, miss, bypass: not listening for changes)",
+                &["result"],
+            )?,
             queue_depth: gauge(&registry, "queue_depth", "Due jobs of each kind waiting to run", &["kind"])?,
             queue_oldest_age,
             grants: gauge(&registry, "grants", "OAuth grants by status", &["status"])?,

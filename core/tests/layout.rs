@@ -220,7 +220,10 @@ fn tenant_filters_are_written_only_by_the_store() {
 /// lease columns every leased table shares are written by `jobs::leases`, which names its tables in an enum.
 const SQL_WRITERS: &[(&str, &[&str])] = &[
     ("audit_log", &["observe::audit"]),
-    ("email_accounts", &["connect::confirm", "connect::mailbox", "jobs::scheduler", "receive::idle", "receive::poll"]),
+    (
+        "email_accounts",
+        &["connect::confirm", "connect::mailbox", "jobs::scheduler", "receive::feed_health", "receive::idle", "receive::poll"],
+    ),
     ("events", &["observe::events", "receive::inbox"]),
     ("grants", &["connect::grants::tokens", "jobs::scheduler"]),
     ("inbound_messages", &["receive::inbox"]),

@@ -18,6 +18,8 @@ mod m20261205_000013_cancelled_messages;
 mod m20261205_000014_send_due_notify;
 mod m20261205_000015_idle_watches;
 mod m20261205_000016_message_content;
+mod m20261205_000017_auth_notify;
+mod m20261205_000018_inbound_health;
 
 pub struct Migrator;
 
@@ -41,6 +43,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000014_send_due_notify::Migration),
             Box::new(m20261205_000015_idle_watches::Migration),
             Box::new(m20261205_000016_message_content::Migration),
+            Box::new(m20261205_000017_auth_notify::Migration),
+            Box::new(m20261205_000018_inbound_health::Migration),
         ]
     }
 }

@@ -68,6 +68,8 @@ async fn a_delivered_message_is_stored_at_once_and_the_watch_survives_a_cut_and_
     servers.kick(&login);
     delivered_and_stored(&app, servers, &login, &account, "after the cut").await;
     assert_eq!(first.metric(WATCHED).await, 1.0, "still watched by the same worker");
+    let drops = app.sql_i64(&format!("SELECT idle_drops::bigint FROM email_accounts WHERE id = '{account}'")).await;
+    assert_eq!(drops, 1, "the cut is counted towards the feed's health");
 
     // A stopping worker lets its mailbox go; the next worker watches it.
     assert!(first.terminate(Duration::from_secs(30)).await.is_some_and(|s| s.success()), "the worker stops cleanly");

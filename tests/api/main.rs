@@ -3,10 +3,12 @@
 mod accounts;
 mod audit;
 mod auth;
+mod auth_cache;
 mod bounds;
 mod cross_tenant;
 mod events;
 mod failure_kinds;
+mod feed_health;
 mod health;
 mod idle_watches;
 mod large_mail;

@@ -119,6 +119,7 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: ApiKeyId) -> AppR
     let saved = active.update(&txn).await?;
     audit::record_in_tenant(&txn, scope, "api_key.revoked", id.into(), audit::Changes::new()).await?;
     txn.commit().await?;
+    ctx.auth_cache.changed();
     view(saved)
 }
 

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::access::auth_cache::{Cached, Lookup};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Role, TenantStatus};
@@ -150,7 +151,19 @@ async fn identify(ctx: &AppContext, bearer: &str) -> AppResult<Principal> {
 async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> AppResult<Principal> {
     let invalid = || AppError::Unauthenticated("invalid API key".to_owned());
     let (prefix, _) = rest.split_once('_').ok_or_else(invalid)?;
-    let key = api_key::Entity::find().filter(api_key::Column::Prefix.eq(prefix)).one(&ctx.db).await?.ok_or_else(invalid)?;
+    let key = match ctx.auth_cache.key(prefix) {
+        Cached::Found(key) => {
+            count(ctx, Lookup::Hit);
+            key
+        }
+        Cached::Read(ticket) => {
+            count(ctx, ticket.lookup());
+            let key =
+                api_key::Entity::find().filter(api_key::Column::Prefix.eq(prefix)).one(&ctx.db).await?.ok_or_else(invalid)?;
+            ctx.auth_cache.store_key(ticket, &key);
+            key
+        }
+    };
     let presented = hash_api_key(full_key);
     if !bool::from(presented.as_bytes().ct_eq(key.secret_hash.as_bytes())) {
         return Err(invalid());
@@ -164,8 +177,9 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
     if key.last_used_at.is_none_or(|t| now - t > chrono::Duration::seconds(60)) {
         let id = key.id;
         let active = api_key::ActiveModel { id: Set(id), last_used_at: Set(Some(now)), ..Default::default() };
-        if let Err(e) = active.update(&ctx.db).await {
-            tracing::warn!(api_key_id = %id, error = %e, "could not record API key use");
+        match active.update(&ctx.db).await {
+            Ok(_) => ctx.auth_cache.touched(&key.prefix, now),
+            Err(e) => tracing::warn!(api_key_id = %id, error = %e, "could not record API key use"),
         }
     }
     let role = key.role;
@@ -187,12 +201,27 @@ async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Te
 }
 
 async fn active_tenant(ctx: &AppContext, tenant_id: TenantId) -> AppResult<tenant::Model> {
-    let tenant = tenant::Entity::find_by_id(tenant_id)
-        .one(&ctx.db)
-        .await?
-        .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))?;
+    let tenant = match ctx.auth_cache.tenant(tenant_id) {
+        Cached::Found(tenant) => {
+            count(ctx, Lookup::Hit);
+            tenant
+        }
+        Cached::Read(ticket) => {
+            count(ctx, ticket.lookup());
+            let tenant = tenant::Entity::find_by_id(tenant_id)
+                .one(&ctx.db)
+                .await?
+                .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))?;
+            ctx.auth_cache.store_tenant(ticket, &tenant);
+            tenant
+        }
+    };
     match tenant.status {
         TenantStatus::Active => Ok(tenant),
         TenantStatus::Suspended => Err(AppError::TenantSuspended),
     }
+}
+
+fn count(ctx: &AppContext, lookup: Lookup) {
+    ctx.metrics.auth_cache.with_label_values(&[lookup.label()]).inc();
 }

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod auth_cache;
 pub mod jwt;
 pub mod rate_limit;
 pub mod tenants;

@@ -194,6 +194,7 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: TenantId, input
     let saved = active.update(&txn).await?;
     audit_tenant(&txn, principal, "tenant.updated", id, changes).await?;
     txn.commit().await?;
+    ctx.auth_cache.changed();
     view(saved)
 }
 
@@ -214,5 +215,6 @@ pub async fn delete(ctx: &AppContext, principal: &Principal, id: TenantId) -> Ap
     }
     audit_tenant(&txn, principal, "tenant.deleted", id, audit::Changes::new()).await?;
     txn.commit().await?;
+    ctx.auth_cache.changed();
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The operator overview: per tenant, accounts by state, grants needing re-consent, client secrets expiring, the
-//! outbox, poll lag; and the worst offenders (accounts failing longest). Two grouped queries whatever the number
+//! outbox, poll lag; the worst offenders (accounts failing longest) and the mailboxes whose feed looks broken. Two grouped queries whatever the number
 //! of tenants, so an ops dashboard needs one call.
 
 use chrono::{DateTime, Utc};
@@ -14,6 +14,7 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{AccountState, Direction, GrantStatus, OutboundStatus, Protocol, TenantStatus};
 use crate::observe::hints::{self, Problem};
+use crate::receive::feed_health::{self, FeedWarning};
 use crate::store::entities::email_account;
 
 /// Client secrets expiring within this many days count as expiring.
@@ -87,6 +88,9 @@ pub struct OpsOverview {
     pub worst_offenders: Vec<FailingAccount>,
     /// Queues with work due that no live worker process consumes (operators only; empty for tenants).
     pub queue_warnings: Vec<QueueWarning>,
+    /// Mailboxes whose inbound feed looks broken: silent for far longer than usual although polled without error
+    /// (`inbound_silent`), or an IDLE connection that keeps dropping (`idle_dropping`); longest silent first.
+    pub feed_warnings: Vec<FeedWarning>,
 }
 
 /// Work is waiting in a queue nobody takes from: no worker process runs, or every one has lost its consumer.
@@ -273,5 +277,6 @@ pub async fn overview(ctx: &AppContext, principal: &Principal, query: OverviewQu
         .collect::<AppResult<Vec<_>>>()?;
     // Deployment-wide, so only operators see it: the due counts span every tenant.
     let queue_warnings = if principal.is_operator() { queue_warnings(ctx).await? } else { Vec::new() };
-    Ok(OpsOverview { generated_at, tenants, worst_offenders: offenders, queue_warnings })
+    let feed_warnings = feed_health::warnings(ctx, tenant.map(Into::into), limit).await?;
+    Ok(OpsOverview { generated_at, tenants, worst_offenders: offenders, queue_warnings, feed_warnings })
 }

@@ -87,6 +87,9 @@ async fn watch_leased(ctx: &AppContext, account_id: AccountId, reissue: Duration
                 reconnects = if started.elapsed() > RECONNECTS_FORGOTTEN_AFTER { 1 } else { reconnects + 1 };
                 let wait = FIRST_RECONNECT.saturating_mul(1 << (reconnects - 1).min(6));
                 tracing::info!(%account_id, error = %e, ?wait, "an IDLE connection failed; opening it again");
+                if let Err(e) = super::feed_health::record_idle_drop(&ctx.db, account_id).await {
+                    tracing::warn!(error = %e, %account_id, "could not count an IDLE connection failure");
+                }
                 tokio::select! {
                     () = stop.cancelled() => break Ok(WatchEnd::Stopped),
                     () = tokio::time::sleep(wait) => {}

@@ -234,6 +234,9 @@ pub async fn store_batch<C: ConnectionTrait>(
         inserted += stored.len() as u64;
         record_received(db, account, &stored, now).await?;
     }
+    if inserted > 0 {
+        super::feed_health::record_arrival(db, account.id).await?;
+    }
     Ok(inserted)
 }
 

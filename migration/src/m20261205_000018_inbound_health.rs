@@ -1,0 +1,36 @@
+//! A broken inbound feed is noticed before a customer does: each mailbox keeps when mail last arrived and its usual
+//! gap between arrivals (a moving average), and how often its IDLE connection dropped in the last hour.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+const UP: &str = r#"
+ALTER TABLE email_accounts
+    ADD COLUMN last_received_at timestamptz,
+    ADD COLUMN usual_gap_seconds double precision,
+    ADD COLUMN arrivals integer NOT NULL DEFAULT 0,
+    ADD COLUMN idle_drops integer NOT NULL DEFAULT 0,
+    ADD COLUMN idle_drops_since timestamptz;
+"#;
+
+const DOWN: &str = r#"
+ALTER TABLE email_accounts
+    DROP COLUMN last_received_at,
+    DROP COLUMN usual_gap_seconds,
+    DROP COLUMN arrivals,
+    DROP COLUMN idle_drops,
+    DROP COLUMN idle_drops_since;
+"#;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
+    }
+}
