@@ -6,11 +6,15 @@
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- send [MESSAGES]    (default 2000)
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- memory [ACCOUNTS]  (default 1000; needs a
 //!       release `postbridge-worker` beside the bench binary: `cargo build --release -p postbridge-worker`)
+//!   cargo run --release -p postbridge-tests --bin postbridge-bench -- deployment [MESSAGES] (default 2000; needs the
+//!       release `postbridge-api` and `postbridge-worker` beside the bench binary)
 //!   cargo run --release -p postbridge-tests --bin postbridge-bench -- scale [MAILBOXES] [slow] (default 50; 1, 2 and 3
 //!       release `postbridge-worker` processes sending 100 messages per mailbox and first-syncing 500 per mailbox;
 //!       `slow`: 20 messages per mailbox to a server that answers each after 200 ms, and no inbound phase)
 //!
 //! Needs the local Postgres and Redis (`scripts/ensure-services.sh`); uses a throwaway database.
+
+mod deployment;
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +42,10 @@ async fn main() -> anyhow::Result<()> {
         Some("latency") => bench_latency(count(50)).await,
         Some("idle") => bench_idle(count(1_000)).await,
         Some("memory") => bench_memory(count(1_000)).await,
+        Some("deployment") => deployment::run(count(2_000)).await,
         Some("scale") => bench_scale(count(50), args.get(2).is_some_and(|a| a == "slow")).await,
         _ => {
-            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | latency [MESSAGES] | idle [MAILBOXES] | memory [ACCOUNTS] | scale [MAILBOXES]");
+            eprintln!("usage: postbridge-bench refresh [GRANTS] | api [REQUESTS] | inbound [MESSAGES] | send [MESSAGES] | latency [MESSAGES] | idle [MAILBOXES] | memory [ACCOUNTS] | scale [MAILBOXES] | deployment [MESSAGES]");
             std::process::exit(2);
         }
     }
@@ -152,16 +157,18 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench_api(requests: usize) -> anyhow::Result<()> {
-    let app = spawn_app().await;
-    let (tenant, key) = app.tenant_with_admin().await;
-    // The tenant's rate limit stays on (its Redis check is part of every request) but high enough not to refuse.
-    let limit =
-        app.patch(&format!("/v1/tenants/{tenant}"), &app.operator_token(), json!({"api_rate_limit_per_minute": 1_000_000})).await;
-    anyhow::ensure!(limit.status.is_success(), "raising the tenant's rate limit failed: {}", limit.text);
-    let tenant = Uuid::parse_str(&tenant)?;
+/// p50, p90, p99 and max of `latencies` (sorted in place; a failed request counts as `Duration::MAX`).
+fn percentiles(latencies: &mut [Duration]) -> String {
+    latencies.sort();
+    let Some(max) = latencies.last().copied() else { return "no requests".to_owned() };
+    let at = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
+    format!("p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {max:.2?}", at(0.50), at(0.90), at(0.99))
+}
+
+/// `count` IMAP accounts of `tenant`, inserted directly (the benches measure reading them, not creating them).
+async fn seed_accounts(app: &TestApp, tenant: Uuid, count: usize) -> anyhow::Result<()> {
     let now = Utc::now();
-    let rows = (0..1_000)
+    let rows = (0..count)
         .map(|i| {
             vec![
                 Uuid::now_v7().into(),
@@ -181,11 +188,22 @@ async fn bench_api(requests: usize) -> anyhow::Result<()> {
         })
         .collect();
     insert_rows(
-        &app,
+        app,
         "email_accounts (id, tenant_id, name, direction, protocol, host, port, security, auth_method, login, owner_subject, created_at, updated_at)",
         rows,
     )
     .await?;
+    Ok(())
+}
+
+async fn bench_api(requests: usize) -> anyhow::Result<()> {
+    let app = spawn_app().await;
+    let (tenant, key) = app.tenant_with_admin().await;
+    // The tenant's rate limit stays on (its Redis check is part of every request) but high enough not to refuse.
+    let limit =
+        app.patch(&format!("/v1/tenants/{tenant}"), &app.operator_token(), json!({"api_rate_limit_per_minute": 1_000_000})).await;
+    anyhow::ensure!(limit.status.is_success(), "raising the tenant's rate limit failed: {}", limit.text);
+    seed_accounts(&app, Uuid::parse_str(&tenant)?, 1_000).await?;
     let url = format!("{}/v1/accounts?limit=50", app.address);
     for _ in 0..50 {
         app.http.get(&url).bearer_auth(&key).send().await?.error_for_status()?;
@@ -207,19 +225,10 @@ async fn bench_api(requests: usize) -> anyhow::Result<()> {
         .map(|(ok, d)| if ok { d } else { Duration::MAX })
         .collect();
     let total = started.elapsed();
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1).min(latencies.len() - 1)];
     println!(
         "API list benchmark: GET /v1/accounts?limit=50 over 1000 accounts, {requests} requests, 4 concurrent (API key auth)"
     );
-    println!(
-        "  p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  max {:.2?}  throughput {:.0} req/s",
-        pct(0.50),
-        pct(0.90),
-        pct(0.99),
-        latencies[latencies.len() - 1],
-        requests as f64 / total.as_secs_f64()
-    );
+    println!("  {}  throughput {:.0} req/s", percentiles(&mut latencies), requests as f64 / total.as_secs_f64());
     Ok(())
 }
 

@@ -1,0 +1,144 @@
+//! `deployment`: the whole deployment as users run it — the release `postbridge-api` and `postbridge-worker` binaries
+//! as their own processes beside Postgres, Redis and the local mail servers — fed over HTTP by this process:
+//!
+//! 1. `GET /v1/accounts?limit=50` (1,000 accounts, API-key auth) from 16 connections: requests/s and latency.
+//! 2. `messages` messages submitted to `POST /v1/messages` from 8 connections, all from one SMTP account (so the
+//!    worker reuses its connections), until the last is sent: submissions/s and messages sent/s end to end.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use postbridge_tests::mail::MailServers;
+use postbridge_tests::processes::free_port;
+use serde_json::json;
+use uuid::Uuid;
+
+const LIST_REQUESTS: usize = 20_000;
+const LIST_CONNECTIONS: usize = 16;
+const SUBMIT_CONNECTIONS: usize = 8;
+
+/// Kills the child when dropped, so a failed measurement leaves no process behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn run(messages: usize) -> anyhow::Result<()> {
+    let servers = MailServers::shared().await;
+    // The in-process app only sets the database up (tenant, key, accounts); every measured request goes to the
+    // API process.
+    let (app, tenant, key) = super::mail_app(servers).await?;
+    let port = free_port();
+    let address = format!("http://127.0.0.1:{port}");
+    let api_binary = super::worker_binary()?.with_file_name("postbridge-api");
+    anyhow::ensure!(api_binary.exists(), "build the API first: cargo build --release -p postbridge-api");
+    let _api = Running(
+        Command::new(api_binary)
+            .envs(app.env.vars.iter())
+            .env("POSTBRIDGE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("POSTBRIDGE_PUBLIC_URL", &address)
+            .env("RUST_LOG", "warn")
+            .spawn()?,
+    );
+    let _worker = Running(Command::new(super::worker_binary()?).envs(app.env.vars.iter()).env("RUST_LOG", "warn").spawn()?);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(LIST_CONNECTIONS).build()?;
+    let started = Instant::now();
+    while http.get(format!("{address}/healthz")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the API process did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("deployment: release postbridge-api and postbridge-worker processes, fed over HTTP");
+
+    super::seed_accounts(&app, Uuid::parse_str(&tenant)?, 1_000).await?;
+    list_accounts(&http, &address, &key).await?;
+
+    let login = format!("deploy-{}@example.com", Uuid::new_v4().simple());
+    servers.add_password_user(&login, "bench-password");
+    super::confirmed_account(
+        &app,
+        &key,
+        json!({"protocol": "smtp", "auth": "password", "login": login, "password": "bench-password",
+               "host": "127.0.0.1", "port": servers.smtp_port(), "security": "starttls", "from_filter": login}),
+    )
+    .await?;
+    send_through(&app, &http, &address, &key, &login, messages).await?;
+    let metrics = http.get(format!("{address}/metrics")).send().await?.text().await?;
+    let cache: Vec<&str> = metrics.lines().filter(|l| l.starts_with("postbridge_api_auth_cache_total")).collect();
+    println!("  API process authentication look-ups: {}", cache.join(", "));
+    Ok(())
+}
+
+async fn list_accounts(http: &reqwest::Client, address: &str, key: &str) -> anyhow::Result<()> {
+    let url = format!("{address}/v1/accounts?limit=50");
+    for _ in 0..200 {
+        http.get(&url).bearer_auth(key).send().await?.error_for_status()?;
+    }
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = futures::stream::iter(0..LIST_REQUESTS)
+        .map(|_| {
+            let request = http.get(&url).bearer_auth(key);
+            async move {
+                let t = Instant::now();
+                let ok = match request.send().await {
+                    Ok(reply) => reply.status().is_success() && reply.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    t.elapsed()
+                } else {
+                    Duration::MAX
+                }
+            }
+        })
+        .buffer_unordered(LIST_CONNECTIONS)
+        .collect()
+        .await;
+    let total = started.elapsed();
+    let failed = latencies.iter().filter(|d| **d == Duration::MAX).count();
+    println!(
+        "  GET /v1/accounts?limit=50, {LIST_REQUESTS} requests from {LIST_CONNECTIONS} connections: {:.0} requests/s, {} ({failed} failed)",
+        LIST_REQUESTS as f64 / total.as_secs_f64(),
+        super::percentiles(&mut latencies)
+    );
+    Ok(())
+}
+
+async fn send_through(
+    app: &postbridge_tests::TestApp,
+    http: &reqwest::Client,
+    address: &str,
+    key: &str,
+    login: &str,
+    messages: usize,
+) -> anyhow::Result<()> {
+    let url = format!("{address}/v1/messages");
+    let started = Instant::now();
+    let accepted = futures::stream::iter(0..messages)
+        .map(|i| {
+            let body = json!({"from": login, "to": ["rcpt@example.org"], "subject": format!("deployment {i}"), "text": "hello"});
+            let request = http.post(&url).bearer_auth(key).json(&body);
+            async move { request.send().await.map(|r| r.status().as_u16() == 202).unwrap_or(false) }
+        })
+        .buffer_unordered(SUBMIT_CONNECTIONS)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    let submitted = started.elapsed();
+    anyhow::ensure!(accepted == messages, "{} of {messages} submissions were refused", messages - accepted);
+    let all_sent =
+        super::time_until(app, "SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent'", messages as i64, started)
+            .await?;
+    println!(
+        "  {messages} messages submitted from {SUBMIT_CONNECTIONS} connections in {:.2?} ({:.0} submissions/s); all sent {:.2?} after the first POST: {:.0} messages/s end to end",
+        submitted,
+        messages as f64 / submitted.as_secs_f64(),
+        all_sent,
+        messages as f64 / all_sent.as_secs_f64()
+    );
+    Ok(())
+}
