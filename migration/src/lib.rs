@@ -20,6 +20,7 @@ mod m20261205_000015_idle_watches;
 mod m20261205_000016_message_content;
 mod m20261205_000017_auth_notify;
 mod m20261205_000018_inbound_health;
+mod m20261205_000019_token_revocation;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000016_message_content::Migration),
             Box::new(m20261205_000017_auth_notify::Migration),
             Box::new(m20261205_000018_inbound_health::Migration),
+            Box::new(m20261205_000019_token_revocation::Migration),
         ]
     }
 }

@@ -20,6 +20,7 @@ mod member_walls;
 mod metrics;
 mod oauth_flow;
 mod oauth_refresh;
+mod oauth_revocation;
 mod ops;
 mod outbox_steering;
 mod rate_limits;

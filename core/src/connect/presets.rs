@@ -21,6 +21,8 @@ pub const MICROSOFT_MULTI_TENANT_DIRECTORIES: &[&str] = &["common", "organizatio
 pub struct Endpoints {
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
+    /// RFC 7009 token revocation; Microsoft offers none.
+    pub revocation_url: Option<String>,
     pub scopes: Vec<String>,
     pub extra_auth_params: Vec<(String, String)>,
 }
@@ -34,6 +36,7 @@ pub fn endpoints(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -
             Endpoints {
                 auth_url: Some(format!("https://login.microsoftonline.com/{dir}/oauth2/v2.0/authorize")),
                 token_url: Some(format!("https://login.microsoftonline.com/{dir}/oauth2/v2.0/token")),
+                revocation_url: None,
                 scopes: owned(if flow == OAuthFlow::App { MICROSOFT_APP_SCOPES } else { MICROSOFT_USER_SCOPES }),
                 extra_auth_params: Vec::new(),
             }
@@ -41,6 +44,7 @@ pub fn endpoints(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -
         Provider::Google => Endpoints {
             auth_url: Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
             token_url: Some("https://oauth2.googleapis.com/token".to_owned()),
+            revocation_url: Some("https://oauth2.googleapis.com/revoke".to_owned()),
             scopes: owned(GOOGLE_USER_SCOPES),
             // Google returns a refresh token only when the user is shown the consent screen.
             extra_auth_params: vec![
@@ -48,7 +52,9 @@ pub fn endpoints(provider: Provider, flow: OAuthFlow, directory: Option<&str>) -
                 ("prompt".to_owned(), "consent".to_owned()),
             ],
         },
-        Provider::Generic => Endpoints { auth_url: None, token_url: None, scopes: Vec::new(), extra_auth_params: Vec::new() },
+        Provider::Generic => {
+            Endpoints { auth_url: None, token_url: None, revocation_url: None, scopes: Vec::new(), extra_auth_params: Vec::new() }
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub const MESSAGE_RESOLVED: &str = "message.resolved";
 pub const GRANT_CONNECTED: &str = "grant.connected";
 pub const GRANT_REAUTH_REQUIRED: &str = "grant.reauth_required";
 pub const GRANT_REVOKED: &str = "grant.revoked";
+pub const GRANT_PROVIDER_REVOKED: &str = "grant.provider_revoked";
+pub const GRANT_PROVIDER_REVOCATION_FAILED: &str = "grant.provider_revocation_failed";
 pub const TOKEN_CONFIG_NEEDS_ADMIN: &str = "token_config.needs_admin";
 pub const TOKEN_CONFIG_SECRET_EXPIRING: &str = "token_config.secret_expiring";
 pub const WEBHOOK_ENDPOINT_DISABLED: &str = "webhook_endpoint.disabled";
@@ -40,6 +42,8 @@ pub const EVENT_TYPES: &[&str] = &[
     GRANT_CONNECTED,
     GRANT_REAUTH_REQUIRED,
     GRANT_REVOKED,
+    GRANT_PROVIDER_REVOKED,
+    GRANT_PROVIDER_REVOCATION_FAILED,
     TOKEN_CONFIG_NEEDS_ADMIN,
     TOKEN_CONFIG_SECRET_EXPIRING,
     WEBHOOK_ENDPOINT_DISABLED,

@@ -229,6 +229,48 @@ impl OAuthClient {
         self.finish(result, &capture)
     }
 
+    /// RFC 7009: asks the provider to revoke `token` (`token_type_hint` `refresh_token` or `access_token`) at
+    /// `revocation_url`, authenticating as at the token endpoint (HTTP Basic with a secret, else `client_id`). Sent by
+    /// hand rather than through `oauth2`, which refuses a revocation URL that is not https (the local test provider).
+    pub async fn revoke(&self, revocation_url: &str, token: &str, token_type_hint: &str) -> Result<(), TokenError> {
+        let mut fields = vec![("token", token), ("token_type_hint", token_type_hint)];
+        let mut request = oauth2::http::Request::builder()
+            .method(oauth2::http::Method::POST)
+            .uri(revocation_url)
+            .header(oauth2::http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(oauth2::http::header::ACCEPT, "application/json");
+        match &self.config.client_secret {
+            Some(secret) => {
+                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
+                let encode = |part: &str| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>();
+                let pair = format!("{}:{}", encode(&self.config.client_id), encode(secret));
+                let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+                request = request.header(oauth2::http::header::AUTHORIZATION, format!("Basic {basic}"));
+            }
+            None => fields.push(("client_id", &self.config.client_id)),
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let request = request.body(body.into_bytes()).map_err(|e| TokenError::Configuration(format!("revocation_url: {e}")))?;
+        let capture = Arc::new(Mutex::new(ResponseMeta::default()));
+        let response = send(self.http.clone(), self.guard.clone(), request, capture.clone()).await.map_err(|e| {
+            TokenError::Unavailable { reason: e.0.replace("token endpoint", "revocation endpoint"), retry_after: None }
+        })?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Ok(());
+        }
+        if status >= 500 || status == 429 {
+            let retry_after = capture.lock().ok().and_then(|meta| meta.retry_after);
+            return Err(TokenError::Unavailable { reason: format!("HTTP {status}"), retry_after });
+        }
+        // An OAuth error body names the reason; anything else is reported by its status.
+        let error: Option<BasicRevocationErrorResponse> = serde_json::from_slice(response.body()).ok();
+        Err(TokenError::Rejected {
+            error: error.as_ref().map(|e| truncate(e.error().as_ref())).unwrap_or_else(|| format!("HTTP {status}")),
+            description: error.and_then(|e| e.error_description().map(|d| truncate(d))),
+        })
+    }
+
     fn finish(
         &self,
         result: Result<ProviderTokenResponse, RequestTokenError<HttpCallError, BasicErrorResponse>>,

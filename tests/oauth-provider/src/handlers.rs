@@ -28,6 +28,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/authorize").route(web::get().to(authorize)))
         .service(web::resource("/token").route(web::post().to(token)))
         .service(web::resource("/introspect").route(web::post().to(introspect)))
+        .service(web::resource("/revoke").route(web::post().to(revoke)))
         .service(web::resource("/userinfo").route(web::get().to(userinfo)).route(web::post().to(userinfo)))
         .service(web::resource("/.well-known/openid-configuration").route(web::get().to(discovery)));
 }
@@ -796,6 +797,44 @@ fn client_credentials_grant(
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
+// /revoke (RFC 7009)
+// ---------------------------------------------------------------------------------------------------------------------
+
+/// Token revocation: the client authenticates as at `/token`; a refresh token ends its whole grant (every token of
+/// the family), an access token just itself. An unknown or foreign token is answered 200 all the same (§2.2).
+async fn revoke(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    let form = Params::parse(&body);
+    {
+        let mut state = shared.lock();
+        state
+            .revocations
+            .push((form.get("token").unwrap_or_default().to_owned(), form.get("token_type_hint").map(str::to_owned)));
+        if state.revocation_failures > 0 {
+            state.revocation_failures -= 1;
+            return html_page(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "The service is temporarily unavailable.");
+        }
+    }
+    let client_id = match authenticate_client(&req, &form, &shared) {
+        Ok((client_id, _)) => client_id,
+        Err(error) => return error.response(),
+    };
+    let Some(token) = form.get("token") else {
+        return OAuthError::invalid_request("The request must contain the parameter 'token'.").response();
+    };
+    let mut state = shared.lock();
+    let family = state.refresh_tokens.get(token).filter(|r| r.client_id == client_id).map(|r| r.family);
+    match family {
+        Some(family) => state.revoke_family(family),
+        None => {
+            if let Some(record) = state.access_tokens.get_mut(token).filter(|r| r.client_id == client_id) {
+                record.revoked = true;
+            }
+        }
+    }
+    HttpResponse::Ok().finish()
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
 // /introspect, /userinfo, discovery
 // ---------------------------------------------------------------------------------------------------------------------
 
@@ -895,6 +934,7 @@ async fn discovery(shared: web::Data<Shared>) -> HttpResponse {
         "authorization_endpoint": format!("{base}/authorize"),
         "token_endpoint": format!("{base}/token"),
         "introspection_endpoint": format!("{base}/introspect"),
+        "revocation_endpoint": format!("{base}/revoke"),
         "userinfo_endpoint": format!("{base}/userinfo"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

@@ -154,6 +154,26 @@ impl MockProvider {
         format!("{}/token", self.base_url)
     }
 
+    /// `{base}/revoke`, the RFC 7009 revocation endpoint.
+    pub fn revocation_url(&self) -> String {
+        format!("{}/revoke", self.base_url)
+    }
+
+    /// Every `/revoke` request received: its `token` and `token_type_hint`, in order.
+    pub fn revocations(&self) -> Vec<(String, Option<String>)> {
+        self.shared.lock().revocations.clone()
+    }
+
+    /// The next `count` `/revoke` requests fail with 503 (an outage at the provider).
+    pub fn fail_next_revocations(&self, count: usize) {
+        self.shared.lock().revocation_failures = count;
+    }
+
+    /// Whether a refresh token can still be used (not revoked, rotated away or unknown).
+    pub fn refresh_token_active(&self, refresh_token: &str) -> bool {
+        self.shared.lock().refresh_tokens.get(refresh_token).is_some_and(|r| r.status == state::RefreshStatus::Active)
+    }
+
     /// `{base}/introspect`, the RFC 7662 introspection endpoint.
     pub fn introspection_url(&self) -> String {
         format!("{}/introspect", self.base_url)

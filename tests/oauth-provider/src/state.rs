@@ -125,6 +125,10 @@ pub(crate) struct State {
     pub(crate) codes: HashMap<String, CodeRecord>,
     pub(crate) access_tokens: HashMap<String, AccessRecord>,
     pub(crate) refresh_tokens: HashMap<String, RefreshRecord>,
+    /// Every `/revoke` request's `token` and `token_type_hint`, in order.
+    pub(crate) revocations: Vec<(String, Option<String>)>,
+    /// How many of the next `/revoke` requests fail with 503.
+    pub(crate) revocation_failures: usize,
     next_family: u64,
 }
 
@@ -147,6 +151,8 @@ impl Default for State {
             codes: HashMap::new(),
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
+            revocations: Vec::new(),
+            revocation_failures: 0,
             next_family: 1,
         }
     }

@@ -49,6 +49,8 @@ pub struct TokenConfig {
     pub directory_tenant_id: Option<String>,
     pub auth_url: Option<String>,
     pub token_url: String,
+    /// RFC 7009 endpoint where a deleted grant's token is revoked (Google's preset; none for Microsoft).
+    pub revocation_url: Option<String>,
     /// Generic configurations: the authorization server's issuer identifier; an authorization response carrying
     /// another `iss` (RFC 9207) is refused. Microsoft and Google configurations know their issuer (null here).
     pub issuer: Option<String>,
@@ -88,6 +90,8 @@ pub struct CreateTokenConfig {
     pub auth_url: Option<String>,
     /// Derived for microsoft/google; required for generic.
     pub token_url: Option<String>,
+    /// Optional RFC 7009 revocation endpoint: a deleted grant's refresh token is revoked there. Derived for Google.
+    pub revocation_url: Option<String>,
     /// Generic only, optional: the issuer identifier the provider returns as `iss` (RFC 9207), e.g.
     /// `https://id.example.com`; an authorization response naming another issuer is refused.
     pub issuer: Option<String>,
@@ -116,6 +120,11 @@ pub struct UpdateTokenConfig {
     /// `client_secret` in the same request, and sends every grant of the configuration to `reauth_required`.
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
+    /// `null` clears it (Google falls back to its preset). Changing it while grants exist needs `client_secret`
+    /// in the same request: the endpoint receives refresh tokens and the client's credentials.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub revocation_url: MaybeUndefined<String>,
     /// Generic only; `null` clears it.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
@@ -150,6 +159,7 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         directory_tenant_id: model.directory_tenant_id,
         auth_url: model.auth_url,
         token_url: model.token_url,
+        revocation_url: model.revocation_url,
         issuer: model.issuer,
         scopes,
         extra_auth_params,
@@ -190,6 +200,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         directory_tenant_id: input.directory_tenant_id,
         auth_url: input.auth_url,
         token_url: input.token_url,
+        revocation_url: input.revocation_url,
         issuer: input.issuer,
         scopes: input.scopes.unwrap_or_default(),
         extra_auth_params: input.extra_auth_params.unwrap_or_default(),
@@ -215,6 +226,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         directory_tenant_id: Set(spec.directory_tenant_id),
         auth_url: Set(spec.auth_url),
         token_url: Set(spec.token_url.unwrap_or_default()),
+        revocation_url: Set(spec.revocation_url),
         issuer: Set(spec.issuer),
         scopes: Set(StringList(spec.scopes.clone())),
         extra_auth_params: Set(StringMap(spec.extra_auth_params.clone())),
@@ -259,7 +271,8 @@ pub async fn update(
     scope.require(Role::Admin)?;
     let changes = audit::Changes::of(&input)
         .cleared("client_secret_expires_at", &input.client_secret_expires_at)
-        .cleared("issuer", &input.issuer);
+        .cleared("issuer", &input.issuer)
+        .cleared("revocation_url", &input.revocation_url);
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let client_id_changed = input.client_id.is_some();
@@ -275,6 +288,11 @@ pub async fn update(
         directory_tenant_id: input.directory_tenant_id.or(current.directory_tenant_id),
         auth_url: input.auth_url.or(if keep_urls { current.auth_url.clone() } else { None }),
         token_url: input.token_url.or(if keep_urls { Some(current.token_url.clone()) } else { None }),
+        revocation_url: match input.revocation_url {
+            MaybeUndefined::Undefined => current.revocation_url.clone(),
+            MaybeUndefined::Null => None,
+            MaybeUndefined::Value(url) => Some(url),
+        },
         issuer: match input.issuer {
             MaybeUndefined::Undefined => current.issuer.clone(),
             MaybeUndefined::Null => None,
@@ -294,14 +312,16 @@ pub async fn update(
     // New endpoints would receive every stored refresh token and the client secret: whoever moves them must know
     // the secret, and the grants (issued by the old endpoints) need consent again.
     let urls_changed = spec.auth_url != current.auth_url || spec.token_url.as_deref() != Some(current.token_url.as_str());
-    let has_grants = urls_changed
+    // The revocation endpoint receives refresh tokens too, so moving it needs the secret, but no new consent.
+    let revocation_moved = spec.revocation_url.is_some() && spec.revocation_url != current.revocation_url;
+    let has_grants = (urls_changed || revocation_moved)
         && grant::Entity::in_tenant(scope.tenant_id).filter(grant::Column::TokenConfigId.eq(id)).one(&ctx.db).await?.is_some();
     if has_grants && new_secret.is_none() {
         return Err(AppError::validation(
             "client_secret",
             "required",
-            "changing auth_url or token_url while grants exist needs the client secret again in the same request; \
-             every grant of the configuration then needs consent again",
+            "changing auth_url, token_url or revocation_url while grants exist needs the client secret again in the \
+             same request; new auth_url or token_url also send every grant of the configuration to consent again",
         ));
     }
     let mut active = model.into_active_model();
@@ -331,6 +351,7 @@ pub async fn update(
     active.directory_tenant_id = Set(spec.directory_tenant_id);
     active.auth_url = Set(spec.auth_url);
     active.token_url = Set(spec.token_url.unwrap_or_default());
+    active.revocation_url = Set(spec.revocation_url);
     active.issuer = Set(spec.issuer);
     active.scopes = Set(StringList(spec.scopes.clone()));
     active.extra_auth_params = Set(StringMap(spec.extra_auth_params.clone()));

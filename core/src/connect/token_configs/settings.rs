@@ -35,6 +35,7 @@ pub(super) struct Spec {
     pub(super) directory_tenant_id: Option<String>,
     pub(super) auth_url: Option<String>,
     pub(super) token_url: Option<String>,
+    pub(super) revocation_url: Option<String>,
     pub(super) issuer: Option<String>,
     pub(super) scopes: Vec<String>,
     pub(super) extra_auth_params: BTreeMap<String, String>,
@@ -172,6 +173,10 @@ pub(super) async fn check_spec(ctx: &AppContext, spec: &mut Spec) -> AppResult<(
         .or(preset.token_url)
         .ok_or_else(|| AppError::validation("token_url", "required", "token_url is required for a generic configuration"))?;
     spec.token_url = Some(ctx.guard.check_url_for_storage(&token_url, "token_url").await?.to_string());
+    spec.revocation_url = match spec.revocation_url.clone().or(preset.revocation_url) {
+        Some(url) => Some(ctx.guard.check_url_for_storage(&url, "revocation_url").await?.to_string()),
+        None => None,
+    };
     spec.issuer = check_issuer(ctx, spec.provider, spec.issuer.as_deref())?;
     if spec.scopes.is_empty() {
         spec.scopes = preset.scopes;

@@ -21,6 +21,8 @@ pub struct Model {
     pub directory_tenant_id: Option<String>,
     pub auth_url: Option<String>,
     pub token_url: String,
+    /// RFC 7009 endpoint a deleted grant's token is revoked at (Google's preset; optional for generic).
+    pub revocation_url: Option<String>,
     #[sea_orm(column_type = "JsonBinary")]
     pub scopes: StringList,
     /// A generic configuration's issuer identifier (RFC 9207); presets know theirs.
