@@ -228,6 +228,7 @@ const SQL_WRITERS: &[(&str, &[&str])] = &[
     ("grants", &["connect::grants::tokens", "jobs::scheduler"]),
     ("inbound_messages", &["receive::inbox"]),
     ("outbound_messages", &["jobs::scheduler", "send::delivery", "send::settle"]),
+    ("token_configs", &["connect::grants::client_secrets"]),
     ("webhook_attempts", &["observe::webhooks::attempt"]),
     ("webhook_deliveries", &["jobs::scheduler", "observe::webhooks::attempt", "observe::webhooks::log"]),
     ("webhook_endpoints", &["observe::webhooks::attempt", "observe::webhooks::endpoints"]),

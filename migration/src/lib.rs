@@ -21,6 +21,7 @@ mod m20261205_000016_message_content;
 mod m20261205_000017_auth_notify;
 mod m20261205_000018_inbound_health;
 mod m20261205_000019_token_revocation;
+mod m20261205_000020_next_client_secret;
 
 pub struct Migrator;
 
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000017_auth_notify::Migration),
             Box::new(m20261205_000018_inbound_health::Migration),
             Box::new(m20261205_000019_token_revocation::Migration),
+            Box::new(m20261205_000020_next_client_secret::Migration),
         ]
     }
 }

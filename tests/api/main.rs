@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod auth_cache;
 mod bounds;
+mod client_secret_rotation;
 mod cross_tenant;
 mod events;
 mod failure_kinds;

@@ -24,6 +24,7 @@ pub const GRANT_PROVIDER_REVOKED: &str = "grant.provider_revoked";
 pub const GRANT_PROVIDER_REVOCATION_FAILED: &str = "grant.provider_revocation_failed";
 pub const TOKEN_CONFIG_NEEDS_ADMIN: &str = "token_config.needs_admin";
 pub const TOKEN_CONFIG_SECRET_EXPIRING: &str = "token_config.secret_expiring";
+pub const TOKEN_CONFIG_SECRET_PROMOTED: &str = "token_config.secret_promoted";
 pub const WEBHOOK_ENDPOINT_DISABLED: &str = "webhook_endpoint.disabled";
 
 /// Every event type there is. `account.<state>` events are written by the database itself, in the
@@ -46,6 +47,7 @@ pub const EVENT_TYPES: &[&str] = &[
     GRANT_PROVIDER_REVOCATION_FAILED,
     TOKEN_CONFIG_NEEDS_ADMIN,
     TOKEN_CONFIG_SECRET_EXPIRING,
+    TOKEN_CONFIG_SECRET_PROMOTED,
     WEBHOOK_ENDPOINT_DISABLED,
 ];
 

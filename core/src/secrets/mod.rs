@@ -19,6 +19,7 @@ pub struct SealedColumn {
 }
 
 pub const TOKEN_CONFIG_CLIENT_SECRET: SealedColumn = SealedColumn { table: "token_configs", column: "client_secret" };
+pub const TOKEN_CONFIG_CLIENT_SECRET_NEXT: SealedColumn = SealedColumn { table: "token_configs", column: "client_secret_next" };
 pub const ACCOUNT_PASSWORD: SealedColumn = SealedColumn { table: "email_accounts", column: "password" };
 pub const GRANT_ACCESS_TOKEN: SealedColumn = SealedColumn { table: "grants", column: "access_token" };
 pub const GRANT_REFRESH_TOKEN: SealedColumn = SealedColumn { table: "grants", column: "refresh_token" };
@@ -27,8 +28,9 @@ pub const WEBHOOK_SECRET: SealedColumn = SealedColumn { table: "webhook_endpoint
 pub const WEBHOOK_PREVIOUS_SECRET: SealedColumn = SealedColumn { table: "webhook_endpoints", column: "previous_secret" };
 
 /// Every sealed column. A new secret column is added here, or `rotate-keys` leaves it under the old key.
-pub const ALL: [SealedColumn; 7] = [
+pub const ALL: [SealedColumn; 8] = [
     TOKEN_CONFIG_CLIENT_SECRET,
+    TOKEN_CONFIG_CLIENT_SECRET_NEXT,
     ACCOUNT_PASSWORD,
     GRANT_ACCESS_TOKEN,
     GRANT_REFRESH_TOKEN,

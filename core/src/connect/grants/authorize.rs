@@ -5,6 +5,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
 use serde_json::json;
 
+use super::client_secrets::{request_tokens, TokenRequest};
 use super::link::{link_accounts, store_grant, Connection, LinkTo};
 use super::{hash_state, oauth_client, random_token, state_ttl, AuthorizeAccount, AuthorizeResult};
 use crate::access::auth::TenantScope;
@@ -133,7 +134,8 @@ async fn authorize_app(
     account: &email_account::Model,
     config: &token_config::Model,
 ) -> AppResult<AuthorizeResult> {
-    let tokens = oauth_client(ctx, config)?.client_credentials().await.map_err(|e| provider_error_to_app(&e))?;
+    let tokens =
+        request_tokens(ctx, &ctx.db, config, TokenRequest::ClientCredentials).await?.map_err(|e| provider_error_to_app(&e))?;
     let txn = ctx.db.begin().await?;
     // Authorizing is the admin's approval of this account; other accounts of the configuration are linked only
     // if an admin created or authorized them too.

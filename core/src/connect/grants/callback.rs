@@ -6,8 +6,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::client_secrets::{request_tokens, TokenRequest};
+use super::hash_state;
 use super::link::{link_accounts, store_grant, Connection, LinkTo};
-use super::{hash_state, oauth_client};
 use crate::connect::token_configs;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
@@ -138,7 +139,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     let verifier =
         secrets::OAUTH_STATE_PKCE_VERIFIER.open(&ctx.cipher, state_row.tenant_id, state_row.id, &state_row.pkce_verifier)?;
 
-    let tokens = match oauth_client(ctx, &config)?.exchange_code(code, &verifier).await {
+    let tokens = match request_tokens(ctx, &ctx.db, &config, TokenRequest::ExchangeCode { code, verifier: &verifier }).await? {
         Ok(tokens) => tokens,
         Err(e) => {
             let reason = if e.needs_admin() {

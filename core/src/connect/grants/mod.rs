@@ -31,6 +31,7 @@ use utoipa::ToSchema;
 
 mod authorize;
 mod callback;
+mod client_secrets;
 mod link;
 mod provider_revocation;
 pub(crate) mod reauth;

@@ -11,8 +11,9 @@ use sea_orm::{
 };
 use serde_json::json;
 
+use super::client_secrets::{request_tokens, TokenRequest};
 use super::reauth::bury_grant;
-use super::{find, oauth_client, refresh_at_for, refresh_due_at};
+use super::{find, refresh_at_for, refresh_due_at};
 use crate::connect::token_configs;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
@@ -135,15 +136,14 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
             return Ok(token);
         }
     }
-    let client = oauth_client(ctx, &config)?;
     let result = if config.flow == OAuthFlow::App {
-        client.client_credentials().await
+        request_tokens(ctx, &txn, &config, TokenRequest::ClientCredentials).await?
     } else {
         match &locked.refresh_token {
             Some(stored) => {
                 let refresh =
                     secrets::GRANT_REFRESH_TOKEN.open(&ctx.cipher, tenant_id, grant_id, stored).map_err(AppError::from)?;
-                client.refresh(&refresh).await
+                request_tokens(ctx, &txn, &config, TokenRequest::Refresh(&refresh)).await?
             }
             None => Err(TokenError::Rejected {
                 error: "invalid_grant".to_owned(),

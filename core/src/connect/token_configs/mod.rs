@@ -31,8 +31,8 @@ pub use settings::{allowed_mail_hosts, check_mail_host};
 mod expiry;
 use settings::check_spec;
 use settings::check_testing_app;
-use settings::encrypt_secret;
 use settings::Spec;
+use settings::{encrypt_next_secret, encrypt_secret};
 
 #[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]
 pub struct TokenConfig {
@@ -45,6 +45,10 @@ pub struct TokenConfig {
     /// Whether a client secret is stored (the secret itself is write-only).
     pub client_secret_set: bool,
     pub client_secret_expires_at: Option<NaiveDate>,
+    /// Whether a next client secret is stored: tried when the provider refuses the current one, and promoted to
+    /// `client_secret` on its first success (`token_config.secret_promoted`).
+    pub client_secret_next_set: bool,
+    pub client_secret_next_expires_at: Option<NaiveDate>,
     /// Microsoft directory (tenant id, domain, `common` or `organizations`).
     pub directory_tenant_id: Option<String>,
     pub auth_url: Option<String>,
@@ -84,6 +88,11 @@ pub struct CreateTokenConfig {
     #[schema(value_type = Option<String>, format = Password)]
     pub client_secret: Option<SecretInput>,
     pub client_secret_expires_at: Option<NaiveDate>,
+    /// A second secret for a rotation without outage: tried when the provider refuses `client_secret`, promoted on
+    /// its first success. Write-only.
+    #[schema(value_type = Option<String>, format = Password)]
+    pub client_secret_next: Option<SecretInput>,
+    pub client_secret_next_expires_at: Option<NaiveDate>,
     /// Microsoft only, required there.
     pub directory_tenant_id: Option<String>,
     /// Derived for microsoft/google; required for generic user flow.
@@ -115,6 +124,15 @@ pub struct UpdateTokenConfig {
     #[serde(default)]
     #[schema(value_type = Option<NaiveDate>)]
     pub client_secret_expires_at: MaybeUndefined<NaiveDate>,
+    /// Stores the next secret (write-only; `null` removes it): paste the new secret here before the current one
+    /// expires, and Postbridge switches to it as soon as the provider refuses the old one.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Password)]
+    pub client_secret_next: MaybeUndefined<SecretInput>,
+    /// `null` clears the date.
+    #[serde(default)]
+    #[schema(value_type = Option<NaiveDate>)]
+    pub client_secret_next_expires_at: MaybeUndefined<NaiveDate>,
     pub directory_tenant_id: Option<String>,
     /// Changing `auth_url` or `token_url` (directly, or through a Microsoft directory) while grants exist needs
     /// `client_secret` in the same request, and sends every grant of the configuration to `reauth_required`.
@@ -156,6 +174,8 @@ pub(crate) fn view(ctx: &AppContext, model: token_config::Model) -> AppResult<To
         client_id: model.client_id,
         client_secret_set: model.client_secret.is_some(),
         client_secret_expires_at: model.client_secret_expires_at,
+        client_secret_next_set: model.client_secret_next.is_some(),
+        client_secret_next_expires_at: model.client_secret_next_expires_at,
         directory_tenant_id: model.directory_tenant_id,
         auth_url: model.auth_url,
         token_url: model.token_url,
@@ -213,6 +233,12 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         Some(secret) if !secret.expose().trim().is_empty() => Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?),
         _ => None,
     };
+    let client_secret_next = match &input.client_secret_next {
+        Some(secret) if !secret.expose().trim().is_empty() => {
+            Some(encrypt_next_secret(ctx, scope.tenant_id, id, secret.expose())?)
+        }
+        _ => None,
+    };
     let now = Utc::now();
     let row = token_config::ActiveModel {
         id: Set(id),
@@ -223,6 +249,8 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateTokenCon
         client_id: Set(spec.client_id),
         client_secret: Set(client_secret),
         client_secret_expires_at: Set(input.client_secret_expires_at),
+        client_secret_next: Set(client_secret_next),
+        client_secret_next_expires_at: Set(input.client_secret_next_expires_at),
         directory_tenant_id: Set(spec.directory_tenant_id),
         auth_url: Set(spec.auth_url),
         token_url: Set(spec.token_url.unwrap_or_default()),
@@ -272,7 +300,9 @@ pub async fn update(
     let changes = audit::Changes::of(&input)
         .cleared("client_secret_expires_at", &input.client_secret_expires_at)
         .cleared("issuer", &input.issuer)
-        .cleared("revocation_url", &input.revocation_url);
+        .cleared("revocation_url", &input.revocation_url)
+        .cleared("client_secret_next", &input.client_secret_next)
+        .cleared("client_secret_next_expires_at", &input.client_secret_next_expires_at);
     let current = view(ctx, model.clone())?;
     let new_secret = input.client_secret.as_ref().filter(|s| !s.expose().trim().is_empty());
     let client_id_changed = input.client_id.is_some();
@@ -330,10 +360,25 @@ pub async fn update(
         active.client_secret = Set(Some(encrypt_secret(ctx, scope.tenant_id, id, secret.expose())?));
     }
     // New credentials are the fix for refused ones; let the next token request tell.
-    let credentials_changed = new_secret.is_some() || client_id_changed;
+    let next_secret_given =
+        matches!(&input.client_secret_next, MaybeUndefined::Value(secret) if !secret.expose().trim().is_empty());
+    let credentials_changed = new_secret.is_some() || client_id_changed || next_secret_given;
     if credentials_changed {
         active.needs_admin = Set(false);
         active.last_error = Set(None);
+    }
+    match &input.client_secret_next {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.client_secret_next = Set(None),
+        MaybeUndefined::Value(secret) if secret.expose().trim().is_empty() => active.client_secret_next = Set(None),
+        MaybeUndefined::Value(secret) => {
+            active.client_secret_next = Set(Some(encrypt_next_secret(ctx, scope.tenant_id, id, secret.expose())?));
+        }
+    }
+    match input.client_secret_next_expires_at {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.client_secret_next_expires_at = Set(None),
+        MaybeUndefined::Value(date) => active.client_secret_next_expires_at = Set(Some(date)),
     }
     match input.client_secret_expires_at {
         MaybeUndefined::Undefined => {}

@@ -254,3 +254,10 @@ pub(super) fn encrypt_secret(ctx: &AppContext, tenant_id: TenantId, id: TokenCon
     }
     Ok(secrets::TOKEN_CONFIG_CLIENT_SECRET.seal(&ctx.cipher, tenant_id, id, secret)?)
 }
+
+pub(super) fn encrypt_next_secret(ctx: &AppContext, tenant_id: TenantId, id: TokenConfigId, secret: &str) -> AppResult<String> {
+    if secret.len() > 4096 {
+        return Err(AppError::validation("client_secret_next", "too_long", "client_secret_next is too long"));
+    }
+    Ok(secrets::TOKEN_CONFIG_CLIENT_SECRET_NEXT.seal(&ctx.cipher, tenant_id, id, secret)?)
+}

@@ -18,6 +18,9 @@ pub struct Model {
     /// Encrypted envelope (see `crypto`).
     pub client_secret: Option<String>,
     pub client_secret_expires_at: Option<Date>,
+    /// The next secret (encrypted), tried when the provider refuses `client_secret`; promoted on its first success.
+    pub client_secret_next: Option<String>,
+    pub client_secret_next_expires_at: Option<Date>,
     pub directory_tenant_id: Option<String>,
     pub auth_url: Option<String>,
     pub token_url: String,

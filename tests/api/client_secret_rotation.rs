@@ -1,0 +1,141 @@
+//! Two client secrets per configuration: an admin stores the next secret before rotating it at the provider; when
+//! the provider starts refusing the current one, the next is tried, and its first success promotes it. Against the
+//! provider stand-in, whose client is re-registered with the new secret as an admin would rotate it at Entra/Google.
+
+use postbridge_core::connect::grants::{self, TokenAccessError};
+use postbridge_core::secrets;
+use postbridge_tests::oauth::{OAuthSetup, CONSENTING_USER};
+use postbridge_tests::TestApp;
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+struct Consented {
+    setup: OAuthSetup,
+    tenant: Uuid,
+    grant: Uuid,
+}
+
+async fn consented(app: &TestApp) -> Consented {
+    let setup = app.oauth_setup().await;
+    let account = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
+    let outcome = app.consent(&setup, &account).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    let grant = app.account_json(&setup, &account).await["grant_id"].as_str().expect("grant").to_owned();
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant");
+    Consented { setup, tenant, grant: Uuid::parse_str(&grant).expect("grant id") }
+}
+
+/// The admin rotates the secret at the provider: the old one stops working at once.
+fn rotate_at_provider(app: &TestApp, setup: &OAuthSetup, new_secret: &str) {
+    setup.provider.register_client(&setup.client_id, Some(new_secret), &[&format!("{}/oauth/callback", app.address)]);
+}
+
+async fn expire_access_token(app: &TestApp, grant: Uuid) {
+    app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 minute', refresh_at = now() - interval '2 minutes' WHERE id = '{grant}'")).await;
+}
+
+async fn config(app: &TestApp, setup: &OAuthSetup) -> serde_json::Value {
+    app.get(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin).await.body
+}
+
+async fn promotions(app: &TestApp, setup: &OAuthSetup) -> i64 {
+    app.sql_i64(&format!(
+        "SELECT count(*) FROM events WHERE event_type = 'token_config.secret_promoted' AND resource_id = '{}'",
+        setup.config_id
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_refused_secret_gives_way_to_the_next_one_which_is_promoted_without_an_outage() {
+    let app = postbridge_tests::spawn_app().await;
+    let c = consented(&app).await;
+    let path = format!("/v1/token-configs/{}", c.setup.config_id);
+    let stored = app
+        .patch(
+            &path,
+            &c.setup.admin,
+            json!({"client_secret_next": "the-next-secret", "client_secret_next_expires_at": "2027-06-30"}),
+        )
+        .await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.text);
+    assert_eq!(
+        (stored.body["client_secret_next_set"].clone(), stored.body["client_secret_next_expires_at"].clone()),
+        (json!(true), json!("2027-06-30"))
+    );
+    assert!(!stored.text.contains("the-next-secret"), "write-only: {}", stored.text);
+
+    rotate_at_provider(&app, &c.setup, "the-next-secret");
+    expire_access_token(&app, c.grant).await;
+    let before = c.setup.provider.token_requests("refresh_token");
+    let token = grants::access_token(&app.ctx, c.tenant.into(), c.grant.into()).await.expect("refreshed with the next secret");
+    assert!(!token.is_empty());
+    assert_eq!(c.setup.provider.token_requests("refresh_token") - before, 2, "refused once, then accepted");
+
+    let now = config(&app, &c.setup).await;
+    assert_eq!(
+        (
+            now["client_secret_set"].clone(),
+            now["client_secret_next_set"].clone(),
+            now["client_secret_expires_at"].clone(),
+            now["needs_admin"].clone()
+        ),
+        (json!(true), json!(false), json!("2027-06-30"), json!(false)),
+        "{now}"
+    );
+    assert_eq!(promotions(&app, &c.setup).await, 1);
+    let sealed = app.stored_value("token_configs", "client_secret", &c.setup.config_id).await.expect("a secret");
+    let config_id = Uuid::parse_str(&c.setup.config_id).expect("config id");
+    let current = secrets::TOKEN_CONFIG_CLIENT_SECRET.open(&app.ctx.cipher, c.tenant.into(), config_id, &sealed).expect("opens");
+    assert_eq!(current, "the-next-secret");
+
+    // From now on the promoted secret goes first: one request per refresh.
+    expire_access_token(&app, c.grant).await;
+    let before = c.setup.provider.token_requests("refresh_token");
+    grants::access_token(&app.ctx, c.tenant.into(), c.grant.into()).await.expect("refreshed");
+    assert_eq!(c.setup.provider.token_requests("refresh_token") - before, 1);
+    assert_eq!(promotions(&app, &c.setup).await, 1);
+}
+
+#[tokio::test]
+async fn when_both_secrets_are_refused_the_admin_is_told_and_nothing_is_promoted() {
+    let app = postbridge_tests::spawn_app().await;
+    let c = consented(&app).await;
+    let path = format!("/v1/token-configs/{}", c.setup.config_id);
+    assert_eq!(app.patch(&path, &c.setup.admin, json!({"client_secret_next": "also-wrong"})).await.status, StatusCode::OK);
+    rotate_at_provider(&app, &c.setup, "a-secret-nobody-stored");
+    expire_access_token(&app, c.grant).await;
+
+    let err = grants::access_token(&app.ctx, c.tenant.into(), c.grant.into()).await.expect_err("both refused");
+    assert!(matches!(err, TokenAccessError::NeedsAdmin { .. }), "{err:?}");
+    let now = config(&app, &c.setup).await;
+    assert_eq!((now["needs_admin"].clone(), now["client_secret_next_set"].clone()), (json!(true), json!(true)), "{now}");
+    assert_eq!(promotions(&app, &c.setup).await, 0);
+
+    // Removing the next secret is a `null`.
+    let removed = app.patch(&path, &c.setup.admin, json!({"client_secret_next": null})).await;
+    assert_eq!(
+        (removed.status, removed.body["client_secret_next_set"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{}",
+        removed.text
+    );
+    let audit = app.get("/v1/audit-log?resource_type=token_config", &c.setup.admin).await;
+    assert!(audit.text.contains("(secret changed)") && !audit.text.contains("also-wrong"), "{}", audit.text);
+}
+
+#[tokio::test]
+async fn a_consent_after_the_rotation_is_exchanged_with_the_next_secret() {
+    let app = postbridge_tests::spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let path = format!("/v1/token-configs/{}", setup.config_id);
+    assert_eq!(app.patch(&path, &setup.admin, json!({"client_secret_next": "rotated"})).await.status, StatusCode::OK);
+    rotate_at_provider(&app, &setup, "rotated");
+
+    let account = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
+    let outcome = app.consent(&setup, &account).await;
+    assert_eq!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    assert_eq!(promotions(&app, &setup).await, 1);
+    assert_eq!(config(&app, &setup).await["client_secret_next_set"], json!(false));
+}
