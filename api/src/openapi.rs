@@ -23,7 +23,7 @@ use crate::rest::{
         webhooks::list, webhooks::create, webhooks::get, webhooks::update, webhooks::delete, webhooks::rotate_secret,
         webhooks::deliveries, webhooks::attempts, webhooks::redeliver,
         accounts::list, accounts::create, accounts::get, accounts::update, accounts::delete, accounts::test,
-        accounts::authorize, grants::list, grants::get, grants::revoke, token_configs::expiring,
+        accounts::authorize, accounts::import_grant, grants::list, grants::get, grants::revoke, token_configs::expiring,
         oauth_callback::callback,
         accounts::list_received, received_messages::get_received, received_messages::raw_received, received_messages::attachment_received,
         messages::send, messages::list_sent, messages::get_sent, messages::cancel, messages::retry, messages::resolve, routing::explain_route,

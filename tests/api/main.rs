@@ -10,6 +10,7 @@ mod cross_tenant;
 mod events;
 mod failure_kinds;
 mod feed_health;
+mod grant_import;
 mod health;
 mod idle_watches;
 mod large_mail;

@@ -63,6 +63,7 @@ async fn openapi_document_covers_every_rest_route() {
         ("/v1/received-messages/{id}", "get"),
         ("/v1/received-messages/{id}/raw", "get"),
         ("/v1/received-messages/{id}/attachments/{index}", "get"),
+        ("/v1/accounts/{id}/grant", "post"),
         ("/v1/messages", "post"),
         ("/v1/messages", "get"),
         ("/v1/messages/{id}", "get"),

@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, Object};
 use postbridge_core::connect::accounts::{Account, CreateAccount, UpdateAccount};
-use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult};
+use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult, ImportGrant};
 use postbridge_core::connect::{accounts, grants};
 use postbridge_core::model::Page;
 use postbridge_core::receive::inbox;
@@ -77,6 +77,12 @@ impl AccountsMutation {
     ) -> async_graphql::Result<AuthorizeResult> {
         let (app, scope) = tenant_scope(ctx).await?;
         grants::authorize(&app, &scope, id.into(), input.unwrap_or_default()).await.gql()
+    }
+
+    /// Bring your own tokens (admin): import a refresh token obtained elsewhere; checked with one refresh.
+    async fn import_grant(&self, ctx: &Context<'_>, id: Uuid, input: ImportGrant) -> async_graphql::Result<Account> {
+        let (app, scope) = tenant_scope(ctx).await?;
+        grants::import(&app, &scope, id.into(), input).await.gql()
     }
 
     /// "Test & confirm": connect with the current credentials; confirmed on success, else the failing step.

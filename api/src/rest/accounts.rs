@@ -4,7 +4,7 @@ use postbridge_core::connect::accounts::Account;
 use postbridge_core::connect::accounts::CreateAccount;
 use postbridge_core::connect::accounts::UpdateAccount;
 use postbridge_core::connect::grants;
-use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult};
+use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult, ImportGrant};
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::receive::inbox;
@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/accounts/{id}", web::delete().to(delete))
         .route("/accounts/{id}/test", web::post().to(test))
         .route("/accounts/{id}/authorize", web::post().to(authorize))
+        .route("/accounts/{id}/grant", web::post().to(import_grant))
         .route("/accounts/{id}/messages", web::get().to(list_received));
 }
 
@@ -88,6 +89,19 @@ pub async fn authorize(
 ) -> ApiResult<HttpResponse> {
     let input = input.map(|i| i.into_inner()).unwrap_or_default();
     Ok(HttpResponse::Ok().json(grants::authorize(&ctx, &scope, id.into_inner().into(), input).await?))
+}
+
+/// Bring your own tokens (admin): import a refresh token obtained elsewhere for this account's mailbox; it is
+/// checked with one refresh, then the account is authorized as after a consent.
+#[utoipa::path(post, path = "/v1/accounts/{id}/grant", tag = "oauth", security(("bearer" = [])), request_body = ImportGrant,
+    responses((status = 200, body = Account), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn import_grant(
+    ctx: web::Data<AppContext>,
+    Tenant(scope): Tenant,
+    id: web::Path<Uuid>,
+    input: web::Json<ImportGrant>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(grants::import(&ctx, &scope, id.into_inner().into(), input.into_inner()).await?))
 }
 
 /// An inbound account's received messages, newest first.

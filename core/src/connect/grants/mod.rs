@@ -32,6 +32,7 @@ use utoipa::ToSchema;
 mod authorize;
 mod callback;
 mod client_secrets;
+mod import;
 mod link;
 mod provider_revocation;
 pub(crate) mod reauth;
@@ -39,6 +40,7 @@ mod tokens;
 
 pub use authorize::authorize;
 pub use callback::{complete_callback, CallbackOutcome, CallbackParams};
+pub use import::{import, ImportGrant};
 pub use tokens::{
     access_token, expire_access_token, refresh_due, refresh_one, RefreshOutcome, RefreshPass, TokenAccessError,
     INTERNAL_REFRESH_ERROR,

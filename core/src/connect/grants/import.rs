@@ -1,0 +1,91 @@
+//! Bring your own tokens: an admin moving mailboxes from another system imports each mailbox's refresh token
+//! (`POST /v1/accounts/{id}/grant`) instead of asking every user to consent again. The token is checked with one
+//! refresh at the provider (which also proves the configuration's client owns it); from then on the grant is like
+//! a consented one. A refresh that names who the token belongs to (an OIDC `id_token`) must name the mailbox, as at
+//! consent; a provider that names nobody leaves the admin's word for it (the event says the grant was imported).
+
+use async_graphql::InputObject;
+use sea_orm::TransactionTrait;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::client_secrets::{request_tokens, TokenRequest};
+use super::link::{link_accounts, store_grant, Connection, LinkTo};
+use crate::access::auth::TenantScope;
+use crate::connect::accounts::{self, Account};
+use crate::connect::token_configs;
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::model::{AuthMethod, OAuthFlow, Role, SecretInput};
+use crate::observe::events;
+use crate::protocols::oauth::id_token_identity;
+use crate::store::ids::AccountId;
+
+/// The longest refresh token accepted (providers' are well under 2 KiB).
+const MAX_REFRESH_TOKEN_BYTES: usize = 8 * 1024;
+
+#[derive(Clone, Debug, Deserialize, InputObject, ToSchema)]
+pub struct ImportGrant {
+    /// A refresh token the configuration's client obtained elsewhere, for this account's mailbox. Write-only.
+    #[schema(value_type = String, format = Password)]
+    pub refresh_token: SecretInput,
+}
+
+/// Imports a refresh token for an oauth2 account of a user-flow configuration (admins only): one refresh at the
+/// provider, then the grant is stored and the mailbox's accounts are linked to it, as after a consent.
+pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId, input: ImportGrant) -> AppResult<Account> {
+    let account = accounts::find_visible(ctx, scope, account_id).await?;
+    scope.require(Role::Admin)?;
+    let field = "refresh_token";
+    let refresh_token = input.refresh_token.expose().trim();
+    if refresh_token.is_empty() || refresh_token.len() > MAX_REFRESH_TOKEN_BYTES {
+        return Err(AppError::validation(field, "invalid_refresh_token", "refresh_token must be 1 to 8192 bytes"));
+    }
+    if account.auth_method != AuthMethod::Oauth2 {
+        return Err(AppError::validation("auth", "not_oauth2", "only an oauth2 account holds a grant"));
+    }
+    let config_id = account
+        .token_config_id
+        .ok_or_else(|| AppError::validation("token_config_id", "required", "the account has no token configuration"))?;
+    let config = token_configs::find(ctx, scope.tenant_id, config_id).await?;
+    if config.flow != OAuthFlow::User {
+        return Err(AppError::validation(
+            "token_config_id",
+            "not_user_flow",
+            "an app-flow configuration needs no refresh token: authorize the account instead",
+        ));
+    }
+    let mut tokens = request_tokens(ctx, &ctx.db, &config, TokenRequest::Refresh(refresh_token))
+        .await?
+        .map_err(|e| AppError::validation(field, "refresh_token_rejected", format!("the provider did not accept it: {e}")))?;
+    // A provider that does not rotate keeps the imported token valid.
+    if tokens.refresh_token.is_none() {
+        tokens.refresh_token = Some(refresh_token.to_owned());
+    }
+    let login = account.login.to_lowercase();
+    let identity = tokens.id_token.as_deref().and_then(id_token_identity).unwrap_or_default();
+    if let Some(owner) = identity.username.as_deref().filter(|who| *who != login && !account.shared_mailbox) {
+        return Err(AppError::validation(field, "wrong_mailbox", crate::observe::hints::wrong_mailbox_message(owner, &login)));
+    }
+
+    let txn = ctx.db.begin().await?;
+    let connection =
+        Connection { subject: &login, consented_by: identity.username.clone(), connected_by: &scope.principal.subject };
+    let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, connection, &tokens).await?;
+    let owners = [scope.principal.subject.as_str(), account.owner_subject.as_str()];
+    let linked =
+        link_accounts(&txn, scope.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id.into()).await?;
+    events::record(
+        &txn,
+        scope.tenant_id,
+        events::GRANT_CONNECTED,
+        "grant",
+        Some(grant_id),
+        json!({"token_config_id": config.id, "subject": login, "consented_by": identity.username,
+               "consented_by_id": identity.stable_id(), "accounts": linked, "imported": true}),
+    )
+    .await?;
+    txn.commit().await?;
+    accounts::view(accounts::find_visible(ctx, scope, account.id).await?)
+}
