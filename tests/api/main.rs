@@ -14,6 +14,7 @@ mod grant_import;
 mod health;
 mod idle_watches;
 mod large_mail;
+mod list_filters;
 mod mail_flows;
 mod mail_inbound_client;
 mod mail_servers;

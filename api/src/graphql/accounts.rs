@@ -6,7 +6,7 @@ use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult, Import
 use postbridge_core::connect::{accounts, grants};
 use postbridge_core::model::Page;
 use postbridge_core::receive::inbox;
-use postbridge_core::receive::inbox::InboundMessage;
+use postbridge_core::receive::inbox::{InboundMessage, ReceivedFilter};
 use uuid::Uuid;
 
 use super::{page, tenant_scope, GqlResultExt};
@@ -40,9 +40,10 @@ impl AccountsQuery {
         account_id: Uuid,
         limit: Option<u64>,
         cursor: Option<Uuid>,
+        filter: Option<ReceivedFilter>,
     ) -> async_graphql::Result<Page<InboundMessage>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        inbox::list(&app, &scope, account_id.into(), page(limit, cursor)).await.gql()
+        inbox::list(&app, &scope, account_id.into(), page(limit, cursor), filter.unwrap_or_default()).await.gql()
     }
 }
 

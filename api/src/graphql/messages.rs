@@ -3,7 +3,7 @@
 use async_graphql::{Context, Object};
 use postbridge_core::model::Page;
 use postbridge_core::send::outbox;
-use postbridge_core::send::outbox::{OutboundMessage, SendMessage};
+use postbridge_core::send::outbox::{OutboundMessage, SendMessage, SentFilter};
 use postbridge_core::send::steer::{self, ResolveMessage};
 use uuid::Uuid;
 
@@ -20,9 +20,10 @@ impl MessagesQuery {
         ctx: &Context<'_>,
         limit: Option<u64>,
         cursor: Option<Uuid>,
+        filter: Option<SentFilter>,
     ) -> async_graphql::Result<Page<OutboundMessage>> {
         let (app, scope) = tenant_scope(ctx).await?;
-        outbox::list(&app, &scope, page(limit, cursor)).await.gql()
+        outbox::list(&app, &scope, page(limit, cursor), filter.unwrap_or_default()).await.gql()
     }
 
     async fn sent_message(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<OutboundMessage> {

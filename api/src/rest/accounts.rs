@@ -8,7 +8,7 @@ use postbridge_core::connect::grants::{AuthorizeAccount, AuthorizeResult, Import
 use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::receive::inbox;
-use postbridge_core::receive::inbox::InboundMessage;
+use postbridge_core::receive::inbox::{InboundMessage, ReceivedFilter};
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -104,14 +104,15 @@ pub async fn import_grant(
     Ok(HttpResponse::Ok().json(grants::import(&ctx, &scope, id.into_inner().into(), input.into_inner()).await?))
 }
 
-/// An inbound account's received messages, newest first.
-#[utoipa::path(get, path = "/v1/accounts/{id}/messages", tag = "messages", security(("bearer" = [])), params(PageRequest),
-    responses((status = 200, body = Page<InboundMessage>), (status = 404, body = ErrorBody)))]
+/// An inbound account's received messages, newest first; filtered by folder, From and subject text, and time stored.
+#[utoipa::path(get, path = "/v1/accounts/{id}/messages", tag = "messages", security(("bearer" = [])), params(PageRequest, ReceivedFilter),
+    responses((status = 200, body = Page<InboundMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list_received(
     ctx: web::Data<AppContext>,
     Tenant(scope): Tenant,
     id: web::Path<Uuid>,
     page: web::Query<PageRequest>,
+    filter: web::Query<ReceivedFilter>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner().into(), page.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(inbox::list(&ctx, &scope, id.into_inner().into(), page.into_inner(), filter.into_inner()).await?))
 }

@@ -3,7 +3,7 @@ use postbridge_core::error::ErrorBody;
 use postbridge_core::model::{Page, PageRequest};
 use postbridge_core::send::outbox;
 use postbridge_core::send::outbox::OutboundMessage;
-use postbridge_core::send::outbox::SendMessage;
+use postbridge_core::send::outbox::{SendMessage, SentFilter};
 use postbridge_core::send::steer::{self, ResolveMessage};
 use postbridge_core::AppContext;
 use uuid::Uuid;
@@ -56,15 +56,16 @@ pub async fn send(
     Ok(HttpResponse::Accepted().json(outbox::submit(&ctx, &scope, input).await?))
 }
 
-/// The tenant's outgoing messages, newest first.
-#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(PageRequest),
-    responses((status = 200, body = Page<OutboundMessage>)))]
+/// The tenant's outgoing messages, newest first; filtered by status, account and submission time.
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("bearer" = [])), params(PageRequest, SentFilter),
+    responses((status = 200, body = Page<OutboundMessage>), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list_sent(
     ctx: web::Data<AppContext>,
     Tenant(scope): Tenant,
     page: web::Query<PageRequest>,
+    filter: web::Query<SentFilter>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(outbox::list(&ctx, &scope, page.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(outbox::list(&ctx, &scope, page.into_inner(), filter.into_inner()).await?))
 }
 
 /// Status, attempts, the account used, the SMTP reply and the Message-ID.

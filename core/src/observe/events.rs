@@ -157,11 +157,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, query: EventQuery) -> A
     scope.require(Role::Viewer)?;
     let limit = crate::store::limit_of(&PageRequest { limit: query.limit, cursor: query.cursor })?;
     let types = parse_types(query.types.as_deref().unwrap_or_default())?;
-    if let (Some(since), Some(until)) = (query.since, query.until) {
-        if since > until {
-            return Err(AppError::validation("since", "invalid_time_range", "since must not be after until"));
-        }
-    }
+    crate::store::check_time_range(query.since, query.until)?;
     let mut sql = format!("SELECT {COLUMNS} FROM events WHERE tenant_id = $1");
     let mut values: Vec<sea_orm::Value> = vec![scope.tenant_id.into()];
     let mut condition = |sql: &mut String, template: &str, value: sea_orm::Value| {

@@ -329,15 +329,36 @@ fn view(model: inbound_message::Model) -> InboundMessage {
 }
 
 /// An account's received messages, newest first.
+/// Which received messages a list shows; every condition given must hold.
+#[derive(Clone, Debug, Default, Deserialize, async_graphql::InputObject, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReceivedFilter {
+    /// Only messages stored from this folder (as named on the server, e.g. `INBOX`).
+    pub folder: Option<String>,
+    /// Only messages whose From address contains this text (case-insensitive, 1 to 200 characters).
+    pub from: Option<String>,
+    /// Only messages whose subject contains this text (case-insensitive, 1 to 200 characters).
+    pub subject: Option<String>,
+    /// Only messages stored at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only messages stored before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// An account's received messages, newest first, filtered; the cursor pages through the filtered list.
 pub async fn list(
     ctx: &AppContext,
     scope: &TenantScope,
     account_id: AccountId,
     page: PageRequest,
+    filter: ReceivedFilter,
 ) -> AppResult<Page<InboundMessage>> {
     scope.require(Role::Viewer)?;
     accounts::find_visible(ctx, scope, account_id).await?;
     let limit = limit_of(&page)?;
+    crate::store::check_time_range(filter.since, filter.until)?;
+    let from = filter.from.as_deref().map(|text| crate::store::contains_pattern("from", text)).transpose()?;
+    let subject = filter.subject.as_deref().map(|text| crate::store::contains_pattern("subject", text)).transpose()?;
     let mut query = inbound_message::Entity::in_tenant(scope.tenant_id)
         .select_only()
         .columns([
@@ -373,6 +394,21 @@ pub async fn list(
         .limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(inbound_message::Column::Id.lt(cursor));
+    }
+    if let Some(folder) = filter.folder {
+        query = query.filter(inbound_message::Column::Folder.eq(folder));
+    }
+    if let Some(pattern) = from {
+        query = query.filter(sea_orm::sea_query::Expr::cust_with_values("from_address ILIKE $1", [pattern]));
+    }
+    if let Some(pattern) = subject {
+        query = query.filter(sea_orm::sea_query::Expr::cust_with_values("subject ILIKE $1", [pattern]));
+    }
+    if let Some(since) = filter.since {
+        query = query.filter(inbound_message::Column::ReceivedAt.gte(since));
+    }
+    if let Some(until) = filter.until {
+        query = query.filter(inbound_message::Column::ReceivedAt.lt(until));
     }
     page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), |m| Ok(view(m)))
 }

@@ -283,14 +283,46 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId) -
     view(model)
 }
 
-/// The tenant's sent and queued messages, newest first.
-pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> AppResult<Page<OutboundMessage>> {
+/// Which sent and queued messages a list shows; every condition given must hold.
+#[derive(Clone, Debug, Default, Deserialize, InputObject, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SentFilter {
+    /// Only messages in this status.
+    pub status: Option<OutboundStatus>,
+    /// Only messages routed to this outbound account.
+    pub account_id: Option<Uuid>,
+    /// Only messages submitted at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only messages submitted before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// The tenant's sent and queued messages, newest first, filtered; the cursor pages through the filtered list.
+pub async fn list(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    page: PageRequest,
+    filter: SentFilter,
+) -> AppResult<Page<OutboundMessage>> {
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
+    crate::store::check_time_range(filter.since, filter.until)?;
     let mut query =
         outbound_message::Entity::in_tenant(scope.tenant_id).order_by_desc(outbound_message::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(outbound_message::Column::Id.lt(cursor));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(outbound_message::Column::Status.eq(status));
+    }
+    if let Some(account_id) = filter.account_id {
+        query = query.filter(outbound_message::Column::AccountId.eq(account_id));
+    }
+    if let Some(since) = filter.since {
+        query = query.filter(outbound_message::Column::CreatedAt.gte(since));
+    }
+    if let Some(until) = filter.until {
+        query = query.filter(outbound_message::Column::CreatedAt.lt(until));
     }
     page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
 }

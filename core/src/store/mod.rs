@@ -31,10 +31,54 @@ pub(crate) fn limit_of(page: &PageRequest) -> Result<u64, AppError> {
     page.limit()
 }
 
+/// A list's `since` (inclusive) and `until` (exclusive) times: since must not be after until.
+pub(crate) fn check_time_range(
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), AppError> {
+    match (since, until) {
+        (Some(since), Some(until)) if since > until => {
+            Err(AppError::validation("since", "invalid_time_range", "since must not be after until"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The longest text a list filters by.
+const MAX_FILTER_TEXT_CHARS: usize = 200;
+
+/// An `ILIKE` pattern matching `text` anywhere (its `%`, `_` and `\` taken literally); at most 200 characters.
+pub(crate) fn contains_pattern(field: &'static str, text: &str) -> Result<String, AppError> {
+    if text.is_empty() || text.chars().count() > MAX_FILTER_TEXT_CHARS {
+        return Err(AppError::validation(field, "invalid_filter", format!("{field} must be 1 to 200 characters")));
+    }
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    Ok(format!("%{escaped}%"))
+}
+
 pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
 pub(crate) fn is_foreign_key_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_text_is_matched_literally_and_bounded() {
+        assert_eq!(contains_pattern("subject", "50%_off\\").expect("valid"), "%50\\%\\_off\\\\%");
+        assert!(contains_pattern("subject", "").is_err());
+        assert!(contains_pattern("subject", &"é".repeat(201)).is_err());
+        assert!(contains_pattern("subject", &"é".repeat(200)).is_ok());
+    }
 }
