@@ -223,12 +223,14 @@ string_enum!(
 // ---- messages ----
 
 string_enum!(
-    /// `unknown`: the connection was lost after the message content was sent; not resent blindly. `cancelled`: taken
-    /// out of the queue by the user before any attempt handed it over.
+    /// `partially_sent`: handed over for some recipients while the server refused others for good (see
+    /// `recipient_results`). `unknown`: the connection was lost after the message content was sent; not resent
+    /// blindly. `cancelled`: taken out of the queue by the user before any attempt handed it over.
     OutboundStatus {
         Queued => "queued",
         Sending => "sending",
         Sent => "sent",
+        PartiallySent => "partially_sent",
         Failed => "failed",
         Unknown => "unknown",
         Cancelled => "cancelled",

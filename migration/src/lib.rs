@@ -22,6 +22,7 @@ mod m20261205_000017_auth_notify;
 mod m20261205_000018_inbound_health;
 mod m20261205_000019_token_revocation;
 mod m20261205_000020_next_client_secret;
+mod m20261205_000021_recipient_results;
 
 pub struct Migrator;
 
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000018_inbound_health::Migration),
             Box::new(m20261205_000019_token_revocation::Migration),
             Box::new(m20261205_000020_next_client_secret::Migration),
+            Box::new(m20261205_000021_recipient_results::Migration),
         ]
     }
 }

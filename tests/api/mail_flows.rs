@@ -1217,6 +1217,40 @@ async fn a_permanent_recipient_failure_fails_the_message_and_records_message_fai
 }
 
 #[tokio::test]
+async fn one_refused_recipient_leaves_the_message_partially_sent_with_each_recipients_reply() {
+    let (app, servers) = spawn_mail_app().await;
+    let o = outbox(&app, servers, "tls").await;
+    let (good, refused) = (recipient("good-"), recipient("reject+"));
+    let id =
+        submit(&app, &o.admin, json!({"from": o.sender, "to": [good], "cc": [refused], "subject": "Some", "text": "Hi"})).await;
+    assert_eq!(deliver(&app, &id).await, Delivery::Sent);
+    let row = outbound_json(&app, &o.admin, &id).await;
+    assert_eq!(row["status"], "partially_sent", "{row}");
+    assert!(row["sent_at"].is_string(), "{row}");
+    assert_eq!(
+        row["recipient_results"],
+        json!([{"recipient": good, "accepted": true, "reply": "250 2.1.5 Accepted"},
+               {"recipient": refused, "accepted": false, "reply": "550 5.1.1 No such user"}]),
+        "{row}"
+    );
+    assert_eq!(servers.accepted_messages_to(&good).len(), 1);
+    assert_eq!(app.event_count("message.sent", &id).await, 1);
+    assert_eq!(app.event_count("message.failed", &id).await, 0);
+    assert_eq!(deliver(&app, &id).await, Delivery::Skipped, "handed over: never sent again");
+    let listed = app.get("/v1/messages?status=partially_sent", &o.admin).await;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(1), "{}", listed.text);
+    let body = app
+        .graphql(
+            Some(&o.admin),
+            "query($id: UUID!) { sentMessage(id: $id) { status recipientResults { recipient accepted } } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(body["data"]["sentMessage"]["status"], "PARTIALLY_SENT", "{body}");
+    assert_eq!(body["data"]["sentMessage"]["recipientResults"][1], json!({"recipient": refused, "accepted": false}));
+}
+
+#[tokio::test]
 async fn a_connection_dropped_after_data_leaves_the_message_unknown_and_it_is_never_resent() {
     let (app, servers) = spawn_mail_app().await;
     let o = outbox(&app, servers, "starttls").await;

@@ -82,7 +82,7 @@ fn composed(message: &OutgoingMessage) -> Composed {
 
 fn sent_reply(outcome: Result<SendOutcome, SendError>, servers: &MailServers) -> String {
     match outcome {
-        Ok(SendOutcome::Sent { reply }) => reply,
+        Ok(SendOutcome::Sent { reply, .. }) => reply,
         Err(err) => panic!("send failed: {err:?}\n{}", servers.smtp_log()),
     }
 }
@@ -292,19 +292,39 @@ fn message_for(login: &str, to: &str) -> OutgoingMessage {
 }
 
 #[tokio::test]
-async fn a_rejected_recipient_is_permanent_550() {
+async fn a_refused_recipient_does_not_stop_the_others_and_all_refused_is_permanent_550() {
     let servers = MailServers::shared().await;
     let (login, auth) = password_user(servers);
+    let smtp = client(servers);
     let good = new_rcpt("good-");
-    let mut outgoing = message(&login, &good, "Rejected");
-    outgoing.cc = vec![Mailbox::address(&new_rcpt("reject+"))];
-    match client(servers).send(&starttls(servers), &auth, &composed(&outgoing)).await {
+    let refused = new_rcpt("reject+");
+    let mut outgoing = message(&login, &good, "Partly refused");
+    outgoing.cc = vec![Mailbox::address(&refused)];
+    let sent = smtp.send(&starttls(servers), &auth, &composed(&outgoing)).await.expect("sent to the good recipient");
+    assert!(sent.is_partial());
+    let answers: Vec<_> = sent.recipients().iter().map(|r| (r.recipient.clone(), r.accepted, r.reply.clone())).collect();
+    assert_eq!(
+        answers,
+        vec![
+            (good.clone(), true, "250 2.1.5 Accepted".to_owned()),
+            (refused.clone(), false, "550 5.1.1 No such user".to_owned())
+        ]
+    );
+    assert_eq!(only_message(servers, &good).rcpt_to, vec![good.clone()], "delivered to the accepted recipient only");
+
+    // Nobody accepted: no DATA, a permanent failure naming the refusal; the connection stays usable.
+    let nobody = message(&login, &new_rcpt("reject+"), "Refused");
+    match smtp.send(&starttls(servers), &auth, &composed(&nobody)).await {
         Err(SendError::Permanent { step: MailStep::Command, code: Some(550), message }) => {
-            assert!(message.contains("5.1.1 No such user"), "{message}");
+            assert!(message.contains("every recipient was refused") && message.contains("5.1.1 No such user"), "{message}");
         }
         other => panic!("expected Permanent 550, got {other:?}"),
     }
-    assert!(servers.accepted_messages_to(&good).is_empty(), "all or nothing: no partial delivery");
+    let after = new_rcpt("after-");
+    smtp.send(&starttls(servers), &auth, &composed(&message(&login, &after, "After")))
+        .await
+        .expect("the pooled connection works");
+    assert_eq!(smtp.connections_opened(), 1, "reused after RSET");
 }
 
 #[tokio::test]

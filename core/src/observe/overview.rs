@@ -187,7 +187,7 @@ WITH acc AS (
     SELECT tenant_id,
            count(*) FILTER (WHERE status IN ($10, $11)) AS messages_queued,
            count(*) FILTER (WHERE status = $12 AND updated_at > now() - interval '24 hours') AS messages_failed_last_24h,
-           count(*) FILTER (WHERE status = $13 AND sent_at > now() - interval '24 hours') AS messages_sent_last_24h
+           count(*) FILTER (WHERE status IN ($13, $14) AND sent_at > now() - interval '24 hours') AS messages_sent_last_24h
     FROM outbound_messages
     WHERE (status IN ($10, $11) OR updated_at > now() - interval '24 hours')
       AND ($1::uuid IS NULL OR tenant_id = $1)
@@ -220,6 +220,7 @@ fn tenants_sql_values(tenant: Option<Uuid>) -> Vec<sea_orm::Value> {
         OutboundStatus::Sending.into(),
         OutboundStatus::Failed.into(),
         OutboundStatus::Sent.into(),
+        OutboundStatus::PartiallySent.into(),
     ]);
     values
 }

@@ -68,18 +68,40 @@ impl Default for SmtpConfig {
     }
 }
 
-/// The server accepted the message.
+/// The server accepted the message, for at least one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendOutcome {
-    /// `reply`: the server's final reply, e.g. `250 2.0.0 OK <queue id>`.
-    Sent { reply: String },
+    /// `reply`: the server's final reply, e.g. `250 2.0.0 OK <queue id>`; `recipients`: each envelope recipient's
+    /// answer to its `RCPT TO`, in order (a permanently refused one did not get the message).
+    Sent { reply: String, recipients: Vec<RecipientReply> },
+}
+
+/// One envelope recipient's answer to `RCPT TO`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientReply {
+    pub recipient: String,
+    /// `2xx`: the message goes to this recipient. Otherwise a `5xx` refusal (a `4xx` defers the whole message).
+    pub accepted: bool,
+    /// The server's reply, e.g. `550 5.1.1 no such user`.
+    pub reply: String,
 }
 
 impl SendOutcome {
     pub fn reply(&self) -> &str {
         match self {
-            SendOutcome::Sent { reply } => reply,
+            SendOutcome::Sent { reply, .. } => reply,
         }
+    }
+
+    pub fn recipients(&self) -> &[RecipientReply] {
+        match self {
+            SendOutcome::Sent { recipients, .. } => recipients,
+        }
+    }
+
+    /// Whether some recipients were refused (the others got the message).
+    pub fn is_partial(&self) -> bool {
+        self.recipients().iter().any(|r| !r.accepted)
     }
 }
 
@@ -468,11 +490,31 @@ impl SmtpClient {
         if let Err(failure) = command_step(io, &what, conn.command(Mail::new(Some(from.clone()), params))).await {
             return failure;
         }
+        // A recipient refused for good (5xx) does not stop the others; anything else (4xx, a lost connection)
+        // defers the whole message, which is then tried again for every recipient.
+        let mut recipients = Vec::with_capacity(to.len());
         for rcpt in to {
             let what = format!("RCPT TO:<{rcpt}>");
-            if let Err(failure) = command_step(io, &what, conn.command(Rcpt::new(rcpt.clone(), Vec::new()))).await {
-                return failure;
-            }
+            let reply = match tokio::time::timeout(io, conn.command(Rcpt::new(rcpt.clone(), Vec::new()))).await {
+                Ok(Ok(response)) => RecipientReply { recipient: rcpt.to_string(), accepted: true, reply: reply_text(&response) },
+                Ok(Err(err)) if err.status().is_some_and(|code| u16::from(code) >= 500) => {
+                    let code = err.status().map(u16::from).unwrap_or(550);
+                    RecipientReply {
+                        recipient: rcpt.to_string(),
+                        accepted: false,
+                        reply: format!("{code} {}", lettre_detail(&err)),
+                    }
+                }
+                Ok(Err(err)) => return command_failure(&what, &err),
+                Err(_) => return (Err(SendError::before_content(MailError::timeout(&what, io))), false),
+            };
+            recipients.push(reply);
+        }
+        if let Some(refused) = recipients.iter().find(|r| !r.accepted).filter(|_| recipients.iter().all(|r| !r.accepted)) {
+            // Nobody would get it: no DATA. The next use of the connection starts with RSET.
+            let message = format!("every recipient was refused; RCPT TO:<{}>: {}", refused.recipient, refused.reply);
+            let code = refused.reply.get(..3).and_then(|c| c.parse().ok());
+            return (Err(SendError::Permanent { step: MailStep::Command, code, message }), true);
         }
         if let Err(failure) = command_step(io, "DATA", conn.command(Data)).await {
             return failure;
@@ -482,7 +524,7 @@ impl SmtpClient {
         let content = wire_content(raw);
         let content_timeout = io + Duration::from_secs((content.len() / MIN_CONTENT_RATE) as u64);
         match tokio::time::timeout(content_timeout, conn.message(&content)).await {
-            Ok(Ok(response)) => (Ok(SendOutcome::Sent { reply: reply_text(&response) }), true),
+            Ok(Ok(response)) => (Ok(SendOutcome::Sent { reply: reply_text(&response), recipients }), true),
             Ok(Err(err)) => match err.status() {
                 Some(code) => {
                     let code = u16::from(code);
@@ -569,13 +611,17 @@ where
 {
     match tokio::time::timeout(io, command).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(err)) => {
-            let reusable = err.status().is_some_and(|code| u16::from(code) != 421);
-            let error = lettre_error(MailStep::Command, what, &err, MailStep::Unknown);
-            Err((Err(SendError::before_content(error)), reusable))
-        }
+        Ok(Err(err)) => Err(command_failure(what, &err)),
         Err(_) => Err((Err(SendError::before_content(MailError::timeout(what, io))), false)),
     }
+}
+
+/// A command the server refused or the connection failed on, before the content; and whether the connection may
+/// be reused (not after `421` or a network failure).
+fn command_failure(what: &str, err: &lettre::transport::smtp::Error) -> (Result<SendOutcome, SendError>, bool) {
+    let reusable = err.status().is_some_and(|code| u16::from(code) != 421);
+    let error = lettre_error(MailStep::Command, what, err, MailStep::Unknown);
+    (Err(SendError::before_content(error)), reusable)
 }
 
 /// A lettre error as a [`MailError`]: a server reply keeps `step` and its code; a local or network failure becomes

@@ -24,6 +24,7 @@ use crate::protocols::error::MailError;
 use crate::protocols::smtp::{SendError, SendOutcome};
 use crate::store::entities::{email_account, outbound_message};
 use crate::store::ids::OutboundMessageId;
+use crate::store::json::RecipientResult;
 
 /// Attempts before a message that keeps failing temporarily is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
@@ -137,15 +138,28 @@ async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<
 }
 
 /// Records the outcome of the lease holder; false (nothing written) when the lease is no longer ours.
+/// The server's answers of a send, as written with its outcome.
+struct Replies<'a> {
+    /// The final reply (after the content).
+    last: Option<&'a str>,
+    /// Each recipient's answer to `RCPT TO`.
+    recipients: Option<serde_json::Value>,
+}
+
+impl Replies<'_> {
+    const NONE: Replies<'static> = Replies { last: None, recipients: None };
+}
+
 async fn set_outcome<C: ConnectionTrait>(
     db: &C,
     lease: Lease,
     status: OutboundStatus,
     error: Option<&str>,
-    reply: Option<&str>,
+    replies: Replies<'_>,
     retry_in: Option<i64>,
 ) -> AppResult<bool> {
     let next = retry_in.and_then(|s| Utc::now().checked_add_signed(chrono::Duration::seconds(s)));
+    let handed_over = matches!(status, OutboundStatus::Sent | OutboundStatus::PartiallySent);
     let written = db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -153,7 +167,8 @@ async fn set_outcome<C: ConnectionTrait>(
                 "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
                  next_attempt_at = COALESCE($6, next_attempt_at), {}, \
                  handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
-                 sent_at = CASE WHEN $8 THEN now() ELSE sent_at END WHERE id = $1 AND lease_token = $2",
+                 sent_at = CASE WHEN $8 THEN now() ELSE sent_at END, \
+                 recipient_results = COALESCE($9, recipient_results) WHERE id = $1 AND lease_token = $2",
                 Leased::Messages.released()
             ),
             [
@@ -161,10 +176,11 @@ async fn set_outcome<C: ConnectionTrait>(
                 lease.token.into(),
                 status.into(),
                 error.map(str::to_owned).into(),
-                reply.map(str::to_owned).into(),
+                replies.last.map(str::to_owned).into(),
                 next.into(),
                 (status == OutboundStatus::Queued).into(),
-                (status == OutboundStatus::Sent).into(),
+                handed_over.into(),
+                replies.recipients.into(),
             ],
         ))
         .await?;
@@ -221,14 +237,31 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
             Ok(sent) => {
                 // The status and its event together: a crash in between would lose the event for good.
                 let txn = ctx.db.begin().await?;
-                if set_outcome(&txn, lease, OutboundStatus::Sent, None, Some(sent.reply()), None).await? {
+                // Recipients refused for good did not get it; the others did, and are not sent to again.
+                let refused: Vec<_> = sent
+                    .recipients()
+                    .iter()
+                    .filter(|r| !r.accepted)
+                    .map(|r| json!({"recipient": r.recipient, "reply": r.reply}))
+                    .collect();
+                let status = if refused.is_empty() { OutboundStatus::Sent } else { OutboundStatus::PartiallySent };
+                let results: Vec<_> = sent
+                    .recipients()
+                    .iter()
+                    .map(|r| RecipientResult { recipient: r.recipient.clone(), accepted: r.accepted, reply: r.reply.clone() })
+                    .collect();
+                let replies = Replies {
+                    last: Some(sent.reply()),
+                    recipients: Some(serde_json::to_value(results).map_err(anyhow::Error::from)?),
+                };
+                if set_outcome(&txn, lease, status, None, replies, None).await? {
                     events::record(
                         &txn,
                         message.tenant_id,
                         events::MESSAGE_SENT,
                         "message",
                         Some(message.id.into()),
-                        json!({"message_id": message.message_id}),
+                        json!({"message_id": message.message_id, "status": status, "refused": refused}),
                     )
                     .await?;
                 }
@@ -261,8 +294,15 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
             Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, message, lease, &e.to_string()).await,
             Err(Failure::Credentials(e)) => return fail(ctx, message, lease, &e.to_string()).await,
             Err(Failure::Send(SendError::Unknown { message: words })) => {
-                set_outcome(&ctx.db, lease, OutboundStatus::Unknown, Some(&format!("delivery uncertain: {words}")), None, None)
-                    .await?;
+                set_outcome(
+                    &ctx.db,
+                    lease,
+                    OutboundStatus::Unknown,
+                    Some(&format!("delivery uncertain: {words}")),
+                    Replies::NONE,
+                    None,
+                )
+                .await?;
                 return Ok(Delivery::Unknown);
             }
             Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, message, lease, &e.to_string()).await,
@@ -308,7 +348,7 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
         lease,
         OutboundStatus::Queued,
         Some(error),
-        None,
+        Replies::NONE,
         Some(crate::jobs::backoff::MESSAGE_SEND.seconds(message.attempts)),
     )
     .await?;
@@ -317,7 +357,7 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
 
 async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
     let txn = ctx.db.begin().await?;
-    let recorded = set_outcome(&txn, lease, OutboundStatus::Failed, Some(error), None, None).await?;
+    let recorded = set_outcome(&txn, lease, OutboundStatus::Failed, Some(error), Replies::NONE, None).await?;
     if recorded {
         events::record(
             &txn,
@@ -364,8 +404,8 @@ async fn pace_wait(ctx: &AppContext, account: &email_account::Model) -> AppResul
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT count(*) AS sent, EXTRACT(EPOCH FROM (min(sent_at) + interval '60 seconds' - now()))::float8 AS wait \
-             FROM outbound_messages WHERE account_id = $1 AND status = $2 AND sent_at > now() - interval '60 seconds'",
-            [account.id.into(), OutboundStatus::Sent.into()],
+             FROM outbound_messages WHERE account_id = $1 AND status IN ($2, $3) AND sent_at > now() - interval '60 seconds'",
+            [account.id.into(), OutboundStatus::Sent.into(), OutboundStatus::PartiallySent.into()],
         ))
         .await?;
     let Some(row) = row else { return Ok(None) };

@@ -81,6 +81,8 @@ pub struct OutboundMessage {
     pub last_error: Option<String>,
     /// The SMTP server's final reply.
     pub smtp_reply: Option<String>,
+    /// Each recipient's answer once the message was handed over (empty before): who got it, who was refused, why.
+    pub recipient_results: Vec<crate::store::json::RecipientResult>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
 }
@@ -102,6 +104,7 @@ pub(crate) fn view(model: outbound_message::Model) -> AppResult<OutboundMessage>
         next_attempt_at: model.next_attempt_at,
         last_error: model.last_error,
         smtp_reply: model.smtp_reply,
+        recipient_results: model.recipient_results.map(|r| r.0).unwrap_or_default(),
         created_at: model.created_at,
         sent_at: model.sent_at,
     })
@@ -259,6 +262,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
         sent_at: Set(None),
         updated_at: Set(now),
         request_hash: Set(Some(hash.clone())),
+        recipient_results: Set(None),
     };
     match row.insert(&ctx.db).await {
         Ok(model) => view(model),

@@ -32,6 +32,21 @@ pub struct Attachment {
 #[serde(transparent)]
 pub struct AttachmentList(pub Vec<Attachment>);
 
+/// One envelope recipient's answer when a message was handed to the SMTP server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+pub struct RecipientResult {
+    pub recipient: String,
+    /// The server took the message for this recipient (`2xx` to `RCPT TO`); otherwise it refused it for good.
+    pub accepted: bool,
+    /// The server's reply to `RCPT TO`, e.g. `250 2.1.5 OK` or `550 5.1.1 no such user`.
+    pub reply: String,
+}
+
+/// Each recipient's answer, in envelope order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+#[serde(transparent)]
+pub struct RecipientResults(pub Vec<RecipientResult>);
+
 /// A map of strings: extra authorization parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
 #[serde(transparent)]

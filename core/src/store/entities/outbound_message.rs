@@ -1,7 +1,7 @@
 use crate::store::ids::{AccountId, OutboundMessageId, TenantId};
 use sea_orm::entity::prelude::*;
 
-use crate::store::json::StringList;
+use crate::store::json::{RecipientResults, StringList};
 
 use crate::model::{OutboundStatus, RoutedBy};
 
@@ -43,6 +43,9 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// SHA-256 (hex) of the send request without its idempotency key (null: stored before it was kept).
     pub request_hash: Option<String>,
+    /// Each recipient's answer to `RCPT TO` once the message was handed over (null before).
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub recipient_results: Option<RecipientResults>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
