@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 source scripts/dev-env.sh
 bash scripts/ensure-services.sh
 bash scripts/ensure-mail-tools.sh
+bash scripts/ensure-browser.sh
 
 export POSTBRIDGE_TEST_DATABASE_URL="${POSTBRIDGE_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export POSTBRIDGE_TEST_REDIS_URL="${POSTBRIDGE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"

@@ -1,6 +1,7 @@
 //! Postbridge's HTTP API: REST under `/v1`, GraphQL at `/graphql`, OpenAPI at `/openapi.json`.
 
 pub mod bounds;
+mod consent_page;
 pub mod error;
 pub mod extract;
 pub mod graphql;

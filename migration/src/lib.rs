@@ -23,6 +23,7 @@ mod m20261205_000018_inbound_health;
 mod m20261205_000019_token_revocation;
 mod m20261205_000020_next_client_secret;
 mod m20261205_000021_recipient_results;
+mod m20261205_000022_tenant_branding;
 
 pub struct Migrator;
 
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000019_token_revocation::Migration),
             Box::new(m20261205_000020_next_client_secret::Migration),
             Box::new(m20261205_000021_recipient_results::Migration),
+            Box::new(m20261205_000022_tenant_branding::Migration),
         ]
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod auth_cache;
 mod bounds;
 mod client_secret_rotation;
+mod consent_page;
 mod cross_tenant;
 mod events;
 mod failure_kinds;

@@ -293,7 +293,7 @@ async fn a_tampered_state_is_refused_and_stores_nothing() {
 }
 
 #[tokio::test]
-async fn a_replayed_callback_is_invalid_state_and_leaves_the_first_grant_unchanged() {
+async fn a_replayed_callback_goes_back_to_the_app_as_state_used_and_leaves_the_first_grant_unchanged() {
     let app = spawn_app().await;
     let (setup, inbound, _) = mailbox(&app).await;
 
@@ -304,7 +304,7 @@ async fn a_replayed_callback_is_invalid_state_and_leaves_the_first_grant_unchang
     assert_eq!(after_first["grants"].as_array().map(Vec::len), Some(1));
 
     let replay = app.open_callback(&callback).await;
-    assert_rejected_page(&replay, "invalid_state");
+    assert_failed_with(&replay, "state_used", &inbound);
     assert_eq!(setup.provider.token_requests("authorization_code"), 1, "the replayed code never reaches the provider");
     assert_nothing_changed(&after_first, &stored(&app).await, "replay");
     let grant = app.get(&format!("/v1/grants/{}", grant_id_of(&app, &setup, &inbound).await), &setup.admin).await;
@@ -324,7 +324,7 @@ async fn an_expired_state_fails_with_state_expired_and_stores_nothing() {
     assert_eq!(setup.provider.token_requests("authorization_code"), 0, "an expired state exchanges no code");
     assert_nothing_changed(&before, &stored(&app).await, "expired state");
     // Expired is also used up.
-    assert_rejected_page(&app.open_callback(&callback).await, "invalid_state");
+    assert_failed_with(&app.open_callback(&callback).await, "state_used", &inbound);
 }
 
 #[tokio::test]
@@ -342,8 +342,8 @@ async fn another_tenants_state_only_ever_affects_that_tenants_account() {
     let swapped = app.open_callback(&with_param(&a_callback, "state", Some(&b_state))).await;
     assert_failed_with(&swapped, "token_exchange_failed", &b_inbound);
     assert_nothing_changed(&before, &stored(&app).await, "A's code with B's state");
-    // B's state was spent by that attempt; B's own callback now is a replay.
-    assert_rejected_page(&app.open_callback(&b_callback).await, "invalid_state");
+    // B's state was spent by that attempt; B's own callback now is a replay, sent back to B's app.
+    assert_failed_with(&app.open_callback(&b_callback).await, "state_used", &b_inbound);
 
     // B consents for real: only B's mailbox is connected.
     let outcome = app.consent(&b, &b_inbound).await;

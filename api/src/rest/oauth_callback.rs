@@ -1,6 +1,7 @@
 //! `GET /oauth/callback`: the one redirect URI of the deployment.
 
 use actix_web::{web, HttpResponse};
+use postbridge_core::access::tenants;
 use postbridge_core::connect::grants::{self, CallbackParams};
 use postbridge_core::AppContext;
 
@@ -11,7 +12,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Where the provider sends the browser back. Redirects to the tenant's return URL with `status`,
-/// `reason` and `account_id`, or shows a short page when there is none.
+/// `reason` and `account_id`, or shows the result page (the tenant's name and logo, what happened, what next).
 #[utoipa::path(get, path = "/oauth/callback", tag = "oauth",
     responses((status = 302, description = "to the return URL"), (status = 200, description = "connected"), (status = 400, description = "failed")))]
 pub async fn callback(ctx: web::Data<AppContext>, params: web::Query<CallbackParams>) -> ApiResult<HttpResponse> {
@@ -24,19 +25,20 @@ pub async fn callback(ctx: web::Data<AppContext>, params: web::Query<CallbackPar
     if let Some(target) = outcome.redirect_url() {
         return Ok(HttpResponse::Found().insert_header(("Location", target)).finish());
     }
-    let (mut response, title) = if outcome.success {
-        (HttpResponse::Ok(), "Mailbox connected")
-    } else {
-        (HttpResponse::BadRequest(), "Mailbox not connected")
+    let branding = match outcome.tenant_id {
+        Some(tenant_id) => tenants::branding(&ctx, tenant_id).await?,
+        None => None,
     };
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1><p>{}</p><p><code>{}</code></p>",
-        html_escape(&outcome.message),
-        html_escape(&outcome.reason)
-    );
-    Ok(response.content_type("text/html; charset=utf-8").body(body))
-}
-
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    let mut response = if outcome.success { HttpResponse::Ok() } else { HttpResponse::BadRequest() };
+    Ok(response
+        .content_type("text/html; charset=utf-8")
+        // The page runs nothing and loads only the tenant's https logo; it is never framed, cached or indexed.
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; img-src https:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("Cache-Control", "no-store"))
+        .body(crate::consent_page::render(&outcome, branding.as_ref())))
 }

@@ -199,6 +199,8 @@ mod tests {
             status: TenantStatus::Active,
             allowed_return_origins: Default::default(),
             api_rate_limit_per_minute: None,
+            display_name: None,
+            logo_url: None,
             created_at: now,
             updated_at: now,
         }

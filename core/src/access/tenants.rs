@@ -34,6 +34,10 @@ pub struct Tenant {
     pub allowed_return_origins: Vec<String>,
     /// API requests per minute this tenant may make; null: the deployment's default. Set by operators.
     pub api_rate_limit_per_minute: Option<i32>,
+    /// The name people see on the consent result page (default: `name`). The tenant's admins may set it.
+    pub display_name: Option<String>,
+    /// An https image shown on the consent result page. The tenant's admins may set it.
+    pub logo_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -58,6 +62,55 @@ pub struct UpdateTenant {
     #[serde(default)]
     #[schema(value_type = Option<i32>)]
     pub api_rate_limit_per_minute: MaybeUndefined<i32>,
+    /// 1 to 100 characters; null clears it. The tenant's own admins may change this and `logo_url` (only these).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub display_name: MaybeUndefined<String>,
+    /// An https URL of at most 2048 characters; null clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub logo_url: MaybeUndefined<String>,
+}
+
+impl UpdateTenant {
+    /// Only the consent page's name and logo: what a tenant's admin may change.
+    fn is_branding_only(&self) -> bool {
+        self.name.is_none()
+            && self.status.is_none()
+            && self.allowed_return_origins.is_none()
+            && self.api_rate_limit_per_minute.is_undefined()
+    }
+}
+
+/// What the consent result page shows of a tenant.
+#[derive(Clone, Debug, Default)]
+pub struct Branding {
+    pub name: String,
+    pub logo_url: Option<String>,
+}
+
+/// The tenant's name (its display name when set) and logo for the consent result page.
+pub async fn branding(ctx: &AppContext, id: TenantId) -> AppResult<Option<Branding>> {
+    let model = tenant::Entity::find_by_id(id).one(&ctx.db).await?;
+    Ok(model.map(|t| Branding { name: t.display_name.unwrap_or(t.name), logo_url: t.logo_url }))
+}
+
+fn check_display_name(name: String) -> AppResult<String> {
+    validate::non_empty("display_name", &name, 100)
+}
+
+/// An https URL without credentials, at most 2048 characters: the page loads it from the visitor's browser.
+fn check_logo_url(raw: String) -> AppResult<String> {
+    let invalid = || AppError::validation("logo_url", "invalid_url", "logo_url must be an https URL of at most 2048 characters");
+    let url = url::Url::parse(raw.trim()).map_err(|_| invalid())?;
+    if url.scheme() != "https" || url.host().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid());
+    }
+    let checked = url.to_string();
+    if checked.len() > 2048 {
+        return Err(invalid());
+    }
+    Ok(checked)
 }
 
 /// Each entry must be a bare origin: `https://app.example.com[:port]`, no path.
@@ -89,6 +142,8 @@ fn view(model: tenant::Model) -> AppResult<Tenant> {
         status: model.status,
         allowed_return_origins: model.allowed_return_origins.0,
         api_rate_limit_per_minute: model.api_rate_limit_per_minute,
+        display_name: model.display_name,
+        logo_url: model.logo_url,
         created_at: model.created_at,
         updated_at: model.updated_at,
     })
@@ -119,6 +174,8 @@ pub async fn create(ctx: &AppContext, principal: &Principal, input: CreateTenant
         status: Set(TenantStatus::Active),
         allowed_return_origins: Set(check_origins(input.allowed_return_origins.unwrap_or_default())?),
         api_rate_limit_per_minute: Set(input.api_rate_limit_per_minute.map(check_rate_limit).transpose()?),
+        display_name: Set(None),
+        logo_url: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -171,8 +228,11 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: TenantId, input
     if !principal.is_operator() && principal.tenant_id != Some(id) {
         return Err(AppError::not_found("tenant"));
     }
-    principal.require(Role::Operator)?;
-    let changes = audit::Changes::of(&input).cleared("api_rate_limit_per_minute", &input.api_rate_limit_per_minute);
+    principal.require(if input.is_branding_only() { Role::Admin } else { Role::Operator })?;
+    let changes = audit::Changes::of(&input)
+        .cleared("api_rate_limit_per_minute", &input.api_rate_limit_per_minute)
+        .cleared("display_name", &input.display_name)
+        .cleared("logo_url", &input.logo_url);
     let model = tenant::Entity::find_by_id(id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
     let mut active = model.into_active_model();
     if let Some(name) = input.name {
@@ -188,6 +248,16 @@ pub async fn update(ctx: &AppContext, principal: &Principal, id: TenantId, input
         MaybeUndefined::Undefined => {}
         MaybeUndefined::Null => active.api_rate_limit_per_minute = Set(None),
         MaybeUndefined::Value(limit) => active.api_rate_limit_per_minute = Set(Some(check_rate_limit(limit)?)),
+    }
+    match input.display_name {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.display_name = Set(None),
+        MaybeUndefined::Value(name) => active.display_name = Set(Some(check_display_name(name)?)),
+    }
+    match input.logo_url {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => active.logo_url = Set(None),
+        MaybeUndefined::Value(url) => active.logo_url = Set(Some(check_logo_url(url)?)),
     }
     active.updated_at = Set(Utc::now());
     let txn = ctx.db.begin().await?;

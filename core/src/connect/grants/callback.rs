@@ -18,6 +18,7 @@ use crate::observe::events;
 use crate::protocols::oauth::id_token_identity;
 use crate::secrets;
 use crate::store::entities::{email_account, grant, oauth_state};
+use crate::store::ids::TenantId;
 use crate::store::tenant_owned::TenantOwned;
 
 /// What the provider sent to `/oauth/callback`.
@@ -35,12 +36,18 @@ pub struct CallbackParams {
 #[derive(Clone, Debug)]
 pub struct CallbackOutcome {
     pub success: bool,
-    /// Machine-readable: `connected`, `invalid_state`, `state_expired`, `access_denied`, `wrong_mailbox`,
+    /// Machine-readable: `connected`, `invalid_state`, `state_used`, `state_expired`, `access_denied`, `wrong_mailbox`,
     /// `unknown_identity`, `issuer_mismatch`, `configuration_changed`, ...
     pub reason: String,
     pub message: String,
     pub account_id: Option<Uuid>,
     pub return_url: Option<String>,
+    /// The tenant the sign-in was for, when the state identifies it (its name and logo go on the result page).
+    pub tenant_id: Option<TenantId>,
+    /// The mailbox being connected, when known.
+    pub mailbox: Option<String>,
+    /// Who signed in instead (`wrong_mailbox`).
+    pub signed_in_as: Option<String>,
 }
 
 impl CallbackOutcome {
@@ -51,7 +58,15 @@ impl CallbackOutcome {
             message: message.into(),
             account_id: (state.map(|s| s.account_id)).map(Into::into),
             return_url: state.and_then(|s| s.return_url.clone()),
+            tenant_id: state.map(|s| s.tenant_id),
+            mailbox: None,
+            signed_in_as: None,
         }
+    }
+
+    fn for_mailbox(mut self, login: &str) -> Self {
+        self.mailbox = Some(login.to_owned());
+        self
     }
 
     /// The return URL with `status`, `reason` and `account_id` appended.
@@ -83,11 +98,12 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         .exec_with_returning(&ctx.db)
         .await?;
     let Some(state_row) = consumed.into_iter().next() else {
-        return Ok(CallbackOutcome::failure(
-            "invalid_state",
-            "this sign-in link is unknown or was already used; start again",
-            None,
-        ));
+        // A replay (the state exists, consumed) goes back to the app it came from; a forged one stays here.
+        let used = oauth_state::Entity::find().filter(oauth_state::Column::StateHash.eq(hash_state(state))).one(&ctx.db).await?;
+        return Ok(match used {
+            Some(used) => CallbackOutcome::failure("state_used", "this sign-in link was already used; start again", Some(&used)),
+            None => CallbackOutcome::failure("invalid_state", "this sign-in link is unknown; start again", None),
+        });
     };
     if state_row.expires_at < Utc::now() {
         return Ok(CallbackOutcome::failure("state_expired", "this sign-in link expired; start again", Some(&state_row)));
@@ -187,6 +203,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         }
     };
     if let Some((reason, message, kind)) = refused {
+        let signed_in_as = consented_by.clone();
         // No grant is stored, but the account says why it is still not connected (its state stays).
         email_account::Entity::update_in_tenant(state_row.tenant_id)
             .col_expr(email_account::Column::LastError, Expr::value(message.clone()))
@@ -195,7 +212,9 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             .filter(email_account::Column::Id.eq(account.id))
             .exec(&ctx.db)
             .await?;
-        return Ok(CallbackOutcome::failure(reason, message, Some(&state_row)));
+        let mut outcome = CallbackOutcome::failure(reason, message, Some(&state_row)).for_mailbox(&login);
+        outcome.signed_in_as = signed_in_as;
+        return Ok(outcome);
     }
 
     let txn = ctx.db.begin().await?;
@@ -227,5 +246,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         message: format!("{login} is connected"),
         account_id: Some(account.id.into()),
         return_url: state_row.return_url,
+        tenant_id: Some(state_row.tenant_id),
+        mailbox: Some(login),
+        signed_in_as: None,
     })
 }

@@ -18,6 +18,10 @@ pub struct Model {
     pub allowed_return_origins: StringList,
     /// Overrides `POSTBRIDGE_API_RATE_LIMIT_PER_MINUTE` for this tenant.
     pub api_rate_limit_per_minute: Option<i32>,
+    /// Shown on the consent result page instead of `name`.
+    pub display_name: Option<String>,
+    /// An https image shown on the consent result page.
+    pub logo_url: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
