@@ -123,6 +123,19 @@ pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: 
     }
 }
 
+/// Claims and pushes every grant due for a refresh, a batch at a time: a storm of tokens expiring together is
+/// queued within the pass that finds it, not a batch per pass.
+async fn dispatch_due_refreshes(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
+    loop {
+        let ids = scheduler::claim_due_refreshes(ctx, BATCH).await?;
+        let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass };
+        let pushed = push(ctx, &mut queues.refreshes, to, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await?;
+        if (pushed as u64) < BATCH {
+            return Ok(());
+        }
+    }
+}
+
 /// Claims and pushes everything due, queue by queue; one queue's failure does not hold up the others.
 pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
     // Every queue is tried; the first failure is reported.
@@ -141,16 +154,8 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
         }
         Err(e) => failures.push(e.into()),
     }
-    match scheduler::claim_due_refreshes(ctx, BATCH).await {
-        Ok(ids) => {
-            let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass };
-            if let Err(e) =
-                push(ctx, &mut queues.refreshes, to, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await
-            {
-                failures.push(e);
-            }
-        }
-        Err(e) => failures.push(e.into()),
+    if let Err(e) = dispatch_due_refreshes(ctx, queues).await {
+        failures.push(e);
     }
     match scheduler::claim_due_settlements(ctx, 100).await {
         Ok(ids) => {
