@@ -10,10 +10,9 @@ use super::link::{link_accounts, store_grant, Connection, LinkTo};
 use super::{hash_state, oauth_client, random_token, state_ttl, AuthorizeAccount, AuthorizeResult};
 use crate::access::auth::TenantScope;
 use crate::connect::accounts;
-use crate::connect::token_configs;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{AuthMethod, AuthorizeStatus, GrantStatus, OAuthFlow, Provider, Role};
+use crate::model::{AuthorizeStatus, GrantStatus, OAuthFlow, Provider, Role};
 use crate::observe::events;
 use crate::protocols::oauth::TokenError;
 use crate::secrets;
@@ -52,13 +51,7 @@ pub async fn authorize(
 ) -> AppResult<AuthorizeResult> {
     scope.require(Role::Member)?;
     let account = accounts::find_visible(ctx, scope, account_id).await?;
-    if account.auth_method != AuthMethod::Oauth2 {
-        return Err(AppError::validation("auth", "not_oauth2", "only oauth2 accounts are authorized through a provider"));
-    }
-    let config_id = account
-        .token_config_id
-        .ok_or_else(|| AppError::validation("token_config_id", "required", "the account has no token configuration"))?;
-    let config = token_configs::find(ctx, scope.tenant_id, config_id).await?;
+    let config = super::oauth_config_of(ctx, scope, &account).await?;
     let return_url = check_return_url(ctx, scope.tenant_id, input.return_url.as_deref()).await?;
     match config.flow {
         OAuthFlow::App if !accounts::may_approve_app_grants(scope) => Err(AppError::forbidden(

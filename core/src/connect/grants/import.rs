@@ -14,10 +14,9 @@ use super::client_secrets::{request_tokens, TokenRequest};
 use super::link::{link_accounts, store_grant, Connection, LinkTo};
 use crate::access::auth::TenantScope;
 use crate::connect::accounts::{self, Account};
-use crate::connect::token_configs;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
-use crate::model::{AuthMethod, OAuthFlow, Role, SecretInput};
+use crate::model::{OAuthFlow, Role, SecretInput};
 use crate::observe::events;
 use crate::protocols::oauth::id_token_identity;
 use crate::store::ids::AccountId;
@@ -42,13 +41,7 @@ pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId
     if refresh_token.is_empty() || refresh_token.len() > MAX_REFRESH_TOKEN_BYTES {
         return Err(AppError::validation(field, "invalid_refresh_token", "refresh_token must be 1 to 8192 bytes"));
     }
-    if account.auth_method != AuthMethod::Oauth2 {
-        return Err(AppError::validation("auth", "not_oauth2", "only an oauth2 account holds a grant"));
-    }
-    let config_id = account
-        .token_config_id
-        .ok_or_else(|| AppError::validation("token_config_id", "required", "the account has no token configuration"))?;
-    let config = token_configs::find(ctx, scope.tenant_id, config_id).await?;
+    let config = super::oauth_config_of(ctx, scope, &account).await?;
     if config.flow != OAuthFlow::User {
         return Err(AppError::validation(
             "token_config_id",

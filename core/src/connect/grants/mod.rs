@@ -14,7 +14,7 @@ use crate::access::auth::TenantScope;
 use crate::connect::account_lifecycle::{self, AccountEvent};
 use crate::connect::accounts::Account;
 use crate::context::AppContext;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::model::{AuthorizeStatus, GrantStatus, Page, PageRequest, Role};
 use crate::observe::audit;
 use crate::observe::events;
@@ -155,6 +155,17 @@ pub fn provider_config(ctx: &AppContext, config: &token_config::Model) -> AppRes
         scopes: config.scopes.0.clone(),
         redirect_uri: ctx.settings.oauth_redirect_uri(),
     })
+}
+
+/// The token configuration of an oauth2 account (authorize and import need both).
+async fn oauth_config_of(ctx: &AppContext, scope: &TenantScope, account: &email_account::Model) -> AppResult<token_config::Model> {
+    if account.auth_method != crate::model::AuthMethod::Oauth2 {
+        return Err(AppError::validation("auth", "not_oauth2", "only an oauth2 account is connected through a provider"));
+    }
+    let config_id = account
+        .token_config_id
+        .ok_or_else(|| AppError::validation("token_config_id", "required", "the account has no token configuration"))?;
+    crate::connect::token_configs::find(ctx, scope.tenant_id, config_id).await
 }
 
 fn oauth_client(ctx: &AppContext, config: &token_config::Model) -> AppResult<OAuthClient> {
