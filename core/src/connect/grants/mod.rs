@@ -158,7 +158,11 @@ pub fn provider_config(ctx: &AppContext, config: &token_config::Model) -> AppRes
 }
 
 /// The token configuration of an oauth2 account (authorize and import need both).
-async fn oauth_config_of(ctx: &AppContext, scope: &TenantScope, account: &email_account::Model) -> AppResult<token_config::Model> {
+async fn oauth_config_of(
+    ctx: &AppContext,
+    scope: &TenantScope,
+    account: &email_account::Model,
+) -> AppResult<token_config::Model> {
     if account.auth_method != crate::model::AuthMethod::Oauth2 {
         return Err(AppError::validation("auth", "not_oauth2", "only an oauth2 account is connected through a provider"));
     }
