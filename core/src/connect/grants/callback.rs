@@ -8,13 +8,12 @@ use uuid::Uuid;
 
 use super::client_secrets::{request_tokens, TokenRequest};
 use super::hash_state;
-use super::link::{link_accounts, store_grant, Connection, LinkTo};
+use super::link::{connect_mailbox, MailboxConsent};
 use crate::connect::token_configs;
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
 use crate::model::{AuthMethod, GrantStatus};
-use crate::observe::events;
 use crate::protocols::oauth::id_token_identity;
 use crate::secrets;
 use crate::store::entities::{email_account, grant, oauth_state};
@@ -218,27 +217,19 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     }
 
     let txn = ctx.db.begin().await?;
-    let connection = Connection { subject: &login, consented_by: consented_by.clone(), connected_by: &state_row.created_by };
-    let grant_id = match store_grant(ctx, &txn, state_row.tenant_id, config.id, connection, &tokens).await {
-        Ok(id) => id,
+    let consent = MailboxConsent {
+        login: &login,
+        identity: &identity,
+        connected_by: &state_row.created_by,
+        account_owner: &account.owner_subject,
+    };
+    match connect_mailbox(ctx, &txn, state_row.tenant_id, config.id, consent, &tokens, json!({})).await {
+        Ok(_) => {}
         Err(AppError::Conflict { message, .. }) => {
             return Ok(CallbackOutcome::failure("concurrent_authorization", message, Some(&state_row)))
         }
         Err(e) => return Err(e),
-    };
-    let owners = [state_row.created_by.as_str(), account.owner_subject.as_str()];
-    let linked =
-        link_accounts(&txn, state_row.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id.into()).await?;
-    events::record(
-        &txn,
-        state_row.tenant_id,
-        events::GRANT_CONNECTED,
-        "grant",
-        Some(grant_id),
-        json!({"token_config_id": config.id, "subject": login, "consented_by": consented_by,
-               "consented_by_id": identity.stable_id(), "accounts": linked}),
-    )
-    .await?;
+    }
     txn.commit().await?;
     Ok(CallbackOutcome {
         success: true,

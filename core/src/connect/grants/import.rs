@@ -11,13 +11,12 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::client_secrets::{request_tokens, TokenRequest};
-use super::link::{link_accounts, store_grant, Connection, LinkTo};
+use super::link::{connect_mailbox, MailboxConsent};
 use crate::access::auth::TenantScope;
 use crate::connect::accounts::{self, Account};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{OAuthFlow, Role, SecretInput};
-use crate::observe::events;
 use crate::protocols::oauth::id_token_identity;
 use crate::store::ids::AccountId;
 
@@ -63,22 +62,13 @@ pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId
     }
 
     let txn = ctx.db.begin().await?;
-    let connection =
-        Connection { subject: &login, consented_by: identity.username.clone(), connected_by: &scope.principal.subject };
-    let grant_id = store_grant(ctx, &txn, scope.tenant_id, config.id, connection, &tokens).await?;
-    let owners = [scope.principal.subject.as_str(), account.owner_subject.as_str()];
-    let linked =
-        link_accounts(&txn, scope.tenant_id, config.id, LinkTo::Mailbox { login: &login, owners }, grant_id.into()).await?;
-    events::record(
-        &txn,
-        scope.tenant_id,
-        events::GRANT_CONNECTED,
-        "grant",
-        Some(grant_id),
-        json!({"token_config_id": config.id, "subject": login, "consented_by": identity.username,
-               "consented_by_id": identity.stable_id(), "accounts": linked, "imported": true}),
-    )
-    .await?;
+    let consent = MailboxConsent {
+        login: &login,
+        identity: &identity,
+        connected_by: &scope.principal.subject,
+        account_owner: &account.owner_subject,
+    };
+    connect_mailbox(ctx, &txn, scope.tenant_id, config.id, consent, &tokens, json!({"imported": true})).await?;
     txn.commit().await?;
     accounts::view(accounts::find_visible(ctx, scope, account.id).await?)
 }

@@ -12,13 +12,50 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
 use crate::model::{AuthMethod, GrantStatus};
-use crate::protocols::oauth::TokenSet;
+use crate::observe::events;
+use crate::protocols::oauth::{ConsentIdentity, TokenSet};
 use crate::secrets;
 use crate::store::entities::{email_account, grant};
 use crate::store::ids::{GrantId, TenantId, TokenConfigId};
 use crate::store::is_unique_violation;
 use crate::store::json::StringList;
 use crate::store::tenant_owned::TenantOwned;
+
+/// A user-flow consent (or import) for one mailbox: who it is, who the provider says it was, who started it.
+pub(super) struct MailboxConsent<'a> {
+    /// The mailbox login, lower-cased.
+    pub(super) login: &'a str,
+    pub(super) identity: &'a ConsentIdentity,
+    /// The Postbridge caller that started it.
+    pub(super) connected_by: &'a str,
+    /// The owner of the account it was started for (with `connected_by`, whose accounts of the mailbox are linked).
+    pub(super) account_owner: &'a str,
+}
+
+/// Stores the mailbox's grant, links the mailbox's accounts of its owners to it and records `grant.connected`
+/// (with `extra` fields), in `txn`. A concurrent authorization of the same mailbox is `AppError::Conflict`.
+pub(super) async fn connect_mailbox(
+    ctx: &AppContext,
+    txn: &DatabaseTransaction,
+    tenant_id: TenantId,
+    config_id: TokenConfigId,
+    consent: MailboxConsent<'_>,
+    tokens: &TokenSet,
+    extra: serde_json::Value,
+) -> AppResult<Uuid> {
+    let MailboxConsent { login, identity, connected_by, account_owner } = consent;
+    let connection = Connection { subject: login, consented_by: identity.username.clone(), connected_by };
+    let grant_id = store_grant(ctx, txn, tenant_id, config_id, connection, tokens).await?;
+    let owners = [connected_by, account_owner];
+    let linked = link_accounts(txn, tenant_id, config_id, LinkTo::Mailbox { login, owners }, grant_id.into()).await?;
+    let mut data = serde_json::json!({"token_config_id": config_id, "subject": login, "consented_by": identity.username,
+                                      "consented_by_id": identity.stable_id(), "accounts": linked});
+    if let (Some(data), serde_json::Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    events::record(txn, tenant_id, events::GRANT_CONNECTED, "grant", Some(grant_id), data).await?;
+    Ok(grant_id)
+}
 
 /// Whose grant is stored, and by whom.
 pub(super) struct Connection<'a> {
