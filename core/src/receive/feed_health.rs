@@ -97,17 +97,18 @@ pub async fn warnings(ctx: &AppContext, tenant: Option<Uuid>, limit: i64) -> App
         .db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT a.id, a.tenant_id, t.slug AS tenant_slug, a.login, a.last_received_at, a.usual_gap_seconds,
-                    a.last_polled_at,
-                    CASE WHEN a.idle_drops_since > now() - interval '1 hour' THEN a.idle_drops ELSE 0 END AS idle_drops,
-                    (a.arrivals >= $4 AND a.last_received_at < now() - make_interval(
-                        secs => GREATEST(COALESCE(a.usual_gap_seconds, 0) * $5, $6))) AS silent
-             FROM email_accounts a JOIN tenants t ON t.id = a.tenant_id
-             WHERE a.direction = $2 AND a.enabled AND a.state = $3 AND ($1::uuid IS NULL OR a.tenant_id = $1)
-               AND ((a.arrivals >= $4 AND a.last_received_at < now() - make_interval(
-                        secs => GREATEST(COALESCE(a.usual_gap_seconds, 0) * $5, $6)))
-                    OR (a.idle_drops >= $7 AND a.idle_drops_since > now() - interval '1 hour'))
-             ORDER BY a.last_received_at ASC NULLS FIRST, a.id LIMIT $8",
+            // Each condition is written once, in the inner query; the outer one keeps the rows either holds for.
+            "SELECT * FROM (
+                SELECT a.id, a.tenant_id, t.slug AS tenant_slug, a.login, a.last_received_at, a.usual_gap_seconds,
+                       a.last_polled_at,
+                       CASE WHEN a.idle_drops_since > now() - interval '1 hour' THEN a.idle_drops ELSE 0 END AS idle_drops,
+                       (a.arrivals >= $4 AND a.last_received_at < now() - make_interval(
+                           secs => GREATEST(COALESCE(a.usual_gap_seconds, 0) * $5, $6))) AS silent
+                FROM email_accounts a JOIN tenants t ON t.id = a.tenant_id
+                WHERE a.direction = $2 AND a.enabled AND a.state = $3 AND ($1::uuid IS NULL OR a.tenant_id = $1)
+             ) w
+             WHERE w.silent OR w.idle_drops >= $7
+             ORDER BY w.last_received_at ASC NULLS FIRST, w.id LIMIT $8",
             [
                 tenant.into(),
                 Direction::Inbound.into(),
