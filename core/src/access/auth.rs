@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::access::auth_cache::{Cached, Lookup};
+use crate::access::auth_cache::{Cached, Lookup, Ticket};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Role, TenantStatus};
@@ -151,19 +151,9 @@ async fn identify(ctx: &AppContext, bearer: &str) -> AppResult<Principal> {
 async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> AppResult<Principal> {
     let invalid = || AppError::Unauthenticated("invalid API key".to_owned());
     let (prefix, _) = rest.split_once('_').ok_or_else(invalid)?;
-    let key = match ctx.auth_cache.key(prefix) {
-        Cached::Found(key) => {
-            count(ctx, Lookup::Hit);
-            key
-        }
-        Cached::Read(ticket) => {
-            count(ctx, ticket.lookup());
-            let key =
-                api_key::Entity::find().filter(api_key::Column::Prefix.eq(prefix)).one(&ctx.db).await?.ok_or_else(invalid)?;
-            ctx.auth_cache.store_key(ticket, &key);
-            key
-        }
-    };
+    let read =
+        async { api_key::Entity::find().filter(api_key::Column::Prefix.eq(prefix)).one(&ctx.db).await?.ok_or_else(invalid) };
+    let key = through_cache(ctx, ctx.auth_cache.key(prefix), read, |ticket, key| ctx.auth_cache.store_key(ticket, key)).await?;
     let presented = hash_api_key(full_key);
     if !bool::from(presented.as_bytes().ct_eq(key.secret_hash.as_bytes())) {
         return Err(invalid());
@@ -201,27 +191,38 @@ async fn ensure_source_key_usable(ctx: &AppContext, subject: &str, tenant_id: Te
 }
 
 async fn active_tenant(ctx: &AppContext, tenant_id: TenantId) -> AppResult<tenant::Model> {
-    let tenant = match ctx.auth_cache.tenant(tenant_id) {
-        Cached::Found(tenant) => {
-            count(ctx, Lookup::Hit);
-            tenant
-        }
-        Cached::Read(ticket) => {
-            count(ctx, ticket.lookup());
-            let tenant = tenant::Entity::find_by_id(tenant_id)
-                .one(&ctx.db)
-                .await?
-                .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))?;
-            ctx.auth_cache.store_tenant(ticket, &tenant);
-            tenant
-        }
+    let read = async {
+        tenant::Entity::find_by_id(tenant_id)
+            .one(&ctx.db)
+            .await?
+            .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))
     };
+    let cached = ctx.auth_cache.tenant(tenant_id);
+    let tenant = through_cache(ctx, cached, read, |ticket, tenant| ctx.auth_cache.store_tenant(ticket, tenant)).await?;
     match tenant.status {
         TenantStatus::Active => Ok(tenant),
         TenantStatus::Suspended => Err(AppError::TenantSuspended),
     }
 }
 
-fn count(ctx: &AppContext, lookup: Lookup) {
+/// The cached row, or `read` from the database and kept under the lookup's ticket; counted either way.
+async fn through_cache<T>(
+    ctx: &AppContext,
+    cached: Cached<T>,
+    read: impl std::future::Future<Output = AppResult<T>>,
+    store: impl FnOnce(Ticket, &T),
+) -> AppResult<T> {
+    let (lookup, found) = match cached {
+        Cached::Found(row) => (Lookup::Hit, Ok(row)),
+        Cached::Read(ticket) => (ticket.lookup(), Err(ticket)),
+    };
     ctx.metrics.auth_cache.with_label_values(&[lookup.label()]).inc();
+    match found {
+        Ok(row) => Ok(row),
+        Err(ticket) => {
+            let row = read.await?;
+            store(ticket, &row);
+            Ok(row)
+        }
+    }
 }
