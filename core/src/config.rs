@@ -46,7 +46,8 @@ pub struct Settings {
     pub operator_token: Option<String>,
     /// Allow tenant-supplied hosts and URLs on loopback/private networks (development and tests only).
     pub allow_private_hosts: bool,
-    /// Grant refreshes a worker runs at once (keep at or below the database pool size).
+    /// Token requests a worker's background refreshes have in flight at once (they hold no database connection while
+    /// the provider answers).
     pub refresh_concurrency: usize,
     /// Poll and send jobs one worker process runs at once.
     pub poll_concurrency: usize,
@@ -236,7 +237,7 @@ impl Settings {
             Some(_) => return Err(config_error("ALLOW_PRIVATE_HOSTS", "must be true or false")),
         };
 
-        let refresh_concurrency = parse_or(get("REFRESH_CONCURRENCY"), "REFRESH_CONCURRENCY", 8usize)?;
+        let refresh_concurrency = parse_or(get("REFRESH_CONCURRENCY"), "REFRESH_CONCURRENCY", 32usize)?;
         if refresh_concurrency == 0 {
             return Err(config_error("REFRESH_CONCURRENCY", "must be at least 1"));
         }

@@ -30,6 +30,8 @@ pub struct AppContext {
     pub instance_id: uuid::Uuid,
     /// Keys and tenants authentication read lately; used only where it listens for changes (API processes).
     pub auth_cache: crate::access::auth_cache::AuthCache,
+    /// Token requests background refreshes may have in flight in this process (`POSTBRIDGE_REFRESH_CONCURRENCY`).
+    pub refresh_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppContext {
@@ -50,6 +52,7 @@ impl AppContext {
         let http = guard.http_client().context("failed to build the HTTP client")?;
         let mail_tls = crate::protocols::tls::client_config(settings.extra_ca_file.as_deref())?;
         let smtp = crate::protocols::smtp::SmtpClient::from_settings(&settings, crate::protocols::smtp::SmtpConfig::default())?;
+        let refresh_slots = Arc::new(tokio::sync::Semaphore::new(settings.refresh_concurrency));
         Ok(AppContext {
             db,
             redis,
@@ -63,6 +66,7 @@ impl AppContext {
             metrics: Arc::new(crate::metrics::Metrics::new().context("failed to register metrics")?),
             instance_id: uuid::Uuid::now_v7(),
             auth_cache: Default::default(),
+            refresh_slots,
         })
     }
 

@@ -225,7 +225,7 @@ const SQL_WRITERS: &[(&str, &[&str])] = &[
         &["connect::confirm", "connect::mailbox", "jobs::scheduler", "receive::feed_health", "receive::idle", "receive::poll"],
     ),
     ("events", &["observe::events", "receive::inbox"]),
-    ("grants", &["connect::grants::tokens", "jobs::scheduler"]),
+    ("grants", &["connect::grants::background", "connect::grants::tokens", "jobs::scheduler"]),
     ("inbound_messages", &["receive::inbox"]),
     ("outbound_messages", &["jobs::scheduler", "send::delivery", "send::settle"]),
     ("token_configs", &["connect::grants::client_secrets"]),

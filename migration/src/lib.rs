@@ -24,6 +24,7 @@ mod m20261205_000019_token_revocation;
 mod m20261205_000020_next_client_secret;
 mod m20261205_000021_recipient_results;
 mod m20261205_000022_tenant_branding;
+mod m20261206_000023_refresh_lease;
 
 pub struct Migrator;
 
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000020_next_client_secret::Migration),
             Box::new(m20261205_000021_recipient_results::Migration),
             Box::new(m20261205_000022_tenant_branding::Migration),
+            Box::new(m20261206_000023_refresh_lease::Migration),
         ]
     }
 }

@@ -29,6 +29,7 @@ mod ops;
 mod outbox_steering;
 mod rate_limits;
 mod received_content;
+mod refresh_storm;
 mod routing;
 mod schema;
 mod secrets;

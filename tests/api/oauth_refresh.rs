@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use postbridge_core::connect::grants::{self, RefreshOutcome, RefreshPass, TokenAccessError};
+use postbridge_core::connect::grants::{self, RefreshPass, TokenAccessError};
 use postbridge_core::connect::token_configs;
 use postbridge_core::jobs::scheduler;
 use postbridge_core::observe::ops_metrics;
@@ -662,7 +662,11 @@ async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_
     for pass in 0..3 {
         assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "pass {pass}");
         assert!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim").is_empty(), "pass {pass}");
-        assert_eq!(grants::refresh_one(&app.ctx, c.grant.into()).await.expect("job"), RefreshOutcome::Skipped, "pass {pass}");
+        assert_eq!(
+            grants::refresh_grants(&app.ctx, &[c.grant.into()]).await.expect("job"),
+            RefreshPass::default(),
+            "pass {pass}"
+        );
         let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
         assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(0), "pass {pass}");
         token(&app, &c).await.expect("the stored token");
@@ -682,8 +686,11 @@ async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_
     .await;
     let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
     assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(1));
-    assert_eq!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim"), vec![c.grant]);
-    assert_eq!(grants::refresh_one(&app.ctx, c.grant.into()).await.expect("job"), RefreshOutcome::Refreshed);
+    assert_eq!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim"), vec![vec![c.grant]]);
+    assert_eq!(
+        grants::refresh_grants(&app.ctx, &[c.grant.into()]).await.expect("job"),
+        RefreshPass { refreshed: 1, ..Default::default() }
+    );
     assert_eq!(provider.token_requests("refresh_token"), 1);
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "the new token is fresh");
     assert_eq!(provider.token_requests("refresh_token"), 1);
@@ -797,7 +804,10 @@ async fn a_grant_whose_refresh_token_does_not_decrypt_is_recorded_and_skipped_an
     // Backing off, the next pass leaves it alone; once due again, the worker's job records it as failed, not an error.
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
     sql(&app, &format!("UPDATE grants SET next_refresh_at = NULL WHERE id = '{broken}'")).await;
-    assert_eq!(grants::refresh_one(&app.ctx, broken.into()).await.expect("the job does not fail"), RefreshOutcome::Failed);
+    assert_eq!(
+        grants::refresh_grants(&app.ctx, &[broken.into()]).await.expect("the job does not fail"),
+        RefreshPass { failed: 1, ..Default::default() }
+    );
     assert_eq!(grant_row(&app, broken).await.refresh_failures, 2);
 }
 

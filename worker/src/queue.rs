@@ -45,10 +45,21 @@ pub struct DeliverWebhook {
     pub event_id: Uuid,
 }
 
-/// Refresh one grant whose access token is about to expire.
+/// Refresh a batch of grants of one token configuration whose access tokens are about to expire. The first id
+/// is its own field, as in the single-grant jobs earlier versions queued, so those still run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RefreshGrant {
     pub grant_id: GrantId,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_grant_ids: Vec<GrantId>,
+}
+
+impl RefreshGrant {
+    /// The job for one batch (`None` for an empty one).
+    pub fn batch(grant_ids: &[GrantId]) -> Option<RefreshGrant> {
+        let (&grant_id, more) = grant_ids.split_first()?;
+        Some(RefreshGrant { grant_id, more_grant_ids: more.to_vec() })
+    }
 }
 
 /// Look an `unknown` message up in its mailbox's Sent folder.
@@ -77,7 +88,10 @@ impl From<DeliverWebhook> for Job {
 
 impl From<RefreshGrant> for Job {
     fn from(job: RefreshGrant) -> Job {
-        Job::Refresh { grant_id: job.grant_id }
+        let mut grant_ids = Vec::with_capacity(1 + job.more_grant_ids.len());
+        grant_ids.push(job.grant_id);
+        grant_ids.extend(job.more_grant_ids);
+        Job::Refresh { grant_ids }
     }
 }
 
@@ -122,13 +136,17 @@ pub struct JobRunner {
     limits: Arc<std::collections::HashMap<Queue, Arc<Semaphore>>>,
 }
 
+/// Refresh batches one worker process runs at once.
+const REFRESH_BATCHES_AT_ONCE: usize = 4;
+
 /// How many jobs of `queue` one worker process runs at once (its consumer fetches as many, and the runner lets as
 /// many run).
 pub fn concurrency(settings: &Settings, queue: Queue) -> usize {
     match queue {
         Queue::Send => settings.send_concurrency,
         Queue::Poll => settings.poll_concurrency,
-        Queue::Refresh => settings.refresh_concurrency,
+        // Each batch holds one database connection; its token requests share `refresh_concurrency` slots.
+        Queue::Refresh => REFRESH_BATCHES_AT_ONCE,
         Queue::Webhook => settings.webhooks.concurrency,
         // Sent-folder look-ups are rare, and each holds a mailbox's one connection.
         Queue::Settle => 2,
@@ -167,13 +185,14 @@ impl JobRunner {
             };
             let started = Instant::now();
             let metrics = ctx.metrics.clone();
-            let tenant_id = match tenant_wall::tenant_of(&ctx.db, job.root()).await {
+            let Some(root) = job.root() else { return metrics.job(queue, "skipped", started.elapsed()) };
+            let tenant_id = match tenant_wall::tenant_of(&ctx.db, root).await {
                 Ok(Some(tenant_id)) => tenant_id,
                 // The row is gone (deleted with its tenant or account): nothing is left to do.
                 Ok(None) => return metrics.job(queue, "skipped", started.elapsed()),
                 // The scheduler dispatches again whatever still needs doing once the database answers.
                 Err(e) => {
-                    tracing::error!(queue, root = ?job.root(), error = %e, "could not find the job's tenant");
+                    tracing::error!(queue, ?root, error = %e, "could not find the job's tenant");
                     return metrics.job(queue, "error", started.elapsed());
                 }
             };

@@ -123,14 +123,25 @@ pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: 
     }
 }
 
-/// Claims and pushes every grant due for a refresh, a batch at a time: a storm of tokens expiring together is
-/// queued within the pass that finds it, not a batch per pass.
+/// Claims and pushes every grant due for a refresh, in batches of one token configuration (one job each), a
+/// claim at a time: a storm of tokens expiring together is queued within the pass that finds it.
 async fn dispatch_due_refreshes(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
     loop {
-        let ids = scheduler::claim_due_refreshes(ctx, BATCH).await?;
-        let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass };
-        let pushed = push(ctx, &mut queues.refreshes, to, Dispatched::Grants, ids, |grant_id| RefreshGrant { grant_id }).await?;
-        if (pushed as u64) < BATCH {
+        let batches = scheduler::claim_due_refreshes(ctx, BATCH).await?;
+        let claimed: Vec<_> = batches.iter().flatten().copied().collect();
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<RefreshGrant> = batches.iter().filter_map(|batch| RefreshGrant::batch(batch)).collect();
+        let count = jobs.len();
+        if let Err(e) = queues.refreshes.push_bulk(jobs).await {
+            if let Err(undo) = scheduler::undispatch(ctx, Dispatched::Grants, &claimed).await {
+                tracing::warn!(error = %undo, "could not unclaim grants after a failed push; they wait out the dispatch grace");
+            }
+            anyhow::bail!("pushing {count} refresh jobs to Redis failed: {e}");
+        }
+        Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass }.pushed(ctx, count);
+        if (claimed.len() as u64) < BATCH {
             return Ok(());
         }
     }

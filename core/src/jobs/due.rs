@@ -42,12 +42,13 @@ pub fn sending() -> String {
     format!("status = '{}'", OutboundStatus::Sending)
 }
 
-/// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
-/// backoff has passed (`grants`).
+/// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`), whose
+/// backoff has passed and that no background batch is refreshing (`grants`).
 pub fn refresh() -> String {
     format!(
         "status = '{}' AND refresh_token IS NOT NULL AND refresh_at <= now() \
-         AND (next_refresh_at IS NULL OR next_refresh_at <= now())",
+         AND (next_refresh_at IS NULL OR next_refresh_at <= now()) \
+         AND (refreshing_until IS NULL OR refreshing_until < now())",
         GrantStatus::Valid
     )
 }

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use crate::connect::grants::{self, RefreshOutcome};
+use crate::connect::grants::{self, RefreshPass};
 use crate::context::AppContext;
 use crate::observe::webhooks::{self, WebhookOutcome};
 use crate::receive::poll::{self, PollError};
@@ -48,7 +48,7 @@ impl Queue {
 }
 
 /// One unit of background work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
     /// Poll one inbound mailbox.
     Poll { account_id: AccountId },
@@ -56,8 +56,8 @@ pub enum Job {
     Send { message_id: OutboundMessageId },
     /// Look an `unknown` message up in its mailbox's Sent folder.
     Settle { message_id: OutboundMessageId },
-    /// Refresh one grant whose access token is about to expire.
-    Refresh { grant_id: GrantId },
+    /// Refresh a batch of grants of one token configuration whose access tokens are about to expire.
+    Refresh { grant_ids: Vec<GrantId> },
     /// Make one attempt of a webhook delivery (an event to one endpoint).
     Webhook { endpoint_id: WebhookEndpointId, event_id: Uuid },
 }
@@ -117,21 +117,24 @@ impl From<WebhookOutcome> for JobOutcome {
     }
 }
 
-impl From<RefreshOutcome> for JobOutcome {
-    fn from(outcome: RefreshOutcome) -> Self {
-        let label = outcome.as_str();
-        match outcome {
-            RefreshOutcome::Skipped => JobOutcome::Skipped(label),
-            RefreshOutcome::Refreshed => JobOutcome::Done(label),
-            // The grant backs off and keeps its tokens.
-            RefreshOutcome::Failed => JobOutcome::Retry(label),
-            RefreshOutcome::ReauthRequired => JobOutcome::Failed(label),
+impl From<RefreshPass> for JobOutcome {
+    /// A batch's outcome, its worst grant first (each grant is counted in `postbridge_token_refreshes_total`).
+    fn from(pass: RefreshPass) -> Self {
+        if pass.failed > 0 {
+            // Those grants back off and keep their tokens.
+            JobOutcome::Retry("failed")
+        } else if pass.reauth_required > 0 {
+            JobOutcome::Failed("reauth_required")
+        } else if pass.refreshed > 0 {
+            JobOutcome::Done("refreshed")
+        } else {
+            JobOutcome::Skipped("skipped")
         }
     }
 }
 
 impl Job {
-    pub fn queue(self) -> Queue {
+    pub fn queue(&self) -> Queue {
         match self {
             Job::Poll { .. } => Queue::Poll,
             Job::Send { .. } => Queue::Send,
@@ -142,13 +145,14 @@ impl Job {
     }
 
     /// The row whose tenant the job runs as (row-level security narrows every query it makes to that tenant).
-    pub fn root(self) -> JobRoot {
-        match self {
+    /// A refresh batch holds one configuration's grants, so its first names the tenant; an empty one has none.
+    pub fn root(&self) -> Option<JobRoot> {
+        Some(match *self {
             Job::Poll { account_id } => JobRoot::Account(account_id),
             Job::Send { message_id } | Job::Settle { message_id } => JobRoot::OutboundMessage(message_id),
-            Job::Refresh { grant_id } => JobRoot::Grant(grant_id),
+            Job::Refresh { ref grant_ids } => JobRoot::Grant(*grant_ids.first()?),
             Job::Webhook { endpoint_id, .. } => JobRoot::WebhookEndpoint(endpoint_id),
-        }
+        })
     }
 
     /// Does the work. Failures of the far side are recorded on the job's rows by the flows themselves; failures of
@@ -193,10 +197,10 @@ impl Job {
                     JobOutcome::Error
                 }
             },
-            Job::Refresh { grant_id } => match grants::refresh_one(ctx, grant_id).await {
-                Ok(outcome) => outcome.into(),
+            Job::Refresh { grant_ids } => match grants::refresh_grants(ctx, &grant_ids).await {
+                Ok(pass) => pass.into(),
                 Err(e) => {
-                    tracing::error!(%grant_id, error = %e, "refresh job failed");
+                    tracing::error!(grants = grant_ids.len(), error = %e, "refresh job failed");
                     JobOutcome::Error
                 }
             },
@@ -226,7 +230,7 @@ mod tests {
             (Job::Poll { account_id: account }, Queue::Poll, JobRoot::Account(account)),
             (Job::Send { message_id: message }, Queue::Send, JobRoot::OutboundMessage(message)),
             (Job::Settle { message_id: message }, Queue::Settle, JobRoot::OutboundMessage(message)),
-            (Job::Refresh { grant_id: grant }, Queue::Refresh, JobRoot::Grant(grant)),
+            (Job::Refresh { grant_ids: vec![grant, GrantId::new()] }, Queue::Refresh, JobRoot::Grant(grant)),
             (
                 Job::Webhook { endpoint_id: endpoint, event_id: Uuid::new_v4() },
                 Queue::Webhook,
@@ -234,8 +238,9 @@ mod tests {
             ),
         ];
         for (job, queue, root) in cases {
-            assert_eq!((job.queue(), job.root()), (queue, root), "{job:?}");
+            assert_eq!((job.queue(), job.root()), (queue, Some(root)), "{job:?}");
         }
+        assert_eq!(Job::Refresh { grant_ids: Vec::new() }.root(), None, "an empty batch has no tenant");
         let names: Vec<&str> = Queue::ALL.iter().map(|q| q.as_str()).collect();
         assert_eq!(names, ["send", "poll", "refresh", "settle", "webhook"]);
     }
@@ -245,7 +250,11 @@ mod tests {
         assert_eq!(JobOutcome::from(Delivery::Paced), JobOutcome::Skipped("paced"));
         assert_eq!(JobOutcome::from(Delivery::Unknown).label(), "unknown");
         assert_eq!(JobOutcome::from(WebhookOutcome::Abandoned), JobOutcome::Failed("abandoned"));
-        assert_eq!(JobOutcome::from(RefreshOutcome::Failed), JobOutcome::Retry("failed"));
+        let pass = |refreshed, reauth_required, failed| RefreshPass { refreshed, reauth_required, failed };
+        assert_eq!(JobOutcome::from(pass(49, 0, 1)), JobOutcome::Retry("failed"));
+        assert_eq!(JobOutcome::from(pass(49, 1, 0)), JobOutcome::Failed("reauth_required"));
+        assert_eq!(JobOutcome::from(pass(50, 0, 0)), JobOutcome::Done("refreshed"));
+        assert_eq!(JobOutcome::from(pass(0, 0, 0)), JobOutcome::Skipped("skipped"));
         assert_eq!(JobOutcome::Error.label(), "error");
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::jobs::{due, leases};
-use crate::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, WebhookEndpointId};
+use crate::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, TokenConfigId, WebhookEndpointId};
 
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
@@ -80,15 +80,22 @@ pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<Outb
 }
 
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
-/// backoff has passed. A grant being refreshed holds its row lock, so it is skipped here.
-pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<GrantId>> {
+/// backoff has passed, in batches of one token configuration (`grants::batches_of`). A grant being refreshed
+/// holds its row lock, so it is skipped here.
+pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Vec<GrantId>>> {
     let sql = format!(
         "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM grants WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
-           ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+           ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, token_config_id",
         due::refresh()
     );
-    claim(ctx, &sql, limit).await
+    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    let due = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<GrantId>("", "id")?, r.try_get::<TokenConfigId>("", "token_config_id")?)))
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    Ok(crate::connect::grants::batches_of(due))
 }
 
 /// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.

@@ -615,11 +615,14 @@ fn token_success(
 async fn token(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let form = Params::parse(&body);
     let grant_type = form.get("grant_type").unwrap_or_default().to_string();
-    let failure = {
+    let (failure, latency) = {
         let mut state = shared.lock();
         *state.token_requests.entry(grant_type.clone()).or_default() += 1;
-        state.failures.pop_front()
+        (state.failures.pop_front(), state.token_latency)
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     match failure {
         Some(TokenFailure::Slow(delay)) => tokio::time::sleep(delay).await,
         Some(failure) => {

@@ -210,6 +210,11 @@ impl MockProvider {
         self.shared.lock().rotate_refresh_tokens = rotate;
     }
 
+    /// Every token request from now on waits this long before it is answered, like a remote provider (default 0).
+    pub fn set_token_latency(&self, latency: std::time::Duration) {
+        self.shared.lock().token_latency = latency;
+    }
+
     /// Default true; false = code exchanges return no refresh token (like Google without `prompt=consent`).
     pub fn set_issue_refresh_token(&self, issue: bool) {
         self.shared.lock().issue_refresh_tokens = issue;

@@ -129,6 +129,8 @@ pub(crate) struct State {
     pub(crate) revocations: Vec<(String, Option<String>)>,
     /// How many of the next `/revoke` requests fail with 503.
     pub(crate) revocation_failures: usize,
+    /// How long every token request waits before it is answered (a remote provider's round trip).
+    pub(crate) token_latency: std::time::Duration,
     next_family: u64,
 }
 
@@ -138,6 +140,7 @@ impl Default for State {
             clients: HashMap::new(),
             consenting_user: None,
             deny_consent: false,
+            token_latency: std::time::Duration::ZERO,
             rotate_refresh_tokens: true,
             issue_refresh_tokens: true,
             access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL_SECONDS,

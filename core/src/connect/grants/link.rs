@@ -121,6 +121,7 @@ pub(super) async fn store_grant(
                 last_error_kind: Set(None),
                 refresh_failures: Set(0),
                 next_refresh_at: Set(None),
+                refreshing_until: Set(None),
                 last_refreshed_at: Set(Some(now)),
                 created_at: Set(now),
                 updated_at: Set(now),

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 mod authorize;
+mod background;
 mod callback;
 mod client_secrets;
 mod import;
@@ -39,12 +40,10 @@ pub(crate) mod reauth;
 mod tokens;
 
 pub use authorize::authorize;
+pub use background::{batches_of, refresh_due, refresh_grants, RefreshPass, INTERNAL_REFRESH_ERROR, REFRESH_BATCH};
 pub use callback::{complete_callback, CallbackOutcome, CallbackParams};
 pub use import::{import, ImportGrant};
-pub use tokens::{
-    access_token, expire_access_token, refresh_due, refresh_one, RefreshOutcome, RefreshPass, TokenAccessError,
-    INTERNAL_REFRESH_ERROR,
-};
+pub use tokens::{access_token, expire_access_token, TokenAccessError};
 
 /// Tokens one identity granted to one token configuration (the tokens themselves are never shown).
 #[derive(Clone, Debug, Serialize, Deserialize, SimpleObject, ToSchema)]

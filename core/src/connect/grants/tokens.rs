@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, IntoActiveModel, QueryFilter,
-    QuerySelect, Set, Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QuerySelect, Set, Statement,
+    TransactionTrait,
 };
 use serde_json::json;
 
@@ -96,10 +95,15 @@ fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
     chrono::Duration::seconds(jittered.max(floor))
 }
 
+/// How often an on-demand caller looks again while a background batch refreshes the grant it needs.
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
 /// A valid access token for the grant: the stored one while it has more than the margin left, else a
 /// refresh. One refresh per grant at a time across all processes: the row lock makes concurrent callers
 /// wait, then they re-read and reuse the new token instead of refreshing again (a provider that rotates
-/// refresh tokens would otherwise invalidate the grant).
+/// refresh tokens would otherwise invalidate the grant). A grant a background batch is refreshing
+/// (`refreshing_until`) is left to it: its current token serves while it works, else the caller waits for the
+/// batch's answer, holding no connection meanwhile.
 pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: GrantId) -> Result<String, TokenAccessError> {
     let now = Utc::now();
     let model = find(ctx, tenant_id, grant_id).await?;
@@ -109,23 +113,40 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
     if let Some(dead) = dead_grant_error(&model) {
         return Err(dead);
     }
+    loop {
+        let txn = ctx.db.begin().await?;
+        let locked = grant::Entity::in_tenant(tenant_id)
+            .filter(grant::Column::Id.eq(grant_id))
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or(AppError::not_found("grant"))?;
+        // Another process may have refreshed (or buried) the grant while we waited for the lock.
+        if let Some(token) = fresh_access_token(ctx, &locked, Utc::now())? {
+            txn.commit().await?;
+            return Ok(token);
+        }
+        if let Some(dead) = dead_grant_error(&locked) {
+            txn.commit().await?;
+            return Err(dead);
+        }
+        match locked.refreshing_until.filter(|until| *until > Utc::now()) {
+            Some(until) => {
+                txn.commit().await?;
+                if let Some(token) = still_valid_access_token(ctx, &locked)? {
+                    return Ok(token);
+                }
+                let left = until.signed_duration_since(Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(left.min(LEASE_POLL)).await;
+            }
+            None => return refresh_locked(ctx, txn, locked).await,
+        }
+    }
+}
 
-    let txn = ctx.db.begin().await?;
-    let locked = grant::Entity::in_tenant(tenant_id)
-        .filter(grant::Column::Id.eq(grant_id))
-        .lock_exclusive()
-        .one(&txn)
-        .await?
-        .ok_or(AppError::not_found("grant"))?;
-    // Another process may have refreshed (or buried) the grant while we waited for the lock.
-    if let Some(token) = fresh_access_token(ctx, &locked, Utc::now())? {
-        txn.commit().await?;
-        return Ok(token);
-    }
-    if let Some(dead) = dead_grant_error(&locked) {
-        txn.commit().await?;
-        return Err(dead);
-    }
+/// Refreshes a grant whose row lock `txn` holds, and commits.
+async fn refresh_locked(ctx: &AppContext, txn: DatabaseTransaction, locked: grant::Model) -> Result<String, TokenAccessError> {
+    let tenant_id = locked.tenant_id;
     // Inside the transaction: a refresh holds one connection, never two (the pool is shared by concurrent refreshes).
     let config = token_configs::find_in(&txn, tenant_id, locked.token_config_id).await?;
     // Backing off after a provider outage: while the stored token still works, use it rather than hammer the
@@ -136,85 +157,120 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
             return Ok(token);
         }
     }
-    let result = if config.flow == OAuthFlow::App {
-        request_tokens(ctx, &txn, &config, TokenRequest::ClientCredentials).await?
-    } else {
-        match &locked.refresh_token {
-            Some(stored) => {
-                let refresh =
-                    secrets::GRANT_REFRESH_TOKEN.open(&ctx.cipher, tenant_id, grant_id, stored).map_err(AppError::from)?;
-                request_tokens(ctx, &txn, &config, TokenRequest::Refresh(&refresh)).await?
-            }
-            None => Err(TokenError::Rejected {
-                error: "invalid_grant".to_owned(),
-                description: Some("no refresh token stored".to_owned()),
-            }),
-        }
-    };
-    // `token_refreshes_total` counts here, where the provider was asked: background and on-demand refreshes alike.
-    match result {
+    match ask_provider(ctx, &txn, &config, &locked).await? {
         Ok(tokens) => {
             let access = tokens.access_token.clone();
-            if let Err(first) = persist_refreshed(ctx, txn, locked, &config, &tokens).await {
-                persist_refreshed_again(ctx, tenant_id, grant_id, &config, &tokens, first).await?;
+            if let Err(first) = persist_refreshed(ctx, txn, &[Refreshed::unleased(&locked, &tokens)], &[&config]).await {
+                persist_refreshed_again(ctx, Refreshed::unleased(&locked, &tokens), &config, first).await?;
             }
             ctx.metrics.token_refresh("refreshed");
             Ok(access)
         }
-        Err(e) if e.needs_reauth() => {
-            let message = e.to_string();
-            let kind = if locked.refresh_token.is_none() && config.flow != OAuthFlow::App {
-                FailureKind::RefreshTokenMissing
-            } else {
-                e.failure_kind()
-            };
-            bury_grant(&txn, &locked, &message, &kind).await?;
+        Err(refused) => {
+            let failure = record_refusal(ctx, &txn, &locked, &config, &refused).await?;
             txn.commit().await?;
-            ctx.metrics.token_refresh("reauth_required");
-            Err(TokenAccessError::ReauthRequired { message, kind })
-        }
-        Err(e) if e.needs_admin() => {
-            let message = e.to_string();
-            let kind = e.failure_kind();
-            mark_config(&txn, &config, true, Some(&message)).await?;
-            record_failure(&txn, &locked, &message, &kind, None).await?;
-            txn.commit().await?;
-            ctx.metrics.token_refresh("needs_admin");
-            Err(TokenAccessError::NeedsAdmin { message, kind })
-        }
-        Err(e) => {
-            let message = e.to_string();
-            let retry_after = match &e {
-                TokenError::Unavailable { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            record_failure(&txn, &locked, &message, &e.failure_kind(), retry_after).await?;
-            txn.commit().await?;
-            ctx.metrics.token_refresh("failed");
-            // An early refresh that failed leaves the current token usable until it really expires.
-            match still_valid_access_token(ctx, &locked)? {
-                Some(token) => Ok(token),
-                None => Err(TokenAccessError::Unavailable { reason: message, retry_after }),
+            match failure {
+                // An early refresh that failed leaves the current token usable until it really expires.
+                TokenAccessError::Unavailable { .. } => match still_valid_access_token(ctx, &locked)? {
+                    Some(token) => Ok(token),
+                    None => Err(failure),
+                },
+                other => Err(other),
             }
         }
     }
 }
 
-/// Stores refreshed tokens (and clears a configuration's `needs_admin`, since its credentials just worked), then
-/// commits.
-async fn persist_refreshed(
+/// Asks the provider for new tokens for a grant whose row lock `txn` holds: client credentials for an app grant,
+/// else its refresh token. The outer error is Postbridge's own (a secret that does not decrypt, a write).
+pub(super) async fn ask_provider<C: ConnectionTrait>(
+    ctx: &AppContext,
+    txn: &C,
+    config: &token_config::Model,
+    locked: &grant::Model,
+) -> AppResult<Result<TokenSet, TokenError>> {
+    if config.flow == OAuthFlow::App {
+        return request_tokens(ctx, txn, config, TokenRequest::ClientCredentials).await;
+    }
+    match &locked.refresh_token {
+        Some(stored) => {
+            let refresh = secrets::GRANT_REFRESH_TOKEN.open(&ctx.cipher, locked.tenant_id, locked.id, stored)?;
+            request_tokens(ctx, txn, config, TokenRequest::Refresh(&refresh)).await
+        }
+        None => Ok(Err(TokenError::Rejected {
+            error: "invalid_grant".to_owned(),
+            description: Some("no refresh token stored".to_owned()),
+        })),
+    }
+}
+
+/// Records in `txn` what a refused or failed refresh of `locked` means: re-consent (`invalid_grant`), the
+/// configuration's admin (a refused client), or a backoff (the provider unavailable). Returns the error to report.
+/// `token_refreshes_total` counts here and on success, where the provider was asked: background and on-demand
+/// refreshes alike.
+pub(super) async fn record_refusal(
+    ctx: &AppContext,
+    txn: &DatabaseTransaction,
+    locked: &grant::Model,
+    config: &token_config::Model,
+    refused: &TokenError,
+) -> AppResult<TokenAccessError> {
+    let message = refused.to_string();
+    if refused.needs_reauth() {
+        let kind = if locked.refresh_token.is_none() && config.flow != OAuthFlow::App {
+            FailureKind::RefreshTokenMissing
+        } else {
+            refused.failure_kind()
+        };
+        bury_grant(txn, locked, &message, &kind).await?;
+        ctx.metrics.token_refresh("reauth_required");
+        return Ok(TokenAccessError::ReauthRequired { message, kind });
+    }
+    if refused.needs_admin() {
+        let kind = refused.failure_kind();
+        mark_config(txn, config, true, Some(&message)).await?;
+        record_failure(txn, locked, &message, &kind, None).await?;
+        ctx.metrics.token_refresh("needs_admin");
+        return Ok(TokenAccessError::NeedsAdmin { message, kind });
+    }
+    let retry_after = match refused {
+        TokenError::Unavailable { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    record_failure(txn, locked, &message, &refused.failure_kind(), retry_after).await?;
+    ctx.metrics.token_refresh("failed");
+    Ok(TokenAccessError::Unavailable { reason: message, retry_after })
+}
+
+/// Stores refreshed tokens (and clears `needs_admin` on the configurations among `configs` that had it, since
+/// their credentials just worked), then commits.
+pub(super) async fn persist_refreshed(
     ctx: &AppContext,
     txn: DatabaseTransaction,
-    model: grant::Model,
-    config: &token_config::Model,
-    tokens: &TokenSet,
-) -> AppResult<()> {
-    save_refreshed(ctx, &txn, model, tokens).await?;
-    if config.needs_admin {
+    refreshed: &[Refreshed<'_>],
+    configs: &[&token_config::Model],
+) -> AppResult<u64> {
+    let stored = save_refreshed(ctx, &txn, refreshed).await?;
+    for config in configs.iter().filter(|config| config.needs_admin) {
         mark_config(&txn, config, false, None).await?;
     }
     txn.commit().await?;
-    Ok(())
+    Ok(stored)
+}
+
+/// New tokens for a grant, and the lease under which a background batch asked for them (`None` for a caller
+/// holding the row lock).
+#[derive(Clone, Copy)]
+pub(super) struct Refreshed<'a> {
+    pub model: &'a grant::Model,
+    pub tokens: &'a TokenSet,
+    pub lease: Option<DateTime<Utc>>,
+}
+
+impl<'a> Refreshed<'a> {
+    pub fn unleased(model: &'a grant::Model, tokens: &'a TokenSet) -> Self {
+        Refreshed { model, tokens, lease: None }
+    }
 }
 
 /// Retries after storing refreshed tokens failed (a failed COMMIT included). The provider may have rotated the
@@ -222,14 +278,13 @@ async fn persist_refreshed(
 /// lose the grant.
 const PERSIST_RETRIES: u32 = 4;
 
-async fn persist_refreshed_again(
+pub(super) async fn persist_refreshed_again(
     ctx: &AppContext,
-    tenant_id: TenantId,
-    grant_id: GrantId,
+    refreshed: Refreshed<'_>,
     config: &token_config::Model,
-    tokens: &TokenSet,
     first: AppError,
 ) -> AppResult<()> {
+    let (tenant_id, grant_id) = (refreshed.model.tenant_id, refreshed.model.id);
     let mut last = first;
     for attempt in 1..=PERSIST_RETRIES {
         tracing::warn!(%grant_id, attempt, error = %last, "storing refreshed tokens failed; retrying");
@@ -242,7 +297,7 @@ async fn persist_refreshed_again(
                 .one(&txn)
                 .await?
                 .ok_or(AppError::not_found("grant"))?;
-            persist_refreshed(ctx, txn, model, config, tokens).await
+            persist_refreshed(ctx, txn, &[Refreshed { model: &model, ..refreshed }], &[config]).await.map(|_| ())
         }
         .await;
         match retried {
@@ -256,20 +311,49 @@ async fn persist_refreshed_again(
     Err(last)
 }
 
-/// Stores new tokens; a rotated refresh token goes in the same transaction, a missing one keeps the old.
-async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, model: grant::Model, tokens: &TokenSet) -> AppResult<()> {
-    let (tenant_id, id) = (model.tenant_id, model.id);
-    let now = Utc::now();
-    let mut active = model.into_active_model();
-    active.access_token = Set(Some(secrets::GRANT_ACCESS_TOKEN.seal(&ctx.cipher, tenant_id, id, &tokens.access_token)?));
-    if let Some(rotated) = &tokens.refresh_token {
-        active.refresh_token = Set(Some(secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, rotated)?));
+/// Stores new tokens for every grant in `refreshed` in one statement: each valid again, without error, backoff or
+/// lease (as `mark_fresh` says). A rotated refresh token goes in the same transaction, a missing one keeps the
+/// old. A batch's answer is stored only while its lease holds (a new consent meanwhile replaced the tokens).
+/// Returns how many grants were stored.
+async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, refreshed: &[Refreshed<'_>]) -> AppResult<u64> {
+    if refreshed.is_empty() {
+        return Ok(0);
     }
-    active.expires_at = Set(tokens.expires_at);
-    active.refresh_at = Set(refresh_at_for(tokens.expires_at, now));
-    mark_fresh(&mut active, now);
-    active.update(txn).await?;
-    Ok(())
+    let now = Utc::now();
+    let mut rows = Vec::with_capacity(refreshed.len());
+    for Refreshed { model, tokens, lease } in refreshed {
+        let (tenant_id, id) = (model.tenant_id, model.id);
+        let rotated = match &tokens.refresh_token {
+            Some(rotated) => Some(secrets::GRANT_REFRESH_TOKEN.seal(&ctx.cipher, tenant_id, id, rotated)?),
+            None => None,
+        };
+        rows.push(json!({
+            "id": id,
+            "access_token": secrets::GRANT_ACCESS_TOKEN.seal(&ctx.cipher, tenant_id, id, &tokens.access_token)?,
+            "refresh_token": rotated,
+            "expires_at": tokens.expires_at,
+            "refresh_at": refresh_at_for(tokens.expires_at, now),
+            "lease": lease,
+        }));
+    }
+    let stored = txn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "UPDATE grants AS g SET access_token = t.access_token, \
+                        refresh_token = COALESCE(t.refresh_token, g.refresh_token), \
+                        expires_at = t.expires_at, refresh_at = t.refresh_at, status = '{valid}', last_error = NULL, \
+                        last_error_kind = NULL, refresh_failures = 0, next_refresh_at = NULL, refreshing_until = NULL, \
+                        last_refreshed_at = $2, updated_at = $2 \
+                 FROM jsonb_to_recordset($1) AS t(id uuid, access_token text, refresh_token text, \
+                                                  expires_at timestamptz, refresh_at timestamptz, lease timestamptz) \
+                 WHERE g.id = t.id AND (t.lease IS NULL OR g.refreshing_until = t.lease)",
+                valid = GrantStatus::Valid.as_str()
+            ),
+            [serde_json::Value::Array(rows).into(), now.into()],
+        ))
+        .await?;
+    Ok(stored.rows_affected())
 }
 
 /// A grant that just got tokens: valid, no error, no backoff.
@@ -279,12 +363,14 @@ pub(super) fn mark_fresh(active: &mut grant::ActiveModel, now: DateTime<Utc>) {
     active.last_error_kind = Set(None);
     active.refresh_failures = Set(0);
     active.next_refresh_at = Set(None);
+    // A background batch refreshing the grant meanwhile finds its lease gone and drops its answer.
+    active.refreshing_until = Set(None);
     active.last_refreshed_at = Set(Some(now));
     active.updated_at = Set(now);
 }
 
 /// A failed refresh that is not the grant's fault: tokens and status stay, the next attempt waits.
-async fn record_failure(
+pub(super) async fn record_failure(
     txn: &DatabaseTransaction,
     model: &grant::Model,
     message: &str,
@@ -346,128 +432,4 @@ pub async fn expire_access_token(ctx: &AppContext, tenant_id: TenantId, grant_id
         .exec(&ctx.db)
         .await?;
     Ok(())
-}
-
-/// Outcome of one background refresh pass.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct RefreshPass {
-    pub refreshed: u64,
-    pub reauth_required: u64,
-    pub failed: u64,
-}
-
-/// Refreshes user-flow grants whose access token is due (`refresh_at`) and whose backoff has passed.
-pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass> {
-    let rows = ctx
-        .db
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!("SELECT id, tenant_id FROM grants WHERE {} ORDER BY refresh_at LIMIT $1", crate::jobs::due::refresh()),
-            [(limit as i64).into()],
-        ))
-        .await?;
-    let due = rows
-        .iter()
-        .map(|row| Ok((row.try_get::<GrantId>("", "id")?, row.try_get::<TenantId>("", "tenant_id")?)))
-        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
-    // Each refresh waits on the provider; run several at once (each holds its own row lock).
-    let outcomes: Vec<(GrantId, Result<String, TokenAccessError>)> = futures::stream::iter(due)
-        .map(|(id, tenant_id)| async move { (id, access_token(ctx, tenant_id, id).await) })
-        .buffer_unordered(ctx.settings.refresh_concurrency)
-        .collect()
-        .await;
-    let mut pass = RefreshPass::default();
-    for (id, outcome) in outcomes {
-        match outcome {
-            Ok(_) => pass.refreshed += 1,
-            Err(TokenAccessError::ReauthRequired { .. }) => pass.reauth_required += 1,
-            Err(TokenAccessError::App(e)) => {
-                record_internal_failure(ctx, id, &e).await;
-                pass.failed += 1;
-            }
-            Err(e) => {
-                tracing::warn!(grant_id = %id, error = %e, "grant refresh failed; will retry");
-                pass.failed += 1;
-            }
-        }
-    }
-    Ok(pass)
-}
-
-/// What a grant's `last_error` says when refreshing it failed inside Postbridge (the details go to the logs only).
-pub const INTERNAL_REFRESH_ERROR: &str =
-    "Postbridge could not use this grant's stored tokens (they do not decrypt with the configured master keys, or the \
-     database failed); it is retried with backoff, and the worker's logs say more";
-
-/// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant
-/// keeps its tokens and status, backs off like after a provider outage, and the pass goes on with the others.
-async fn record_internal_failure(ctx: &AppContext, grant_id: GrantId, err: &AppError) {
-    tracing::error!(%grant_id, error = %err, "grant refresh failed inside Postbridge; skipped and retried with backoff");
-    ctx.metrics.token_refresh("failed");
-    let recorded = async {
-        let txn = ctx.db.begin().await?;
-        let Some(model) = grant::Entity::find_by_id(grant_id).lock_exclusive().one(&txn).await? else { return Ok(()) };
-        record_failure(&txn, &model, INTERNAL_REFRESH_ERROR, &FailureKind::Internal, None).await?;
-        txn.commit().await?;
-        Ok::<_, AppError>(())
-    }
-    .await;
-    if let Err(e) = recorded {
-        tracing::error!(%grant_id, error = %e, "could not record the failed refresh");
-    }
-}
-
-/// What one background refresh did (the worker's refresh job).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// Gone, not valid any more, or refreshed meanwhile by someone else.
-    Skipped,
-    Refreshed,
-    ReauthRequired,
-    /// The provider or its client settings failed; the grant backs off and keeps its tokens.
-    Failed,
-}
-
-impl RefreshOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefreshOutcome::Skipped => "skipped",
-            RefreshOutcome::Refreshed => "refreshed",
-            RefreshOutcome::ReauthRequired => "reauth_required",
-            RefreshOutcome::Failed => "failed",
-        }
-    }
-}
-
-/// Refreshes one grant the scheduler found due, then clears its dispatch mark.
-pub async fn refresh_one(ctx: &AppContext, grant_id: GrantId) -> AppResult<RefreshOutcome> {
-    let outcome = refresh_if_due(ctx, grant_id).await;
-    ctx.db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE grants SET dispatched_until = NULL WHERE id = $1",
-            [grant_id.into()],
-        ))
-        .await?;
-    outcome
-}
-
-async fn refresh_if_due(ctx: &AppContext, grant_id: GrantId) -> AppResult<RefreshOutcome> {
-    let Some(model) = grant::Entity::find_by_id(grant_id).one(&ctx.db).await? else { return Ok(RefreshOutcome::Skipped) };
-    let due = model.status == GrantStatus::Valid && refresh_due_at(&model, Utc::now());
-    if !due {
-        return Ok(RefreshOutcome::Skipped);
-    }
-    match access_token(ctx, model.tenant_id, grant_id).await {
-        Ok(_) => Ok(RefreshOutcome::Refreshed),
-        Err(TokenAccessError::ReauthRequired { .. }) => Ok(RefreshOutcome::ReauthRequired),
-        Err(TokenAccessError::App(e)) => {
-            record_internal_failure(ctx, grant_id, &e).await;
-            Ok(RefreshOutcome::Failed)
-        }
-        Err(e) => {
-            tracing::warn!(%grant_id, error = %e, "grant refresh failed; will retry");
-            Ok(RefreshOutcome::Failed)
-        }
-    }
 }

@@ -37,6 +37,9 @@ pub struct Model {
     pub last_error_kind: Option<crate::failure::FailureKind>,
     pub refresh_failures: i32,
     pub next_refresh_at: Option<DateTimeUtc>,
+    /// Set while a background batch refreshes the grant (`grants::refresh_grants`): until then an on-demand caller
+    /// uses the current token, or waits for the batch's answer.
+    pub refreshing_until: Option<DateTimeUtc>,
     pub last_refreshed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -1,0 +1,306 @@
+//! Refreshing in the background, many grants at a time. The scheduler hands the due grants of one token
+//! configuration over in batches. A batch leases its grants in one statement (`refreshing_until`; an on-demand
+//! caller of `access_token` then uses the current token while it works, or waits for the batch's answer, so a
+//! grant is still refreshed once at a time), asks the provider for all of them at once (at most
+//! `POSTBRIDGE_REFRESH_CONCURRENCY` requests in flight per process), and stores the answers as they arrive, a
+//! handful per statement and commit. No transaction stays open while the provider answers, so a storm costs a few
+//! round trips per handful of grants, and a rotated refresh token is in Postgres milliseconds after it arrived.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
+    Statement, TransactionTrait,
+};
+
+use super::tokens::{ask_provider, persist_refreshed, persist_refreshed_again, record_failure, record_refusal, Refreshed};
+use crate::context::AppContext;
+use crate::error::{AppError, AppResult};
+use crate::failure::FailureKind;
+use crate::protocols::oauth::{TokenError, TokenSet};
+use crate::store::entities::{grant, token_config};
+use crate::store::ids::{GrantId, TokenConfigId};
+
+use super::TokenAccessError;
+
+/// Grants refreshed in one batch (one transaction holding their row locks, one job).
+pub const REFRESH_BATCH: usize = 50;
+
+/// What a batch (or a pass of batches) of background refreshes did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RefreshPass {
+    pub refreshed: u64,
+    pub reauth_required: u64,
+    pub failed: u64,
+}
+
+impl RefreshPass {
+    fn add(&mut self, other: RefreshPass) {
+        self.refreshed += other.refreshed;
+        self.reauth_required += other.reauth_required;
+        self.failed += other.failed;
+    }
+}
+
+/// Splits due grants, given with their configuration, into batches of one configuration each: one provider per
+/// batch, so a slow provider holds up only its own grants.
+pub fn batches_of(due: Vec<(GrantId, TokenConfigId)>) -> Vec<Vec<GrantId>> {
+    let mut by_config: HashMap<TokenConfigId, Vec<GrantId>> = HashMap::new();
+    for (grant_id, config_id) in due {
+        by_config.entry(config_id).or_default().push(grant_id);
+    }
+    by_config.into_values().flat_map(|ids| ids.chunks(REFRESH_BATCH).map(<[GrantId]>::to_vec).collect::<Vec<_>>()).collect()
+}
+
+/// Refreshes user-flow grants whose access token is due (`refresh_at`) and whose backoff has passed, up to
+/// `limit`, a few batches at once (the worker's scheduler claims and queues the same batches instead).
+pub async fn refresh_due(ctx: &AppContext, limit: u64) -> AppResult<RefreshPass> {
+    let rows = ctx
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!("SELECT id, token_config_id FROM grants WHERE {} ORDER BY refresh_at LIMIT $1", crate::jobs::due::refresh()),
+            [(limit as i64).into()],
+        ))
+        .await?;
+    let due = rows
+        .iter()
+        .map(|row| Ok((row.try_get::<GrantId>("", "id")?, row.try_get::<TokenConfigId>("", "token_config_id")?)))
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    let passes: Vec<AppResult<RefreshPass>> = futures::stream::iter(batches_of(due))
+        .map(|batch| async move { refresh_grants(ctx, &batch).await })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut total = RefreshPass::default();
+    for pass in passes {
+        total.add(pass?);
+    }
+    Ok(total)
+}
+
+/// What a grant's `last_error` says when refreshing it failed inside Postbridge (the details go to the logs only).
+pub const INTERNAL_REFRESH_ERROR: &str =
+    "Postbridge could not use this grant's stored tokens (they do not decrypt with the configured master keys, or the \
+     database failed); it is retried with backoff, and the worker's logs say more";
+
+/// Refreshes the grants of one batch (the worker's refresh job) that are still due, and clears their dispatch
+/// marks. Grants gone, refreshed meanwhile or held by a refresh in flight elsewhere are skipped. If the batch
+/// fails inside Postbridge, each grant backs off as after a provider outage.
+pub async fn refresh_grants(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<RefreshPass> {
+    let outcome = refresh_batch(ctx, grant_ids).await;
+    if let Err(e) = &outcome {
+        for &grant_id in grant_ids {
+            record_internal_failure(ctx, grant_id, e).await;
+        }
+    }
+    outcome
+}
+
+/// How long a batch's lease lasts: longer than its asking window plus one token request (30 s, twice with a
+/// next client secret), so a lease never ends while its batch may still store an answer.
+const LEASE_SECONDS: f64 = 120.0;
+
+/// A batch asks no more after this long (requests wait for the process's refresh slots): the grants left are
+/// released and dispatched again by the next pass.
+const ASK_WINDOW: Duration = Duration::from_secs(50);
+
+/// Answers stored per statement and commit, at most: whatever has arrived when the last write finished.
+const STORE_CHUNK: usize = 25;
+
+/// One leased grant's answer: new tokens, the provider's refusal, Postbridge's own failure, or not asked.
+type Answer = Option<AppResult<Result<TokenSet, TokenError>>>;
+
+async fn refresh_batch(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<RefreshPass> {
+    let leased = lease(ctx, grant_ids).await?;
+    if leased.is_empty() {
+        return Ok(RefreshPass::default());
+    }
+    let configs = configs_of(ctx, &leased).await?;
+    let window_ends = Instant::now() + ASK_WINDOW;
+    let configs = &configs;
+    let asks: Vec<futures::future::BoxFuture<'_, (&grant::Model, Answer)>> = leased
+        .iter()
+        .map(|model| {
+            Box::pin(async move {
+                // Closed only at shutdown; the request then goes without a slot.
+                let _slot = ctx.refresh_slots.acquire().await.ok();
+                let answer: Answer = if Instant::now() >= window_ends {
+                    None
+                } else {
+                    Some(match configs.get(&model.token_config_id) {
+                        Some(config) => ask_provider(ctx, &ctx.db, config, model).await,
+                        None => Err(AppError::Internal(anyhow::anyhow!("the grant's token configuration is missing"))),
+                    })
+                };
+                (model, answer)
+            }) as futures::future::BoxFuture<'_, _>
+        })
+        .collect();
+    let mut answers = asks.into_iter().collect::<futures::stream::FuturesUnordered<_>>().ready_chunks(STORE_CHUNK);
+    let mut pass = RefreshPass::default();
+    // Configurations already flagged `needs_admin` by this batch (one event each) or cleared by it.
+    let mut flagged = HashSet::new();
+    let mut cleared = HashSet::new();
+    while let Some(chunk) = answers.next().await {
+        pass.add(store_answers(ctx, configs, chunk, &mut flagged, &mut cleared).await);
+    }
+    Ok(pass)
+}
+
+/// Leases the grants of `grant_ids` still due that nobody is refreshing, and takes the dispatch marks off the
+/// batch's grants: it has them now (those refreshed meanwhile too, so they are dispatched at once when next due;
+/// rows locked by an on-demand refresh right now are skipped, and their marks wait out the grace).
+async fn lease(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<Vec<grant::Model>> {
+    let sql = format!(
+        "WITH batch AS ( \
+           SELECT id, ({due}) AS due FROM grants \
+           WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid) FOR UPDATE SKIP LOCKED) \
+         UPDATE grants AS g SET dispatched_until = NULL, \
+                refreshing_until = CASE WHEN batch.due THEN now() + make_interval(secs => $2) ELSE g.refreshing_until END \
+         FROM batch WHERE g.id = batch.id \
+         RETURNING g.*, batch.due AS leased",
+        due = crate::jobs::due::refresh()
+    );
+    let values = [serde_json::json!(grant_ids).into(), LEASE_SECONDS.into()];
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    let mut leased = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.try_get::<bool>("", "leased")? {
+            leased.push(grant::Model::from_query_result(&row, "")?);
+        }
+    }
+    Ok(leased)
+}
+
+/// Stores a handful of answers in one transaction: new tokens (under their lease), refusals (re-consent, the
+/// admin, a backoff), Postbridge's own failures (a backoff), and the leases of grants not asked released. If
+/// that fails, new tokens are stored again one by one and the rest back off: an answer is never dropped.
+async fn store_answers(
+    ctx: &AppContext,
+    configs: &HashMap<TokenConfigId, token_config::Model>,
+    chunk: Vec<(&grant::Model, Answer)>,
+    flagged: &mut HashSet<TokenConfigId>,
+    cleared: &mut HashSet<TokenConfigId>,
+) -> RefreshPass {
+    let refreshed: Vec<Refreshed<'_>> = chunk
+        .iter()
+        .filter_map(|(model, answer)| {
+            let tokens = answer.as_ref()?.as_ref().ok()?.as_ref().ok()?;
+            Some(Refreshed { model, tokens, lease: model.refreshing_until })
+        })
+        .collect();
+    let stored = async {
+        let txn = ctx.db.begin().await?;
+        let mut pass = RefreshPass::default();
+        for (model, answer) in &chunk {
+            let Some(config) = configs.get(&model.token_config_id) else { continue };
+            match answer {
+                None | Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(refused))) => {
+                    let mut seen = config.clone();
+                    seen.needs_admin |= flagged.contains(&config.id);
+                    match record_refusal(ctx, &txn, model, &seen, refused).await? {
+                        TokenAccessError::ReauthRequired { .. } => pass.reauth_required += 1,
+                        TokenAccessError::NeedsAdmin { .. } => {
+                            flagged.insert(config.id);
+                            pass.failed += 1;
+                        }
+                        _ => pass.failed += 1,
+                    }
+                }
+                Some(Err(internal)) => {
+                    tracing::error!(grant_id = %model.id, error = %internal, "grant refresh failed inside Postbridge; it backs off");
+                    record_failure(&txn, model, INTERNAL_REFRESH_ERROR, &FailureKind::Internal, None).await?;
+                    ctx.metrics.token_refresh("failed");
+                    pass.failed += 1;
+                }
+            }
+        }
+        // New tokens end their lease as they are stored (only while it holds); the others' end here.
+        let leases: Vec<GrantId> = chunk
+            .iter()
+            .map(|(model, _)| model.id)
+            .filter(|id| !refreshed.iter().any(|one| one.model.id == *id))
+            .collect();
+        release(&txn, &leases).await?;
+        // A configuration whose credentials just worked is not waiting for its admin any more (said once).
+        let worked: Vec<&token_config::Model> = configs
+            .values()
+            .filter(|config| !cleared.contains(&config.id) && refreshed.iter().any(|r| r.model.token_config_id == config.id))
+            .collect();
+        pass.refreshed = persist_refreshed(ctx, txn, &refreshed, &worked).await?;
+        cleared.extend(worked.iter().map(|config| config.id));
+        Ok::<_, AppError>(pass)
+    }
+    .await;
+    let pass = match stored {
+        Ok(pass) => pass,
+        Err(first) => {
+            tracing::warn!(error = %first, answers = chunk.len(), "storing refresh answers failed; storing each again");
+            let mut pass = RefreshPass::default();
+            for one in &refreshed {
+                let Some(config) = configs.get(&one.model.token_config_id) else { continue };
+                let again = AppError::Internal(anyhow::anyhow!("the batch's write failed: {first}"));
+                match persist_refreshed_again(ctx, *one, config, again).await {
+                    Ok(()) => pass.refreshed += 1,
+                    Err(e) => record_internal_failure(ctx, one.model.id, &e).await,
+                }
+            }
+            // What the write recorded was rolled back with it: each of the others backs off on its own.
+            for (model, answer) in &chunk {
+                if answer.is_some() && !refreshed.iter().any(|one| one.model.id == model.id) {
+                    record_internal_failure(ctx, model.id, &first).await;
+                    pass.failed += 1;
+                }
+            }
+            pass
+        }
+    };
+    for _ in 0..pass.refreshed {
+        ctx.metrics.token_refresh("refreshed");
+    }
+    pass
+}
+
+/// Ends the batch's leases on `grant_ids` (grants with new tokens are left out: storing those ends theirs, if it holds).
+async fn release(txn: &DatabaseTransaction, grant_ids: &[GrantId]) -> AppResult<()> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE grants SET refreshing_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
+        [serde_json::json!(grant_ids).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The configurations of the grants, each checked to belong to its grant's tenant.
+async fn configs_of(ctx: &AppContext, grants: &[grant::Model]) -> AppResult<HashMap<TokenConfigId, token_config::Model>> {
+    let ids: HashSet<TokenConfigId> = grants.iter().map(|model| model.token_config_id).collect();
+    let found = token_config::Entity::find().filter(token_config::Column::Id.is_in(ids)).all(&ctx.db).await?;
+    Ok(found
+        .into_iter()
+        .filter(|config| grants.iter().any(|model| model.token_config_id == config.id && model.tenant_id == config.tenant_id))
+        .map(|config| (config.id, config))
+        .collect())
+}
+
+/// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant
+/// keeps its tokens and status, backs off like after a provider outage, and the others go on.
+async fn record_internal_failure(ctx: &AppContext, grant_id: GrantId, err: &AppError) {
+    tracing::error!(%grant_id, error = %err, "grant refresh failed inside Postbridge; skipped and retried with backoff");
+    ctx.metrics.token_refresh("failed");
+    let recorded = async {
+        let txn = ctx.db.begin().await?;
+        let Some(model) = grant::Entity::find_by_id(grant_id).lock_exclusive().one(&txn).await? else { return Ok(()) };
+        record_failure(&txn, &model, INTERNAL_REFRESH_ERROR, &FailureKind::Internal, None).await?;
+        txn.commit().await?;
+        Ok::<_, AppError>(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::error!(%grant_id, error = %e, "could not record the failed refresh");
+    }
+}

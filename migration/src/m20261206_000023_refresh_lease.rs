@@ -1,0 +1,27 @@
+//! Background refreshes run in batches without holding a transaction open while the provider answers: a batch
+//! leases its grants instead, and an on-demand caller that finds a grant leased uses its current token while it
+//! still works, or waits for the batch's answer, so a grant is still refreshed once at a time.
+
+use sea_orm_migration::prelude::*;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+const UP: &str = r#"
+ALTER TABLE grants ADD COLUMN refreshing_until timestamptz;
+"#;
+
+const DOWN: &str = r#"
+ALTER TABLE grants DROP COLUMN refreshing_until;
+"#;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
+    }
+}

@@ -1,0 +1,259 @@
+//! A refresh storm through real worker processes: many grants of one configuration fall due at once, against a
+//! provider that rotates refresh tokens and takes a while to answer. Each grant is refreshed exactly once, in
+//! batches (not a job per grant), while on-demand callers share the batches' answers; a worker stopped in the middle
+//! finishes what it leased; and every stored refresh token is the one the provider considers current.
+
+use std::time::Duration;
+
+use postbridge_core::connect::grants;
+use postbridge_core::secrets::crypto::SecretLocation;
+use postbridge_core::secrets::GRANT_REFRESH_TOKEN;
+use postbridge_tests::oauth::OAuthSetup;
+use postbridge_tests::processes::{PrivateRedis, WorkerProcess};
+use postbridge_tests::{spawn_app_with, wait_until, TestApp, TestEnv};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use serde_json::json;
+use uuid::Uuid;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_postbridge-test-worker");
+const GRANTS: usize = 120;
+
+/// Inserts `count` grants of the setup's configuration with tokens minted at the provider, good for an hour.
+async fn seed_grants(app: &TestApp, setup: &OAuthSetup, count: usize) -> Vec<Uuid> {
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    let config = Uuid::parse_str(&setup.config_id).expect("config id");
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let email = format!("storm{i}@example.com");
+        let minted = setup.provider.mint_tokens(&setup.client_id, &email, "openid email offline_access mail").expect("minted");
+        let id = Uuid::now_v7();
+        let seal = |column: &'static str, value: &str| {
+            app.ctx
+                .cipher
+                .encrypt(SecretLocation { tenant_id: tenant.into(), table: "grants", column, row_id: id }, value)
+                .expect("sealed")
+        };
+        app.ctx
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO grants (id, tenant_id, token_config_id, subject, access_token, refresh_token, expires_at, \
+                                     refresh_at, scopes, status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now() + interval '1 hour', now() + interval '55 minutes', $7, 'valid')",
+                [
+                    id.into(),
+                    tenant.into(),
+                    config.into(),
+                    email.into(),
+                    seal("access_token", &minted.access_token).into(),
+                    seal("refresh_token", &minted.refresh_token).into(),
+                    json!(["mail"]).into(),
+                ],
+            ))
+            .await
+            .expect("grant inserted");
+        ids.push(id);
+    }
+    ids
+}
+
+/// Every grant of the configuration falls due now: tokens with a minute left, `expired` of them already expired.
+async fn fall_due(app: &TestApp, setup: &OAuthSetup, expired: &[Uuid]) {
+    let config = &setup.config_id;
+    app.sql_exec(&format!(
+        "UPDATE grants SET expires_at = now() + interval '60 seconds', refresh_at = now() WHERE token_config_id = '{config}'"
+    ))
+    .await;
+    for id in expired {
+        app.sql_exec(&format!("UPDATE grants SET expires_at = now() - interval '1 second' WHERE id = '{id}'")).await;
+    }
+}
+
+async fn refreshed_count(app: &TestApp, setup: &OAuthSetup) -> i64 {
+    app.sql_i64(&format!(
+        "SELECT count(*) FROM grants WHERE token_config_id = '{}' AND expires_at > now() + interval '10 minutes' \
+         AND status = 'valid' AND refreshing_until IS NULL",
+        setup.config_id
+    ))
+    .await
+}
+
+/// Each grant's stored refresh token is the provider's current one (a rotated token lost would show here).
+async fn assert_every_refresh_token_current(app: &TestApp, setup: &OAuthSetup, ids: &[Uuid]) {
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    for id in ids {
+        let row = app
+            .ctx
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT refresh_token FROM grants WHERE id = $1",
+                [(*id).into()],
+            ))
+            .await
+            .expect("query")
+            .expect("the grant");
+        let sealed: String = row.try_get("", "refresh_token").expect("a refresh token");
+        let plain = GRANT_REFRESH_TOKEN.open(&app.ctx.cipher, tenant.into(), *id, &sealed).expect("decrypts");
+        assert!(setup.provider.refresh_token_active(&plain), "grant {id}: its stored refresh token is not current");
+    }
+}
+
+async fn storm_app(redis: &PrivateRedis) -> (TestApp, OAuthSetup) {
+    let mut env = TestEnv::new();
+    env.set("REDIS_URL", redis.url());
+    env.set("DATABASE_MAX_CONNECTIONS", "10");
+    let app = spawn_app_with(env).await;
+    let setup = app.oauth_setup().await;
+    // A remote provider's round trip: batches overlap their requests, and on-demand callers meet them in flight.
+    setup.provider.set_token_latency(Duration::from_millis(40));
+    (app, setup)
+}
+
+#[tokio::test]
+async fn a_storm_through_two_workers_refreshes_each_grant_once_in_batches_while_on_demand_callers_share_the_answers() {
+    let redis = PrivateRedis::start().await;
+    let (app, setup) = storm_app(&redis).await;
+    let ids = seed_grants(&app, &setup, GRANTS).await;
+    let workers = [WorkerProcess::spawn(WORKER, &app.env, &[]), WorkerProcess::spawn(WORKER, &app.env, &[])];
+    for worker in &workers {
+        worker.wait_ready(Duration::from_secs(30)).await;
+    }
+    let before = setup.provider.token_requests("refresh_token");
+
+    // Ten grants' tokens have already expired: their callers cannot use the current token and must get a new one.
+    let expired = &ids[..10];
+    fall_due(&app, &setup, expired).await;
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    let callers = ids[..20].iter().map(|id| grants::access_token(&app.ctx, tenant.into(), (*id).into()));
+    let tokens = futures::future::join_all(callers).await;
+    for (id, token) in ids.iter().zip(&tokens) {
+        let token = token.as_ref().unwrap_or_else(|e| panic!("grant {id}: {e}"));
+        assert!(setup.provider.introspect(token).is_some(), "grant {id}: the caller got a token the provider accepts");
+    }
+
+    wait_until("every grant is refreshed", Duration::from_secs(60), async || {
+        refreshed_count(&app, &setup).await == GRANTS as i64
+    })
+    .await;
+    assert_eq!(
+        setup.provider.token_requests("refresh_token") - before,
+        GRANTS,
+        "one refresh per grant, whether a batch or an on-demand caller did it"
+    );
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+
+    // Batches, not a job per grant: at most 50 grants of one configuration per job.
+    let mut jobs = 0.0;
+    let mut refreshed = 0.0;
+    for worker in &workers {
+        jobs += worker.metric("postbridge_worker_dispatched_total{queue=\"refresh\"").await;
+        refreshed += worker.metric("postbridge_token_refreshes_total{outcome=\"refreshed\"}").await;
+    }
+    // The callers refresh some first; the rest go out 50 to a job (a pass may catch a few late ones on their own).
+    assert!((2.0..=20.0).contains(&jobs), "{GRANTS} grants went out in {jobs} refresh jobs");
+    let on_demand = app.ctx.metrics.token_refreshes.with_label_values(&["refreshed"]).get() as f64;
+    assert_eq!(refreshed + on_demand, GRANTS as f64, "the workers' and the callers' refreshes add up to one per grant");
+    assert_eq!(app.sql_i64("SELECT count(*) FROM grants WHERE refreshing_until IS NOT NULL").await, 0, "no lease is left");
+}
+
+#[tokio::test]
+async fn a_worker_stopped_in_the_middle_of_a_storm_stores_what_it_asked_for_and_the_other_finishes() {
+    let redis = PrivateRedis::start().await;
+    let (app, setup) = storm_app(&redis).await;
+    // Slower answers, so the stop lands while batches are asking.
+    setup.provider.set_token_latency(Duration::from_millis(150));
+    let ids = seed_grants(&app, &setup, GRANTS).await;
+    let mut stopping = WorkerProcess::spawn(WORKER, &app.env, &[("REFRESH_CONCURRENCY", "8")]);
+    stopping.wait_ready(Duration::from_secs(30)).await;
+    let before = setup.provider.token_requests("refresh_token");
+    fall_due(&app, &setup, &[]).await;
+
+    wait_until("the worker is refreshing", Duration::from_secs(20), async || {
+        setup.provider.token_requests("refresh_token") > before + 8
+    })
+    .await;
+    let status = stopping.terminate(Duration::from_secs(60)).await.expect("the worker stops within a minute");
+    assert!(status.success(), "a clean stop: {status:?}");
+    // Whatever it leased, it either stored or released: nothing is left leased by a stopped worker.
+    assert_eq!(app.sql_i64("SELECT count(*) FROM grants WHERE refreshing_until IS NOT NULL").await, 0);
+
+    let other = WorkerProcess::spawn(WORKER, &app.env, &[]);
+    other.wait_ready(Duration::from_secs(30)).await;
+    wait_until("every grant is refreshed", Duration::from_secs(60), async || {
+        refreshed_count(&app, &setup).await == GRANTS as i64
+    })
+    .await;
+    assert_eq!(setup.provider.token_requests("refresh_token") - before, GRANTS, "one refresh per grant across the stop");
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+}
+
+/// The grant's row as the lease tests read it: its lease and its sealed access token.
+async fn lease_and_access(app: &TestApp, id: Uuid) -> (Option<chrono::DateTime<chrono::Utc>>, Option<String>) {
+    let row = app
+        .ctx
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT refreshing_until, access_token FROM grants WHERE id = $1",
+            [id.into()],
+        ))
+        .await
+        .expect("query")
+        .expect("the grant");
+    (row.try_get("", "refreshing_until").expect("lease"), row.try_get("", "access_token").expect("access token"))
+}
+
+#[tokio::test]
+async fn a_caller_whose_token_expired_waits_for_the_batch_refreshing_it_and_gets_its_answer_without_a_second_refresh() {
+    let app = spawn_app_with(TestEnv::new()).await;
+    let setup = app.oauth_setup().await;
+    let ids = seed_grants(&app, &setup, 1).await;
+    let id = ids[0];
+    fall_due(&app, &setup, &ids).await;
+    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(Duration::from_millis(600)));
+    let before = setup.provider.token_requests("refresh_token");
+
+    let batch = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { grants::refresh_grants(&ctx, &[id.into()]).await }
+    });
+    wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
+        .await;
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    let token = grants::access_token(&app.ctx, tenant.into(), id.into()).await.expect("the caller gets a token");
+
+    let pass = batch.await.expect("the batch ran").expect("the batch succeeded");
+    assert_eq!(pass, grants::RefreshPass { refreshed: 1, ..Default::default() });
+    assert_eq!(setup.provider.token_requests("refresh_token") - before, 1, "the caller did not refresh a second time");
+    assert!(setup.provider.introspect(&token).is_some(), "the caller got the batch's new token");
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+    assert_eq!(lease_and_access(&app, id).await.0, None, "the lease ended with the answer");
+}
+
+#[tokio::test]
+async fn a_batch_whose_lease_was_taken_away_meanwhile_drops_its_answer_instead_of_overwriting_newer_tokens() {
+    let app = spawn_app_with(TestEnv::new()).await;
+    let setup = app.oauth_setup().await;
+    let ids = seed_grants(&app, &setup, 1).await;
+    let id = ids[0];
+    fall_due(&app, &setup, &[]).await;
+    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(Duration::from_millis(600)));
+
+    let batch = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { grants::refresh_grants(&ctx, &[id.into()]).await }
+    });
+    wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
+        .await;
+    // What a new consent does to the row meanwhile: new tokens, the lease gone.
+    app.sql_exec(&format!(
+        "UPDATE grants SET access_token = 'replaced-by-consent', refreshing_until = NULL, \
+                expires_at = now() + interval '1 hour', refresh_at = now() + interval '55 minutes' WHERE id = '{id}'"
+    ))
+    .await;
+
+    let pass = batch.await.expect("the batch ran").expect("the batch succeeded");
+    assert_eq!(pass.refreshed, 0, "the answer came under a lease that no longer held");
+    assert_eq!(lease_and_access(&app, id).await, (None, Some("replaced-by-consent".to_owned())));
+}
