@@ -172,6 +172,9 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
         "  postbridge-worker process:      {ours:>8.0} refreshes/s ({elapsed:.2?}; first stored after {first:.2?}) = {:.0}% of the provider",
         100.0 * ours / theirs
     );
+    // The first pass comes up to one dispatch interval (500 ms) after the tokens fall due; from then on:
+    let steady = rate(grant_count.saturating_sub(1), elapsed.saturating_sub(first));
+    println!("  from the first refresh stored:  {steady:>8.0} refreshes/s = {:.0}% of the provider", 100.0 * steady / theirs);
     println!("  provider refresh requests {provider_calls} (one per grant: {})", provider_calls == grant_count);
     Ok(())
 }

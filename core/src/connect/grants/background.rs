@@ -267,6 +267,9 @@ async fn store_answers(
 
 /// Ends the batch's leases on `grant_ids` (grants with new tokens are left out: storing those ends theirs, if it holds).
 async fn release(txn: &DatabaseTransaction, grant_ids: &[GrantId]) -> AppResult<()> {
+    if grant_ids.is_empty() {
+        return Ok(());
+    }
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE grants SET refreshing_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
