@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::jobs::job::{Job, Queue};
-use postbridge_core::store::ids::{AccountId, GrantId, OutboundMessageId, WebhookEndpointId};
+use postbridge_core::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, WebhookEndpointId};
 use postbridge_core::store::tenant_wall;
 use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
@@ -32,11 +32,31 @@ pub struct PollMailbox {
     pub account_id: AccountId,
 }
 
-/// Send one queued message.
+/// Send one queued message. The scheduler also names its tenant, which spares the job the look-up (a wrong one
+/// only hides the row from the job, which then does nothing; jobs queued before it was sent still look it up).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliverMessage {
     pub message_id: OutboundMessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
 }
+
+/// The tenant a payload names, when it does: the runner then skips looking it up.
+pub trait TenantHint {
+    fn tenant_hint(&self) -> Option<TenantId> {
+        None
+    }
+}
+
+impl TenantHint for DeliverMessage {
+    fn tenant_hint(&self) -> Option<TenantId> {
+        self.tenant_id
+    }
+}
+impl TenantHint for PollMailbox {}
+impl TenantHint for DeliverWebhook {}
+impl TenantHint for RefreshGrant {}
+impl TenantHint for SettleMessage {}
 
 /// Make one attempt of a webhook delivery (an event to one endpoint).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,7 +194,7 @@ impl JobRunner {
     /// Runs `job` as its own task, in the database scope of the tenant owning its root row, and waits for it. If
     /// the caller (an apalis consumer) is dropped, the job goes on to its end. A panic is recorded as the job's
     /// failure.
-    async fn run(&self, job: Job) -> Result<(), BoxDynError> {
+    async fn run(&self, job: Job, tenant_hint: Option<TenantId>) -> Result<(), BoxDynError> {
         let queue = job.queue().as_str();
         let limit = self.limits.get(&job.queue()).cloned();
         let ctx = self.ctx.clone();
@@ -186,7 +206,11 @@ impl JobRunner {
             let started = Instant::now();
             let metrics = ctx.metrics.clone();
             let Some(root) = job.root() else { return metrics.job(queue, "skipped", started.elapsed()) };
-            let tenant_id = match tenant_wall::tenant_of(&ctx.db, root).await {
+            let looked_up = match tenant_hint {
+                Some(tenant_id) => Ok(Some(tenant_id)),
+                None => tenant_wall::tenant_of(&ctx.db, root).await,
+            };
+            let tenant_id = match looked_up {
                 Ok(Some(tenant_id)) => tenant_id,
                 // The row is gone (deleted with its tenant or account): nothing is left to do.
                 Ok(None) => return metrics.job(queue, "skipped", started.elapsed()),
@@ -216,6 +240,7 @@ impl JobRunner {
 
 /// The one handler of every queue: the payload becomes its `Job`, run by the runner. Always `Ok` to apalis (its
 /// retries are never used): outcomes live in Postgres, and the scheduler dispatches again what still needs doing.
-pub async fn handle<T: Into<Job>>(payload: T, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
-    runner.run(payload.into()).await
+pub async fn handle<T: Into<Job> + TenantHint>(payload: T, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
+    let tenant_hint = payload.tenant_hint();
+    runner.run(payload.into(), tenant_hint).await
 }

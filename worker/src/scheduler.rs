@@ -81,26 +81,28 @@ impl Target<'_> {
     }
 }
 
-/// Pushes jobs to `to`'s queue (see [`Target::pushed`]); on failure the rows are unclaimed so the next round
-/// dispatches them again.
-async fn push<T, S, K, Id>(
+/// Pushes one job per claimed row to `to`'s queue (see [`Target::pushed`]); on failure the rows are unclaimed so
+/// the next round dispatches them again. `row_id` names the row a claim marked.
+async fn push<T, S, K, Claim, Id>(
     ctx: &AppContext,
     storage: &mut S,
     to: Target<'_>,
     rows: Dispatched,
-    ids: Vec<Id>,
-    job: impl Fn(Id) -> T,
+    claimed: Vec<Claim>,
+    row_id: impl Fn(&Claim) -> Id,
+    job: impl Fn(Claim) -> T,
 ) -> anyhow::Result<usize>
 where
-    Id: Copy + serde::Serialize,
+    Id: serde::Serialize,
     S: TaskSink<T, K>,
     S::Error: std::fmt::Display,
 {
-    let count = ids.len();
+    let count = claimed.len();
     if count == 0 {
         return Ok(0);
     }
-    if let Err(e) = storage.push_bulk(ids.iter().copied().map(job).collect()).await {
+    let ids: Vec<Id> = claimed.iter().map(row_id).collect();
+    if let Err(e) = storage.push_bulk(claimed.into_iter().map(job).collect()).await {
         if let Err(undo) = scheduler::undispatch(ctx, rows, &ids).await {
             tracing::warn!(error = %undo, "could not unclaim rows after a failed push; they wait out the dispatch grace");
         }
@@ -113,10 +115,18 @@ where
 /// Claims and pushes every message due to send, a batch at a time.
 pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: Trigger) -> anyhow::Result<()> {
     loop {
-        let ids = scheduler::claim_due_sends(ctx, BATCH).await?;
+        let claimed = scheduler::claim_due_sends(ctx, BATCH).await?;
         let to = Target { wakers: &queues.wakers, queue: Queue::Send, trigger };
-        let pushed =
-            push(ctx, &mut queues.sends, to, Dispatched::Messages, ids, |message_id| DeliverMessage { message_id }).await?;
+        let pushed = push(
+            ctx,
+            &mut queues.sends,
+            to,
+            Dispatched::Messages,
+            claimed,
+            |&(message_id, _)| message_id,
+            |(message_id, tenant_id)| DeliverMessage { message_id, tenant_id: Some(tenant_id) },
+        )
+        .await?;
         if (pushed as u64) < BATCH {
             return Ok(());
         }
@@ -158,7 +168,7 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
         Ok(ids) => {
             let to = Target { wakers: &queues.wakers, queue: Queue::Poll, trigger: Trigger::Pass };
             if let Err(e) =
-                push(ctx, &mut queues.polls, to, Dispatched::Polls, ids, |account_id| PollMailbox { account_id }).await
+                push(ctx, &mut queues.polls, to, Dispatched::Polls, ids, |&id| id, |account_id| PollMailbox { account_id }).await
             {
                 failures.push(e);
             }
@@ -172,7 +182,8 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
         Ok(ids) => {
             let to = Target { wakers: &queues.wakers, queue: Queue::Settle, trigger: Trigger::Pass };
             if let Err(e) =
-                push(ctx, &mut queues.settles, to, Dispatched::Messages, ids, |message_id| SettleMessage { message_id }).await
+                push(ctx, &mut queues.settles, to, Dispatched::Messages, ids, |&id| id, |message_id| SettleMessage { message_id })
+                    .await
             {
                 failures.push(e);
             }

@@ -68,15 +68,17 @@ pub async fn idle_share(ctx: &AppContext) -> AppResult<usize> {
     Ok(mailboxes.div_ceil(usize::try_from(workers).unwrap_or(1).max(1)))
 }
 
-/// Queued messages due for an attempt.
-pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<OutboundMessageId>> {
+/// Queued messages due for an attempt, each with its tenant.
+pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<(OutboundMessageId, TenantId)>> {
     let sql = format!(
         "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
            SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
-           ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+           ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, tenant_id",
         due::send()
     );
-    claim(ctx, &sql, limit).await
+    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
+    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    rows.iter().map(|r| Ok((r.try_get::<OutboundMessageId>("", "id")?, r.try_get::<TenantId>("", "tenant_id")?))).collect()
 }
 
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose

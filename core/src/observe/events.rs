@@ -76,6 +76,50 @@ pub async fn record<C: ConnectionTrait>(
     .map(|_| ())
 }
 
+/// An event written by the same statement as the change it reports (`record_with`): one round trip, no
+/// transaction, and recorded exactly when the change happened.
+pub struct Pending<'a> {
+    pub tenant_id: TenantId,
+    pub event_type: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: Option<Uuid>,
+    pub data: Value,
+}
+
+/// Runs `change` (a data-modifying statement with `RETURNING`, its values `$1`..`$n` in `values`) and records
+/// `event` once for each row it returned, in one statement. Returns how many rows the change returned.
+pub async fn record_with<C: ConnectionTrait>(
+    db: &C,
+    change: &str,
+    mut values: Vec<sea_orm::Value>,
+    event: Pending<'_>,
+) -> Result<u64, DbErr> {
+    let first = values.len() + 1;
+    let sql = format!(
+        "WITH changed AS ({change}) \
+         INSERT INTO events (id, tenant_id, event_type, resource_type, resource_id, data, created_at) \
+         SELECT ${}, ${}, ${}, ${}, ${}, ${}, ${} FROM changed",
+        first,
+        first + 1,
+        first + 2,
+        first + 3,
+        first + 4,
+        first + 5,
+        first + 6
+    );
+    values.extend([
+        Uuid::now_v7().into(),
+        event.tenant_id.into(),
+        event.event_type.into(),
+        event.resource_type.into(),
+        event.resource_id.into(),
+        event.data.into(),
+        Utc::now().into(),
+    ]);
+    let done = db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Ok(done.rows_affected())
+}
+
 /// One event as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema, async_graphql::SimpleObject)]
 pub struct Event {

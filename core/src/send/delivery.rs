@@ -9,7 +9,7 @@
 
 use chrono::Utc;
 use rand::Rng;
-use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -158,36 +158,49 @@ async fn set_outcome<C: ConnectionTrait>(
     replies: Replies<'_>,
     retry_in: Option<i64>,
 ) -> AppResult<bool> {
+    set_outcome_and_record(db, lease, status, error, replies, retry_in, None).await
+}
+
+/// `set_outcome`, and the event that reports it (when given) written by the same statement.
+async fn set_outcome_and_record<C: ConnectionTrait>(
+    db: &C,
+    lease: Lease,
+    status: OutboundStatus,
+    error: Option<&str>,
+    replies: Replies<'_>,
+    retry_in: Option<i64>,
+    event: Option<events::Pending<'_>>,
+) -> AppResult<bool> {
     let next = retry_in.and_then(|s| Utc::now().checked_add_signed(chrono::Duration::seconds(s)));
     let handed_over = matches!(status, OutboundStatus::Sent | OutboundStatus::PartiallySent);
-    let written = db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!(
-                "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
-                 next_attempt_at = COALESCE($6, next_attempt_at), {}, \
-                 handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
-                 sent_at = CASE WHEN $8 THEN now() ELSE sent_at END, \
-                 recipient_results = COALESCE($9, recipient_results) WHERE id = $1 AND lease_token = $2",
-                Leased::Messages.released()
-            ),
-            [
-                lease.message_id.into(),
-                lease.token.into(),
-                status.into(),
-                error.map(str::to_owned).into(),
-                replies.last.map(str::to_owned).into(),
-                next.into(),
-                (status == OutboundStatus::Queued).into(),
-                handed_over.into(),
-                replies.recipients.into(),
-            ],
-        ))
-        .await?;
-    if written.rows_affected() == 0 {
+    let update = format!(
+        "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
+         next_attempt_at = COALESCE($6, next_attempt_at), {}, \
+         handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
+         sent_at = CASE WHEN $8 THEN now() ELSE sent_at END, \
+         recipient_results = COALESCE($9, recipient_results) WHERE id = $1 AND lease_token = $2",
+        Leased::Messages.released()
+    );
+    let values: Vec<sea_orm::Value> = vec![
+        lease.message_id.into(),
+        lease.token.into(),
+        status.into(),
+        error.map(str::to_owned).into(),
+        replies.last.map(str::to_owned).into(),
+        next.into(),
+        (status == OutboundStatus::Queued).into(),
+        handed_over.into(),
+        replies.recipients.into(),
+    ];
+    let written = match event {
+        None => db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, update, values)).await?.rows_affected(),
+        // The outcome and its event in one statement: a crash in between cannot lose the event.
+        Some(event) => events::record_with(db, &format!("{update} RETURNING id"), values, event).await?,
+    };
+    if written == 0 {
         tracing::warn!(message_id = %lease.message_id, status = status.as_str(), "the send lease was lost; outcome not recorded");
     }
-    Ok(written.rows_affected() == 1)
+    Ok(written == 1)
 }
 
 /// Sends one queued message (the worker's job). The lease is renewed while it runs; an error before the content
@@ -235,8 +248,6 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
         let outcome = send_once(ctx, &account, message, lease, &recipients).await;
         match outcome {
             Ok(sent) => {
-                // The status and its event together: a crash in between would lose the event for good.
-                let txn = ctx.db.begin().await?;
                 // Recipients refused for good did not get it; the others did, and are not sent to again.
                 let refused: Vec<_> = sent
                     .recipients()
@@ -254,18 +265,14 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
                     last: Some(sent.reply()),
                     recipients: Some(serde_json::to_value(results).map_err(anyhow::Error::from)?),
                 };
-                if set_outcome(&txn, lease, status, None, replies, None).await? {
-                    events::record(
-                        &txn,
-                        message.tenant_id,
-                        events::MESSAGE_SENT,
-                        "message",
-                        Some(message.id.into()),
-                        json!({"message_id": message.message_id, "status": status, "refused": refused}),
-                    )
-                    .await?;
-                }
-                txn.commit().await?;
+                let event = events::Pending {
+                    tenant_id: message.tenant_id,
+                    event_type: events::MESSAGE_SENT,
+                    resource_type: "message",
+                    resource_id: Some(message.id.into()),
+                    data: json!({"message_id": message.message_id, "status": status, "refused": refused}),
+                };
+                set_outcome_and_record(&ctx.db, lease, status, None, replies, None, Some(event)).await?;
                 ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
             }
@@ -356,20 +363,15 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
 }
 
 async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
-    let txn = ctx.db.begin().await?;
-    let recorded = set_outcome(&txn, lease, OutboundStatus::Failed, Some(error), Replies::NONE, None).await?;
-    if recorded {
-        events::record(
-            &txn,
-            message.tenant_id,
-            events::MESSAGE_FAILED,
-            "message",
-            Some(message.id.into()),
-            json!({"error": error}),
-        )
-        .await?;
-    }
-    txn.commit().await?;
+    let event = events::Pending {
+        tenant_id: message.tenant_id,
+        event_type: events::MESSAGE_FAILED,
+        resource_type: "message",
+        resource_id: Some(message.id.into()),
+        data: json!({"error": error}),
+    };
+    let recorded =
+        set_outcome_and_record(&ctx.db, lease, OutboundStatus::Failed, Some(error), Replies::NONE, None, Some(event)).await?;
     if !recorded {
         return Ok(Delivery::Skipped);
     }
