@@ -5,6 +5,8 @@
 //! 2. `messages` messages submitted to `POST /v1/messages` from 8 connections, all from one SMTP account, before any
 //!    worker runs: submissions/s alone. Then a worker starts and sends them (reusing its connections): sent/s.
 //! 3. `messages` more submitted the same way while the worker runs, until the last is sent: messages/s end to end.
+//! 4. The peer: nodemailer with a pool of 4 sending `messages` to the same server and login (as it comes, and with
+//!    TCP_NODELAY sockets like Postbridge's own client), and the end-to-end rate as a share of each.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -88,10 +90,41 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
         messages as f64 / submitted.as_secs_f64(),
         messages as f64 / all_sent.as_secs_f64()
     );
+    let end_to_end = messages as f64 / all_sent.as_secs_f64();
+    for (mode, what) in [("default", "as configured by default"), ("nodelay", "with TCP_NODELAY sockets")] {
+        let peer = nodemailer_peer(servers, &login, messages, mode)?;
+        println!(
+            "  the peer, nodemailer with a pool of 4 {what}, {messages} to the same server: {peer:.0} messages/s; end to end is {:.0}% of it",
+            100.0 * end_to_end / peer
+        );
+    }
     let metrics = http.get(format!("{address}/metrics")).send().await?.text().await?;
     let cache: Vec<&str> = metrics.lines().filter(|l| l.starts_with("postbridge_api_auth_cache_total")).collect();
     println!("  API process authentication look-ups: {}", cache.join(", "));
     Ok(())
+}
+
+/// nodemailer's pooled rate against the same server and login (`nodemailer-peer.js`, the nodemailer the test SMTP
+/// server's package brings); messages/s.
+fn nodemailer_peer(servers: &MailServers, login: &str, messages: usize, mode: &str) -> anyhow::Result<f64> {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Blocking is fine: nothing else of this process runs meanwhile.
+    let output = Command::new("node")
+        .arg(here.join("bench/nodemailer-peer.js"))
+        .args([servers.smtp_port().to_string(), login.to_owned(), "bench-password".to_owned()])
+        .arg(servers.ca_file())
+        .args([messages.to_string(), mode.to_owned()])
+        .env("NODE_PATH", here.join("mail-servers/node_modules"))
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "the nodemailer peer failed: {}", String::from_utf8_lossy(&output.stderr));
+    let seconds: f64 = stdout
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the nodemailer peer said {stdout:?}"))?;
+    Ok(messages as f64 / seconds)
 }
 
 async fn list_accounts(http: &reqwest::Client, address: &str, key: &str) -> anyhow::Result<()> {
