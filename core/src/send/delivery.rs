@@ -137,7 +137,6 @@ async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<
     Ok(requeue_unsent(ctx, which, vec![lease.message_id.into(), lease.token.into()], why, INTERNAL_RETRY_SECONDS).await? == 1)
 }
 
-/// Records the outcome of the lease holder; false (nothing written) when the lease is no longer ours.
 /// The server's answers of a send, as written with its outcome.
 struct Replies<'a> {
     /// The final reply (after the content).
@@ -150,19 +149,9 @@ impl Replies<'_> {
     const NONE: Replies<'static> = Replies { last: None, recipients: None };
 }
 
+/// Records the outcome of the lease holder, and the event that reports it (when given) in the same statement; false
+/// (nothing written) when the lease is no longer ours.
 async fn set_outcome<C: ConnectionTrait>(
-    db: &C,
-    lease: Lease,
-    status: OutboundStatus,
-    error: Option<&str>,
-    replies: Replies<'_>,
-    retry_in: Option<i64>,
-) -> AppResult<bool> {
-    set_outcome_and_record(db, lease, status, error, replies, retry_in, None).await
-}
-
-/// `set_outcome`, and the event that reports it (when given) written by the same statement.
-async fn set_outcome_and_record<C: ConnectionTrait>(
     db: &C,
     lease: Lease,
     status: OutboundStatus,
@@ -272,7 +261,7 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
                     resource_id: Some(message.id.into()),
                     data: json!({"message_id": message.message_id, "status": status, "refused": refused}),
                 };
-                set_outcome_and_record(&ctx.db, lease, status, None, replies, None, Some(event)).await?;
+                set_outcome(&ctx.db, lease, status, None, replies, None, Some(event)).await?;
                 ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
             }
@@ -307,6 +296,7 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
                     OutboundStatus::Unknown,
                     Some(&format!("delivery uncertain: {words}")),
                     Replies::NONE,
+                    None,
                     None,
                 )
                 .await?;
@@ -357,6 +347,7 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
         Some(error),
         Replies::NONE,
         Some(crate::jobs::backoff::MESSAGE_SEND.seconds(message.attempts)),
+        None,
     )
     .await?;
     Ok(Delivery::Retry)
@@ -370,8 +361,7 @@ async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease,
         resource_id: Some(message.id.into()),
         data: json!({"error": error}),
     };
-    let recorded =
-        set_outcome_and_record(&ctx.db, lease, OutboundStatus::Failed, Some(error), Replies::NONE, None, Some(event)).await?;
+    let recorded = set_outcome(&ctx.db, lease, OutboundStatus::Failed, Some(error), Replies::NONE, None, Some(event)).await?;
     if !recorded {
         return Ok(Delivery::Skipped);
     }

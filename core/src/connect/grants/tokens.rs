@@ -115,12 +115,7 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
     }
     loop {
         let txn = ctx.db.begin().await?;
-        let locked = grant::Entity::in_tenant(tenant_id)
-            .filter(grant::Column::Id.eq(grant_id))
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .ok_or(AppError::not_found("grant"))?;
+        let locked = lock_grant(&txn, tenant_id, grant_id).await?;
         // Another process may have refreshed (or buried) the grant while we waited for the lock.
         if let Some(token) = fresh_access_token(ctx, &locked, Utc::now())? {
             txn.commit().await?;
@@ -142,6 +137,16 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
             None => return refresh_locked(ctx, txn, locked).await,
         }
     }
+}
+
+/// The grant's row, locked for `txn`: concurrent refreshes of it wait here.
+async fn lock_grant(txn: &DatabaseTransaction, tenant_id: TenantId, grant_id: GrantId) -> AppResult<grant::Model> {
+    grant::Entity::in_tenant(tenant_id)
+        .filter(grant::Column::Id.eq(grant_id))
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(AppError::not_found("grant"))
 }
 
 /// Refreshes a grant whose row lock `txn` holds, and commits.
@@ -291,12 +296,7 @@ pub(super) async fn persist_refreshed_again(
         tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
         let retried = async {
             let txn = ctx.db.begin().await?;
-            let model = grant::Entity::in_tenant(tenant_id)
-                .filter(grant::Column::Id.eq(grant_id))
-                .lock_exclusive()
-                .one(&txn)
-                .await?
-                .ok_or(AppError::not_found("grant"))?;
+            let model = lock_grant(&txn, tenant_id, grant_id).await?;
             persist_refreshed(ctx, txn, &[Refreshed { model: &model, ..refreshed }], &[config]).await.map(|_| ())
         }
         .await;
