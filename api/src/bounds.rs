@@ -109,16 +109,23 @@ pub fn media_type(req: &HttpRequest) -> Option<String> {
     Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
-/// Which methods each path serves, for 405 answers: the OpenAPI document's paths plus the few routes it does
-/// not describe.
+/// Which methods each path serves, for 405 answers, and which query parameters each route takes: the OpenAPI
+/// document's paths plus the few routes it does not describe.
 #[derive(Clone, Default)]
 pub struct RouteTable {
     routes: Vec<(Vec<String>, Vec<Method>)>,
+    /// Per path and method of the OpenAPI document, the query parameters it declares.
+    queries: Vec<(Vec<String>, Method, Vec<String>)>,
 }
+
+/// Routes whose query parameters are not ours to restrict: the OAuth callback takes whatever the provider adds
+/// (`session_state`, `scope`, `iss`, ...).
+const OPEN_QUERY_PATHS: [&str; 1] = ["/oauth/callback"];
 
 impl RouteTable {
     pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
         let mut by_path: BTreeMap<String, Vec<Method>> = BTreeMap::new();
+        let mut queries = Vec::new();
         for (path, item) in &doc.paths.paths {
             let methods = by_path.entry(path.clone()).or_default();
             for (method, op) in [
@@ -128,8 +135,21 @@ impl RouteTable {
                 (Method::PATCH, &item.patch),
                 (Method::DELETE, &item.delete),
             ] {
-                if op.is_some() {
-                    methods.push(method);
+                let Some(op) = op else { continue };
+                methods.push(method.clone());
+                if !OPEN_QUERY_PATHS.contains(&path.as_str()) {
+                    let names = op
+                        .parameters
+                        .iter()
+                        .flatten()
+                        .filter_map(|p| match p {
+                            utoipa::openapi::RefOr::T(p) => Some(p),
+                            utoipa::openapi::RefOr::Ref(_) => None,
+                        })
+                        .filter(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query))
+                        .map(|p| p.name.clone())
+                        .collect();
+                    queries.push((segments(path), method, names));
                 }
             }
         }
@@ -139,7 +159,7 @@ impl RouteTable {
             by_path.entry(path.to_owned()).or_default().extend(methods);
         }
         let routes = by_path.into_iter().map(|(path, methods)| (segments(&path), methods)).collect();
-        RouteTable { routes }
+        RouteTable { routes, queries }
     }
 
     /// The methods `path` is served with (none: no such route).
@@ -147,9 +167,7 @@ impl RouteTable {
         let wanted = segments(path);
         let mut out: Vec<Method> = Vec::new();
         for (pattern, methods) in &self.routes {
-            let matches = pattern.len() == wanted.len()
-                && pattern.iter().zip(&wanted).all(|(p, w)| p == w || (p.starts_with('{') && !w.is_empty()));
-            if matches {
+            if matches(pattern, &wanted) {
                 for m in methods {
                     if !out.contains(m) {
                         out.push(m.clone());
@@ -158,6 +176,52 @@ impl RouteTable {
             }
         }
         out
+    }
+
+    /// The query parameters the route serving `method` `path` declares, or `None` when it is not an OpenAPI route
+    /// whose parameters are checked. A literal segment wins over a template (`/v1/x/expiring` over `/v1/x/{id}`).
+    pub fn query_parameters(&self, method: &Method, path: &str) -> Option<&[String]> {
+        let wanted = segments(path);
+        self.queries
+            .iter()
+            .filter(|(pattern, m, _)| m == method && matches(pattern, &wanted))
+            .min_by_key(|(pattern, _, _)| pattern.iter().filter(|p| p.starts_with('{')).count())
+            .map(|(_, _, names)| names.as_slice())
+    }
+}
+
+fn matches(pattern: &[String], wanted: &[String]) -> bool {
+    pattern.len() == wanted.len() && pattern.iter().zip(wanted).all(|(p, w)| p == w || (p.starts_with('{') && !w.is_empty()))
+}
+
+/// Refuses a query parameter the route does not take (400 `unknown_query_parameter`), naming the ones it does: a
+/// misspelt filter would otherwise be ignored and the request answered as if it had none.
+pub async fn known_query_parameters<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    let unknown = req.app_data::<web::Data<RouteTable>>().and_then(|table| {
+        let declared = table.query_parameters(req.method(), req.path())?;
+        // A query that does not parse is the handler's to refuse (400 `invalid_query`).
+        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string()).ok()?.into_inner();
+        let unknown = pairs.into_iter().map(|(name, _)| name).find(|name| !declared.iter().any(|d| d == name))?;
+        Some((unknown, declared.join(", ")))
+    });
+    match unknown {
+        None => next.call(req).await.map(ServiceResponse::map_into_left_body),
+        Some((name, declared)) => {
+            let takes = if declared.is_empty() { "none".to_owned() } else { declared };
+            let err = ApiError(AppError::BadRequest {
+                code: "unknown_query_parameter",
+                message: crate::error::shortened(format!(
+                    "`{name}` is not a query parameter of {} {}; it takes: {takes}",
+                    req.method(),
+                    req.match_pattern().unwrap_or_else(|| req.path().to_owned())
+                )),
+            });
+            let response = err.error_response();
+            Ok(req.into_response(response).map_into_right_body())
+        }
     }
 }
 
@@ -194,10 +258,22 @@ mod tests {
                 (segments("/v1/accounts/{id}"), vec![Method::GET, Method::DELETE]),
                 (segments("/v1/accounts"), vec![Method::GET, Method::POST]),
             ],
+            queries: Vec::new(),
         };
         assert_eq!(table.allowed("/v1/accounts/abc"), vec![Method::GET, Method::DELETE]);
         assert!(table.allowed("/v1/accounts/").is_empty(), "actix does not serve a trailing slash either");
         assert!(table.allowed("/v1/accounts/abc/more").is_empty());
         assert!(table.allowed("/v2/accounts").is_empty());
+    }
+
+    #[test]
+    fn query_parameters_come_from_the_most_specific_route_and_the_callback_takes_any() {
+        let doc = <crate::openapi::ApiDoc as utoipa::OpenApi>::openapi();
+        let table = RouteTable::from_openapi(&doc);
+        let events = table.query_parameters(&Method::GET, "/v1/events").expect("the event list is checked");
+        assert!(events.iter().any(|p| p == "types") && events.iter().any(|p| p == "cursor"), "{events:?}");
+        assert_eq!(table.query_parameters(&Method::GET, "/v1/accounts/abc"), Some(&[][..]), "an account takes none");
+        assert_eq!(table.query_parameters(&Method::GET, "/oauth/callback"), None, "the provider adds what it likes");
+        assert_eq!(table.query_parameters(&Method::GET, "/graphql"), None);
     }
 }

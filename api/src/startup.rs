@@ -51,8 +51,9 @@ impl Application {
         let max_request_bytes = context.settings.max_request_bytes;
         let server = HttpServer::new(move || {
             App::new()
-                // Innermost first: the rate limit, the URL and header bounds (checked before authenticating), then
-                // request metrics (so 429s and 414s are counted), then the access log.
+                // Innermost first: unknown query parameters, the rate limit, the URL and header bounds (all checked
+                // before authenticating), then request metrics (so 429s and 414s are counted), then the access log.
+                .wrap(from_fn(crate::bounds::known_query_parameters))
                 .wrap(from_fn(crate::rate_limit::limit))
                 .wrap(from_fn(crate::bounds::head_limits))
                 .wrap(from_fn(crate::metrics::track))

@@ -228,6 +228,32 @@ async fn a_wrong_method_answers_405_with_allow_and_an_unknown_path_404() {
 }
 
 #[tokio::test]
+async fn a_query_parameter_the_route_does_not_take_is_refused_400_naming_those_it_does() {
+    let app = spawn_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    // A misspelt filter is refused, not ignored: the answer would otherwise be every event, unfiltered.
+    let reply = app.get("/v1/events?event_type=message.sent", &key).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "unknown_query_parameter");
+    let message = reply.body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`event_type`") && message.contains("types"), "names the wrong one and the right ones: {message}");
+    assert_eq!(app.get("/v1/events?types=message.sent&limit=5", &key).await.status, StatusCode::OK);
+    // A route that takes none, and a list's filters that belong to another list.
+    let reply = app.get("/v1/accounts/00000000-0000-0000-0000-000000000001?expand=grant", &key).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "unknown_query_parameter");
+    assert!(reply.body["message"].as_str().unwrap_or_default().contains("it takes: none"), "{}", reply.text);
+    assert_error(&app.get("/v1/messages?folder=INBOX", &key).await, StatusCode::BAD_REQUEST, "unknown_query_parameter");
+    assert_eq!(app.get("/v1/messages?status=sent&limit=10", &key).await.status, StatusCode::OK);
+    // Checked before the credential, like the other bounds of a request.
+    let reply = app.http.get(format!("{}/v1/accounts?colour=red", app.address)).send().await.expect("sent");
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    // The OAuth callback takes whatever the provider adds: it is refused for its state, not for `session_state`.
+    let reply =
+        app.http.get(format!("{}/oauth/callback?state=forged&code=x&session_state=abc", app.address)).send().await.expect("sent");
+    let page = reply.text().await.unwrap_or_default();
+    assert!(!page.contains("unknown_query_parameter"), "the provider's own parameters are accepted: {page}");
+}
+
+#[tokio::test]
 async fn oversized_urls_headers_and_bodies_answer_json_414_431_and_413() {
     let app = spawn_app().await;
     let (_, key) = app.tenant_with_admin().await;
