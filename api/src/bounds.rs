@@ -181,7 +181,7 @@ impl RouteTable {
     /// The query parameters the route serving `method` `path` declares, or `None` when it is not an OpenAPI route
     /// whose parameters are checked. A literal segment wins over a template (`/v1/x/expiring` over `/v1/x/{id}`).
     pub fn query_parameters(&self, method: &Method, path: &str) -> Option<&[String]> {
-        let wanted = segments(path);
+        let wanted: Vec<&str> = path.split('/').collect();
         self.queries
             .iter()
             .filter(|(pattern, m, _)| m == method && matches(pattern, &wanted))
@@ -190,8 +190,9 @@ impl RouteTable {
     }
 }
 
-fn matches(pattern: &[String], wanted: &[String]) -> bool {
-    pattern.len() == wanted.len() && pattern.iter().zip(wanted).all(|(p, w)| p == w || (p.starts_with('{') && !w.is_empty()))
+fn matches<W: AsRef<str>>(pattern: &[String], wanted: &[W]) -> bool {
+    pattern.len() == wanted.len()
+        && pattern.iter().zip(wanted).all(|(p, w)| p == w.as_ref() || (p.starts_with('{') && !w.as_ref().is_empty()))
 }
 
 /// Refuses a query parameter the route does not take (400 `unknown_query_parameter`), naming the ones it does: a
@@ -200,7 +201,7 @@ pub async fn known_query_parameters<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    let unknown = req.app_data::<web::Data<RouteTable>>().and_then(|table| {
+    let unknown = req.app_data::<web::Data<RouteTable>>().filter(|_| !req.query_string().is_empty()).and_then(|table| {
         let declared = table.query_parameters(req.method(), req.path())?;
         // A query that does not parse is the handler's to refuse (400 `invalid_query`).
         let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string()).ok()?.into_inner();
