@@ -88,12 +88,17 @@ pub const INTERNAL_REFRESH_ERROR: &str =
 
 /// Refreshes the grants of one batch (the worker's refresh job) that are still due, and clears their dispatch
 /// marks. Grants gone, refreshed meanwhile or held by a refresh in flight elsewhere are skipped. If the batch
-/// fails inside Postbridge, each grant backs off as after a provider outage.
+/// fails inside Postbridge once it holds its grants, each backs off as after a provider outage; if it could not
+/// take them, they are dispatched again once their dispatch grace ends.
 pub async fn refresh_grants(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<RefreshPass> {
-    let outcome = refresh_batch(ctx, grant_ids).await;
+    let leased = lease(ctx, grant_ids).await?;
+    if leased.is_empty() {
+        return Ok(RefreshPass::default());
+    }
+    let outcome = refresh_leased(ctx, &leased).await;
     if let Err(e) = &outcome {
-        for &grant_id in grant_ids {
-            record_internal_failure(ctx, grant_id, e).await;
+        for model in &leased {
+            record_internal_failure(ctx, model.id, e).await;
         }
     }
     outcome
@@ -113,12 +118,9 @@ const STORE_CHUNK: usize = 25;
 /// One leased grant's answer: new tokens, the provider's refusal, Postbridge's own failure, or not asked.
 type Answer = Option<AppResult<Result<TokenSet, TokenError>>>;
 
-async fn refresh_batch(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<RefreshPass> {
-    let leased = lease(ctx, grant_ids).await?;
-    if leased.is_empty() {
-        return Ok(RefreshPass::default());
-    }
-    let configs = configs_of(ctx, &leased).await?;
+/// Asks the provider for the leased grants and stores the answers (`refresh_grants`).
+async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model]) -> AppResult<RefreshPass> {
+    let configs = configs_of(ctx, leased).await?;
     let window_ends = Instant::now() + ASK_WINDOW;
     let configs = &configs;
     let asks: Vec<futures::future::BoxFuture<'_, (&grant::Model, Answer)>> = leased
