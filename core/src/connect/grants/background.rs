@@ -25,7 +25,7 @@ use crate::store::ids::{GrantId, TokenConfigId};
 
 use super::TokenAccessError;
 
-/// Grants refreshed in one batch (one transaction holding their row locks, one job).
+/// Grants refreshed in one batch (one lease statement, one job).
 pub const REFRESH_BATCH: usize = 50;
 
 /// What a batch (or a pass of batches) of background refreshes did.
