@@ -257,3 +257,27 @@ async fn a_batch_whose_lease_was_taken_away_meanwhile_drops_its_answer_instead_o
     assert_eq!(pass.refreshed, 0, "the answer came under a lease that no longer held");
     assert_eq!(lease_and_access(&app, id).await, (None, Some("replaced-by-consent".to_owned())));
 }
+
+#[tokio::test]
+async fn a_batch_whose_client_was_refused_once_and_then_worked_leaves_the_configuration_working_with_one_event() {
+    let app = spawn_app_with(TestEnv::new()).await;
+    let setup = app.oauth_setup().await;
+    let ids = seed_grants(&app, &setup, 4).await;
+    fall_due(&app, &setup, &[]).await;
+    // The first request of the batch meets a refused client; the others go through with the same secret.
+    let refused = postbridge_oauth_provider::TokenFailure::InvalidClient { description: "secret rotated".to_owned() };
+    setup.provider.fail_next_token_requests(1, refused);
+
+    let grant_ids: Vec<_> = ids.iter().map(|id| (*id).into()).collect();
+    let pass = grants::refresh_grants(&app.ctx, &grant_ids).await.expect("the batch runs");
+    assert_eq!(pass, grants::RefreshPass { refreshed: 3, reauth_required: 0, failed: 1 });
+    let config = &setup.config_id;
+    let needs_admin = app.sql_i64(&format!("SELECT count(*) FROM token_configs WHERE id = '{config}' AND needs_admin")).await;
+    assert_eq!(needs_admin, 0, "its credentials worked after the refusal, so it waits for nobody");
+    let events = app
+        .sql_i64(&format!(
+            "SELECT count(*) FROM events WHERE event_type = 'token_config.needs_admin' AND resource_id = '{config}'"
+        ))
+        .await;
+    assert_eq!(events, 1, "the refusal is reported once");
+}

@@ -143,11 +143,12 @@ async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model]) -> AppResult<
         .collect();
     let mut answers = asks.into_iter().collect::<futures::stream::FuturesUnordered<_>>().ready_chunks(STORE_CHUNK);
     let mut pass = RefreshPass::default();
-    // Configurations already flagged `needs_admin` by this batch (one event each) or cleared by it.
-    let mut flagged = HashSet::new();
-    let mut cleared = HashSet::new();
+    // The configurations waiting for their admin as the batch goes: set when the provider refuses the client (its
+    // event is recorded once), cleared when its credentials work again.
+    let mut awaiting_admin: HashSet<TokenConfigId> =
+        configs.values().filter(|config| config.needs_admin).map(|config| config.id).collect();
     while let Some(chunk) = answers.next().await {
-        pass.add(store_answers(ctx, configs, chunk, &mut flagged, &mut cleared).await);
+        pass.add(store_answers(ctx, configs, chunk, &mut awaiting_admin).await);
     }
     Ok(pass)
 }
@@ -184,8 +185,7 @@ async fn store_answers(
     ctx: &AppContext,
     configs: &HashMap<TokenConfigId, token_config::Model>,
     chunk: Vec<(&grant::Model, Answer)>,
-    flagged: &mut HashSet<TokenConfigId>,
-    cleared: &mut HashSet<TokenConfigId>,
+    awaiting_admin: &mut HashSet<TokenConfigId>,
 ) -> RefreshPass {
     let refreshed: Vec<Refreshed<'_>> = chunk
         .iter()
@@ -194,20 +194,24 @@ async fn store_answers(
             Some(Refreshed { model, tokens, lease: model.refreshing_until })
         })
         .collect();
+    // A configuration as this batch last saw it: `needs_admin` while the batch knows it waits for its admin.
+    let as_seen = |config: &token_config::Model, awaiting: &HashSet<TokenConfigId>| token_config::Model {
+        needs_admin: awaiting.contains(&config.id),
+        ..config.clone()
+    };
     let stored = async {
         let txn = ctx.db.begin().await?;
         let mut pass = RefreshPass::default();
+        let mut awaiting = awaiting_admin.clone();
         for (model, answer) in &chunk {
-            let Some(config) = configs.get(&model.token_config_id) else { continue };
             match answer {
                 None | Some(Ok(Ok(_))) => {}
                 Some(Ok(Err(refused))) => {
-                    let mut seen = config.clone();
-                    seen.needs_admin |= flagged.contains(&config.id);
-                    match record_refusal(ctx, &txn, model, &seen, refused).await? {
+                    let Some(config) = configs.get(&model.token_config_id) else { continue };
+                    match record_refusal(ctx, &txn, model, &as_seen(config, &awaiting), refused).await? {
                         TokenAccessError::ReauthRequired { .. } => pass.reauth_required += 1,
                         TokenAccessError::NeedsAdmin { .. } => {
-                            flagged.insert(config.id);
+                            awaiting.insert(config.id);
                             pass.failed += 1;
                         }
                         _ => pass.failed += 1,
@@ -228,27 +232,37 @@ async fn store_answers(
             .filter(|id| !refreshed.iter().any(|one| one.model.id == *id))
             .collect();
         release(&txn, &leases).await?;
-        // A configuration whose credentials just worked is not waiting for its admin any more (said once).
-        let worked: Vec<&token_config::Model> = configs
+        // A configuration whose credentials just worked is not waiting for its admin any more.
+        let worked: Vec<token_config::Model> = configs
             .values()
-            .filter(|config| !cleared.contains(&config.id) && refreshed.iter().any(|r| r.model.token_config_id == config.id))
+            .filter(|config| awaiting.contains(&config.id) && refreshed.iter().any(|r| r.model.token_config_id == config.id))
+            .map(|config| as_seen(config, &awaiting))
             .collect();
-        pass.refreshed = persist_refreshed(ctx, txn, &refreshed, &worked).await?;
-        cleared.extend(worked.iter().map(|config| config.id));
-        Ok::<_, AppError>(pass)
+        pass.refreshed = persist_refreshed(ctx, txn, &refreshed, &worked.iter().collect::<Vec<_>>()).await?;
+        for config in &worked {
+            awaiting.remove(&config.id);
+        }
+        Ok::<_, AppError>((pass, awaiting))
     }
     .await;
     let pass = match stored {
-        Ok(pass) => pass,
+        Ok((pass, awaiting)) => {
+            // Kept only once committed: a rolled-back write recorded nothing.
+            *awaiting_admin = awaiting;
+            pass
+        }
         Err(first) => {
             tracing::warn!(error = %first, answers = chunk.len(), "storing refresh answers failed; storing each again");
             let mut pass = RefreshPass::default();
             for one in &refreshed {
                 let Some(config) = configs.get(&one.model.token_config_id) else { continue };
                 let again = AppError::Internal(anyhow::anyhow!("the batch's write failed: {first}"));
-                match persist_refreshed_again(ctx, *one, config, again).await {
+                match persist_refreshed_again(ctx, *one, &as_seen(config, awaiting_admin), again).await {
                     Ok(()) => pass.refreshed += 1,
-                    Err(e) => record_internal_failure(ctx, one.model.id, &e).await,
+                    Err(e) => {
+                        record_internal_failure(ctx, one.model.id, &e).await;
+                        pass.failed += 1;
+                    }
                 }
             }
             // What the write recorded was rolled back with it: each of the others backs off on its own.
