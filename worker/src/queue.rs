@@ -80,6 +80,11 @@ impl RefreshGrant {
         let (&grant_id, more) = grant_ids.split_first()?;
         Some(RefreshGrant { grant_id, more_grant_ids: more.to_vec() })
     }
+
+    /// Every grant of the batch, the first one first.
+    pub fn grant_ids(&self) -> Vec<GrantId> {
+        std::iter::once(self.grant_id).chain(self.more_grant_ids.iter().copied()).collect()
+    }
 }
 
 /// Look an `unknown` message up in its mailbox's Sent folder.
@@ -108,10 +113,7 @@ impl From<DeliverWebhook> for Job {
 
 impl From<RefreshGrant> for Job {
     fn from(job: RefreshGrant) -> Job {
-        let mut grant_ids = Vec::with_capacity(1 + job.more_grant_ids.len());
-        grant_ids.push(job.grant_id);
-        grant_ids.extend(job.more_grant_ids);
-        Job::Refresh { grant_ids }
+        Job::Refresh { grant_ids: job.grant_ids() }
     }
 }
 
@@ -165,7 +167,8 @@ pub fn concurrency(settings: &Settings, queue: Queue) -> usize {
     match queue {
         Queue::Send => settings.send_concurrency,
         Queue::Poll => settings.poll_concurrency,
-        // Each batch holds one database connection; its token requests share `refresh_concurrency` slots.
+        // A batch takes a database connection only to lease and to store; its token requests share the process's
+        // `refresh_concurrency` slots.
         Queue::Refresh => REFRESH_BATCHES_AT_ONCE,
         Queue::Webhook => settings.webhooks.concurrency,
         // Sent-folder look-ups are rare, and each holds a mailbox's one connection.

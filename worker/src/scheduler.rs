@@ -81,19 +81,20 @@ impl Target<'_> {
     }
 }
 
-/// Pushes one job per claimed row to `to`'s queue (see [`Target::pushed`]); on failure the rows are unclaimed so
-/// the next round dispatches them again. `row_id` names the row a claim marked.
-async fn push<T, S, K, Claim, Id>(
+/// Pushes one job per claim to `to`'s queue (see [`Target::pushed`]); on failure the rows are unclaimed so the
+/// next round dispatches them again. `row_ids` names the rows a claim marked (a refresh batch marks several).
+async fn push<T, S, K, Claim, Ids>(
     ctx: &AppContext,
     storage: &mut S,
     to: Target<'_>,
     rows: Dispatched,
     claimed: Vec<Claim>,
-    row_id: impl Fn(&Claim) -> Id,
+    row_ids: impl Fn(&Claim) -> Ids,
     job: impl Fn(Claim) -> T,
 ) -> anyhow::Result<usize>
 where
-    Id: serde::Serialize,
+    Ids: IntoIterator,
+    Ids::Item: serde::Serialize,
     S: TaskSink<T, K>,
     S::Error: std::fmt::Display,
 {
@@ -101,7 +102,7 @@ where
     if count == 0 {
         return Ok(0);
     }
-    let ids: Vec<Id> = claimed.iter().map(row_id).collect();
+    let ids: Vec<Ids::Item> = claimed.iter().flat_map(row_ids).collect();
     if let Err(e) = storage.push_bulk(claimed.into_iter().map(job).collect()).await {
         if let Err(undo) = scheduler::undispatch(ctx, rows, &ids).await {
             tracing::warn!(error = %undo, "could not unclaim rows after a failed push; they wait out the dispatch grace");
@@ -123,7 +124,7 @@ pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: 
             to,
             Dispatched::Messages,
             claimed,
-            |&(message_id, _)| message_id,
+            |&(message_id, _)| [message_id],
             |(message_id, tenant_id)| DeliverMessage { message_id, tenant_id: Some(tenant_id) },
         )
         .await?;
@@ -138,20 +139,11 @@ pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: 
 async fn dispatch_due_refreshes(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
     loop {
         let batches = scheduler::claim_due_refreshes(ctx, BATCH).await?;
-        let claimed: Vec<_> = batches.iter().flatten().copied().collect();
-        if claimed.is_empty() {
-            return Ok(());
-        }
+        let claimed = batches.iter().map(Vec::len).sum::<usize>();
         let jobs: Vec<RefreshGrant> = batches.iter().filter_map(|batch| RefreshGrant::batch(batch)).collect();
-        let count = jobs.len();
-        if let Err(e) = queues.refreshes.push_bulk(jobs).await {
-            if let Err(undo) = scheduler::undispatch(ctx, Dispatched::Grants, &claimed).await {
-                tracing::warn!(error = %undo, "could not unclaim grants after a failed push; they wait out the dispatch grace");
-            }
-            anyhow::bail!("pushing {count} refresh jobs to Redis failed: {e}");
-        }
-        Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass }.pushed(ctx, count);
-        if (claimed.len() as u64) < BATCH {
+        let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass };
+        push(ctx, &mut queues.refreshes, to, Dispatched::Grants, jobs, RefreshGrant::grant_ids, |job| job).await?;
+        if (claimed as u64) < BATCH {
             return Ok(());
         }
     }
@@ -168,7 +160,8 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
         Ok(ids) => {
             let to = Target { wakers: &queues.wakers, queue: Queue::Poll, trigger: Trigger::Pass };
             if let Err(e) =
-                push(ctx, &mut queues.polls, to, Dispatched::Polls, ids, |&id| id, |account_id| PollMailbox { account_id }).await
+                push(ctx, &mut queues.polls, to, Dispatched::Polls, ids, |&id| [id], |account_id| PollMailbox { account_id })
+                    .await
             {
                 failures.push(e);
             }
@@ -181,9 +174,16 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
     match scheduler::claim_due_settlements(ctx, 100).await {
         Ok(ids) => {
             let to = Target { wakers: &queues.wakers, queue: Queue::Settle, trigger: Trigger::Pass };
-            if let Err(e) =
-                push(ctx, &mut queues.settles, to, Dispatched::Messages, ids, |&id| id, |message_id| SettleMessage { message_id })
-                    .await
+            if let Err(e) = push(
+                ctx,
+                &mut queues.settles,
+                to,
+                Dispatched::Messages,
+                ids,
+                |&id| [id],
+                |message_id| SettleMessage { message_id },
+            )
+            .await
             {
                 failures.push(e);
             }

@@ -4,7 +4,7 @@
 //! killed) the row is dispatched again once the grace has passed. The jobs themselves take leases, so a
 //! job dispatched twice still runs once in effect.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TryGetable};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, TryGetable};
 use uuid::Uuid;
 
 use crate::context::AppContext;
@@ -17,9 +17,19 @@ pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
 
 /// Runs a claim (`due` says what each selects): `$1` is the grace, `$2` the limit; returns the claimed ids.
 async fn claim<Id: TryGetable>(ctx: &AppContext, sql: &str, limit: u64) -> AppResult<Vec<Id>> {
+    claim_with(ctx, sql, limit, |r| r.try_get::<Id>("", "id")).await
+}
+
+/// `claim`, reading each claimed row with `read` (a claim that returns more than the id).
+async fn claim_with<T>(
+    ctx: &AppContext,
+    sql: &str,
+    limit: u64,
+    read: impl Fn(&QueryResult) -> Result<T, DbErr>,
+) -> AppResult<Vec<T>> {
     let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
     let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    rows.iter().map(|r| r.try_get::<Id>("", "id").map_err(Into::into)).collect()
+    Ok(rows.iter().map(read).collect::<Result<_, _>>()?)
 }
 
 /// Inbound accounts due for a poll: enabled, confirmed, not held by a worker.
@@ -76,9 +86,8 @@ pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<(Out
            ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, tenant_id",
         due::send()
     );
-    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
-    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    rows.iter().map(|r| Ok((r.try_get::<OutboundMessageId>("", "id")?, r.try_get::<TenantId>("", "tenant_id")?))).collect()
+    claim_with(ctx, &sql, limit, |r| Ok((r.try_get::<OutboundMessageId>("", "id")?, r.try_get::<TenantId>("", "tenant_id")?)))
+        .await
 }
 
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
@@ -91,12 +100,10 @@ pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<
            ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, token_config_id",
         due::refresh()
     );
-    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into()];
-    let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    let due = rows
-        .iter()
-        .map(|r| Ok((r.try_get::<GrantId>("", "id")?, r.try_get::<TokenConfigId>("", "token_config_id")?)))
-        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    let due = claim_with(ctx, &sql, limit, |r| {
+        Ok((r.try_get::<GrantId>("", "id")?, r.try_get::<TokenConfigId>("", "token_config_id")?))
+    })
+    .await?;
     Ok(crate::connect::grants::batches_of(due))
 }
 
