@@ -61,16 +61,8 @@ pub async fn record<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "INSERT INTO events (id, tenant_id, event_type, resource_type, resource_id, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        [
-            Uuid::now_v7().into(),
-            tenant_id.into(),
-            event_type.into(),
-            resource_type.into(),
-            resource_id.into(),
-            data.into(),
-            Utc::now().into(),
-        ],
+        format!("{INSERT_EVENT} VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+        Pending { tenant_id, event_type, resource_type, resource_id, data }.values(),
     ))
     .await
     .map(|_| ())
@@ -86,6 +78,24 @@ pub struct Pending<'a> {
     pub data: Value,
 }
 
+/// The insert of one event row, its columns in the order of `Pending::values`.
+const INSERT_EVENT: &str = "INSERT INTO events (id, tenant_id, event_type, resource_type, resource_id, data, created_at)";
+
+impl Pending<'_> {
+    /// The values of a new event row, in the order of `INSERT_EVENT`.
+    fn values(self) -> Vec<sea_orm::Value> {
+        vec![
+            Uuid::now_v7().into(),
+            self.tenant_id.into(),
+            self.event_type.into(),
+            self.resource_type.into(),
+            self.resource_id.into(),
+            self.data.into(),
+            Utc::now().into(),
+        ]
+    }
+}
+
 /// Runs `change` (a data-modifying statement with `RETURNING`, its values `$1`..`$n` in `values`) and records
 /// `event` once for each row it returned, in one statement. Returns how many rows the change returned.
 pub async fn record_with<C: ConnectionTrait>(
@@ -95,27 +105,10 @@ pub async fn record_with<C: ConnectionTrait>(
     event: Pending<'_>,
 ) -> Result<u64, DbErr> {
     let first = values.len() + 1;
-    let sql = format!(
-        "WITH changed AS ({change}) \
-         INSERT INTO events (id, tenant_id, event_type, resource_type, resource_id, data, created_at) \
-         SELECT ${}, ${}, ${}, ${}, ${}, ${}, ${} FROM changed",
-        first,
-        first + 1,
-        first + 2,
-        first + 3,
-        first + 4,
-        first + 5,
-        first + 6
-    );
-    values.extend([
-        Uuid::now_v7().into(),
-        event.tenant_id.into(),
-        event.event_type.into(),
-        event.resource_type.into(),
-        event.resource_id.into(),
-        event.data.into(),
-        Utc::now().into(),
-    ]);
+    let event = event.values();
+    let placeholders: Vec<String> = (first..first + event.len()).map(|n| format!("${n}")).collect();
+    let sql = format!("WITH changed AS ({change}) {INSERT_EVENT} SELECT {} FROM changed", placeholders.join(", "));
+    values.extend(event);
     let done = db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     Ok(done.rows_affected())
 }
