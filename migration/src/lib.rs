@@ -25,6 +25,7 @@ mod m20261205_000020_next_client_secret;
 mod m20261205_000021_recipient_results;
 mod m20261205_000022_tenant_branding;
 mod m20261206_000023_refresh_lease;
+mod m20261206_000024_undispatched_sends;
 
 pub struct Migrator;
 
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000021_recipient_results::Migration),
             Box::new(m20261205_000022_tenant_branding::Migration),
             Box::new(m20261206_000023_refresh_lease::Migration),
+            Box::new(m20261206_000024_undispatched_sends::Migration),
         ]
     }
 }

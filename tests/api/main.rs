@@ -33,6 +33,7 @@ mod refresh_storm;
 mod routing;
 mod schema;
 mod secrets;
+mod send_batches;
 mod tenant_wall;
 mod tenants;
 mod token_configs;

@@ -197,7 +197,7 @@ async fn two_and_three_worker_processes_share_one_outbox_and_send_each_message_o
         assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
         let mut shares = Vec::new();
         for worker in &workers {
-            shares.push(worker.metric("postbridge_jobs_total{kind=\"send\",outcome=\"sent\"}").await as i64);
+            shares.push(worker.metric("postbridge_messages_total{outcome=\"sent\"}").await as i64);
         }
         assert!(shares.iter().all(|n| *n > 0), "{processes} processes: every one sent part of the batch: {shares:?}");
         assert_eq!(shares.iter().sum::<i64>(), 120, "{processes} processes: {shares:?}");

@@ -32,13 +32,30 @@ pub struct PollMailbox {
     pub account_id: AccountId,
 }
 
-/// Send one queued message. The scheduler also names its tenant, which spares the job the look-up (a wrong one
-/// only hides the row from the job, which then does nothing; jobs queued before it was sent still look it up).
+/// Send a batch of one account's queued messages. The first id is its own field, as in the single-message jobs
+/// earlier versions queued, so those still run. The scheduler also names the tenant, which spares the job the
+/// look-up (a wrong one only hides the rows from the job, which then does nothing; jobs queued before it was sent
+/// still look it up).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeliverMessage {
     pub message_id: OutboundMessageId,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_message_ids: Vec<OutboundMessageId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<TenantId>,
+}
+
+impl DeliverMessage {
+    /// The job for one batch (`None` for an empty one).
+    pub fn batch(tenant_id: TenantId, message_ids: &[OutboundMessageId]) -> Option<DeliverMessage> {
+        let (&message_id, more) = message_ids.split_first()?;
+        Some(DeliverMessage { message_id, more_message_ids: more.to_vec(), tenant_id: Some(tenant_id) })
+    }
+
+    /// Every message of the batch, the first one first.
+    pub fn message_ids(&self) -> Vec<OutboundMessageId> {
+        std::iter::once(self.message_id).chain(self.more_message_ids.iter().copied()).collect()
+    }
 }
 
 /// The tenant a payload names, when it does: the runner then skips looking it up.
@@ -101,7 +118,7 @@ impl From<PollMailbox> for Job {
 
 impl From<DeliverMessage> for Job {
     fn from(job: DeliverMessage) -> Job {
-        Job::Send { message_id: job.message_id }
+        Job::Send { message_ids: job.message_ids() }
     }
 }
 
@@ -246,4 +263,23 @@ impl JobRunner {
 pub async fn handle<T: Into<Job> + TenantHint>(payload: T, runner: Data<JobRunner>) -> Result<(), BoxDynError> {
     let tenant_hint = payload.tenant_hint();
     runner.run(payload.into(), tenant_hint).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_job_queued_by_an_earlier_version_still_runs_and_a_batch_keeps_its_order() {
+        let id = OutboundMessageId::new();
+        let earlier: DeliverMessage = serde_json::from_value(serde_json::json!({"message_id": id})).expect("old payload");
+        assert_eq!(Job::from(earlier), Job::Send { message_ids: vec![id] });
+        let (tenant, ids) = (TenantId::new(), [OutboundMessageId::new(), OutboundMessageId::new(), OutboundMessageId::new()]);
+        let batch = DeliverMessage::batch(tenant, &ids).expect("a batch");
+        assert_eq!(batch.message_ids(), ids);
+        let wire = serde_json::to_value(&batch).expect("serialises");
+        let back: DeliverMessage = serde_json::from_value(wire).expect("deserialises");
+        assert_eq!((back.tenant_hint(), Job::from(back)), (Some(tenant), Job::Send { message_ids: ids.to_vec() }));
+        assert!(DeliverMessage::batch(tenant, &[]).is_none());
+    }
 }

@@ -4,13 +4,13 @@
 //! loops waits on a provider or a mail server: that work runs in jobs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use apalis_core::backend::Vacuum;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::connect::token_configs;
-use postbridge_core::jobs::scheduler::{self, Dispatched};
+use postbridge_core::jobs::scheduler::{self, Dispatched, SendClaim};
 use postbridge_core::jobs::workers;
 use postbridge_core::observe::{events, webhooks};
 use postbridge_core::send::delivery;
@@ -34,7 +34,14 @@ pub struct Queues {
     pub refreshes: RedisStorage<RefreshGrant>,
     pub settles: RedisStorage<SettleMessage>,
     pub wakers: QueueWakers,
+    /// When a pass last looked for messages whose job was lost (see [`LOST_SENDS_EVERY`]).
+    pub lost_sends_checked_at: Option<Instant>,
 }
+
+/// How often a pass also takes back messages whose dispatch mark ran out (their job lost). Such a mark lasts
+/// minutes (`DISPATCH_GRACE_SECONDS`) and a Redis flush clears the marks at once, so looking now and then is enough;
+/// looking on every pass read the whole dispatched backlog each time.
+const LOST_SENDS_EVERY: Duration = Duration::from_secs(15);
 
 impl Queues {
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
@@ -45,12 +52,13 @@ impl Queues {
             hooks: crate::queue::storage(conn.clone(), prefix, Queue::Webhook),
             refreshes: crate::queue::storage(conn.clone(), prefix, Queue::Refresh),
             settles: crate::queue::storage(conn, prefix, Queue::Settle),
+            lost_sends_checked_at: None,
         }
     }
 }
 
 /// What found work due: the scheduler's regular pass, or a notice from Postgres that a row committed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
     Pass,
     Notice,
@@ -115,20 +123,21 @@ where
 
 /// Claims and pushes every message due to send, a batch at a time.
 pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: Trigger) -> anyhow::Result<()> {
+    let lost_check_due = queues.lost_sends_checked_at.is_none_or(|at| at.elapsed() >= LOST_SENDS_EVERY);
+    let which = if trigger == Trigger::Pass && lost_check_due {
+        queues.lost_sends_checked_at = Some(Instant::now());
+        SendClaim::NewAndLost
+    } else {
+        SendClaim::New
+    };
     loop {
-        let claimed = scheduler::claim_due_sends(ctx, BATCH).await?;
+        let batches = scheduler::claim_due_sends(ctx, BATCH, which).await?;
+        let claimed = batches.iter().map(|(_, ids)| ids.len()).sum::<usize>();
+        let jobs: Vec<DeliverMessage> =
+            batches.iter().filter_map(|(tenant_id, ids)| DeliverMessage::batch(*tenant_id, ids)).collect();
         let to = Target { wakers: &queues.wakers, queue: Queue::Send, trigger };
-        let pushed = push(
-            ctx,
-            &mut queues.sends,
-            to,
-            Dispatched::Messages,
-            claimed,
-            |&(message_id, _)| [message_id],
-            |(message_id, tenant_id)| DeliverMessage { message_id, tenant_id: Some(tenant_id) },
-        )
-        .await?;
-        if (pushed as u64) < BATCH {
+        push(ctx, &mut queues.sends, to, Dispatched::Messages, jobs, DeliverMessage::message_ids, |job| job).await?;
+        if (claimed as u64) < BATCH {
             return Ok(());
         }
     }

@@ -52,8 +52,8 @@ impl Queue {
 pub enum Job {
     /// Poll one inbound mailbox.
     Poll { account_id: AccountId },
-    /// Send one queued message.
-    Send { message_id: OutboundMessageId },
+    /// Send a batch of one account's queued messages, one after another.
+    Send { message_ids: Vec<OutboundMessageId> },
     /// Look an `unknown` message up in its mailbox's Sent folder.
     Settle { message_id: OutboundMessageId },
     /// Refresh a batch of grants of one token configuration whose access tokens are about to expire.
@@ -145,11 +145,12 @@ impl Job {
     }
 
     /// The row whose tenant the job runs as (row-level security narrows every query it makes to that tenant).
-    /// A refresh batch holds one configuration's grants, so its first names the tenant; an empty one has none.
+    /// A batch (refresh, send) holds one tenant's rows, so its first names the tenant; an empty one has none.
     pub fn root(&self) -> Option<JobRoot> {
         Some(match *self {
             Job::Poll { account_id } => JobRoot::Account(account_id),
-            Job::Send { message_id } | Job::Settle { message_id } => JobRoot::OutboundMessage(message_id),
+            Job::Send { ref message_ids } => JobRoot::OutboundMessage(*message_ids.first()?),
+            Job::Settle { message_id } => JobRoot::OutboundMessage(message_id),
             Job::Refresh { ref grant_ids } => JobRoot::Grant(*grant_ids.first()?),
             Job::Webhook { endpoint_id, .. } => JobRoot::WebhookEndpoint(endpoint_id),
         })
@@ -176,13 +177,13 @@ impl Job {
                     JobOutcome::Error
                 }
             },
-            Job::Send { message_id } => match delivery::deliver(ctx, message_id).await {
-                Ok(delivery) => {
-                    tracing::debug!(%message_id, ?delivery, "delivery");
-                    delivery.into()
+            Job::Send { message_ids } => match delivery::deliver_all(ctx, &message_ids).await {
+                Ok(deliveries) => {
+                    tracing::debug!(?message_ids, ?deliveries, "delivery");
+                    Delivery::most_telling(&deliveries).into()
                 }
                 Err(e) => {
-                    tracing::error!(%message_id, error = %e, "send job failed");
+                    tracing::error!(?message_ids, error = %e, "send job failed");
                     JobOutcome::Error
                 }
             },
@@ -228,7 +229,7 @@ mod tests {
             (AccountId::new(), OutboundMessageId::new(), GrantId::new(), WebhookEndpointId::new());
         let cases = [
             (Job::Poll { account_id: account }, Queue::Poll, JobRoot::Account(account)),
-            (Job::Send { message_id: message }, Queue::Send, JobRoot::OutboundMessage(message)),
+            (Job::Send { message_ids: vec![message, OutboundMessageId::new()] }, Queue::Send, JobRoot::OutboundMessage(message)),
             (Job::Settle { message_id: message }, Queue::Settle, JobRoot::OutboundMessage(message)),
             (Job::Refresh { grant_ids: vec![grant, GrantId::new()] }, Queue::Refresh, JobRoot::Grant(grant)),
             (
@@ -241,6 +242,7 @@ mod tests {
             assert_eq!((job.queue(), job.root()), (queue, Some(root)), "{job:?}");
         }
         assert_eq!(Job::Refresh { grant_ids: Vec::new() }.root(), None, "an empty batch has no tenant");
+        assert_eq!(Job::Send { message_ids: Vec::new() }.root(), None, "an empty batch has no tenant");
         let names: Vec<&str> = Queue::ALL.iter().map(|q| q.as_str()).collect();
         assert_eq!(names, ["send", "poll", "refresh", "settle", "webhook"]);
     }
@@ -249,6 +251,10 @@ mod tests {
     fn outcomes_keep_the_labels_operators_graph() {
         assert_eq!(JobOutcome::from(Delivery::Paced), JobOutcome::Skipped("paced"));
         assert_eq!(JobOutcome::from(Delivery::Unknown).label(), "unknown");
+        let batch = [Delivery::Sent, Delivery::Retry, Delivery::Skipped];
+        assert_eq!(JobOutcome::from(Delivery::most_telling(&batch)), JobOutcome::Retry("retry"));
+        assert_eq!(Delivery::most_telling(&[Delivery::Sent, Delivery::Paced]), Delivery::Sent);
+        assert_eq!(Delivery::most_telling(&[]), Delivery::Skipped);
         assert_eq!(JobOutcome::from(WebhookOutcome::Abandoned), JobOutcome::Failed("abandoned"));
         let pass = |refreshed, reauth_required, failed| RefreshPass { refreshed, reauth_required, failed };
         assert_eq!(JobOutcome::from(pass(49, 0, 1)), JobOutcome::Retry("failed"));

@@ -78,16 +78,43 @@ pub async fn idle_share(ctx: &AppContext) -> AppResult<usize> {
     Ok(mailboxes.div_ceil(usize::try_from(workers).unwrap_or(1).max(1)))
 }
 
-/// Queued messages due for an attempt, each with its tenant.
-pub async fn claim_due_sends(ctx: &AppContext, limit: u64) -> AppResult<Vec<(OutboundMessageId, TenantId)>> {
+/// Which queued messages a send claim takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendClaim {
+    /// Only those never dispatched (on a submission's notice): found through their own small index, however many
+    /// dispatched ones wait for a worker.
+    New,
+    /// Also those whose dispatch mark ran out, their job lost (the periodic pass).
+    NewAndLost,
+}
+
+/// Queued messages due for an attempt, as send jobs' batches (`batches::batches_of`), each with its tenant.
+pub async fn claim_due_sends(
+    ctx: &AppContext,
+    limit: u64,
+    which: SendClaim,
+) -> AppResult<Vec<(TenantId, Vec<OutboundMessageId>)>> {
+    let undispatched = match which {
+        SendClaim::New => "dispatched_until IS NULL",
+        SendClaim::NewAndLost => "(dispatched_until IS NULL OR dispatched_until < now())",
+    };
     let sql = format!(
-        "UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
-           SELECT id FROM outbound_messages WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
-           ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, tenant_id",
+        // In their queue's order, so a batch sends an account's messages oldest first.
+        "WITH claimed AS (UPDATE outbound_messages SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+           SELECT id FROM outbound_messages WHERE {} AND {undispatched} \
+           ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, tenant_id, account_id, next_attempt_at) \
+         SELECT id, tenant_id, account_id FROM claimed ORDER BY next_attempt_at",
         due::send()
     );
-    claim_with(ctx, &sql, limit, |r| Ok((r.try_get::<OutboundMessageId>("", "id")?, r.try_get::<TenantId>("", "tenant_id")?)))
-        .await
+    let due = claim_with(ctx, &sql, limit, |r| {
+        Ok((
+            r.try_get::<OutboundMessageId>("", "id")?,
+            r.try_get::<TenantId>("", "tenant_id")?,
+            r.try_get::<Option<AccountId>>("", "account_id")?,
+        ))
+    })
+    .await?;
+    Ok(crate::send::batches::batches_of(due))
 }
 
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose

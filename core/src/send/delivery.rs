@@ -8,7 +8,6 @@
 //! expires it becomes `unknown` rather than being sent again.
 
 use chrono::Utc;
-use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement};
 use serde_json::json;
 use uuid::Uuid;
@@ -17,14 +16,16 @@ use crate::connect::grants;
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
 use crate::error::AppResult;
-use crate::jobs::leases::{self, Holder, Leased};
+use crate::jobs::leases::{self, Leased};
 use crate::model::OutboundStatus;
 use crate::observe::events;
-use crate::protocols::error::MailError;
+use crate::protocols::error::{MailAuth, MailError};
 use crate::protocols::smtp::{SendError, SendOutcome};
 use crate::store::entities::{email_account, outbound_message};
-use crate::store::ids::OutboundMessageId;
+use crate::store::ids::{uuid_array, OutboundMessageId};
 use crate::store::json::RecipientResult;
+
+use super::pace;
 
 /// Attempts before a message that keeps failing temporarily is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
@@ -33,7 +34,7 @@ pub const MAX_ATTEMPTS: i32 = 8;
 pub const LEASE_SECONDS: f64 = 30.0;
 const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
     /// Someone else holds it, or it is not due / not sendable any more.
     Skipped,
@@ -45,6 +46,16 @@ pub enum Delivery {
     Unknown,
 }
 
+impl Delivery {
+    /// A batch's outcome as its job reports it: its worst message first (each message is counted in
+    /// `postbridge_messages_total`).
+    pub fn most_telling(deliveries: &[Delivery]) -> Delivery {
+        const WORST_FIRST: [Delivery; 6] =
+            [Delivery::Failed, Delivery::Unknown, Delivery::Retry, Delivery::Sent, Delivery::Paced, Delivery::Skipped];
+        WORST_FIRST.into_iter().find(|kind| deliveries.contains(kind)).unwrap_or(Delivery::Skipped)
+    }
+}
+
 /// One job's hold on a message: only the holder of `token` may hand it to the server or record its outcome.
 #[derive(Clone, Copy, Debug)]
 struct Lease {
@@ -52,21 +63,21 @@ struct Lease {
     token: Uuid,
 }
 
-/// Takes a due message for this worker.
-async fn lease(ctx: &AppContext, message_id: OutboundMessageId) -> AppResult<Option<(outbound_message::Model, Lease)>> {
-    let token = Uuid::new_v4();
-    let row = ctx
+/// Takes the due messages of a batch for this worker, all under one token, in the batch's order.
+async fn lease(ctx: &AppContext, message_ids: &[OutboundMessageId], token: Uuid) -> AppResult<Vec<outbound_message::Model>> {
+    let rows = ctx
         .db
-        .query_one_raw(Statement::from_sql_and_values(
+        .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             // A queued message is free by its status: taking it makes it `sending`, which no one else takes.
             format!(
                 "UPDATE outbound_messages SET status = $5, attempts = attempts + 1, {}, lease_token = $3, leased_by = $4, \
-                 handed_at = NULL, updated_at = now() WHERE id = $1 AND status = $6 AND next_attempt_at <= now() RETURNING *",
+                 handed_at = NULL, updated_at = now() WHERE id = ANY($1::text::uuid[]) \
+                 AND status = $6 AND next_attempt_at <= now() RETURNING *",
                 Leased::hold_for(2)
             ),
             [
-                message_id.into(),
+                uuid_array(message_ids),
                 LEASE_SECONDS.into(),
                 token.into(),
                 ctx.instance_id.into(),
@@ -75,13 +86,26 @@ async fn lease(ctx: &AppContext, message_id: OutboundMessageId) -> AppResult<Opt
             ],
         ))
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some((outbound_message::Model::from_query_result(&row, "")?, Lease { message_id, token })))
+    let mut leased = rows.iter().map(|row| outbound_message::Model::from_query_result(row, "")).collect::<Result<Vec<_>, _>>()?;
+    leased.sort_by_key(|m| message_ids.iter().position(|&id| id == m.id));
+    Ok(leased)
 }
 
-/// Extends the lease while its delivery runs; false when the lease is no longer ours.
-async fn renew_lease(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
-    Leased::Messages.renew(&ctx.db, lease.message_id.into(), Holder::Token(lease.token), LEASE_SECONDS).await
+/// Extends the leases of a batch while it runs; false when none is ours any more.
+async fn renew_leases(ctx: &AppContext, message_ids: &[OutboundMessageId], token: Uuid) -> AppResult<bool> {
+    let renewed = ctx
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!(
+                "UPDATE outbound_messages SET {} WHERE id = ANY($1::text::uuid[]) \
+                 AND lease_token = $3 AND status = $4",
+                Leased::hold_for(2)
+            ),
+            [uuid_array(message_ids), LEASE_SECONDS.into(), token.into(), OutboundStatus::Sending.into()],
+        ))
+        .await?;
+    Ok(renewed.rows_affected() > 0)
 }
 
 /// Written just before the content goes to the server; false (send nothing) when the lease is lost.
@@ -130,11 +154,11 @@ const STOPPED_BEFORE_HANDING: &str = "the worker stopped before handing it to th
 /// attempt is not counted, so such failures never fail a message for good.
 const INTERNAL_RETRY_SECONDS: f64 = 30.0;
 
-/// Gives a leased message back to the queue when nothing of it reached the server; false when it had been handed
-/// over (it then settles as `unknown`) or the lease is no longer ours.
-async fn release_unsent(ctx: &AppContext, lease: Lease, why: &str) -> AppResult<bool> {
-    let which = "id = $1 AND lease_token = $2";
-    Ok(requeue_unsent(ctx, which, vec![lease.message_id.into(), lease.token.into()], why, INTERNAL_RETRY_SECONDS).await? == 1)
+/// Gives a batch's leased messages that never reached the server back to the queue; those handed over settle as
+/// `unknown`, and those already settled or no longer ours are left alone. Returns how many went back.
+async fn release_unsent(ctx: &AppContext, message_ids: &[OutboundMessageId], token: Uuid, why: &str) -> AppResult<u64> {
+    let which = "id = ANY($1::text::uuid[]) AND lease_token = $2";
+    requeue_unsent(ctx, which, vec![uuid_array(message_ids), token.into()], why, INTERNAL_RETRY_SECONDS).await
 }
 
 /// The server's answers of a send, as written with its outcome.
@@ -192,49 +216,88 @@ async fn set_outcome<C: ConnectionTrait>(
     Ok(written == 1)
 }
 
-/// Sends one queued message (the worker's job). The lease is renewed while it runs; an error before the content
-/// reached the server gives the message back to the queue at once.
+/// Sends one queued message.
 pub async fn deliver(ctx: &AppContext, message_id: OutboundMessageId) -> AppResult<Delivery> {
-    let Some((message, lease)) = lease(ctx, message_id).await? else { return Ok(Delivery::Skipped) };
-    let outcome =
-        leases::renewing("send", LEASE_RENEW_EVERY, deliver_leased(ctx, &message, lease), || renew_lease(ctx, lease)).await;
-    if let Err(e) = &outcome {
-        match release_unsent(ctx, lease, &format!("interrupted before reaching the mail server: {e}")).await {
-            Ok(true) => tracing::warn!(%message_id, error = %e, "delivery interrupted before sending; queued again"),
-            Ok(false) => {}
-            Err(release) => {
-                tracing::warn!(%message_id, error = %release, "could not give the message back; its lease will expire")
-            }
-        }
-    }
-    outcome
+    Ok(deliver_all(ctx, &[message_id]).await?.pop().unwrap_or(Delivery::Skipped))
 }
 
-async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lease: Lease) -> AppResult<Delivery> {
-    let Some(account_id) = message.account_id else {
-        return fail(ctx, message, lease, "its sending account was deleted").await;
-    };
-    let Some(account) = email_account::Entity::find_by_id(account_id).one(&ctx.db).await? else {
-        return fail(ctx, message, lease, "its sending account was deleted").await;
-    };
-    if let Some(wait) = pace_wait(ctx, &account).await? {
-        ctx.db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                format!(
-                    "UPDATE outbound_messages SET status = $4, attempts = attempts - 1, {}, dispatched_until = NULL, \
-                     next_attempt_at = now() + make_interval(secs => $3), updated_at = now() WHERE id = $1 AND lease_token = $2",
-                    Leased::Messages.released()
-                ),
-                [message.id.into(), lease.token.into(), wait.into(), OutboundStatus::Queued.into()],
-            ))
-            .await?;
+/// Sends a batch of queued messages (the worker's job; the scheduler batches one account's messages), one after
+/// another over the account's pooled connection: leased in one statement, the account and its credentials loaded
+/// once, each outcome recorded as it comes. The leases are renewed while it runs; an error gives every message not
+/// yet handed to the server back to the queue at once. One answer per id, in order.
+pub async fn deliver_all(ctx: &AppContext, message_ids: &[OutboundMessageId]) -> AppResult<Vec<Delivery>> {
+    let token = Uuid::new_v4();
+    let leased = lease(ctx, message_ids, token).await?;
+    let held: Vec<OutboundMessageId> = leased.iter().map(|m| m.id).collect();
+    let mut answers: Vec<(OutboundMessageId, Delivery)> = Vec::with_capacity(leased.len());
+    let outcome = leases::renewing("send", LEASE_RENEW_EVERY, deliver_leased_all(ctx, &leased, token, &mut answers), || {
+        renew_leases(ctx, &held, token)
+    })
+    .await;
+    if let Err(e) = outcome {
+        match release_unsent(ctx, &held, token, &format!("interrupted before reaching the mail server: {e}")).await {
+            Ok(0) => {}
+            Ok(requeued) => tracing::warn!(requeued, error = %e, "delivery interrupted before sending; queued again"),
+            Err(release) => {
+                tracing::warn!(error = %release, "could not give the messages back; their leases will expire")
+            }
+        }
+        return Err(e);
+    }
+    Ok(message_ids
+        .iter()
+        .map(|id| answers.iter().find(|(done, _)| done == id).map_or(Delivery::Skipped, |(_, delivery)| *delivery))
+        .collect())
+}
+
+/// One account's side of a batch: its row, loaded once, and its credentials, fetched at first use (and again after
+/// a refusal).
+struct Sender {
+    account: email_account::Model,
+    auth: Option<MailAuth>,
+    /// The account reached its pace earlier in this batch: the rest wait as long.
+    paced_for: Option<f64>,
+}
+
+async fn deliver_leased_all(
+    ctx: &AppContext,
+    leased: &[outbound_message::Model],
+    token: Uuid,
+    answers: &mut Vec<(OutboundMessageId, Delivery)>,
+) -> AppResult<()> {
+    let mut sender: Option<Sender> = None;
+    for message in leased {
+        let lease = Lease { message_id: message.id, token };
+        if let Some(account_id) = message.account_id.filter(|&id| sender.as_ref().map(|s| s.account.id) != Some(id)) {
+            let account = email_account::Entity::find_by_id(account_id).one(&ctx.db).await?;
+            sender = account.map(|account| Sender { account, auth: None, paced_for: None });
+        }
+        let delivery = match sender.as_mut().filter(|s| Some(s.account.id) == message.account_id) {
+            Some(sender) => deliver_leased(ctx, sender, message, lease).await?,
+            None => fail(ctx, message, lease, "its sending account was deleted").await?,
+        };
+        answers.push((message.id, delivery));
+    }
+    Ok(())
+}
+
+async fn deliver_leased(
+    ctx: &AppContext,
+    sender: &mut Sender,
+    message: &outbound_message::Model,
+    lease: Lease,
+) -> AppResult<Delivery> {
+    if sender.paced_for.is_none() {
+        sender.paced_for = pace::wait(ctx, &sender.account).await?;
+    }
+    if let Some(wait) = sender.paced_for {
+        pace::postpone(ctx, message.id, lease.token, wait).await?;
         return Ok(Delivery::Paced);
     }
     let recipients = message.recipients.0.clone();
     let mut refreshed = false;
     loop {
-        let outcome = send_once(ctx, &account, message, lease, &recipients).await;
+        let outcome = send_once(ctx, sender, message, lease, &recipients).await;
         match outcome {
             Ok(sent) => {
                 // Recipients refused for good did not get it; the others did, and are not sent to again.
@@ -268,13 +331,14 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
             Err(Failure::LeaseLost) => return Ok(Delivery::Skipped),
             Err(Failure::Send(SendError::Auth { message: words, .. }))
             | Err(Failure::Credentials(MailError { message: words, .. }))
-                if !refreshed && account.grant_id.is_some() =>
+                if !refreshed && sender.account.grant_id.is_some() =>
             {
                 // A token that should be valid was refused: refresh once and retry.
-                tracing::info!(account_id = %account.id, reply = %words, "SMTP authentication refused; refreshing the token once");
-                if let Some(grant_id) = account.grant_id {
-                    grants::expire_access_token(ctx, account.tenant_id, grant_id).await?;
+                tracing::info!(account_id = %sender.account.id, reply = %words, "SMTP authentication refused; refreshing the token once");
+                if let Some(grant_id) = sender.account.grant_id {
+                    grants::expire_access_token(ctx, sender.account.tenant_id, grant_id).await?;
                 }
+                sender.auth = None;
                 refreshed = true;
             }
             Err(Failure::Send(SendError::Auth { code, message: words })) => {
@@ -284,7 +348,7 @@ async fn deliver_leased(ctx: &AppContext, message: &outbound_message::Model, lea
                     Some(c) => error.with_code(c),
                     None => error,
                 };
-                mailbox::record_account_error(&ctx.db, &account, &error).await?;
+                mailbox::record_account_error(&ctx.db, &sender.account, &error).await?;
                 return fail(ctx, message, lease, &error.to_string()).await;
             }
             Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, message, lease, &e.to_string()).await,
@@ -319,17 +383,23 @@ enum Failure {
 
 async fn send_once(
     ctx: &AppContext,
-    account: &email_account::Model,
+    sender: &mut Sender,
     message: &outbound_message::Model,
     lease: Lease,
     recipients: &[String],
 ) -> Result<SendOutcome, Failure> {
-    let endpoint =
-        endpoint(account).map_err(|e| Failure::Credentials(MailError::new(crate::failure::MailStep::Unknown, e.to_string())))?;
-    let auth = credentials(ctx, account).await.map_err(|e| match e {
-        mailbox::CredentialError::Mail(e) => Failure::Credentials(e),
-        mailbox::CredentialError::Internal(e) => Failure::App(e),
-    })?;
+    let endpoint = endpoint(&sender.account)
+        .map_err(|e| Failure::Credentials(MailError::new(crate::failure::MailStep::Unknown, e.to_string())))?;
+    let auth = match &sender.auth {
+        Some(auth) => auth.clone(),
+        None => {
+            let auth = credentials(ctx, &sender.account).await.map_err(|e| match e {
+                mailbox::CredentialError::Mail(e) => Failure::Credentials(e),
+                mailbox::CredentialError::Internal(e) => Failure::App(e),
+            })?;
+            sender.auth.insert(auth).clone()
+        }
+    };
     if !mark_handed(ctx, lease).await.map_err(Failure::App)? {
         return Err(Failure::LeaseLost);
     }
@@ -367,46 +437,6 @@ async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease,
     }
     ctx.metrics.messages("failed", 1);
     Ok(Delivery::Failed)
-}
-
-/// The account's sending pace in messages per minute (0: none): its own if set, else the deployment's, where
-/// Microsoft 365 mailboxes have their own.
-fn pace_of(ctx: &AppContext, account: &email_account::Model) -> u32 {
-    if let Some(own) = account.send_rate_per_minute {
-        return u32::try_from(own).unwrap_or(0);
-    }
-    let microsoft =
-        account.host.eq_ignore_ascii_case("smtp.office365.com") || account.host.to_ascii_lowercase().ends_with(".outlook.com");
-    if microsoft {
-        ctx.settings.microsoft_send_rate_per_minute
-    } else {
-        ctx.settings.send_rate_per_minute
-    }
-}
-
-/// Seconds to wait when the account already sent its pace in the last minute (counted in Postgres, so the
-/// pace holds across every worker process).
-async fn pace_wait(ctx: &AppContext, account: &email_account::Model) -> AppResult<Option<f64>> {
-    let pace = pace_of(ctx, account);
-    if pace == 0 {
-        return Ok(None);
-    }
-    let row = ctx
-        .db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT count(*) AS sent, EXTRACT(EPOCH FROM (min(sent_at) + interval '60 seconds' - now()))::float8 AS wait \
-             FROM outbound_messages WHERE account_id = $1 AND status IN ($2, $3) AND sent_at > now() - interval '60 seconds'",
-            [account.id.into(), OutboundStatus::Sent.into(), OutboundStatus::PartiallySent.into()],
-        ))
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let sent: i64 = row.try_get("", "sent")?;
-    if sent < i64::from(pace) {
-        return Ok(None);
-    }
-    let wait: Option<f64> = row.try_get("", "wait")?;
-    Ok(Some(wait.unwrap_or(1.0).max(1.0) + rand::rng().random_range(0.0..1.0)))
 }
 
 /// What a person should do about an authentication refusal.

@@ -1,7 +1,10 @@
-//! Sending: the outbox (submit, list), routing a sender to its outbound account, and delivery over SMTP.
+//! Sending: the outbox (submit, list), routing a sender to its outbound account, and delivery over SMTP (in
+//! batches of one account's messages, at the account's pace).
 
+pub mod batches;
 pub mod delivery;
 pub mod outbox;
+pub mod pace;
 pub mod routing;
 pub mod settle;
 pub mod steer;

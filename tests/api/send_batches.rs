@@ -1,0 +1,122 @@
+//! Send jobs carry a batch of one account's messages, sent one after another: each message keeps its own outcome,
+//! its own event and its own at-most-once guarantee, and a batch that stops on Postbridge's side gives back every
+//! message it had not handed to the server.
+
+use postbridge_core::jobs::scheduler::{self, SendClaim};
+use postbridge_core::send::delivery::{self, Delivery};
+use postbridge_core::store::ids::OutboundMessageId;
+use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
+use postbridge_tests::TestApp;
+use serde_json::json;
+use uuid::Uuid;
+
+async fn submit(app: &TestApp, key: &str, from: &str, to: &str, subject: &str) -> OutboundMessageId {
+    let reply = app.post("/v1/messages", key, json!({"from": from, "to": [to], "subject": subject, "text": "hello"})).await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
+    Uuid::parse_str(&reply.id()).expect("id").into()
+}
+
+fn subject_of(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_batch_sends_its_messages_in_order_each_with_its_own_outcome_and_leaves_alone_what_it_cannot_hold() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let rcpt = format!("batch-{}@example.org", Uuid::new_v4().simple());
+    let refused = format!("reject+{}@example.org", Uuid::new_v4().simple());
+
+    let already_sent = submit(&app, &key, &login, &rcpt, "b0").await;
+    assert_eq!(delivery::deliver(&app.ctx, already_sent).await.expect("deliver"), Delivery::Sent);
+    let first = submit(&app, &key, &login, &rcpt, "b1").await;
+    let cancelled = submit(&app, &key, &login, &rcpt, "b2").await;
+    let reply = app.post(&format!("/v1/messages/{cancelled}/cancel"), &key, json!({})).await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    let to_refused = submit(&app, &key, &login, &refused, "b3").await;
+    let last = submit(&app, &key, &login, &rcpt, "b4").await;
+
+    let batch = [already_sent, first, cancelled, to_refused, last];
+    let answers = delivery::deliver_all(&app.ctx, &batch).await.expect("the batch runs");
+    assert_eq!(
+        answers,
+        [Delivery::Skipped, Delivery::Sent, Delivery::Skipped, Delivery::Failed, Delivery::Sent],
+        "one answer per message, in the batch's order"
+    );
+    let subjects: Vec<String> = servers.accepted_messages_to(&rcpt).iter().map(|m| subject_of(&m.raw)).collect();
+    assert_eq!(subjects, ["b0", "b1", "b4"], "sent in order; the sent one not again, the cancelled one never");
+    for (id, status) in
+        [(already_sent, "sent"), (first, "sent"), (cancelled, "cancelled"), (to_refused, "failed"), (last, "sent")]
+    {
+        let message = app.get(&format!("/v1/messages/{id}"), &key).await;
+        assert_eq!(message.body["status"], json!(status), "{}", message.text);
+    }
+    let attempts = app.sql_i64("SELECT sum(attempts)::bigint FROM outbound_messages WHERE status IN ('sent', 'failed')").await;
+    assert_eq!(attempts, 4, "one attempt for each message the batch (or the single job before it) took");
+    let events = app.sql_i64("SELECT count(*) FROM events WHERE event_type IN ('message.sent', 'message.failed')").await;
+    assert_eq!(events, 4, "each outcome has its own event");
+    let leased = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE lease_token IS NOT NULL").await;
+    assert_eq!(leased, 0, "no lease is left behind");
+}
+
+#[tokio::test]
+async fn a_batch_stopped_on_postbridges_side_gives_every_message_back_without_counting_an_attempt() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    let account = app
+        .confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login})))
+        .await;
+    let rcpt = format!("stopped-{}@example.org", Uuid::new_v4().simple());
+    let mut batch = Vec::new();
+    for i in 0..4 {
+        batch.push(submit(&app, &key, &login, &rcpt, &format!("s{i}")).await);
+    }
+    // The stored password can no longer be opened (a wrong key, say): Postbridge's failure, not the account's.
+    let sealed =
+        app.sql_exec(&format!("UPDATE email_accounts SET password = 'not-a-sealed-password' WHERE id = '{account}'")).await;
+    assert_eq!(sealed, 1);
+
+    assert!(delivery::deliver_all(&app.ctx, &batch).await.is_err(), "the batch reports the failure");
+    let requeued = app
+        .sql_i64(
+            "SELECT count(*) FROM outbound_messages WHERE status = 'queued' AND attempts = 0 AND lease_token IS NULL \
+             AND handed_at IS NULL AND last_error LIKE 'interrupted before reaching the mail server%'",
+        )
+        .await;
+    assert_eq!(requeued, 4, "all four are queued again, none counted as an attempt");
+    assert!(servers.accepted_messages_to(&rcpt).is_empty(), "nothing reached the server");
+    let account_state =
+        app.sql_i64(&format!("SELECT count(*) FROM email_accounts WHERE id = '{account}' AND state = 'error'")).await;
+    assert_eq!(account_state, 0, "the account is not blamed for Postbridge's own failure");
+}
+
+#[tokio::test]
+async fn a_submissions_notice_claims_only_new_messages_and_the_pass_also_takes_back_those_whose_job_was_lost() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let rcpt = format!("claims-{}@example.org", Uuid::new_v4().simple());
+    let new = submit(&app, &key, &login, &rcpt, "new").await;
+    let in_flight = submit(&app, &key, &login, &rcpt, "in flight").await;
+    let lost = submit(&app, &key, &login, &rcpt, "lost").await;
+    app.sql_exec(&format!(
+        "UPDATE outbound_messages SET dispatched_until = now() + interval '1 minute' WHERE id = '{in_flight}'"
+    ))
+    .await;
+    app.sql_exec(&format!("UPDATE outbound_messages SET dispatched_until = now() - interval '1 second' WHERE id = '{lost}'"))
+        .await;
+
+    let claimed = |batches: Vec<(_, Vec<OutboundMessageId>)>| batches.into_iter().flat_map(|(_, ids)| ids).collect::<Vec<_>>();
+    let on_notice = scheduler::claim_due_sends(&app.ctx, 100, SendClaim::New).await.expect("claim");
+    assert_eq!(claimed(on_notice), [new], "a notice takes only the never-dispatched message");
+    let on_pass = scheduler::claim_due_sends(&app.ctx, 100, SendClaim::NewAndLost).await.expect("claim");
+    assert_eq!(claimed(on_pass), [lost], "the pass takes back the one whose job was lost; the one in flight stays");
+}
