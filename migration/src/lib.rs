@@ -2,6 +2,34 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// Every migration is plain SQL: its module holds `UP` and `DOWN`, and this writes the `Migration` that runs them,
+/// named after the module (its file), as `seaql_migrations` records it.
+macro_rules! sql_migration {
+    () => {
+        pub struct Migration;
+
+        impl ::sea_orm_migration::MigrationName for Migration {
+            fn name(&self) -> &str {
+                let path = module_path!();
+                path.rsplit("::").next().unwrap_or(path)
+            }
+        }
+
+        #[::sea_orm_migration::prelude::async_trait::async_trait]
+        impl ::sea_orm_migration::MigrationTrait for Migration {
+            async fn up(&self, manager: &::sea_orm_migration::SchemaManager) -> Result<(), ::sea_orm_migration::DbErr> {
+                ::sea_orm_migration::prelude::ConnectionTrait::execute_unprepared(manager.get_connection(), UP).await.map(|_| ())
+            }
+
+            async fn down(&self, manager: &::sea_orm_migration::SchemaManager) -> Result<(), ::sea_orm_migration::DbErr> {
+                ::sea_orm_migration::prelude::ConnectionTrait::execute_unprepared(manager.get_connection(), DOWN)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    };
+}
+
 mod m20261124_000001_foundation;
 mod m20261124_000002_oauth_grants;
 mod m20261124_000003_mail;
@@ -58,5 +86,24 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000023_refresh_lease::Migration),
             Box::new(m20261206_000024_undispatched_sends::Migration),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_is_named_after_its_file_in_order() {
+        // The names are what `seaql_migrations` records: a changed name would run a migration again.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("the migrations' folder")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+            .filter(|stem| stem.starts_with('m') && stem.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
+            .collect();
+        files.sort();
+        let names: Vec<String> = Migrator::migrations().iter().map(|m| m.name().to_owned()).collect();
+        assert_eq!(names, files);
     }
 }

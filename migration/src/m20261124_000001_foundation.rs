@@ -1,10 +1,7 @@
 //! Tenants, API keys, token configurations and email accounts.
 //! Written as SQL so constraints (partial unique index, same-tenant foreign key) are exact.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 CREATE TABLE tenants (
@@ -95,14 +92,3 @@ DROP TABLE IF EXISTS token_configs;
 DROP TABLE IF EXISTS api_keys;
 DROP TABLE IF EXISTS tenants;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -1,9 +1,6 @@
 //! OAuth grants, single-use authorization states, and the event log, plus the columns the flows need.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE tenants ADD COLUMN allowed_return_origins jsonb NOT NULL DEFAULT '[]'::jsonb;
@@ -87,14 +84,3 @@ ALTER TABLE token_configs DROP COLUMN IF EXISTS needs_admin, DROP COLUMN IF EXIS
     DROP COLUMN IF EXISTS secret_expiry_notified_days;
 ALTER TABLE tenants DROP COLUMN IF EXISTS allowed_return_origins;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

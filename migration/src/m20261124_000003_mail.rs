@@ -1,10 +1,7 @@
 //! Mail movement: inbound messages, the outbox, and each account's sync position and schedule.
 //! Postgres is the source of truth; Redis only dispatches. Leases make every job safe to run twice.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE email_accounts
@@ -89,14 +86,3 @@ ALTER TABLE email_accounts
     DROP COLUMN IF EXISTS next_poll_at, DROP COLUMN IF EXISTS last_polled_at, DROP COLUMN IF EXISTS poll_failures,
     DROP COLUMN IF EXISTS lease_until, DROP COLUMN IF EXISTS dispatched_until, DROP COLUMN IF EXISTS confirmed_at;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -5,10 +5,7 @@
 //! every account state transition becomes an event, and every event is fanned out to the tenant's webhook
 //! endpoints and announced with NOTIFY (live GraphQL subscriptions listen for it).
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 -- UUIDv7 (time-ordered, like the ids the application makes) for rows the database writes itself.
@@ -158,14 +155,3 @@ DROP INDEX IF EXISTS events_tenant_resource_idx;
 DROP INDEX IF EXISTS events_tenant_type_idx;
 DROP FUNCTION IF EXISTS postbridge_uuid_v7();
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -1,10 +1,7 @@
 //! Running many worker processes: each keeps a heartbeat row, send leases name their holder and say whether
 //! the content was handed to the mail server, and grant refreshes are dispatched like the other jobs.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 -- One row per worker process, written by its heartbeat. Operators read it (`GET /v1/ops/workers`); it holds no
@@ -47,14 +44,3 @@ DROP INDEX IF EXISTS outbound_messages_leased_idx;
 ALTER TABLE outbound_messages DROP COLUMN IF EXISTS lease_token, DROP COLUMN IF EXISTS leased_by, DROP COLUMN IF EXISTS handed_at;
 DROP TABLE IF EXISTS worker_processes;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

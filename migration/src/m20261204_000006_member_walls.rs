@@ -1,10 +1,7 @@
 //! Walls between members and toward mail hosts: who connected a grant, which accounts an admin let use an
 //! app-flow grant, and which mail hosts a token configuration's tokens may be sent to.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 -- The subject (API key or JWT `sub`) that started the consent which produced the grant; a member's new account
@@ -31,14 +28,3 @@ ALTER TABLE token_configs DROP COLUMN IF EXISTS allowed_mail_hosts;
 ALTER TABLE email_accounts DROP COLUMN IF EXISTS app_grant_approved;
 ALTER TABLE grants DROP COLUMN IF EXISTS connected_by;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -1,10 +1,7 @@
 //! OAuth hardening: a grant's refresh time follows its token's lifetime, an authorization state remembers the
 //! token URL it was issued for, and a generic configuration may name its issuer (RFC 9207).
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 -- When the access token is refreshed: its expiry less min(5 minutes, a third of its lifetime), computed when the
@@ -33,14 +30,3 @@ DROP INDEX IF EXISTS grants_refresh_due_idx;
 CREATE INDEX grants_refresh_due_idx ON grants (expires_at) WHERE status = 'valid';
 ALTER TABLE grants DROP COLUMN IF EXISTS refresh_at;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

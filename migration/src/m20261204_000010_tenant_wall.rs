@@ -6,10 +6,7 @@
 //! rows written. A later migration that adds a tenant-owned table must add its policy too (the test
 //! `tenant_wall::every_tenant_owned_table_has_the_policy` fails otherwise).
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 DO $$
@@ -71,14 +68,3 @@ BEGIN
 END
 $$;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -2,10 +2,7 @@
 //! (`postbridge_core::failure::FailureKind` as tagged JSON), so the fix-it hints match on kinds and never on
 //! sentences. Rows failing before this migration get their kind read once from the sentences that wrote them.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE email_accounts ADD COLUMN last_error_kind jsonb;
@@ -54,14 +51,3 @@ const DOWN: &str = r#"
 ALTER TABLE email_accounts DROP COLUMN IF EXISTS last_error_kind;
 ALTER TABLE grants DROP COLUMN IF EXISTS last_error_kind;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

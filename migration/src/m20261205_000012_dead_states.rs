@@ -2,10 +2,7 @@
 //! instead) nor `revoked` (revoking deletes it), and a message is never `cancelled` (until the outbox gives
 //! cancelling a meaning). The checks now list exactly the states the code's enums know.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE grants DROP CONSTRAINT grants_status_check;
@@ -22,14 +19,3 @@ ALTER TABLE outbound_messages DROP CONSTRAINT outbound_messages_status_check;
 ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_status_check
     CHECK (status IN ('queued', 'sending', 'sent', 'failed', 'cancelled', 'unknown'));
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

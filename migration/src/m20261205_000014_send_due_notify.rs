@@ -5,10 +5,7 @@
 //! The payload is empty on purpose: listeners only wake and claim, and Postgres folds identical notifications of
 //! one transaction into one, so a statement that requeues many rows wakes each worker once.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 CREATE FUNCTION postbridge_sends_due() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -29,14 +26,3 @@ const DOWN: &str = r#"
 DROP TRIGGER outbound_messages_due ON outbound_messages;
 DROP FUNCTION postbridge_sends_due();
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -2,10 +2,7 @@
 //! a snippet, and a flag for a message that did not parse, all taken from the raw bytes once, when it is stored.
 //! Messages stored before keep these empty (their raw bytes are unchanged).
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE inbound_messages
@@ -28,14 +25,3 @@ ALTER TABLE inbound_messages
     DROP COLUMN snippet,
     DROP COLUMN unparsed;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -4,10 +4,7 @@
 //! A key's `last_used_at` (touched once a minute) is not a change worth announcing, so the key trigger fires only on
 //! the columns authentication reads, and on deletion (a deleted tenant deletes its keys too).
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 CREATE FUNCTION postbridge_auth_changed() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -31,14 +28,3 @@ DROP TRIGGER tenants_auth_changed ON tenants;
 DROP TRIGGER api_keys_auth_changed ON api_keys;
 DROP FUNCTION postbridge_auth_changed();
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -1,10 +1,7 @@
 //! A broken inbound feed is noticed before a customer does: each mailbox keeps when mail last arrived and its usual
 //! gap between arrivals (a moving average), and how often its IDLE connection dropped in the last hour.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE email_accounts
@@ -23,14 +20,3 @@ ALTER TABLE email_accounts
     DROP COLUMN idle_drops,
     DROP COLUMN idle_drops_since;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

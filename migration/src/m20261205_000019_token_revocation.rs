@@ -2,10 +2,7 @@
 //! grant deleted in Postbridge is then revoked there too. Google's preset has one; existing Google configurations
 //! get it.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE token_configs ADD COLUMN revocation_url text;
@@ -15,14 +12,3 @@ UPDATE token_configs SET revocation_url = 'https://oauth2.googleapis.com/revoke'
 const DOWN: &str = r#"
 ALTER TABLE token_configs DROP COLUMN revocation_url;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

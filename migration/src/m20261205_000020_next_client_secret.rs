@@ -2,10 +2,7 @@
 //! outage: the next secret (sealed like the first) is tried when the provider refuses the current one, and a
 //! success with it promotes it.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE token_configs
@@ -16,14 +13,3 @@ ALTER TABLE token_configs
 const DOWN: &str = r#"
 ALTER TABLE token_configs DROP COLUMN client_secret_next, DROP COLUMN client_secret_next_expires_at;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

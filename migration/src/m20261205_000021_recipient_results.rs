@@ -1,10 +1,7 @@
 //! Per-recipient outcomes: one recipient refused for good no longer fails a message for the others. Each
 //! recipient's answer to `RCPT TO` is kept, and a message some recipients refused is `partially_sent`.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 const UP: &str = r#"
 ALTER TABLE outbound_messages ADD COLUMN recipient_results jsonb;
@@ -20,14 +17,3 @@ ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_status_check
     CHECK (status IN ('queued', 'sending', 'sent', 'failed', 'unknown', 'cancelled'));
 ALTER TABLE outbound_messages DROP COLUMN recipient_results;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -2,10 +2,7 @@
 //! leases its grants instead, and an on-demand caller that finds a grant leased uses its current token while it
 //! still works, or waits for the batch's answer, so a grant is still refreshed once at a time.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
+sql_migration!();
 
 // A refresh writes a grant three times (the scheduler's dispatch mark, the batch's lease, the new tokens). The first
 // two touch no indexed column: with room left on each page they are HOT updates, which rewrite no index entry.
@@ -18,14 +15,3 @@ const DOWN: &str = r#"
 ALTER TABLE grants RESET (fillfactor);
 ALTER TABLE grants DROP COLUMN refreshing_until;
 "#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await.map(|_| ())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await.map(|_| ())
-    }
-}

@@ -127,4 +127,3 @@ mod tests {
         assert!(first < second, "v7 ids are time-ordered: {first} then {second}");
     }
 }
-
