@@ -5,10 +5,31 @@
 use postbridge_core::jobs::scheduler::{self, SendClaim};
 use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_core::store::ids::OutboundMessageId;
+use postbridge_tests::mail::MailServers;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_tests::TestApp;
 use serde_json::json;
 use uuid::Uuid;
+
+/// A tenant with an admin key and one confirmed SMTP account (password login) sending as `login`.
+struct Sender {
+    app: TestApp,
+    servers: &'static MailServers,
+    key: String,
+    login: String,
+    account: String,
+}
+
+async fn sender() -> Sender {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    let account = app
+        .confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login})))
+        .await;
+    Sender { app, servers, key, login, account }
+}
 
 async fn submit(app: &TestApp, key: &str, from: &str, to: &str, subject: &str) -> OutboundMessageId {
     let reply = app.post("/v1/messages", key, json!({"from": from, "to": [to], "subject": subject, "text": "hello"})).await;
@@ -23,11 +44,7 @@ fn subject_of(raw: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_batch_sends_its_messages_in_order_each_with_its_own_outcome_and_leaves_alone_what_it_cannot_hold() {
-    let (app, servers) = spawn_mail_app().await;
-    let (_, key) = app.tenant_with_admin().await;
-    let login = new_login();
-    servers.add_password_user(&login, MAIL_PASSWORD);
-    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let Sender { app, servers, key, login, .. } = sender().await;
     let rcpt = format!("batch-{}@example.org", Uuid::new_v4().simple());
     let refused = format!("reject+{}@example.org", Uuid::new_v4().simple());
 
@@ -65,13 +82,7 @@ async fn a_batch_sends_its_messages_in_order_each_with_its_own_outcome_and_leave
 
 #[tokio::test]
 async fn a_batch_stopped_on_postbridges_side_gives_every_message_back_without_counting_an_attempt() {
-    let (app, servers) = spawn_mail_app().await;
-    let (_, key) = app.tenant_with_admin().await;
-    let login = new_login();
-    servers.add_password_user(&login, MAIL_PASSWORD);
-    let account = app
-        .confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login})))
-        .await;
+    let Sender { app, servers, key, login, account } = sender().await;
     let rcpt = format!("stopped-{}@example.org", Uuid::new_v4().simple());
     let mut batch = Vec::new();
     for i in 0..4 {
@@ -98,11 +109,7 @@ async fn a_batch_stopped_on_postbridges_side_gives_every_message_back_without_co
 
 #[tokio::test]
 async fn a_submissions_notice_claims_only_new_messages_and_the_pass_also_takes_back_those_whose_job_was_lost() {
-    let (app, servers) = spawn_mail_app().await;
-    let (_, key) = app.tenant_with_admin().await;
-    let login = new_login();
-    servers.add_password_user(&login, MAIL_PASSWORD);
-    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let Sender { app, key, login, .. } = sender().await;
     let rcpt = format!("claims-{}@example.org", Uuid::new_v4().simple());
     let new = submit(&app, &key, &login, &rcpt, "new").await;
     let in_flight = submit(&app, &key, &login, &rcpt, "in flight").await;
