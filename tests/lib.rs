@@ -202,7 +202,13 @@ pub async fn spawn_app_with(mut env: TestEnv) -> TestApp {
     let address = format!("http://127.0.0.1:{}", app.port());
     let ctx = app.context().clone();
     tokio::spawn(app.run_until_stopped());
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("http client");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        // Shorter than the server's keep-alive (actix: 5 s), so a test that paused (seeding mail, waiting on a worker)
+        // never reuses a connection the server is closing at that moment (hyper's `IncompleteMessage`).
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("http client");
     TestApp { address, env, ctx, http }
 }
 
