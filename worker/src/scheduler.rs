@@ -102,7 +102,7 @@ async fn push<T, S, K, Claim, Ids>(
 ) -> anyhow::Result<usize>
 where
     Ids: IntoIterator,
-    Ids::Item: serde::Serialize,
+    Ids::Item: Copy + Into<Uuid>,
     S: TaskSink<T, K>,
     S::Error: std::fmt::Display,
 {

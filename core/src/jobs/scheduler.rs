@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::jobs::{due, leases};
-use crate::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, TokenConfigId, WebhookEndpointId};
+use crate::store::ids::{uuid_array, AccountId, GrantId, OutboundMessageId, TenantId, TokenConfigId, WebhookEndpointId};
 
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
@@ -168,14 +168,12 @@ impl Dispatched {
 
 /// Clears the dispatch marks of rows whose jobs never reached Redis (the push failed), so the next pass sends
 /// them again instead of waiting out the grace.
-pub async fn undispatch<Id: serde::Serialize>(ctx: &AppContext, rows: Dispatched, ids: &[Id]) -> AppResult<u64> {
+pub async fn undispatch<Id: Copy + Into<Uuid>>(ctx: &AppContext, rows: Dispatched, ids: &[Id]) -> AppResult<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let sql =
-        format!("UPDATE {} SET dispatched_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)", rows.table());
-    let done =
-        ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [serde_json::json!(ids).into()])).await?;
+    let sql = format!("UPDATE {} SET dispatched_until = NULL WHERE id = ANY($1::text::uuid[])", rows.table());
+    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [uuid_array(ids)])).await?;
     Ok(done.rows_affected())
 }
 

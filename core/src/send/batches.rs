@@ -10,14 +10,14 @@ pub const SEND_BATCH: usize = 16;
 const CONNECTIONS_PER_ACCOUNT: usize = 4;
 
 /// Whose messages a batch holds: one tenant's account (none when it was deleted).
-type Sender = (TenantId, Option<AccountId>);
+type Owner = (TenantId, Option<AccountId>);
 
 /// Claimed messages as send jobs: each holds one tenant's account's messages, in claim order. A few due messages
 /// go out side by side, one per job; a backlog goes in batches of up to [`SEND_BATCH`], spread over
 /// [`CONNECTIONS_PER_ACCOUNT`] jobs at least.
 pub fn batches_of(due: Vec<(OutboundMessageId, TenantId, Option<AccountId>)>) -> Vec<(TenantId, Vec<OutboundMessageId>)> {
-    let mut groups: Vec<(Sender, Vec<OutboundMessageId>)> = Vec::new();
-    let mut index: HashMap<Sender, usize> = HashMap::new();
+    let mut groups: Vec<(Owner, Vec<OutboundMessageId>)> = Vec::new();
+    let mut index: HashMap<Owner, usize> = HashMap::new();
     for (message_id, tenant_id, account_id) in due {
         let key = (tenant_id, account_id);
         let at = *index.entry(key).or_insert_with(|| {

@@ -95,8 +95,9 @@ id_types!(
     WebhookEndpointId,
 );
 
-/// A list of ids as one bound value, for `id = ANY($n::text::uuid[])`: unlike a join on a set-returning function, the
-/// planner always looks such ids up by primary key, whatever its statistics say.
+/// A list of ids as one bound value, for `id = ANY($n::text::uuid[])`, the one way statements take a list of ids:
+/// unlike a join on a set-returning function, the planner always looks such ids up by primary key, whatever its
+/// statistics say.
 /// Only ids go in, so the array's text is hex digits, dashes and commas.
 pub fn uuid_array<T: Copy + Into<Uuid>>(ids: &[T]) -> sea_orm::Value {
     let listed: Vec<String> = ids.iter().map(|&id| id.into().to_string()).collect();

@@ -21,7 +21,7 @@ use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
 use crate::protocols::oauth::{TokenError, TokenSet};
 use crate::store::entities::{grant, token_config};
-use crate::store::ids::{GrantId, TokenConfigId};
+use crate::store::ids::{uuid_array, GrantId, TokenConfigId};
 
 use super::TokenAccessError;
 
@@ -160,14 +160,14 @@ async fn lease(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<Vec<grant::
     let sql = format!(
         "WITH batch AS ( \
            SELECT id, ({due}) AS due FROM grants \
-           WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid) FOR UPDATE SKIP LOCKED) \
+           WHERE id = ANY($1::text::uuid[]) FOR UPDATE SKIP LOCKED) \
          UPDATE grants AS g SET dispatched_until = NULL, \
                 refreshing_until = CASE WHEN batch.due THEN now() + make_interval(secs => $2) ELSE g.refreshing_until END \
          FROM batch WHERE g.id = batch.id \
          RETURNING g.*, batch.due AS leased",
         due = crate::jobs::due::refresh()
     );
-    let values = [serde_json::json!(grant_ids).into(), LEASE_SECONDS.into()];
+    let values = [uuid_array(grant_ids), LEASE_SECONDS.into()];
     let rows = ctx.db.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     let mut leased = Vec::with_capacity(rows.len());
     for row in rows {
@@ -288,8 +288,8 @@ async fn release(txn: &DatabaseTransaction, grant_ids: &[GrantId]) -> AppResult<
     }
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE grants SET refreshing_until = NULL WHERE id IN (SELECT (jsonb_array_elements_text($1))::uuid)",
-        [serde_json::json!(grant_ids).into()],
+        "UPDATE grants SET refreshing_until = NULL WHERE id = ANY($1::text::uuid[])",
+        [uuid_array(grant_ids)],
     ))
     .await?;
     Ok(())
