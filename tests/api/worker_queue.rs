@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use postbridge_core::jobs::scheduler;
 use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_core::send::settle;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
+use postbridge_worker::scheduler::{dispatch_due_sends, Queues, RedisEpoch, Trigger};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 use uuid::Uuid;
@@ -55,6 +57,51 @@ async fn messages_queued_when_redis_loses_its_jobs_are_still_all_sent_exactly_on
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(servers.accepted_messages_to(&rcpt).len(), 10, "no message was sent twice");
     assert_eq!(app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await, 10);
+}
+
+#[tokio::test]
+async fn workers_starting_together_keep_each_others_claims_and_forget_only_those_made_before_redis_was_new() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    app.confirmed_mail_account(&key, password_account(servers, "smtp", "starttls", &login, json!({"from_filter": login}))).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let reply = app
+            .post("/v1/messages", &key, json!({"from": login, "to": ["x@example.org"], "subject": format!("m{i}"), "text": "hi"}))
+            .await;
+        assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
+        ids.push(reply.body["id"].as_str().expect("id").to_owned());
+    }
+    // The last one was claimed a minute ago (its job went with whatever Redis held then).
+    app.sql_exec(&format!(
+        "UPDATE outbound_messages SET dispatched_until = now() + interval '60 seconds' WHERE id = '{}'",
+        ids[3]
+    ))
+    .await;
+
+    // Two workers start on an empty Redis: the first to look creates the epoch, the other finds it and dispatches.
+    let prefix = &app.ctx.settings.redis_prefix;
+    let mut conn = postbridge_worker::queue::connect(app.ctx.settings.redis_url.as_str()).expect("redis");
+    let (mut first, mut second) = (RedisEpoch::new(prefix), RedisEpoch::new(prefix));
+    let found_at = first.lost_data(&mut conn, &app.ctx).await.expect("epoch").expect("an empty Redis is news to the first");
+    assert!(second.lost_data(&mut conn, &app.ctx).await.expect("epoch").is_none(), "the second finds the epoch already there");
+    let mut queues = Queues::new(conn.clone(), prefix);
+    dispatch_due_sends(&app.ctx, &mut queues, Trigger::Pass).await.expect("dispatch");
+    assert_eq!(app.sql_i64("SELECT count(*) FROM outbound_messages WHERE dispatched_until > now()").await, 4);
+
+    // The first now forgets what was claimed before it learnt of the new Redis, and only that.
+    let forgotten = scheduler::forget_dispatches(&app.ctx, Some(found_at)).await.expect("forget");
+    assert_eq!(forgotten, 1, "only the claim older than the epoch");
+    let undispatched = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE dispatched_until IS NULL").await;
+    assert_eq!(undispatched, 1);
+    let old_one = app
+        .sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE id = '{}' AND dispatched_until IS NULL", ids[3]))
+        .await;
+    assert_eq!(old_one, 1, "the old claim is the one forgotten");
+    // After a recovery everything claimed so far is forgotten.
+    assert_eq!(scheduler::forget_dispatches(&app.ctx, None).await.expect("forget"), 3);
 }
 
 #[tokio::test]

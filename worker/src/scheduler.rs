@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use apalis::prelude::*;
 use apalis_core::backend::Vacuum;
 use apalis_redis::{ConnectionManager, RedisStorage};
@@ -241,8 +242,20 @@ impl RedisEpoch {
         RedisEpoch { key: format!("{prefix}:epoch"), known: None }
     }
 
-    /// True when Redis lost what it held since the last check (or was empty when this process first looked).
-    pub async fn lost_data(&mut self, conn: &mut ConnectionManager) -> anyhow::Result<bool> {
+    /// Whether Redis lost what it held since the last check (or was empty when this process first looked), and if
+    /// so Postgres's time just before the new epoch was found or made: jobs pushed before it went with the old data;
+    /// claims made after it were pushed to the new Redis (a worker claims only after it has seen the epoch), so
+    /// they are not forgotten (see `forget_dispatches`).
+    pub async fn lost_data(
+        &mut self,
+        conn: &mut ConnectionManager,
+        ctx: &AppContext,
+    ) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let current: Option<String> = redis::cmd("GET").arg(&self.key).query_async(conn).await?;
+        if current.is_some() && current == self.known {
+            return Ok(None);
+        }
+        let found_at = scheduler::database_now(ctx).await.context("reading Postgres's clock")?;
         let candidate = Uuid::new_v4().to_string();
         let created: Option<String> = redis::cmd("SET").arg(&self.key).arg(&candidate).arg("NX").query_async(conn).await?;
         let current = match created {
@@ -254,7 +267,7 @@ impl RedisEpoch {
             None => created.is_some(),
         };
         self.known = current;
-        Ok(lost)
+        Ok(lost.then_some(found_at))
     }
 }
 
@@ -286,8 +299,8 @@ pub async fn run(
             }
             continue;
         }
-        match epoch.lost_data(&mut redis).await {
-            Ok(true) => match scheduler::forget_dispatches(&ctx).await {
+        match epoch.lost_data(&mut redis, &ctx).await {
+            Ok(Some(found_at)) => match scheduler::forget_dispatches(&ctx, Some(found_at)).await {
                 Ok(0) => tracing::info!("Redis holds none of this deployment's jobs yet (new, flushed or restarted)"),
                 Ok(n) => tracing::warn!(
                     claims = n,
@@ -295,11 +308,12 @@ pub async fn run(
                 ),
                 Err(e) => tracing::error!(error = %e, "could not forget dispatch claims after Redis lost its jobs"),
             },
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => {
-                // Redis is down: nothing can be pushed now; the claims wait, and the next check sees what survived.
+                // Redis (or, when its epoch changed, Postgres) is down: nothing can be pushed now; the claims wait, and
+                // the next check sees what survived.
                 if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, "Redis is unreachable; dispatching waits for it");
+                    tracing::warn!(error = %e, "could not check whether Redis kept its jobs; dispatching waits");
                     last_error_logged = Some(std::time::Instant::now());
                 }
                 // The loop itself is fine (Redis is reported on its own), so the round counts.
@@ -312,7 +326,7 @@ pub async fn run(
                 // Jobs taken while Postgres was away found nothing and ended, leaving their rows claimed: forget the
                 // claims so those rows are dispatched now rather than after the grace.
                 failing = false;
-                match scheduler::forget_dispatches(&ctx).await {
+                match scheduler::forget_dispatches(&ctx, None).await {
                     Ok(n) => tracing::info!(claims = n, "dispatching works again; claims made before are dispatched again"),
                     Err(e) => tracing::warn!(error = %e, "could not forget claims after dispatching recovered"),
                 }

@@ -194,14 +194,27 @@ pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(WebhookEnd
     Ok(done.rows_affected())
 }
 
-/// Redis lost its jobs (flushed, restarted empty, failed over): every dispatch mark is forgotten so everything
-/// due is dispatched again at once. Rows whose jobs survived get a second job, which finds the row leased or not
-/// due and does nothing.
-pub async fn forget_dispatches(ctx: &AppContext) -> AppResult<u64> {
+/// Postgres's clock, which dates the dispatch marks (see [`forget_dispatches`]).
+pub async fn database_now(ctx: &AppContext) -> AppResult<chrono::DateTime<chrono::Utc>> {
+    let row = ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT now() AS now")).await?;
+    let row = row.ok_or_else(|| DbErr::Custom("SELECT now() returned no row".into()))?;
+    Ok(row.try_get("", "now")?)
+}
+
+/// Redis lost its jobs (flushed, restarted empty, failed over): the dispatch marks made up to `claimed_before`
+/// (Postgres's clock, read before the loss was found; `None`: up to now) are forgotten so everything due is dispatched again at
+/// once. Rows whose jobs survived get a second job, which finds the row leased or not due and does nothing. Marks
+/// made since (by a worker that already found the new Redis, and pushed there) are kept, so workers starting
+/// together do not push each other's jobs again. A mark runs out `DISPATCH_GRACE_SECONDS` after it was made.
+pub async fn forget_dispatches(ctx: &AppContext, claimed_before: Option<chrono::DateTime<chrono::Utc>>) -> AppResult<u64> {
     let mut cleared = 0;
     for table in DISPATCHED_TABLES {
-        let sql = format!("UPDATE {table} SET dispatched_until = NULL WHERE dispatched_until > now()");
-        cleared += ctx.db.execute_raw(Statement::from_string(DbBackend::Postgres, sql)).await?.rows_affected();
+        let sql = format!(
+            "UPDATE {table} SET dispatched_until = NULL \
+             WHERE dispatched_until > now() AND dispatched_until <= COALESCE($1, now()) + make_interval(secs => $2)"
+        );
+        let values = [claimed_before.into(), DISPATCH_GRACE_SECONDS.into()];
+        cleared += ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?.rows_affected();
     }
     Ok(cleared)
 }
