@@ -12,6 +12,7 @@ use mail_parser::MessageParser;
 use postbridge_core::failure::MailStep;
 use postbridge_core::receive::poll::{self, PollError, PollReport};
 use postbridge_core::send::delivery::{self, Delivery};
+use postbridge_core::send::give_back;
 use postbridge_tests::mail::{AcceptedMessage, MailServers};
 use postbridge_tests::mailflow::{
     new_login, oauth_account, password_account, sample_message, spawn_mail_app, spawn_mail_app_with, MAIL_PASSWORD,
@@ -1318,7 +1319,7 @@ async fn reclaim_abandoned_requeues_a_message_never_handed_over_and_makes_a_hand
          lease_token = gen_random_uuid() WHERE id = '{in_flight}'"
     ))
     .await;
-    assert_eq!(delivery::reclaim_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned { requeued: 1, unknown: 1 });
+    assert_eq!(give_back::reclaim_abandoned(&app.ctx).await.expect("settles"), give_back::Abandoned { requeued: 1, unknown: 1 });
     let row = outbound_json(&app, &o.admin, &abandoned).await;
     assert_eq!(row["status"], "unknown", "{row}");
     assert!(row["last_error"].as_str().unwrap_or_default().contains("may have accepted"), "{row}");
@@ -1329,7 +1330,7 @@ async fn reclaim_abandoned_requeues_a_message_never_handed_over_and_makes_a_hand
     assert_eq!(outbound_json(&app, &o.admin, &queued).await["status"], "queued");
     assert_eq!(deliver(&app, &abandoned).await, Delivery::Skipped, "an unknown message is never resent blindly");
     assert_eq!(deliver(&app, &in_flight).await, Delivery::Skipped, "a leased message belongs to its worker");
-    assert_eq!(delivery::reclaim_abandoned(&app.ctx).await.expect("settles"), delivery::Abandoned::default());
+    assert_eq!(give_back::reclaim_abandoned(&app.ctx).await.expect("settles"), give_back::Abandoned::default());
     assert_eq!(deliver(&app, &never_handed).await, Delivery::Sent, "the requeued message is sent at once");
     assert_eq!(outbound_json(&app, &o.admin, &never_handed).await["attempts"], 1);
 }

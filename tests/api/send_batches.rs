@@ -127,3 +127,29 @@ async fn a_submissions_notice_claims_only_new_messages_and_the_pass_also_takes_b
     let on_pass = scheduler::claim_due_sends(&app.ctx, 100, SendClaim::NewAndLost).await.expect("claim");
     assert_eq!(claimed(on_pass), [lost], "the pass takes back the one whose job was lost; the one in flight stays");
 }
+
+#[tokio::test]
+async fn a_batch_against_a_slow_server_gives_back_what_it_did_not_reach_within_its_time_budget_due_at_once() {
+    let Sender { app, servers, key, login, .. } = sender().await;
+    // `slow+` recipients: the test server answers 250 only after 200 ms.
+    let rcpt = format!("slow+budget-{}@example.org", Uuid::new_v4().simple());
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        batch.push(submit(&app, &key, &login, &rcpt, &format!("s{i}")).await);
+    }
+    let answers = delivery::deliver_all(&app.ctx, &batch).await.expect("the batch runs");
+    let sent = answers.iter().take_while(|&&d| d == Delivery::Sent).count();
+    assert!((1..10).contains(&sent), "some were sent within the budget, not all: {answers:?}");
+    assert!(answers[sent..].iter().all(|&d| d == Delivery::Skipped), "the rest were given back: {answers:?}");
+    assert_eq!(servers.accepted_messages_to(&rcpt).len(), sent, "nothing given back reached the server");
+
+    let given_back = app
+        .sql_i64(
+            "SELECT count(*) FROM outbound_messages WHERE status = 'queued' AND attempts = 0 AND last_error IS NULL \
+             AND lease_token IS NULL AND handed_at IS NULL AND dispatched_until IS NULL AND next_attempt_at <= now()",
+        )
+        .await;
+    assert_eq!(given_back as usize, 10 - sent, "queued again, due now, no attempt counted and no error recorded");
+    let claimed = scheduler::claim_due_sends(&app.ctx, 100, SendClaim::New).await.expect("claim");
+    assert_eq!(claimed.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 10 - sent, "a notice's claim takes them again");
+}

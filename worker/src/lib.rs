@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use apalis::prelude::*;
 use futures::FutureExt;
 use postbridge_core::jobs::workers;
-use postbridge_core::send::delivery;
+use postbridge_core::send::give_back;
 use postbridge_core::{AppContext, Settings};
 
 use consumers::{stopped, supervise, track_liveness, StartConsumer};
@@ -182,7 +182,7 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
 /// The last words of a stopping worker: messages it leased but never handed over go back to the queue (a cut job
 /// that had not reached the server), and its heartbeat row says it stopped.
 async fn shut_down(ctx: &AppContext, identity: &Identity) {
-    match delivery::release_unsent_of_instance(ctx, identity.id).await {
+    match give_back::release_unsent_of_instance(ctx, identity.id).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(messages = n, "gave back messages leased but never handed to a server"),
         Err(e) => tracing::warn!(error = %e, "could not give back leased messages; their leases will expire"),

@@ -14,7 +14,7 @@ use postbridge_core::connect::token_configs;
 use postbridge_core::jobs::scheduler::{self, Dispatched, SendClaim};
 use postbridge_core::jobs::workers;
 use postbridge_core::observe::{events, webhooks};
-use postbridge_core::send::delivery;
+use postbridge_core::send::give_back;
 use postbridge_core::AppContext;
 use uuid::Uuid;
 
@@ -364,8 +364,8 @@ pub async fn housekeeping(
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             _ = abandoned.tick() => {
-                match delivery::reclaim_abandoned(&ctx).await {
-                    Ok(done) if done == delivery::Abandoned::default() => {}
+                match give_back::reclaim_abandoned(&ctx).await {
+                    Ok(done) if done == give_back::Abandoned::default() => {}
                     Ok(done) => tracing::warn!(requeued = done.requeued, unknown = done.unknown, "took back deliveries whose worker stopped"),
                     Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),
                 }

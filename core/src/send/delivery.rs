@@ -25,6 +25,7 @@ use crate::store::entities::{email_account, outbound_message};
 use crate::store::ids::{uuid_array, OutboundMessageId};
 use crate::store::json::RecipientResult;
 
+use super::give_back::release_unsent;
 use super::pace;
 
 /// Attempts before a message that keeps failing temporarily is given up.
@@ -121,45 +122,14 @@ async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
     Ok(marked.rows_affected() == 1)
 }
 
-/// Puts leased messages that never reached the server back in the queue, the cut attempt not counted. `which`
-/// narrows the `sending` rows with `values` as `$1`, `$2`, ...; the reason recorded comes after them.
-async fn requeue_unsent(
-    ctx: &AppContext,
-    which: &str,
-    mut values: Vec<sea_orm::Value>,
-    why: &str,
-    retry_in_seconds: f64,
-) -> AppResult<u64> {
-    let sql = format!(
-        "UPDATE outbound_messages SET status = ${queued}, attempts = greatest(attempts - 1, 0), {released}, \
-         dispatched_until = NULL, last_error = ${why}, updated_at = now(), \
-         next_attempt_at = now() + make_interval(secs => ${retry}) WHERE {sending} AND handed_at IS NULL AND {which}",
-        released = Leased::Messages.released(),
-        why = values.len() + 1,
-        retry = values.len() + 2,
-        queued = values.len() + 3,
-        // Spelled, not bound: the sweep over expired leases needs the partial index on `sending` rows.
-        sending = crate::jobs::due::sending(),
-    );
-    values.push(why.into());
-    values.push(retry_in_seconds.into());
-    values.push(OutboundStatus::Queued.into());
-    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    Ok(done.rows_affected())
-}
-
-const STOPPED_BEFORE_HANDING: &str = "the worker stopped before handing it to the mail server; queued again";
-
 /// A delivery that failed on Postbridge's own side (database, decryption) waits this long before its next try; the
 /// attempt is not counted, so such failures never fail a message for good.
 const INTERNAL_RETRY_SECONDS: f64 = 30.0;
 
-/// Gives a batch's leased messages that never reached the server back to the queue; those handed over settle as
-/// `unknown`, and those already settled or no longer ours are left alone. Returns how many went back.
-async fn release_unsent(ctx: &AppContext, message_ids: &[OutboundMessageId], token: Uuid, why: &str) -> AppResult<u64> {
-    let which = "id = ANY($1::text::uuid[]) AND lease_token = $2";
-    requeue_unsent(ctx, which, vec![uuid_array(message_ids), token.into()], why, INTERNAL_RETRY_SECONDS).await
-}
+/// A batch stops taking its next message after this long and gives the rest back, due at once: against a slow
+/// server the rest then goes to whichever worker has a free slot, instead of waiting behind this one connection.
+/// Against a fast server a batch ends well within it.
+const BATCH_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The server's answers of a send, as written with its outcome.
 struct Replies<'a> {
@@ -235,7 +205,8 @@ pub async fn deliver_all(ctx: &AppContext, message_ids: &[OutboundMessageId]) ->
     })
     .await;
     if let Err(e) = outcome {
-        match release_unsent(ctx, &held, token, &format!("interrupted before reaching the mail server: {e}")).await {
+        let why = format!("interrupted before reaching the mail server: {e}");
+        match release_unsent(ctx, &held, token, Some(&why), INTERNAL_RETRY_SECONDS).await {
             Ok(0) => {}
             Ok(requeued) => tracing::warn!(requeued, error = %e, "delivery interrupted before sending; queued again"),
             Err(release) => {
@@ -266,7 +237,14 @@ async fn deliver_leased_all(
     answers: &mut Vec<(OutboundMessageId, Delivery)>,
 ) -> AppResult<()> {
     let mut sender: Option<Sender> = None;
-    for message in leased {
+    let started = std::time::Instant::now();
+    for (index, message) in leased.iter().enumerate() {
+        if index > 0 && started.elapsed() >= BATCH_TIME_BUDGET {
+            let rest: Vec<OutboundMessageId> = leased[index..].iter().map(|m| m.id).collect();
+            // Not an error and not an attempt: the messages are simply due again, and announced by their trigger.
+            release_unsent(ctx, &rest, token, None, 0.0).await?;
+            break;
+        }
         let lease = Lease { message_id: message.id, token };
         if let Some(account_id) = message.account_id.filter(|&id| sender.as_ref().map(|s| s.account.id) != Some(id)) {
             let account = email_account::Entity::find_by_id(account_id).one(&ctx.db).await?;
@@ -448,40 +426,4 @@ fn auth_hint(words: &str) -> &'static str {
     } else {
         ""
     }
-}
-
-/// What `reclaim_abandoned` did with messages whose worker stopped mid-delivery.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Abandoned {
-    /// Never handed to the server: queued again, the attempt not counted.
-    pub requeued: u64,
-    /// Handed to the server, outcome unheard: `unknown`, never resent blindly.
-    pub unknown: u64,
-}
-
-/// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
-/// back to the queue; the others become `unknown`, since the server may have accepted them.
-pub async fn reclaim_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
-    let requeued = requeue_unsent(ctx, leases::EXPIRED, vec![], STOPPED_BEFORE_HANDING, 0.0).await?;
-    let unknown = ctx
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!(
-                "UPDATE outbound_messages SET status = $1, {}, updated_at = now(), \
-                 last_error = 'the worker stopped while delivering; the server may have accepted it' WHERE {} AND {}",
-                Leased::Messages.released(),
-                crate::jobs::due::sending(),
-                leases::EXPIRED
-            ),
-            [OutboundStatus::Unknown.into()],
-        ))
-        .await?;
-    Ok(Abandoned { requeued, unknown: unknown.rows_affected() })
-}
-
-/// A stopping worker gives back the messages it leased but never handed to the server (jobs cut by the shutdown
-/// grace). Returns how many.
-pub async fn release_unsent_of_instance(ctx: &AppContext, instance_id: Uuid) -> AppResult<u64> {
-    requeue_unsent(ctx, "leased_by = $1", vec![instance_id.into()], STOPPED_BEFORE_HANDING, 0.0).await
 }

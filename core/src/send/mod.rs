@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod delivery;
+pub mod give_back;
 pub mod outbox;
 pub mod pace;
 pub mod routing;
