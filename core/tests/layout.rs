@@ -227,7 +227,10 @@ const SQL_WRITERS: &[(&str, &[&str])] = &[
     ("events", &["observe::events", "receive::inbox"]),
     ("grants", &["connect::grants::background", "connect::grants::tokens", "jobs::scheduler"]),
     ("inbound_messages", &["receive::inbox"]),
-    ("outbound_messages", &["jobs::scheduler", "send::delivery", "send::give_back", "send::pace", "send::settle"]),
+    (
+        "outbound_messages",
+        &["jobs::scheduler", "send::delivery", "send::give_back", "send::outcome", "send::pace", "send::settle"],
+    ),
     ("token_configs", &["connect::grants::client_secrets"]),
     ("webhook_attempts", &["observe::webhooks::attempt"]),
     ("webhook_deliveries", &["jobs::scheduler", "observe::webhooks::attempt", "observe::webhooks::log"]),

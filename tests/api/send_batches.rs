@@ -153,3 +153,56 @@ async fn a_batch_against_a_slow_server_gives_back_what_it_did_not_reach_within_i
     let claimed = scheduler::claim_due_sends(&app.ctx, 100, SendClaim::New).await.expect("claim");
     assert_eq!(claimed.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 10 - sent, "a notice's claim takes them again");
 }
+
+#[tokio::test]
+async fn each_outcome_is_written_with_the_next_messages_handing_and_a_lease_lost_in_between_loses_neither_guarantee() {
+    let Sender { app, servers, key, login, .. } = sender().await;
+    let slow = format!("slow+pair-{}@example.org", Uuid::new_v4().simple());
+    let rcpt = format!("pair-{}@example.org", Uuid::new_v4().simple());
+    let first = submit(&app, &key, &login, &slow, "p1").await;
+    let taken_over = submit(&app, &key, &login, &rcpt, "p2").await;
+    let last = submit(&app, &key, &login, &rcpt, "p3").await;
+
+    // While the first message is at the (slow) server, another holder takes the second one over: the statement that
+    // writes the first one's outcome must still write it, and must not hand the second one over.
+    let thief = async {
+        for _ in 0..500 {
+            let handed = app
+                .sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE id = '{first}' AND handed_at IS NOT NULL"))
+                .await;
+            if handed == 1 {
+                return app
+                    .sql_exec(&format!(
+                        "UPDATE outbound_messages SET lease_token = gen_random_uuid() WHERE id = '{taken_over}' AND status = 'sending'"
+                    ))
+                    .await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        0
+    };
+    let batch = [first, taken_over, last];
+    let (answers, taken) = tokio::join!(delivery::deliver_all(&app.ctx, &batch), thief);
+    assert_eq!(taken, 1, "the second message was taken over while the first was at the server");
+    let answers = answers.expect("the batch runs");
+    assert_eq!(answers, [Delivery::Sent, Delivery::Skipped, Delivery::Sent]);
+    assert_eq!(servers.accepted_messages_to(&slow).len(), 1);
+    let subjects: Vec<String> = servers.accepted_messages_to(&rcpt).iter().map(|m| subject_of(&m.raw)).collect();
+    assert_eq!(subjects, ["p3"], "the message taken over was not handed to the server");
+
+    for id in [first, last] {
+        let message = app.get(&format!("/v1/messages/{id}"), &key).await;
+        assert_eq!(message.body["status"], json!("sent"), "{}", message.text);
+        let events =
+            app.sql_i64(&format!("SELECT count(*) FROM events WHERE event_type = 'message.sent' AND resource_id = '{id}'")).await;
+        assert_eq!(events, 1, "each outcome is written once, with its event");
+    }
+    let untouched = app
+        .sql_i64(&format!(
+            "SELECT count(*) FROM outbound_messages WHERE id = '{taken_over}' AND status = 'sending' AND handed_at IS NULL"
+        ))
+        .await;
+    assert_eq!(untouched, 1, "the batch wrote nothing on the message it no longer held");
+    let leased = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE lease_token IS NOT NULL").await;
+    assert_eq!(leased, 1, "only the other holder's lease is left");
+}

@@ -104,13 +104,19 @@ pub async fn record_with<C: ConnectionTrait>(
     mut values: Vec<sea_orm::Value>,
     event: Pending<'_>,
 ) -> Result<u64, DbErr> {
+    let sql = format!("WITH changed AS ({change}) {}", insert_per_changed(&mut values, event));
+    let done = db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Ok(done.rows_affected())
+}
+
+/// The insert recording `event` once for each row of a CTE named `changed`, its values appended to `values` (and
+/// bound after those already there): for a statement that makes further changes beside it.
+pub fn insert_per_changed(values: &mut Vec<sea_orm::Value>, event: Pending<'_>) -> String {
     let first = values.len() + 1;
     let event = event.values();
     let placeholders: Vec<String> = (first..first + event.len()).map(|n| format!("${n}")).collect();
-    let sql = format!("WITH changed AS ({change}) {INSERT_EVENT} SELECT {} FROM changed", placeholders.join(", "));
     values.extend(event);
-    let done = db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    Ok(done.rows_affected())
+    format!("{INSERT_EVENT} SELECT {} FROM changed", placeholders.join(", "))
 }
 
 /// One event as the API shows it.

@@ -7,7 +7,6 @@
 //! server accepted a message but before the status was written leaves it `sending`; when its lease
 //! expires it becomes `unknown` rather than being sent again.
 
-use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement};
 use serde_json::json;
 use uuid::Uuid;
@@ -26,6 +25,7 @@ use crate::store::ids::{uuid_array, OutboundMessageId};
 use crate::store::json::RecipientResult;
 
 use super::give_back::release_unsent;
+use super::outcome::{mark_handed, record_and_hand, set_outcome, Lease, Outcome, Replies};
 use super::pace;
 
 /// Attempts before a message that keeps failing temporarily is given up.
@@ -55,13 +55,6 @@ impl Delivery {
             [Delivery::Failed, Delivery::Unknown, Delivery::Retry, Delivery::Sent, Delivery::Paced, Delivery::Skipped];
         WORST_FIRST.into_iter().find(|kind| deliveries.contains(kind)).unwrap_or(Delivery::Skipped)
     }
-}
-
-/// One job's hold on a message: only the holder of `token` may hand it to the server or record its outcome.
-#[derive(Clone, Copy, Debug)]
-struct Lease {
-    message_id: OutboundMessageId,
-    token: Uuid,
 }
 
 /// Takes the due messages of a batch for this worker, all under one token, in the batch's order.
@@ -109,19 +102,6 @@ async fn renew_leases(ctx: &AppContext, message_ids: &[OutboundMessageId], token
     Ok(renewed.rows_affected() > 0)
 }
 
-/// Written just before the content goes to the server; false (send nothing) when the lease is lost.
-async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<bool> {
-    let marked = ctx
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE outbound_messages SET handed_at = now() WHERE id = $1 AND lease_token = $2 AND status = $3",
-            [lease.message_id.into(), lease.token.into(), OutboundStatus::Sending.into()],
-        ))
-        .await?;
-    Ok(marked.rows_affected() == 1)
-}
-
 /// A delivery that failed on Postbridge's own side (database, decryption) waits this long before its next try; the
 /// attempt is not counted, so such failures never fail a message for good.
 const INTERNAL_RETRY_SECONDS: f64 = 30.0;
@@ -130,61 +110,6 @@ const INTERNAL_RETRY_SECONDS: f64 = 30.0;
 /// server the rest then goes to whichever worker has a free slot, instead of waiting behind this one connection.
 /// Against a fast server a batch ends well within it.
 const BATCH_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The server's answers of a send, as written with its outcome.
-struct Replies<'a> {
-    /// The final reply (after the content).
-    last: Option<&'a str>,
-    /// Each recipient's answer to `RCPT TO`.
-    recipients: Option<serde_json::Value>,
-}
-
-impl Replies<'_> {
-    const NONE: Replies<'static> = Replies { last: None, recipients: None };
-}
-
-/// Records the outcome of the lease holder, and the event that reports it (when given) in the same statement; false
-/// (nothing written) when the lease is no longer ours.
-async fn set_outcome<C: ConnectionTrait>(
-    db: &C,
-    lease: Lease,
-    status: OutboundStatus,
-    error: Option<&str>,
-    replies: Replies<'_>,
-    retry_in: Option<i64>,
-    event: Option<events::Pending<'_>>,
-) -> AppResult<bool> {
-    let next = retry_in.and_then(|s| Utc::now().checked_add_signed(chrono::Duration::seconds(s)));
-    let handed_over = matches!(status, OutboundStatus::Sent | OutboundStatus::PartiallySent);
-    let update = format!(
-        "UPDATE outbound_messages SET status = $3, last_error = $4, smtp_reply = COALESCE($5, smtp_reply), \
-         next_attempt_at = COALESCE($6, next_attempt_at), {}, \
-         handed_at = CASE WHEN $7 THEN NULL ELSE handed_at END, dispatched_until = NULL, updated_at = now(), \
-         sent_at = CASE WHEN $8 THEN now() ELSE sent_at END, \
-         recipient_results = COALESCE($9, recipient_results) WHERE id = $1 AND lease_token = $2",
-        Leased::Messages.released()
-    );
-    let values: Vec<sea_orm::Value> = vec![
-        lease.message_id.into(),
-        lease.token.into(),
-        status.into(),
-        error.map(str::to_owned).into(),
-        replies.last.map(str::to_owned).into(),
-        next.into(),
-        (status == OutboundStatus::Queued).into(),
-        handed_over.into(),
-        replies.recipients.into(),
-    ];
-    let written = match event {
-        None => db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, update, values)).await?.rows_affected(),
-        // The outcome and its event in one statement: a crash in between cannot lose the event.
-        Some(event) => events::record_with(db, &format!("{update} RETURNING id"), values, event).await?,
-    };
-    if written == 0 {
-        tracing::warn!(message_id = %lease.message_id, status = status.as_str(), "the send lease was lost; outcome not recorded");
-    }
-    Ok(written == 1)
-}
 
 /// Sends one queued message.
 pub async fn deliver(ctx: &AppContext, message_id: OutboundMessageId) -> AppResult<Delivery> {
@@ -228,6 +153,19 @@ struct Sender {
     auth: Option<MailAuth>,
     /// The account reached its pace earlier in this batch: the rest wait as long.
     paced_for: Option<f64>,
+    /// The last message's outcome, not yet written: it goes with the next message's handing (`record_and_hand`),
+    /// or on its own when anything else comes first.
+    unrecorded: Option<Outcome>,
+}
+
+impl Sender {
+    /// Writes the outcome still waiting, if any.
+    async fn record(&mut self, ctx: &AppContext) -> AppResult<()> {
+        if let Some(outcome) = self.unrecorded.take() {
+            set_outcome(&ctx.db, outcome).await?;
+        }
+        Ok(())
+    }
 }
 
 async fn deliver_leased_all(
@@ -237,6 +175,22 @@ async fn deliver_leased_all(
     answers: &mut Vec<(OutboundMessageId, Delivery)>,
 ) -> AppResult<()> {
     let mut sender: Option<Sender> = None;
+    let delivered = deliver_in_turn(ctx, leased, token, answers, &mut sender).await;
+    // The last outcome has no next message to go with; it is written even when the batch stopped on an error.
+    let recorded = match sender.as_mut() {
+        Some(sender) => sender.record(ctx).await,
+        None => Ok(()),
+    };
+    delivered.and(recorded)
+}
+
+async fn deliver_in_turn(
+    ctx: &AppContext,
+    leased: &[outbound_message::Model],
+    token: Uuid,
+    answers: &mut Vec<(OutboundMessageId, Delivery)>,
+    sender: &mut Option<Sender>,
+) -> AppResult<()> {
     let started = std::time::Instant::now();
     for (index, message) in leased.iter().enumerate() {
         if index > 0 && started.elapsed() >= BATCH_TIME_BUDGET {
@@ -247,8 +201,11 @@ async fn deliver_leased_all(
         }
         let lease = Lease { message_id: message.id, token };
         if let Some(account_id) = message.account_id.filter(|&id| sender.as_ref().map(|s| s.account.id) != Some(id)) {
+            if let Some(previous) = sender.as_mut() {
+                previous.record(ctx).await?;
+            }
             let account = email_account::Entity::find_by_id(account_id).one(&ctx.db).await?;
-            sender = account.map(|account| Sender { account, auth: None, paced_for: None });
+            *sender = account.map(|account| Sender { account, auth: None, paced_for: None, unrecorded: None });
         }
         let delivery = match sender.as_mut().filter(|s| Some(s.account.id) == message.account_id) {
             Some(sender) => deliver_leased(ctx, sender, message, lease).await?,
@@ -292,7 +249,7 @@ async fn deliver_leased(
                     .map(|r| RecipientResult { recipient: r.recipient.clone(), accepted: r.accepted, reply: r.reply.clone() })
                     .collect();
                 let replies = Replies {
-                    last: Some(sent.reply()),
+                    last: Some(sent.reply().to_owned()),
                     recipients: Some(serde_json::to_value(results).map_err(anyhow::Error::from)?),
                 };
                 let event = events::Pending {
@@ -302,7 +259,13 @@ async fn deliver_leased(
                     resource_id: Some(message.id.into()),
                     data: json!({"message_id": message.message_id, "status": status, "refused": refused}),
                 };
-                set_outcome(&ctx.db, lease, status, None, replies, None, Some(event)).await?;
+                let outcome = Outcome { lease, status, error: None, replies, retry_in: None, event: Some(event) };
+                // A paced account counts its sent messages in Postgres before each one: it must see this one.
+                if pace::per_minute(ctx, &sender.account) == 0 {
+                    sender.unrecorded = Some(outcome);
+                } else {
+                    set_outcome(&ctx.db, outcome).await?;
+                }
                 ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
             }
@@ -332,16 +295,16 @@ async fn deliver_leased(
             Err(Failure::Credentials(e)) if e.is_transient() => return retry(ctx, message, lease, &e.to_string()).await,
             Err(Failure::Credentials(e)) => return fail(ctx, message, lease, &e.to_string()).await,
             Err(Failure::Send(SendError::Unknown { message: words })) => {
-                set_outcome(
-                    &ctx.db,
+                let error = Some(format!("delivery uncertain: {words}"));
+                let outcome = Outcome {
                     lease,
-                    OutboundStatus::Unknown,
-                    Some(&format!("delivery uncertain: {words}")),
-                    Replies::NONE,
-                    None,
-                    None,
-                )
-                .await?;
+                    status: OutboundStatus::Unknown,
+                    error,
+                    replies: Replies::NONE,
+                    retry_in: None,
+                    event: None,
+                };
+                set_outcome(&ctx.db, outcome).await?;
                 return Ok(Delivery::Unknown);
             }
             Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, message, lease, &e.to_string()).await,
@@ -371,6 +334,8 @@ async fn send_once(
     let auth = match &sender.auth {
         Some(auth) => auth.clone(),
         None => {
+            // Fetching credentials may take a while (a token refresh): the last outcome is not kept waiting.
+            sender.record(ctx).await.map_err(Failure::App)?;
             let auth = credentials(ctx, &sender.account).await.map_err(|e| match e {
                 mailbox::CredentialError::Mail(e) => Failure::Credentials(e),
                 mailbox::CredentialError::Internal(e) => Failure::App(e),
@@ -378,7 +343,11 @@ async fn send_once(
             sender.auth.insert(auth).clone()
         }
     };
-    if !mark_handed(ctx, lease).await.map_err(Failure::App)? {
+    let handed = match sender.unrecorded.take() {
+        Some(previous) => record_and_hand(ctx, previous, lease).await,
+        None => mark_handed(ctx, lease).await,
+    };
+    if !handed.map_err(Failure::App)? {
         return Err(Failure::LeaseLost);
     }
     ctx.smtp.send_raw(&endpoint, &auth, &message.envelope_from, recipients, &message.raw).await.map_err(Failure::Send)
@@ -388,16 +357,16 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
     if message.attempts >= MAX_ATTEMPTS {
         return fail(ctx, message, lease, &format!("gave up after {} attempts: {error}", message.attempts)).await;
     }
-    set_outcome(
-        &ctx.db,
+    let retry_in = Some(crate::jobs::backoff::MESSAGE_SEND.seconds(message.attempts));
+    let outcome = Outcome {
         lease,
-        OutboundStatus::Queued,
-        Some(error),
-        Replies::NONE,
-        Some(crate::jobs::backoff::MESSAGE_SEND.seconds(message.attempts)),
-        None,
-    )
-    .await?;
+        status: OutboundStatus::Queued,
+        error: Some(error.to_owned()),
+        replies: Replies::NONE,
+        retry_in,
+        event: None,
+    };
+    set_outcome(&ctx.db, outcome).await?;
     Ok(Delivery::Retry)
 }
 
@@ -409,7 +378,15 @@ async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease,
         resource_id: Some(message.id.into()),
         data: json!({"error": error}),
     };
-    let recorded = set_outcome(&ctx.db, lease, OutboundStatus::Failed, Some(error), Replies::NONE, None, Some(event)).await?;
+    let outcome = Outcome {
+        lease,
+        status: OutboundStatus::Failed,
+        error: Some(error.to_owned()),
+        replies: Replies::NONE,
+        retry_in: None,
+        event: Some(event),
+    };
+    let recorded = set_outcome(&ctx.db, outcome).await?;
     if !recorded {
         return Ok(Delivery::Skipped);
     }

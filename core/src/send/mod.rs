@@ -5,6 +5,7 @@ pub mod batches;
 pub mod delivery;
 pub mod give_back;
 pub mod outbox;
+mod outcome;
 pub mod pace;
 pub mod routing;
 pub mod settle;

@@ -13,7 +13,7 @@ use crate::store::ids::OutboundMessageId;
 
 /// The account's sending pace in messages per minute (0: none): its own if set, else the deployment's, where
 /// Microsoft 365 mailboxes have their own.
-fn pace_of(ctx: &AppContext, account: &email_account::Model) -> u32 {
+pub fn per_minute(ctx: &AppContext, account: &email_account::Model) -> u32 {
     if let Some(own) = account.send_rate_per_minute {
         return u32::try_from(own).unwrap_or(0);
     }
@@ -29,7 +29,7 @@ fn pace_of(ctx: &AppContext, account: &email_account::Model) -> u32 {
 /// Seconds to wait when the account already sent its pace in the last minute (counted in Postgres, so the
 /// pace holds across every worker process).
 pub async fn wait(ctx: &AppContext, account: &email_account::Model) -> AppResult<Option<f64>> {
-    let pace = pace_of(ctx, account);
+    let pace = per_minute(ctx, account);
     if pace == 0 {
         return Ok(None);
     }
