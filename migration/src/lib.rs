@@ -54,6 +54,7 @@ mod m20261205_000021_recipient_results;
 mod m20261205_000022_tenant_branding;
 mod m20261206_000023_refresh_lease;
 mod m20261206_000024_undispatched_sends;
+mod m20261206_000025_sender_lookup;
 
 pub struct Migrator;
 
@@ -85,6 +86,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000022_tenant_branding::Migration),
             Box::new(m20261206_000023_refresh_lease::Migration),
             Box::new(m20261206_000024_undispatched_sends::Migration),
+            Box::new(m20261206_000025_sender_lookup::Migration),
         ]
     }
 }

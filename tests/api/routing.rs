@@ -84,3 +84,49 @@ async fn the_explainer_says_why_warns_on_the_fallback_and_names_matching_account
     assert!(route["warning"].is_string(), "{gql}");
     assert_eq!(route["skipped"][0]["login"], json!("sales@acme.test"), "{gql}");
 }
+
+#[tokio::test]
+async fn among_hundreds_of_other_senders_routing_still_finds_the_address_then_the_domain_then_the_default() {
+    let app = spawn_app().await;
+    let (_, admin) = app.tenant_with_admin().await;
+    let desk = account(&app, &admin, "desk@many.test", json!({"is_default": true})).await;
+    let sales = account(&app, &admin, "sales@many.test", json!({"from_filter": "sales@many.test"})).await;
+    let other = account(&app, &admin, "out@other.test", json!({"from_filter": "other.test"})).await;
+    for id in [&desk, &sales, &other] {
+        set_state(&app, id, "confirmed", None).await;
+    }
+    // Three hundred more outbound accounts: confirmed ones for other addresses, and broken ones for other domains.
+    let copies = format!(
+        "INSERT INTO email_accounts (id, tenant_id, name, direction, protocol, host, port, security, auth_method, login, \
+         owner_subject, from_filter, state, created_at, updated_at) \
+         SELECT gen_random_uuid(), tenant_id, 'copy ' || n, direction, protocol, host, port, security, auth_method, \
+         'user' || n || '@many.test', owner_subject, \
+         CASE WHEN n % 2 = 0 THEN 'user' || n || '@many.test' ELSE 'domain' || n || '.test' END, \
+         CASE WHEN n % 2 = 0 THEN 'confirmed' ELSE 'error' END, now(), now() \
+         FROM email_accounts, generate_series(1, 300) AS n WHERE id = '{sales}'"
+    );
+    assert_eq!(app.ctx.db.execute_unprepared(&copies).await.expect("copies").rows_affected(), 300);
+
+    let direct = explain(&app, &admin, "sales@many.test").await;
+    assert_eq!((direct["routed_by"].clone(), direct["account_id"].clone()), (json!("address"), json!(sales)), "{direct}");
+    assert_eq!(direct["skipped"], json!([]), "accounts for other addresses and domains are not candidates");
+    let by_domain = explain(&app, &admin, "news@other.test").await;
+    assert_eq!((by_domain["routed_by"].clone(), by_domain["account_id"].clone()), (json!("domain"), json!(other)));
+    let fallback = explain(&app, &admin, "Someone <someone@elsewhere.test>").await;
+    assert_eq!((fallback["routed_by"].clone(), fallback["account_id"].clone()), (json!("default"), json!(desk)));
+    assert_eq!(fallback["effective_from"], json!("Someone <desk@many.test>"));
+    // One of the copies, broken, filters on its own domain: it is named as skipped for that domain, and the
+    // message falls back to the default sender.
+    let broken = explain(&app, &admin, "a@domain7.test").await;
+    assert_eq!(broken["routed_by"], json!("default"), "{broken}");
+    let skipped = broken["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1, "{broken}");
+    assert_eq!(skipped[0]["from_filter"], json!("domain7.test"));
+
+    let sent = app
+        .post("/v1/messages", &admin, json!({"from": "user8@many.test", "to": ["x@example.org"], "subject": "s", "text": "t"}))
+        .await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.text);
+    let routed = app.get(&format!("/v1/messages/{}", sent.id()), &admin).await;
+    assert_eq!(routed.body["routed_by"], json!("address"), "{}", routed.text);
+}

@@ -3,7 +3,7 @@
 //! account's address, the display name is kept and the original address goes to Reply-To).
 
 use lettre::message::Mailbox;
-use sea_orm::{ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
@@ -108,6 +108,33 @@ fn usable(account: &email_account::Model) -> bool {
     account.enabled && (account.state == AccountState::Authorized || account.state == AccountState::Confirmed)
 }
 
+/// The sender's address, lowercased, and its domain: what from filters are matched against.
+fn address_and_domain(from: &Mailbox) -> (String, String) {
+    let address = from.email.to_string().to_lowercase();
+    let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+    (address, domain)
+}
+
+/// The tenant's outbound accounts that could send for `address`: those filtering on it or on its domain, and the
+/// default sender, oldest first. Only these are read, however many accounts the tenant has (an index serves it).
+async fn candidates<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: TenantId,
+    address: &str,
+    domain: &str,
+) -> AppResult<Vec<email_account::Model>> {
+    Ok(email_account::Entity::in_tenant(tenant_id)
+        .filter(email_account::Column::Direction.eq(Direction::Outbound))
+        .filter(
+            Condition::any()
+                .add(email_account::Column::FromFilter.is_in([address, domain]))
+                .add(email_account::Column::IsDefault.eq(true)),
+        )
+        .order_by_asc(email_account::Column::Id)
+        .all(db)
+        .await?)
+}
+
 /// The address a default sender sends as: its from filter when that is an address, else its login.
 fn sender_address(account: &email_account::Model) -> Option<String> {
     [account.from_filter.as_deref(), Some(account.login.as_str())]
@@ -118,16 +145,9 @@ fn sender_address(account: &email_account::Model) -> Option<String> {
 }
 
 pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: TenantId, from: &Mailbox) -> AppResult<Route> {
-    let address = from.email.to_string().to_lowercase();
-    let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
-    let accounts: Vec<email_account::Model> = email_account::Entity::in_tenant(tenant_id)
-        .filter(email_account::Column::Direction.eq(Direction::Outbound))
-        .order_by_asc(email_account::Column::Id)
-        .all(db)
-        .await?
-        .into_iter()
-        .filter(usable)
-        .collect();
+    let (address, domain) = address_and_domain(from);
+    let accounts: Vec<email_account::Model> =
+        candidates(db, tenant_id, &address, &domain).await?.into_iter().filter(usable).collect();
     let by_filter = |wanted: &str| accounts.iter().find(|a| a.from_filter.as_deref() == Some(wanted)).cloned();
     if let Some(account) = by_filter(&address) {
         return Ok(Route { account, routed_by: RoutedBy::Address, from: from.clone(), reply_to: None });
@@ -183,17 +203,11 @@ async fn skipped_senders<C: ConnectionTrait>(
     from: &Mailbox,
     visible: &(dyn Fn(&email_account::Model) -> bool + Sync),
 ) -> AppResult<Vec<SkippedSender>> {
-    let address = from.email.to_string().to_lowercase();
-    let domain = address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
-    let accounts = email_account::Entity::in_tenant(tenant_id)
-        .filter(email_account::Column::Direction.eq(Direction::Outbound))
-        .order_by_asc(email_account::Column::Id)
-        .all(db)
-        .await?;
-    accounts
+    let (address, domain) = address_and_domain(from);
+    candidates(db, tenant_id, &address, &domain)
+        .await?
         .into_iter()
         .filter(|a| !usable(a) && visible(a))
-        .filter(|a| a.is_default || a.from_filter.as_deref().is_some_and(|f| f == address || f == domain))
         .map(|a| {
             let state = a.state;
             let reason = if !a.enabled {
