@@ -391,3 +391,47 @@ async fn a_submitted_message_is_dispatched_on_its_commit_not_at_the_next_pass_ev
     let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
     assert_eq!(sent, 2);
 }
+
+#[tokio::test]
+async fn while_every_send_slot_is_busy_new_messages_wait_and_go_out_together_when_one_frees_not_at_the_next_pass() {
+    let redis = PrivateRedis::start().await;
+    let (app, servers, key) = app_on(TestEnv::new(), &redis).await;
+    let from = sender(&app, servers, &key).await;
+    // One send slot, and no pass for 10 s after the first: only notices and freed slots dispatch.
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("DISPATCH_INTERVAL", "10s"), ("SEND_CONCURRENCY", "1")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    wait_until("the worker listens for sends", Duration::from_secs(10), async || {
+        worker.metric("postbridge_worker_listening{channel=\"postbridge_sends_due\"}").await == 1.0
+    })
+    .await;
+    let notice = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"notice\"}";
+    let pass = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"pass\"}";
+
+    // The slot is taken by a message the server answers only after a second...
+    let slow = format!("slower+busy-{}@example.org", Uuid::new_v4().simple());
+    let opener = submit_batch(&app, &key, &from, &slow, 1).await;
+    wait_until("the first message is at the server", Duration::from_secs(10), async || {
+        app.sql_i64("SELECT count(*) FROM outbound_messages WHERE handed_at IS NOT NULL").await == 1
+    })
+    .await;
+    // ...while twelve more are submitted.
+    let rcpt = format!("busy-{}@example.org", Uuid::new_v4().simple());
+    let started = Instant::now();
+    let rest = submit_batch(&app, &key, &from, &rcpt, 12).await;
+    let all_while_busy = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sending'").await == 1;
+    wait_until("all twelve arrive", Duration::from_secs(8), async || accepted_subjects(servers, &rcpt).len() == rest.len()).await;
+    assert!(started.elapsed() < Duration::from_secs(9), "sent when the slot freed, not at the pass 10 s on");
+    assert_eq!(worker.metric(pass).await, 0.0, "no pass dispatched anything");
+    let jobs = worker.metric(notice).await;
+    if all_while_busy {
+        // All twelve waited for the one slot, and were claimed together when it freed: four batches of three
+        // (an account's backlog is spread over four jobs). Without waiting, each notice claimed one or two.
+        assert_eq!(jobs, 5.0, "the opener's job and four batches");
+    } else {
+        // A slow machine: the slot freed before the last submissions; those were claimed as they came.
+        assert!(jobs < 13.0, "the twelve went out in batches, not one job each: {jobs} jobs for 13 messages");
+    }
+    assert_eq!(accepted_subjects(servers, &slow).get(&opener[0]), Some(&1));
+    assert!(accepted_subjects(servers, &rcpt).values().all(|&n| n == 1), "none twice");
+    assert_eq!(app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await, 13);
+}

@@ -355,10 +355,11 @@ function onData(stream, session, callback) {
             return callback(smtpError(451, '4.3.0 Local error in processing'));
         }
         log(`accepted ${name} from ${meta.mail_from} (auth ${meta.auth_user}) to ${rcptTo.join(', ')}`);
-        // `slow+` recipients: the message is stored at once but the 250 comes 200 ms later, like a busy server;
-        // a client cut off meanwhile never hears that its message was accepted.
-        const slow = rcptTo.some(r => localPart(r).startsWith('slow+'));
-        if (slow) return setTimeout(() => callback(null, `${messageId} Queued mail for delivery`), 200);
+        // `slow+` recipients: the message is stored at once but the 250 comes 200 ms later, like a busy server
+        // (`slower+`: a second later); a client cut off meanwhile never hears that its message was accepted.
+        const delay = rcptTo.some(r => localPart(r).startsWith('slower+')) ? 1000
+            : rcptTo.some(r => localPart(r).startsWith('slow+')) ? 200 : 0;
+        if (delay) return setTimeout(() => callback(null, `${messageId} Queued mail for delivery`), delay);
         callback(null, `${messageId} Queued mail for delivery`);
     });
 }

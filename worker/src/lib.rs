@@ -93,7 +93,8 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
     let queues = Queues::new(redis.clone(), &prefix);
     let identity = Identity::of(&ctx);
     let liveness = Liveness::new();
-    let runner = JobRunner::new(ctx.clone());
+    let sends_due = Arc::new(tokio::sync::Notify::new());
+    let runner = JobRunner::new(ctx.clone(), sends_due.clone());
     // Bound before anything starts, so a taken address fails the start instead of going unnoticed.
     let http_server = match ctx.settings.worker_metrics_addr {
         Some(addr) => {
@@ -143,11 +144,17 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
         let live = liveness.consumer_flag(queue);
         consumer_tasks.push(tokio::spawn(supervise(queue, move || identity.consumer_name(queue), start, live, stop.clone())));
     }
-    let sends_due = Arc::new(tokio::sync::Notify::new());
     let loops = vec![
         tokio::spawn(wake::listen_for_sends(ctx.clone(), sends_due.clone(), stop.clone())),
         tokio::spawn(idle::run(ctx.clone(), liveness.clone(), stop.clone())),
-        tokio::spawn(scheduler::run(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), sends_due, stop.clone())),
+        tokio::spawn(scheduler::run(
+            ctx.clone(),
+            queues.clone(),
+            redis.clone(),
+            liveness.clone(),
+            (sends_due, runner.send_slots()),
+            stop.clone(),
+        )),
         tokio::spawn(scheduler::housekeeping(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),
     ];
     // The heartbeat goes on through the shutdown grace, so a stopping worker is never taken for a dead one.

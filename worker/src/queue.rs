@@ -21,6 +21,8 @@ use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+
+use crate::wake::SendSlots;
 use uuid::Uuid;
 
 // The payloads on the wire, one type per queue (apalis stores each queue's jobs as JSON of its type). Each is one
@@ -173,6 +175,7 @@ pub struct JobRunner {
     pub ctx: AppContext,
     tracker: TaskTracker,
     limits: Arc<std::collections::HashMap<Queue, Arc<Semaphore>>>,
+    send_slots: SendSlots,
 }
 
 /// Refresh batches one worker process runs at once.
@@ -194,10 +197,18 @@ pub fn concurrency(settings: &Settings, queue: Queue) -> usize {
 }
 
 impl JobRunner {
-    pub fn new(ctx: AppContext) -> Self {
-        let limits =
+    /// `sends_due` wakes the scheduler to claim sends (see [`SendSlots`]).
+    pub fn new(ctx: AppContext, sends_due: Arc<tokio::sync::Notify>) -> Self {
+        let limits: std::collections::HashMap<Queue, Arc<Semaphore>> =
             Queue::ALL.iter().map(|&queue| (queue, Arc::new(Semaphore::new(concurrency(&ctx.settings, queue))))).collect();
-        JobRunner { ctx, tracker: TaskTracker::new(), limits: Arc::new(limits) }
+        let send_limit = limits.get(&Queue::Send).cloned().unwrap_or_else(|| Arc::new(Semaphore::new(1)));
+        let send_slots = SendSlots::new(send_limit, sends_due);
+        JobRunner { ctx, tracker: TaskTracker::new(), limits: Arc::new(limits), send_slots }
+    }
+
+    /// This process's send slots, for the scheduler.
+    pub fn send_slots(&self) -> SendSlots {
+        self.send_slots.clone()
     }
 
     /// Jobs currently running (or waiting for a slot) in this process.
@@ -216,6 +227,7 @@ impl JobRunner {
     /// failure.
     async fn run(&self, job: Job, tenant_hint: Option<TenantId>) -> Result<(), BoxDynError> {
         let queue = job.queue().as_str();
+        let sends = job.queue() == Queue::Send;
         let limit = self.limits.get(&job.queue()).cloned();
         let ctx = self.ctx.clone();
         let handle = self.tracker.spawn(async move {
@@ -253,6 +265,9 @@ impl JobRunner {
         });
         if let Err(e) = handle.await {
             tracing::error!(queue, error = %e, "a job task ended abnormally");
+        }
+        if sends {
+            self.send_slots.freed();
         }
         Ok(())
     }

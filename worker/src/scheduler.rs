@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::liveness::Liveness;
 use crate::queue::{DeliverMessage, DeliverWebhook, PollMailbox, RefreshGrant, SettleMessage};
-use crate::wake::QueueWakers;
+use crate::wake::{QueueWakers, SendSlots};
 use postbridge_core::jobs::job::Queue;
 
 /// Rows claimed per query; a full batch means more may be due.
@@ -272,13 +272,14 @@ impl RedisEpoch {
 }
 
 /// Dispatches what is due every `POSTBRIDGE_DISPATCH_INTERVAL` (half a second) until `stop`, and re-dispatches everything when Redis lost its jobs.
-/// `sends_due` (see `wake::listen_for_sends`) dispatches sends at once between the passes.
+/// `sends_due` (see `wake::listen_for_sends`) dispatches sends at once between the passes, unless every send slot of
+/// this process is busy: then the claim waits for a slot to free ([`SendSlots`]).
 pub async fn run(
     ctx: AppContext,
     mut queues: Queues,
     mut redis: ConnectionManager,
     liveness: Arc<Liveness>,
-    sends_due: Arc<tokio::sync::Notify>,
+    (sends_due, send_slots): (Arc<tokio::sync::Notify>, SendSlots),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut dispatch = tokio::time::interval(ctx.settings.dispatch_interval);
@@ -293,6 +294,9 @@ pub async fn run(
             () = sends_due.notified() => true,
         };
         if sends_only {
+            if send_slots.defer_while_busy() {
+                continue;
+            }
             // A failure here is the pass's to report and recover from; the rows stay due.
             if let Err(e) = dispatch_due_sends(&ctx, &mut queues, Trigger::Notice).await {
                 tracing::debug!(error = %e, "dispatching sends on notice failed; the next pass tries again");

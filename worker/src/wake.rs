@@ -16,7 +16,7 @@ use futures::Stream;
 use postbridge_core::jobs::job::Queue;
 use postbridge_core::store::listen::{Listener, Notice};
 use postbridge_core::AppContext;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// The channel the `outbound_messages_due` trigger notifies.
 pub const SENDS_DUE: &str = "postbridge_sends_due";
@@ -98,5 +98,66 @@ impl Stream for Wake {
         } else {
             Poll::Pending
         }
+    }
+}
+
+/// This process's send slots as its scheduler sees them. While every slot is busy, a submission's notice is not
+/// claimed at once: what arrives meanwhile stays in Postgres and is claimed together, in larger batches, as soon as
+/// a slot frees (or by the next pass). Under load a batch then carries many messages over one connection instead
+/// of one or two; on an idle system nothing changes.
+#[derive(Clone)]
+pub struct SendSlots {
+    slots: Arc<Semaphore>,
+    deferred: Arc<AtomicBool>,
+    sends_due: Arc<Notify>,
+}
+
+impl SendSlots {
+    pub fn new(slots: Arc<Semaphore>, sends_due: Arc<Notify>) -> Self {
+        SendSlots { slots, deferred: Arc::default(), sends_due }
+    }
+
+    /// True when the notice should wait for a free slot; it is then claimed when one frees.
+    pub fn defer_while_busy(&self) -> bool {
+        if self.slots.available_permits() > 0 {
+            return false;
+        }
+        self.deferred.store(true, Ordering::Release);
+        // A slot that freed in between found nothing deferred: look again rather than wait for the pass.
+        self.slots.available_permits() == 0
+    }
+
+    /// A send job ended and gave its slot back: claim what waited for it.
+    pub fn freed(&self) {
+        if self.deferred.swap(false, Ordering::AcqRel) {
+            self.sends_due.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn woken(due: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), due.notified()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_notice_waits_only_while_every_slot_is_busy_and_a_freed_slot_wakes_the_claim_once() {
+        let (slots, due) = (Arc::new(Semaphore::new(1)), Arc::new(Notify::new()));
+        let send_slots = SendSlots::new(slots.clone(), due.clone());
+        assert!(!send_slots.defer_while_busy(), "a free slot: claim at once");
+        send_slots.freed();
+        assert!(!woken(&due).await, "nothing waited, so a freed slot wakes nothing");
+
+        let busy = slots.acquire().await.expect("the one slot");
+        assert!(send_slots.defer_while_busy(), "every slot busy: the notice waits");
+        drop(busy);
+        send_slots.freed();
+        assert!(woken(&due).await, "the freed slot wakes the claim");
+        send_slots.freed();
+        assert!(!woken(&due).await, "once per wait");
     }
 }
