@@ -339,6 +339,24 @@ async fn postgres_stopped_for_10_seconds_mid_batch_sends_nothing_twice_and_the_w
 }
 
 /// The pid of the worker's send wake-up listener connection, if it is listening.
+/// Send jobs a worker pushed on a commit's notice, and on its pass.
+const SENDS_ON_NOTICE: &str = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"notice\"}";
+const SENDS_ON_PASS: &str = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"pass\"}";
+
+/// A worker listening for sends whose pass comes only every 10 s (the longest allowed): after its first pass, done
+/// when it is ready, only notices dispatch.
+async fn worker_on_notices(app: &TestApp, extra: &[(&str, &str)]) -> WorkerProcess {
+    let mut settings = vec![("DISPATCH_INTERVAL", "10s")];
+    settings.extend_from_slice(extra);
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &settings);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    wait_until("the worker listens for sends", Duration::from_secs(10), async || {
+        worker.metric("postbridge_worker_listening{channel=\"postbridge_sends_due\"}").await == 1.0
+    })
+    .await;
+    worker
+}
+
 async fn send_listener_pid(app: &TestApp) -> Option<i32> {
     use sea_orm::ConnectionTrait;
     let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
@@ -352,15 +370,8 @@ async fn a_submitted_message_is_dispatched_on_its_commit_not_at_the_next_pass_ev
     let redis = PrivateRedis::start().await;
     let (app, servers, key) = app_on(TestEnv::new(), &redis).await;
     let from = sender(&app, servers, &key).await;
-    // The longest pass allowed: the first pass is done when the worker is ready, the next comes 10 s later.
-    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("DISPATCH_INTERVAL", "10s")]);
-    worker.wait_ready(Duration::from_secs(30)).await;
-    wait_until("the worker listens for sends", Duration::from_secs(10), async || {
-        worker.metric("postbridge_worker_listening{channel=\"postbridge_sends_due\"}").await == 1.0
-    })
-    .await;
-    let notice = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"notice\"}";
-    let pass = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"pass\"}";
+    let worker = worker_on_notices(&app, &[]).await;
+    let (notice, pass) = (SENDS_ON_NOTICE, SENDS_ON_PASS);
     let rcpt = format!("notice-{}@example.org", Uuid::new_v4().simple());
 
     let first = submit_batch(&app, &key, &from, &rcpt, 1).await;
@@ -397,15 +408,9 @@ async fn while_every_send_slot_is_busy_new_messages_wait_and_go_out_together_whe
     let redis = PrivateRedis::start().await;
     let (app, servers, key) = app_on(TestEnv::new(), &redis).await;
     let from = sender(&app, servers, &key).await;
-    // One send slot, and no pass for 10 s after the first: only notices and freed slots dispatch.
-    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("DISPATCH_INTERVAL", "10s"), ("SEND_CONCURRENCY", "1")]);
-    worker.wait_ready(Duration::from_secs(30)).await;
-    wait_until("the worker listens for sends", Duration::from_secs(10), async || {
-        worker.metric("postbridge_worker_listening{channel=\"postbridge_sends_due\"}").await == 1.0
-    })
-    .await;
-    let notice = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"notice\"}";
-    let pass = "postbridge_worker_dispatched_total{queue=\"send\",trigger=\"pass\"}";
+    // One send slot: only notices and freed slots dispatch.
+    let worker = worker_on_notices(&app, &[("SEND_CONCURRENCY", "1")]).await;
+    let (notice, pass) = (SENDS_ON_NOTICE, SENDS_ON_PASS);
 
     // The slot is taken by a message the server answers only after a second...
     let slow = format!("slower+busy-{}@example.org", Uuid::new_v4().simple());
