@@ -64,10 +64,35 @@ pub(super) struct Outcome {
     pub event: Option<events::Pending<'static>>,
 }
 
+/// An outcome taken apart for its statement: the update, its values, the event to record with it, and what to say
+/// when the lease was lost.
+struct OutcomeStatement {
+    update: String,
+    values: Vec<sea_orm::Value>,
+    event: Option<events::Pending<'static>>,
+    written: Written,
+}
+
+/// Which message an outcome was for, to report a lost lease.
+struct Written {
+    message_id: OutboundMessageId,
+    status: OutboundStatus,
+}
+
+impl Written {
+    /// Says so when the lease was lost before the outcome could be written.
+    fn warn_unless(&self, written: bool) -> bool {
+        if !written {
+            tracing::warn!(message_id = %self.message_id, status = self.status.as_str(), "the send lease was lost; outcome not recorded");
+        }
+        written
+    }
+}
+
 impl Outcome {
     /// The update writing it (`RETURNING id`, so `changed` can name it) and its values; it touches the row only
     /// while the lease is the holder's.
-    fn update(&self) -> (String, Vec<sea_orm::Value>) {
+    fn into_statement(self) -> OutcomeStatement {
         let next = self.retry_in.and_then(|s| Utc::now().checked_add_signed(chrono::Duration::seconds(s)));
         let handed_over = matches!(self.status, OutboundStatus::Sent | OutboundStatus::PartiallySent);
         let update = format!(
@@ -82,45 +107,38 @@ impl Outcome {
             self.lease.message_id.into(),
             self.lease.token.into(),
             self.status.into(),
-            self.error.clone().into(),
-            self.replies.last.clone().into(),
+            self.error.into(),
+            self.replies.last.into(),
             next.into(),
             (self.status == OutboundStatus::Queued).into(),
             handed_over.into(),
-            self.replies.recipients.clone().into(),
+            self.replies.recipients.into(),
         ];
-        (update, values)
-    }
-
-    /// Says so when the lease was lost before the outcome could be written.
-    pub fn warn_unless(&self, written: bool) -> bool {
-        if !written {
-            tracing::warn!(message_id = %self.lease.message_id, status = self.status.as_str(), "the send lease was lost; outcome not recorded");
-        }
-        written
+        let written = Written { message_id: self.lease.message_id, status: self.status };
+        OutcomeStatement { update, values, event: self.event, written }
     }
 }
 
 /// Records the outcome of the lease holder, and the event that reports it (when given) in the same statement; false
 /// (nothing written) when the lease is no longer ours.
-pub(super) async fn set_outcome<C: ConnectionTrait>(db: &C, mut outcome: Outcome) -> AppResult<bool> {
-    let (update, values) = outcome.update();
-    let written = match outcome.event.take() {
+pub(super) async fn set_outcome<C: ConnectionTrait>(db: &C, outcome: Outcome) -> AppResult<bool> {
+    let OutcomeStatement { update, values, event, written } = outcome.into_statement();
+    let rows = match event {
         None => db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, update, values)).await?.rows_affected(),
         Some(event) => events::record_with(db, &update, values, event).await?,
     };
-    Ok(outcome.warn_unless(written == 1))
+    Ok(written.warn_unless(rows == 1))
 }
 
 /// Writes the previous message's outcome and marks the next one handed, in one statement: in a batch each message
 /// then costs one write, not two. Both keep their own conditions (each row its own lease), and a failed statement
 /// writes neither, which leaves the previous message `sending` until its lease ends (then `unknown`), exactly as a
 /// failed outcome write alone would. True when the next message may go to the server.
-pub(super) async fn record_and_hand(ctx: &AppContext, mut previous: Outcome, next: Lease) -> AppResult<bool> {
-    let (update, mut values) = previous.update();
+pub(super) async fn record_and_hand(ctx: &AppContext, previous: Outcome, next: Lease) -> AppResult<bool> {
+    let OutcomeStatement { update, mut values, event, written } = previous.into_statement();
     let hand = format!("{} RETURNING id", hand(values.len() + 1));
     values.extend(hand_values(next));
-    let recorded = match previous.event.take() {
+    let recorded = match event {
         Some(event) => format!(", recorded AS ({})", events::insert_per_changed(&mut values, event)),
         None => String::new(),
     };
@@ -131,6 +149,6 @@ pub(super) async fn record_and_hand(ctx: &AppContext, mut previous: Outcome, nex
     let row = ctx.db.query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     let count =
         |column: &str| -> AppResult<i64> { Ok(row.as_ref().map(|r| r.try_get::<i64>("", column)).transpose()?.unwrap_or(0)) };
-    previous.warn_unless(count("written")? == 1);
+    written.warn_unless(count("written")? == 1);
     Ok(count("handed")? == 1)
 }
