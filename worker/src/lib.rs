@@ -145,14 +145,14 @@ pub async fn run(ctx: AppContext, stop: tokio::sync::watch::Receiver<bool>) -> a
         consumer_tasks.push(tokio::spawn(supervise(queue, move || identity.consumer_name(queue), start, live, stop.clone())));
     }
     let loops = vec![
-        tokio::spawn(wake::listen_for_sends(ctx.clone(), sends_due.clone(), stop.clone())),
+        tokio::spawn(wake::listen_for_sends(ctx.clone(), sends_due, stop.clone())),
         tokio::spawn(idle::run(ctx.clone(), liveness.clone(), stop.clone())),
         tokio::spawn(scheduler::run(
             ctx.clone(),
             queues.clone(),
             redis.clone(),
             liveness.clone(),
-            (sends_due, runner.send_slots()),
+            runner.send_slots(),
             stop.clone(),
         )),
         tokio::spawn(scheduler::housekeeping(ctx.clone(), queues.clone(), redis.clone(), liveness.clone(), stop.clone())),

@@ -21,9 +21,9 @@ use postbridge_core::{AppContext, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use crate::wake::SendSlots;
-use uuid::Uuid;
 
 // The payloads on the wire, one type per queue (apalis stores each queue's jobs as JSON of its type). Each is one
 // `Job`: ids only, the job reloads its rows.
@@ -199,9 +199,13 @@ pub fn concurrency(settings: &Settings, queue: Queue) -> usize {
 impl JobRunner {
     /// `sends_due` wakes the scheduler to claim sends (see [`SendSlots`]).
     pub fn new(ctx: AppContext, sends_due: Arc<tokio::sync::Notify>) -> Self {
-        let limits: std::collections::HashMap<Queue, Arc<Semaphore>> =
-            Queue::ALL.iter().map(|&queue| (queue, Arc::new(Semaphore::new(concurrency(&ctx.settings, queue))))).collect();
-        let send_limit = limits.get(&Queue::Send).cloned().unwrap_or_else(|| Arc::new(Semaphore::new(1)));
+        let slots = |queue| Arc::new(Semaphore::new(concurrency(&ctx.settings, queue)));
+        // The send queue's slots are also the scheduler's view of how busy this process is.
+        let send_limit = slots(Queue::Send);
+        let limits = Queue::ALL
+            .iter()
+            .map(|&queue| (queue, if queue == Queue::Send { send_limit.clone() } else { slots(queue) }))
+            .collect();
         let send_slots = SendSlots::new(send_limit, sends_due);
         JobRunner { ctx, tracker: TaskTracker::new(), limits: Arc::new(limits), send_slots }
     }

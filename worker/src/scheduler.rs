@@ -272,14 +272,14 @@ impl RedisEpoch {
 }
 
 /// Dispatches what is due every `POSTBRIDGE_DISPATCH_INTERVAL` (half a second) until `stop`, and re-dispatches everything when Redis lost its jobs.
-/// `sends_due` (see `wake::listen_for_sends`) dispatches sends at once between the passes, unless every send slot of
-/// this process is busy: then the claim waits for a slot to free ([`SendSlots`]).
+/// Sends found due between the passes (`send_slots`, see `wake::listen_for_sends`) are dispatched at once, unless every
+/// send slot of this process is busy: then the claim waits for a slot to free ([`SendSlots`]).
 pub async fn run(
     ctx: AppContext,
     mut queues: Queues,
     mut redis: ConnectionManager,
     liveness: Arc<Liveness>,
-    (sends_due, send_slots): (Arc<tokio::sync::Notify>, SendSlots),
+    send_slots: SendSlots,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut dispatch = tokio::time::interval(ctx.settings.dispatch_interval);
@@ -291,7 +291,7 @@ pub async fn run(
         let sends_only = tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             _ = dispatch.tick() => false,
-            () = sends_due.notified() => true,
+            () = send_slots.due() => true,
         };
         if sends_only {
             if send_slots.defer_while_busy() {

@@ -117,6 +117,11 @@ impl SendSlots {
         SendSlots { slots, deferred: Arc::default(), sends_due }
     }
 
+    /// Resolves when sends are due: a commit's notice (see [`listen_for_sends`]) or a slot freed after a wait.
+    pub async fn due(&self) {
+        self.sends_due.notified().await;
+    }
+
     /// True when the notice should wait for a free slot; it is then claimed when one frees.
     pub fn defer_while_busy(&self) -> bool {
         if self.slots.available_permits() > 0 {
