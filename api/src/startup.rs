@@ -45,6 +45,7 @@ impl Application {
         let schema = web::Data::new(schema);
         let hub = web::Data::new(EventHub::start(context.clone())?);
         context.auth_cache.start_listening(context.settings.database_url.clone());
+        context.route_cache.start_listening(context.settings.database_url.clone());
         let openapi = ApiDoc::openapi();
         let routes = web::Data::new(RouteTable::from_openapi(&openapi));
         let limiter = web::Data::from(limiter);

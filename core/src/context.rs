@@ -30,6 +30,8 @@ pub struct AppContext {
     pub instance_id: uuid::Uuid,
     /// Keys and tenants authentication read lately; used only where it listens for changes (API processes).
     pub auth_cache: crate::access::auth_cache::AuthCache,
+    /// Outbound accounts routing read lately; used only where it listens for changes (API processes).
+    pub route_cache: crate::send::route_cache::RouteCache,
     /// Token requests background refreshes may have in flight in this process (`POSTBRIDGE_REFRESH_CONCURRENCY`).
     pub refresh_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -66,6 +68,7 @@ impl AppContext {
             metrics: Arc::new(crate::metrics::Metrics::new().context("failed to register metrics")?),
             instance_id: uuid::Uuid::now_v7(),
             auth_cache: Default::default(),
+            route_cache: Default::default(),
             refresh_slots,
         })
     }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// Credential and tenant look-ups by where they were answered: `hit`, `miss`, `bypass` (no change listener).
     pub auth_cache: IntCounterVec,
+    /// Submissions' sender look-ups by where they were answered: `hit`, `miss`, `bypass` (no change listener).
+    pub route_cache: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: GaugeVec,
     pub grants: IntGaugeVec,
@@ -114,6 +116,12 @@ impl Metrics {
                 &registry,
                 "api_auth_cache_total",
                 "Authentication look-ups of keys and tenants by result (hit, miss, bypass: not listening for changes)",
+                &["result"],
+            )?,
+            route_cache: counter(
+                &registry,
+                "api_route_cache_total",
+                "Submissions' look-ups of their sending account by result (hit, miss, bypass: not listening for changes)",
                 &["result"],
             )?,
             queue_depth: gauge(&registry, "queue_depth", "Due jobs of each kind waiting to run", &["kind"])?,

@@ -55,6 +55,7 @@ mod m20261205_000022_tenant_branding;
 mod m20261206_000023_refresh_lease;
 mod m20261206_000024_undispatched_sends;
 mod m20261206_000025_sender_lookup;
+mod m20261206_000026_route_notify;
 
 pub struct Migrator;
 
@@ -87,6 +88,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000023_refresh_lease::Migration),
             Box::new(m20261206_000024_undispatched_sends::Migration),
             Box::new(m20261206_000025_sender_lookup::Migration),
+            Box::new(m20261206_000026_route_notify::Migration),
         ]
     }
 }

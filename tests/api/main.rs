@@ -30,6 +30,7 @@ mod outbox_steering;
 mod rate_limits;
 mod received_content;
 mod refresh_storm;
+mod route_cache;
 mod routing;
 mod schema;
 mod secrets;

@@ -66,6 +66,8 @@ pub async fn test_and_confirm(ctx: &AppContext, scope: &TenantScope, account_id:
         ),
     };
     ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     // Becoming `confirmed` records `account.confirmed` (a database trigger writes every state change's event).
     let refreshed = email_account::Entity::find_by_id(account.id).one(&ctx.db).await?.ok_or(AppError::not_found("account"))?;
     Ok(TestResult {

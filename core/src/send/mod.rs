@@ -7,6 +7,7 @@ pub mod give_back;
 pub mod outbox;
 mod outcome;
 pub mod pace;
+pub mod route_cache;
 pub mod routing;
 pub mod settle;
 pub mod steer;

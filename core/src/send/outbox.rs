@@ -204,7 +204,7 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
             bytes,
         });
     }
-    let route = routing::route(&ctx.db, scope.tenant_id, &requested).await?;
+    let route = routing::route_to_send(ctx, scope.tenant_id, &requested).await?;
     let from = to_compose(&route.from);
     let reply_to = explicit_reply_to.or(route.reply_to.clone()).map(|m| to_compose(&m));
     let domain = from.address.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();

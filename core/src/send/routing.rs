@@ -3,13 +3,17 @@
 //! account's address, the display name is kept and the original address goes to Reply-To).
 
 use lettre::message::Mailbox;
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
+use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{AccountState, Direction, RoutedBy};
+pub use crate::send::route_cache::Candidate;
+use crate::send::route_cache::SenderKey;
 use crate::store::entities::email_account;
 use crate::store::ids::TenantId;
+use crate::store::noticed::Cached;
 use crate::store::tenant_owned::TenantOwned;
 use crate::validate;
 use async_graphql::SimpleObject;
@@ -48,7 +52,7 @@ pub struct SkippedSender {
 }
 
 pub struct Route {
-    pub account: email_account::Model,
+    pub account: Candidate,
     pub routed_by: RoutedBy,
     /// The From the message carries.
     pub from: Mailbox,
@@ -104,7 +108,7 @@ pub fn parse_mailbox(field: &str, value: &str) -> AppResult<Mailbox> {
 }
 
 /// Accounts that may send: outbound, enabled, authorized or confirmed.
-fn usable(account: &email_account::Model) -> bool {
+fn usable(account: &Candidate) -> bool {
     account.enabled && (account.state == AccountState::Authorized || account.state == AccountState::Confirmed)
 }
 
@@ -117,13 +121,20 @@ fn address_and_domain(from: &Mailbox) -> (String, String) {
 
 /// The tenant's outbound accounts that could send for `address`: those filtering on it or on its domain, and the
 /// default sender, oldest first. Only these are read, however many accounts the tenant has (an index serves it).
-async fn candidates<C: ConnectionTrait>(
-    db: &C,
-    tenant_id: TenantId,
-    address: &str,
-    domain: &str,
-) -> AppResult<Vec<email_account::Model>> {
+async fn candidates<C: ConnectionTrait>(db: &C, tenant_id: TenantId, address: &str, domain: &str) -> AppResult<Vec<Candidate>> {
+    use email_account::Column;
     Ok(email_account::Entity::in_tenant(tenant_id)
+        .select_only()
+        .columns([
+            Column::Id,
+            Column::Login,
+            Column::OwnerSubject,
+            Column::FromFilter,
+            Column::IsDefault,
+            Column::Enabled,
+            Column::State,
+            Column::LastError,
+        ])
         .filter(email_account::Column::Direction.eq(Direction::Outbound))
         .filter(
             Condition::any()
@@ -131,12 +142,13 @@ async fn candidates<C: ConnectionTrait>(
                 .add(email_account::Column::IsDefault.eq(true)),
         )
         .order_by_asc(email_account::Column::Id)
+        .into_model::<Candidate>()
         .all(db)
         .await?)
 }
 
 /// The address a default sender sends as: its from filter when that is an address, else its login.
-fn sender_address(account: &email_account::Model) -> Option<String> {
+fn sender_address(account: &Candidate) -> Option<String> {
     [account.from_filter.as_deref(), Some(account.login.as_str())]
         .into_iter()
         .flatten()
@@ -144,15 +156,37 @@ fn sender_address(account: &email_account::Model) -> Option<String> {
         .map(str::to_lowercase)
 }
 
+/// Routes a message to send: the candidates come from this process's route cache when it holds them (see
+/// `route_cache`), else from the database.
+pub async fn route_to_send(ctx: &AppContext, tenant_id: TenantId, from: &Mailbox) -> AppResult<Route> {
+    let (address, domain) = address_and_domain(from);
+    let key = SenderKey::new(tenant_id, &address);
+    let (lookup, accounts) = match ctx.route_cache.get(&key) {
+        Cached::Found(accounts) => (crate::store::noticed::Lookup::Hit, accounts),
+        Cached::Read(ticket) => {
+            let read: std::sync::Arc<[Candidate]> = candidates(&ctx.db, tenant_id, &address, &domain).await?.into();
+            ctx.route_cache.store(ticket, key, read.clone());
+            (ticket.lookup(), read)
+        }
+    };
+    ctx.metrics.route_cache.with_label_values(&[lookup.label()]).inc();
+    choose(accounts.iter().filter(|a| usable(a)).cloned().collect(), from, &address, &domain)
+}
+
+/// Routes `from` with the tenant's accounts as the database has them now.
 pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: TenantId, from: &Mailbox) -> AppResult<Route> {
     let (address, domain) = address_and_domain(from);
-    let accounts: Vec<email_account::Model> =
-        candidates(db, tenant_id, &address, &domain).await?.into_iter().filter(usable).collect();
+    let accounts = candidates(db, tenant_id, &address, &domain).await?.into_iter().filter(usable).collect();
+    choose(accounts, from, &address, &domain)
+}
+
+/// The route among the usable candidates: the address's account, else the domain's, else the default sender.
+fn choose(accounts: Vec<Candidate>, from: &Mailbox, address: &str, domain: &str) -> AppResult<Route> {
     let by_filter = |wanted: &str| accounts.iter().find(|a| a.from_filter.as_deref() == Some(wanted)).cloned();
-    if let Some(account) = by_filter(&address) {
+    if let Some(account) = by_filter(address) {
         return Ok(Route { account, routed_by: RoutedBy::Address, from: from.clone(), reply_to: None });
     }
-    if let Some(account) = by_filter(&domain) {
+    if let Some(account) = by_filter(domain) {
         return Ok(Route { account, routed_by: RoutedBy::Domain, from: from.clone(), reply_to: None });
     }
     let default = accounts.iter().find(|a| a.is_default).cloned().ok_or_else(|| {
@@ -188,7 +222,7 @@ pub async fn explain(
     let mailbox = parse_mailbox("from", from)?;
     let chosen = route(&ctx.db, scope.tenant_id, &mailbox).await?;
     // Members see only their own accounts, here as everywhere else.
-    let visible = |account: &email_account::Model| {
+    let visible = |account: &Candidate| {
         scope.principal.role != crate::model::Role::Member || account.owner_subject == scope.principal.subject
     };
     let skipped = skipped_senders(&ctx.db, scope.tenant_id, &mailbox, &visible).await?;
@@ -201,7 +235,7 @@ async fn skipped_senders<C: ConnectionTrait>(
     db: &C,
     tenant_id: TenantId,
     from: &Mailbox,
-    visible: &(dyn Fn(&email_account::Model) -> bool + Sync),
+    visible: &(dyn Fn(&Candidate) -> bool + Sync),
 ) -> AppResult<Vec<SkippedSender>> {
     let (address, domain) = address_and_domain(from);
     candidates(db, tenant_id, &address, &domain)

@@ -5,6 +5,7 @@ pub mod entities;
 pub mod ids;
 pub mod json;
 pub mod listen;
+pub mod noticed;
 pub mod tenant_owned;
 pub mod tenant_wall;
 

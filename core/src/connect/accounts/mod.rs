@@ -422,5 +422,7 @@ pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: AccountId) -> App
     email_account::Entity::delete_in_tenant(scope.tenant_id).filter(email_account::Column::Id.eq(model.id)).exec(&txn).await?;
     audit::record_in_tenant(&txn, scope, "account.deleted", model.id.into(), audit::Changes::new()).await?;
     txn.commit().await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     Ok(())
 }

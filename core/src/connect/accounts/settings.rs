@@ -319,5 +319,7 @@ pub(super) async fn save(
     let action = if insert { "account.created" } else { "account.updated" };
     audit::record_in_tenant(&txn, scope, action, id.into(), changes).await?;
     txn.commit().await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     Ok(model)
 }

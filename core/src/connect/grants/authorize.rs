@@ -150,6 +150,8 @@ async fn authorize_app(
     )
     .await?;
     txn.commit().await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     Ok(AuthorizeResult {
         status: AuthorizeStatus::Authorized,
         authorization_url: None,

@@ -231,6 +231,8 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         Err(e) => return Err(e),
     }
     txn.commit().await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     Ok(CallbackOutcome {
         success: true,
         reason: "connected".to_owned(),

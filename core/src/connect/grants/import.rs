@@ -70,5 +70,7 @@ pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId
     };
     connect_mailbox(ctx, &txn, scope.tenant_id, config.id, consent, &tokens, json!({"imported": true})).await?;
     txn.commit().await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     accounts::view(accounts::find_visible(ctx, scope, account.id).await?)
 }

@@ -220,6 +220,8 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppRe
     audit::record_in_tenant(&txn, scope, "grant.revoked", id.into(), audit::Changes::new().set("subject", Some(&model.subject)))
         .await?;
     txn.commit().await?;
+    // Routing in this process sees the change at once; the others hear it announced.
+    ctx.route_cache.changed();
     // Deleted here whatever the provider says; then revoked there where it can be (RFC 7009).
     if let Err(e) = provider_revocation::revoke_at_provider(ctx, &model).await {
         tracing::warn!(grant_id = %id, error = %e, "could not record the provider's revocation of a deleted grant");
