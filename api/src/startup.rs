@@ -46,6 +46,7 @@ impl Application {
         let hub = web::Data::new(EventHub::start(context.clone())?);
         context.auth_cache.start_listening(context.settings.database_url.clone());
         context.route_cache.start_listening(context.settings.database_url.clone());
+        context.sends_due.start(context.settings.database_url.clone(), context.metrics.sends_announced.clone());
         let openapi = ApiDoc::openapi();
         let routes = web::Data::new(RouteTable::from_openapi(&openapi));
         let limiter = web::Data::from(limiter);

@@ -32,6 +32,8 @@ pub struct AppContext {
     pub auth_cache: crate::access::auth_cache::AuthCache,
     /// Outbound accounts routing read lately; used only where it listens for changes (API processes).
     pub route_cache: crate::send::route_cache::RouteCache,
+    /// Announces committed submissions to the workers; announces nothing where it was not started (workers).
+    pub sends_due: crate::send::announce::SendsDue,
     /// Token requests background refreshes may have in flight in this process (`POSTBRIDGE_REFRESH_CONCURRENCY`).
     pub refresh_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -69,6 +71,7 @@ impl AppContext {
             instance_id: uuid::Uuid::now_v7(),
             auth_cache: Default::default(),
             route_cache: Default::default(),
+            sends_due: Default::default(),
             refresh_slots,
         })
     }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub auth_cache: IntCounterVec,
     /// Submissions' sender look-ups by where they were answered: `hit`, `miss`, `bypass` (no change listener).
     pub route_cache: IntCounterVec,
+    /// Announcements of committed submissions to the workers, by result (`sent`, `failed`).
+    pub sends_announced: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub queue_oldest_age: GaugeVec,
     pub grants: IntGaugeVec,
@@ -122,6 +124,12 @@ impl Metrics {
                 &registry,
                 "api_route_cache_total",
                 "Submissions' look-ups of their sending account by result (hit, miss, bypass: not listening for changes)",
+                &["result"],
+            )?,
+            sends_announced: counter(
+                &registry,
+                "api_sends_announced_total",
+                "Announcements to the workers that submissions committed, by result (sent, failed: the pass sends them)",
                 &["result"],
             )?,
             queue_depth: gauge(&registry, "queue_depth", "Due jobs of each kind waiting to run", &["kind"])?,

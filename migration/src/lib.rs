@@ -56,6 +56,7 @@ mod m20261206_000023_refresh_lease;
 mod m20261206_000024_undispatched_sends;
 mod m20261206_000025_sender_lookup;
 mod m20261206_000026_route_notify;
+mod m20261206_000027_submissions_announced_after_commit;
 
 pub struct Migrator;
 
@@ -89,6 +90,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000024_undispatched_sends::Migration),
             Box::new(m20261206_000025_sender_lookup::Migration),
             Box::new(m20261206_000026_route_notify::Migration),
+            Box::new(m20261206_000027_submissions_announced_after_commit::Migration),
         ]
     }
 }

@@ -367,7 +367,8 @@ async fn send_listener_pid(app: &TestApp) -> Option<i32> {
 }
 
 #[tokio::test]
-async fn a_submitted_message_is_dispatched_on_its_commit_not_at_the_next_pass_even_after_the_listener_is_cut() {
+async fn a_submitted_message_is_dispatched_on_its_commit_not_at_the_next_pass_even_after_the_listener_and_the_announcer_are_cut()
+{
     let redis = PrivateRedis::start().await;
     let (app, servers, key) = app_on(TestEnv::new(), &redis).await;
     let from = sender(&app, servers, &key).await;
@@ -400,8 +401,22 @@ async fn a_submitted_message_is_dispatched_on_its_commit_not_at_the_next_pass_ev
     let by_pass = worker.metric(pass).await;
     assert_eq!(by_notice + by_pass, 2.0, "each message was dispatched once");
     assert_eq!(by_notice, 2.0, "the reconnected listener dispatched the second too");
+
+    // Cut the API process's announcing connection too: the next announcement goes out on a new one.
+    let owner = app.owner_db().await;
+    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT pg_notify%'";
+    let row = owner.query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)).await;
+    let announcer = row.expect("pg_stat_activity").expect("the announcing connection").try_get_by_index::<i32>(0);
+    owner.execute_unprepared(&format!("SELECT pg_terminate_backend({})", announcer.expect("a pid"))).await.expect("terminate");
+    let third = submit_batch(&app, &key, &from, &rcpt, 1).await;
+    wait_until("the third message arrives", Duration::from_secs(30), async || {
+        accepted_subjects(servers, &rcpt).contains_key(&third[0])
+    })
+    .await;
+    assert_eq!(worker.metric(notice).await, 3.0, "announced on a new connection and dispatched on its notice");
+    assert_eq!(app.ctx.metrics.sends_announced.with_label_values(&["failed"]).get(), 0, "no announcement was lost");
     let sent = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE status = 'sent'").await;
-    assert_eq!(sent, 2);
+    assert_eq!(sent, 3);
 }
 
 #[tokio::test]

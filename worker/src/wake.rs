@@ -1,6 +1,7 @@
 //! Work at once instead of at the next round. Two wake-ups:
-//! - Postgres announces at commit every message that became due to send (`postbridge_sends_due`, see the
-//!   `send_due_notify` migration); [`listen_for_sends`] wakes the scheduler, which claims and pushes sends at once.
+//! - API processes announce committed submissions, and Postgres every other message that became due to send, on
+//!   `postbridge_sends_due` (see `send::announce` and the `send_due_notify` migration); [`listen_for_sends`] wakes
+//!   the scheduler, which claims and pushes sends at once.
 //!   The scheduler's half-second pass stays as the backstop for a notification nobody heard.
 //! - apalis-redis has no blocking fetch: an idle consumer looks for jobs only on its heartbeat. A job this process
 //!   pushes therefore also wakes this process's consumer of that queue ([`QueueWakers`]); other processes' consumers
@@ -18,8 +19,8 @@ use postbridge_core::store::listen::{Listener, Notice};
 use postbridge_core::AppContext;
 use tokio::sync::{Notify, Semaphore};
 
-/// The channel the `outbound_messages_due` trigger notifies.
-pub const SENDS_DUE: &str = "postbridge_sends_due";
+/// The channel API processes announce submissions on, and the `outbound_messages_due` trigger other sends due.
+pub const SENDS_DUE: &str = postbridge_core::send::announce::CHANNEL;
 
 /// Wakes `wake` for every announced send, and once on each (re)connect to catch up with what was missed, until
 /// `stop`. Keeps `postbridge_worker_listening{channel}` at 1 while it listens.

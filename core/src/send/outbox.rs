@@ -265,7 +265,10 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
         recipient_results: Set(None),
     };
     match row.insert(&ctx.db).await {
-        Ok(model) => view(model),
+        Ok(model) => {
+            ctx.sends_due.announce();
+            view(model)
+        }
         // Two submissions with one key at the same moment: the first one wins, both get it.
         Err(e) if is_unique_violation(&e) => match &key {
             Some(key) => {
