@@ -1,8 +1,9 @@
 //! Live events for GraphQL subscriptions: one Postgres `LISTEN postbridge_events` per API process, fanned
 //! out to the subscribers of each tenant.
 //!
-//! The database announces every inserted event at commit (`<tenant_id> <event_id> <event_type>`, see the
-//! `observability` migration). The hub loads an event's row once, and only when its tenant has subscribers,
+//! The database announces an inserted event at commit (`<tenant_id> <event_id> <event_type>`, see the
+//! `observability` migration) when some process watches its tenant (`observe::live_watchers`): a subscription is
+//! answered once this process's watch on its tenant is written, and the watch is renewed while subscribers stay. The hub loads an event's row once, and only when its tenant has subscribers,
 //! then hands the same copy to all of them. Notifications sent while the listener is reconnecting are lost:
 //! subscriptions are a live view, the event list is the record.
 
@@ -10,9 +11,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use anyhow::Context as _;
+use postbridge_core::error::AppResult;
 use postbridge_core::observe::events::{self, Event};
+use postbridge_core::observe::live_watchers;
 use postbridge_core::store::ids::TenantId;
 use postbridge_core::store::listen::{Listener, Notice};
+use postbridge_core::store::tenant_wall;
 use postbridge_core::AppContext;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
@@ -21,6 +25,11 @@ use uuid::Uuid;
 const CHANNEL: &str = "postbridge_events";
 /// Events a slow subscriber may fall behind by before it misses some.
 const BUFFER: usize = 256;
+/// How long a watch on a tenant holds unless renewed: after a process dies, its tenants' events stop being
+/// announced for it this much later.
+const WATCH_SECONDS: i64 = 60;
+/// How often the watches of tenants with subscribers are renewed (and those without ended).
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Shared by every connection of one API process; cheap to clone.
 #[derive(Clone)]
@@ -73,13 +82,19 @@ impl EventHub {
         let (stop, stopped) = oneshot::channel();
         let inner = Arc::new(Inner { ctx, tenants: Mutex::new(HashMap::new()), _stop: stop });
         runtime.spawn(listen(Arc::downgrade(&inner), stopped));
+        runtime.spawn(keep_watching(Arc::downgrade(&inner)));
         Ok(EventHub { inner })
     }
 
     /// The events of one tenant from now on. The caller has checked that its principal may see them.
-    pub fn subscribe(&self, tenant_id: TenantId) -> TenantEvents {
+    /// The events of one tenant from now on: from the moment this returns, every event committed is delivered.
+    pub async fn subscribe(&self, tenant_id: TenantId) -> AppResult<TenantEvents> {
         let receiver = self.inner.tenants().entry(tenant_id).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
-        TenantEvents { receiver: Some(receiver), tenant_id, hub: self.inner.clone() }
+        let events = TenantEvents { receiver: Some(receiver), tenant_id, hub: self.inner.clone() };
+        // Written on every subscription (they are rare), so none is answered before its tenant is watched.
+        let ctx = &self.inner.ctx;
+        tenant_wall::system(live_watchers::watch(&ctx.db, ctx.instance_id, &[tenant_id], WATCH_SECONDS)).await?;
+        Ok(events)
     }
 }
 
@@ -118,6 +133,28 @@ impl Drop for TenantEvents {
         if tenants.get(&self.tenant_id).is_some_and(|sender| sender.receiver_count() == 0) {
             tenants.remove(&self.tenant_id);
         }
+    }
+}
+
+/// Renews the watches of the tenants that still have subscribers and ends the others'.
+async fn renew_watches(inner: &Inner) {
+    let watched: Vec<TenantId> =
+        inner.tenants().iter().filter(|(_, sender)| sender.receiver_count() > 0).map(|(&tenant_id, _)| tenant_id).collect();
+    let ctx = &inner.ctx;
+    let renewed = tenant_wall::system(live_watchers::renew(&ctx.db, ctx.instance_id, &watched, WATCH_SECONDS)).await;
+    if let Err(e) = renewed {
+        tracing::warn!(error = %e, "could not renew the live event watches; retried in {RENEW_EVERY:?}");
+    }
+}
+
+/// Renews the watches every [`RENEW_EVERY`] until the hub is dropped.
+async fn keep_watching(hub: Weak<Inner>) {
+    let mut renew = tokio::time::interval(RENEW_EVERY);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        renew.tick().await;
+        let Some(inner) = hub.upgrade() else { return };
+        renew_watches(&inner).await;
     }
 }
 

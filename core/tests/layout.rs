@@ -224,6 +224,7 @@ const SQL_WRITERS: &[(&str, &[&str])] = &[
         "email_accounts",
         &["connect::confirm", "connect::mailbox", "jobs::scheduler", "receive::feed_health", "receive::idle", "receive::poll"],
     ),
+    ("event_watchers", &["observe::live_watchers"]),
     ("events", &["observe::events", "receive::inbox"]),
     ("grants", &["connect::grants::background", "connect::grants::tokens", "jobs::scheduler"]),
     ("inbound_messages", &["receive::inbox"]),

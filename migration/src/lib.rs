@@ -57,6 +57,7 @@ mod m20261206_000024_undispatched_sends;
 mod m20261206_000025_sender_lookup;
 mod m20261206_000026_route_notify;
 mod m20261206_000027_submissions_announced_after_commit;
+mod m20261206_000028_live_event_watchers;
 
 pub struct Migrator;
 
@@ -91,6 +92,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000025_sender_lookup::Migration),
             Box::new(m20261206_000026_route_notify::Migration),
             Box::new(m20261206_000027_submissions_announced_after_commit::Migration),
+            Box::new(m20261206_000028_live_event_watchers::Migration),
         ]
     }
 }

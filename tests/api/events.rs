@@ -126,10 +126,10 @@ async fn ws_connected(app: &TestApp, headers: &[(&str, &str)], init: Value) -> W
     ws
 }
 
-/// Starts subscription `id`, then runs a database-backed query on the same connection and waits for its
-/// answer. The server registers a subscription when it first polls it, which it does while the query waits
-/// for Postgres, so once the answer is in, the subscription is live.
-async fn subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
+/// Starts subscription `id` about `tenant`'s events, then runs a database-backed query on the same connection and
+/// waits for its answer (the server registers a subscription when it first polls it, which it does while the query
+/// waits for Postgres), then for the tenant's watch: once it is written, the subscription is live.
+async fn subscribe(app: &TestApp, ws: &mut Ws, tenant: &str, id: &str, query: &str, variables: Value) {
     ws_send(ws, json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": variables}})).await;
     ws_send(ws, json!({"id": "sync", "type": "subscribe", "payload": {"query": "{ events(limit: 1) { nextCursor } }"}})).await;
     loop {
@@ -137,11 +137,16 @@ async fn subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
         let message = message.unwrap_or_else(|reason| panic!("connection closed while subscribing: {reason}"));
         assert_ne!(message["id"], json!(id), "nothing happened yet, so the subscription sends nothing: {message}");
         if message == json!({"id": "sync", "type": "complete"}) {
-            return;
+            break;
         }
         assert_eq!(message["type"], "next", "{message}");
         assert!(message["payload"]["errors"].is_null(), "{message}");
     }
+    let watched = format!("SELECT count(*) FROM event_watchers WHERE tenant_id = '{tenant}' AND expires_at > now()");
+    postbridge_tests::wait_until("the subscription's tenant is watched", Duration::from_secs(10), async || {
+        app.sql_i64(&watched).await > 0
+    })
+    .await;
 }
 
 // ---- an event for each transition -----------------------------------------------------------
@@ -434,7 +439,7 @@ async fn a_member_sees_only_the_events_about_its_own_accounts_listed_by_id_and_l
     let mine = create_account(&app, &member, TestApp::smtp_account("mine@example.com")).await;
     let theirs = create_account(&app, &admin, TestApp::smtp_account("theirs@example.com")).await;
     let mut ws = ws_connected(&app, &[], json!({"authorization": format!("Bearer {member}")})).await;
-    subscribe(&mut ws, "feed", "subscription { events { resourceId data } }", json!({})).await;
+    subscribe(&app, &mut ws, &tenant, "feed", "subscription { events { resourceId data } }", json!({})).await;
     set_enabled(&app, &admin, &theirs, false).await;
     set_enabled(&app, &admin, &mine, false).await;
 
@@ -479,7 +484,9 @@ async fn a_subscriber_receives_an_account_status_change_within_a_second() {
     let account = create_account(&app, &admin, TestApp::smtp_account("live@example.com")).await;
     let mut ws = ws_connected(&app, &[], json!({"authorization": format!("Bearer {viewer}")})).await;
     subscribe(
+        &app,
         &mut ws,
+        &tenant,
         "status",
         "subscription($id: UUID) { accountStatusChanged(accountId: $id) { id state login } }",
         json!({"id": account}),
@@ -518,7 +525,9 @@ async fn an_events_subscription_gets_only_its_own_tenants_events_of_the_types_as
     let bearer = format!("Bearer {member}");
     let mut ws = ws_connected(&app, &[("Authorization", &bearer)], json!({})).await;
     subscribe(
+        &app,
         &mut ws,
+        &tenant,
         "feed",
         r#"subscription { events(types: ["account.disabled"]) { id eventType resourceType resourceId data } }"#,
         json!({}),
@@ -575,7 +584,7 @@ async fn a_connection_without_a_valid_credential_is_closed_at_connection_init() 
     assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "tenant_required", "{refused}");
     let mut ws =
         ws_connected(&app, &[], json!({"authorization": format!("Bearer {operator}"), "X-Postbridge-Tenant": tenant})).await;
-    subscribe(&mut ws, "1", "subscription { events { eventType resourceId } }", json!({})).await;
+    subscribe(&app, &mut ws, &tenant, "1", "subscription { events { eventType resourceId } }", json!({})).await;
     let account = create_account(&app, &admin, TestApp::smtp_account("ops@example.com")).await;
     set_enabled(&app, &admin, &account, false).await;
     let message = tokio::time::timeout(Duration::from_secs(5), ws_next(&mut ws)).await.expect("an event").expect("open");
@@ -605,7 +614,7 @@ async fn listener_backend(app: &TestApp, not: i64) -> i64 {
 #[tokio::test]
 async fn live_updates_resume_after_the_listeners_database_connection_is_killed() {
     let app = spawn_app().await;
-    let (_, admin) = app.tenant_with_admin().await;
+    let (tenant, admin) = app.tenant_with_admin().await;
     let account = create_account(&app, &admin, TestApp::smtp_account("resilient@example.com")).await;
     let first = listener_backend(&app, 0).await;
     // Only a superuser (or the backend's own role) may terminate it; the app's role is neither.
@@ -615,7 +624,7 @@ async fn live_updates_resume_after_the_listeners_database_connection_is_killed()
     assert_ne!(second, first);
 
     let mut ws = ws_connected(&app, &[], json!({"Authorization": format!("Bearer {admin}")})).await;
-    subscribe(&mut ws, "status", "subscription { accountStatusChanged { id state } }", json!({})).await;
+    subscribe(&app, &mut ws, &tenant, "status", "subscription { accountStatusChanged { id state } }", json!({})).await;
     set_enabled(&app, &admin, &account, false).await;
     let message = tokio::time::timeout(Duration::from_secs(5), ws_next(&mut ws)).await.expect("an update").expect("open");
     assert_eq!(message["payload"]["data"]["accountStatusChanged"], json!({"id": account, "state": "DISABLED"}), "{message}");
@@ -638,4 +647,48 @@ async fn a_nul_character_in_a_query_or_a_body_is_bad_input_not_an_internal_error
     postbridge_tests::assert_error(&reply, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "invalid_characters");
     let after = app.get("/v1/accounts", &key).await.body["items"].as_array().map_or(0, Vec::len);
     assert_eq!(before, after, "nothing was written");
+}
+
+#[tokio::test]
+async fn events_are_announced_only_for_tenants_someone_watches_live_and_only_while_the_watch_holds() {
+    use postbridge_core::observe::live_watchers;
+    use postbridge_core::store::listen::{Listener, Notice};
+    let app = spawn_app().await;
+    let (tenant, _) = app.tenant_with_admin().await;
+    let tenant_id = tenant.parse().expect("a tenant id");
+    let mut listener = Listener::new(app.ctx.settings.database_url.clone(), "postbridge_events", "the test's listener");
+    assert!(matches!(listener.next().await, Notice::Connected));
+    let record = async |what: &str| {
+        events::record(&app.ctx.db, tenant_id, events::MESSAGE_SENT, "outbound_message", None, json!({"what": what}))
+            .await
+            .expect("event recorded")
+    };
+    let heard = async |listener: &mut Listener| match tokio::time::timeout(Duration::from_millis(500), listener.next()).await {
+        Ok(Notice::Payload(payload)) => Some(payload),
+        Ok(other) => panic!("the test's listener: {other:?}"),
+        Err(_) => None,
+    };
+
+    record("unwatched").await;
+    assert_eq!(heard(&mut listener).await, None, "nobody watches the tenant: no notice");
+
+    let instance = Uuid::now_v7();
+    live_watchers::watch(&app.ctx.db, instance, &[tenant_id], 60).await.expect("watch");
+    record("watched").await;
+    let payload = heard(&mut listener).await.expect("a notice for a watched tenant");
+    assert!(payload.starts_with(&tenant) && payload.ends_with(" message.sent"), "{payload}");
+
+    // The process's last subscriber left: its next renewal ends the watch.
+    live_watchers::renew(&app.ctx.db, instance, &[], 60).await.expect("renew");
+    record("left").await;
+    assert_eq!(heard(&mut listener).await, None, "the watch ended: no notice");
+
+    // A watch its process stopped renewing (it died) expires on its own.
+    app.sql_exec(&format!(
+        "INSERT INTO event_watchers (tenant_id, instance_id, expires_at) VALUES ('{tenant}', '{}', now() - interval '1 second')",
+        Uuid::now_v7()
+    ))
+    .await;
+    record("expired").await;
+    assert_eq!(heard(&mut listener).await, None, "an expired watch: no notice");
 }

@@ -165,13 +165,16 @@ impl Feed {
         // after the subscription started is missed; nothing is delivered unless the check passes.
         let (_, principal) = caller(ctx)?;
         let named = request_auth(ctx)?.requested_tenant.as_ref().ok().copied().flatten();
-        let early = principal.tenant_id.or(named.map(Into::into)).map(|tenant_id| hub.subscribe(tenant_id));
+        let early = match principal.tenant_id.or(named.map(Into::into)) {
+            Some(tenant_id) => Some(hub.subscribe(tenant_id).await.gql()?),
+            None => None,
+        };
         let (app, scope) = tenant_scope(ctx).await?;
         scope.require(Role::Viewer).gql()?;
         let credential = ctx.data_opt::<LiveCredential>().map(|c| (c.token.clone(), c.requested_tenant));
         let events = match early {
             Some(events) if events.tenant_id() == scope.tenant_id => events,
-            _ => hub.subscribe(scope.tenant_id),
+            _ => hub.subscribe(scope.tenant_id).await.gql()?,
         };
         Ok(Feed { app, scope, credential, checked_at: Instant::now(), events })
     }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod credential_health;
 pub mod events;
 pub mod hints;
+pub mod live_watchers;
 pub mod ops_metrics;
 pub mod overview;
 pub mod webhooks;
