@@ -99,8 +99,10 @@ pub async fn run(messages: usize) -> anyhow::Result<()> {
         );
     }
     let metrics = http.get(format!("{address}/metrics")).send().await?.text().await?;
-    let cache: Vec<&str> = metrics.lines().filter(|l| l.starts_with("postbridge_api_auth_cache_total")).collect();
-    println!("  API process authentication look-ups: {}", cache.join(", "));
+    let counted = |prefix: &str| metrics.lines().filter(|l| l.starts_with(prefix)).collect::<Vec<_>>().join(", ");
+    println!("  API process authentication look-ups: {}", counted("postbridge_api_auth_cache_total"));
+    println!("  API process sender look-ups: {}", counted("postbridge_api_route_cache_total"));
+    println!("  API process announcements of committed submissions: {}", counted("postbridge_api_sends_announced_total"));
     Ok(())
 }
 
