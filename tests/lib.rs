@@ -268,6 +268,16 @@ impl TestApp {
         Database::connect(database_url_for(&self.env.database_name)).await.expect("connect as the database owner")
     }
 
+    /// The backends of this test's database listening on `channel`, as its owner sees them (by pid).
+    pub async fn listening_backends(&self, owner: &DatabaseConnection, channel: &str) -> Vec<i32> {
+        use sea_orm::ConnectionTrait as _;
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"{channel}\"' ORDER BY pid"
+        );
+        let rows = owner.query_all_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)).await;
+        rows.expect("pg_stat_activity").iter().map(|row| row.try_get_by_index::<i32>(0).expect("pid")).collect()
+    }
+
     pub fn operator_token(&self) -> String {
         self.env.get("OPERATOR_TOKEN").cloned().expect("operator token")
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use postbridge_core::AppContext;
 use postbridge_tests::{spawn_app, wait_until, TestApp};
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 fn looked_up(ctx: &AppContext, result: &str) -> u64 {
@@ -80,14 +80,6 @@ async fn a_suspension_and_a_reactivation_are_heard_by_every_process() {
     .await;
 }
 
-/// The backends listening for credential changes on this test's database.
-async fn listener_pids(owner: &DatabaseConnection) -> Vec<i32> {
-    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-               AND query = 'LISTEN \"postbridge_auth_changed\"' ORDER BY pid";
-    let rows = owner.query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect("query");
-    rows.iter().map(|row| row.try_get_by_index::<i32>(0).expect("pid")).collect()
-}
-
 #[tokio::test]
 async fn a_process_whose_listener_was_cut_forgets_what_it_held_and_listens_again() {
     let (app, second, other) = two_listening_apis().await;
@@ -100,13 +92,13 @@ async fn a_process_whose_listener_was_cut_forgets_what_it_held_and_listens_again
     // Cut both processes' listeners (a Postgres restart or a network cut does the same): a change made while a
     // listener is away is never heard, so a process that lost its listener must not trust what it held.
     let owner = app.owner_db().await;
-    let before = listener_pids(&owner).await;
+    let before = app.listening_backends(&owner, "postbridge_auth_changed").await;
     assert_eq!(before.len(), 2, "one listener per API process");
     for pid in &before {
         owner.execute_unprepared(&format!("SELECT pg_terminate_backend({pid})")).await.expect("terminate");
     }
     wait_until("both processes listen again on new connections", Duration::from_secs(10), async || {
-        let now = listener_pids(&owner).await;
+        let now = app.listening_backends(&owner, "postbridge_auth_changed").await;
         now.len() == 2 && now.iter().all(|pid| !before.contains(pid))
     })
     .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use postbridge_core::AppContext;
 use postbridge_tests::{spawn_app, wait_until, TestApp};
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::ConnectionTrait;
 use serde_json::{json, Value};
 
 fn looked_up(ctx: &AppContext, result: &str) -> u64 {
@@ -122,14 +122,6 @@ async fn repeated_submissions_route_from_the_cache_and_an_account_changed_anywhe
     .await;
 }
 
-/// The backends listening for account changes on this test's database.
-async fn listener_pids(owner: &DatabaseConnection) -> Vec<i32> {
-    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-               AND query = 'LISTEN \"postbridge_routes_changed\"' ORDER BY pid";
-    let rows = owner.query_all_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect("query");
-    rows.iter().map(|row| row.try_get_by_index::<i32>(0).expect("pid")).collect()
-}
-
 #[tokio::test]
 async fn a_process_whose_route_listener_was_cut_forgets_its_routes_and_listens_again() {
     let (app, second, other) = two_listening_apis().await;
@@ -140,13 +132,13 @@ async fn a_process_whose_route_listener_was_cut_forgets_its_routes_and_listens_a
     // A change made while the listeners are away is never heard: a process that lost its listener must not trust
     // what it held.
     let owner = app.owner_db().await;
-    let before = listener_pids(&owner).await;
+    let before = app.listening_backends(&owner, "postbridge_routes_changed").await;
     assert_eq!(before.len(), 2, "one route listener per API process");
     for pid in &before {
         owner.execute_unprepared(&format!("SELECT pg_terminate_backend({pid})")).await.expect("terminate");
     }
     wait_until("both processes listen again on new connections", Duration::from_secs(10), async || {
-        let now = listener_pids(&owner).await;
+        let now = app.listening_backends(&owner, "postbridge_routes_changed").await;
         now.len() == 2 && now.iter().all(|pid| !before.contains(pid))
     })
     .await;

@@ -8,14 +8,11 @@
 //! change made while nobody listened is never missed. Entries also expire after 30 seconds, and a read that raced
 //! with a change is not kept (a generation counter).
 
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::oneshot;
-
 use crate::store::entities::{api_key, tenant};
 use crate::store::ids::TenantId;
+#[cfg(test)]
 use crate::store::listen::Notice;
-use crate::store::noticed::{spawn_listener, Entries, Freshness};
+use crate::store::noticed::{CacheState, Entries, Freshness, NoticedCache};
 pub use crate::store::noticed::{Cached, Lookup, Ticket};
 
 /// The channel the `auth_notify` triggers notify.
@@ -28,7 +25,11 @@ struct State {
     tenants: Entries<TenantId, tenant::Model>,
 }
 
-impl State {
+impl CacheState for State {
+    fn freshness(&mut self) -> &mut Freshness {
+        &mut self.freshness
+    }
+
     fn clear(&mut self) {
         self.keys.clear();
         self.tenants.clear();
@@ -38,71 +39,43 @@ impl State {
 /// Cheap to clone; one per process, inside `AppContext`.
 #[derive(Clone, Default)]
 pub struct AuthCache {
-    inner: Arc<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    state: Mutex<State>,
-    /// Dropped with the cache, which stops its listener.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // Every change is a whole insert, removal or clear, so the maps stay consistent whatever panicked.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Any change, a reconnect (changes may have been missed) or a loss empties the cache.
-    fn heard(&self, notice: &Notice) {
-        let mut state = self.state();
-        state.freshness.heard(notice);
-        state.clear();
-    }
+    cache: NoticedCache<State>,
 }
 
 impl AuthCache {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state()
-    }
-
-    /// Listens for changes on `database_url` in the background (API processes). Until then, and whenever the
-    /// listener is down, the cache is bypassed. Stops when the last clone of the cache is dropped.
+    /// Listens for changes on `database_url` in the background (API processes); see [`NoticedCache`].
     pub fn start_listening(&self, database_url: String) {
-        let stop =
-            spawn_listener(Arc::downgrade(&self.inner), database_url, CHANNEL, "the authentication cache listener", Inner::heard);
-        *self.inner.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stop);
+        self.cache.start_listening(database_url, CHANNEL, "the authentication cache listener");
     }
 
     pub fn is_listening(&self) -> bool {
-        self.state().freshness.is_listening()
+        self.cache.is_listening()
     }
 
     pub fn key(&self, prefix: &str) -> Cached<api_key::Model> {
-        let state = self.state();
+        let state = self.cache.state();
         state.keys.get(prefix, &state.freshness)
     }
 
     pub fn tenant(&self, id: TenantId) -> Cached<tenant::Model> {
-        let state = self.state();
+        let state = self.cache.state();
         state.tenants.get(&id, &state.freshness)
     }
 
     pub fn store_key(&self, ticket: Ticket, key: &api_key::Model) {
-        let state = &mut *self.state();
+        let state = &mut *self.cache.state();
         state.keys.store(&state.freshness, ticket, key.prefix.clone(), key.clone());
     }
 
     pub fn store_tenant(&self, ticket: Ticket, tenant: &tenant::Model) {
-        let state = &mut *self.state();
+        let state = &mut *self.cache.state();
         state.tenants.store(&state.freshness, ticket, tenant.id, tenant.clone());
     }
 
     /// Keeps the cached copy's `last_used_at` in step with the one just written, so the key is touched once a
     /// minute, not on every request.
     pub fn touched(&self, prefix: &str, at: chrono::DateTime<chrono::Utc>) {
-        if let Some(key) = self.state().keys.get_mut(prefix) {
+        if let Some(key) = self.cache.state().keys.get_mut(prefix) {
             key.last_used_at = Some(at);
         }
     }
@@ -110,14 +83,12 @@ impl AuthCache {
     /// This process changed a key or a tenant: forget at once, without waiting for the notice (which tells the
     /// other processes).
     pub fn changed(&self) {
-        let mut state = self.state();
-        state.freshness.bump();
-        state.clear();
+        self.cache.changed();
     }
 
     #[cfg(test)]
     fn heard(&self, notice: &Notice) {
-        self.inner.heard(notice);
+        self.cache.heard(notice);
     }
 }
 

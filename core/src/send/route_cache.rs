@@ -8,15 +8,13 @@
 //! change is not kept. A change this process makes itself is forgotten at once ([`RouteCache::changed`]), so the
 //! request after it already routes by it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use sea_orm::FromQueryResult;
-use tokio::sync::oneshot;
 
 use crate::model::AccountState;
 use crate::store::ids::{AccountId, TenantId};
-use crate::store::listen::Notice;
-use crate::store::noticed::{spawn_listener, Cached, Entries, Freshness, Ticket};
+use crate::store::noticed::{CacheState, Cached, Entries, Freshness, NoticedCache, Ticket};
 
 /// The channel the `route_notify` triggers notify.
 pub const CHANNEL: &str = "postbridge_routes_changed";
@@ -50,58 +48,44 @@ struct State {
     routes: Entries<SenderKey, Arc<[Candidate]>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    state: Mutex<State>,
-    /// Dropped with the cache, which stops its listener.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // Every change is a whole insert or clear, so the map stays consistent whatever panicked.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl CacheState for State {
+    fn freshness(&mut self) -> &mut Freshness {
+        &mut self.freshness
     }
 
-    fn heard(&self, notice: &Notice) {
-        let mut state = self.state();
-        state.freshness.heard(notice);
-        state.routes.clear();
+    fn clear(&mut self) {
+        self.routes.clear();
     }
 }
 
 /// Cheap to clone; one per process, inside `AppContext`.
 #[derive(Clone, Default)]
 pub struct RouteCache {
-    inner: Arc<Inner>,
+    cache: NoticedCache<State>,
 }
 
 impl RouteCache {
-    /// Listens for changes on `database_url` in the background (API processes). Until then, and whenever the
-    /// listener is down, the cache is bypassed. Stops when the last clone of the cache is dropped.
+    /// Listens for changes on `database_url` in the background (API processes); see [`NoticedCache`].
     pub fn start_listening(&self, database_url: String) {
-        let stop = spawn_listener(Arc::downgrade(&self.inner), database_url, CHANNEL, "the route cache listener", Inner::heard);
-        *self.inner.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stop);
+        self.cache.start_listening(database_url, CHANNEL, "the route cache listener");
     }
 
     pub fn is_listening(&self) -> bool {
-        self.inner.state().freshness.is_listening()
+        self.cache.is_listening()
     }
 
     pub fn get(&self, key: &SenderKey) -> Cached<Arc<[Candidate]>> {
-        let state = self.inner.state();
+        let state = self.cache.state();
         state.routes.get(key, &state.freshness)
     }
 
     pub fn store(&self, ticket: Ticket, key: SenderKey, candidates: Arc<[Candidate]>) {
-        let state = &mut *self.inner.state();
+        let state = &mut *self.cache.state();
         state.routes.store(&state.freshness, ticket, key, candidates);
     }
 
     /// This process changed an account: forget at once, without waiting for the notice (which tells the others).
     pub fn changed(&self) {
-        let mut state = self.inner.state();
-        state.freshness.bump();
-        state.routes.clear();
+        self.cache.changed();
     }
 }

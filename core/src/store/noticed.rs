@@ -6,7 +6,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -134,9 +134,83 @@ impl<K: Hash + Eq, V: Clone> Entries<K, V> {
     }
 }
 
+/// What a cache keeps: its maps, and the freshness they are trusted by.
+pub trait CacheState: Default + Send + 'static {
+    fn freshness(&mut self) -> &mut Freshness;
+    /// Empties every map.
+    fn clear(&mut self);
+}
+
+/// A cache's state behind its lock, with the listener that empties it. Cheap to clone.
+pub struct NoticedCache<S> {
+    inner: Arc<Shared<S>>,
+}
+
+impl<S> Clone for NoticedCache<S> {
+    fn clone(&self) -> Self {
+        NoticedCache { inner: self.inner.clone() }
+    }
+}
+
+impl<S: CacheState> Default for NoticedCache<S> {
+    fn default() -> Self {
+        NoticedCache { inner: Arc::new(Shared { state: Mutex::default(), stop: Mutex::default() }) }
+    }
+}
+
+struct Shared<S> {
+    state: Mutex<S>,
+    /// Dropped with the cache, which stops its listener.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl<S: CacheState> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, S> {
+        // Every change is a whole insert, removal or clear, so the maps stay consistent whatever panicked.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Any change, a reconnect (changes may have been missed) or a loss empties the cache.
+    fn heard(&self, notice: &Notice) {
+        let mut state = self.lock();
+        state.freshness().heard(notice);
+        state.clear();
+    }
+}
+
+impl<S: CacheState> NoticedCache<S> {
+    pub fn state(&self) -> MutexGuard<'_, S> {
+        self.inner.lock()
+    }
+
+    /// Listens on `channel` of `database_url` in the background (API processes). Until then, and whenever the
+    /// listener is down, the cache is bypassed. Stops when the last clone of the cache is dropped.
+    pub fn start_listening(&self, database_url: String, channel: &'static str, what: &'static str) {
+        let stop = spawn_listener(Arc::downgrade(&self.inner), database_url, channel, what, Shared::heard);
+        *self.inner.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stop);
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.state().freshness().is_listening()
+    }
+
+    /// This process changed what the cache holds: forget at once, without waiting for the notice (which tells the
+    /// other processes).
+    pub fn changed(&self) {
+        let mut state = self.state();
+        state.freshness().bump();
+        state.clear();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn heard(&self, notice: &Notice) {
+        self.inner.heard(notice);
+    }
+}
+
 /// Listens on `channel` in the background and hands every notice to `heard` while `cache` lives. Dropping the
 /// returned sender (or the cache) stops it.
-pub fn spawn_listener<T: Send + Sync + 'static>(
+fn spawn_listener<T: Send + Sync + 'static>(
     cache: Weak<T>,
     database_url: String,
     channel: &'static str,
