@@ -9,12 +9,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::access::auth_cache::{Cached, Lookup, Ticket};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{Role, TenantStatus};
 use crate::store::entities::{api_key, tenant};
 use crate::store::ids::TenantId;
+use crate::store::noticed::through;
 use crate::store::tenant_owned::TenantOwned;
 
 pub const API_KEY_PREFIX: &str = "pbk_";
@@ -153,7 +153,9 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
     let (prefix, _) = rest.split_once('_').ok_or_else(invalid)?;
     let read =
         async { api_key::Entity::find().filter(api_key::Column::Prefix.eq(prefix)).one(&ctx.db).await?.ok_or_else(invalid) };
-    let key = through_cache(ctx, ctx.auth_cache.key(prefix), read, |ticket, key| ctx.auth_cache.store_key(ticket, key)).await?;
+    let key =
+        through(&ctx.metrics.auth_cache, ctx.auth_cache.key(prefix), read, |ticket, key| ctx.auth_cache.store_key(ticket, key))
+            .await?;
     let presented = hash_api_key(full_key);
     if !bool::from(presented.as_bytes().ct_eq(key.secret_hash.as_bytes())) {
         return Err(invalid());
@@ -198,31 +200,10 @@ async fn active_tenant(ctx: &AppContext, tenant_id: TenantId) -> AppResult<tenan
             .ok_or_else(|| AppError::Unauthenticated("the credential's tenant no longer exists".to_owned()))
     };
     let cached = ctx.auth_cache.tenant(tenant_id);
-    let tenant = through_cache(ctx, cached, read, |ticket, tenant| ctx.auth_cache.store_tenant(ticket, tenant)).await?;
+    let tenant =
+        through(&ctx.metrics.auth_cache, cached, read, |ticket, tenant| ctx.auth_cache.store_tenant(ticket, tenant)).await?;
     match tenant.status {
         TenantStatus::Active => Ok(tenant),
         TenantStatus::Suspended => Err(AppError::TenantSuspended),
-    }
-}
-
-/// The cached row, or `read` from the database and kept under the lookup's ticket; counted either way.
-async fn through_cache<T>(
-    ctx: &AppContext,
-    cached: Cached<T>,
-    read: impl std::future::Future<Output = AppResult<T>>,
-    store: impl FnOnce(Ticket, &T),
-) -> AppResult<T> {
-    let (lookup, found) = match cached {
-        Cached::Found(row) => (Lookup::Hit, Ok(row)),
-        Cached::Read(ticket) => (ticket.lookup(), Err(ticket)),
-    };
-    ctx.metrics.auth_cache.with_label_values(&[lookup.label()]).inc();
-    match found {
-        Ok(row) => Ok(row),
-        Err(ticket) => {
-            let row = read.await?;
-            store(ticket, &row);
-            Ok(row)
-        }
     }
 }

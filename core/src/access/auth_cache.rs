@@ -13,7 +13,7 @@ use crate::store::ids::TenantId;
 #[cfg(test)]
 use crate::store::listen::Notice;
 use crate::store::noticed::{CacheState, Entries, Freshness, NoticedCache};
-pub use crate::store::noticed::{Cached, Lookup, Ticket};
+use crate::store::noticed::{Cached, Ticket};
 
 /// The channel the `auth_notify` triggers notify.
 pub const CHANNEL: &str = "postbridge_auth_changed";
@@ -96,6 +96,7 @@ impl AuthCache {
 mod tests {
     use super::*;
     use crate::model::TenantStatus;
+    use crate::store::noticed::Lookup;
 
     fn tenant(id: TenantId) -> tenant::Model {
         let now = chrono::Utc::now();

@@ -2,6 +2,8 @@
 //! whose filter is the domain, else the tenant's default sender (From then becomes the default
 //! account's address, the display name is kept and the original address goes to Reply-To).
 
+use std::sync::Arc;
+
 use lettre::message::Mailbox;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
@@ -13,7 +15,7 @@ pub use crate::send::route_cache::Candidate;
 use crate::send::route_cache::SenderKey;
 use crate::store::entities::email_account;
 use crate::store::ids::TenantId;
-use crate::store::noticed::Cached;
+use crate::store::noticed::through;
 use crate::store::tenant_owned::TenantOwned;
 use crate::validate;
 use async_graphql::SimpleObject;
@@ -161,35 +163,31 @@ fn sender_address(account: &Candidate) -> Option<String> {
 pub async fn route_to_send(ctx: &AppContext, tenant_id: TenantId, from: &Mailbox) -> AppResult<Route> {
     let (address, domain) = address_and_domain(from);
     let key = SenderKey::new(tenant_id, &address);
-    let (lookup, accounts) = match ctx.route_cache.get(&key) {
-        Cached::Found(accounts) => (crate::store::noticed::Lookup::Hit, accounts),
-        Cached::Read(ticket) => {
-            let read: std::sync::Arc<[Candidate]> = candidates(&ctx.db, tenant_id, &address, &domain).await?.into();
-            ctx.route_cache.store(ticket, key, read.clone());
-            (ticket.lookup(), read)
-        }
-    };
-    ctx.metrics.route_cache.with_label_values(&[lookup.label()]).inc();
-    choose(accounts.iter().filter(|a| usable(a)).cloned().collect(), from, &address, &domain)
+    let read = async { Ok(Arc::<[Candidate]>::from(candidates(&ctx.db, tenant_id, &address, &domain).await?)) };
+    let accounts = through(&ctx.metrics.route_cache, ctx.route_cache.get(&key), read, |ticket, read| {
+        ctx.route_cache.store(ticket, key, read.clone())
+    })
+    .await?;
+    choose(&accounts, from, &address, &domain)
 }
 
 /// Routes `from` with the tenant's accounts as the database has them now.
 pub async fn route<C: ConnectionTrait>(db: &C, tenant_id: TenantId, from: &Mailbox) -> AppResult<Route> {
     let (address, domain) = address_and_domain(from);
-    let accounts = candidates(db, tenant_id, &address, &domain).await?.into_iter().filter(usable).collect();
-    choose(accounts, from, &address, &domain)
+    choose(&candidates(db, tenant_id, &address, &domain).await?, from, &address, &domain)
 }
 
 /// The route among the usable candidates: the address's account, else the domain's, else the default sender.
-fn choose(accounts: Vec<Candidate>, from: &Mailbox, address: &str, domain: &str) -> AppResult<Route> {
-    let by_filter = |wanted: &str| accounts.iter().find(|a| a.from_filter.as_deref() == Some(wanted)).cloned();
+fn choose(candidates: &[Candidate], from: &Mailbox, address: &str, domain: &str) -> AppResult<Route> {
+    let mut senders = candidates.iter().filter(|a| usable(a));
+    let by_filter = |wanted: &str| senders.clone().find(|a| a.from_filter.as_deref() == Some(wanted)).cloned();
     if let Some(account) = by_filter(address) {
         return Ok(Route { account, routed_by: RoutedBy::Address, from: from.clone(), reply_to: None });
     }
     if let Some(account) = by_filter(domain) {
         return Ok(Route { account, routed_by: RoutedBy::Domain, from: from.clone(), reply_to: None });
     }
-    let default = accounts.iter().find(|a| a.is_default).cloned().ok_or_else(|| {
+    let default = senders.find(|a| a.is_default).cloned().ok_or_else(|| {
         AppError::validation(
             "from",
             "no_sender",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::error::AppResult;
 use crate::store::listen::{Listener, Notice};
 
 /// How a lookup went, for the caches' `{result}` counters.
@@ -49,6 +50,29 @@ impl Ticket {
             Lookup::Miss
         } else {
             Lookup::Bypass
+        }
+    }
+}
+
+/// The cached row, or `read` from the database and kept under the lookup's ticket; counted in `looked_up{result}`
+/// either way.
+pub async fn through<T>(
+    looked_up: &prometheus::IntCounterVec,
+    cached: Cached<T>,
+    read: impl std::future::Future<Output = AppResult<T>>,
+    store: impl FnOnce(Ticket, &T),
+) -> AppResult<T> {
+    let (lookup, found) = match cached {
+        Cached::Found(row) => (Lookup::Hit, Ok(row)),
+        Cached::Read(ticket) => (ticket.lookup(), Err(ticket)),
+    };
+    looked_up.with_label_values(&[lookup.label()]).inc();
+    match found {
+        Ok(row) => Ok(row),
+        Err(ticket) => {
+            let row = read.await?;
+            store(ticket, &row);
+            Ok(row)
         }
     }
 }
