@@ -3,8 +3,9 @@
 //!
 //! The database announces an inserted event at commit (`<tenant_id> <event_id> <event_type>`, see the
 //! `observability` migration) when some process watches its tenant (`observe::live_watchers`): a subscription is
-//! answered once this process's watch on its tenant is written, and the watch is renewed while subscribers stay. The hub loads an event's row once, and only when its tenant has subscribers,
-//! then hands the same copy to all of them. Notifications sent while the listener is reconnecting are lost:
+//! answered once this process's watch on its tenant is written, and the watch is renewed while subscribers stay.
+//! The hub loads an event's row once, and only when its tenant has subscribers, then hands the same copy to all of
+//! them. Notifications sent while the listener is reconnecting are lost:
 //! subscriptions are a live view, the event list is the record.
 
 use std::collections::HashMap;
@@ -86,8 +87,8 @@ impl EventHub {
         Ok(EventHub { inner })
     }
 
-    /// The events of one tenant from now on. The caller has checked that its principal may see them.
-    /// The events of one tenant from now on: from the moment this returns, every event committed is delivered.
+    /// The events of one tenant from now on: every event committed after this returns is delivered. The caller has
+    /// checked that its principal may see them.
     pub async fn subscribe(&self, tenant_id: TenantId) -> AppResult<TenantEvents> {
         let receiver = self.inner.tenants().entry(tenant_id).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
         let events = TenantEvents { receiver: Some(receiver), tenant_id, hub: self.inner.clone() };

@@ -46,22 +46,23 @@ impl SendsDue {
                     _ = &mut stopped => return,
                     () = wanted.notified() => {}
                 }
-                let result =
+                let sent =
                     match tokio::time::timeout(TIMEOUT, announce_once_more_on_failure(&mut connection, &database_url)).await {
-                        Ok(Ok(())) => "sent",
+                        Ok(Ok(())) => true,
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "could not announce submitted messages; the workers' pass sends them");
-                            "failed"
+                            false
                         }
                         Err(_) => {
                             tracing::warn!("announcing submitted messages timed out; the workers' pass sends them");
-                            "failed"
+                            false
                         }
                     };
-                if result == "failed" {
+                if !sent {
+                    // Failed or cut off mid-way: its state is unknown, the next announcement opens a new one.
                     connection = None;
                 }
-                announced.with_label_values(&[result]).inc();
+                announced.with_label_values(&[if sent { "sent" } else { "failed" }]).inc();
             }
         });
         *self.inner.stop.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(stop);
