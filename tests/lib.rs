@@ -36,7 +36,6 @@ pub fn with(base: Value, changes: Value) -> Value {
     out
 }
 
-/// Admin connection used to create one database per test.
 /// Checks `done` every 100 ms until it holds; panics naming `what` after `within`.
 pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = std::time::Instant::now() + within;
@@ -46,6 +45,17 @@ pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl 
     }
 }
 
+/// The backends of the owner's database listening on `channel` (by pid), as its owner sees them.
+pub async fn listening_backends(owner: &DatabaseConnection, channel: &str) -> Vec<i32> {
+    use sea_orm::ConnectionTrait as _;
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"{channel}\"' ORDER BY pid"
+    );
+    let rows = owner.query_all_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)).await;
+    rows.expect("pg_stat_activity").iter().map(|row| row.try_get_by_index::<i32>(0).expect("pid")).collect()
+}
+
+/// Admin connection used to create one database per test.
 pub fn admin_database_url() -> String {
     std::env::var("POSTBRIDGE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
@@ -266,16 +276,6 @@ impl TestApp {
     /// owner (or a superuser) may do in a test, such as terminating a backend or adding a fault-injecting trigger.
     pub async fn owner_db(&self) -> DatabaseConnection {
         Database::connect(database_url_for(&self.env.database_name)).await.expect("connect as the database owner")
-    }
-
-    /// The backends of this test's database listening on `channel`, as its owner sees them (by pid).
-    pub async fn listening_backends(&self, owner: &DatabaseConnection, channel: &str) -> Vec<i32> {
-        use sea_orm::ConnectionTrait as _;
-        let sql = format!(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN \"{channel}\"' ORDER BY pid"
-        );
-        let rows = owner.query_all_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)).await;
-        rows.expect("pg_stat_activity").iter().map(|row| row.try_get_by_index::<i32>(0).expect("pid")).collect()
     }
 
     pub fn operator_token(&self) -> String {

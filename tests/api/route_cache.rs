@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use postbridge_core::AppContext;
-use postbridge_tests::{spawn_app, wait_until, TestApp};
+use postbridge_tests::{listening_backends, spawn_app, wait_until, TestApp};
 use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 use serde_json::{json, Value};
@@ -132,13 +132,13 @@ async fn a_process_whose_route_listener_was_cut_forgets_its_routes_and_listens_a
     // A change made while the listeners are away is never heard: a process that lost its listener must not trust
     // what it held.
     let owner = app.owner_db().await;
-    let before = app.listening_backends(&owner, "postbridge_routes_changed").await;
+    let before = listening_backends(&owner, "postbridge_routes_changed").await;
     assert_eq!(before.len(), 2, "one route listener per API process");
     for pid in &before {
         owner.execute_unprepared(&format!("SELECT pg_terminate_backend({pid})")).await.expect("terminate");
     }
     wait_until("both processes listen again on new connections", Duration::from_secs(10), async || {
-        let now = app.listening_backends(&owner, "postbridge_routes_changed").await;
+        let now = listening_backends(&owner, "postbridge_routes_changed").await;
         now.len() == 2 && now.iter().all(|pid| !before.contains(pid))
     })
     .await;
