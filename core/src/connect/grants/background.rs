@@ -141,15 +141,29 @@ async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model]) -> AppResult<
             }) as futures::future::BoxFuture<'_, _>
         })
         .collect();
-    let mut answers = asks.into_iter().collect::<futures::stream::FuturesUnordered<_>>().ready_chunks(STORE_CHUNK);
-    let mut pass = RefreshPass::default();
-    // The configurations waiting for their admin as the batch goes: set when the provider refuses the client (its
-    // event is recorded once), cleared when its credentials work again.
-    let mut awaiting_admin: HashSet<TokenConfigId> =
-        configs.values().filter(|config| config.needs_admin).map(|config| config.id).collect();
-    while let Some(chunk) = answers.next().await {
-        pass.add(store_answers(ctx, configs, chunk, &mut awaiting_admin).await);
-    }
+    // Asking goes on while a chunk is stored: the answers wait in the channel (at most the batch's), and the next
+    // chunk is whatever arrived during the last write.
+    let (arrived, answers) = futures::channel::mpsc::unbounded();
+    let asking = async move {
+        let mut asks = asks.into_iter().collect::<futures::stream::FuturesUnordered<_>>();
+        while let Some(answer) = asks.next().await {
+            // The storing side ends only after this sender is dropped, so the send cannot fail.
+            let _ = arrived.unbounded_send(answer);
+        }
+    };
+    let storing = async {
+        let mut pass = RefreshPass::default();
+        // The configurations waiting for their admin as the batch goes: set when the provider refuses the client
+        // (its event is recorded once), cleared when its credentials work again.
+        let mut awaiting_admin: HashSet<TokenConfigId> =
+            configs.values().filter(|config| config.needs_admin).map(|config| config.id).collect();
+        let mut chunks = answers.ready_chunks(STORE_CHUNK);
+        while let Some(chunk) = chunks.next().await {
+            pass.add(store_answers(ctx, configs, chunk, &mut awaiting_admin).await);
+        }
+        pass
+    };
+    let ((), pass) = futures::join!(asking, storing);
     Ok(pass)
 }
 
