@@ -188,6 +188,42 @@ async fn a_worker_stopped_in_the_middle_of_a_storm_stores_what_it_asked_for_and_
     assert_every_refresh_token_current(&app, &setup, &ids).await;
 }
 
+#[tokio::test]
+async fn grants_falling_due_between_passes_are_dispatched_at_their_due_time_not_at_the_next_pass() {
+    let redis = PrivateRedis::start().await;
+    let (app, setup) = storm_app(&redis).await;
+    let ids = seed_grants(&app, &setup, GRANTS).await;
+    // A pass only every 10 s (the longest allowed), so a dispatch between passes is the due time's.
+    let worker = WorkerProcess::spawn(WORKER, &app.env, &[("DISPATCH_INTERVAL", "10s")]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let before = setup.provider.token_requests("refresh_token");
+
+    // The moment is written ahead, as refreshed tokens write theirs: 12 s on, so one of the next two passes
+    // (10 s apart) sees it coming within its interval, and the moment itself falls between passes.
+    let config = &setup.config_id;
+    app.sql_exec(&format!(
+        "UPDATE grants SET expires_at = now() + interval '72 seconds', refresh_at = now() + interval '12 seconds' \
+         WHERE token_config_id = '{config}'"
+    ))
+    .await;
+    let written = std::time::Instant::now();
+    wait_until("the provider is asked", Duration::from_secs(40), async || {
+        setup.provider.token_requests("refresh_token") > before
+    })
+    .await;
+    assert!(written.elapsed() >= Duration::from_millis(11_900), "no grant is refreshed before it is due");
+    wait_until("every grant is refreshed", Duration::from_secs(60), async || {
+        refreshed_count(&app, &setup).await == GRANTS as i64
+    })
+    .await;
+
+    let refresh_jobs = |trigger: &str| format!("postbridge_worker_dispatched_total{{queue=\"refresh\",trigger=\"{trigger}\"}}");
+    assert!(worker.metric(&refresh_jobs("due_time")).await >= 3.0, "{GRANTS} grants went out at their due time, 50 to a job");
+    assert_eq!(worker.metric(&refresh_jobs("pass")).await, 0.0, "no pass had to find them");
+    assert_eq!(setup.provider.token_requests("refresh_token") - before, GRANTS, "one refresh per grant");
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+}
+
 /// The grant's row as the lease tests read it: its lease and its sealed access token.
 async fn lease_and_access(app: &TestApp, id: Uuid) -> (Option<chrono::DateTime<chrono::Utc>>, Option<String>) {
     let row = app

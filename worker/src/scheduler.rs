@@ -58,11 +58,13 @@ impl Queues {
     }
 }
 
-/// What found work due: the scheduler's regular pass, or a notice from Postgres that a row committed.
+/// What found work due: the scheduler's regular pass, a notice from Postgres that a row committed, or the due time
+/// of grants known at the last pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
     Pass,
     Notice,
+    DueTime,
 }
 
 impl Trigger {
@@ -70,6 +72,7 @@ impl Trigger {
         match self {
             Trigger::Pass => "pass",
             Trigger::Notice => "notice",
+            Trigger::DueTime => "due_time",
         }
     }
 }
@@ -146,12 +149,12 @@ pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: 
 
 /// Claims and pushes every grant due for a refresh, in batches of one token configuration (one job each), a
 /// claim at a time: a storm of tokens expiring together is queued within the pass that finds it.
-async fn dispatch_due_refreshes(ctx: &AppContext, queues: &mut Queues) -> anyhow::Result<()> {
+async fn dispatch_due_refreshes(ctx: &AppContext, queues: &mut Queues, trigger: Trigger) -> anyhow::Result<()> {
     loop {
         let batches = scheduler::claim_due_refreshes(ctx, BATCH).await?;
         let claimed = batches.iter().map(Vec::len).sum::<usize>();
         let jobs: Vec<RefreshGrant> = batches.iter().filter_map(|batch| RefreshGrant::batch(batch)).collect();
-        let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger: Trigger::Pass };
+        let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger };
         push(ctx, &mut queues.refreshes, to, Dispatched::Grants, jobs, RefreshGrant::grant_ids, |job| job).await?;
         if (claimed as u64) < BATCH {
             return Ok(());
@@ -178,7 +181,7 @@ pub async fn dispatch_due(ctx: &AppContext, queues: &mut Queues) -> anyhow::Resu
         }
         Err(e) => failures.push(e.into()),
     }
-    if let Err(e) = dispatch_due_refreshes(ctx, queues).await {
+    if let Err(e) = dispatch_due_refreshes(ctx, queues, Trigger::Pass).await {
         failures.push(e);
     }
     match scheduler::claim_due_settlements(ctx, 100).await {
@@ -273,7 +276,8 @@ impl RedisEpoch {
 
 /// Dispatches what is due every `POSTBRIDGE_DISPATCH_INTERVAL` (half a second) until `stop`, and re-dispatches everything when Redis lost its jobs.
 /// Sends found due between the passes (`send_slots`, see `wake::listen_for_sends`) are dispatched at once, unless every
-/// send slot of this process is busy: then the claim waits for a slot to free ([`SendSlots`]).
+/// send slot of this process is busy: then the claim waits for a slot to free ([`SendSlots`]). Grants falling due
+/// before the next pass are dispatched at their due time ([`next_refreshes_due`]).
 pub async fn run(
     ctx: AppContext,
     mut queues: Queues,
@@ -287,21 +291,34 @@ pub async fn run(
     let mut epoch = RedisEpoch::new(&ctx.settings.redis_prefix);
     let mut last_error_logged: Option<std::time::Instant> = None;
     let mut failing = false;
+    let mut refreshes_due_at: Option<tokio::time::Instant> = None;
     loop {
-        let sends_only = tokio::select! {
+        let woken = tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            _ = dispatch.tick() => false,
-            () = send_slots.due() => true,
+            _ = dispatch.tick() => Woken::Pass,
+            () = send_slots.due() => Woken::Sends,
+            () = sleep_until_some(refreshes_due_at) => Woken::Refreshes,
         };
-        if sends_only {
-            if send_slots.defer_while_busy() {
+        match woken {
+            Woken::Pass => {}
+            Woken::Sends => {
+                if send_slots.defer_while_busy() {
+                    continue;
+                }
+                // A failure here is the pass's to report and recover from; the rows stay due.
+                if let Err(e) = dispatch_due_sends(&ctx, &mut queues, Trigger::Notice).await {
+                    tracing::debug!(error = %e, "dispatching sends on notice failed; the next pass tries again");
+                }
                 continue;
             }
-            // A failure here is the pass's to report and recover from; the rows stay due.
-            if let Err(e) = dispatch_due_sends(&ctx, &mut queues, Trigger::Notice).await {
-                tracing::debug!(error = %e, "dispatching sends on notice failed; the next pass tries again");
+            Woken::Refreshes => {
+                // As above: the pass reports failures, and the grants stay due.
+                if let Err(e) = dispatch_due_refreshes(&ctx, &mut queues, Trigger::DueTime).await {
+                    tracing::debug!(error = %e, "dispatching refreshes at their due time failed; the next pass tries again");
+                }
+                refreshes_due_at = next_refreshes_due(&ctx).await;
+                continue;
             }
-            continue;
         }
         match epoch.lost_data(&mut redis, &ctx).await {
             Ok(Some(found_at)) => match scheduler::forget_dispatches(&ctx, Some(found_at)).await {
@@ -344,8 +361,39 @@ pub async fn run(
                 }
             }
         }
+        refreshes_due_at = next_refreshes_due(&ctx).await;
         // Counted once the pass is done, so a worker is ready only after its first.
         liveness.scheduler_went_round();
+    }
+}
+
+/// What woke the dispatch loop: its pass, a commit's notice of due sends, or grants falling due between passes.
+enum Woken {
+    Pass,
+    Sends,
+    Refreshes,
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The moment the next grants fall due for a refresh, when that comes before the next pass: the loop wakes then,
+/// so tokens expiring together are refreshed from the moment they are due, not up to a pass later.
+async fn next_refreshes_due(ctx: &AppContext) -> Option<tokio::time::Instant> {
+    match scheduler::next_refresh_in(ctx).await {
+        // A millisecond late rather than early: a wake before the moment would find nothing due yet.
+        Ok(Some(due_in)) if due_in < ctx.settings.dispatch_interval => {
+            tokio::time::Instant::now().checked_add(due_in + Duration::from_millis(1))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read when grants next fall due; the passes find them");
+            None
+        }
     }
 }
 

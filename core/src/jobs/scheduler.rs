@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::jobs::{due, leases};
+use crate::model::GrantStatus;
 use crate::store::ids::{uuid_array, AccountId, GrantId, OutboundMessageId, TenantId, TokenConfigId, WebhookEndpointId};
 
 /// How long a dispatched job has to finish before its row is dispatched again.
@@ -132,6 +133,20 @@ pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<
     })
     .await?;
     Ok(crate::connect::grants::batches_of(due))
+}
+
+/// How long until the next grant falls due for a refresh, by Postgres's clock (`None`: none will). Due times are
+/// written with the tokens, long before they come, so the scheduler can wake at the moment itself rather than at
+/// its next pass: a storm of tokens expiring together starts when they are due.
+pub async fn next_refresh_in(ctx: &AppContext) -> AppResult<Option<std::time::Duration>> {
+    let sql = format!(
+        "SELECT EXTRACT(EPOCH FROM min(refresh_at) - now())::float8 AS seconds FROM grants \
+         WHERE status = '{}' AND refresh_token IS NOT NULL AND refresh_at > now()",
+        GrantStatus::Valid
+    );
+    let row = ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await?;
+    let seconds = row.map(|row| row.try_get::<Option<f64>>("", "seconds")).transpose()?.flatten();
+    Ok(seconds.and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok()))
 }
 
 /// `unknown` messages old enough for the server to have filed them in Sent, not looked up yet.
