@@ -147,10 +147,11 @@ pub fn storage<T>(conn: ConnectionManager, prefix: &str, queue: Queue) -> RedisS
     let config = apalis_redis::Config::default()
         .queue(format!("{prefix}:{}", queue.as_str()))
         // An idle consumer looks for new jobs only when its heartbeat wakes it (apalis-redis has no blocking wait),
-        // so the heartbeat sets how soon an idle worker picks up a job: every second. A consumer of a killed
-        // process is declared orphaned after 15 missed beats, and its Redis in-flight set given back.
-        .heartbeat_interval(Duration::from_secs(1))
-        .missed_heartbeats(15)
+        // so the heartbeat sets how soon an idle worker picks up a job another process pushed: every 250 ms (at
+        // one second, the second and third workers of a deployment joined a backlog late). A consumer of a killed
+        // process is declared orphaned after 60 missed beats (15 s), and its Redis in-flight set given back.
+        .heartbeat_interval(Duration::from_millis(250))
+        .missed_heartbeats(60)
         // Outcomes live in Postgres; nobody subscribes to apalis' pub/sub events.
         .persist_results(false)
         .emit_events(false);
