@@ -381,20 +381,29 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Due-time wakes come at least this far apart: grants falling due one by one (many grants, each on its own hour)
+/// are still claimed together, at most 20 times a second, rather than one claim and one job per grant.
+const DUE_TIME_SPACING: Duration = Duration::from_millis(50);
+
 /// The moment the next grants fall due for a refresh, when that comes before the next pass: the loop wakes then,
 /// so tokens expiring together are refreshed from the moment they are due, not up to a pass later.
 async fn next_refreshes_due(ctx: &AppContext) -> Option<tokio::time::Instant> {
     match scheduler::next_refresh_in(ctx).await {
-        // A millisecond late rather than early: a wake before the moment would find nothing due yet.
-        Ok(Some(due_in)) if due_in < ctx.settings.dispatch_interval => {
-            tokio::time::Instant::now().checked_add(due_in + Duration::from_millis(1))
+        Ok(Some(due_in)) => {
+            due_time_wait(due_in, ctx.settings.dispatch_interval).and_then(|wait| tokio::time::Instant::now().checked_add(wait))
         }
-        Ok(_) => None,
+        Ok(None) => None,
         Err(e) => {
             tracing::debug!(error = %e, "could not read when grants next fall due; the passes find them");
             None
         }
     }
+}
+
+/// How long to sleep before claiming grants that fall due in `due_in`; `None` when the next pass comes first.
+fn due_time_wait(due_in: Duration, pass_interval: Duration) -> Option<Duration> {
+    // A millisecond late rather than early: a wake before the moment would find nothing due yet.
+    (due_in < pass_interval).then(|| (due_in + Duration::from_millis(1)).max(DUE_TIME_SPACING))
 }
 
 /// Quick database chores, each on its own pace: interrupted deliveries every 5 s, Redis job bodies every minute,
@@ -463,5 +472,21 @@ async fn hourly_chores(ctx: &AppContext) {
         Ok(0) => {}
         Ok(n) => tracing::info!(rows = n, "deleted rows of long-gone worker processes"),
         Err(e) => tracing::error!(error = %e, "pruning worker rows failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_time_wake_comes_just_after_the_moment_never_sooner_than_the_spacing_and_only_before_the_next_pass() {
+        let pass = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        assert_eq!(due_time_wait(ms(200), pass), Some(ms(201)), "a millisecond after the moment");
+        assert_eq!(due_time_wait(Duration::ZERO, pass), Some(DUE_TIME_SPACING), "just after a wake: spaced out");
+        assert_eq!(due_time_wait(ms(10), pass), Some(DUE_TIME_SPACING));
+        assert_eq!(due_time_wait(ms(500), pass), None, "the pass comes first");
+        assert_eq!(due_time_wait(Duration::from_secs(3600), pass), None);
     }
 }
