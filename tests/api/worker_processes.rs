@@ -359,11 +359,7 @@ async fn worker_on_notices(app: &TestApp, extra: &[(&str, &str)]) -> WorkerProce
 
 /// The pid of the worker's send wake-up listener connection, if it is listening.
 async fn send_listener_pid(app: &TestApp) -> Option<i32> {
-    use sea_orm::ConnectionTrait;
-    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-               AND query LIKE 'LISTEN%postbridge_sends_due%'";
-    let row = app.owner_db().await.query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)).await;
-    row.expect("pg_stat_activity").map(|row| row.try_get_by_index::<i32>(0).expect("a pid"))
+    postbridge_tests::listening_backends(&app.owner_db().await, "postbridge_sends_due").await.first().copied()
 }
 
 #[tokio::test]
