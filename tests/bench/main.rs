@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::StreamExt;
 use postbridge_core::connect::grants;
+use postbridge_core::jobs::workers;
 use postbridge_core::receive::poll;
 use postbridge_core::secrets::crypto::SecretLocation;
 use postbridge_core::send::outbox;
@@ -652,7 +653,8 @@ async fn time_until(app: &TestApp, sql: &str, target: i64, started: Instant) -> 
 /// Scale-out: the same load on 1, 2 and 3 worker processes (the release binary, one Redis, one Postgres).
 /// Sending: `mailboxes` SMTP accounts with 100 queued messages each. Receiving: `mailboxes` IMAP mailboxes with 500
 /// messages each, first-synced. Each process count gets a fresh database and Redis prefix; every message is
-/// checked to have been sent or stored exactly once. `slow`: a server that takes 200 ms per message (so the
+/// checked to have been sent or stored exactly once. The sends are held back until every process reports ready in
+/// its heartbeat row and timed from their release; the start-up time is printed apart. `slow`: a server that takes 200 ms per message (so the
 /// workers wait on it, not on the two cores), 20 messages per account, no inbound phase.
 async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
     let worker = worker_binary()?;
@@ -719,11 +721,13 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
             .await?;
             receivers += 1;
         }
-        // Inbound polls wait until the sends are done, so each phase is timed alone.
+        // Inbound polls wait until the sends are done, so each phase is timed alone. The sends wait until every
+        // process is up: the figure is what the processes do together, not how long one takes to start.
         app.ctx
             .db
             .execute_unprepared("UPDATE email_accounts SET next_poll_at = now() + interval '1 day' WHERE direction = 'inbound'")
             .await?;
+        app.ctx.db.execute_unprepared("UPDATE outbound_messages SET next_attempt_at = now() + interval '1 day'").await?;
 
         let mut children = Vec::new();
         for _ in 0..processes {
@@ -738,6 +742,11 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
                     .spawn()?,
             );
         }
+        let spawned = Instant::now();
+        let ready = format!("SELECT count(*) AS n FROM worker_processes WHERE ready AND {}", workers::live());
+        let start_up = time_until(&app, &ready, processes as i64, spawned).await?;
+        // The trigger on `next_attempt_at` wakes every process's send listener at once.
+        app.ctx.db.execute_unprepared("UPDATE outbound_messages SET next_attempt_at = now()").await?;
         let started = Instant::now();
         let sent =
             time_until(&app, "SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent'", submitted, started).await?;
@@ -784,7 +793,8 @@ async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
             format!("   first sync {receive_rate:>7.0} messages/s ({received:.2?}, x{:.2})", receive_rate / receive_base)
         };
         println!(
-            "  {processes} worker process(es): send {send_rate:>7.0} messages/s ({sent:.2?}, x{:.2}){inbound_figures}",
+            "  {processes} worker process(es): send {send_rate:>7.0} messages/s ({sent:.2?}, x{:.2}){inbound_figures}   \
+             (all ready {start_up:.2?} after start)",
             send_rate / send_base
         );
     }
