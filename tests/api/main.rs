@@ -27,6 +27,7 @@ mod oauth_refresh;
 mod oauth_revocation;
 mod ops;
 mod outbox_steering;
+mod positional_rows;
 mod rate_limits;
 mod received_content;
 mod refresh_storm;

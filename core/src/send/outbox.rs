@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use chrono::Utc;
+use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -20,6 +21,7 @@ use crate::store::is_unique_violation;
 use crate::store::json::StringList;
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::positional;
 use crate::store::tenant_owned::TenantOwned;
 use async_graphql::{InputObject, SimpleObject};
 use chrono::DateTime;
@@ -314,8 +316,11 @@ pub async fn list(
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
     crate::store::check_time_range(filter.since, filter.until)?;
-    let mut query =
-        outbound_message::Entity::in_tenant(scope.tenant_id).order_by_desc(outbound_message::Column::Id).limit(limit + 1);
+    // The page never shows the raw message (up to the size limit each): an empty value in its place.
+    let every_column_but_raw = positional::with_columns(outbound_message::Entity::in_tenant(scope.tenant_id), |column| {
+        matches!(column, outbound_message::Column::Raw).then(|| Expr::cust("''::bytea"))
+    });
+    let mut query = every_column_but_raw.order_by_desc(outbound_message::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(outbound_message::Column::Id.lt(cursor));
     }
@@ -331,5 +336,5 @@ pub async fn list(
     if let Some(until) = filter.until {
         query = query.filter(outbound_message::Column::CreatedAt.lt(until));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
+    page_of(positional::all(query, &ctx.db).await?, limit, |m| m.id.into(), view)
 }

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod json;
 pub mod listen;
 pub mod noticed;
+pub mod positional;
 pub mod tenant_owned;
 pub mod tenant_wall;
 

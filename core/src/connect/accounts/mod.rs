@@ -16,6 +16,7 @@ use crate::store::entities::email_account;
 use crate::store::ids::AccountId;
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::positional;
 use crate::store::tenant_owned::TenantOwned;
 use async_graphql::{InputObject, SimpleObject};
 use chrono::DateTime;
@@ -282,7 +283,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(email_account::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
+    page_of(positional::all(query, &ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: AccountId) -> AppResult<Account> {

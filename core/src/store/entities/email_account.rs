@@ -61,3 +61,57 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+// The lists read accounts by position (`store::positional`): every field, in declaration order.
+crate::store::positional::by_position!(Model {
+    id,
+    tenant_id,
+    name,
+    direction,
+    protocol,
+    host,
+    port,
+    security,
+    auth_method,
+    login,
+    password [nullable],
+    token_config_id [nullable],
+    grant_id [nullable],
+    state,
+    last_error [nullable],
+    last_error_kind [nullable],
+    enabled,
+    from_filter [nullable],
+    is_default,
+    shared_mailbox,
+    folder [nullable],
+    poll_interval_seconds [nullable],
+    after_fetch [nullable],
+    move_to_folder [nullable],
+    owner_subject,
+    app_grant_approved,
+    sync_folder [nullable],
+    uid_validity [nullable],
+    last_uid [nullable],
+    next_poll_at [nullable],
+    last_polled_at [nullable],
+    poll_failures,
+    lease_until [nullable],
+    dispatched_until [nullable],
+    confirmed_at [nullable],
+    failing_since [nullable],
+    send_rate_per_minute [nullable],
+    created_at,
+    updated_at,
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::positional::{fields_in_column_order, ByPosition};
+
+    #[test]
+    fn the_positional_decoder_reads_every_column_in_the_entitys_order() {
+        assert_eq!(ByPosition::<Model>::FIELDS, fields_in_column_order::<Entity>());
+    }
+}

@@ -52,3 +52,46 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+// The list reads messages by position (`store::positional`): every field, in declaration order.
+crate::store::positional::by_position!(Model {
+    id,
+    tenant_id,
+    idempotency_key [nullable],
+    requested_from,
+    account_id [nullable],
+    routed_by,
+    envelope_from,
+    recipients,
+    subject,
+    message_id,
+    raw,
+    size,
+    status,
+    attempts,
+    next_attempt_at,
+    lease_until [nullable],
+    lease_token [nullable],
+    leased_by [nullable],
+    handed_at [nullable],
+    dispatched_until [nullable],
+    sent_folder_checked_at [nullable],
+    last_error [nullable],
+    smtp_reply [nullable],
+    created_at,
+    sent_at [nullable],
+    updated_at,
+    request_hash [nullable],
+    recipient_results [nullable],
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::positional::{fields_in_column_order, ByPosition};
+
+    #[test]
+    fn the_positional_decoder_reads_every_column_in_the_entitys_order() {
+        assert_eq!(ByPosition::<Model>::FIELDS, fields_in_column_order::<Entity>());
+    }
+}
