@@ -40,6 +40,8 @@ async fn consent_stores_an_encrypted_grant_and_authorizes_both_accounts_of_the_m
     let stored = app.stored_value("grants", "refresh_token", grant_id).await.expect("refresh token stored");
     assert!(stored.starts_with("k1:"), "encrypted at rest");
     assert!(!grant.text.contains("access_token\":\""), "tokens never shown: {}", grant.text);
+    // The list (which reads rows by position) shows the grant as GET does.
+    assert_eq!(app.get("/v1/grants", &setup.admin).await.body["items"], json!([grant.body]));
 }
 
 // ---- helpers ----

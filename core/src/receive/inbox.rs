@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use mail_parser::{Address, MessageParser};
+use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, QueryFilter, QueryOrder, QuerySelect, Statement, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -19,6 +20,7 @@ use crate::store::entities::{email_account, inbound_message};
 use crate::store::ids::{AccountId, InboundMessageId};
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::positional;
 use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
 use async_graphql::SimpleObject;
 use serde::{Deserialize, Serialize};
@@ -359,36 +361,13 @@ pub async fn list(
     crate::store::check_time_range(filter.since, filter.until)?;
     let from = filter.from.as_deref().map(|text| crate::store::contains_pattern("from", text)).transpose()?;
     let subject = filter.subject.as_deref().map(|text| crate::store::contains_pattern("subject", text)).transpose()?;
-    let mut query = inbound_message::Entity::in_tenant(scope.tenant_id)
-        .select_only()
-        .columns([
-            inbound_message::Column::Id,
-            inbound_message::Column::TenantId,
-            inbound_message::Column::AccountId,
-            inbound_message::Column::Folder,
-            inbound_message::Column::UidValidity,
-            inbound_message::Column::Uid,
-            inbound_message::Column::Pop3Uid,
-            inbound_message::Column::MessageId,
-            inbound_message::Column::FromAddress,
-            inbound_message::Column::ToAddresses,
-            inbound_message::Column::CcAddresses,
-            inbound_message::Column::Subject,
-            inbound_message::Column::SentAt,
-            inbound_message::Column::Size,
-            inbound_message::Column::ContentHash,
-            inbound_message::Column::ReceivedAt,
-            inbound_message::Column::Oversized,
-            inbound_message::Column::InReplyTo,
-            inbound_message::Column::ReferencesIds,
-            inbound_message::Column::Attachments,
-            inbound_message::Column::Snippet,
-            inbound_message::Column::Unparsed,
-        ])
-        // The list never needs the raw bytes nor the bodies (a page stays small); empty values in their place.
-        .column_as(sea_orm::sea_query::Expr::cust("''::bytea"), "raw")
-        .column_as(sea_orm::sea_query::Expr::cust("NULL::text"), "text_body")
-        .column_as(sea_orm::sea_query::Expr::cust("NULL::text"), "html_body")
+    // The list never needs the raw bytes nor the bodies (a page stays small): empty values in their place.
+    let shown = positional::with_columns(inbound_message::Entity::in_tenant(scope.tenant_id), |column| match column {
+        inbound_message::Column::Raw => Some(Expr::cust("''::bytea")),
+        inbound_message::Column::TextBody | inbound_message::Column::HtmlBody => Some(Expr::cust("NULL::text")),
+        _ => None,
+    });
+    let mut query = shown
         .filter(inbound_message::Column::AccountId.eq(account_id))
         .order_by_desc(inbound_message::Column::Id)
         .limit(limit + 1);
@@ -410,7 +389,7 @@ pub async fn list(
     if let Some(until) = filter.until {
         query = query.filter(inbound_message::Column::ReceivedAt.lt(until));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), |m| Ok(view(m)))
+    page_of(positional::all(query, &ctx.db).await?, limit, |m| m.id.into(), |m| Ok(view(m)))
 }
 
 async fn find(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> AppResult<inbound_message::Model> {

@@ -184,7 +184,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(grant::Column::Id.gt(cursor));
     }
-    page_of(query.all(&ctx.db).await?, limit, |m| m.id.into(), view)
+    page_of(crate::store::positional::all(query, &ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
 async fn find(ctx: &AppContext, tenant_id: TenantId, id: GrantId) -> AppResult<grant::Model> {

@@ -49,3 +49,38 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+// The list reads grants by position (`store::positional`): every field, in declaration order.
+crate::store::positional::by_position!(Model {
+    id,
+    tenant_id,
+    token_config_id,
+    subject,
+    consented_by [nullable],
+    connected_by [nullable],
+    access_token [nullable],
+    refresh_token [nullable],
+    expires_at [nullable],
+    refresh_at [nullable],
+    scopes,
+    status,
+    last_error [nullable],
+    last_error_kind [nullable],
+    refresh_failures,
+    next_refresh_at [nullable],
+    refreshing_until [nullable],
+    last_refreshed_at [nullable],
+    created_at,
+    updated_at,
+});
+
+#[cfg(test)]
+mod positional_tests {
+    use super::*;
+    use crate::store::positional::{fields_in_column_order, ByPosition};
+
+    #[test]
+    fn the_positional_decoder_reads_every_column_in_the_entitys_order() {
+        assert_eq!(ByPosition::<Model>::FIELDS, fields_in_column_order::<Entity>());
+    }
+}

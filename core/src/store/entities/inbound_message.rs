@@ -44,3 +44,43 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+// The list reads received messages by position (`store::positional`): every field, in declaration order.
+crate::store::positional::by_position!(Model {
+    id,
+    tenant_id,
+    account_id,
+    folder,
+    uid_validity,
+    uid,
+    pop3_uid [nullable],
+    message_id [nullable],
+    from_address [nullable],
+    to_addresses,
+    cc_addresses,
+    subject [nullable],
+    sent_at [nullable],
+    size,
+    content_hash,
+    raw,
+    received_at,
+    oversized,
+    text_body [nullable],
+    html_body [nullable],
+    in_reply_to [nullable],
+    references_ids,
+    attachments,
+    snippet [nullable],
+    unparsed,
+});
+
+#[cfg(test)]
+mod positional_tests {
+    use super::*;
+    use crate::store::positional::{fields_in_column_order, ByPosition};
+
+    #[test]
+    fn the_positional_decoder_reads_every_column_in_the_entitys_order() {
+        assert_eq!(ByPosition::<Model>::FIELDS, fields_in_column_order::<Entity>());
+    }
+}
