@@ -73,14 +73,3 @@ crate::store::positional::by_position!(Model {
     snippet [nullable],
     unparsed,
 });
-
-#[cfg(test)]
-mod positional_tests {
-    use super::*;
-    use crate::store::positional::{fields_in_column_order, ByPosition};
-
-    #[test]
-    fn the_positional_decoder_reads_every_column_in_the_entitys_order() {
-        assert_eq!(ByPosition::<Model>::FIELDS, fields_in_column_order::<Entity>());
-    }
-}

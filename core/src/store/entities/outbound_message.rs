@@ -84,14 +84,3 @@ crate::store::positional::by_position!(Model {
     request_hash [nullable],
     recipient_results [nullable],
 });
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::positional::{fields_in_column_order, ByPosition};
-
-    #[test]
-    fn the_positional_decoder_reads_every_column_in_the_entitys_order() {
-        assert_eq!(ByPosition::<Model>::FIELDS, fields_in_column_order::<Entity>());
-    }
-}
