@@ -152,9 +152,6 @@ pub fn storage<T>(conn: ConnectionManager, prefix: &str, queue: Queue) -> RedisS
         // process is declared orphaned after 60 missed beats (15 s), and its Redis in-flight set given back.
         .heartbeat_interval(Duration::from_millis(250))
         .missed_heartbeats(60)
-        // One job per free slot: a fetched job is this process's until it runs, so fetching ten at a time (apalis'
-        // default) left jobs waiting behind this process's busy slots while another process had free ones.
-        .batch_size(1)
         // Outcomes live in Postgres; nobody subscribes to apalis' pub/sub events.
         .persist_results(false)
         .emit_events(false);
