@@ -654,8 +654,8 @@ async fn time_until(app: &TestApp, sql: &str, target: i64, started: Instant) -> 
 /// Sending: `mailboxes` SMTP accounts with 100 queued messages each. Receiving: `mailboxes` IMAP mailboxes with 500
 /// messages each, first-synced. Each process count gets a fresh database and Redis prefix; every message is
 /// checked to have been sent or stored exactly once. The sends are held back until every process reports ready in
-/// its heartbeat row and timed from their release; the start-up time is printed apart. `slow`: a server that takes 200 ms per message (so the
-/// workers wait on it, not on the two cores), 20 messages per account, no inbound phase.
+/// its heartbeat row and timed from their release; the start-up time is printed apart. `slow`: a server that takes
+/// 200 ms per message (so the workers wait on it, not on the two cores), 20 messages per account, no inbound phase.
 async fn bench_scale(mailboxes: usize, slow: bool) -> anyhow::Result<()> {
     let worker = worker_binary()?;
     let servers = MailServers::shared().await;

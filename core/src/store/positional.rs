@@ -69,7 +69,7 @@ macro_rules! read_at {
 pub(crate) use read_at;
 
 /// Whether the column at `index` is NULL; false when it cannot tell (the field is then read the usual way).
-pub fn is_null(res: &sea_orm::QueryResult, index: usize) -> bool {
+pub(crate) fn is_null(res: &sea_orm::QueryResult, index: usize) -> bool {
     use sqlx::{Row as _, ValueRef as _};
     res.try_as_pg_row().and_then(|row| row.try_get_raw(index).ok()).is_some_and(|value| value.is_null())
 }

@@ -24,6 +24,7 @@ use crate::store::entities::{email_account, grant, token_config};
 use crate::store::ids::{GrantId, TenantId};
 use crate::store::limit_of;
 use crate::store::page_of;
+use crate::store::positional;
 use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
 use async_graphql::{InputObject, SimpleObject};
 use serde::{Deserialize, Serialize};
@@ -184,7 +185,7 @@ pub async fn list(ctx: &AppContext, scope: &TenantScope, page: PageRequest) -> A
     if let Some(cursor) = page.cursor {
         query = query.filter(grant::Column::Id.gt(cursor));
     }
-    page_of(crate::store::positional::all(query, &ctx.db).await?, limit, |m| m.id.into(), view)
+    page_of(positional::all(query, &ctx.db).await?, limit, |m| m.id.into(), view)
 }
 
 async fn find(ctx: &AppContext, tenant_id: TenantId, id: GrantId) -> AppResult<grant::Model> {
