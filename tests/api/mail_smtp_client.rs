@@ -589,6 +589,8 @@ enum Script {
     SilentAfterContent,
     /// Answers XOAUTH2 with a 334 JSON error challenge and, after the client's empty line, 535 (Gmail's way).
     XOAuth2Challenge,
+    /// Accepts the message with a long reply holding a NUL (a hostile server; lettre refuses lines much longer).
+    NulInReply,
 }
 
 /// A plain-text SMTP server on loopback that follows `script`; counts connections.
@@ -623,6 +625,10 @@ async fn scripted_server(script: Script) -> (u16, Arc<AtomicUsize>) {
                                 }
                                 Script::XOAuth2Challenge => {
                                     let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
+                                }
+                                Script::NulInReply => {
+                                    let reply = format!("250 2.0.0 queued\0as {}\r\n", "x".repeat(800));
+                                    let _ = write.write_all(reply.as_bytes()).await;
                                 }
                             }
                         }
@@ -705,4 +711,16 @@ async fn an_xoauth2_error_challenge_ends_in_the_servers_535() {
     assert!(!err.message.contains("expired-token"));
     let message = composed(&message("someone@example.com", "rcpt@example.org", "OAuth"));
     assert!(matches!(smtp.send(&endpoint, &auth, &message).await, Err(SendError::Auth { code: Some(535), .. })));
+}
+
+#[tokio::test]
+async fn a_reply_with_a_nul_and_no_end_is_kept_bounded_and_storable() {
+    let (port, _) = scripted_server(Script::NulInReply).await;
+    let smtp = SmtpClient::new(NetGuard::new(true), None, config()).unwrap();
+    let endpoint = Endpoint::new("127.0.0.1", port, Security::None);
+    let message = composed(&message("someone@example.com", "rcpt@example.org", "Hostile"));
+    let outcome = smtp.send(&endpoint, &password("someone@example.com", "pw"), &message).await.expect("sent");
+    let reply = outcome.reply();
+    assert!(reply.starts_with("250 2.0.0 queued\u{FFFD}as xxx"), "{reply}");
+    assert!(!reply.contains('\0') && reply.len() <= 504, "{} bytes", reply.len());
 }

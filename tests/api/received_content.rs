@@ -117,6 +117,7 @@ async fn each_attachment_downloads_as_an_attachment_and_strangers_and_bad_indexe
     let header = |name: &str| pdf.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert_eq!(header("content-type"), "application/pdf");
     assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("content-security-policy"), "sandbox");
     let disposition = header("content-disposition");
     assert!(
         disposition.starts_with("attachment;") && disposition.contains("filename*=UTF-8''Q3%20r%C3%A9sum%C3%A9.pdf"),
@@ -132,4 +133,63 @@ async fn each_attachment_downloads_as_an_attachment_and_strangers_and_bad_indexe
     }
     let (_, stranger) = app.tenant_with_admin().await;
     assert_eq!(download("1", &stranger).await.expect("request").status(), StatusCode::NOT_FOUND, "another tenant's mail");
+}
+
+/// One sender's NUL bytes (in an encoded subject, a quoted-printable body, a raw 8-bit body and a file name) and an
+/// endless file name: Postgres refuses NUL in text and jsonb, so until these were cleaned the poll's whole batch
+/// failed, on every poll, and the mailbox received nothing more.
+fn message_with_nul(to: &str) -> Vec<u8> {
+    let mut raw = format!(
+        "From: <mallory@example.net>\r\nTo: <{to}>\r\nSubject: =?utf-8?q?a=00b?=\r\nMessage-ID: <nul@example.net>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n--b\r\n\
+Content-Type: text/plain\r\nContent-Disposition: attachment; filename*=utf-8''x%00{long}.txt\r\n\r\n",
+        long = "y".repeat(10_000)
+    )
+    .into_bytes();
+    // Dovecot serves a raw NUL as 0x80 over IMAP; a POP3 server or another IMAP server may not.
+    raw.extend_from_slice(b"raw\0byte\r\n--b--\r\n");
+    raw
+}
+
+#[tokio::test]
+async fn a_message_with_nul_bytes_is_stored_cleaned_and_the_mailbox_goes_on_receiving() {
+    let (app, servers) = spawn_mail_app().await;
+    let (_, admin) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    let account = app.confirmed_mail_account(&admin, password_account(servers, "imap", "tls", &login, json!({}))).await;
+    servers.seed_messages(&login, "INBOX", &[message_with_nul(&login), report_message(&login)]);
+    let first = app.poll(&account).await;
+    assert_eq!(first.stored, 2, "both stored in the one poll");
+
+    let list = app.get(&format!("/v1/accounts/{account}/messages"), &admin).await;
+    let item = list.body["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|m| m["message_id"] == "<nul@example.net>"))
+        .expect("the message with NUL bytes")
+        .clone();
+    assert_eq!(item["subject"], "a\u{FFFD}b");
+    assert_eq!(item["snippet"], "before\u{FFFD}after");
+    let name = item["attachments"][0]["filename"].as_str().expect("a file name");
+    assert!(name.starts_with("x\u{FFFD}y") && name.len() <= 255, "{name}");
+    let id = item["id"].as_str().expect("id");
+    let raw =
+        app.http.get(format!("{}/v1/received-messages/{id}/raw", app.address)).bearer_auth(&admin).send().await.expect("raw");
+    let header = |name: &str| raw.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let headers = [header("x-content-type-options"), header("content-security-policy"), header("content-disposition")];
+    assert_eq!(headers, ["nosniff".to_owned(), "sandbox".to_owned(), format!("attachment; filename=\"message-{id}.eml\"")]);
+    let raw = raw.bytes().await.expect("bytes");
+    assert!(raw.windows(17).any(|w| w == b"=?utf-8?q?a=00b?="), "the raw message is as received");
+    let event = app
+        .sql_text(&format!("SELECT data::text FROM events WHERE event_type = 'message.received' AND resource_id = '{id}'"))
+        .await
+        .expect("a message.received event");
+    assert!(event.len() < 2_000, "the event stays small: {} bytes", event.len());
+
+    servers.seed_messages(&login, "INBOX", &[report_message(&login)]);
+    let next = app.poll(&account).await;
+    assert_eq!(next.stored, 1, "the mailbox goes on receiving");
+    let failures = app.sql_text(&format!("SELECT poll_failures::text FROM email_accounts WHERE id = '{account}'")).await;
+    assert_eq!(failures.as_deref(), Some("0"));
 }

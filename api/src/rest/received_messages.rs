@@ -46,11 +46,20 @@ pub async fn attachment_received(
 ) -> ApiResult<HttpResponse> {
     let (id, index) = path.into_inner();
     let (attachment, bytes) = inbox::attachment(&ctx, &scope, id.into(), index).await?;
-    Ok(HttpResponse::Ok()
-        .content_type(safe_content_type(&attachment.content_type))
-        .insert_header(("X-Content-Type-Options", "nosniff"))
-        .insert_header(("Content-Disposition", download_disposition(attachment.filename.as_deref(), index)))
+    Ok(sender_content(safe_content_type(&attachment.content_type), download_disposition(attachment.filename.as_deref(), index))
         .body(bytes))
+}
+
+/// A response carrying what a sender wrote: never sniffed, never shown in place, and sandboxed should a browser
+/// render it anyway (it is served from the API's origin).
+fn sender_content(content_type: String, disposition: String) -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type(content_type)
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Content-Security-Policy", "sandbox"))
+        .insert_header(("Content-Disposition", disposition));
+    response
 }
 
 /// The sender's content type when it is a plain `type/subtype` token, else `application/octet-stream`.
@@ -84,6 +93,7 @@ fn download_disposition(filename: Option<&str>, index: i32) -> String {
 #[utoipa::path(get, path = "/v1/received-messages/{id}/raw", tag = "messages", security(("bearer" = [])),
     responses((status = 200, content_type = "message/rfc822", description = "the raw message"), (status = 404, body = ErrorBody)))]
 pub async fn raw_received(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
-    let raw = inbox::raw(&ctx, &scope, id.into_inner().into()).await?;
-    Ok(HttpResponse::Ok().content_type("message/rfc822").body(raw))
+    let id = id.into_inner();
+    let raw = inbox::raw(&ctx, &scope, id.into()).await?;
+    Ok(sender_content("message/rfc822".to_owned(), format!("attachment; filename=\"message-{id}.eml\"")).body(raw))
 }

@@ -12,17 +12,28 @@ use crate::protocols::net::ConnectError;
 /// Server words kept in an error message at most, in bytes.
 const MAX_MESSAGE_LEN: usize = 500;
 
-/// A server's words cut to [`MAX_MESSAGE_LEN`] bytes (at a character boundary), so a chatty or hostile server
-/// cannot flood `last_error`.
-pub(crate) fn truncate(text: &str) -> String {
+/// A server's words as Postbridge keeps them: cut to [`MAX_MESSAGE_LEN`] bytes (at a character boundary), so a chatty
+/// or hostile server cannot flood `last_error`, and with any NUL replaced, which Postgres refuses in text (a write of
+/// the outcome that fails would leave the job to be done again).
+pub(crate) fn server_words(text: &str) -> String {
+    let text = without_nul(text.to_owned());
     if text.len() <= MAX_MESSAGE_LEN {
-        return text.to_owned();
+        return text;
     }
     let mut end = MAX_MESSAGE_LEN;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// `text` with every NUL replaced by U+FFFD: Postgres stores neither in `text` nor in `jsonb` strings.
+pub(crate) fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }
 
 /// A failed mail-protocol step. `message` holds the server's own words (or the local reason); it never holds a

@@ -25,7 +25,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::failure::MailStep;
 use crate::model::Security;
-use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, Timeouts};
+use crate::protocols::error::{server_words, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 
@@ -592,7 +592,7 @@ fn command_verb(command: &str) -> String {
 async fn read_greeting(client: &mut Client<Transport>, io: Duration) -> Result<(), MailError> {
     let response = match tokio::time::timeout(io, client.read_response()).await {
         Err(_) => return Err(MailError::timeout("the greeting", io)),
-        Ok(Err(err)) => return Err(MailError::new(MailStep::Greeting, truncate(&err.to_string()))),
+        Ok(Err(err)) => return Err(MailError::new(MailStep::Greeting, server_words(&err.to_string()))),
         Ok(Ok(None)) => return Err(MailError::new(MailStep::Greeting, "the server closed the connection without a greeting")),
         Ok(Ok(Some(response))) => response,
     };
@@ -618,7 +618,7 @@ impl Authenticator for &mut XOAuth2<'_> {
     fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
         if self.sent {
             if !challenge.is_empty() {
-                self.error_challenge = Some(truncate(&String::from_utf8_lossy(challenge)));
+                self.error_challenge = Some(server_words(&String::from_utf8_lossy(challenge)));
             }
             return Vec::new();
         }
@@ -688,21 +688,21 @@ fn imap_error(step: MailStep, err: async_imap::error::Error, server_line: Option
     match err {
         Error::Io(err) => io_error(err),
         Error::ConnectionLost => connection_lost(None),
-        Error::No(text) | Error::Bad(text) => MailError::new(step, server_line.unwrap_or_else(|| truncate(&text))),
+        Error::No(text) | Error::Bad(text) => MailError::new(step, server_line.unwrap_or_else(|| server_words(&text))),
         Error::Validate(err) => MailError::new(step, err.to_string()),
-        other => MailError::new(MailStep::Command, truncate(&other.to_string())),
+        other => MailError::new(MailStep::Command, server_words(&other.to_string())),
     }
 }
 
 fn io_error(err: io::Error) -> MailError {
     match err.kind() {
-        io::ErrorKind::TimedOut => MailError::new(MailStep::Timeout, truncate(&err.to_string())),
+        io::ErrorKind::TimedOut => MailError::new(MailStep::Timeout, server_words(&err.to_string())),
         io::ErrorKind::UnexpectedEof
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe => MailError::new(MailStep::Connect, format!("connection lost: {err}")),
         // async-imap reports unparsable server data as an "other" I/O error quoting the data.
-        _ => MailError::new(MailStep::Command, format!("unreadable server reply: {}", truncate(&err.to_string()))),
+        _ => MailError::new(MailStep::Command, format!("unreadable server reply: {}", server_words(&err.to_string()))),
     }
 }
 
@@ -746,7 +746,7 @@ fn outcome_text(outcome: &Outcome<'_>) -> String {
     if message.trim().is_empty() {
         "no reason given".to_owned()
     } else {
-        truncate(message.trim())
+        server_words(message.trim())
     }
 }
 
@@ -1042,7 +1042,7 @@ impl Tail {
         if words.is_empty() {
             "no reason given".to_owned()
         } else {
-            truncate(words)
+            server_words(words)
         }
     }
 }

@@ -16,7 +16,7 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 
 use crate::failure::{aadsts_code, FailureKind};
-use crate::protocols::error::truncate;
+use crate::protocols::error::server_words;
 use crate::protocols::netguard::NetGuard;
 
 /// OIDC providers add an `id_token` to the token response; it tells who consented.
@@ -266,8 +266,8 @@ impl OAuthClient {
         // An OAuth error body names the reason; anything else is reported by its status.
         let error: Option<BasicRevocationErrorResponse> = serde_json::from_slice(response.body()).ok();
         Err(TokenError::Rejected {
-            error: error.as_ref().map(|e| truncate(e.error().as_ref())).unwrap_or_else(|| format!("HTTP {status}")),
-            description: error.and_then(|e| e.error_description().map(|d| truncate(d))),
+            error: error.as_ref().map(|e| server_words(e.error().as_ref())).unwrap_or_else(|| format!("HTTP {status}")),
+            description: error.and_then(|e| e.error_description().map(|d| server_words(d))),
         })
     }
 
@@ -292,8 +292,8 @@ impl OAuthClient {
             }),
             Err(RequestTokenError::ServerResponse(err)) => {
                 // The provider's words are kept bounded, as a mail server's are: they end up in `last_error` and its kind.
-                let error = truncate(err.error().as_ref());
-                let description = err.error_description().map(|d| truncate(d));
+                let error = server_words(err.error().as_ref());
+                let description = err.error_description().map(|d| server_words(d));
                 if retryable_status || matches!(error.as_str(), "temporarily_unavailable" | "server_error") {
                     Err(unavailable(format!("HTTP {}: {error}", meta.status)))
                 } else {

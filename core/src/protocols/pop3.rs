@@ -11,7 +11,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::failure::MailStep;
 use crate::model::Security;
-use crate::protocols::error::{truncate, Endpoint, MailAuth, MailError, Timeouts};
+use crate::protocols::error::{server_words, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 
@@ -91,7 +91,7 @@ impl Pop3Session {
         let mut words = text.split_whitespace();
         match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|n| n.parse().ok())) {
             (Some(count), Some(size)) => Ok((count, size)),
-            _ => Err(MailError::new(MailStep::Command, format!("unreadable STAT reply: {}", truncate(&text)))),
+            _ => Err(MailError::new(MailStep::Command, format!("unreadable STAT reply: {}", server_words(&text)))),
         }
     }
 
@@ -104,7 +104,7 @@ impl Pop3Session {
             let mut words = text.split_whitespace();
             match (words.next().and_then(|n| n.parse().ok()), words.next()) {
                 (Some(number), Some(uid)) => entries.push((number, uid.to_owned())),
-                _ => return Err(MailError::new(MailStep::Command, format!("unreadable UIDL line: {}", truncate(&text)))),
+                _ => return Err(MailError::new(MailStep::Command, format!("unreadable UIDL line: {}", server_words(&text)))),
             }
         }
         Ok(entries)
@@ -128,7 +128,7 @@ impl Pop3Session {
             let mut words = text.split_whitespace();
             match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|n| n.parse().ok())) {
                 (Some(number), Some(size)) => entries.push((number, size)),
-                _ => return Err(MailError::new(MailStep::Command, format!("unreadable LIST line: {}", truncate(&text)))),
+                _ => return Err(MailError::new(MailStep::Command, format!("unreadable LIST line: {}", server_words(&text)))),
             }
         }
         Ok(entries)
@@ -195,7 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let words = text.strip_prefix("-ERR").unwrap_or(text).trim();
             Err(MailError::new(
                 MailStep::Greeting,
-                if words.is_empty() { "not a POP3 greeting".to_owned() } else { truncate(words) },
+                if words.is_empty() { "not a POP3 greeting".to_owned() } else { server_words(words) },
             ))
         }
     }
@@ -237,7 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(rest) = text.strip_prefix("-ERR") {
             return Err(refusal(step, rest.trim()));
         }
-        Err(MailError::new(MailStep::Command, format!("unexpected reply to {name}: {}", truncate(text))))
+        Err(MailError::new(MailStep::Command, format!("unexpected reply to {name}: {}", server_words(text))))
     }
 
     /// SASL XOAUTH2 (RFC 5034): the initial response on the AUTH line when the line stays within 255 octets, else
@@ -277,14 +277,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     None => {
                         let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).unwrap_or_default();
                         if !decoded.is_empty() {
-                            challenge = Some(truncate(&String::from_utf8_lossy(&decoded)));
+                            challenge = Some(server_words(&String::from_utf8_lossy(&decoded)));
                         }
                         self.send("", name).await?;
                     }
                 }
                 continue;
             }
-            return Err(MailError::new(MailStep::Auth, format!("unexpected reply to {name}: {}", truncate(text))));
+            return Err(MailError::new(MailStep::Auth, format!("unexpected reply to {name}: {}", server_words(text))));
         }
     }
 
@@ -366,7 +366,7 @@ fn has_line_break(text: &str) -> bool {
 /// A `-ERR` as an error: RFC 2449 / 3206 response codes `[SYS/TEMP]`, `[IN-USE]` and `[LOGIN-DELAY]` are
 /// temporary (454 at the auth step, 451 elsewhere).
 fn refusal(step: MailStep, text: &str) -> MailError {
-    let words = if text.is_empty() { "no reason given".to_owned() } else { truncate(text) };
+    let words = if text.is_empty() { "no reason given".to_owned() } else { server_words(text) };
     let upper = text.to_ascii_uppercase();
     let temporary = ["[SYS/TEMP]", "[IN-USE]", "[LOGIN-DELAY]"].iter().any(|code| upper.starts_with(code));
     let error = MailError::new(step, words);

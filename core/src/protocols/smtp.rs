@@ -38,7 +38,7 @@ use crate::config::Settings;
 use crate::failure::MailStep;
 use crate::model::Security;
 use crate::protocols::compose::Composed;
-use crate::protocols::error::{Endpoint, MailAuth, MailError, Timeouts};
+use crate::protocols::error::{server_words, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 
@@ -639,7 +639,7 @@ fn lettre_error(step: MailStep, what: &str, err: &lettre::transport::smtp::Error
 
 /// The text lettre keeps for an error: the server's reply text for a reply, else the underlying cause.
 fn lettre_detail(err: &lettre::transport::smtp::Error) -> String {
-    std::error::Error::source(err).map(ToString::to_string).unwrap_or_else(|| err.to_string())
+    server_words(&std::error::Error::source(err).map(ToString::to_string).unwrap_or_else(|| err.to_string()))
 }
 
 /// A local / network failure in plain words.
@@ -648,7 +648,7 @@ fn describe(err: &lettre::transport::smtp::Error) -> String {
     if err.is_response() && detail == "incomplete response" {
         "the server closed the connection".to_owned()
     } else {
-        err.to_string()
+        server_words(&err.to_string())
     }
 }
 
@@ -691,9 +691,10 @@ fn wire_content(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// A reply as it is kept (a recipient's, the message's): the server's words, bounded and storable.
 fn reply_text(response: &Response) -> String {
     let lines: Vec<&str> = response.message().collect();
-    format!("{} {}", u16::from(response.code()), lines.join(" "))
+    server_words(&format!("{} {}", u16::from(response.code()), lines.join(" ")))
 }
 
 /// The mechanisms among those lettre knows that the server offers, for error messages.
@@ -765,7 +766,7 @@ async fn xoauth2(conn: &mut AsyncSmtpConnection, login: &str, token: &str) -> Re
     let challenge = response
         .first_line()
         .and_then(|line| base64::engine::general_purpose::STANDARD.decode(line.trim()).ok())
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .map(|bytes| server_words(&String::from_utf8_lossy(&bytes)))
         .unwrap_or_default();
     let with_challenge = |mut error: MailError| {
         if !challenge.is_empty() {

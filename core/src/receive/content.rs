@@ -12,6 +12,15 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 const SNIPPET_CHARS: usize = 200;
 /// Attachments listed per message; a message with more lists the first ones (all stay in `.../raw`).
 const MAX_ATTACHMENTS: usize = 100;
+/// Bytes kept of a header value (a subject, an address, a message id): RFC 5322's longest line. Every field is
+/// bounded, so a row, a list page and a `message.received` event stay small whatever the sender wrote.
+pub const MAX_HEADER_BYTES: usize = 998;
+/// Bytes kept of an attachment's file name.
+const MAX_FILENAME_BYTES: usize = 255;
+/// Bytes kept of a content type; a longer one is not a real type and reads as `application/octet-stream`.
+const MAX_CONTENT_TYPE_BYTES: usize = 127;
+/// Message ids kept of `References` (the most recent ones: the end of the thread).
+const MAX_REFERENCES: usize = 100;
 
 /// What is kept of a parsed message.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,15 +48,18 @@ fn parse_unguarded(raw: &[u8], headers_only: bool) -> Content {
     let Some(message) = parsed.filter(|m| !m.parts.is_empty()) else {
         return Content { unparsed: true, ..Content::default() };
     };
-    let in_reply_to = message.in_reply_to().as_text_list().and_then(|ids| ids.first()).map(|id| format!("<{id}>"));
-    let references =
-        message.references().as_text_list().map(|ids| ids.iter().map(|id| format!("<{id}>")).collect()).unwrap_or_default();
+    let in_reply_to = message.in_reply_to().as_text_list().and_then(|ids| ids.first()).map(|id| message_id(id));
+    let references = message
+        .references()
+        .as_text_list()
+        .map(|ids| ids.iter().skip(ids.len().saturating_sub(MAX_REFERENCES)).map(|id| message_id(id)).collect())
+        .unwrap_or_default();
     if headers_only {
         return Content { in_reply_to, references, ..Content::default() };
     }
     let text = own_body(&message, BodyKind::Text);
     let html = own_body(&message, BodyKind::Html);
-    let snippet = message.body_text(0).map(|body| snippet_of(&body)).filter(|s| !s.is_empty());
+    let snippet = message.body_text(0).map(|body| stored_text(&snippet_of(&body), usize::MAX)).filter(|s| !s.is_empty());
     let attachments =
         message.attachments().take(MAX_ATTACHMENTS).zip(0..).map(|(part, index)| attachment_of(part, index)).collect();
     Content { text, html, in_reply_to, references, attachments, snippet, unparsed: false }
@@ -61,10 +73,29 @@ pub fn attachment(raw: &[u8], index: i32) -> Option<(Attachment, Vec<u8>)> {
     Some((attachment_of(part, index), part.contents().to_vec()))
 }
 
+/// `text` as it can be stored: at most `max_bytes` (cut at a character boundary) and with every NUL replaced, since
+/// Postgres refuses NUL in `text` and `jsonb` (one such byte from a sender would fail every poll of the mailbox).
+pub fn stored_text(text: &str, max_bytes: usize) -> String {
+    // Cut before and after: a replaced NUL takes three bytes instead of one.
+    let clean = crate::protocols::error::without_nul(truncate_at_char(text, max_bytes).to_owned());
+    truncate_at_char(&clean, max_bytes).to_owned()
+}
+
+/// A message id as stored: in angle brackets, bounded.
+pub fn message_id(id: &str) -> String {
+    stored_text(&format!("<{id}>"), MAX_HEADER_BYTES)
+}
+
 /// `html` without scripts, event handlers, forms, styles and URL schemes other than http(s), mailto and `cid:`
 /// (links to the message's inline parts), safe to show in a web page.
+/// Relative and scheme-relative URLs (`/v1/...`, `//host/x`) are dropped: they would resolve against whatever page
+/// shows the message.
 pub fn sanitize_html(html: &str) -> String {
-    ammonia::Builder::default().add_url_schemes(["cid"]).clean(html).to_string()
+    ammonia::Builder::default()
+        .url_schemes(["http", "https", "mailto", "cid"].into_iter().collect())
+        .url_relative(ammonia::UrlRelative::Deny)
+        .clean(html)
+        .to_string()
 }
 
 #[derive(Clone, Copy)]
@@ -84,7 +115,7 @@ fn own_body(message: &Message<'_>, kind: BodyKind) -> Option<String> {
         (PartType::Html(html), BodyKind::Html) => html,
         _ => return None,
     };
-    Some(truncate_at_char(body, MAX_BODY_BYTES).to_owned())
+    Some(stored_text(body, MAX_BODY_BYTES))
 }
 
 fn attachment_of(part: &MessagePart<'_>, index: i32) -> Attachment {
@@ -94,14 +125,15 @@ fn attachment_of(part: &MessagePart<'_>, index: i32) -> Attachment {
             Some(sub) => format!("{}/{}", ct.ctype(), sub),
             None => ct.ctype().to_owned(),
         })
+        .filter(|ct| ct.len() <= MAX_CONTENT_TYPE_BYTES && !ct.contains('\0'))
         .unwrap_or_else(|| "application/octet-stream".to_owned())
         .to_ascii_lowercase();
     Attachment {
         index,
-        filename: part.attachment_name().map(str::to_owned),
+        filename: part.attachment_name().map(|name| stored_text(name, MAX_FILENAME_BYTES)),
         content_type,
         size: part.contents().len() as i64,
-        content_id: part.content_id().map(|id| id.trim_matches(['<', '>']).to_owned()),
+        content_id: part.content_id().map(|id| stored_text(id.trim_matches(['<', '>']), MAX_HEADER_BYTES)),
         inline: part.content_disposition().is_some_and(|cd| cd.is_inline()),
     }
 }
@@ -181,6 +213,44 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--outer--\r\n";
         let clean = sanitize_html("<p onclick=\"x()\">Hi <b>there</b><script>alert(1)</script><img src=\"cid:logo@x\"><a href=\"javascript:x()\">y</a></p>");
         assert!(clean.contains("Hi <b>there</b>") && clean.contains("cid:logo@x"), "{clean}");
         assert!(!clean.contains("script") && !clean.contains("onclick") && !clean.contains("javascript"), "{clean}");
+        let links = sanitize_html(
+            "<a href=\"//evil.example/x\">a</a><a href=\"/v1/accounts\">b</a><a href=\"ssh://h\">c</a>\
+             <a href=\"tel:123\">d</a><a href=\"https://ok.example/\">e</a><a href=\"mailto:a@b.c\">f</a>",
+        );
+        for gone in ["evil.example", "/v1/accounts", "ssh:", "tel:"] {
+            assert!(!links.contains(gone), "{gone} kept: {links}");
+        }
+        assert!(links.contains("https://ok.example/") && links.contains("mailto:a@b.c"), "{links}");
+    }
+
+    #[test]
+    fn what_a_sender_writes_is_stored_without_nul_and_bounded() {
+        let long = "x".repeat(5000);
+        let raw = format!(
+            "From: a@example.net\r\nSubject: =?utf-8?q?a=00b?=\r\nIn-Reply-To: <{long}@x>\r\nReferences: {refs}\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nbefore=00after\r\n--b\r\n\
+             Content-Type: application/{long}\r\n\
+             Content-ID: <{long}>\r\nContent-Disposition: attachment; filename*=utf-8''a%00{long}.txt\r\n\r\nbody\r\n--b--\r\n",
+            refs = (0..300).map(|i| format!("<r{i}@x>")).collect::<Vec<_>>().join(" ")
+        );
+        let content = parse(raw.as_bytes(), false);
+        assert!(!content.unparsed);
+        let text = content.text.as_deref().expect("text body");
+        assert!(text.starts_with("before\u{FFFD}after"), "{text:?}");
+        let html = parse(b"Subject: x\r\nContent-Type: text/html\r\n\r\n<p>x\0y</p>\r\n", false).html;
+        assert_eq!(html.as_deref().map(str::trim_end), Some("<p>x\u{FFFD}y</p>"));
+        assert!(content.snippet.as_deref().is_some_and(|s| s.starts_with("before\u{FFFD}after")), "{:?}", content.snippet);
+        assert!(content.in_reply_to.as_deref().is_some_and(|id| id.len() <= MAX_HEADER_BYTES));
+        assert_eq!(content.references.len(), MAX_REFERENCES);
+        assert_eq!(content.references.last().map(String::as_str), Some("<r299@x>"), "the end of the thread is kept");
+        let attached = &content.attachments[0];
+        assert_eq!(attached.content_type, "application/octet-stream", "an oversized type is no type");
+        let name = attached.filename.as_deref().expect("a file name");
+        assert!(name.starts_with("a\u{FFFD}x") && name.len() <= MAX_FILENAME_BYTES, "{name:?}");
+        assert!(attached.content_id.as_deref().is_some_and(|id| id.len() <= MAX_HEADER_BYTES));
+        let stored = serde_json::to_string(&content.attachments).expect("serialises");
+        assert!(!stored.contains("\\u0000"), "jsonb refuses \\u0000: {stored}");
     }
 
     #[test]

@@ -99,8 +99,18 @@ struct Summary {
     sent_at: Option<DateTime<Utc>>,
 }
 
+/// Addresses kept of a `To` or `Cc` header (the message itself, at `.../raw`, keeps them all).
+const MAX_ADDRESSES: usize = 1000;
+
 fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
-    address.map(|a| a.iter().filter_map(|addr| addr.address().map(str::to_owned)).collect()).unwrap_or_default()
+    address
+        .map(|a| {
+            a.iter()
+                .filter_map(|addr| addr.address().map(|one| content::stored_text(one, content::MAX_HEADER_BYTES)))
+                .take(MAX_ADDRESSES)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Headers for listing; a message that does not parse is still stored, with empty fields.
@@ -109,11 +119,11 @@ fn summarize(raw: &[u8]) -> Summary {
         return Summary { message_id: None, from: None, to: Vec::new(), cc: Vec::new(), subject: None, sent_at: None };
     };
     Summary {
-        message_id: message.message_id().map(|id| format!("<{id}>")),
+        message_id: message.message_id().map(content::message_id),
         from: addresses(message.from()).into_iter().next(),
         to: addresses(message.to()),
         cc: addresses(message.cc()),
-        subject: message.subject().map(str::to_owned),
+        subject: message.subject().map(|subject| content::stored_text(subject, content::MAX_HEADER_BYTES)),
         sent_at: message.date().and_then(|d| DateTime::from_timestamp(d.to_timestamp(), 0)),
     }
 }
