@@ -139,3 +139,47 @@ async fn a_consent_after_the_rotation_is_exchanged_with_the_next_secret() {
     assert_eq!(promotions(&app, &setup).await, 1);
     assert_eq!(config(&app, &setup).await["client_secret_next_set"], json!(false));
 }
+
+#[tokio::test]
+async fn a_next_secret_never_follows_the_endpoints_or_the_client_to_somewhere_new() {
+    let app = postbridge_tests::spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let path = format!("/v1/token-configs/{}", setup.config_id);
+    let store_next = json!({"client_secret_next": "the-next-secret", "client_secret_next_expires_at": "2027-06-30"});
+    assert_eq!(app.patch(&path, &setup.admin, store_next.clone()).await.status, StatusCode::OK);
+
+    // Someone who does not know the secrets moves the token endpoint to a host they run, with a guessed secret. Their
+    // host refuses the client, which used to make Postbridge try the next secret there too.
+    let elsewhere = postbridge_oauth_provider::MockProvider::start().await;
+    let moved = app.patch(&path, &setup.admin, json!({"token_url": elsewhere.token_url(), "client_secret": "guessed"})).await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    assert_eq!(
+        (moved.body["client_secret_next_set"].clone(), moved.body["client_secret_next_expires_at"].clone()),
+        (json!(false), json!(null)),
+        "{}",
+        moved.text
+    );
+    let account = app.oauth_account(&setup, "imap", CONSENTING_USER).await;
+    let outcome = app.consent(&setup, &account).await;
+    assert_ne!(outcome.param("status").as_deref(), Some("success"), "{outcome:?}");
+    assert_eq!(elsewhere.token_requests("authorization_code"), 1, "one request, with the guessed secret only");
+    assert_eq!(promotions(&app, &setup).await, 0);
+    let audit = app.get("/v1/audit-log?resource_type=token_config", &setup.admin).await;
+    assert!(audit.text.contains("client_secret_next_dropped"), "{}", audit.text);
+
+    // A new client id drops it too; a next secret given in the same request is the admin's and stays.
+    assert_eq!(app.patch(&path, &setup.admin, store_next.clone()).await.status, StatusCode::OK);
+    let renamed = app.patch(&path, &setup.admin, json!({"client_id": "another-client"})).await;
+    assert_eq!(
+        (renamed.status, renamed.body["client_secret_next_set"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{}",
+        renamed.text
+    );
+    let body = json!({"client_id": setup.client_id, "client_secret_next": "for-the-old-client"});
+    let both = app.patch(&path, &setup.admin, body).await;
+    assert_eq!((both.status, both.body["client_secret_next_set"].clone()), (StatusCode::OK, json!(true)), "{}", both.text);
+    // Changes that do not touch the client or its endpoints keep it.
+    let kept = app.patch(&path, &setup.admin, json!({"name": "Renamed", "scopes": ["mail", "offline_access"]})).await;
+    assert_eq!((kept.status, kept.body["client_secret_next_set"].clone()), (StatusCode::OK, json!(true)), "{}", kept.text);
+}

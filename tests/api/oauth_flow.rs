@@ -970,11 +970,10 @@ async fn a_sign_in_started_before_the_token_url_moved_fails_at_the_callback_and_
     let app = spawn_app().await;
     let (setup, inbound, _) = mailbox(&app).await;
     let callback = at_provider(&app, &start(&app, &setup, &inbound, Some(&return_url())).await).await;
-    // No grant exists yet, so the admin may move the endpoint without the secret.
+    // No grant exists yet, so the move sends no one to consent again (the secret comes along: it is a new host).
     let elsewhere = postbridge_oauth_provider::MockProvider::start().await;
-    let moved = app
-        .patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"token_url": elsewhere.token_url()}))
-        .await;
+    let body = json!({"token_url": elsewhere.token_url(), "client_secret": setup.client_secret});
+    let moved = app.patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, body).await;
     assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
     let before = stored(&app).await;
 

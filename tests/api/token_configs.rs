@@ -115,7 +115,8 @@ async fn token_configs_can_be_created_read_listed_updated_and_deleted_over_rest(
             &format!("/v1/token-configs/{id}"),
             &key,
             json!({"name": "  Renamed IdP  ", "client_id": "client-2", "scopes": ["mail.send"],
-                   "token_url": "https://idp2.example.com/token", "extra_auth_params": {"login_hint": "x@example.com"}}),
+                   "token_url": "https://idp2.example.com/token", "extra_auth_params": {"login_hint": "x@example.com"},
+                   "client_secret": "s3cret-2"}),
         )
         .await;
     assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
@@ -405,10 +406,10 @@ async fn changing_the_directory_of_a_microsoft_config_re_derives_its_urls() {
     assert_eq!(stored.body["token_url"], moved.body["token_url"], "the derived URLs are stored");
     assert_eq!(stored.body["auth_url"], moved.body["auth_url"]);
 
-    // Explicit URLs in the same patch win over the derived ones.
-    let explicit = app
-        .patch(&path, &key, json!({"directory_tenant_id": "common", "token_url": "https://login.example.com/custom/token"}))
-        .await;
+    // Explicit URLs in the same patch win over the derived ones; another host needs the secret given again.
+    let body = json!({"directory_tenant_id": "common", "token_url": "https://login.example.com/custom/token"});
+    assert_invalid(&app.patch(&path, &key, body.clone()).await, "required", "client_secret");
+    let explicit = app.patch(&path, &key, with(body, json!({"client_secret": "given-again"}))).await;
     assert_eq!(explicit.status, StatusCode::OK, "{}", explicit.text);
     assert_eq!(explicit.body["token_url"], json!("https://login.example.com/custom/token"));
     assert_eq!(explicit.body["auth_url"], json!("https://login.microsoftonline.com/common/oauth2/v2.0/authorize"));
@@ -975,18 +976,35 @@ async fn moving_the_endpoints_while_grants_exist_needs_the_client_secret_and_sen
 }
 
 #[tokio::test]
-async fn without_grants_the_endpoints_move_without_the_secret() {
+async fn without_grants_the_endpoints_move_without_the_secret_only_within_the_hosts_it_already_reaches() {
     let app = spawn_app().await;
     let setup = app.oauth_setup().await;
+    let config_url = format!("/v1/token-configs/{}", setup.config_id);
+    // Same host, another path (a directory change at Microsoft is one): the secret goes nowhere new.
+    let same_host = format!("{}/v2/token", setup.provider.base_url());
+    let moved = app
+        .patch(&config_url, &setup.admin, json!({"token_url": same_host, "revocation_url": setup.provider.revocation_url()}))
+        .await;
+    assert_eq!((moved.status, moved.body["token_url"].clone()), (StatusCode::OK, json!(same_host)), "{}", moved.text);
+
+    // Another host would receive the stored secret with its first token request: whoever moves it there gives it.
     let elsewhere = postbridge_oauth_provider::MockProvider::start().await;
+    let before = app.get(&config_url, &setup.admin).await.body;
+    for body in [
+        json!({"token_url": elsewhere.token_url(), "auth_url": elsewhere.authorize_url()}),
+        json!({"revocation_url": elsewhere.revocation_url()}),
+    ] {
+        assert_invalid(&app.patch(&config_url, &setup.admin, body).await, "required", "client_secret");
+    }
+    assert_eq!(app.get(&config_url, &setup.admin).await.body, before, "nothing moved");
     let moved = app
         .patch(
-            &format!("/v1/token-configs/{}", setup.config_id),
+            &config_url,
             &setup.admin,
-            json!({"token_url": elsewhere.token_url(), "auth_url": elsewhere.authorize_url()}),
+            json!({"token_url": elsewhere.token_url(), "auth_url": elsewhere.authorize_url(), "client_secret": "given-again"}),
         )
         .await;
-    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    assert_eq!((moved.status, moved.body["token_url"].clone()), (StatusCode::OK, json!(elsewhere.token_url())), "{}", moved.text);
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ pub use settings::{allowed_mail_hosts, check_mail_host};
 mod expiry;
 use settings::check_spec;
 use settings::check_testing_app;
+use settings::reaches_new_host;
 use settings::Spec;
 use settings::{encrypt_next_secret, encrypt_secret};
 
@@ -313,7 +314,7 @@ pub async fn update(
         name: input.name.unwrap_or(current.name),
         provider: current.provider,
         flow: current.flow,
-        client_id: input.client_id.unwrap_or(current.client_id),
+        client_id: input.client_id.unwrap_or_else(|| current.client_id.clone()),
         has_secret: current.client_secret_set || new_secret.is_some(),
         directory_tenant_id: input.directory_tenant_id.or(current.directory_tenant_id),
         auth_url: input.auth_url.or(if keep_urls { current.auth_url.clone() } else { None }),
@@ -354,6 +355,18 @@ pub async fn update(
              same request; new auth_url or token_url also send every grant of the configuration to consent again",
         ));
     }
+    // The stored secret is sent with every token request: it never goes to a host it was not given for.
+    let known = [Some(current.token_url.as_str()), current.revocation_url.as_deref()];
+    let secret_would_travel =
+        reaches_new_host(&known, spec.token_url.as_deref()) || reaches_new_host(&known, spec.revocation_url.as_deref());
+    if secret_would_travel && current.client_secret_set && new_secret.is_none() {
+        return Err(AppError::validation(
+            "client_secret",
+            "required",
+            "moving token_url or revocation_url to another host needs the client secret again in the same request: \
+             the stored one is only ever sent where it was given for",
+        ));
+    }
     let mut active = model.into_active_model();
     active.testing_app = Set(testing_app);
     if let Some(secret) = new_secret {
@@ -367,7 +380,19 @@ pub async fn update(
         active.needs_admin = Set(false);
         active.last_error = Set(None);
     }
+    // A next secret belongs to the client and the endpoints it was stored for: a refused request at new endpoints
+    // (or for a new client) must not carry it there, so it goes unless this request gives one.
+    let next_secret_orphaned = (spec.client_id != current.client_id
+        || spec.token_url.as_deref() != Some(current.token_url.as_str())
+        || spec.revocation_url != current.revocation_url)
+        && current.client_secret_next_set;
+    let changes = changes
+        .set("client_secret_next_dropped", (next_secret_orphaned && input.client_secret_next.is_undefined()).then_some(true));
     match &input.client_secret_next {
+        MaybeUndefined::Undefined if next_secret_orphaned => {
+            active.client_secret_next = Set(None);
+            active.client_secret_next_expires_at = Set(None);
+        }
         MaybeUndefined::Undefined => {}
         MaybeUndefined::Null => active.client_secret_next = Set(None),
         MaybeUndefined::Value(secret) if secret.expose().trim().is_empty() => active.client_secret_next = Set(None),

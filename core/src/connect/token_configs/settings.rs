@@ -261,3 +261,12 @@ pub(super) fn encrypt_next_secret(ctx: &AppContext, tenant_id: TenantId, id: Tok
     }
     Ok(secrets::TOKEN_CONFIG_CLIENT_SECRET_NEXT.seal(&ctx.cipher, tenant_id, id, secret)?)
 }
+
+/// Whether `new` names a host (scheme, host and port) none of the `known` URLs name: one the client secret would
+/// reach for the first time. No URL reaches nothing.
+pub(super) fn reaches_new_host(known: &[Option<&str>], new: Option<&str>) -> bool {
+    let origin = |url: &str| url::Url::parse(url).ok().map(|url| url.origin()).filter(|origin| origin.is_tuple());
+    let Some(new) = new else { return false };
+    let Some(new) = origin(new) else { return true };
+    !known.iter().flatten().any(|known| origin(known).as_ref() == Some(&new))
+}
