@@ -4,6 +4,7 @@
 
 use postbridge_core::jobs::scheduler::{self, SendClaim};
 use postbridge_core::send::delivery::{self, Delivery};
+use postbridge_core::send::give_back::{self, Abandoned};
 use postbridge_core::store::ids::OutboundMessageId;
 use postbridge_tests::mail::MailServers;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
@@ -205,4 +206,74 @@ async fn each_outcome_is_written_with_the_next_messages_handing_and_a_lease_lost
     assert_eq!(untouched, 1, "the batch wrote nothing on the message it no longer held");
     let leased = app.sql_i64("SELECT count(*) FROM outbound_messages WHERE lease_token IS NOT NULL").await;
     assert_eq!(leased, 1, "only the other holder's lease is left");
+}
+
+/// Delivers `id` (to a recipient whose 250 comes a second late) while, once it is at the server, its lease runs out
+/// and another worker's sweep makes it `unknown` (as when this worker is cut off from Postgres for longer than a
+/// lease); `meanwhile` then runs before the answer arrives. Returns the delivery's answer.
+async fn lease_lost_at_the_server(
+    app: &TestApp,
+    id: OutboundMessageId,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> Delivery {
+    let sweep = async {
+        for _ in 0..400 {
+            let at_server =
+                app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE id = '{id}' AND handed_at IS NOT NULL")).await;
+            if at_server == 1 {
+                app.sql_exec(&format!(
+                    "UPDATE outbound_messages SET lease_until = now() - interval '1 second' WHERE id = '{id}'"
+                ))
+                .await;
+                let swept = give_back::reclaim_abandoned(&app.ctx).await.expect("sweep");
+                assert_eq!(swept, Abandoned { requeued: 0, unknown: 1 });
+                meanwhile.await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the message never reached the server");
+    };
+    let (answer, ()) = tokio::join!(delivery::deliver(&app.ctx, id), sweep);
+    answer.expect("the delivery runs")
+}
+
+#[tokio::test]
+async fn a_true_answer_heard_after_the_lease_ran_out_replaces_unknown_but_never_the_users_word() {
+    let Sender { app, servers, key, login, .. } = sender().await;
+    let late = format!("slower+{}@example.org", Uuid::new_v4().simple());
+    let status = |id: OutboundMessageId| {
+        let app = &app;
+        async move { app.sql_text(&format!("SELECT status || ':' || attempts FROM outbound_messages WHERE id = '{id}'")).await }
+    };
+
+    // Nobody decided meanwhile: the server's 250 is better knowledge than `unknown`, and it is written, once.
+    let heard = submit(&app, &key, &login, &late, "late 250").await;
+    let answer = lease_lost_at_the_server(&app, heard, async {
+        assert_eq!(status(heard).await.as_deref(), Some("unknown:1"), "the sweep made it unknown");
+    })
+    .await;
+    assert_eq!(answer, Delivery::Sent);
+    let message = app.get(&format!("/v1/messages/{heard}"), &key).await;
+    assert_eq!(
+        (message.body["status"].clone(), message.body["last_error"].clone()),
+        (json!("sent"), json!(null)),
+        "{}",
+        message.text
+    );
+    assert_eq!(app.event_count("message.sent", &heard.to_string()).await, 1);
+
+    // The user said "resend" first: their word stands, the queued message is not overwritten by the late answer and
+    // counts its attempts from zero.
+    let resent = submit(&app, &key, &login, &late, "resend wins").await;
+    app.sql_exec(&format!("UPDATE outbound_messages SET attempts = 6 WHERE id = '{resent}'")).await;
+    let answer = lease_lost_at_the_server(&app, resent, async {
+        let reply = app.post(&format!("/v1/messages/{resent}/resolve"), &key, json!({"outcome": "resend"})).await;
+        assert_eq!((reply.status.as_u16(), reply.body["attempts"].clone()), (200, json!(0)), "{}", reply.text);
+    })
+    .await;
+    assert_eq!(answer, Delivery::Sent, "the server did answer 250");
+    assert_eq!(status(resent).await.as_deref(), Some("queued:0"));
+    assert_eq!(app.event_count("message.sent", &resent.to_string()).await, 0);
+    assert_eq!(servers.accepted_messages_to(&late).len(), 2, "both reached the server once each so far");
 }

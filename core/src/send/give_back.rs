@@ -63,7 +63,9 @@ pub struct Abandoned {
 }
 
 /// Messages whose lease expired while `sending` (their worker died or hung): those never handed to the server go
-/// back to the queue; the others become `unknown`, since the server may have accepted them.
+/// back to the queue; the others become `unknown`, since the server may have accepted them. An `unknown` one keeps
+/// its `lease_token`: a worker that was only cut off from Postgres and then hears the server's answer may still
+/// write it (a true 250 is better knowledge than `unknown`), until the user or a settlement decides first.
 pub async fn reclaim_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
     let requeued = requeue_unsent(ctx, leases::EXPIRED, vec![], Some(STOPPED_BEFORE_HANDING), 0.0).await?;
     let unknown = ctx
@@ -71,9 +73,8 @@ pub async fn reclaim_abandoned(ctx: &AppContext) -> AppResult<Abandoned> {
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             format!(
-                "UPDATE outbound_messages SET status = $1, {}, updated_at = now(), \
+                "UPDATE outbound_messages SET status = $1, lease_until = NULL, leased_by = NULL, updated_at = now(), \
                  last_error = 'the worker stopped while delivering; the server may have accepted it' WHERE {} AND {}",
-                Leased::Messages.released(),
                 crate::jobs::due::sending(),
                 leases::EXPIRED
             ),

@@ -58,10 +58,11 @@ pub async fn postpone(ctx: &AppContext, message_id: OutboundMessageId, lease_tok
             DbBackend::Postgres,
             format!(
                 "UPDATE outbound_messages SET status = $4, attempts = attempts - 1, {}, dispatched_until = NULL, \
-                 next_attempt_at = now() + make_interval(secs => $3), updated_at = now() WHERE id = $1 AND lease_token = $2",
+                 next_attempt_at = now() + make_interval(secs => $3), updated_at = now() \
+                 WHERE id = $1 AND lease_token = $2 AND status = $5",
                 Leased::Messages.released()
             ),
-            [message_id.into(), lease_token.into(), wait.into(), OutboundStatus::Queued.into()],
+            [message_id.into(), lease_token.into(), wait.into(), OutboundStatus::Queued.into(), OutboundStatus::Sending.into()],
         ))
         .await?;
     Ok(())

@@ -150,13 +150,13 @@ async fn record_settlement(
     let sql = match outcome {
         Settlement::FoundSent => {
             "UPDATE outbound_messages SET status = $3, sent_at = now(), smtp_reply = 'found in the Sent folder', \
-             last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
-             WHERE id = $1 AND status = $2"
+             last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now(), \
+             lease_token = NULL, leased_by = NULL, lease_until = NULL WHERE id = $1 AND status = $2"
         }
         Settlement::Resend => {
             "UPDATE outbound_messages SET status = $3, next_attempt_at = now(), sent_folder_checked_at = now(), \
              last_error = 'not in the Sent folder after an interrupted delivery: sending again', dispatched_until = NULL, \
-             handed_at = NULL, updated_at = now() \
+             handed_at = NULL, updated_at = now(), lease_token = NULL, leased_by = NULL, lease_until = NULL \
              WHERE id = $1 AND status = $2"
         }
         Settlement::Undecided => {

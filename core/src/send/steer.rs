@@ -1,7 +1,7 @@
 //! The outbox is the user's to steer: cancel a queued message, send a failed or cancelled one again, and settle
 //! one whose outcome is `unknown` once the user knows it. Each step changes the row only from the state it
-//! starts from (a message a worker has just taken cannot be cancelled under it), and records its event and audit
-//! entry in the same transaction.
+//! starts from (a message a worker has just taken cannot be cancelled under it), and records its audit entry (and,
+//! for cancel and resolve, its event) in the same transaction.
 
 use async_graphql::{Enum, InputObject};
 use chrono::Utc;
@@ -60,7 +60,6 @@ pub async fn retry(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId)
     scope.require(Role::Member)?;
     let txn = ctx.db.begin().await?;
     let changed = requeue(scope)
-        .col_expr(Column::Attempts, Expr::value(0))
         .filter(Column::Id.eq(id))
         .filter(Column::Status.is_in([OutboundStatus::Failed, OutboundStatus::Cancelled]));
     let Some(message) = changed.exec_with_returning(&txn).await?.into_iter().next() else {
@@ -81,7 +80,7 @@ pub async fn resolve(
     scope.require(Role::Member)?;
     let txn = ctx.db.begin().await?;
     let changed = match input.outcome {
-        Resolution::Sent => outbound_message::Entity::update_in_tenant(scope.tenant_id)
+        Resolution::Sent => released(outbound_message::Entity::update_in_tenant(scope.tenant_id))
             .col_expr(Column::Status, Expr::value(OutboundStatus::Sent))
             // When it was handed to the server is the best knowledge of when it went.
             .col_expr(Column::SentAt, Expr::cust("COALESCE(handed_at, now())"))
@@ -101,11 +100,12 @@ pub async fn resolve(
     view(message)
 }
 
-/// Back in the queue, due now, with nothing of the last try left on it.
+/// Back in the queue, due now, its attempts counted from zero, with nothing of the last try left on it.
 fn requeue(scope: &TenantScope) -> sea_orm::UpdateMany<outbound_message::Entity> {
     let none = Option::<chrono::DateTime<Utc>>::None;
-    outbound_message::Entity::update_in_tenant(scope.tenant_id)
+    released(outbound_message::Entity::update_in_tenant(scope.tenant_id))
         .col_expr(Column::Status, Expr::value(OutboundStatus::Queued))
+        .col_expr(Column::Attempts, Expr::value(0))
         .col_expr(Column::NextAttemptAt, Expr::value(Utc::now()))
         .col_expr(Column::HandedAt, Expr::value(none))
         .col_expr(Column::DispatchedUntil, Expr::value(none))
@@ -113,6 +113,15 @@ fn requeue(scope: &TenantScope) -> sea_orm::UpdateMany<outbound_message::Entity>
         .col_expr(Column::LastError, Expr::value(Option::<String>::None))
         .col_expr(Column::SmtpReply, Expr::value(Option::<String>::None))
         .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+}
+
+/// The user's word settles it: a worker still holding an old lease (an `unknown` message keeps its token, so a late
+/// true answer can land) may no longer write over it.
+fn released(update: sea_orm::UpdateMany<outbound_message::Entity>) -> sea_orm::UpdateMany<outbound_message::Entity> {
+    update
+        .col_expr(Column::LeaseToken, Expr::value(Option::<uuid::Uuid>::None))
+        .col_expr(Column::LeasedBy, Expr::value(Option::<uuid::Uuid>::None))
+        .col_expr(Column::LeaseUntil, Expr::value(Option::<chrono::DateTime<Utc>>::None))
 }
 
 /// Why nothing changed: the message is not the tenant's (404), or not in the state the step starts from (409,
