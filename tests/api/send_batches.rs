@@ -277,3 +277,35 @@ async fn a_true_answer_heard_after_the_lease_ran_out_replaces_unknown_but_never_
     assert_eq!(app.event_count("message.sent", &resent.to_string()).await, 0);
     assert_eq!(servers.accepted_messages_to(&late).len(), 2, "both reached the server once each so far");
 }
+
+#[tokio::test]
+async fn a_worker_that_dies_while_connecting_leaves_its_message_to_the_queue_not_unknown() {
+    let Sender { app, key, login, account, .. } = sender().await;
+    // A server that takes the connection and never greets: the delivery waits in the SMTP handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok((stream, _)) = silent.accept().await {
+            let _ = accepted_tx.send(());
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(stream);
+        }
+    });
+    app.sql_exec(&format!("UPDATE email_accounts SET port = {port} WHERE id = '{account}'")).await;
+    let id = submit(&app, &key, &login, "never-greeted@example.org", "hang").await;
+
+    let ctx = app.ctx.clone();
+    let worker = tokio::spawn(async move { delivery::deliver(&ctx, id).await });
+    tokio::time::timeout(std::time::Duration::from_secs(10), accepted).await.expect("the worker connects").expect("accepted");
+    let row =
+        format!("SELECT status || ':' || (handed_at IS NULL)::text || ':' || attempts FROM outbound_messages WHERE id = '{id}'");
+    assert_eq!(app.sql_text(&row).await.as_deref(), Some("sending:true:1"), "leased, not handed over while connecting");
+
+    // The worker dies (its task is gone), its lease runs out, and the sweep finds a message the server never had.
+    worker.abort();
+    let _ = worker.await;
+    app.sql_exec(&format!("UPDATE outbound_messages SET lease_until = now() - interval '1 second' WHERE id = '{id}'")).await;
+    assert_eq!(give_back::reclaim_abandoned(&app.ctx).await.expect("sweep"), Abandoned { requeued: 1, unknown: 0 });
+    assert_eq!(app.sql_text(&row).await.as_deref(), Some("queued:true:0"), "queued again, the cut attempt not counted");
+}

@@ -279,6 +279,23 @@ impl SmtpClient {
         envelope_to: &[String],
         raw: &[u8],
     ) -> Result<SendOutcome, SendError> {
+        let sent = self.send_raw_when(endpoint, auth, envelope_from, envelope_to, raw, async { true }).await?;
+        sent.ok_or_else(|| SendError::Permanent { step: MailStep::Command, code: None, message: "not sent".to_owned() })
+    }
+
+    /// Like `send_raw`, but awaits `ready` once the connection is open and authenticated, just before `MAIL FROM`:
+    /// when it says no, nothing is sent (the connection goes back to the pool) and the answer is `None`. A sender
+    /// marks its message handed over there, so a connection or login that never completes never looks like a
+    /// message the server may have.
+    pub async fn send_raw_when(
+        &self,
+        endpoint: &Endpoint,
+        auth: &MailAuth,
+        envelope_from: &str,
+        envelope_to: &[String],
+        raw: &[u8],
+        ready: impl std::future::Future<Output = bool>,
+    ) -> Result<Option<SendOutcome>, SendError> {
         let invalid = |field: &str, value: &str| SendError::Permanent {
             step: MailStep::Command,
             code: None,
@@ -295,6 +312,10 @@ impl SmtpClient {
 
         let key = pool_key(endpoint, auth);
         let mut session = self.checkout(&key, endpoint, auth).await.map_err(SendError::before_content)?;
+        if !ready.await {
+            self.checkin(key, session);
+            return Ok(None);
+        }
         let (result, reusable) = self.transaction(&mut session.conn, &from, &to, raw).await;
         if result.is_ok() {
             session.messages += 1;
@@ -302,7 +323,7 @@ impl SmtpClient {
         if reusable {
             self.checkin(key, session);
         }
-        result
+        result.map(Some)
     }
 
     /// "Test & confirm": connect, TLS as configured, EHLO, AUTH, QUIT — on a connection of its own (never pooled).

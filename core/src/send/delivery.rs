@@ -343,14 +343,26 @@ async fn send_once(
             sender.auth.insert(auth).clone()
         }
     };
-    let handed = match sender.unrecorded.take() {
-        Some(previous) => record_and_hand(ctx, previous, lease).await,
-        None => mark_handed(ctx, lease).await,
+    // The message is marked handed over only once the connection is open and logged in: a worker that dies while
+    // connecting leaves a message that goes back to the queue, not one whose outcome is `unknown`.
+    let mut handing_failed = None;
+    let handed = async {
+        let handed = match sender.unrecorded.take() {
+            Some(previous) => record_and_hand(ctx, previous, lease).await,
+            None => mark_handed(ctx, lease).await,
+        };
+        handed.unwrap_or_else(|e| {
+            handing_failed = Some(e);
+            false
+        })
     };
-    if !handed.map_err(Failure::App)? {
-        return Err(Failure::LeaseLost);
+    let sent = ctx.smtp.send_raw_when(&endpoint, &auth, &message.envelope_from, recipients, &message.raw, handed).await;
+    match (sent, handing_failed) {
+        (_, Some(e)) => Err(Failure::App(e)),
+        (Ok(Some(sent)), None) => Ok(sent),
+        (Ok(None), None) => Err(Failure::LeaseLost),
+        (Err(e), None) => Err(Failure::Send(e)),
     }
-    ctx.smtp.send_raw(&endpoint, &auth, &message.envelope_from, recipients, &message.raw).await.map_err(Failure::Send)
 }
 
 async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease, error: &str) -> AppResult<Delivery> {
