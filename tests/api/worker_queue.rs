@@ -205,6 +205,22 @@ pub(crate) async fn unknown_delivery(
 }
 
 #[tokio::test]
+async fn the_sent_folder_is_the_one_the_server_marks_sent_whatever_its_name() {
+    let (app, key, login, id, servers) = unknown_delivery().await;
+    // A localized server files submissions under its own name for Sent, marked `\Sent` (RFC 6154).
+    let raw =
+        app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
+    servers.seed_messages(&login, "Gesendete Elemente", &[raw.into_bytes()]);
+    let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
+    assert_eq!(settled, vec![(id.into(), settle::Settlement::FoundSent)]);
+    let message = app.get(&format!("/v1/messages/{id}"), &key).await;
+    assert_eq!(
+        (message.body["status"].clone(), message.body["smtp_reply"].clone()),
+        (json!("sent"), json!("found in the Sent folder"))
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_delivery_found_in_the_sent_folder_is_settled_as_sent() {
     let (app, key, login, id, servers) = unknown_delivery().await;
     // The server filed the submission in Sent before the connection dropped.

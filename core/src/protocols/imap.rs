@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_imap::imap_proto::{
-    AttributeValue, MailboxDatum, MessageSection, Outcome, Response, ResponseCode, SectionPath, Status,
+    AttributeValue, MailboxDatum, MessageSection, NameAttribute, Outcome, Response, ResponseCode, SectionPath, Status,
 };
 use async_imap::{Authenticator, Client};
 use base64::Engine as _;
@@ -86,6 +86,8 @@ impl fmt::Debug for ImapSession {
 
 /// UID sets longer than this are split over several commands (servers limit command lines, Dovecot to 64 KiB).
 const MAX_SET_LEN: usize = 4000;
+/// A mailbox has one Sent folder, rarely a few: more `\Sent` folders than this are a hostile server's.
+const MAX_SENT_FOLDERS: usize = 10;
 
 impl ImapSession {
     /// Connects to `endpoint` (through `guard`), sets up TLS as the endpoint's security says, reads the greeting and
@@ -363,6 +365,24 @@ impl ImapSession {
         })
         .await?;
         Ok(found)
+    }
+
+    /// The folders the server marks `\Sent` (RFC 6154 special use), whatever their names (a localized server's
+    /// "Gesendete Elemente", Gmail's "[Gmail]/Sent Mail"); at most `MAX_SENT_FOLDERS`, names decoded from modified
+    /// UTF-7 (one that does not decode is skipped). Empty when the server marks none.
+    pub async fn sent_folders(&mut self) -> Result<Vec<String>, MailError> {
+        let mut folders = Vec::new();
+        self.run("LIST \"\" \"*\"", MailStep::Folder, |response| {
+            if let Response::MailboxData(MailboxDatum::List(list)) = response {
+                let sent = list.name_attributes.iter().any(|attribute| matches!(attribute, NameAttribute::Sent));
+                if sent && folders.len() < MAX_SENT_FOLDERS {
+                    folders.extend(decode_modified_utf7(&list.name));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(folders)
     }
 
     /// Whether the server announces `name` (e.g. `MOVE`, `UIDPLUS`; case-insensitive).
@@ -863,6 +883,31 @@ fn encode_modified_utf7(name: &str) -> String {
     out
 }
 
+/// A folder name as the server sends it (modified UTF-7, RFC 3501 §5.1.3) in UTF-8; `None` when it is not valid.
+fn decode_modified_utf7(wire: &str) -> Option<String> {
+    let mut out = String::with_capacity(wire.len());
+    let mut rest = wire;
+    while let Some(start) = rest.find('&') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = after.find('-')?;
+        let encoded = &after[..end];
+        if encoded.is_empty() {
+            out.push('&');
+        } else {
+            let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded.replace(',', "/")).ok()?;
+            if bytes.len() % 2 != 0 {
+                return None;
+            }
+            let units: Vec<u16> = bytes.chunks_exact(2).map(|pair| u16::from_be_bytes([pair[0], pair[1]])).collect();
+            out.push_str(&String::from_utf16(&units).ok()?);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 // ---- transport --------------------------------------------------------------------------------------------------
 
 enum Stream {
@@ -1121,6 +1166,17 @@ mod tests {
         assert_eq!(quote_mailbox("Gelöschte Elemente"), "\"Gel&APY-schte Elemente\"");
         assert_eq!(quote_mailbox("台北"), "\"&U,BTFw-\"");
         assert_eq!(quote_mailbox("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn folder_names_from_the_server_decode_from_modified_utf7() {
+        for name in ["INBOX", "Tom & Jerry", "Gelöschte Elemente", "台北", "Éléments envoyés", "a&b&c", "[Gmail]/Sent Mail"]
+        {
+            assert_eq!(decode_modified_utf7(&encode_modified_utf7(name)).as_deref(), Some(name), "{name}");
+        }
+        for broken in ["&AMk", "&!!!-", "&AA-", "&2D3-"] {
+            assert_eq!(decode_modified_utf7(broken), None, "{broken}");
+        }
     }
 
     #[test]

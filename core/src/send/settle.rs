@@ -123,9 +123,17 @@ async fn search_sent_folders(
         crate::protocols::error::Timeouts::default(),
     )
     .await?;
+    // The folders the server marks `\Sent` are the Sent folder; only a server that marks none is guessed at.
+    let marked = match session.sent_folders().await {
+        Ok(marked) => marked,
+        Err(e) if e.step == crate::failure::MailStep::Folder => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let folders: Vec<String> =
+        if marked.is_empty() { SENT_FOLDERS.iter().map(|name| (*name).to_owned()).collect() } else { marked };
     let mut searched = false;
     let mut found = false;
-    for folder in SENT_FOLDERS {
+    for folder in &folders {
         match session.find_message_id(folder, message_id).await {
             Ok(hit) => {
                 searched = true;
@@ -149,24 +157,25 @@ async fn record_settlement(
 ) -> Result<Settlement, SettleError> {
     let sql = match outcome {
         Settlement::FoundSent => {
-            "UPDATE outbound_messages SET status = $3, sent_at = now(), smtp_reply = 'found in the Sent folder', \
+            "UPDATE outbound_messages SET status = $4, sent_at = now(), smtp_reply = 'found in the Sent folder', \
              last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now(), \
-             lease_token = NULL, leased_by = NULL, lease_until = NULL WHERE id = $1 AND status = $2"
+             lease_token = NULL, leased_by = NULL, lease_until = NULL WHERE id = $1 AND status = $2 AND updated_at = $3"
         }
         Settlement::Resend => {
-            "UPDATE outbound_messages SET status = $3, next_attempt_at = now(), sent_folder_checked_at = now(), \
+            "UPDATE outbound_messages SET status = $4, next_attempt_at = now(), sent_folder_checked_at = now(), \
              last_error = 'not in the Sent folder after an interrupted delivery: sending again', dispatched_until = NULL, \
              handed_at = NULL, updated_at = now(), lease_token = NULL, leased_by = NULL, lease_until = NULL \
-             WHERE id = $1 AND status = $2"
+             WHERE id = $1 AND status = $2 AND updated_at = $3"
         }
         Settlement::Undecided => {
             "UPDATE outbound_messages SET sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
-             WHERE id = $1 AND status = $2"
+             WHERE id = $1 AND status = $2 AND updated_at = $3"
         }
     };
     let txn = ctx.db.begin().await?;
-    // $2: the status a settlement expects; $3: the one it writes (an undecided one writes none).
-    let mut values = vec![message.id.into(), OutboundStatus::Unknown.into()];
+    // $2, $3: the state the search started from (a message resolved, resent and cut again meanwhile is another
+    // delivery, which this search says nothing about); $4: the status it writes (an undecided one writes none).
+    let mut values = vec![message.id.into(), OutboundStatus::Unknown.into(), message.updated_at.into()];
     match outcome {
         Settlement::FoundSent => values.push(OutboundStatus::Sent.into()),
         Settlement::Resend => values.push(OutboundStatus::Queued.into()),
