@@ -1134,6 +1134,20 @@ async fn an_absurd_expires_in_is_taken_as_a_year_at_most_and_crashes_nothing() {
 }
 
 #[tokio::test]
+async fn an_expires_in_of_zero_is_taken_as_a_minute_so_the_grant_is_not_refreshed_on_every_use() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    expire_in(&app, c.grant, -10).await;
+    c.setup.provider.set_access_token_ttl(0);
+    let before = c.setup.provider.token_requests("refresh_token");
+    let first = token(&app, &c).await.expect("the refresh succeeds");
+    let expires_at = grant_row(&app, c.grant).await.expires_at.expect("an expiry");
+    assert!(expires_at >= Utc::now() + chrono::Duration::seconds(55), "at least a minute: {expires_at}");
+    let again = token(&app, &c).await.expect("the stored token");
+    assert_eq!((again, c.setup.provider.token_requests("refresh_token") - before), (first, 1), "one refresh, not one per use");
+}
+
+#[tokio::test]
 async fn an_absurd_retry_after_backs_off_a_day_at_most() {
     let app = spawn_app().await;
     let c = connect(&app).await;

@@ -323,15 +323,18 @@ impl OAuthClient {
     }
 }
 
-/// Providers are untrusted: a token's lifetime is taken as at most a year, a Retry-After as at most a day, and a
-/// token endpoint's answer is read up to 1 MiB.
+/// Providers are untrusted: a token's lifetime is taken as at least a minute (an `expires_in` of 0 would make every
+/// pass refresh it again) and at most a year, a Retry-After as at most a day, and a token endpoint's answer is read
+/// up to 1 MiB.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 1024 * 1024;
 
-/// When a token with this `expires_in` expires: clamped to a year, never before now.
+/// When a token with this `expires_in` expires: clamped to a minute .. a year from now.
 fn expiry_from(expires_in: Duration) -> chrono::DateTime<Utc> {
-    let lifetime = chrono::Duration::from_std(expires_in.min(MAX_TOKEN_LIFETIME)).unwrap_or(chrono::Duration::zero());
+    let lifetime = expires_in.clamp(MIN_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME);
+    let lifetime = chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::zero());
     let now = Utc::now();
     now.checked_add_signed(lifetime).unwrap_or(now)
 }
