@@ -330,6 +330,24 @@ async fn an_expired_state_fails_with_state_expired_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn sign_in_states_are_deleted_a_day_after_they_expire() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    for _ in 0..3 {
+        start(&app, &setup, &inbound, None).await;
+    }
+    let ids = |sql: &str| {
+        format!("UPDATE oauth_states SET expires_at = {sql} WHERE id = (SELECT id FROM oauth_states WHERE expires_at > now() LIMIT 1)")
+    };
+    assert_eq!(execute(&app, &ids("now() - interval '25 hours'")).await, 1);
+    assert_eq!(execute(&app, &ids("now() - interval '23 hours'")).await, 1);
+    let purged = postbridge_core::connect::grants::purge_ended_states(&app.ctx).await.expect("purges");
+    assert_eq!(purged, 1, "only the one that ended over a day ago");
+    let left = app.sql_text("SELECT string_agg((expires_at > now())::text, ',' ORDER BY expires_at) FROM oauth_states").await;
+    assert_eq!(left.as_deref(), Some("false,true"), "the recently expired one still answers state_expired; the live one works");
+}
+
+#[tokio::test]
 async fn another_tenants_state_only_ever_affects_that_tenants_account() {
     let app = spawn_app().await;
     let (a, a_inbound, a_outbound) = mailbox(&app).await;

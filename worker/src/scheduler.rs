@@ -407,7 +407,7 @@ fn due_time_wait(due_in: Duration, pass_interval: Duration) -> Option<Duration> 
 }
 
 /// Quick database chores, each on its own pace: interrupted deliveries every 5 s, Redis job bodies every minute,
-/// secret expiry, event retention and old worker rows every hour.
+/// secret expiry, event retention, ended OAuth sign-in states and old worker rows every hour.
 pub async fn housekeeping(
     ctx: AppContext,
     mut queues: Queues,
@@ -467,6 +467,11 @@ async fn hourly_chores(ctx: &AppContext) {
         Ok(0) => {}
         Ok(n) => tracing::info!(events = n, "purged events past their retention"),
         Err(e) => tracing::error!(error = %e, "purging old events failed"),
+    }
+    match postbridge_core::connect::grants::purge_ended_states(ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(states = n, "deleted ended OAuth sign-in states"),
+        Err(e) => tracing::error!(error = %e, "purging ended OAuth sign-in states failed"),
     }
     match workers::prune(ctx).await {
         Ok(0) => {}

@@ -267,24 +267,9 @@ pub async fn load<C: ConnectionTrait>(db: &C, tenant_id: TenantId, id: Uuid) -> 
 /// Deletes events older than `days` days (their webhook deliveries and attempts go with them), in batches
 /// so a large backlog never holds one long transaction. `0` keeps events forever. Returns how many went.
 pub async fn purge_older_than(ctx: &AppContext, days: u32) -> AppResult<u64> {
-    const BATCH: u64 = 5_000;
     if days == 0 {
         return Ok(0);
     }
     let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
-    let mut purged = 0;
-    loop {
-        let result = ctx
-            .db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                format!("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at < $1 LIMIT {BATCH})"),
-                [cutoff.into()],
-            ))
-            .await?;
-        purged += result.rows_affected();
-        if result.rows_affected() < BATCH {
-            return Ok(purged);
-        }
-    }
+    Ok(crate::store::delete_in_batches(&ctx.db, "events", "created_at < $1", vec![cutoff.into()]).await?)
 }

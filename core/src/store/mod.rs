@@ -72,6 +72,28 @@ pub(crate) fn is_foreign_key_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
 }
 
+/// Deletes the rows of `table` matching `condition` (values bound as `$1`, ...), 5,000 at a time, so a large
+/// backlog never holds one long transaction. `table` and `condition` are the caller's constants, never input.
+/// Returns how many went.
+pub async fn delete_in_batches(
+    db: &impl sea_orm::ConnectionTrait,
+    table: &str,
+    condition: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<u64, DbErr> {
+    const BATCH: u64 = 5_000;
+    let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {condition} LIMIT {BATCH})");
+    let mut deleted = 0;
+    loop {
+        let statement = sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, sql.clone(), values.clone());
+        let done = db.execute_raw(statement).await?.rows_affected();
+        deleted += done;
+        if done < BATCH {
+            return Ok(deleted);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

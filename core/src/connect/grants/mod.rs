@@ -110,6 +110,12 @@ fn state_ttl() -> chrono::Duration {
     chrono::Duration::minutes(10)
 }
 
+/// Deletes sign-in states that expired over a day ago (a late callback still hears "expired" for a day): every
+/// consent started writes one, and nothing else removes them. Returns how many went.
+pub async fn purge_ended_states(ctx: &AppContext) -> AppResult<u64> {
+    Ok(crate::store::delete_in_batches(&ctx.db, "oauth_states", "expires_at < now() - interval '1 day'", vec![]).await?)
+}
+
 fn view(model: grant::Model) -> AppResult<Grant> {
     let problem = crate::observe::hints::for_grant(&model);
     Ok(Grant {
