@@ -413,8 +413,10 @@ async fn find(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId) -> Ap
 /// One message with its bodies; the HTML as sent, or sanitised.
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: InboundMessageId, html: HtmlMode) -> AppResult<InboundMessage> {
     let mut message = view(find(ctx, scope, id).await?);
-    if html == HtmlMode::Sanitized {
-        message.html = message.html.map(|body| content::sanitize_html(&body));
+    if let Some(body) = message.html.take_if(|_| html == HtmlMode::Sanitized) {
+        // Up to 2 MiB of HTML to clean: off the async threads, like an attachment's decoding.
+        let clean = tokio::task::spawn_blocking(move || content::sanitize_html(&body)).await;
+        message.html = Some(clean.map_err(|e| AppError::Internal(anyhow::anyhow!("sanitising the HTML body failed: {e}")))?);
     }
     Ok(message)
 }
@@ -430,7 +432,11 @@ pub async fn attachment(
     if !model.attachments.0.iter().any(|a| a.index == index) {
         return Err(AppError::not_found("attachment"));
     }
-    content::attachment(&model.raw, index).ok_or_else(|| AppError::not_found("attachment"))
+    // Parsing a message of up to 50 MiB takes a while: off the async threads, which serve other requests meanwhile;
+    // a parser panic (a hostile message) ends that task only.
+    let raw = model.raw;
+    let decoded = tokio::task::spawn_blocking(move || content::attachment(&raw, index)).await;
+    decoded.ok().flatten().ok_or_else(|| AppError::not_found("attachment"))
 }
 
 /// The message exactly as received (RFC 5322 bytes).
