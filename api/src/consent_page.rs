@@ -56,7 +56,7 @@ fn copy(outcome: &CallbackOutcome, app: &str) -> Copy {
             ask_admin.to_owned(),
             false,
         ),
-        "invalid_client" | "issuer_mismatch" | "no_refresh_token" | "provider_error" => (
+        "invalid_client" | "issuer_mismatch" | "id_token_mismatch" | "no_refresh_token" | "provider_error" => (
             "Your mailbox could not be connected",
             format!("{app}'s connection to your mail provider needs attention from an administrator."),
             ask_admin.to_owned(),

@@ -68,6 +68,16 @@ async fn a_spent_foreign_or_wrong_mailbox_token_is_refused_and_nothing_is_stored
     let wrong = import(&app, &setup.admin, &account, &someone_else.refresh_token).await;
     assert_error(&wrong, StatusCode::UNPROCESSABLE_ENTITY, "wrong_mailbox");
 
+    // An id_token issued to another client names nobody this configuration may trust.
+    setup.provider.set_id_token_claims(json!({"aud": "someone-elses-client"}).as_object().cloned());
+    let mine = setup.provider.mint_tokens(&setup.client_id, CONSENTING_USER, SCOPE).expect("minted");
+    assert_error(
+        &import(&app, &setup.admin, &account, &mine.refresh_token).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "id_token_mismatch",
+    );
+    setup.provider.set_id_token_claims(None);
+
     // A token issued to another client is the provider's to refuse.
     setup.provider.register_client("another-client", Some("x"), &["https://elsewhere.example.com/cb"]);
     let foreign = setup.provider.mint_tokens("another-client", CONSENTING_USER, SCOPE).expect("minted");

@@ -1061,6 +1061,30 @@ async fn the_consenting_identity_is_the_sign_in_name_and_not_an_email_attribute(
 }
 
 #[tokio::test]
+async fn an_id_token_issued_to_another_client_or_by_another_issuer_connects_nothing() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let before = stored(&app).await;
+
+    // Tokens (and an id_token naming the right mailbox) issued to someone else's client prove nothing about ours.
+    setup.provider.set_id_token_claims(claims(json!({"aud": "someone-elses-client"})));
+    assert_failed_with(&app.consent(&setup, &inbound).await, "id_token_mismatch", &inbound);
+    assert_eq!(stored(&app).await["grants"], before["grants"], "no grant");
+
+    // Once the configuration knows its issuer, an id_token from another one is refused too.
+    let issuer = setup.provider.base_url();
+    let named = app.patch(&format!("/v1/token-configs/{}", setup.config_id), &setup.admin, json!({"issuer": issuer})).await;
+    assert_eq!(named.status, StatusCode::OK, "{}", named.text);
+    setup.provider.set_id_token_claims(claims(json!({"iss": "https://attacker.example"})));
+    assert_failed_with(&app.consent(&setup, &inbound).await, "id_token_mismatch", &inbound);
+    assert_eq!(stored(&app).await["grants"], before["grants"], "no grant");
+
+    // Several audiences, ours among them, from the configured issuer: connected.
+    setup.provider.set_id_token_claims(claims(json!({"aud": ["another-api", setup.client_id]})));
+    assert_eq!(app.consent(&setup, &inbound).await.param("status").as_deref(), Some("success"));
+}
+
+#[tokio::test]
 async fn a_consent_naming_nobody_is_refused_unless_the_account_is_a_shared_mailbox() {
     let app = spawn_app().await;
     let (setup, inbound, outbound) = mailbox(&app).await;

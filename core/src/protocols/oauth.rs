@@ -413,6 +413,9 @@ pub struct ConsentIdentity {
     pub object_id: Option<String>,
     /// The token's `sub` (stable per client at most providers).
     pub subject: Option<String>,
+    /// Whom the token was issued to (`aud`: the client id, one or a few) and by whom (`iss`), to check.
+    pub audiences: Vec<String>,
+    pub issuer: Option<String>,
 }
 
 impl ConsentIdentity {
@@ -440,7 +443,19 @@ pub fn id_token_identity(id_token: &str) -> Option<ConsentIdentity> {
         address("preferred_username")
             .or_else(|| address("upn"))
             .or_else(|| if email_unverified { None } else { address("email") });
-    Some(ConsentIdentity { username, directory_id: text("tid"), object_id: text("oid"), subject: text("sub") })
+    let audiences = match claims.get("aud") {
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        Some(serde_json::Value::Array(many)) => many.iter().take(10).filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    Some(ConsentIdentity {
+        username,
+        directory_id: text("tid"),
+        object_id: text("oid"),
+        subject: text("sub"),
+        audiences,
+        issuer: text("iss"),
+    })
 }
 
 #[cfg(test)]

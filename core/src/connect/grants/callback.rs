@@ -14,7 +14,6 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::failure::FailureKind;
 use crate::model::{AuthMethod, GrantStatus};
-use crate::protocols::oauth::id_token_identity;
 use crate::secrets;
 use crate::store::entities::{email_account, grant, oauth_state};
 use crate::store::ids::TenantId;
@@ -184,7 +183,12 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
             Some(&state_row),
         ));
     }
-    let identity = tokens.id_token.as_deref().and_then(id_token_identity).unwrap_or_default();
+    let identity = match super::consent_identity(&config, tokens.id_token.as_deref()) {
+        Ok(identity) => identity,
+        Err(why) => {
+            return Ok(CallbackOutcome::failure("id_token_mismatch", format!("{why}; nothing was stored"), Some(&state_row)))
+        }
+    };
     let consented_by = identity.username.clone();
     let login = account.login.to_lowercase();
     // The consenting identity must be the mailbox, unless the account is a shared mailbox (delegated access): a

@@ -17,7 +17,6 @@ use crate::connect::accounts::{self, Account};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{OAuthFlow, Role, SecretInput};
-use crate::protocols::oauth::id_token_identity;
 use crate::store::ids::AccountId;
 
 /// The longest refresh token accepted (providers' are well under 2 KiB).
@@ -56,7 +55,8 @@ pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId
         tokens.refresh_token = Some(refresh_token.to_owned());
     }
     let login = account.login.to_lowercase();
-    let identity = tokens.id_token.as_deref().and_then(id_token_identity).unwrap_or_default();
+    let identity = super::consent_identity(&config, tokens.id_token.as_deref())
+        .map_err(|why| AppError::validation(field, "id_token_mismatch", why))?;
     if let Some(owner) = identity.username.as_deref().filter(|who| *who != login && !account.shared_mailbox) {
         return Err(AppError::validation(field, "wrong_mailbox", crate::observe::hints::wrong_mailbox_message(owner, &login)));
     }

@@ -106,6 +106,37 @@ fn refresh_due_at(model: &grant::Model, now: DateTime<Utc>) -> bool {
     model.refresh_at.is_some_and(|at| at <= now)
 }
 
+/// Who the token response's id_token names, checked as OIDC Core 3.1.3.7 asks: issued to this client (`aud`) and,
+/// where the configuration knows its issuer, by it (`iss`). No id_token names nobody; a mismatch is the reason.
+fn consent_identity(
+    config: &token_config::Model,
+    id_token: Option<&str>,
+) -> Result<crate::protocols::oauth::ConsentIdentity, String> {
+    let Some(identity) = id_token.and_then(crate::protocols::oauth::id_token_identity) else { return Ok(Default::default()) };
+    if !identity.audiences.contains(&config.client_id) {
+        return Err(format!(
+            "the id_token was issued to another client (aud {:?}), not {}",
+            identity.audiences, config.client_id
+        ));
+    }
+    let expected = crate::connect::presets::expected_issuer(
+        config.provider,
+        config.directory_tenant_id.as_deref(),
+        config.issuer.as_deref(),
+    );
+    let issuer = identity.issuer.as_deref();
+    let issuer_ok = match (config.provider, issuer) {
+        // Google's id_tokens name it with or without the scheme.
+        (crate::model::Provider::Google, Some(iss)) => iss == "https://accounts.google.com" || iss == "accounts.google.com",
+        (_, Some(iss)) => expected.accepts(iss),
+        (_, None) => expected == crate::connect::presets::ExpectedIssuer::Unknown,
+    };
+    if !issuer_ok {
+        return Err(format!("the id_token was issued by {}, not by the configuration's issuer", issuer.unwrap_or("nobody")));
+    }
+    Ok(identity)
+}
+
 fn state_ttl() -> chrono::Duration {
     chrono::Duration::minutes(10)
 }
