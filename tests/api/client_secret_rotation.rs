@@ -183,3 +183,48 @@ async fn a_next_secret_never_follows_the_endpoints_or_the_client_to_somewhere_ne
     let kept = app.patch(&path, &setup.admin, json!({"name": "Renamed", "scopes": ["mail", "offline_access"]})).await;
     assert_eq!((kept.status, kept.body["client_secret_next_set"].clone()), (StatusCode::OK, json!(true)), "{}", kept.text);
 }
+
+/// The current secret as stored.
+async fn current_secret(app: &TestApp, c: &Consented) -> String {
+    let sealed = app.stored_value("token_configs", "client_secret", &c.setup.config_id).await.expect("a secret");
+    let config_id = Uuid::parse_str(&c.setup.config_id).expect("config id");
+    secrets::TOKEN_CONFIG_CLIENT_SECRET.open(&app.ctx.cipher, c.tenant.into(), config_id, &sealed).expect("opens")
+}
+
+#[tokio::test]
+async fn a_secret_the_admin_sets_while_a_promotion_is_decided_is_not_overwritten() {
+    let app = postbridge_tests::spawn_app().await;
+    let c = consented(&app).await;
+    let path = format!("/v1/token-configs/{}", c.setup.config_id);
+    c.setup.provider.set_token_latency(std::time::Duration::from_millis(400));
+
+    // An on-demand refresh (it holds its grant's row) is at the slow provider, refused with the current secret and
+    // about to succeed with the next one, when the admin sets a current secret of their own: the admin's write waits
+    // for the refresh (it used to deadlock with it and answer 500), then stands.
+    assert_eq!(app.patch(&path, &c.setup.admin, json!({"client_secret_next": "the-next-secret"})).await.status, StatusCode::OK);
+    rotate_at_provider(&app, &c.setup, "the-next-secret");
+    expire_access_token(&app, c.grant).await;
+    let ctx = app.ctx.clone();
+    let (tenant, grant) = (c.tenant, c.grant);
+    let refresh = tokio::spawn(async move { grants::access_token(&ctx, tenant.into(), grant.into()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let set = app.patch(&path, &c.setup.admin, json!({"client_secret": "the-admins-own"})).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    refresh.await.expect("task").expect("refreshed with the next secret");
+    assert_eq!(current_secret(&app, &c).await, "the-admins-own");
+    let promoted_before = promotions(&app, &c.setup).await;
+
+    // A background batch holds no row while it asks: the admin's write lands during the request, and the promotion
+    // decided on the old secret must not overwrite it.
+    assert_eq!(app.patch(&path, &c.setup.admin, json!({"client_secret_next": "another-next"})).await.status, StatusCode::OK);
+    rotate_at_provider(&app, &c.setup, "another-next");
+    expire_access_token(&app, c.grant).await;
+    let ctx = app.ctx.clone();
+    let batch = tokio::spawn(async move { grants::refresh_grants(&ctx, &[grant.into()]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let set = app.patch(&path, &c.setup.admin, json!({"client_secret": "the-admins-second"})).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    assert_eq!(batch.await.expect("task").expect("the batch runs").refreshed, 1, "the next secret worked");
+    assert_eq!(current_secret(&app, &c).await, "the-admins-second", "the admin's change wins");
+    assert_eq!(promotions(&app, &c.setup).await, promoted_before, "nothing promoted over it");
+}

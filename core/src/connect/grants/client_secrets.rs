@@ -58,7 +58,8 @@ pub(super) async fn request_tokens<C: ConnectionTrait>(
     Ok(second)
 }
 
-/// The next secret becomes the current one, unless the admin changed the slot meanwhile.
+/// The next secret becomes the current one, unless the admin changed either secret meanwhile (a current secret
+/// the admin just set is not overwritten by a promotion decided on the old one).
 async fn promote<C: ConnectionTrait>(
     ctx: &AppContext,
     db: &C,
@@ -74,8 +75,15 @@ async fn promote<C: ConnectionTrait>(
             "UPDATE token_configs SET client_secret = $3, client_secret_expires_at = client_secret_next_expires_at, \
                     client_secret_next = NULL, client_secret_next_expires_at = NULL, secret_expiry_notified_days = NULL, \
                     needs_admin = false, last_error = NULL, updated_at = $5 \
-             WHERE id = $1 AND tenant_id = $2 AND client_secret_next = $4",
-            [config.id.into(), config.tenant_id.into(), sealed_current.into(), sealed_next.into(), Utc::now().into()],
+             WHERE id = $1 AND tenant_id = $2 AND client_secret_next = $4 AND client_secret IS NOT DISTINCT FROM $6",
+            [
+                config.id.into(),
+                config.tenant_id.into(),
+                sealed_current.into(),
+                sealed_next.into(),
+                Utc::now().into(),
+                config.client_secret.clone().into(),
+            ],
         ))
         .await?
         .rows_affected();

@@ -428,7 +428,8 @@ pub async fn update(
     active.allowed_mail_hosts = Set(StringList(spec.allowed_mail_hosts.clone()));
     active.updated_at = Set(Utc::now());
     let txn = ctx.db.begin().await?;
-    let saved = active.update(&txn).await?;
+    // Grants first, then the configuration: the order an on-demand refresh takes them in (its grant's row lock, then
+    // a promoted secret), so the two wait for each other instead of deadlocking.
     if credentials_changed {
         // Grants waiting out a backoff caused by the old credentials may try again at once.
         grant::Entity::update_in_tenant(scope.tenant_id)
@@ -444,6 +445,7 @@ pub async fn update(
     } else {
         changes
     };
+    let saved = active.update(&txn).await?;
     audit::record_in_tenant(&txn, scope, "token_config.updated", id.into(), changes).await?;
     txn.commit().await?;
     view(ctx, saved)
