@@ -198,9 +198,9 @@ async fn a_secret_the_admin_sets_while_a_promotion_is_decided_is_not_overwritten
     let path = format!("/v1/token-configs/{}", c.setup.config_id);
     c.setup.provider.set_token_latency(std::time::Duration::from_millis(400));
 
-    // An on-demand refresh (it holds its grant's row) is at the slow provider, refused with the current secret and
-    // about to succeed with the next one, when the admin sets a current secret of their own: the admin's write waits
-    // for the refresh (it used to deadlock with it and answer 500), then stands.
+    // An on-demand refresh is at the slow provider, refused with the current secret and about to succeed with the
+    // next one, when the admin sets a current secret of their own: the write goes through (it once deadlocked with
+    // the refresh's row lock and answered 500) and stands.
     assert_eq!(app.patch(&path, &c.setup.admin, json!({"client_secret_next": "the-next-secret"})).await.status, StatusCode::OK);
     rotate_at_provider(&app, &c.setup, "the-next-secret");
     expire_access_token(&app, c.grant).await;
@@ -214,8 +214,7 @@ async fn a_secret_the_admin_sets_while_a_promotion_is_decided_is_not_overwritten
     assert_eq!(current_secret(&app, &c).await, "the-admins-own");
     let promoted_before = promotions(&app, &c.setup).await;
 
-    // A background batch holds no row while it asks: the admin's write lands during the request, and the promotion
-    // decided on the old secret must not overwrite it.
+    // The same from a background batch.
     assert_eq!(app.patch(&path, &c.setup.admin, json!({"client_secret_next": "another-next"})).await.status, StatusCode::OK);
     rotate_at_provider(&app, &c.setup, "another-next");
     expire_access_token(&app, c.grant).await;

@@ -1119,6 +1119,45 @@ async fn a_token_endpoint_that_hangs_does_not_hold_up_the_worker_dispatching_oth
 // ---- providers are untrusted input -------------------------------------------------------------
 
 #[tokio::test]
+async fn refreshes_waiting_on_a_slow_provider_hold_no_database_connection() {
+    // Two connections for the whole process: refreshes that held one each while the provider took its time used to
+    // leave none for the API.
+    let mut env = TestEnv::new();
+    env.set("DATABASE_MAX_CONNECTIONS", "2");
+    let app = spawn_app_with(env).await;
+    let mut connected = Vec::new();
+    for _ in 0..3 {
+        let c = connect(&app).await;
+        expire_in(&app, c.grant, -10).await;
+        c.setup.provider.set_token_latency(Duration::from_secs(3));
+        connected.push(c);
+    }
+    let refreshes: Vec<_> = connected
+        .iter()
+        .map(|c| {
+            let (ctx, tenant, grant) = (app.ctx.clone(), c.tenant, c.grant);
+            tokio::spawn(async move { grants::access_token(&ctx, tenant.into(), grant.into()).await })
+        })
+        .collect();
+    // Every refresh is at its provider now.
+    for c in &connected {
+        for _ in 0..200 {
+            if c.setup.provider.token_requests("refresh_token") == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(c.setup.provider.token_requests("refresh_token"), 1, "the refresh reached the provider");
+    }
+    let listed = app.get("/v1/accounts", &connected[0].setup.admin).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert!(refreshes.iter().all(|r| !r.is_finished()), "the API answered while every refresh still waited on its provider");
+    for refresh in refreshes {
+        refresh.await.expect("task").expect("refreshed");
+    }
+}
+
+#[tokio::test]
 async fn an_absurd_expires_in_is_taken_as_a_year_at_most_and_crashes_nothing() {
     let app = spawn_app().await;
     let c = connect(&app).await;

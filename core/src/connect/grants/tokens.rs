@@ -5,8 +5,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QuerySelect, Set, Statement,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Set,
+    Statement, TransactionTrait,
 };
 use serde_json::json;
 
@@ -95,51 +95,124 @@ fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
     chrono::Duration::seconds(jittered.max(floor))
 }
 
-/// How often an on-demand caller looks again while a background batch refreshes the grant it needs.
+/// How often an on-demand caller looks again while another refresh of the grant it needs is under way.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
-/// A valid access token for the grant: the stored one while it has more than the margin left, else a
-/// refresh. One refresh per grant at a time across all processes: the row lock makes concurrent callers
-/// wait, then they re-read and reuse the new token instead of refreshing again (a provider that rotates
-/// refresh tokens would otherwise invalidate the grant). A grant a background batch is refreshing
-/// (`refreshing_until`) is left to it: its current token serves while it works, else the caller waits for the
-/// batch's answer, holding no connection meanwhile.
+/// How long an on-demand refresh holds its grant (`refreshing_until`): one token request, twice with a next client
+/// secret (30 s each at most), and the write. A caller killed meanwhile delays the grant's next refresh this long.
+const ON_DEMAND_LEASE_SECONDS: f64 = 75.0;
+
+/// A valid access token for the grant: the stored one while it has more than the margin left, else a refresh.
+/// One refresh per grant at a time across all processes: the refresher holds the grant's lease
+/// (`refreshing_until`, as a background batch does), and concurrent callers wait for its answer, then reuse the new
+/// token instead of refreshing again (a provider that rotates refresh tokens would otherwise invalidate the grant).
+/// While the current token still works it serves them meanwhile. Nobody holds a database connection or a row lock
+/// while the provider answers: a slow or hostile provider cannot take the connection pool.
 pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: GrantId) -> Result<String, TokenAccessError> {
-    let now = Utc::now();
-    let model = find(ctx, tenant_id, grant_id).await?;
-    if let Some(token) = fresh_access_token(ctx, &model, now)? {
-        return Ok(token);
-    }
-    if let Some(dead) = dead_grant_error(&model) {
-        return Err(dead);
-    }
     loop {
-        let txn = ctx.db.begin().await?;
-        let locked = lock_grant(&txn, tenant_id, grant_id).await?;
-        // Another process may have refreshed (or buried) the grant while we waited for the lock.
-        if let Some(token) = fresh_access_token(ctx, &locked, Utc::now())? {
-            txn.commit().await?;
+        let model = find(ctx, tenant_id, grant_id).await?;
+        if let Some(token) = fresh_access_token(ctx, &model, Utc::now())? {
             return Ok(token);
         }
-        if let Some(dead) = dead_grant_error(&locked) {
-            txn.commit().await?;
+        if let Some(dead) = dead_grant_error(&model) {
             return Err(dead);
         }
-        match locked.refreshing_until.filter(|until| *until > Utc::now()) {
-            Some(until) => {
-                txn.commit().await?;
-                if let Some(token) = still_valid_access_token(ctx, &locked)? {
-                    return Ok(token);
-                }
-                let left = until.signed_duration_since(Utc::now()).to_std().unwrap_or_default();
-                tokio::time::sleep(left.min(LEASE_POLL)).await;
+        if let Some(until) = model.refreshing_until.filter(|until| *until > Utc::now()) {
+            if let Some(token) = still_valid_access_token(ctx, &model)? {
+                return Ok(token);
             }
-            None => return refresh_locked(ctx, txn, locked).await,
+            let left = until.signed_duration_since(Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(left.min(LEASE_POLL)).await;
+            continue;
+        }
+        // Taken by another caller meanwhile (or refreshed already): the next round reads what it did.
+        let Some(leased) = take_lease(ctx, &model).await? else { continue };
+        let refreshed = refresh_leased(ctx, &leased).await;
+        if matches!(refreshed, Err(TokenAccessError::App(_))) {
+            // Postbridge's own failure: the lease goes, so the next caller (or batch) may try at once.
+            let _ = release_lease(&ctx.db, &leased).await;
+        }
+        match refreshed? {
+            Some(token) => return Ok(token),
+            None => continue,
         }
     }
 }
 
-/// The grant's row, locked for `txn`: concurrent refreshes of it wait here.
+/// Leases the grant for an on-demand refresh when nobody holds it and it is as `model` saw it (a refresh or a
+/// failure recorded meanwhile changes `updated_at`); the row as leased.
+async fn take_lease(ctx: &AppContext, model: &grant::Model) -> AppResult<Option<grant::Model>> {
+    let row = ctx
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE grants SET refreshing_until = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND tenant_id = $2 AND (refreshing_until IS NULL OR refreshing_until <= now()) \
+             AND updated_at = $4 RETURNING *",
+            [model.id.into(), model.tenant_id.into(), ON_DEMAND_LEASE_SECONDS.into(), model.updated_at.into()],
+        ))
+        .await?;
+    Ok(row.map(|row| grant::Model::from_query_result(&row, "")).transpose()?)
+}
+
+/// Ends an on-demand lease, if it is still the one taken.
+async fn release_lease<C: ConnectionTrait>(db: &C, leased: &grant::Model) -> AppResult<()> {
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE grants SET refreshing_until = NULL WHERE id = $1 AND refreshing_until = $2",
+        [leased.id.into(), leased.refreshing_until.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Refreshes a grant whose lease the caller holds. `None` when the lease was lost meanwhile (a new consent
+/// replaced the tokens): the caller reads the grant again.
+async fn refresh_leased(ctx: &AppContext, leased: &grant::Model) -> Result<Option<String>, TokenAccessError> {
+    let config = token_configs::find_in(&ctx.db, leased.tenant_id, leased.token_config_id).await?;
+    // Backing off after a provider outage: while the stored token still works, use it rather than hammer the
+    // provider. (A refused client is not an outage: keep asking, so the admin's fix is seen at once.)
+    if !config.needs_admin && leased.next_refresh_at.is_some_and(|next| next > Utc::now()) {
+        if let Some(token) = still_valid_access_token(ctx, leased)? {
+            release_lease(&ctx.db, leased).await?;
+            return Ok(Some(token));
+        }
+    }
+    match ask_provider(ctx, &ctx.db, &config, leased).await? {
+        Ok(tokens) => {
+            let one = Refreshed { model: leased, tokens: &tokens, lease: leased.refreshing_until };
+            let txn = ctx.db.begin().await?;
+            if let Err(first) = persist_refreshed(ctx, txn, &[one], &[&config]).await {
+                persist_refreshed_again(ctx, one, &config, first).await?;
+            }
+            ctx.metrics.token_refresh("refreshed");
+            // Stored, or the lease was lost to a new consent whose tokens win: these still work for this caller.
+            Ok(Some(tokens.access_token))
+        }
+        Err(refused) => {
+            let txn = ctx.db.begin().await?;
+            let current = lock_grant(&txn, leased.tenant_id, leased.id).await?;
+            if current.refreshing_until != leased.refreshing_until {
+                // A new consent meanwhile: the refusal was for tokens that are gone.
+                txn.commit().await?;
+                return Ok(None);
+            }
+            let failure = record_refusal(ctx, &txn, &current, &config, &refused).await?;
+            release_lease(&txn, leased).await?;
+            txn.commit().await?;
+            match failure {
+                // An early refresh that failed leaves the current token usable until it really expires.
+                TokenAccessError::Unavailable { .. } => match still_valid_access_token(ctx, leased)? {
+                    Some(token) => Ok(Some(token)),
+                    None => Err(failure),
+                },
+                other => Err(other),
+            }
+        }
+    }
+}
+
+/// The grant's row, locked for `txn`.
 async fn lock_grant(txn: &DatabaseTransaction, tenant_id: TenantId, grant_id: GrantId) -> AppResult<grant::Model> {
     grant::Entity::in_tenant(tenant_id)
         .filter(grant::Column::Id.eq(grant_id))
@@ -149,45 +222,8 @@ async fn lock_grant(txn: &DatabaseTransaction, tenant_id: TenantId, grant_id: Gr
         .ok_or(AppError::not_found("grant"))
 }
 
-/// Refreshes a grant whose row lock `txn` holds, and commits.
-async fn refresh_locked(ctx: &AppContext, txn: DatabaseTransaction, locked: grant::Model) -> Result<String, TokenAccessError> {
-    let tenant_id = locked.tenant_id;
-    // Inside the transaction: a refresh holds one connection, never two (the pool is shared by concurrent refreshes).
-    let config = token_configs::find_in(&txn, tenant_id, locked.token_config_id).await?;
-    // Backing off after a provider outage: while the stored token still works, use it rather than hammer the
-    // provider. (A refused client is not an outage: keep asking, so the admin's fix is seen at once.)
-    if !config.needs_admin && locked.next_refresh_at.is_some_and(|next| next > Utc::now()) {
-        if let Some(token) = still_valid_access_token(ctx, &locked)? {
-            txn.commit().await?;
-            return Ok(token);
-        }
-    }
-    match ask_provider(ctx, &txn, &config, &locked).await? {
-        Ok(tokens) => {
-            let access = tokens.access_token.clone();
-            if let Err(first) = persist_refreshed(ctx, txn, &[Refreshed::unleased(&locked, &tokens)], &[&config]).await {
-                persist_refreshed_again(ctx, Refreshed::unleased(&locked, &tokens), &config, first).await?;
-            }
-            ctx.metrics.token_refresh("refreshed");
-            Ok(access)
-        }
-        Err(refused) => {
-            let failure = record_refusal(ctx, &txn, &locked, &config, &refused).await?;
-            txn.commit().await?;
-            match failure {
-                // An early refresh that failed leaves the current token usable until it really expires.
-                TokenAccessError::Unavailable { .. } => match still_valid_access_token(ctx, &locked)? {
-                    Some(token) => Ok(token),
-                    None => Err(failure),
-                },
-                other => Err(other),
-            }
-        }
-    }
-}
-
-/// Asks the provider for new tokens for a grant whose row lock `txn` holds: client credentials for an app grant,
-/// else its refresh token. The outer error is Postbridge's own (a secret that does not decrypt, a write).
+/// Asks the provider for new tokens for a grant whose lease the caller holds: client credentials for an app
+/// grant, else its refresh token; a promoted next secret is written through `txn`. The outer error is Postbridge's own (a secret that does not decrypt, a write).
 pub(super) async fn ask_provider<C: ConnectionTrait>(
     ctx: &AppContext,
     txn: &C,
@@ -263,19 +299,13 @@ pub(super) async fn persist_refreshed(
     Ok(stored)
 }
 
-/// New tokens for a grant, and the lease under which a background batch asked for them (`None` for a caller
-/// holding the row lock).
+/// New tokens for a grant, and the lease (`refreshing_until`) under which they were asked for: they are stored
+/// only while it holds.
 #[derive(Clone, Copy)]
 pub(super) struct Refreshed<'a> {
     pub model: &'a grant::Model,
     pub tokens: &'a TokenSet,
     pub lease: Option<DateTime<Utc>>,
-}
-
-impl<'a> Refreshed<'a> {
-    pub fn unleased(model: &'a grant::Model, tokens: &'a TokenSet) -> Self {
-        Refreshed { model, tokens, lease: None }
-    }
 }
 
 /// Retries after storing refreshed tokens failed (a failed COMMIT included). The provider may have rotated the
