@@ -63,6 +63,8 @@ async fn a_member_cannot_borrow_a_mailbox_an_admin_connected_and_must_consent_it
     let started = app.post(&format!("/v1/accounts/{late_id}/authorize"), &member, json!({})).await;
     assert_eq!(started.status, StatusCode::OK, "{}", started.text);
     let url = started.body["authorization_url"].as_str().expect("authorization_url").to_owned();
+    // The admin's grant holds a refresh token, but it is not the member's: the user sees the consent screen.
+    assert!(url.contains("prompt=consent"), "{url}");
     let outcome = app.follow_authorization(&url).await;
     assert_eq!(outcome.status, StatusCode::OK, "{outcome:?}");
     let late = app.get(&format!("/v1/accounts/{late_id}"), &member).await;

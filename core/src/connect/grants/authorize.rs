@@ -78,10 +78,14 @@ async fn start_user_flow(
         .one(&ctx.db)
         .await?;
     // Without a live refresh token (none stored, or the stored one was refused), or with new scopes, only a
-    // consent screen yields a refresh token (Google).
-    let needs_consent = existing
-        .as_ref()
-        .is_none_or(|g| g.refresh_token.is_none() || g.status != GrantStatus::Valid || g.scopes != config.scopes);
+    // consent screen yields a refresh token (Google). A mailbox someone else connected gets the screen too: a
+    // member who sends the link to the mailbox's user must not have it approved by one silent click.
+    let needs_consent = existing.as_ref().is_none_or(|g| {
+        g.refresh_token.is_none()
+            || g.status != GrantStatus::Valid
+            || g.scopes != config.scopes
+            || g.connected_by.as_deref() != Some(scope.principal.subject.as_str())
+    });
     if needs_consent && !params.iter().any(|(k, _)| k == "prompt") {
         params.push(("prompt".to_owned(), "consent".to_owned()));
     }
