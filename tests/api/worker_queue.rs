@@ -204,13 +204,13 @@ pub(crate) async fn unknown_delivery(
     (app, key, login, id, servers)
 }
 
-#[tokio::test]
-async fn the_sent_folder_is_the_one_the_server_marks_sent_whatever_its_name() {
+/// An unknown delivery whose submission the server filed in `folder` (before the connection dropped), settled as
+/// sent; the app, for more checks.
+async fn settled_when_filed_in(folder: &str) -> postbridge_tests::TestApp {
     let (app, key, login, id, servers) = unknown_delivery().await;
-    // A localized server files submissions under its own name for Sent, marked `\Sent` (RFC 6154).
     let raw =
         app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
-    servers.seed_messages(&login, "Gesendete Elemente", &[raw.into_bytes()]);
+    servers.seed_messages(&login, folder, &[raw.into_bytes()]);
     let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
     assert_eq!(settled, vec![(id.into(), settle::Settlement::FoundSent)]);
     let message = app.get(&format!("/v1/messages/{id}"), &key).await;
@@ -218,20 +218,18 @@ async fn the_sent_folder_is_the_one_the_server_marks_sent_whatever_its_name() {
         (message.body["status"].clone(), message.body["smtp_reply"].clone()),
         (json!("sent"), json!("found in the Sent folder"))
     );
+    app
+}
+
+#[tokio::test]
+async fn the_sent_folder_is_the_one_the_server_marks_sent_whatever_its_name() {
+    // A localized server files submissions under its own name for Sent, marked `\Sent` (RFC 6154).
+    settled_when_filed_in("Gesendete Elemente").await;
 }
 
 #[tokio::test]
 async fn an_unknown_delivery_found_in_the_sent_folder_is_settled_as_sent() {
-    let (app, key, login, id, servers) = unknown_delivery().await;
-    // The server filed the submission in Sent before the connection dropped.
-    let raw =
-        app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
-    servers.seed_messages(&login, "Sent", &[raw.into_bytes()]);
-    let settled = settle::settle_unknown(&app.ctx).await.expect("settle");
-    assert_eq!(settled, vec![(id.into(), settle::Settlement::FoundSent)]);
-    let message = app.get(&format!("/v1/messages/{id}"), &key).await;
-    assert_eq!(message.body["status"], json!("sent"));
-    assert_eq!(message.body["smtp_reply"], json!("found in the Sent folder"));
+    let app = settled_when_filed_in("Sent").await;
     assert!(settle::settle_unknown(&app.ctx).await.expect("again").is_empty(), "settled once");
 }
 
