@@ -81,6 +81,12 @@ async fn a_failed_message_is_retried_with_its_attempts_from_zero_and_only_a_fail
     assert_eq!(retried.body["attempts"], json!(0));
     assert_eq!(retried.body["last_error"], Value::Null, "the last try's error is gone");
     assert!(audit_actions(&app, &key, &id).await.contains(&"message.retried".to_owned()));
+    let retried_event = app
+        .sql_text(&format!(
+            "SELECT data->>'previous_status' FROM events WHERE event_type = 'message.retried' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(retried_event.as_deref(), Some("failed"), "a receiver that heard message.failed hears it is on its way again");
 
     let twice = app.post(&format!("/v1/messages/{id}/retry"), &key, json!({})).await;
     assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.text);

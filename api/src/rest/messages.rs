@@ -83,8 +83,8 @@ pub async fn cancel(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::
     Ok(HttpResponse::Ok().json(steer::cancel(&ctx, &scope, id.into_inner().into()).await?))
 }
 
-/// Queue a `failed` or `cancelled` message again, its attempts counted from zero. 409 `message_not_retryable`
-/// in any other state.
+/// Queue a `failed` or `cancelled` message again, its attempts counted from zero (event `message.retried`). 409
+/// `message_not_retryable` in any other state.
 #[utoipa::path(post, path = "/v1/messages/{id}/retry", tag = "messages", security(("bearer" = [])),
     responses((status = 200, body = OutboundMessage), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn retry(ctx: web::Data<AppContext>, Tenant(scope): Tenant, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {

@@ -17,6 +17,7 @@ pub const MESSAGE_SENT: &str = "message.sent";
 pub const MESSAGE_FAILED: &str = "message.failed";
 pub const MESSAGE_CANCELLED: &str = "message.cancelled";
 pub const MESSAGE_RESOLVED: &str = "message.resolved";
+pub const MESSAGE_RETRIED: &str = "message.retried";
 pub const GRANT_CONNECTED: &str = "grant.connected";
 pub const GRANT_REAUTH_REQUIRED: &str = "grant.reauth_required";
 pub const GRANT_REVOKED: &str = "grant.revoked";
@@ -35,6 +36,7 @@ pub const EVENT_TYPES: &[&str] = &[
     MESSAGE_FAILED,
     MESSAGE_CANCELLED,
     MESSAGE_RESOLVED,
+    MESSAGE_RETRIED,
     "account.draft",
     "account.authorized",
     "account.confirmed",

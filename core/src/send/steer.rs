@@ -1,7 +1,7 @@
 //! The outbox is the user's to steer: cancel a queued message, send a failed or cancelled one again, and settle
 //! one whose outcome is `unknown` once the user knows it. Each step changes the row only from the state it
-//! starts from (a message a worker has just taken cannot be cancelled under it), and records its audit entry (and,
-//! for cancel and resolve, its event) in the same transaction.
+//! starts from (a message a worker has just taken cannot be cancelled under it), and records its event and audit
+//! entry in the same transaction.
 
 use async_graphql::{Enum, InputObject};
 use chrono::Utc;
@@ -59,13 +59,18 @@ pub async fn cancel(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId
 pub async fn retry(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId) -> AppResult<OutboundMessage> {
     scope.require(Role::Member)?;
     let txn = ctx.db.begin().await?;
+    // Read first, in the transaction, so the event can say what it was retried from (a receiver that heard
+    // `message.failed` learns the message is on its way again).
+    let before = find_in_tenant::<outbound_message::Entity, _>(&txn, scope.tenant_id, id).await?;
     let changed = requeue(scope)
         .filter(Column::Id.eq(id))
-        .filter(Column::Status.is_in([OutboundStatus::Failed, OutboundStatus::Cancelled]));
+        .filter(Column::Status.is_in([OutboundStatus::Failed, OutboundStatus::Cancelled]))
+        .filter(Column::Status.eq(before.status));
     let Some(message) = changed.exec_with_returning(&txn).await?.into_iter().next() else {
         return Err(not_now(&txn, scope, id, "message_not_retryable", "only a failed or cancelled message can be retried").await);
     };
-    audit::record_in_tenant(&txn, scope, "message.retried", message.id.into(), audit::Changes::new()).await?;
+    let data = json!({"message_id": message.message_id, "previous_status": before.status});
+    record(&txn, scope, &message, events::MESSAGE_RETRIED, "message.retried", data).await?;
     txn.commit().await?;
     view(message)
 }
