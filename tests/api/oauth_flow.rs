@@ -722,6 +722,22 @@ async fn without_a_return_url_the_callback_answers_an_html_page() {
 }
 
 #[tokio::test]
+async fn an_error_description_in_the_callback_link_is_shown_bounded_and_clean() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    let authorization = start(&app, &setup, &inbound, None).await;
+    let state = query_of(&authorization).get("state").expect("state").clone();
+    // Whoever holds a sign-in's link can write its error description: a NUL and 4 KiB of text.
+    let written = format!("call%2001234%00{}", "x".repeat(4096));
+    let link = format!("{}/oauth/callback?state={state}&error=server_error&error_description={written}", app.address);
+    let page = app.open_callback(&link).await;
+    assert_rejected_page(&page, "provider_error");
+    assert!(!page.body.contains('\0') && page.body.contains("call 01234\u{fffd}"), "{}", page.body);
+    assert!(!page.body.contains(&"x".repeat(600)), "cut to a few hundred bytes");
+    assert_eq!(app.account_json(&setup, &inbound).await["state"], json!("draft"));
+}
+
+#[tokio::test]
 async fn allowed_return_origins_must_be_bare_origins() {
     let app = spawn_app().await;
     let setup = app.oauth_setup().await;

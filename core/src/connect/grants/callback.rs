@@ -130,9 +130,12 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
         }
     }
     if let Some(error) = params.error.as_deref() {
+        // Whoever holds the link writes these (they arrive in the browser's query string): bounded, NUL replaced,
+        // and only ever shown escaped.
         let description = params.error_description.as_deref().unwrap_or("no description");
         let reason = if error == "access_denied" { "access_denied" } else { "provider_error" };
-        return Ok(CallbackOutcome::failure(reason, format!("the provider answered {error}: {description}"), Some(&state_row)));
+        let message = crate::protocols::error::server_words(&format!("the provider answered {error}: {description}"));
+        return Ok(CallbackOutcome::failure(reason, message, Some(&state_row)));
     }
     let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
         return Ok(CallbackOutcome::failure("invalid_request", "the callback carries no code", Some(&state_row)));
