@@ -1119,6 +1119,38 @@ async fn a_token_endpoint_that_hangs_does_not_hold_up_the_worker_dispatching_oth
 // ---- providers are untrusted input -------------------------------------------------------------
 
 #[tokio::test]
+async fn a_refresh_whose_caller_goes_away_lets_the_grant_go_for_the_next_caller() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    expire_in(&app, c.grant, -10).await;
+    c.setup.provider.set_token_latency(Duration::from_secs(5));
+    let (ctx, tenant, grant) = (app.ctx.clone(), c.tenant, c.grant);
+    let cancelled = tokio::spawn(async move { grants::access_token(&ctx, tenant.into(), grant.into()).await });
+    for _ in 0..200 {
+        if c.setup.provider.token_requests("refresh_token") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leased = format!("SELECT (refreshing_until IS NOT NULL)::text FROM grants WHERE id = '{}'", c.grant);
+    assert_eq!(app.sql_text(&leased).await.as_deref(), Some("true"), "the refresh holds the grant");
+    // The request (or job) that asked is cancelled while the provider takes its time.
+    cancelled.abort();
+    let _ = cancelled.await;
+    for _ in 0..200 {
+        if app.sql_text(&leased).await.as_deref() == Some("false") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.sql_text(&leased).await.as_deref(), Some("false"), "the lease went with its caller");
+    // The next caller refreshes at once instead of waiting out 75 s.
+    c.setup.provider.set_token_latency(Duration::ZERO);
+    let token = token(&app, &c).await.expect("refreshed");
+    assert_eq!(c.setup.provider.introspect(&token).as_deref(), Some(CONSENTING_USER));
+}
+
+#[tokio::test]
 async fn refreshes_waiting_on_a_slow_provider_hold_no_database_connection() {
     // Two connections for the whole process: refreshes that held one each while the provider took its time used to
     // leave none for the API.

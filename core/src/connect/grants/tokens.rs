@@ -127,7 +127,9 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
         }
         // Taken by another caller meanwhile (or refreshed already): the next round reads what it did.
         let Some(leased) = take_lease(ctx, &model).await? else { continue };
+        let mut guard = LeaseGuard { db: ctx.db.clone(), leased: Some(leased.clone()) };
         let refreshed = refresh_leased(ctx, &leased).await;
+        guard.leased = None;
         if matches!(refreshed, Err(TokenAccessError::App(_))) {
             // Postbridge's own failure: the lease goes, so the next caller (or batch) may try at once.
             let _ = release_lease(&ctx.db, &leased).await;
@@ -136,6 +138,25 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
             Some(token) => return Ok(token),
             None => continue,
         }
+    }
+}
+
+/// Lets an on-demand lease go when its caller is dropped mid-refresh (a cancelled request or job), so the other
+/// callers need not wait out the whole lease. A killed process cannot: its lease runs out.
+struct LeaseGuard {
+    db: sea_orm::DatabaseConnection,
+    leased: Option<grant::Model>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let (Some(leased), Ok(runtime)) = (self.leased.take(), tokio::runtime::Handle::try_current()) else { return };
+        let db = self.db.clone();
+        runtime.spawn(async move {
+            if let Err(e) = release_lease(&db, &leased).await {
+                tracing::warn!(grant_id = %leased.id, error = %e, "could not let go of a cancelled refresh's lease; it runs out");
+            }
+        });
     }
 }
 
