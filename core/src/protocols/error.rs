@@ -20,11 +20,27 @@ pub(crate) fn server_words(text: &str) -> String {
     if text.len() <= MAX_MESSAGE_LEN {
         return text;
     }
-    let mut end = MAX_MESSAGE_LEN;
+    format!("{}…", cut_at_char(&text, MAX_MESSAGE_LEN))
+}
+
+/// `text` as it can be stored: at most `max_bytes` (cut at a character boundary) and with every NUL replaced, since
+/// Postgres refuses NUL in `text` and `jsonb` (one such byte from a sender would fail every poll of the mailbox).
+pub(crate) fn stored_text(text: &str, max_bytes: usize) -> String {
+    // Cut before and after: a replaced NUL takes three bytes instead of one.
+    let clean = without_nul(cut_at_char(text, max_bytes).to_owned());
+    cut_at_char(&clean, max_bytes).to_owned()
+}
+
+/// The longest start of `text` of at most `max` bytes that ends at a character boundary.
+pub(crate) fn cut_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    &text[..end]
 }
 
 /// `text` with every NUL replaced by U+FFFD: Postgres stores neither in `text` nor in `jsonb` strings.

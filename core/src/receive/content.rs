@@ -4,6 +4,8 @@
 
 use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
+pub(crate) use crate::protocols::error::stored_text;
+
 pub use crate::store::json::Attachment;
 
 /// The most of each body kept for the API; the whole message stays available at `.../raw`.
@@ -73,14 +75,6 @@ pub fn attachment(raw: &[u8], index: i32) -> Option<(Attachment, Vec<u8>)> {
     Some((attachment_of(part, index), part.contents().to_vec()))
 }
 
-/// `text` as it can be stored: at most `max_bytes` (cut at a character boundary) and with every NUL replaced, since
-/// Postgres refuses NUL in `text` and `jsonb` (one such byte from a sender would fail every poll of the mailbox).
-pub fn stored_text(text: &str, max_bytes: usize) -> String {
-    // Cut before and after: a replaced NUL takes three bytes instead of one.
-    let clean = crate::protocols::error::without_nul(truncate_at_char(text, max_bytes).to_owned());
-    truncate_at_char(&clean, max_bytes).to_owned()
-}
-
 /// A message id as stored: in angle brackets, bounded.
 pub fn message_id(id: &str) -> String {
     stored_text(&format!("<{id}>"), MAX_HEADER_BYTES)
@@ -146,17 +140,6 @@ fn snippet_of(text: &str) -> String {
         .collect::<String>()
         .trim_end()
         .to_owned()
-}
-
-fn truncate_at_char(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -255,7 +238,7 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--outer--\r\n";
 
     #[test]
     fn bodies_are_cut_on_a_character_boundary() {
-        assert_eq!(truncate_at_char("aé", 2), "a");
+        assert_eq!(crate::protocols::error::cut_at_char("aé", 2), "a");
         assert_eq!(snippet_of("  a\r\n\tb  "), "a b");
     }
 }
