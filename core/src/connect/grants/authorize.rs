@@ -131,8 +131,7 @@ async fn authorize_app(
     account: &email_account::Model,
     config: &token_config::Model,
 ) -> AppResult<AuthorizeResult> {
-    let tokens =
-        request_tokens(ctx, &ctx.db, config, TokenRequest::ClientCredentials).await?.map_err(|e| provider_error_to_app(&e))?;
+    let tokens = request_tokens(ctx, config, TokenRequest::ClientCredentials).await?.map_err(|e| provider_error_to_app(&e))?;
     let txn = ctx.db.begin().await?;
     // Authorizing is the admin's approval of this account; other accounts of the configuration are linked only
     // if an admin created or authorized them too.

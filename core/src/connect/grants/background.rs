@@ -133,7 +133,7 @@ async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model]) -> AppResult<
                     None
                 } else {
                     Some(match configs.get(&model.token_config_id) {
-                        Some(config) => ask_provider(ctx, &ctx.db, config, model).await,
+                        Some(config) => ask_provider(ctx, config, model).await,
                         None => Err(AppError::Internal(anyhow::anyhow!("the grant's token configuration is missing"))),
                     })
                 };

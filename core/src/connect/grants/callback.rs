@@ -156,7 +156,7 @@ pub async fn complete_callback(ctx: &AppContext, params: CallbackParams) -> AppR
     let verifier =
         secrets::OAUTH_STATE_PKCE_VERIFIER.open(&ctx.cipher, state_row.tenant_id, state_row.id, &state_row.pkce_verifier)?;
 
-    let tokens = match request_tokens(ctx, &ctx.db, &config, TokenRequest::ExchangeCode { code, verifier: &verifier }).await? {
+    let tokens = match request_tokens(ctx, &config, TokenRequest::ExchangeCode { code, verifier: &verifier }).await? {
         Ok(tokens) => tokens,
         Err(e) => {
             let reason = if e.needs_admin() {

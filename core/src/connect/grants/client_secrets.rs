@@ -32,11 +32,10 @@ async fn send(client: &OAuthClient, request: &TokenRequest<'_>) -> Result<TokenS
 }
 
 /// Sends `request` with the current secret and, if the provider refuses the client and a next secret is stored,
-/// with the next one (promoting it through `db` when it works). The outer error is Postbridge's own (a secret that
+/// with the next one (promoting it when it works). The outer error is Postbridge's own (a secret that
 /// does not decrypt, the promotion's write); the inner result is the provider's answer.
-pub(super) async fn request_tokens<C: ConnectionTrait>(
+pub(super) async fn request_tokens(
     ctx: &AppContext,
-    db: &C,
     config: &token_config::Model,
     request: TokenRequest<'_>,
 ) -> AppResult<Result<TokenSet, TokenError>> {
@@ -50,7 +49,7 @@ pub(super) async fn request_tokens<C: ConnectionTrait>(
     provider.client_secret = Some(next.clone());
     let second = send(&OAuthClient::new(ctx.http.clone(), &ctx.guard, provider), &request).await;
     match &second {
-        Ok(_) => promote(ctx, db, config, sealed_next, &next).await?,
+        Ok(_) => promote(ctx, config, sealed_next, &next).await?,
         // Both refused: the admin must act; the current secret's refusal is the one to report.
         Err(e) if e.needs_admin() => return Ok(first),
         Err(_) => {}
@@ -60,16 +59,11 @@ pub(super) async fn request_tokens<C: ConnectionTrait>(
 
 /// The next secret becomes the current one, unless the admin changed either secret meanwhile (a current secret
 /// the admin just set is not overwritten by a promotion decided on the old one).
-async fn promote<C: ConnectionTrait>(
-    ctx: &AppContext,
-    db: &C,
-    config: &token_config::Model,
-    sealed_next: &str,
-    next: &str,
-) -> AppResult<()> {
+async fn promote(ctx: &AppContext, config: &token_config::Model, sealed_next: &str, next: &str) -> AppResult<()> {
     // Sealed values are bound to their column: the secret is sealed again for `client_secret`.
     let sealed_current = secrets::TOKEN_CONFIG_CLIENT_SECRET.seal(&ctx.cipher, config.tenant_id, config.id, next)?;
-    let promoted = db
+    let promoted = ctx
+        .db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE token_configs SET client_secret = $3, client_secret_expires_at = client_secret_next_expires_at, \
@@ -90,7 +84,7 @@ async fn promote<C: ConnectionTrait>(
     if promoted == 1 {
         tracing::info!(token_config_id = %config.id, "the provider refused the client secret and accepted the next one: promoted");
         events::record(
-            db,
+            &ctx.db,
             config.tenant_id,
             events::TOKEN_CONFIG_SECRET_PROMOTED,
             "token_config",

@@ -47,7 +47,7 @@ pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId
             "an app-flow configuration needs no refresh token: authorize the account instead",
         ));
     }
-    let mut tokens = request_tokens(ctx, &ctx.db, &config, TokenRequest::Refresh(refresh_token))
+    let mut tokens = request_tokens(ctx, &config, TokenRequest::Refresh(refresh_token))
         .await?
         .map_err(|e| AppError::validation(field, "refresh_token_rejected", format!("the provider did not accept it: {e}")))?;
     // A provider that does not rotate keeps the imported token valid.

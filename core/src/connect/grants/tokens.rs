@@ -199,7 +199,7 @@ async fn refresh_leased(ctx: &AppContext, leased: &grant::Model) -> Result<Optio
             return Ok(Some(token));
         }
     }
-    match ask_provider(ctx, &ctx.db, &config, leased).await? {
+    match ask_provider(ctx, &config, leased).await? {
         Ok(tokens) => {
             let one = Refreshed { model: leased, tokens: &tokens, lease: leased.refreshing_until };
             let txn = ctx.db.begin().await?;
@@ -244,20 +244,19 @@ async fn lock_grant(txn: &DatabaseTransaction, tenant_id: TenantId, grant_id: Gr
 }
 
 /// Asks the provider for new tokens for a grant whose lease the caller holds: client credentials for an app
-/// grant, else its refresh token; a promoted next secret is written through `txn`. The outer error is Postbridge's own (a secret that does not decrypt, a write).
-pub(super) async fn ask_provider<C: ConnectionTrait>(
+/// grant, else its refresh token. The outer error is Postbridge's own (a secret that does not decrypt, a write).
+pub(super) async fn ask_provider(
     ctx: &AppContext,
-    txn: &C,
     config: &token_config::Model,
     locked: &grant::Model,
 ) -> AppResult<Result<TokenSet, TokenError>> {
     if config.flow == OAuthFlow::App {
-        return request_tokens(ctx, txn, config, TokenRequest::ClientCredentials).await;
+        return request_tokens(ctx, config, TokenRequest::ClientCredentials).await;
     }
     match &locked.refresh_token {
         Some(stored) => {
             let refresh = secrets::GRANT_REFRESH_TOKEN.open(&ctx.cipher, locked.tenant_id, locked.id, stored)?;
-            request_tokens(ctx, txn, config, TokenRequest::Refresh(&refresh)).await
+            request_tokens(ctx, config, TokenRequest::Refresh(&refresh)).await
         }
         None => Ok(Err(TokenError::Rejected {
             error: "invalid_grant".to_owned(),
