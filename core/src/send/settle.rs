@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
 use crate::error::AppResult;
+use crate::jobs::leases::Leased;
 use crate::model::{Direction, OutboundStatus, Protocol};
 use crate::observe::events;
 use crate::protocols::error::MailError;
@@ -155,22 +156,23 @@ async fn record_settlement(
     message: &outbound_message::Model,
     outcome: Settlement,
 ) -> Result<Settlement, SettleError> {
+    // A decision ends the lease a reclaimed message kept (a late answer may not write over it).
     let sql = match outcome {
-        Settlement::FoundSent => {
+        Settlement::FoundSent => format!(
             "UPDATE outbound_messages SET status = $4, sent_at = now(), smtp_reply = 'found in the Sent folder', \
-             last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now(), \
-             lease_token = NULL, leased_by = NULL, lease_until = NULL WHERE id = $1 AND status = $2 AND updated_at = $3"
-        }
-        Settlement::Resend => {
+             last_error = NULL, sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now(), {released} \
+             WHERE id = $1 AND status = $2 AND updated_at = $3",
+            released = Leased::Messages.released()
+        ),
+        Settlement::Resend => format!(
             "UPDATE outbound_messages SET status = $4, next_attempt_at = now(), sent_folder_checked_at = now(), \
              last_error = 'not in the Sent folder after an interrupted delivery: sending again', dispatched_until = NULL, \
-             handed_at = NULL, updated_at = now(), lease_token = NULL, leased_by = NULL, lease_until = NULL \
-             WHERE id = $1 AND status = $2 AND updated_at = $3"
-        }
-        Settlement::Undecided => {
-            "UPDATE outbound_messages SET sent_folder_checked_at = now(), dispatched_until = NULL, updated_at = now() \
-             WHERE id = $1 AND status = $2 AND updated_at = $3"
-        }
+             handed_at = NULL, updated_at = now(), {released} WHERE id = $1 AND status = $2 AND updated_at = $3",
+            released = Leased::Messages.released()
+        ),
+        Settlement::Undecided => "UPDATE outbound_messages SET sent_folder_checked_at = now(), dispatched_until = NULL, \
+             updated_at = now() WHERE id = $1 AND status = $2 AND updated_at = $3"
+            .to_owned(),
     };
     let txn = ctx.db.begin().await?;
     // $2, $3: the state the search started from (a message resolved, resent and cut again meanwhile is another
