@@ -342,7 +342,8 @@ pub async fn update(
     let testing_app = check_testing_app(spec.provider, input.testing_app.or(Some(current.testing_app)))?;
     // New endpoints would receive every stored refresh token and the client secret: whoever moves them must know
     // the secret, and the grants (issued by the old endpoints) need consent again.
-    let urls_changed = spec.auth_url != current.auth_url || spec.token_url.as_deref() != Some(current.token_url.as_str());
+    let token_url_moved = spec.token_url.as_deref() != Some(current.token_url.as_str());
+    let urls_changed = spec.auth_url != current.auth_url || token_url_moved;
     // The revocation endpoint receives refresh tokens too, so moving it needs the secret, but no new consent.
     let revocation_moved = spec.revocation_url.is_some() && spec.revocation_url != current.revocation_url;
     let has_grants = (urls_changed || revocation_moved)
@@ -382,10 +383,8 @@ pub async fn update(
     }
     // A next secret belongs to the client and the endpoints it was stored for: a refused request at new endpoints
     // (or for a new client) must not carry it there, so it goes unless this request gives one.
-    let next_secret_orphaned = (spec.client_id != current.client_id
-        || spec.token_url.as_deref() != Some(current.token_url.as_str())
-        || spec.revocation_url != current.revocation_url)
-        && current.client_secret_next_set;
+    let next_secret_orphaned = current.client_secret_next_set
+        && (token_url_moved || spec.client_id != current.client_id || spec.revocation_url != current.revocation_url);
     let changes = changes
         .set("client_secret_next_dropped", (next_secret_orphaned && input.client_secret_next.is_undefined()).then_some(true));
     match &input.client_secret_next {
