@@ -26,11 +26,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let AppError::Internal(cause) = &self.0 {
-            tracing::error!(error = ?cause, "request failed");
+        match &self.0 {
+            AppError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            AppError::Unavailable { cause, .. } => {
+                tracing::warn!(error = format!("{cause:#}"), "request refused: no database connection")
+            }
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let AppError::RateLimited { retry_after_seconds } = &self.0 {
+        if let AppError::RateLimited { retry_after_seconds } | AppError::Unavailable { retry_after_seconds, .. } = &self.0 {
             response.insert_header(("Retry-After", retry_after_seconds.to_string()));
         }
         response.json(ErrorBody::from(&self.0))

@@ -33,6 +33,10 @@ pub enum AppError {
     /// An operator called a tenant-scoped operation without naming the tenant.
     #[error("this operation needs a tenant: operators pass its id in the X-Postbridge-Tenant header")]
     TenantRequired,
+    /// The database cannot take the request right now (its connections all busy, or it is unreachable): the same
+    /// request may be tried again after this many seconds. The cause is logged, never answered.
+    #[error("Postbridge is busy or its database is unreachable: try again in {retry_after_seconds} s")]
+    Unavailable { retry_after_seconds: u64, cause: anyhow::Error },
     /// Anything unexpected; logged in full, answered opaquely.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -51,6 +55,16 @@ impl AppError {
         AppError::Forbidden(message.into())
     }
 
+    /// For logs: the message, and for an internal error its whole chain of causes, which callers never see
+    /// (`Display` answers them "internal error").
+    pub fn detail(&self) -> String {
+        match self {
+            AppError::Internal(cause) => format!("internal error: {cause:#}"),
+            AppError::Unavailable { cause, .. } => format!("unavailable: {cause:#}"),
+            other => other.to_string(),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             AppError::Validation { code, .. } => code,
@@ -64,6 +78,7 @@ impl AppError {
             AppError::Forbidden(_) => "forbidden",
             AppError::TenantSuspended => "tenant_suspended",
             AppError::TenantRequired => "tenant_required",
+            AppError::Unavailable { .. } => "unavailable",
             AppError::Internal(_) => "internal",
         }
     }
@@ -79,6 +94,7 @@ impl AppError {
             AppError::Unauthenticated(_) => 401,
             AppError::Forbidden(_) | AppError::TenantSuspended => 403,
             AppError::TenantRequired | AppError::BadRequest { .. } => 400,
+            AppError::Unavailable { .. } => 503,
             AppError::Internal(_) => 500,
         }
     }
@@ -102,9 +118,17 @@ impl From<sea_orm::DbErr> for AppError {
                 "a text input contains a character that cannot be stored (NUL)",
             );
         }
+        // No connection to be had: a moment's overload or an outage, not a fault of this request.
+        if matches!(err, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)) {
+            let cause = anyhow::Error::new(err).context("no database connection");
+            return AppError::Unavailable { retry_after_seconds: DATABASE_RETRY_AFTER_SECONDS, cause };
+        }
         AppError::Internal(anyhow::Error::new(err).context("database operation failed"))
     }
 }
+
+/// The `Retry-After` of a request refused for want of a database connection.
+const DATABASE_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// SQLSTATE 22021 `character_not_in_repertoire`: what Postgres answers to a NUL byte in text.
 const POSTGRES_UNTRANSLATABLE_CHARACTER: &str = "22021";

@@ -192,9 +192,9 @@ async fn shut_down(ctx: &AppContext, identity: &Identity) {
     match give_back::release_unsent_of_instance(ctx, identity.id).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(messages = n, "gave back messages leased but never handed to a server"),
-        Err(e) => tracing::warn!(error = %e, "could not give back leased messages; their leases will expire"),
+        Err(e) => tracing::warn!(error = %e.detail(), "could not give back leased messages; their leases will expire"),
     }
     if let Err(e) = workers::record_stopped(ctx, identity.id).await {
-        tracing::warn!(error = %e, "could not mark this worker stopped");
+        tracing::warn!(error = %e.detail(), "could not mark this worker stopped");
     }
 }

@@ -161,7 +161,7 @@ pub async fn heartbeat(
             problems,
         };
         if let Err(e) = workers::record_heartbeat(&ctx, &beat).await {
-            tracing::warn!(error = %e, "could not write the worker heartbeat");
+            tracing::warn!(error = %e.detail(), "could not write the worker heartbeat");
         }
     }
 }

@@ -84,8 +84,12 @@ pub struct RequestAuth {
 
 /// Converts a service error to a GraphQL error carrying the same `code` (and `field`) as REST.
 pub fn gql_error(err: AppError) -> async_graphql::Error {
-    if let AppError::Internal(cause) = &err {
-        tracing::error!(error = ?cause, "graphql operation failed");
+    match &err {
+        AppError::Internal(cause) => tracing::error!(error = ?cause, "graphql operation failed"),
+        AppError::Unavailable { .. } => {
+            tracing::warn!(error = %err.detail(), "graphql operation refused: no database connection")
+        }
+        _ => {}
     }
     let code = err.code();
     let field = err.field().map(str::to_owned);

@@ -209,7 +209,9 @@ impl Feed {
                 match feed.recheck().await {
                     Ok(()) => {}
                     // Postgres unavailable is not a verdict on the credential: checked again on the next event.
-                    Err(AppError::Internal(e)) => tracing::warn!(error = %e, "could not check a subscriber's credential"),
+                    Err(e @ (AppError::Internal(_) | AppError::Unavailable { .. })) => {
+                        tracing::warn!(error = %e.detail(), "could not check a subscriber's credential")
+                    }
                     Err(e) => return Some((Err(gql_error(e)), None)),
                 }
                 match select(&feed, event).await {

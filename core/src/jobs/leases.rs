@@ -109,7 +109,7 @@ where
             _ = ticks.tick() => match renew().await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(what, "the lease was taken over while the work ran"),
-                Err(e) => tracing::warn!(what, error = %e, "could not renew the lease"),
+                Err(e) => tracing::warn!(what, error = %e.detail(), "could not renew the lease"),
             },
         }
     }

@@ -50,7 +50,7 @@ pub async fn settle_unknown(ctx: &AppContext) -> AppResult<Vec<(OutboundMessageI
         match settle_unknown_message(ctx, id).await {
             Ok(Some(outcome)) => settled.push((id, outcome)),
             Ok(None) => {}
-            Err(e) => tracing::warn!(message_id = %id, error = %e, "could not settle the message; will retry"),
+            Err(e) => tracing::warn!(message_id = %id, error = %e.detail(), "could not settle the message; will retry"),
         }
     }
     Ok(settled)

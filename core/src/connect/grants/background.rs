@@ -334,6 +334,6 @@ async fn record_internal_failure(ctx: &AppContext, grant_id: GrantId, err: &AppE
     }
     .await;
     if let Err(e) = recorded {
-        tracing::error!(%grant_id, error = %e, "could not record the failed refresh");
+        tracing::error!(%grant_id, error = %e.detail(), "could not record the failed refresh");
     }
 }

@@ -154,7 +154,7 @@ impl Drop for LeaseGuard {
         let db = self.db.clone();
         runtime.spawn(async move {
             if let Err(e) = release_lease(&db, &leased).await {
-                tracing::warn!(grant_id = %leased.id, error = %e, "could not let go of a cancelled refresh's lease; it runs out");
+                tracing::warn!(grant_id = %leased.id, error = %e.detail(), "could not let go of a cancelled refresh's lease; it runs out");
             }
         });
     }
