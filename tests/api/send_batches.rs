@@ -2,6 +2,8 @@
 //! its own event and its own at-most-once guarantee, and a batch that stops on Postbridge's side gives back every
 //! message it had not handed to the server.
 
+use postbridge_core::jobs::job::{Job, JobOutcome};
+use postbridge_core::jobs::marks;
 use postbridge_core::jobs::scheduler::{self, SendClaim};
 use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_core::send::give_back::{self, Abandoned};
@@ -308,4 +310,103 @@ async fn a_worker_that_dies_while_connecting_leaves_its_message_to_the_queue_not
     app.sql_exec(&format!("UPDATE outbound_messages SET lease_until = now() - interval '1 second' WHERE id = '{id}'")).await;
     assert_eq!(give_back::reclaim_abandoned(&app.ctx).await.expect("sweep"), Abandoned { requeued: 1, unknown: 0 });
     assert_eq!(app.sql_text(&row).await.as_deref(), Some("queued:true:0"), "queued again, the cut attempt not counted");
+}
+
+/// Makes Postgres refuse every update of `outbound_messages` whose new row matches `when` (the database failing
+/// for the worker, nothing else changed); dropped by `accept_writes_again`.
+async fn refuse_writes_where(app: &TestApp, when: &str) {
+    use sea_orm::ConnectionTrait;
+    let owner = app.owner_db().await;
+    owner
+        .execute_unprepared(
+            "CREATE FUNCTION test_refuse_write() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'the test refuses this write'; END $$",
+        )
+        .await
+        .expect("function");
+    owner
+        .execute_unprepared(&format!(
+            "CREATE TRIGGER test_refuse_write BEFORE UPDATE ON outbound_messages FOR EACH ROW WHEN ({when}) \
+             EXECUTE FUNCTION test_refuse_write()"
+        ))
+        .await
+        .expect("trigger");
+}
+
+async fn accept_writes_again(app: &TestApp) {
+    use sea_orm::ConnectionTrait;
+    let owner = app.owner_db().await;
+    owner.execute_unprepared("DROP TRIGGER test_refuse_write ON outbound_messages").await.expect("drop trigger");
+    owner.execute_unprepared("DROP FUNCTION test_refuse_write()").await.expect("drop function");
+}
+
+#[tokio::test]
+async fn a_250_whose_outcome_cannot_be_written_at_first_is_written_once_the_database_takes_it_and_the_rest_waits_unsent() {
+    let Sender { app, servers, key, login, .. } = sender().await;
+    let slow = format!("slow+outcome-{}@example.org", Uuid::new_v4().simple());
+    let rcpt = format!("outcome-{}@example.org", Uuid::new_v4().simple());
+    let first = submit(&app, &key, &login, &slow, "o1").await;
+    let second = submit(&app, &key, &login, &rcpt, "o2").await;
+
+    // While the first message is at the (slow) server, Postgres starts refusing to record it sent: the statement that
+    // would write its outcome and hand the second one over fails.
+    let ctx = app.ctx.clone();
+    let batch = tokio::spawn(async move { delivery::deliver_all(&ctx, &[first, second]).await });
+    let handed = format!("SELECT count(*) FROM outbound_messages WHERE id = '{first}' AND handed_at IS NOT NULL");
+    for _ in 0..500 {
+        if app.sql_i64(&handed).await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    refuse_writes_where(&app, "NEW.status = 'sent'").await;
+    assert_eq!(app.sql_i64(&handed).await, 1, "the first message was handed over before the writes were refused");
+    // Long enough for the worker to hear the 250 and fail to record it more than once.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let status = |id: OutboundMessageId| format!("SELECT status FROM outbound_messages WHERE id = '{id}'");
+    assert_eq!(app.sql_text(&status(first)).await.as_deref(), Some("sending"), "not written while refused");
+    assert!(!batch.is_finished(), "the worker keeps the outcome and tries again");
+    accept_writes_again(&app).await;
+
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), batch).await.expect("the batch ends").expect("task");
+    assert!(outcome.is_err(), "the batch stopped on Postbridge's side: {outcome:?}");
+    assert_eq!(app.sql_text(&status(first)).await.as_deref(), Some("sent"), "the server's 250 is recorded, not lost to unknown");
+    let sent_events = format!("SELECT count(*) FROM events WHERE event_type = 'message.sent' AND resource_id = '{first}'");
+    assert_eq!(app.sql_i64(&sent_events).await, 1, "reported once");
+    let second_row = format!(
+        "SELECT status || ':' || (handed_at IS NULL)::text || ':' || attempts || ':' || (dispatched_until IS NULL)::text \
+         FROM outbound_messages WHERE id = '{second}'"
+    );
+    assert_eq!(app.sql_text(&second_row).await.as_deref(), Some("queued:true:0:true"), "given back, never handed over");
+    assert_eq!(servers.accepted_messages_to(&slow).len(), 1);
+    assert!(servers.accepted_messages_to(&rcpt).is_empty(), "the second message never reached the server");
+}
+
+#[tokio::test]
+async fn a_send_job_that_fails_on_postbridges_side_is_dispatched_again_in_seconds_not_at_the_end_of_the_grace() {
+    let Sender { app, servers, key, login, .. } = sender().await;
+    let rcpt = format!("again-{}@example.org", Uuid::new_v4().simple());
+    let id = submit(&app, &key, &login, &rcpt, "again").await;
+    let claimed = scheduler::claim_due_sends(&app.ctx, 100, SendClaim::New).await.expect("claim");
+    assert_eq!(claimed.iter().map(|(_, ids)| ids.clone()).collect::<Vec<_>>(), [vec![id]]);
+
+    // The job cannot even lease its message (the database refuses): it ends in an error, its row still claimed.
+    refuse_writes_where(&app, "NEW.status = 'sending'").await;
+    let outcome = Job::Send { message_ids: vec![id] }.run(&app.ctx).await;
+    accept_writes_again(&app).await;
+    assert_eq!(outcome, JobOutcome::Error);
+    let mark = format!(
+        "SELECT count(*) FROM outbound_messages WHERE id = '{id}' AND status = 'queued' AND dispatched_until > now() \
+         AND dispatched_until <= now() + make_interval(secs => {})",
+        marks::AFTER_JOB_ERROR_SECONDS
+    );
+    assert_eq!(app.sql_i64(&mark).await, 1, "the claim now runs out within seconds, not with the grace");
+    let claim_lost = async || scheduler::claim_due_sends(&app.ctx, 100, SendClaim::NewAndLost).await.expect("claim");
+    assert!(claim_lost().await.is_empty(), "not dispatched twice while the shortened claim runs");
+
+    tokio::time::sleep(std::time::Duration::from_secs_f64(marks::AFTER_JOB_ERROR_SECONDS + 0.5)).await;
+    let again = claim_lost().await;
+    assert_eq!(again.iter().map(|(_, ids)| ids.clone()).collect::<Vec<_>>(), [vec![id]], "the pass takes it back");
+    assert_eq!(delivery::deliver(&app.ctx, id).await.expect("deliver"), Delivery::Sent);
+    assert_eq!(servers.accepted_messages_to(&rcpt).len(), 1);
 }

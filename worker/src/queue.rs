@@ -251,9 +251,9 @@ impl JobRunner {
                 Ok(Some(tenant_id)) => tenant_id,
                 // The row is gone (deleted with its tenant or account): nothing is left to do.
                 Ok(None) => return metrics.job(queue, "skipped", started.elapsed()),
-                // The scheduler dispatches again whatever still needs doing once the database answers.
                 Err(e) => {
                     tracing::error!(queue, ?root, error = %e, "could not find the job's tenant");
+                    job.dispatch_again_soon(&ctx).await;
                     return metrics.job(queue, "error", started.elapsed());
                 }
             };

@@ -11,7 +11,8 @@ use apalis::prelude::*;
 use apalis_core::backend::Vacuum;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use postbridge_core::connect::token_configs;
-use postbridge_core::jobs::scheduler::{self, Dispatched, SendClaim};
+use postbridge_core::jobs::marks::{self, Dispatched};
+use postbridge_core::jobs::scheduler::{self, SendClaim};
 use postbridge_core::jobs::workers;
 use postbridge_core::observe::{events, webhooks};
 use postbridge_core::send::give_back;
@@ -116,7 +117,7 @@ where
     }
     let ids: Vec<Ids::Item> = claimed.iter().flat_map(row_ids).collect();
     if let Err(e) = storage.push_bulk(claimed.into_iter().map(job).collect()).await {
-        if let Err(undo) = scheduler::undispatch(ctx, rows, &ids).await {
+        if let Err(undo) = marks::undispatch(ctx, rows, &ids).await {
             tracing::warn!(error = %undo, "could not unclaim rows after a failed push; they wait out the dispatch grace");
         }
         anyhow::bail!("pushing {count} jobs to Redis failed: {e}");
@@ -220,7 +221,7 @@ async fn dispatch_due_webhooks(ctx: &AppContext, hooks: &mut RedisStorage<Delive
         if count > 0 {
             let jobs = due.iter().map(|&(endpoint_id, event_id)| DeliverWebhook { endpoint_id, event_id }).collect();
             if let Err(e) = hooks.push_bulk(jobs).await {
-                if let Err(undo) = scheduler::undispatch_webhook_deliveries(ctx, &due).await {
+                if let Err(undo) = marks::undispatch_webhook_deliveries(ctx, &due).await {
                     tracing::warn!(error = %undo, "could not unclaim webhook deliveries after a failed push");
                 }
                 anyhow::bail!("pushing {count} webhook jobs to Redis failed: {e}");
@@ -327,14 +328,14 @@ pub async fn run(
                     claims = n,
                     "Redis lost this deployment's jobs (flushed, restarted or failed over): dispatching everything due again"
                 ),
-                Err(e) => tracing::error!(error = %e, "could not forget dispatch claims after Redis lost its jobs"),
+                Err(e) => tracing::error!(error = %e.detail(), "could not forget dispatch claims after Redis lost its jobs"),
             },
             Ok(None) => {}
             Err(e) => {
                 // Redis (or, when its epoch changed, Postgres) is down: nothing can be pushed now; the claims wait, and
                 // the next check sees what survived.
                 if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, "could not check whether Redis kept its jobs; dispatching waits");
+                    tracing::warn!(error = format!("{e:#}"), "could not check whether Redis kept its jobs; dispatching waits");
                     last_error_logged = Some(std::time::Instant::now());
                 }
                 // The loop itself is fine (Redis is reported on its own), so the round counts.
@@ -349,14 +350,14 @@ pub async fn run(
                 failing = false;
                 match scheduler::forget_dispatches(&ctx, None).await {
                     Ok(n) => tracing::info!(claims = n, "dispatching works again; claims made before are dispatched again"),
-                    Err(e) => tracing::warn!(error = %e, "could not forget claims after dispatching recovered"),
+                    Err(e) => tracing::warn!(error = %e.detail(), "could not forget claims after dispatching recovered"),
                 }
             }
             Ok(()) => {}
             Err(e) => {
                 failing = true;
                 if last_error_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    tracing::error!(error = %e, "dispatching due jobs failed");
+                    tracing::error!(error = format!("{e:#}"), "dispatching due jobs failed");
                     last_error_logged = Some(std::time::Instant::now());
                 }
             }
@@ -428,7 +429,7 @@ pub async fn housekeeping(
                 match give_back::reclaim_abandoned(&ctx).await {
                     Ok(done) if done == give_back::Abandoned::default() => {}
                     Ok(done) => tracing::warn!(requeued = done.requeued, unknown = done.unknown, "took back deliveries whose worker stopped"),
-                    Err(e) => tracing::error!(error = %e, "settling abandoned deliveries failed"),
+                    Err(e) => tracing::error!(error = %e.detail(), "settling abandoned deliveries failed"),
                 }
             }
             _ = vacuum.tick() => {
@@ -460,23 +461,23 @@ async fn hourly_chores(ctx: &AppContext) {
     match token_configs::scan_secret_expiry(ctx).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(events = n, "announced expiring client secrets"),
-        Err(e) => tracing::error!(error = %e, "client secret expiry scan failed"),
+        Err(e) => tracing::error!(error = %e.detail(), "client secret expiry scan failed"),
     }
     // Retention is counted in days, so an hour late is of no consequence.
     match events::purge_older_than(ctx, ctx.settings.event_retention_days).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(events = n, "purged events past their retention"),
-        Err(e) => tracing::error!(error = %e, "purging old events failed"),
+        Err(e) => tracing::error!(error = %e.detail(), "purging old events failed"),
     }
     match postbridge_core::connect::grants::purge_ended_states(ctx).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(states = n, "deleted ended OAuth sign-in states"),
-        Err(e) => tracing::error!(error = %e, "purging ended OAuth sign-in states failed"),
+        Err(e) => tracing::error!(error = %e.detail(), "purging ended OAuth sign-in states failed"),
     }
     match workers::prune(ctx).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(rows = n, "deleted rows of long-gone worker processes"),
-        Err(e) => tracing::error!(error = %e, "pruning worker rows failed"),
+        Err(e) => tracing::error!(error = %e.detail(), "pruning worker rows failed"),
     }
 }
 

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::connect::grants::{self, RefreshPass};
 use crate::context::AppContext;
+use crate::jobs::marks::{self, Dispatched, Marked};
 use crate::observe::webhooks::{self, WebhookOutcome};
 use crate::receive::poll::{self, PollError};
 use crate::send::delivery::{self, Delivery};
@@ -157,8 +158,36 @@ impl Job {
     }
 
     /// Does the work. Failures of the far side are recorded on the job's rows by the flows themselves; failures of
-    /// Postbridge are logged here and answered by the scheduler's next dispatch.
+    /// Postbridge are logged here, and the job's rows are dispatched again soon (`marks::dispatch_again_soon`).
     pub async fn run(self, ctx: &AppContext) -> JobOutcome {
+        let marked = self.clone();
+        let outcome = self.work(ctx).await;
+        if outcome == JobOutcome::Error {
+            marked.dispatch_again_soon(ctx).await;
+        }
+        outcome
+    }
+
+    /// After a failure of Postbridge's own (the job's, or finding its tenant): its rows, still marked dispatched,
+    /// are dispatched again in seconds instead of at the end of the grace.
+    pub async fn dispatch_again_soon(&self, ctx: &AppContext) {
+        if let Err(e) = marks::dispatch_again_soon(ctx, &self.marked()).await {
+            tracing::warn!(queue = self.queue().as_str(), error = %e.detail(), "could not shorten a failed job's dispatch mark; it runs out with the grace");
+        }
+    }
+
+    /// The rows its claim marked dispatched.
+    pub fn marked(&self) -> Marked {
+        match self {
+            Job::Poll { account_id } => Marked::Rows(Dispatched::Polls, vec![(*account_id).into()]),
+            Job::Send { message_ids } => Marked::Rows(Dispatched::Messages, message_ids.iter().map(|&id| id.into()).collect()),
+            Job::Settle { message_id } => Marked::Rows(Dispatched::Messages, vec![(*message_id).into()]),
+            Job::Refresh { grant_ids } => Marked::Rows(Dispatched::Grants, grant_ids.iter().map(|&id| id.into()).collect()),
+            Job::Webhook { endpoint_id, event_id } => Marked::WebhookDelivery(*endpoint_id, *event_id),
+        }
+    }
+
+    async fn work(self, ctx: &AppContext) -> JobOutcome {
         match self {
             Job::Poll { account_id } => match poll::poll_account(ctx, account_id).await {
                 Ok(report) if report.polled => {
@@ -173,7 +202,7 @@ impl Job {
                     JobOutcome::Failed("mail_error")
                 }
                 Err(PollError::App(e)) => {
-                    tracing::error!(%account_id, error = %e, "poll job failed");
+                    tracing::error!(%account_id, error = %e.detail(), "poll job failed");
                     JobOutcome::Error
                 }
             },
@@ -183,7 +212,7 @@ impl Job {
                     Delivery::most_telling(&deliveries).into()
                 }
                 Err(e) => {
-                    tracing::error!(?message_ids, error = %e, "send job failed");
+                    tracing::error!(?message_ids, error = %e.detail(), "send job failed");
                     JobOutcome::Error
                 }
             },
@@ -194,14 +223,14 @@ impl Job {
                 }
                 Ok(None) => JobOutcome::Skipped("deferred"),
                 Err(e) => {
-                    tracing::error!(%message_id, error = %e, "settle job failed");
+                    tracing::error!(%message_id, error = %e.detail(), "settle job failed");
                     JobOutcome::Error
                 }
             },
             Job::Refresh { grant_ids } => match grants::refresh_grants(ctx, &grant_ids).await {
                 Ok(pass) => pass.into(),
                 Err(e) => {
-                    tracing::error!(grants = grant_ids.len(), error = %e, "refresh job failed");
+                    tracing::error!(grants = grant_ids.len(), error = %e.detail(), "refresh job failed");
                     JobOutcome::Error
                 }
             },
@@ -211,7 +240,7 @@ impl Job {
                     outcome.into()
                 }
                 Err(e) => {
-                    tracing::error!(%endpoint_id, %event_id, error = %e, "webhook job failed");
+                    tracing::error!(%endpoint_id, %event_id, error = %e.detail(), "webhook job failed");
                     JobOutcome::Error
                 }
             },

@@ -5,5 +5,6 @@ pub mod backoff;
 pub mod due;
 pub mod job;
 pub mod leases;
+pub mod marks;
 pub mod scheduler;
 pub mod workers;

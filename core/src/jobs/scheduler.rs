@@ -5,13 +5,12 @@
 //! job dispatched twice still runs once in effect.
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, TryGetable};
-use uuid::Uuid;
 
 use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::jobs::{due, leases};
 use crate::model::GrantStatus;
-use crate::store::ids::{uuid_array, AccountId, GrantId, OutboundMessageId, TenantId, TokenConfigId, WebhookEndpointId};
+use crate::store::ids::{AccountId, GrantId, OutboundMessageId, TenantId, TokenConfigId};
 
 /// How long a dispatched job has to finish before its row is dispatched again.
 pub const DISPATCH_GRACE_SECONDS: f64 = 120.0;
@@ -162,52 +161,6 @@ pub async fn claim_due_settlements(ctx: &AppContext, limit: u64) -> AppResult<Ve
 
 /// Tables whose rows carry a dispatch mark.
 const DISPATCHED_TABLES: [&str; 4] = ["email_accounts", "outbound_messages", "grants", "webhook_deliveries"];
-
-/// The claims keyed by a row id (webhook deliveries are keyed by endpoint and event: `undispatch_webhook_deliveries`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dispatched {
-    Polls,
-    Messages,
-    Grants,
-}
-
-impl Dispatched {
-    fn table(self) -> &'static str {
-        match self {
-            Dispatched::Polls => "email_accounts",
-            Dispatched::Messages => "outbound_messages",
-            Dispatched::Grants => "grants",
-        }
-    }
-}
-
-/// Clears the dispatch marks of rows whose jobs never reached Redis (the push failed), so the next pass sends
-/// them again instead of waiting out the grace.
-pub async fn undispatch<Id: Copy + Into<Uuid>>(ctx: &AppContext, rows: Dispatched, ids: &[Id]) -> AppResult<u64> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let sql = format!("UPDATE {} SET dispatched_until = NULL WHERE id = ANY($1::text::uuid[])", rows.table());
-    let done = ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [uuid_array(ids)])).await?;
-    Ok(done.rows_affected())
-}
-
-/// `undispatch` for webhook deliveries, keyed by `(endpoint_id, event_id)`.
-pub async fn undispatch_webhook_deliveries(ctx: &AppContext, keys: &[(WebhookEndpointId, Uuid)]) -> AppResult<u64> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    let done = ctx
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "UPDATE webhook_deliveries SET dispatched_until = NULL WHERE (endpoint_id, event_id) IN \
-             (SELECT (pair->>0)::uuid, (pair->>1)::uuid FROM jsonb_array_elements($1) AS pair)",
-            [serde_json::json!(keys).into()],
-        ))
-        .await?;
-    Ok(done.rows_affected())
-}
 
 /// Postgres's clock, which dates the dispatch marks (see [`forget_dispatches`]).
 pub async fn database_now(ctx: &AppContext) -> AppResult<chrono::DateTime<chrono::Utc>> {

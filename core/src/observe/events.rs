@@ -72,6 +72,7 @@ pub async fn record<C: ConnectionTrait>(
 
 /// An event written by the same statement as the change it reports (`record_with`): one round trip, no
 /// transaction, and recorded exactly when the change happened.
+#[derive(Clone)]
 pub struct Pending<'a> {
     pub tenant_id: TenantId,
     pub event_type: &'a str,

@@ -133,7 +133,7 @@ pub async fn deliver_all(ctx: &AppContext, message_ids: &[OutboundMessageId]) ->
         let why = format!("interrupted before reaching the mail server: {e}");
         match release_unsent(ctx, &held, token, Some(&why), INTERNAL_RETRY_SECONDS).await {
             Ok(0) => {}
-            Ok(requeued) => tracing::warn!(requeued, error = %e, "delivery interrupted before sending; queued again"),
+            Ok(requeued) => tracing::warn!(requeued, error = %e.detail(), "delivery interrupted before sending; queued again"),
             Err(release) => {
                 tracing::warn!(error = %release, "could not give the messages back; their leases will expire")
             }
@@ -162,7 +162,7 @@ impl Sender {
     /// Writes the outcome still waiting, if any.
     async fn record(&mut self, ctx: &AppContext) -> AppResult<()> {
         if let Some(outcome) = self.unrecorded.take() {
-            set_outcome(&ctx.db, outcome).await?;
+            set_outcome(ctx, outcome).await?;
         }
         Ok(())
     }
@@ -264,7 +264,7 @@ async fn deliver_leased(
                 if pace::per_minute(ctx, &sender.account) == 0 {
                     sender.unrecorded = Some(outcome);
                 } else {
-                    set_outcome(&ctx.db, outcome).await?;
+                    set_outcome(ctx, outcome).await?;
                 }
                 ctx.metrics.messages("sent", 1);
                 return Ok(Delivery::Sent);
@@ -304,7 +304,7 @@ async fn deliver_leased(
                     retry_in: None,
                     event: None,
                 };
-                set_outcome(&ctx.db, outcome).await?;
+                set_outcome(ctx, outcome).await?;
                 return Ok(Delivery::Unknown);
             }
             Err(Failure::Send(e)) if e.is_retryable() => return retry(ctx, message, lease, &e.to_string()).await,
@@ -348,7 +348,14 @@ async fn send_once(
     let mut handing_failed = None;
     let handed = async {
         let handed = match sender.unrecorded.take() {
-            Some(previous) => record_and_hand(ctx, previous, lease).await,
+            Some(previous) => {
+                let handed = record_and_hand(ctx, previous.clone(), lease).await;
+                if handed.is_err() {
+                    // Written with the batch's end (`deliver_leased_all`), however long that takes.
+                    sender.unrecorded = Some(previous);
+                }
+                handed
+            }
             None => mark_handed(ctx, lease).await,
         };
         handed.unwrap_or_else(|e| {
@@ -378,7 +385,7 @@ async fn retry(ctx: &AppContext, message: &outbound_message::Model, lease: Lease
         retry_in,
         event: None,
     };
-    set_outcome(&ctx.db, outcome).await?;
+    set_outcome(ctx, outcome).await?;
     Ok(Delivery::Retry)
 }
 
@@ -398,7 +405,7 @@ async fn fail(ctx: &AppContext, message: &outbound_message::Model, lease: Lease,
         retry_in: None,
         event: Some(event),
     };
-    let recorded = set_outcome(&ctx.db, outcome).await?;
+    let recorded = set_outcome(ctx, outcome).await?;
     if !recorded {
         return Ok(Delivery::Skipped);
     }

@@ -2,12 +2,14 @@
 //! its outcome with the event reporting it, each only while the job's lease holds. In a batch, one message's
 //! outcome and the next one's mark go in one statement.
 
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
 use crate::context::AppContext;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::jobs::leases::Leased;
 use crate::model::OutboundStatus;
 use crate::observe::events;
@@ -41,6 +43,7 @@ pub(super) async fn mark_handed(ctx: &AppContext, lease: Lease) -> AppResult<boo
 }
 
 /// The server's answers of a send, as written with its outcome.
+#[derive(Clone)]
 pub(super) struct Replies {
     /// The final reply (after the content).
     pub last: Option<String>,
@@ -53,6 +56,7 @@ impl Replies {
 }
 
 /// What became of a leased message, as its holder writes it.
+#[derive(Clone)]
 pub(super) struct Outcome {
     pub lease: Lease,
     pub status: OutboundStatus,
@@ -119,21 +123,48 @@ impl Outcome {
     }
 }
 
+/// How long a send job goes on trying to write an outcome (see [`set_outcome`]).
+const OUTCOME_WRITE_PATIENCE: Duration = Duration::from_secs(90);
+const FIRST_WRITE_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_WRITE_PAUSE: Duration = Duration::from_secs(5);
+
 /// Records the outcome of the lease holder, and the event that reports it (when given) in the same statement; false
-/// (nothing written) when the lease is no longer ours.
-pub(super) async fn set_outcome<C: ConnectionTrait>(db: &C, outcome: Outcome) -> AppResult<bool> {
+/// (nothing written) when the lease is no longer ours. Only this job knows the server's answer, so a write that
+/// fails (Postgres restarting, its pool exhausted for a moment) is tried again, with growing pauses, for up to
+/// [`OUTCOME_WRITE_PATIENCE`]. Meanwhile the lease may run out and the message turn `unknown`: the write still
+/// lands, since the sweep keeps the lease token for exactly this.
+pub(super) async fn set_outcome(ctx: &AppContext, outcome: Outcome) -> AppResult<bool> {
+    let started = Instant::now();
+    let mut pause = FIRST_WRITE_PAUSE;
+    loop {
+        let error = match write_outcome(ctx, outcome.clone()).await {
+            Ok(written) => return Ok(written),
+            // Bad input stays bad: only failures of the database itself are worth another try.
+            Err(e @ AppError::Validation { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        if started.elapsed().saturating_add(pause) > OUTCOME_WRITE_PATIENCE {
+            return Err(error);
+        }
+        tracing::warn!(message_id = %outcome.lease.message_id, error = %error.detail(), retry_in = ?pause, "could not record a send's outcome; trying again");
+        tokio::time::sleep(pause).await;
+        pause = pause.saturating_mul(2).min(LONGEST_WRITE_PAUSE);
+    }
+}
+
+async fn write_outcome(ctx: &AppContext, outcome: Outcome) -> AppResult<bool> {
     let OutcomeStatement { update, values, event, written } = outcome.into_statement();
     let rows = match event {
-        None => db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, update, values)).await?.rows_affected(),
-        Some(event) => events::record_with(db, &update, values, event).await?,
+        None => ctx.db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, update, values)).await?.rows_affected(),
+        Some(event) => events::record_with(&ctx.db, &update, values, event).await?,
     };
     Ok(written.warn_unless(rows == 1))
 }
 
 /// Writes the previous message's outcome and marks the next one handed, in one statement: in a batch each message
 /// then costs one write, not two. Both keep their own conditions (each row its own lease), and a failed statement
-/// writes neither, which leaves the previous message `sending` until its lease ends (then `unknown`), exactly as a
-/// failed outcome write alone would. True when the next message may go to the server.
+/// writes neither: the caller keeps the previous outcome and writes it alone ([`set_outcome`]), and sends nothing
+/// more. True when the next message may go to the server.
 pub(super) async fn record_and_hand(ctx: &AppContext, previous: Outcome, next: Lease) -> AppResult<bool> {
     let OutcomeStatement { update, mut values, event, written } = previous.into_statement();
     let hand = format!("{} RETURNING id", hand(values.len() + 1));
