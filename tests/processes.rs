@@ -84,6 +84,20 @@ impl PrivateRedis {
         let _: String = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("FLUSHALL");
     }
 
+    /// How many consumers of the apalis queue `queue` are registered (its workers set).
+    pub async fn registered_consumers(&self, queue: &str) -> usize {
+        let mut conn = self.client().await;
+        redis::cmd("ZCARD").arg(format!("{queue}:workers")).query_async(&mut conn).await.expect("ZCARD")
+    }
+
+    /// Unregisters every consumer of the apalis queue `queue`, as a consumer that lost its registration; the jobs
+    /// stay. Returns how many there were.
+    pub async fn unregister_consumers(&self, queue: &str) -> usize {
+        let mut conn = self.client().await;
+        let key = format!("{queue}:workers");
+        redis::cmd("ZREMRANGEBYRANK").arg(&key).arg(0).arg(-1).query_async(&mut conn).await.expect("ZREMRANGEBYRANK")
+    }
+
     /// Stops it; everything it held is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

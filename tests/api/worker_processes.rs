@@ -100,7 +100,10 @@ async fn batch_in_flight(env: TestEnv, redis: &PrivateRedis, tag: &str, count: u
 
 /// Waits until the server accepted `count` messages for `rcpt`; on timeout the panic shows where the others are.
 async fn all_arrive(app: &TestApp, servers: &MailServers, rcpt: &str, count: usize) {
-    let within = Duration::from_secs(120);
+    all_arrive_within(app, servers, rcpt, count, Duration::from_secs(120)).await;
+}
+
+async fn all_arrive_within(app: &TestApp, servers: &MailServers, rcpt: &str, count: usize, within: Duration) {
     let deadline = Instant::now() + within;
     while accepted_subjects(servers, rcpt).len() < count {
         if Instant::now() >= deadline {
@@ -152,6 +155,24 @@ async fn a_flushall_in_the_middle_of_500_sends_loses_nothing_and_sends_nothing_t
     all_arrive(&app, servers, &rcpt, 500).await;
     assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
     assert!(back_after < Duration::from_secs(15), "consumers came back after {back_after:?}");
+    assert_eq!(worker.metric("postbridge_worker_consumers{queue=\"send\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_send_consumer_that_loses_its_registration_mid_batch_comes_back_and_loses_nothing() {
+    let redis = PrivateRedis::start().await;
+    let Batch { app, servers, worker, rcpt, subjects, .. } = batch_in_flight(TestEnv::new(), &redis, "ended", 200, 20).await;
+    // The send consumer's registration is gone while Redis keeps every job (a failover to a replica that had not
+    // seen it): its next fetch or heartbeat fails, it ends, and it is started again under a new name.
+    let queue = format!("{}:send", app.ctx.settings.redis_prefix);
+    assert_eq!(redis.unregister_consumers(&queue).await, 1, "one send consumer was registered");
+    wait_until("the send consumer is registered again", Duration::from_secs(15), async || {
+        redis.registered_consumers(&queue).await == 1
+    })
+    .await;
+    // Well inside the 120 s dispatch grace (a lost job would wait it out): a minute for about ten seconds of sending.
+    all_arrive_within(&app, servers, &rcpt, 200, Duration::from_secs(60)).await;
+    assert_all_sent_once(&app, servers, &rcpt, &subjects).await;
     assert_eq!(worker.metric("postbridge_worker_consumers{queue=\"send\"}").await, 1.0);
 }
 
