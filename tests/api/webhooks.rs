@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use postbridge_core::jobs::job::Job;
+use postbridge_core::jobs::marks;
 use postbridge_core::observe::events;
 use postbridge_core::observe::webhooks::{self, WebhookOutcome};
 use postbridge_core::secrets::crypto::SecretLocation;
@@ -544,4 +546,30 @@ async fn the_fan_out_trigger_gives_each_event_one_pending_delivery_per_subscribe
     txn.rollback().await.expect("rollback");
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '{tenant}'")).await, 2);
     assert_eq!(app.sql_i64(&format!("SELECT count(*) FROM webhook_deliveries WHERE tenant_id = '{other_tenant}'")).await, 0);
+}
+
+#[tokio::test]
+async fn a_webhook_job_that_fails_on_postbridges_side_has_its_claim_cut_to_seconds_and_only_its_own() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.tenant_with_admin().await;
+    let receiver = WebhookReceiver::answering(&[], 200).await;
+    let (endpoint_id, _) = endpoint(&app, &key, json!({"url": receiver.url})).await;
+    let failed = record_event(&app, &tenant, events::MESSAGE_FAILED, Uuid::now_v7()).await;
+    let other = record_event(&app, &tenant, events::MESSAGE_FAILED, Uuid::now_v7()).await;
+    let mut claimed = webhooks::claim_due_webhooks(&app.ctx, 10).await.expect("claim");
+    claimed.sort_by_key(|(_, event)| *event);
+    assert_eq!(claimed, vec![(endpoint_id.into(), failed), (endpoint_id.into(), other)]);
+
+    let job = Job::Webhook { endpoint_id: endpoint_id.into(), event_id: failed };
+    assert_eq!(marks::dispatch_again_soon(&app.ctx, &job.marked()).await.expect("cut short"), 1);
+    let claim_ends_in = |event: Uuid| {
+        format!(
+            "SELECT ceil(extract(epoch FROM dispatched_until - now()))::bigint FROM webhook_deliveries \
+             WHERE endpoint_id = '{endpoint_id}' AND event_id = '{event}'"
+        )
+    };
+    let soon = app.sql_i64(&claim_ends_in(failed)).await;
+    assert!((1..=marks::AFTER_JOB_ERROR_SECONDS as i64).contains(&soon), "the failed job's claim ends in {soon} s");
+    assert!(app.sql_i64(&claim_ends_in(other)).await > 60, "the other delivery keeps its whole grace");
+    assert_eq!(marks::dispatch_again_soon(&app.ctx, &job.marked()).await.expect("again"), 0, "a shorter mark stays");
 }
