@@ -65,6 +65,16 @@ impl AppError {
         }
     }
 
+    /// Whether the database failed it (no connection, or a statement that failed): a moment's trouble as a rule,
+    /// unlike a secret that cannot be opened or a bug.
+    pub fn is_database_failure(&self) -> bool {
+        match self {
+            AppError::Unavailable { .. } => true,
+            AppError::Internal(cause) => cause.downcast_ref::<sea_orm::DbErr>().is_some(),
+            _ => false,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             AppError::Validation { code, .. } => code,
@@ -161,5 +171,26 @@ pub struct ErrorBody {
 impl From<&AppError> for ErrorBody {
     fn from(err: &AppError) -> Self {
         ErrorBody { code: err.code().to_owned(), message: err.to_string(), field: err.field().map(str::to_owned) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnAcquireErr, DbErr};
+
+    #[test]
+    fn no_connection_is_unavailable_and_only_the_databases_failures_count_as_its_own() {
+        let busy = AppError::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+        assert_eq!((busy.code(), busy.http_status()), ("unavailable", 503));
+        assert_eq!(ErrorBody::from(&busy).message, "Postbridge is busy or its database is unreachable: try again in 1 s");
+        assert!(busy.detail().contains("Connection pool timed out"), "{}", busy.detail());
+        let failed_statement = AppError::from(DbErr::Custom("deadlock detected".into()));
+        assert_eq!((failed_statement.code(), failed_statement.http_status()), ("internal", 500));
+        assert_eq!(failed_statement.to_string(), "internal error", "callers never see the cause");
+        assert!(failed_statement.detail().contains("deadlock detected"), "{}", failed_statement.detail());
+        assert!(busy.is_database_failure() && failed_statement.is_database_failure());
+        assert!(!AppError::Internal(anyhow::anyhow!("cannot open a secret")).is_database_failure());
+        assert!(!AppError::not_found("grant").is_database_failure());
     }
 }

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::connect::grants::{self, RefreshPass};
 use crate::context::AppContext;
+use crate::error::AppError;
 use crate::jobs::marks::{self, Dispatched, Marked};
 use crate::observe::webhooks::{self, WebhookOutcome};
 use crate::receive::poll::{self, PollError};
@@ -158,18 +159,24 @@ impl Job {
     }
 
     /// Does the work. Failures of the far side are recorded on the job's rows by the flows themselves; failures of
-    /// Postbridge are logged here, and the job's rows are dispatched again soon (`marks::dispatch_again_soon`).
+    /// Postbridge are logged here. When the database failed (a moment's trouble, most often), the job's rows are
+    /// dispatched again in seconds (`marks::dispatch_again_soon`); anything else (a secret that cannot be opened, a
+    /// bug) waits out the dispatch grace, so a lasting fault is not tried again every few seconds.
     pub async fn run(self, ctx: &AppContext) -> JobOutcome {
         let marked = self.clone();
-        let outcome = self.work(ctx).await;
-        if outcome == JobOutcome::Error {
-            marked.dispatch_again_soon(ctx).await;
+        match self.work(ctx).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if e.is_database_failure() {
+                    marked.dispatch_again_soon(ctx).await;
+                }
+                JobOutcome::Error
+            }
         }
-        outcome
     }
 
-    /// After a failure of Postbridge's own (the job's, or finding its tenant): its rows, still marked dispatched,
-    /// are dispatched again in seconds instead of at the end of the grace.
+    /// After the database failed the job (or finding its tenant): its rows, still marked dispatched, are dispatched
+    /// again in seconds instead of at the end of the grace.
     pub async fn dispatch_again_soon(&self, ctx: &AppContext) {
         if let Err(e) = marks::dispatch_again_soon(ctx, &self.marked()).await {
             tracing::warn!(queue = self.queue().as_str(), error = %e.detail(), "could not shorten a failed job's dispatch mark; it runs out with the grace");
@@ -187,8 +194,9 @@ impl Job {
         }
     }
 
-    async fn work(self, ctx: &AppContext) -> JobOutcome {
-        match self {
+    /// The job's outcome, or Postbridge's own failure (logged here).
+    async fn work(self, ctx: &AppContext) -> Result<JobOutcome, AppError> {
+        Ok(match self {
             Job::Poll { account_id } => match poll::poll_account(ctx, account_id).await {
                 Ok(report) if report.polled => {
                     if report.stored > 0 {
@@ -203,7 +211,7 @@ impl Job {
                 }
                 Err(PollError::App(e)) => {
                     tracing::error!(%account_id, error = %e.detail(), "poll job failed");
-                    JobOutcome::Error
+                    return Err(e);
                 }
             },
             Job::Send { message_ids } => match delivery::deliver_all(ctx, &message_ids).await {
@@ -213,7 +221,7 @@ impl Job {
                 }
                 Err(e) => {
                     tracing::error!(?message_ids, error = %e.detail(), "send job failed");
-                    JobOutcome::Error
+                    return Err(e);
                 }
             },
             Job::Settle { message_id } => match settle::settle_unknown_message(ctx, message_id).await {
@@ -224,14 +232,14 @@ impl Job {
                 Ok(None) => JobOutcome::Skipped("deferred"),
                 Err(e) => {
                     tracing::error!(%message_id, error = %e.detail(), "settle job failed");
-                    JobOutcome::Error
+                    return Err(e);
                 }
             },
             Job::Refresh { grant_ids } => match grants::refresh_grants(ctx, &grant_ids).await {
                 Ok(pass) => pass.into(),
                 Err(e) => {
                     tracing::error!(grants = grant_ids.len(), error = %e.detail(), "refresh job failed");
-                    JobOutcome::Error
+                    return Err(e);
                 }
             },
             Job::Webhook { endpoint_id, event_id } => match webhooks::attempt(ctx, endpoint_id, event_id).await {
@@ -241,10 +249,10 @@ impl Job {
                 }
                 Err(e) => {
                     tracing::error!(%endpoint_id, %event_id, error = %e.detail(), "webhook job failed");
-                    JobOutcome::Error
+                    return Err(e);
                 }
             },
-        }
+        })
     }
 }
 
