@@ -32,13 +32,22 @@ async fn sender(app: &TestApp, servers: &MailServers, key: &str) -> String {
     login
 }
 
-/// Submits `count` messages over the API, eight at a time; returns their subjects.
+/// Submits `count` messages over the API, eight at a time, as a careful client does: a 503 (no database connection
+/// on a loaded machine) is sent again after its `Retry-After` with the same idempotency key. Returns their subjects.
 async fn submit_batch(app: &TestApp, key: &str, from: &str, rcpt: &str, count: usize) -> Vec<String> {
     let subjects: Vec<String> = (0..count).map(|i| format!("batch {i} {}", Uuid::new_v4().simple())).collect();
     futures::stream::iter(subjects.clone())
         .map(|subject| async move {
-            let reply =
-                app.post("/v1/messages", key, json!({"from": from, "to": [rcpt], "subject": subject, "text": "hi"})).await;
+            let body = json!({"from": from, "to": [rcpt], "subject": subject, "text": "hi", "idempotency_key": subject});
+            let mut reply = app.post("/v1/messages", key, body.clone()).await;
+            for _ in 0..10 {
+                if reply.status.as_u16() != 503 {
+                    break;
+                }
+                assert_eq!(reply.code(), "unavailable", "{}", reply.text);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                reply = app.post("/v1/messages", key, body.clone()).await;
+            }
             assert_eq!(reply.status.as_u16(), 202, "{}", reply.text);
         })
         .buffer_unordered(8)
