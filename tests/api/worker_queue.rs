@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use postbridge_core::jobs::job::{Job, JobOutcome};
 use postbridge_core::jobs::scheduler;
 use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_core::send::settle;
@@ -374,4 +375,32 @@ async fn a_lease_has_one_holder_until_it_is_let_go_or_runs_out() {
         reply.id()
     );
     assert_eq!(app.sql_i64(&cleared).await, 1, "letting go forgets the holder");
+}
+
+#[tokio::test]
+async fn a_poll_that_fails_on_a_secret_it_cannot_open_backs_off_instead_of_coming_back_in_seconds() {
+    let (app, servers) = spawn_mail_app().await;
+    let (tenant, key) = app.tenant_with_admin().await;
+    let login = new_login();
+    servers.add_password_user(&login, MAIL_PASSWORD);
+    let account = app.confirmed_mail_account(&key, password_account(servers, "imap", "tls", &login, json!({}))).await;
+    // A password sealed for another row: it does not open here (as after a lost master key). A lasting fault, not
+    // the database's: trying again every few seconds would only fill the log.
+    let elsewhere = postbridge_core::secrets::ACCOUNT_PASSWORD.location(tenant.parse().expect("tenant uuid"), Uuid::new_v4());
+    let foreign = app.ctx.cipher.encrypt(elsewhere, "password-of-another-row").expect("encrypt");
+    app.sql_exec(&format!("UPDATE email_accounts SET password = '{foreign}', next_poll_at = NULL WHERE id = '{account}'")).await;
+    let account_id: postbridge_core::store::ids::AccountId = Uuid::parse_str(&account).expect("id").into();
+    assert_eq!(scheduler::claim_due_polls(&app.ctx, 10).await.expect("claim"), vec![account_id]);
+
+    let outcome = Job::Poll { account_id }.run(&app.ctx).await;
+    assert_eq!(outcome, JobOutcome::Error, "Postbridge's own failure");
+    // The mailbox backs off like any failed poll, and is not due again in seconds.
+    let backoff = app
+        .sql_i64(&format!(
+            "SELECT ceil(extract(epoch FROM next_poll_at - now()))::bigint FROM email_accounts \
+             WHERE id = '{account}' AND poll_failures = 1"
+        ))
+        .await;
+    assert!(backoff > 60, "the next poll waits {backoff} s");
+    assert!(scheduler::claim_due_polls(&app.ctx, 10).await.expect("claim").is_empty(), "nothing due meanwhile");
 }
