@@ -28,9 +28,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         match &self.0 {
             AppError::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
-            AppError::Unavailable { cause, .. } => {
-                tracing::warn!(error = format!("{cause:#}"), "request refused: no database connection")
-            }
+            AppError::Unavailable { .. } => tracing::warn!(error = %self.0.detail(), "request refused: no database connection"),
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());

@@ -163,12 +163,11 @@ impl Job {
     /// dispatched again in seconds (`marks::dispatch_again_soon`); anything else (a secret that cannot be opened, a
     /// bug) waits out the dispatch grace, so a lasting fault is not tried again every few seconds.
     pub async fn run(self, ctx: &AppContext) -> JobOutcome {
-        let marked = self.clone();
         match self.work(ctx).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 if e.is_database_failure() {
-                    marked.dispatch_again_soon(ctx).await;
+                    self.dispatch_again_soon(ctx).await;
                 }
                 JobOutcome::Error
             }
@@ -195,8 +194,8 @@ impl Job {
     }
 
     /// The job's outcome, or Postbridge's own failure (logged here).
-    async fn work(self, ctx: &AppContext) -> Result<JobOutcome, AppError> {
-        Ok(match self {
+    async fn work(&self, ctx: &AppContext) -> Result<JobOutcome, AppError> {
+        Ok(match *self {
             Job::Poll { account_id } => match poll::poll_account(ctx, account_id).await {
                 Ok(report) if report.polled => {
                     if report.stored > 0 {
@@ -214,7 +213,7 @@ impl Job {
                     return Err(e);
                 }
             },
-            Job::Send { message_ids } => match delivery::deliver_all(ctx, &message_ids).await {
+            Job::Send { ref message_ids } => match delivery::deliver_all(ctx, message_ids).await {
                 Ok(deliveries) => {
                     tracing::debug!(?message_ids, ?deliveries, "delivery");
                     Delivery::most_telling(&deliveries).into()
@@ -235,7 +234,7 @@ impl Job {
                     return Err(e);
                 }
             },
-            Job::Refresh { grant_ids } => match grants::refresh_grants(ctx, &grant_ids).await {
+            Job::Refresh { ref grant_ids } => match grants::refresh_grants(ctx, grant_ids).await {
                 Ok(pass) => pass.into(),
                 Err(e) => {
                     tracing::error!(grants = grant_ids.len(), error = %e.detail(), "refresh job failed");
