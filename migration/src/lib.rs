@@ -58,6 +58,7 @@ mod m20261206_000025_sender_lookup;
 mod m20261206_000026_route_notify;
 mod m20261206_000027_submissions_announced_after_commit;
 mod m20261206_000028_live_event_watchers;
+mod m20261207_000029_refresh_claim_keyset;
 
 pub struct Migrator;
 
@@ -93,6 +94,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000026_route_notify::Migration),
             Box::new(m20261206_000027_submissions_announced_after_commit::Migration),
             Box::new(m20261206_000028_live_event_watchers::Migration),
+            Box::new(m20261207_000029_refresh_claim_keyset::Migration),
         ]
     }
 }

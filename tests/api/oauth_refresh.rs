@@ -16,7 +16,7 @@ use postbridge_oauth_provider::TokenFailure;
 use postbridge_tests::oauth::{OAuthSetup, CONSENTING_USER, RETURN_ORIGIN};
 use postbridge_tests::{assert_error, captured_logs, random_key_b64, spawn_app, spawn_app_with, TestApp, TestEnv};
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -642,6 +642,89 @@ async fn refresh_due_refreshes_only_grants_expiring_within_the_margin_and_counts
     assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default());
 }
 
+/// The ids a claim returned, in claim order.
+fn claimed_ids(batches: &[Vec<postbridge_core::store::ids::GrantId>]) -> Vec<Uuid> {
+    batches.iter().flatten().map(|&id| Uuid::from(id)).collect()
+}
+
+#[tokio::test]
+async fn a_round_of_refresh_claims_goes_on_along_the_due_index_and_each_due_grant_is_claimed_once() {
+    let app = spawn_app().await;
+    let c = connect(&app).await;
+    // 24 more grants of the same configuration (the claim reads no token): 20 due at one moment, as a storm is,
+    // 2 due before it, 2 not due yet.
+    sql(
+        &app,
+        &format!(
+            "INSERT INTO grants (id, tenant_id, token_config_id, subject, access_token, refresh_token, expires_at, \
+                                 refresh_at, scopes, status) \
+             SELECT gen_random_uuid(), tenant_id, token_config_id, 'storm' || i || '@example.com', access_token, \
+                    refresh_token, now() + interval '1 minute', \
+                    CASE WHEN i <= 20 THEN now() - interval '1 second' \
+                         WHEN i <= 22 THEN now() - interval '1 minute' ELSE now() + interval '10 minutes' END, \
+                    scopes, status \
+             FROM grants, generate_series(1, 24) AS i WHERE id = '{}'",
+            c.grant
+        ),
+    )
+    .await;
+    let due_in_order: Vec<Uuid> = {
+        let rows = app
+            .ctx
+            .db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT id FROM grants WHERE refresh_at <= now() ORDER BY refresh_at, id".to_owned(),
+            ))
+            .await
+            .expect("due grants");
+        rows.iter().map(|row| row.try_get::<Uuid>("", "id").expect("id")).collect()
+    };
+    assert_eq!(due_in_order.len(), 22, "the consented grant is not due, 22 of the others are");
+
+    // One grant is held by an on-demand refresh (its row locked): the round passes it by.
+    let held = due_in_order[5];
+    let blocker = app.ctx.db.begin().await.expect("begin");
+    blocker.execute_unprepared(&format!("SELECT 1 FROM grants WHERE id = '{held}' FOR UPDATE")).await.expect("lock one grant");
+
+    // A round of claims of 5: each goes on from where the last ended, in due order, and ends with an empty claim.
+    let mut round: Vec<Uuid> = Vec::new();
+    let mut after = None;
+    let mut claims = 0;
+    loop {
+        let (batches, last) = scheduler::claim_due_refreshes(&app.ctx, 5, after).await.expect("claim");
+        claims += 1;
+        let ids = claimed_ids(&batches);
+        assert!(ids.len() <= 5, "a claim takes at most its limit: {}", ids.len());
+        if ids.is_empty() {
+            assert_eq!(last, after, "an empty claim leaves the round's key where it was");
+            break;
+        }
+        assert!(last > after, "the key moves on with every claim");
+        round.extend(ids);
+        after = last;
+        assert!(claims < 10, "the round ends");
+    }
+    let expected: Vec<Uuid> = due_in_order.iter().copied().filter(|id| *id != held).collect();
+    assert_eq!(round.len(), 21, "every due grant but the held one, once");
+    let mut in_due_order = round.clone();
+    in_due_order.sort_by_key(|id| expected.iter().position(|e| e == id));
+    assert_eq!(in_due_order, expected, "each due grant claimed once");
+    assert_eq!(claims, 6, "21 grants in claims of 5, then one that finds none");
+
+    // All claimed: a new round finds nothing but the held grant once it is let go (its mark never came).
+    assert!(claimed_ids(&scheduler::claim_due_refreshes(&app.ctx, 5, None).await.expect("claim").0).is_empty());
+    blocker.rollback().await.expect("let go");
+    let (batches, _) = scheduler::claim_due_refreshes(&app.ctx, 5, None).await.expect("claim");
+    assert_eq!(claimed_ids(&batches), vec![held], "the next round takes the grant the last one passed by");
+
+    // The next grant to fall due is the soonest of those not due yet (the consented grant's, or the 10-minute ones).
+    let next = scheduler::next_refresh_in(&app.ctx).await.expect("next due").expect("some grant falls due");
+    let soonest =
+        count(&app, "SELECT EXTRACT(EPOCH FROM min(refresh_at) - now())::bigint AS n FROM grants WHERE refresh_at > now()").await;
+    assert!((next.as_secs() as i64 - soonest).abs() <= 1, "next due in {next:?}, the soonest in {soonest} s");
+}
+
 /// Seconds between the grant's `refresh_at` and `expires_at`.
 async fn refresh_lead_seconds(app: &TestApp, grant: Uuid) -> i64 {
     count(app, &format!("SELECT EXTRACT(EPOCH FROM expires_at - refresh_at)::bigint AS n FROM grants WHERE id = '{grant}'")).await
@@ -661,7 +744,7 @@ async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_
     // Consecutive passes (the worker's come every 30 seconds): every reader of "due" agrees nothing is.
     for pass in 0..3 {
         assert_eq!(grants::refresh_due(&app.ctx, 100).await.expect("pass"), RefreshPass::default(), "pass {pass}");
-        assert!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim").is_empty(), "pass {pass}");
+        assert!(scheduler::claim_due_refreshes(&app.ctx, 100, None).await.expect("claim").0.is_empty(), "pass {pass}");
         assert_eq!(
             grants::refresh_grants(&app.ctx, &[c.grant.into()]).await.expect("job"),
             RefreshPass::default(),
@@ -686,7 +769,7 @@ async fn a_five_minute_token_is_not_refreshed_on_every_pass_but_once_a_third_of_
     .await;
     let backlog = ops_metrics::backlog(&app.ctx).await.expect("backlog");
     assert_eq!(backlog.iter().find(|b| b.queue == "refresh").map(|b| b.due), Some(1));
-    assert_eq!(scheduler::claim_due_refreshes(&app.ctx, 100).await.expect("claim"), vec![vec![c.grant]]);
+    assert_eq!(scheduler::claim_due_refreshes(&app.ctx, 100, None).await.expect("claim").0, vec![vec![c.grant]]);
     assert_eq!(
         grants::refresh_grants(&app.ctx, &[c.grant.into()]).await.expect("job"),
         RefreshPass { refreshed: 1, ..Default::default() }

@@ -151,8 +151,10 @@ pub async fn dispatch_due_sends(ctx: &AppContext, queues: &mut Queues, trigger: 
 /// Claims and pushes every grant due for a refresh, in batches of one token configuration (one job each), a
 /// claim at a time: a storm of tokens expiring together is queued within the pass that finds it.
 async fn dispatch_due_refreshes(ctx: &AppContext, queues: &mut Queues, trigger: Trigger) -> anyhow::Result<()> {
+    let mut after = None;
     loop {
-        let batches = scheduler::claim_due_refreshes(ctx, BATCH).await?;
+        let (batches, last) = scheduler::claim_due_refreshes(ctx, BATCH, after).await?;
+        after = last;
         let claimed = batches.iter().map(Vec::len).sum::<usize>();
         let jobs: Vec<RefreshGrant> = batches.iter().filter_map(|batch| RefreshGrant::batch(batch)).collect();
         let to = Target { wakers: &queues.wakers, queue: Queue::Refresh, trigger };

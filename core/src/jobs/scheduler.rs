@@ -4,7 +4,8 @@
 //! killed) the row is dispatched again once the grace has passed. The jobs themselves take leases, so a
 //! job dispatched twice still runs once in effect.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, TryGetable};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, TransactionTrait, TryGetable};
+use uuid::Uuid;
 
 use crate::context::AppContext;
 use crate::error::AppResult;
@@ -117,21 +118,59 @@ pub async fn claim_due_sends(
     Ok(crate::send::batches::batches_of(due))
 }
 
+/// Where a round of refresh claims goes on from: the due time and id of the last grant it claimed.
+pub type RefreshKey = (chrono::DateTime<chrono::Utc>, GrantId);
+
 /// User-flow grants whose access token is due for refresh (`refresh_at`, see `grants::refresh_at_for`) and whose
-/// backoff has passed, in batches of one token configuration (`grants::batches_of`). A grant being refreshed
-/// holds its row lock, so it is skipped here.
-pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<Vec<GrantId>>> {
+/// backoff has passed, in batches of one token configuration (`grants::batches_of`), with the key the next claim
+/// of the same round goes on `after`. Grants are claimed in due order along their index, from `after`: a round
+/// claiming a storm a thousand at a time reads each grant once, not once per claim before it. A grant being
+/// refreshed holds its row lock, so it is skipped here (the next round looks again).
+pub async fn claim_due_refreshes(
+    ctx: &AppContext,
+    limit: u64,
+    after: Option<RefreshKey>,
+) -> AppResult<(Vec<Vec<GrantId>>, Option<RefreshKey>)> {
+    // `= ANY(ARRAY(..))`: the claimed ids are found first, then updated through the primary key (an `IN` over the
+    // subquery let the planner hash-join it against every grant).
     let sql = format!(
-        "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id IN ( \
+        "UPDATE grants SET dispatched_until = now() + make_interval(secs => $1) WHERE id = ANY(ARRAY( \
            SELECT id FROM grants WHERE {} AND (dispatched_until IS NULL OR dispatched_until < now()) \
-           ORDER BY refresh_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, token_config_id",
-        due::refresh()
+           AND (refresh_at, id) > (COALESCE($3::timestamptz, '-infinity'), COALESCE($4::uuid, '{}')) \
+           ORDER BY refresh_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING id, token_config_id, refresh_at",
+        due::refresh(),
+        Uuid::nil()
     );
-    let due = claim_with(ctx, &sql, limit, |r| {
-        Ok((r.try_get::<GrantId>("", "id")?, r.try_get::<TokenConfigId>("", "token_config_id")?))
-    })
+    let (after_due, after_id) = after.map_or((None, None), |(due, id)| (Some(due), Some(id)));
+    let values = vec![DISPATCH_GRACE_SECONDS.into(), (limit as i64).into(), after_due.into(), after_id.into()];
+    let rows = along_due_index(ctx, Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    let mut due = Vec::with_capacity(rows.len());
+    let mut last: Option<RefreshKey> = after;
+    for row in &rows {
+        let id = row.try_get::<GrantId>("", "id")?;
+        due.push((id, row.try_get::<TokenConfigId>("", "token_config_id")?));
+        // Due rows have a due time; one without cannot be claimed, so it never moves the key.
+        if let Some(refresh_at) = row.try_get::<Option<chrono::DateTime<chrono::Utc>>>("", "refresh_at")? {
+            last = last.max(Some((refresh_at, id)));
+        }
+    }
+    Ok((crate::connect::grants::batches_of(due), last))
+}
+
+/// Runs a statement that reads grants in due order, walking the due index and stopping at its limit. The
+/// planner is told not to scan the table or build a bitmap instead: it underrates how many rows the tenant wall
+/// lets the operator-wide scope see, and due times written long ago look rare, so it would otherwise read every
+/// grant and sort them for a claim of a thousand (tens of ms per claim at 30,000 grants, growing with the table).
+async fn along_due_index(ctx: &AppContext, statement: Statement) -> AppResult<Vec<QueryResult>> {
+    let txn = ctx.db.begin().await?;
+    txn.execute_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)",
+    ))
     .await?;
-    Ok(crate::connect::grants::batches_of(due))
+    let rows = txn.query_all_raw(statement).await?;
+    txn.commit().await?;
+    Ok(rows)
 }
 
 /// How long until the next grant falls due for a refresh, by Postgres's clock (`None`: none will). Due times are
@@ -139,12 +178,13 @@ pub async fn claim_due_refreshes(ctx: &AppContext, limit: u64) -> AppResult<Vec<
 /// its next pass: a storm of tokens expiring together starts when they are due.
 pub async fn next_refresh_in(ctx: &AppContext) -> AppResult<Option<std::time::Duration>> {
     let sql = format!(
-        "SELECT EXTRACT(EPOCH FROM min(refresh_at) - now())::float8 AS seconds FROM grants \
-         WHERE status = '{}' AND refresh_token IS NOT NULL AND refresh_at > now()",
+        // The first one along the due index (a `min()` was planned as a scan of every grant not yet due).
+        "SELECT EXTRACT(EPOCH FROM refresh_at - now())::float8 AS seconds FROM grants \
+         WHERE status = '{}' AND refresh_token IS NOT NULL AND refresh_at > now() ORDER BY refresh_at, id LIMIT 1",
         GrantStatus::Valid
     );
-    let row = ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await?;
-    let seconds = row.map(|row| row.try_get::<Option<f64>>("", "seconds")).transpose()?.flatten();
+    let rows = along_due_index(ctx, Statement::from_string(DbBackend::Postgres, sql)).await?;
+    let seconds = rows.first().map(|row| row.try_get::<Option<f64>>("", "seconds")).transpose()?.flatten();
     Ok(seconds.and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok()))
 }
 
