@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::connect::grants;
 use crate::connect::mailbox::{self, credentials, endpoint};
 use crate::context::AppContext;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::jobs::leases::{self, Leased};
 use crate::model::OutboundStatus;
 use crate::observe::events;
@@ -130,7 +130,7 @@ pub async fn deliver_all(ctx: &AppContext, message_ids: &[OutboundMessageId]) ->
     })
     .await;
     if let Err(e) = outcome {
-        let why = format!("interrupted before reaching the mail server: {e}");
+        let why = interrupted_because(&e);
         match release_unsent(ctx, &held, token, Some(&why), INTERNAL_RETRY_SECONDS).await {
             Ok(0) => {}
             Ok(requeued) => tracing::warn!(requeued, error = %e.detail(), "delivery interrupted before sending; queued again"),
@@ -144,6 +144,18 @@ pub async fn deliver_all(ctx: &AppContext, message_ids: &[OutboundMessageId]) ->
         .iter()
         .map(|id| answers.iter().find(|(done, _)| done == id).map_or(Delivery::Skipped, |(_, delivery)| *delivery))
         .collect())
+}
+
+/// The `last_error` of messages a batch gave back unsent after failing on Postbridge's side.
+fn interrupted_because(e: &AppError) -> String {
+    match e {
+        // The 503 sentence is for API callers ("try again in 1 s"); the message waits its own retry.
+        AppError::Unavailable { .. } => format!(
+            "interrupted before reaching the mail server: Postbridge's database could not be reached; \
+             tried again in {INTERNAL_RETRY_SECONDS} s"
+        ),
+        other => format!("interrupted before reaching the mail server: {other}"),
+    }
 }
 
 /// One account's side of a batch: its row, loaded once, and its credentials, fetched at first use (and again after
@@ -421,5 +433,25 @@ fn auth_hint(words: &str) -> &'static str {
         " — the server refused the credentials: check the login, the password or app password, or authorize the account again"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_cut_by_an_unreachable_database_says_when_its_messages_are_tried_again() {
+        let unreachable = AppError::from(sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout));
+        assert!(matches!(unreachable, AppError::Unavailable { .. }));
+        let why = interrupted_because(&unreachable);
+        assert_eq!(
+            why,
+            "interrupted before reaching the mail server: Postbridge's database could not be reached; tried again in 30 s"
+        );
+        // Not the API's 503 sentence, which tells a caller to come back in a second.
+        assert!(!why.contains("1 s"), "{why}");
+        let internal = AppError::Internal(anyhow::anyhow!("a secret that does not decrypt"));
+        assert_eq!(interrupted_because(&internal), format!("interrupted before reaching the mail server: {internal}"));
     }
 }
