@@ -67,15 +67,25 @@ async fn a_spent_foreign_or_wrong_mailbox_token_is_refused_and_nothing_is_stored
     let someone_else = setup.provider.mint_tokens(&setup.client_id, "mallory@example.com", SCOPE).expect("minted");
     let wrong = import(&app, &setup.admin, &account, &someone_else.refresh_token).await;
     assert_error(&wrong, StatusCode::UNPROCESSABLE_ENTITY, "wrong_mailbox");
+    // The check's refresh rotated it at the provider: the admin is told the token sent is spent, and it is.
+    assert!(wrong.text.contains("the one sent no longer works: obtain a new one"), "{}", wrong.text);
+    assert!(!setup.provider.refresh_token_active(&someone_else.refresh_token), "the provider rotated it");
+    assert!(!refused.text.contains("no longer works"), "a token the provider refused was not replaced: {}", refused.text);
+    // A provider that does not rotate leaves the token sent working, and the refusal says nothing of the kind.
+    setup.provider.set_rotate_refresh_tokens(false);
+    let kept = setup.provider.mint_tokens(&setup.client_id, "eve@example.com", SCOPE).expect("minted");
+    let wrong_but_kept = import(&app, &setup.admin, &account, &kept.refresh_token).await;
+    assert_error(&wrong_but_kept, StatusCode::UNPROCESSABLE_ENTITY, "wrong_mailbox");
+    assert!(!wrong_but_kept.text.contains("no longer works"), "{}", wrong_but_kept.text);
+    assert!(setup.provider.refresh_token_active(&kept.refresh_token), "not rotated, still good");
+    setup.provider.set_rotate_refresh_tokens(true);
 
     // An id_token issued to another client names nobody this configuration may trust.
     setup.provider.set_id_token_claims(json!({"aud": "someone-elses-client"}).as_object().cloned());
     let mine = setup.provider.mint_tokens(&setup.client_id, CONSENTING_USER, SCOPE).expect("minted");
-    assert_error(
-        &import(&app, &setup.admin, &account, &mine.refresh_token).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "id_token_mismatch",
-    );
+    let mismatch = import(&app, &setup.admin, &account, &mine.refresh_token).await;
+    assert_error(&mismatch, StatusCode::UNPROCESSABLE_ENTITY, "id_token_mismatch");
+    assert!(mismatch.text.contains("no longer works"), "{}", mismatch.text);
     setup.provider.set_id_token_claims(None);
 
     // A token issued to another client is the provider's to refuse.

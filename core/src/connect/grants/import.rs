@@ -50,15 +50,30 @@ pub async fn import(ctx: &AppContext, scope: &TenantScope, account_id: AccountId
     let mut tokens = request_tokens(ctx, &config, TokenRequest::Refresh(refresh_token))
         .await?
         .map_err(|e| AppError::validation(field, "refresh_token_rejected", format!("the provider did not accept it: {e}")))?;
+    // A provider that rotates answered with a new refresh token: the one sent is spent. A refused import stores
+    // nothing, so the admin must be told it needs a new one. (The new token is not revoked: at Google that revokes
+    // the user's whole grant to the client, which may be another account's that works.)
+    let rotated = tokens.refresh_token.as_deref().is_some_and(|new| new != refresh_token);
+    let refused = |code: &'static str, why: String| {
+        let why = if rotated {
+            format!(
+                "{why}. The provider replaced the refresh token when Postbridge checked it, so the one sent no longer \
+                 works: obtain a new one"
+            )
+        } else {
+            why
+        };
+        AppError::validation(field, code, why)
+    };
     // A provider that does not rotate keeps the imported token valid.
     if tokens.refresh_token.is_none() {
         tokens.refresh_token = Some(refresh_token.to_owned());
     }
     let login = account.login.to_lowercase();
-    let identity = super::consent_identity(&config, tokens.id_token.as_deref())
-        .map_err(|why| AppError::validation(field, "id_token_mismatch", why))?;
+    let identity =
+        super::consent_identity(&config, tokens.id_token.as_deref()).map_err(|why| refused("id_token_mismatch", why))?;
     if let Some(owner) = identity.username.as_deref().filter(|who| *who != login && !account.shared_mailbox) {
-        return Err(AppError::validation(field, "wrong_mailbox", crate::observe::hints::wrong_mailbox_message(owner, &login)));
+        return Err(refused("wrong_mailbox", crate::observe::hints::wrong_mailbox_message(owner, &login)));
     }
 
     let txn = ctx.db.begin().await?;
