@@ -148,44 +148,36 @@ async fn bench_refresh(grant_count: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let written = Instant::now();
         // The moment by Postgres's clock: the refreshes are dated by the same machine's clock.
-        let row = app
-            .ctx
-            .db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                format!(
-                    "WITH due AS (UPDATE grants SET expires_at = now() + interval '61 seconds', \
-                                                    refresh_at = now() + interval '1 second' \
-                                  WHERE token_config_id = '{config}' RETURNING 1) \
-                     SELECT now() + interval '1 second' AS moment, (SELECT count(*) FROM due) AS n"
-                ),
-            ))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no moment"))?;
+        let row = one_row(
+            &app,
+            format!(
+                "WITH due AS (UPDATE grants SET expires_at = now() + interval '61 seconds', \
+                                                refresh_at = now() + interval '1 second' \
+                              WHERE token_config_id = '{config}' RETURNING 1) \
+                 SELECT now() + interval '1 second' AS moment, (SELECT count(*) FROM due) AS n"
+            ),
+        )
+        .await?;
         let moment: chrono::DateTime<Utc> = row.try_get("", "moment")?;
         let started = written + Duration::from_secs(1);
-        // Waits for the last one with a light probe (is one still due, along the due index, every 100 ms: counting refreshed rows
-        // by a scan every 20 ms took a quarter of the two cores from the storm it measured), then reads the first
-        // and last refresh from the rows themselves.
+        // Waits for the last one with a light probe (is one still due, along the due index, every 100 ms: counting
+        // refreshed rows by a scan every 20 ms took a quarter of the two cores from the storm it measured), then
+        // reads the first and last refresh from the rows themselves.
         let left = format!(
             "SELECT count(*) AS n FROM (SELECT 1 FROM grants WHERE status = 'valid' \
              AND refresh_at <= now() + interval '5 minutes' AND token_config_id = '{config}' LIMIT 1) AS due"
         );
         wait_until_none(&app, &left, started).await?;
-        let row = app
-            .ctx
-            .db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                format!(
-                    "SELECT min(last_refreshed_at) AS first, max(last_refreshed_at) AS last, \
-                            count(*) FILTER (WHERE last_refreshed_at > '{}') AS n \
-                     FROM grants WHERE token_config_id = '{config}'",
-                    moment - chrono::Duration::seconds(1)
-                ),
-            ))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no refreshes"))?;
+        let row = one_row(
+            &app,
+            format!(
+                "SELECT min(last_refreshed_at) AS first, max(last_refreshed_at) AS last, \
+                        count(*) FILTER (WHERE last_refreshed_at > '{}') AS n \
+                 FROM grants WHERE token_config_id = '{config}'",
+                moment - chrono::Duration::seconds(1)
+            ),
+        )
+        .await?;
         let refreshed: i64 = row.try_get("", "n")?;
         anyhow::ensure!(refreshed == grant_count as i64, "{refreshed} of {grant_count} grants refreshed");
         let since_moment = |at: chrono::DateTime<Utc>| (at - moment).to_std().unwrap_or_default();
@@ -667,6 +659,12 @@ fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
     let worker = std::env::current_exe()?.with_file_name("postbridge-worker");
     anyhow::ensure!(worker.exists(), "build the worker first: cargo build --release -p postbridge-worker");
     Ok(worker)
+}
+
+/// The one row `sql` returns.
+async fn one_row(app: &TestApp, sql: String) -> anyhow::Result<sea_orm::QueryResult> {
+    let row = app.ctx.db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await?;
+    row.ok_or_else(|| anyhow::anyhow!("the query returned no row"))
 }
 
 /// Polls `sql`'s count every 100 ms until it is zero (or 10 minutes pass).
