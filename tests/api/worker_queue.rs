@@ -9,7 +9,7 @@ use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_core::send::settle;
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_worker::scheduler::{dispatch_due_sends, Queues, RedisEpoch, Trigger};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -232,6 +232,70 @@ async fn the_sent_folder_is_the_one_the_server_marks_sent_whatever_its_name() {
 async fn an_unknown_delivery_found_in_the_sent_folder_is_settled_as_sent() {
     let app = settled_when_filed_in("Sent").await;
     assert!(settle::settle_unknown(&app.ctx).await.expect("again").is_empty(), "settled once");
+}
+
+#[tokio::test]
+async fn a_settlement_whose_message_was_delivered_again_during_its_search_writes_nothing() {
+    // The server filed the submission in Sent: the search will find it.
+    let (app, key, login, id, servers) = unknown_delivery().await;
+    let raw =
+        app.sql_text(&format!("SELECT convert_from(raw, 'UTF8') FROM outbound_messages WHERE id = '{id}'")).await.expect("raw");
+    servers.seed_messages(&login, "Sent", &[raw.into_bytes()]);
+
+    // The row is held, so the settlement's write waits behind it once the search is done; meanwhile the message was
+    // resolved as `resend`, sent again and cut again: `unknown` once more, but another delivery, which this search
+    // says nothing about.
+    let holder = app.ctx.db.begin().await.expect("begin");
+    let holder_pid = {
+        let row = holder
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT pg_backend_pid() AS pid FROM outbound_messages WHERE id = '{id}' FOR UPDATE"),
+            ))
+            .await
+            .expect("hold the row")
+            .expect("the row");
+        row.try_get::<i32>("", "pid").expect("pid")
+    };
+    let settling = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { settle::settle_unknown_message(&ctx, id.into()).await }
+    });
+    let waiting = format!("SELECT count(*) FROM pg_stat_activity WHERE {holder_pid} = ANY(pg_blocking_pids(pid))");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.sql_i64(&waiting).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the settlement never came to write");
+        assert!(!settling.is_finished(), "the settlement ended without writing: {:?}", settling.await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder
+        .execute_unprepared(&format!(
+            "UPDATE outbound_messages SET status = 'unknown', attempts = attempts + 1, lease_token = NULL, \
+             handed_at = now(), updated_at = now() WHERE id = '{id}'"
+        ))
+        .await
+        .expect("resolved, resent and cut again meanwhile");
+    holder.commit().await.expect("commit");
+
+    // The search found it, but the delivery it searched for is not the one there now: nothing is written.
+    let found = settling.await.expect("settlement task").expect("settlement");
+    assert_eq!(found, Some(settle::Settlement::FoundSent), "the search itself found the message");
+    let message = app.get(&format!("/v1/messages/{id}"), &key).await;
+    assert_eq!(message.body["status"], json!("unknown"), "the new delivery's outcome stays to be settled: {}", message.body);
+    assert_eq!(
+        app.sql_i64(&format!("SELECT count(*) FROM outbound_messages WHERE id = '{id}' AND sent_folder_checked_at IS NOT NULL"))
+            .await,
+        0,
+        "the settlement's check is not recorded"
+    );
+    assert_eq!(
+        app.sql_i64(&format!(
+            "SELECT count(*) FROM events WHERE event_type = 'message.sent' AND resource_id = '{id}' AND data ? 'settled'"
+        ))
+        .await,
+        0,
+        "no message.sent announced for a settlement that wrote nothing"
+    );
 }
 
 #[tokio::test]
