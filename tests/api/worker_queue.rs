@@ -262,12 +262,11 @@ async fn a_settlement_whose_message_was_delivered_again_during_its_search_writes
         async move { settle::settle_unknown_message(&ctx, id.into()).await }
     });
     let waiting = format!("SELECT count(*) FROM pg_stat_activity WHERE {holder_pid} = ANY(pg_blocking_pids(pid))");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while app.sql_i64(&waiting).await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the settlement never came to write");
-        assert!(!settling.is_finished(), "the settlement ended without writing: {:?}", settling.await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    postbridge_tests::wait_until("the settlement comes to write", Duration::from_secs(30), async || {
+        settling.is_finished() || app.sql_i64(&waiting).await > 0
+    })
+    .await;
+    assert!(!settling.is_finished(), "the settlement ended without writing: {:?}", settling.await);
     holder
         .execute_unprepared(&format!(
             "UPDATE outbound_messages SET status = 'unknown', attempts = attempts + 1, lease_token = NULL, \

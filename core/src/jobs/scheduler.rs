@@ -149,10 +149,9 @@ pub async fn claim_due_refreshes(
     for row in &rows {
         let id = row.try_get::<GrantId>("", "id")?;
         due.push((id, row.try_get::<TokenConfigId>("", "token_config_id")?));
-        // Due rows have a due time; one without cannot be claimed, so it never moves the key.
-        if let Some(refresh_at) = row.try_get::<Option<chrono::DateTime<chrono::Utc>>>("", "refresh_at")? {
-            last = last.max(Some((refresh_at, id)));
-        }
+        // Only due rows are claimed, and a due row has its due time.
+        let refresh_at = row.try_get::<chrono::DateTime<chrono::Utc>>("", "refresh_at")?;
+        last = last.max(Some((refresh_at, id)));
     }
     Ok((crate::connect::grants::batches_of(due), last))
 }
