@@ -234,7 +234,10 @@ const SQL_WRITERS: &[(&str, &[&str])] = &[
     ),
     ("event_watchers", &["observe::live_watchers"]),
     ("events", &["observe::events", "receive::inbox"]),
-    ("grants", &["connect::grants::background", "connect::grants::tokens", "jobs::marks", "jobs::scheduler"]),
+    (
+        "grants",
+        &["connect::grants::background", "connect::grants::lease", "connect::grants::tokens", "jobs::marks", "jobs::scheduler"],
+    ),
     ("inbound_messages", &["receive::inbox"]),
     (
         "outbound_messages",

@@ -317,3 +317,114 @@ async fn a_batch_whose_client_was_refused_once_and_then_worked_leaves_the_config
         .await;
     assert_eq!(events, 1, "the refusal is reported once");
 }
+
+// ---- the lease: short, renewed while its holder works ------------------------------------------
+
+/// Longer than a refresh lease lasts unrenewed (20 s): an answer this slow lands only if its lease was renewed.
+const SLOWER_THAN_A_LEASE: Duration = Duration::from_secs(24);
+
+/// Waits until the grant's lease has been renewed past `first` (renewals come every 5 s).
+async fn lease_renewed(app: &TestApp, id: Uuid, first: chrono::DateTime<chrono::Utc>) {
+    wait_until("the lease is renewed", Duration::from_secs(12), async || {
+        lease_and_access(app, id).await.0.is_some_and(|until| until > first)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_provider_answers_after_its_lease_would_have_run_out_renews_it_and_a_waiting_caller_shares_the_answer() {
+    let app = spawn_app_with(TestEnv::new()).await;
+    let setup = app.oauth_setup().await;
+    let ids = seed_grants(&app, &setup, 1).await;
+    let id = ids[0];
+    fall_due(&app, &setup, &ids).await;
+    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(SLOWER_THAN_A_LEASE));
+    let before = setup.provider.token_requests("refresh_token");
+
+    let batch = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { grants::refresh_grants(&ctx, &[id.into()]).await }
+    });
+    wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
+        .await;
+    let first = lease_and_access(&app, id).await.0.expect("leased");
+    // The caller's token has expired: it waits for the batch, past the moment the lease would have ended unrenewed.
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    let caller = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { grants::access_token(&ctx, tenant.into(), id.into()).await }
+    });
+    lease_renewed(&app, id, first).await;
+
+    let pass = batch.await.expect("the batch ran").expect("the batch succeeded");
+    assert_eq!(pass, grants::RefreshPass { refreshed: 1, ..Default::default() }, "stored under the renewed lease");
+    let token = caller.await.expect("the caller ran").expect("the caller gets a token");
+    assert_eq!(setup.provider.token_requests("refresh_token") - before, 1, "the caller did not refresh a second time");
+    assert!(setup.provider.introspect(&token).is_some(), "the caller got the batch's new token");
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+    assert_eq!(lease_and_access(&app, id).await.0, None, "the lease ended with the answer");
+}
+
+#[tokio::test]
+async fn an_on_demand_refresh_slower_than_its_lease_renews_it_so_a_second_caller_waits_instead_of_refreshing_again() {
+    let app = spawn_app_with(TestEnv::new()).await;
+    let setup = app.oauth_setup().await;
+    let ids = seed_grants(&app, &setup, 1).await;
+    let id = ids[0];
+    fall_due(&app, &setup, &ids).await;
+    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(SLOWER_THAN_A_LEASE));
+    let before = setup.provider.token_requests("refresh_token");
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    let call = || {
+        let ctx = app.ctx.clone();
+        tokio::spawn(async move { grants::access_token(&ctx, tenant.into(), id.into()).await })
+    };
+
+    let first_caller = call();
+    wait_until("the first caller leased the grant", Duration::from_secs(10), async || {
+        lease_and_access(&app, id).await.0.is_some()
+    })
+    .await;
+    let first = lease_and_access(&app, id).await.0.expect("leased");
+    let second_caller = call();
+    lease_renewed(&app, id, first).await;
+
+    let first_token = first_caller.await.expect("the first caller ran").expect("a token");
+    let second_token = second_caller.await.expect("the second caller ran").expect("a token");
+    assert_eq!(setup.provider.token_requests("refresh_token") - before, 1, "one refresh for both callers");
+    assert_eq!(first_token, second_token, "the second caller got the first one's answer");
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+    assert_eq!(lease_and_access(&app, id).await.0, None, "the lease ended with the answer");
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_its_batch_waits_on_the_provider_holds_the_grant_only_until_its_short_lease_runs_out() {
+    let redis = PrivateRedis::start().await;
+    let (app, setup) = storm_app(&redis).await;
+    let ids = seed_grants(&app, &setup, 1).await;
+    let id = ids[0];
+    let mut worker = WorkerProcess::spawn(WORKER, &app.env, &[]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    // The provider hangs on the worker's request; its token has expired, so a caller cannot use it meanwhile.
+    setup.provider.set_token_latency(Duration::from_secs(300));
+    let before = setup.provider.token_requests("refresh_token");
+    fall_due(&app, &setup, &ids).await;
+    wait_until("the worker's batch asks the provider", Duration::from_secs(20), async || {
+        setup.provider.token_requests("refresh_token") > before
+    })
+    .await;
+    let first = lease_and_access(&app, id).await.0.expect("the batch leased the grant");
+    lease_renewed(&app, id, first).await;
+
+    worker.kill_9();
+    setup.provider.set_token_latency(Duration::ZERO);
+    let killed = std::time::Instant::now();
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    let token = grants::access_token(&app.ctx, tenant.into(), id.into()).await.expect("the caller gets a token");
+    // The lease it renewed last had at most 20 s to run (a batch's lease used to be 2 minutes, however it was cut).
+    assert!(killed.elapsed() < Duration::from_secs(30), "the caller waited {:?} for a dead worker", killed.elapsed());
+    assert!(setup.provider.introspect(&token).is_some(), "a token the provider issued");
+    assert_eq!(setup.provider.token_requests("refresh_token") - before, 2, "the killed request and the caller's");
+    assert_every_refresh_token_current(&app, &setup, &ids).await;
+    assert_eq!(lease_and_access(&app, id).await.0, None, "no lease is left");
+}

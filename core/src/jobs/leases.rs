@@ -5,8 +5,8 @@
 //! are leased the same way, spelled here once: a `lease_until` column, free when empty or past, taken by an
 //! `UPDATE ... WHERE <free>` so two takers cannot both win, renewed by its holder, cleared when the work is recorded.
 //! A message's lease also names its holder (`lease_token`, `leased_by`): whoever records an outcome proves the lease
-//! is still its own. Grants are not leased: a refresh holds the grant's row lock in one transaction instead, since
-//! it never outlives a connection.
+//! is still its own. Grants are leased by their refreshes apart (`connect/grants/lease.rs`): a batch holds many
+//! under one lease, whose value is its identity, and no transaction stays open while the provider answers.
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Refreshing in the background, many grants at a time. The scheduler hands the due grants of one token
-//! configuration over in batches. A batch leases its grants in one statement (`refreshing_until`; an on-demand
-//! caller of `access_token` then uses the current token while it works, or waits for the batch's answer, so a
-//! grant is still refreshed once at a time), asks the provider for all of them at once (at most
+//! configuration over in batches. A batch leases its grants in one statement (`refreshing_until`, renewed while it
+//! works: `lease.rs`; an on-demand caller of `access_token` then uses the current token while it works, or waits
+//! for the batch's answer, so a grant is still refreshed once at a time), asks the provider for all of them at once (at most
 //! `POSTBRIDGE_REFRESH_CONCURRENCY` requests in flight per process), and stores the answers as they arrive, a
 //! handful per statement and commit. No transaction stays open while the provider answers, so a storm costs a few
 //! round trips per handful of grants, and a rotated refresh token is in Postgres milliseconds after it arrived.
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QuerySelect,
-    Statement, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
 
+use super::lease::{release_held, RefreshLease, LEASE_SECONDS};
 use super::tokens::{ask_provider, persist_refreshed, persist_refreshed_again, record_failure, record_refusal, Refreshed};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
@@ -92,21 +92,26 @@ pub const INTERNAL_REFRESH_ERROR: &str =
 /// take them, they are dispatched again once their dispatch grace ends.
 pub async fn refresh_grants(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<RefreshPass> {
     let leased = lease(ctx, grant_ids).await?;
-    if leased.is_empty() {
+    // One statement leased them all, with one value.
+    let Some(until) = leased.iter().find_map(|model| model.refreshing_until) else {
         return Ok(RefreshPass::default());
-    }
-    let outcome = refresh_leased(ctx, &leased).await;
-    if let Err(e) = &outcome {
-        for model in &leased {
-            record_internal_failure(ctx, model.id, e).await;
+    };
+    let lease = RefreshLease::keep(ctx.db.clone(), leased.iter().map(|model| model.id).collect(), until);
+    let outcome = refresh_leased(ctx, &leased, &lease).await;
+    match &outcome {
+        // Every grant's answer was stored, or its lease let go, as it arrived.
+        Ok(_) => lease.ended(),
+        Err(e) => {
+            for model in &leased {
+                record_internal_failure(ctx, model.id, e).await;
+            }
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e.detail(), "could not let go of a failed batch's leases; they run out");
+            }
         }
     }
     outcome
 }
-
-/// How long a batch's lease lasts: longer than its asking window plus one token request (30 s, twice with a
-/// next client secret), so a lease never ends while its batch may still store an answer.
-const LEASE_SECONDS: f64 = 120.0;
 
 /// A batch asks no more after this long (requests wait for the process's refresh slots): the grants left are
 /// released and dispatched again by the next pass.
@@ -119,7 +124,7 @@ const STORE_CHUNK: usize = 25;
 type Answer = Option<AppResult<Result<TokenSet, TokenError>>>;
 
 /// Asks the provider for the leased grants and stores the answers (`refresh_grants`).
-async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model]) -> AppResult<RefreshPass> {
+async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model], lease: &RefreshLease) -> AppResult<RefreshPass> {
     let configs = configs_of(ctx, leased).await?;
     let window_ends = Instant::now() + ASK_WINDOW;
     let configs = &configs;
@@ -159,7 +164,7 @@ async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model]) -> AppResult<
             configs.values().filter(|config| config.needs_admin).map(|config| config.id).collect();
         let mut chunks = answers.ready_chunks(STORE_CHUNK);
         while let Some(chunk) = chunks.next().await {
-            pass.add(store_answers(ctx, configs, chunk, &mut awaiting_admin).await);
+            pass.add(store_answers(ctx, configs, chunk, &mut awaiting_admin, lease).await);
         }
         pass
     };
@@ -200,12 +205,15 @@ async fn store_answers(
     configs: &HashMap<TokenConfigId, token_config::Model>,
     chunk: Vec<(&grant::Model, Answer)>,
     awaiting_admin: &mut HashSet<TokenConfigId>,
+    lease: &RefreshLease,
 ) -> RefreshPass {
+    // Not renewed while this chunk is written: new tokens are stored only under the value the rows carry.
+    let until = lease.held().await;
     let refreshed: Vec<Refreshed<'_>> = chunk
         .iter()
         .filter_map(|(model, answer)| {
             let tokens = answer.as_ref()?.as_ref().ok()?.as_ref().ok()?;
-            Some(Refreshed { model, tokens, lease: model.refreshing_until })
+            Some(Refreshed { model, tokens, lease: Some(*until) })
         })
         .collect();
     // A configuration as this batch last saw it: `needs_admin` while the batch knows it waits for its admin.
@@ -245,7 +253,7 @@ async fn store_answers(
             .map(|(model, _)| model.id)
             .filter(|id| !refreshed.iter().any(|one| one.model.id == *id))
             .collect();
-        release(&txn, &leases).await?;
+        release_held(&txn, &leases, *until).await?;
         // A configuration whose credentials just worked is not waiting for its admin any more.
         let worked: Vec<token_config::Model> = configs
             .values()
@@ -293,20 +301,6 @@ async fn store_answers(
         ctx.metrics.token_refresh("refreshed");
     }
     pass
-}
-
-/// Ends the batch's leases on `grant_ids` (grants with new tokens are left out: storing those ends theirs, if it holds).
-async fn release(txn: &DatabaseTransaction, grant_ids: &[GrantId]) -> AppResult<()> {
-    if grant_ids.is_empty() {
-        return Ok(());
-    }
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE grants SET refreshing_until = NULL WHERE id = ANY($1::text::uuid[])",
-        [uuid_array(grant_ids)],
-    ))
-    .await?;
-    Ok(())
 }
 
 /// The configurations of the grants, each checked to belong to its grant's tenant.

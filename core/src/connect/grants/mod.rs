@@ -35,6 +35,7 @@ mod background;
 mod callback;
 mod client_secrets;
 mod import;
+mod lease;
 mod link;
 mod provider_revocation;
 pub(crate) mod reauth;

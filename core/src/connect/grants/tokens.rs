@@ -11,6 +11,7 @@ use sea_orm::{
 use serde_json::json;
 
 use super::client_secrets::{request_tokens, TokenRequest};
+use super::lease::{release_held, RefreshLease, LEASE_SECONDS};
 use super::reauth::bury_grant;
 use super::{find, refresh_at_for, refresh_due_at};
 use crate::connect::token_configs;
@@ -98,10 +99,6 @@ fn backoff(failures: i32, retry_after: Option<Duration>) -> chrono::Duration {
 /// How often an on-demand caller looks again while another refresh of the grant it needs is under way.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
-/// How long an on-demand refresh holds its grant (`refreshing_until`): one token request, twice with a next client
-/// secret (30 s each at most), and the write. A caller killed meanwhile delays the grant's next refresh this long.
-const ON_DEMAND_LEASE_SECONDS: f64 = 75.0;
-
 /// A valid access token for the grant: the stored one while it has more than the margin left, else a refresh.
 /// One refresh per grant at a time across all processes: the refresher holds the grant's lease
 /// (`refreshing_until`, as a background batch does), and concurrent callers wait for its answer, then reuse the new
@@ -126,13 +123,15 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
             continue;
         }
         // Taken by another caller meanwhile (or refreshed already): the next round reads what it did.
-        let Some(leased) = take_lease(ctx, &model).await? else { continue };
-        let mut guard = LeaseGuard { db: ctx.db.clone(), leased: Some(leased.clone()) };
-        let refreshed = refresh_leased(ctx, &leased).await;
-        guard.leased = None;
+        let Some((leased, until)) = take_lease(ctx, &model).await? else { continue };
+        // Dropped with a cancelled caller, it lets the grant go at once; a killed process's runs out.
+        let lease = RefreshLease::keep(ctx.db.clone(), vec![leased.id], until);
+        let refreshed = refresh_leased(ctx, &leased, &lease).await;
         if matches!(refreshed, Err(TokenAccessError::App(_))) {
             // Postbridge's own failure: the lease goes, so the next caller (or batch) may try at once.
-            let _ = release_lease(&ctx.db, &leased).await;
+            let _ = lease.release().await;
+        } else {
+            lease.ended();
         }
         match refreshed? {
             Some(token) => return Ok(token),
@@ -141,28 +140,9 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
     }
 }
 
-/// Lets an on-demand lease go when its caller is dropped mid-refresh (a cancelled request or job), so the other
-/// callers need not wait out the whole lease. A killed process cannot: its lease runs out.
-struct LeaseGuard {
-    db: sea_orm::DatabaseConnection,
-    leased: Option<grant::Model>,
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        let (Some(leased), Ok(runtime)) = (self.leased.take(), tokio::runtime::Handle::try_current()) else { return };
-        let db = self.db.clone();
-        runtime.spawn(async move {
-            if let Err(e) = release_lease(&db, &leased).await {
-                tracing::warn!(grant_id = %leased.id, error = %e.detail(), "could not let go of a cancelled refresh's lease; it runs out");
-            }
-        });
-    }
-}
-
 /// Leases the grant for an on-demand refresh when nobody holds it and it is as `model` saw it (a refresh or a
-/// failure recorded meanwhile changes `updated_at`); the row as leased.
-async fn take_lease(ctx: &AppContext, model: &grant::Model) -> AppResult<Option<grant::Model>> {
+/// failure recorded meanwhile changes `updated_at`); the row as leased, and the lease.
+async fn take_lease(ctx: &AppContext, model: &grant::Model) -> AppResult<Option<(grant::Model, DateTime<Utc>)>> {
     let row = ctx
         .db
         .query_one_raw(Statement::from_sql_and_values(
@@ -170,38 +150,36 @@ async fn take_lease(ctx: &AppContext, model: &grant::Model) -> AppResult<Option<
             "UPDATE grants SET refreshing_until = now() + make_interval(secs => $3) \
              WHERE id = $1 AND tenant_id = $2 AND (refreshing_until IS NULL OR refreshing_until <= now()) \
              AND updated_at = $4 RETURNING *",
-            [model.id.into(), model.tenant_id.into(), ON_DEMAND_LEASE_SECONDS.into(), model.updated_at.into()],
+            [model.id.into(), model.tenant_id.into(), LEASE_SECONDS.into(), model.updated_at.into()],
         ))
         .await?;
-    Ok(row.map(|row| grant::Model::from_query_result(&row, "")).transpose()?)
-}
-
-/// Ends an on-demand lease, if it is still the one taken.
-async fn release_lease<C: ConnectionTrait>(db: &C, leased: &grant::Model) -> AppResult<()> {
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "UPDATE grants SET refreshing_until = NULL WHERE id = $1 AND refreshing_until = $2",
-        [leased.id.into(), leased.refreshing_until.into()],
-    ))
-    .await?;
-    Ok(())
+    let Some(row) = row else { return Ok(None) };
+    let leased = grant::Model::from_query_result(&row, "")?;
+    Ok(leased.refreshing_until.map(|until| (leased, until)))
 }
 
 /// Refreshes a grant whose lease the caller holds. `None` when the lease was lost meanwhile (a new consent
 /// replaced the tokens): the caller reads the grant again.
-async fn refresh_leased(ctx: &AppContext, leased: &grant::Model) -> Result<Option<String>, TokenAccessError> {
+async fn refresh_leased(
+    ctx: &AppContext,
+    leased: &grant::Model,
+    lease: &RefreshLease,
+) -> Result<Option<String>, TokenAccessError> {
     let config = token_configs::find_in(&ctx.db, leased.tenant_id, leased.token_config_id).await?;
     // Backing off after a provider outage: while the stored token still works, use it rather than hammer the
     // provider. (A refused client is not an outage: keep asking, so the admin's fix is seen at once.)
     if !config.needs_admin && leased.next_refresh_at.is_some_and(|next| next > Utc::now()) {
         if let Some(token) = still_valid_access_token(ctx, leased)? {
-            release_lease(&ctx.db, leased).await?;
+            release_held(&ctx.db, &[leased.id], lease.stop_renewing().await).await?;
             return Ok(Some(token));
         }
     }
-    match ask_provider(ctx, &config, leased).await? {
+    let answer = ask_provider(ctx, &config, leased).await;
+    // Renewed while the provider took its time; from here on the answer is written under its value.
+    let until = lease.stop_renewing().await;
+    match answer? {
         Ok(tokens) => {
-            let one = Refreshed { model: leased, tokens: &tokens, lease: leased.refreshing_until };
+            let one = Refreshed { model: leased, tokens: &tokens, lease: Some(until) };
             let txn = ctx.db.begin().await?;
             if let Err(first) = persist_refreshed(ctx, txn, &[one], &[&config]).await {
                 persist_refreshed_again(ctx, one, &config, first).await?;
@@ -213,13 +191,13 @@ async fn refresh_leased(ctx: &AppContext, leased: &grant::Model) -> Result<Optio
         Err(refused) => {
             let txn = ctx.db.begin().await?;
             let current = lock_grant(&txn, leased.tenant_id, leased.id).await?;
-            if current.refreshing_until != leased.refreshing_until {
+            if current.refreshing_until != Some(until) {
                 // A new consent meanwhile: the refusal was for tokens that are gone.
                 txn.commit().await?;
                 return Ok(None);
             }
             let failure = record_refusal(ctx, &txn, &current, &config, &refused).await?;
-            release_lease(&txn, leased).await?;
+            release_held(&txn, &[leased.id], until).await?;
             txn.commit().await?;
             match failure {
                 // An early refresh that failed leaves the current token usable until it really expires.
