@@ -1227,7 +1227,7 @@ async fn a_refresh_whose_caller_goes_away_lets_the_grant_go_for_the_next_caller(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(app.sql_text(&leased).await.as_deref(), Some("false"), "the lease went with its caller");
-    // The next caller refreshes at once instead of waiting out 75 s.
+    // The next caller refreshes at once instead of waiting out the lease.
     c.setup.provider.set_token_latency(Duration::ZERO);
     let token = token(&app, &c).await.expect("refreshed");
     assert_eq!(c.setup.provider.introspect(&token).as_deref(), Some(CONSENTING_USER));

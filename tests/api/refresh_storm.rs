@@ -240,14 +240,16 @@ async fn lease_and_access(app: &TestApp, id: Uuid) -> (Option<chrono::DateTime<c
     (row.try_get("", "refreshing_until").expect("lease"), row.try_get("", "access_token").expect("access token"))
 }
 
-#[tokio::test]
-async fn a_caller_whose_token_expired_waits_for_the_batch_refreshing_it_and_gets_its_answer_without_a_second_refresh() {
+/// A batch refreshes one grant whose token has expired, its provider answering after `answer_after`, while a caller
+/// needs the token: the caller waits for the batch and gets its answer, one refresh in all. With `until_renewed`,
+/// the caller is still waiting once the batch's lease has been renewed, and the answer is stored under the new value.
+async fn a_caller_waits_for_a_batch(answer_after: Duration, until_renewed: bool) {
     let app = spawn_app_with(TestEnv::new()).await;
     let setup = app.oauth_setup().await;
     let ids = seed_grants(&app, &setup, 1).await;
     let id = ids[0];
     fall_due(&app, &setup, &ids).await;
-    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(Duration::from_millis(600)));
+    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(answer_after));
     let before = setup.provider.token_requests("refresh_token");
 
     let batch = tokio::spawn({
@@ -256,15 +258,28 @@ async fn a_caller_whose_token_expired_waits_for_the_batch_refreshing_it_and_gets
     });
     wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
         .await;
+    let first = lease_and_access(&app, id).await.0.expect("leased");
     let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
-    let token = grants::access_token(&app.ctx, tenant.into(), id.into()).await.expect("the caller gets a token");
+    let caller = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { grants::access_token(&ctx, tenant.into(), id.into()).await }
+    });
+    if until_renewed {
+        lease_renewed(&app, id, first).await;
+    }
 
     let pass = batch.await.expect("the batch ran").expect("the batch succeeded");
-    assert_eq!(pass, grants::RefreshPass { refreshed: 1, ..Default::default() });
+    assert_eq!(pass, grants::RefreshPass { refreshed: 1, ..Default::default() }, "stored under the lease as it stands");
+    let token = caller.await.expect("the caller ran").expect("the caller gets a token");
     assert_eq!(setup.provider.token_requests("refresh_token") - before, 1, "the caller did not refresh a second time");
     assert!(setup.provider.introspect(&token).is_some(), "the caller got the batch's new token");
     assert_every_refresh_token_current(&app, &setup, &ids).await;
     assert_eq!(lease_and_access(&app, id).await.0, None, "the lease ended with the answer");
+}
+
+#[tokio::test]
+async fn a_caller_whose_token_expired_waits_for_the_batch_refreshing_it_and_gets_its_answer_without_a_second_refresh() {
+    a_caller_waits_for_a_batch(Duration::from_millis(600), false).await;
 }
 
 #[tokio::test]
@@ -333,36 +348,7 @@ async fn lease_renewed(app: &TestApp, id: Uuid, first: chrono::DateTime<chrono::
 
 #[tokio::test]
 async fn a_batch_whose_provider_answers_after_its_lease_would_have_run_out_renews_it_and_a_waiting_caller_shares_the_answer() {
-    let app = spawn_app_with(TestEnv::new()).await;
-    let setup = app.oauth_setup().await;
-    let ids = seed_grants(&app, &setup, 1).await;
-    let id = ids[0];
-    fall_due(&app, &setup, &ids).await;
-    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(SLOWER_THAN_A_LEASE));
-    let before = setup.provider.token_requests("refresh_token");
-
-    let batch = tokio::spawn({
-        let ctx = app.ctx.clone();
-        async move { grants::refresh_grants(&ctx, &[id.into()]).await }
-    });
-    wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
-        .await;
-    let first = lease_and_access(&app, id).await.0.expect("leased");
-    // The caller's token has expired: it waits for the batch, past the moment the lease would have ended unrenewed.
-    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
-    let caller = tokio::spawn({
-        let ctx = app.ctx.clone();
-        async move { grants::access_token(&ctx, tenant.into(), id.into()).await }
-    });
-    lease_renewed(&app, id, first).await;
-
-    let pass = batch.await.expect("the batch ran").expect("the batch succeeded");
-    assert_eq!(pass, grants::RefreshPass { refreshed: 1, ..Default::default() }, "stored under the renewed lease");
-    let token = caller.await.expect("the caller ran").expect("the caller gets a token");
-    assert_eq!(setup.provider.token_requests("refresh_token") - before, 1, "the caller did not refresh a second time");
-    assert!(setup.provider.introspect(&token).is_some(), "the caller got the batch's new token");
-    assert_every_refresh_token_current(&app, &setup, &ids).await;
-    assert_eq!(lease_and_access(&app, id).await.0, None, "the lease ended with the answer");
+    a_caller_waits_for_a_batch(SLOWER_THAN_A_LEASE, true).await;
 }
 
 #[tokio::test]
