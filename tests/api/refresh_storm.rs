@@ -282,14 +282,17 @@ async fn a_caller_whose_token_expired_waits_for_the_batch_refreshing_it_and_gets
     a_caller_waits_for_a_batch(Duration::from_millis(600), false).await;
 }
 
-#[tokio::test]
-async fn a_batch_whose_lease_was_taken_away_meanwhile_drops_its_answer_instead_of_overwriting_newer_tokens() {
+/// A batch asks the provider for one grant, which answers after 600 ms (`answer`: how, for the batch's request);
+/// meanwhile a new consent replaces the grant's tokens and ends the lease. Whatever the batch then met is for tokens
+/// that are gone: it writes nothing, and the grant keeps the consent's tokens, valid, without error or backoff.
+async fn a_new_consent_overtakes_a_batch(answer: postbridge_oauth_provider::TokenFailure) -> grants::RefreshPass {
     let app = spawn_app_with(TestEnv::new()).await;
     let setup = app.oauth_setup().await;
     let ids = seed_grants(&app, &setup, 1).await;
     let id = ids[0];
     fall_due(&app, &setup, &[]).await;
-    setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(Duration::from_millis(600)));
+    setup.provider.set_token_latency(Duration::from_millis(600));
+    setup.provider.fail_next_token_requests(1, answer);
 
     let batch = tokio::spawn({
         let ctx = app.ctx.clone();
@@ -305,8 +308,26 @@ async fn a_batch_whose_lease_was_taken_away_meanwhile_drops_its_answer_instead_o
     .await;
 
     let pass = batch.await.expect("the batch ran").expect("the batch succeeded");
-    assert_eq!(pass.refreshed, 0, "the answer came under a lease that no longer held");
     assert_eq!(lease_and_access(&app, id).await, (None, Some("replaced-by-consent".to_owned())));
+    let untouched = format!(
+        "SELECT count(*) FROM grants WHERE id = '{id}' AND status = 'valid' AND last_error IS NULL \
+         AND refresh_failures = 0 AND next_refresh_at IS NULL"
+    );
+    assert_eq!(app.sql_i64(&untouched).await, 1, "the consent's grant is as the consent left it");
+    pass
+}
+
+#[tokio::test]
+async fn a_batch_whose_lease_was_taken_away_meanwhile_drops_its_answer_instead_of_overwriting_newer_tokens() {
+    let pass = a_new_consent_overtakes_a_batch(postbridge_oauth_provider::TokenFailure::Slow(Duration::ZERO)).await;
+    assert_eq!(pass.refreshed, 0, "the answer came under a lease that no longer held");
+}
+
+#[tokio::test]
+async fn a_refusal_for_tokens_a_new_consent_replaced_meanwhile_does_not_bury_the_new_grant() {
+    let revoked = postbridge_oauth_provider::TokenFailure::InvalidGrant { description: "token revoked".to_owned() };
+    let pass = a_new_consent_overtakes_a_batch(revoked).await;
+    assert_eq!(pass, grants::RefreshPass::default(), "the refusal was for tokens that are gone");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
 
-use super::lease::{release_held, RefreshLease, LEASE_SECONDS};
+use super::lease::{release_held, still_held, RefreshLease, LEASE_SECONDS};
 use super::tokens::{ask_provider, persist_refreshed, persist_refreshed_again, record_failure, record_refusal, Refreshed};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
@@ -228,6 +228,9 @@ async fn store_answers(
         for (model, answer) in &chunk {
             match answer {
                 None | Some(Ok(Ok(_))) => {}
+                // A new consent meanwhile took the grant from the lease: the refusal or failure was for tokens that
+                // are gone, and must not bury or back off the new ones.
+                Some(Ok(Err(_)) | Err(_)) if !still_held(&txn, model.id, *until).await? => {}
                 Some(Ok(Err(refused))) => {
                     let Some(config) = configs.get(&model.token_config_id) else { continue };
                     match record_refusal(ctx, &txn, model, &as_seen(config, &awaiting), refused).await? {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, Statement};
 use tokio::sync::{watch, Mutex, MutexGuard};
 
 use crate::error::AppResult;
@@ -138,6 +138,21 @@ async fn renew(db: &DatabaseConnection, grant_ids: &[GrantId], until: DateTime<U
     Ok(match row {
         Some(row) => row.try_get::<Option<DateTime<Utc>>>("", "until")?,
         None => None,
+    })
+}
+
+/// Whether the grant still carries the lease `until`; its row stays locked for `txn` either way.
+pub(super) async fn still_held(txn: &DatabaseTransaction, grant_id: GrantId, until: DateTime<Utc>) -> AppResult<bool> {
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT refreshing_until = $2 AS held FROM grants WHERE id = $1 FOR UPDATE",
+            [grant_id.into(), until.into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get::<Option<bool>>("", "held")?.unwrap_or(false),
+        None => false,
     })
 }
 
