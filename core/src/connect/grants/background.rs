@@ -213,7 +213,7 @@ async fn store_answers(
         .iter()
         .filter_map(|(model, answer)| {
             let tokens = answer.as_ref()?.as_ref().ok()?.as_ref().ok()?;
-            Some(Refreshed { model, tokens, lease: Some(*until) })
+            Some(Refreshed { model, tokens, lease: *until })
         })
         .collect();
     // A configuration as this batch last saw it: `needs_admin` while the batch knows it waits for its admin.

@@ -6,6 +6,9 @@
 //! The lease's value is its identity: a holder stores its answer only while the row still carries the value it last
 //! set (a new consent clears it, and a lease that ran out may have been taken again). Renewing changes the value, so
 //! a renewal and a write of answers never run at the same time (`RefreshLease::held`).
+//!
+//! The renewal runs in a task of its own, not through `jobs::leases::renewing`, which pauses the work while it
+//! renews: a batch's write holds row locks that the renewal would then wait on for ever.
 
 use std::sync::Arc;
 use std::time::Duration;

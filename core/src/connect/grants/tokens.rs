@@ -179,7 +179,7 @@ async fn refresh_leased(
     let until = lease.stop_renewing().await;
     match answer? {
         Ok(tokens) => {
-            let one = Refreshed { model: leased, tokens: &tokens, lease: Some(until) };
+            let one = Refreshed { model: leased, tokens: &tokens, lease: until };
             let txn = ctx.db.begin().await?;
             if let Err(first) = persist_refreshed(ctx, txn, &[one], &[&config]).await {
                 persist_refreshed_again(ctx, one, &config, first).await?;
@@ -297,13 +297,13 @@ pub(super) async fn persist_refreshed(
     Ok(stored)
 }
 
-/// New tokens for a grant, and the lease (`refreshing_until`) under which they were asked for: they are stored
-/// only while it holds.
+/// New tokens for a grant, and the lease (`refreshing_until`) they are written under: they are stored only while
+/// the row still carries it.
 #[derive(Clone, Copy)]
 pub(super) struct Refreshed<'a> {
     pub model: &'a grant::Model,
     pub tokens: &'a TokenSet,
-    pub lease: Option<DateTime<Utc>>,
+    pub lease: DateTime<Utc>,
 }
 
 /// Retries after storing refreshed tokens failed (a failed COMMIT included). The provider may have rotated the
@@ -341,7 +341,7 @@ pub(super) async fn persist_refreshed_again(
 
 /// Stores new tokens for every grant in `refreshed` in one statement: each valid again, without error, backoff or
 /// lease (as `mark_fresh` says). A rotated refresh token goes in the same transaction, a missing one keeps the
-/// old. A batch's answer is stored only while its lease holds (a new consent meanwhile replaced the tokens).
+/// old. An answer is stored only while its lease holds (a new consent meanwhile replaced the tokens).
 /// Returns how many grants were stored.
 async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, refreshed: &[Refreshed<'_>]) -> AppResult<u64> {
     if refreshed.is_empty() {
@@ -375,7 +375,7 @@ async fn save_refreshed(ctx: &AppContext, txn: &DatabaseTransaction, refreshed: 
                         last_refreshed_at = $2, updated_at = $2 \
                  FROM jsonb_to_recordset($1) AS t(id uuid, access_token text, refresh_token text, \
                                                   expires_at timestamptz, refresh_at timestamptz, lease timestamptz) \
-                 WHERE g.id = t.id AND (t.lease IS NULL OR g.refreshing_until = t.lease)",
+                 WHERE g.id = t.id AND g.refreshing_until = t.lease",
                 valid = GrantStatus::Valid.as_str()
             ),
             [serde_json::Value::Array(rows).into(), now.into()],
