@@ -240,30 +240,54 @@ async fn lease_and_access(app: &TestApp, id: Uuid) -> (Option<chrono::DateTime<c
     (row.try_get("", "refreshing_until").expect("lease"), row.try_get("", "access_token").expect("access token"))
 }
 
+/// An app with one grant of a configuration of its own, due for refresh; `expired`: its access token has expired
+/// too, so a caller cannot use it while a refresh is under way.
+async fn one_due_grant(expired: bool) -> (TestApp, OAuthSetup, Vec<Uuid>) {
+    let app = spawn_app_with(TestEnv::new()).await;
+    let setup = app.oauth_setup().await;
+    let ids = seed_grants(&app, &setup, 1).await;
+    fall_due(&app, &setup, if expired { &ids } else { &[] }).await;
+    (app, setup, ids)
+}
+
+/// Asks for the grant's access token in a task of its own, as a request or a job does.
+fn token_caller(
+    app: &TestApp,
+    setup: &OAuthSetup,
+    id: Uuid,
+) -> tokio::task::JoinHandle<Result<String, grants::TokenAccessError>> {
+    let ctx = app.ctx.clone();
+    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
+    tokio::spawn(async move { grants::access_token(&ctx, tenant.into(), id.into()).await })
+}
+
+/// Waits until a refresh holds the grant; the lease's first value.
+async fn leased(app: &TestApp, id: Uuid) -> chrono::DateTime<chrono::Utc> {
+    wait_until("the grant is leased", Duration::from_secs(10), async || lease_and_access(app, id).await.0.is_some()).await;
+    lease_and_access(app, id).await.0.expect("leased")
+}
+
+/// Starts a batch refreshing the grant and waits until it holds it; the batch, and its lease's first value.
+async fn batch_holding(
+    app: &TestApp,
+    id: Uuid,
+) -> (tokio::task::JoinHandle<postbridge_core::AppResult<grants::RefreshPass>>, chrono::DateTime<chrono::Utc>) {
+    let ctx = app.ctx.clone();
+    let batch = tokio::spawn(async move { grants::refresh_grants(&ctx, &[id.into()]).await });
+    (batch, leased(app, id).await)
+}
+
 /// A batch refreshes one grant whose token has expired, its provider answering after `answer_after`, while a caller
 /// needs the token: the caller waits for the batch and gets its answer, one refresh in all. With `until_renewed`,
 /// the caller is still waiting once the batch's lease has been renewed, and the answer is stored under the new value.
 async fn a_caller_waits_for_a_batch(answer_after: Duration, until_renewed: bool) {
-    let app = spawn_app_with(TestEnv::new()).await;
-    let setup = app.oauth_setup().await;
-    let ids = seed_grants(&app, &setup, 1).await;
+    let (app, setup, ids) = one_due_grant(true).await;
     let id = ids[0];
-    fall_due(&app, &setup, &ids).await;
     setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(answer_after));
     let before = setup.provider.token_requests("refresh_token");
 
-    let batch = tokio::spawn({
-        let ctx = app.ctx.clone();
-        async move { grants::refresh_grants(&ctx, &[id.into()]).await }
-    });
-    wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
-        .await;
-    let first = lease_and_access(&app, id).await.0.expect("leased");
-    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
-    let caller = tokio::spawn({
-        let ctx = app.ctx.clone();
-        async move { grants::access_token(&ctx, tenant.into(), id.into()).await }
-    });
+    let (batch, first) = batch_holding(&app, id).await;
+    let caller = token_caller(&app, &setup, id);
     if until_renewed {
         lease_renewed(&app, id, first).await;
     }
@@ -286,20 +310,12 @@ async fn a_caller_whose_token_expired_waits_for_the_batch_refreshing_it_and_gets
 /// meanwhile a new consent replaces the grant's tokens and ends the lease. Whatever the batch then met is for tokens
 /// that are gone: it writes nothing, and the grant keeps the consent's tokens, valid, without error or backoff.
 async fn a_new_consent_overtakes_a_batch(answer: postbridge_oauth_provider::TokenFailure) -> grants::RefreshPass {
-    let app = spawn_app_with(TestEnv::new()).await;
-    let setup = app.oauth_setup().await;
-    let ids = seed_grants(&app, &setup, 1).await;
+    let (app, setup, ids) = one_due_grant(false).await;
     let id = ids[0];
-    fall_due(&app, &setup, &[]).await;
     setup.provider.set_token_latency(Duration::from_millis(600));
     setup.provider.fail_next_token_requests(1, answer);
 
-    let batch = tokio::spawn({
-        let ctx = app.ctx.clone();
-        async move { grants::refresh_grants(&ctx, &[id.into()]).await }
-    });
-    wait_until("the batch leased the grant", Duration::from_secs(10), async || lease_and_access(&app, id).await.0.is_some())
-        .await;
+    let (batch, _) = batch_holding(&app, id).await;
     // What a new consent does to the row meanwhile: new tokens, the lease gone.
     app.sql_exec(&format!(
         "UPDATE grants SET access_token = 'replaced-by-consent', refreshing_until = NULL, \
@@ -374,26 +390,14 @@ async fn a_batch_whose_provider_answers_after_its_lease_would_have_run_out_renew
 
 #[tokio::test]
 async fn an_on_demand_refresh_slower_than_its_lease_renews_it_so_a_second_caller_waits_instead_of_refreshing_again() {
-    let app = spawn_app_with(TestEnv::new()).await;
-    let setup = app.oauth_setup().await;
-    let ids = seed_grants(&app, &setup, 1).await;
+    let (app, setup, ids) = one_due_grant(true).await;
     let id = ids[0];
-    fall_due(&app, &setup, &ids).await;
     setup.provider.fail_next_token_requests(1, postbridge_oauth_provider::TokenFailure::Slow(SLOWER_THAN_A_LEASE));
     let before = setup.provider.token_requests("refresh_token");
-    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
-    let call = || {
-        let ctx = app.ctx.clone();
-        tokio::spawn(async move { grants::access_token(&ctx, tenant.into(), id.into()).await })
-    };
 
-    let first_caller = call();
-    wait_until("the first caller leased the grant", Duration::from_secs(10), async || {
-        lease_and_access(&app, id).await.0.is_some()
-    })
-    .await;
-    let first = lease_and_access(&app, id).await.0.expect("leased");
-    let second_caller = call();
+    let first_caller = token_caller(&app, &setup, id);
+    let first = leased(&app, id).await;
+    let second_caller = token_caller(&app, &setup, id);
     lease_renewed(&app, id, first).await;
 
     let first_token = first_caller.await.expect("the first caller ran").expect("a token");
@@ -426,8 +430,7 @@ async fn a_worker_killed_while_its_batch_waits_on_the_provider_holds_the_grant_o
     worker.kill_9();
     setup.provider.set_token_latency(Duration::ZERO);
     let killed = std::time::Instant::now();
-    let tenant = Uuid::parse_str(&setup.tenant).expect("tenant id");
-    let token = grants::access_token(&app.ctx, tenant.into(), id.into()).await.expect("the caller gets a token");
+    let token = token_caller(&app, &setup, id).await.expect("the caller ran").expect("the caller gets a token");
     // The lease it renewed last had at most 20 s to run (a batch's lease used to be 2 minutes, however it was cut).
     assert!(killed.elapsed() < Duration::from_secs(30), "the caller waited {:?} for a dead worker", killed.elapsed());
     assert!(setup.provider.introspect(&token).is_some(), "a token the provider issued");
