@@ -1,6 +1,7 @@
 //! The outbox is the user's to steer: cancel a queued message, retry a failed one, resolve an unknown one; each
 //! only from the state it starts from, with its event and audit entry, inside the tenant's wall.
 
+use postbridge_core::send::announce;
 use postbridge_core::send::delivery::{self, Delivery};
 use postbridge_tests::mailflow::{new_login, password_account, spawn_mail_app, MAIL_PASSWORD};
 use postbridge_tests::TestApp;
@@ -23,6 +24,17 @@ async fn submit(app: &TestApp, key: &str, login: &str, rcpt: &str) -> String {
     let reply = app.post("/v1/messages", key, json!({"from": login, "to": [rcpt], "subject": "steer", "text": "hi"})).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     reply.id()
+}
+
+/// Runs `step` while listening where the workers wake for due messages; whether it was announced (a retried or
+/// resent message goes at its commit, not at the scheduler's next pass).
+async fn announced<T>(app: &TestApp, step: impl std::future::Future<Output = T>) -> (bool, T) {
+    use postbridge_core::store::listen::{Listener, Notice};
+    let mut listener = Listener::new(app.ctx.settings.database_url.clone(), announce::CHANNEL, "the test's listener");
+    assert!(matches!(listener.next().await, Notice::Connected));
+    let output = step.await;
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(2), listener.next()).await;
+    (matches!(heard, Ok(Notice::Payload(_))), output)
 }
 
 async fn audit_actions(app: &TestApp, key: &str, resource: &str) -> Vec<String> {
@@ -75,8 +87,9 @@ async fn a_failed_message_is_retried_with_its_attempts_from_zero_and_only_a_fail
     let failed = app.get(&format!("/v1/messages/{id}"), &key).await;
     assert_eq!((failed.body["status"].clone(), failed.body["attempts"].clone()), (json!("failed"), json!(1)));
 
-    let retried = app.post(&format!("/v1/messages/{id}/retry"), &key, json!({})).await;
+    let (heard, retried) = announced(&app, app.post(&format!("/v1/messages/{id}/retry"), &key, json!({}))).await;
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    assert!(heard, "the retried message is announced to the workers at its commit");
     assert_eq!(retried.body["status"], json!("queued"));
     assert_eq!(retried.body["attempts"], json!(0));
     assert_eq!(retried.body["last_error"], Value::Null, "the last try's error is gone");
@@ -104,8 +117,10 @@ async fn an_unknown_message_is_resolved_as_sent_or_queued_again_as_its_user_says
     assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.text);
     assert_eq!(app.get(&format!("/v1/messages/{id}"), &key).await.body["status"], json!("unknown"), "bad input changes nothing");
 
-    let resent = app.post(&format!("/v1/messages/{id}/resolve"), &key, json!({"outcome": "resend"})).await;
+    let resolve = format!("/v1/messages/{id}/resolve");
+    let (heard, resent) = announced(&app, app.post(&resolve, &key, json!({"outcome": "resend"}))).await;
     assert_eq!(resent.status, StatusCode::OK, "{}", resent.text);
+    assert!(heard, "the message to send again is announced to the workers at its commit");
     assert_eq!(resent.body["status"], json!("queued"));
     let resolved = app
         .sql_text(&format!("SELECT data::text FROM events WHERE event_type = 'message.resolved' AND resource_id = '{id}'"))

@@ -16,10 +16,10 @@ use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{OutboundStatus, Role};
 use crate::observe::{audit, events};
-use crate::send::outbox::{view, OutboundMessage};
+use crate::send::outbox::{find_shown, view, OutboundMessage};
 use crate::store::entities::outbound_message::{self, Column};
 use crate::store::ids::OutboundMessageId;
-use crate::store::tenant_owned::{find_in_tenant, TenantOwned};
+use crate::store::tenant_owned::TenantOwned;
 
 /// What the user knows of a message whose outcome is `unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum, ToSchema)]
@@ -43,10 +43,10 @@ pub async fn cancel(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId
     let changed = outbound_message::Entity::update_in_tenant(scope.tenant_id)
         .col_expr(Column::Status, Expr::value(OutboundStatus::Cancelled))
         .col_expr(Column::DispatchedUntil, Expr::value(Option::<chrono::DateTime<Utc>>::None))
-        .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(Column::UpdatedAt, Expr::cust("now()"))
         .filter(Column::Id.eq(id))
         .filter(Column::Status.eq(OutboundStatus::Queued));
-    let Some(message) = changed.exec_with_returning(&txn).await?.into_iter().next() else {
+    let Some(message) = changed_row(&txn, scope, id, changed).await? else {
         return Err(not_now(&txn, scope, id, "message_not_cancellable", "only a queued message can be cancelled").await);
     };
     let data = json!({"message_id": message.message_id, "attempts": message.attempts});
@@ -61,12 +61,12 @@ pub async fn retry(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId)
     let txn = ctx.db.begin().await?;
     // Read first, in the transaction, so the event can say what it was retried from (a receiver that heard
     // `message.failed` learns the message is on its way again).
-    let before = find_in_tenant::<outbound_message::Entity, _>(&txn, scope.tenant_id, id).await?;
+    let before = find_shown(&txn, scope.tenant_id, id).await?;
     let changed = requeue(scope)
         .filter(Column::Id.eq(id))
         .filter(Column::Status.is_in([OutboundStatus::Failed, OutboundStatus::Cancelled]))
         .filter(Column::Status.eq(before.status));
-    let Some(message) = changed.exec_with_returning(&txn).await?.into_iter().next() else {
+    let Some(message) = changed_row(&txn, scope, id, changed).await? else {
         return Err(not_now(&txn, scope, id, "message_not_retryable", "only a failed or cancelled message can be retried").await);
     };
     let data = json!({"message_id": message.message_id, "previous_status": before.status});
@@ -90,11 +90,11 @@ pub async fn resolve(
             // When it was handed to the server is the best knowledge of when it went.
             .col_expr(Column::SentAt, Expr::cust("COALESCE(handed_at, now())"))
             .col_expr(Column::LastError, Expr::value(Option::<String>::None))
-            .col_expr(Column::UpdatedAt, Expr::value(Utc::now())),
+            .col_expr(Column::UpdatedAt, Expr::cust("now()")),
         Resolution::Resend => requeue(scope),
     };
     let changed = changed.filter(Column::Id.eq(id)).filter(Column::Status.eq(OutboundStatus::Unknown));
-    let Some(message) = changed.exec_with_returning(&txn).await?.into_iter().next() else {
+    let Some(message) = changed_row(&txn, scope, id, changed).await? else {
         return Err(
             not_now(&txn, scope, id, "message_not_unknown", "only a message whose outcome is unknown can be resolved").await
         );
@@ -105,19 +105,22 @@ pub async fn resolve(
     view(message)
 }
 
-/// Back in the queue, due now, its attempts counted from zero, with nothing of the last try left on it.
+/// Back in the queue, due now, its attempts counted from zero, with nothing of the last try left on it. "Now" is
+/// the transaction's own `now()`: the trigger that announces a due message compares with it, and the API's clock
+/// (later than the transaction's start, or set apart from Postgres's) would leave the message unannounced until
+/// the scheduler's next pass.
 fn requeue(scope: &TenantScope) -> sea_orm::UpdateMany<outbound_message::Entity> {
     let none = Option::<chrono::DateTime<Utc>>::None;
     released(outbound_message::Entity::update_in_tenant(scope.tenant_id))
         .col_expr(Column::Status, Expr::value(OutboundStatus::Queued))
         .col_expr(Column::Attempts, Expr::value(0))
-        .col_expr(Column::NextAttemptAt, Expr::value(Utc::now()))
+        .col_expr(Column::NextAttemptAt, Expr::cust("now()"))
         .col_expr(Column::HandedAt, Expr::value(none))
         .col_expr(Column::DispatchedUntil, Expr::value(none))
         .col_expr(Column::SentFolderCheckedAt, Expr::value(none))
         .col_expr(Column::LastError, Expr::value(Option::<String>::None))
         .col_expr(Column::SmtpReply, Expr::value(Option::<String>::None))
-        .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(Column::UpdatedAt, Expr::cust("now()"))
 }
 
 /// The user's word settles it: a worker still holding an old lease (an `unknown` message keeps its token, so a late
@@ -129,6 +132,20 @@ fn released(update: sea_orm::UpdateMany<outbound_message::Entity>) -> sea_orm::U
         .col_expr(Column::LeaseUntil, Expr::value(Option::<chrono::DateTime<Utc>>::None))
 }
 
+/// Runs a step's update; the message as it now is when the step applied (without its raw bytes, which the answer
+/// and the event never show: `RETURNING *` would send up to the sending maximum back), `None` when it did not.
+async fn changed_row(
+    txn: &DatabaseTransaction,
+    scope: &TenantScope,
+    id: OutboundMessageId,
+    update: sea_orm::UpdateMany<outbound_message::Entity>,
+) -> AppResult<Option<outbound_message::Model>> {
+    if update.exec(txn).await?.rows_affected == 0 {
+        return Ok(None);
+    }
+    Ok(Some(find_shown(txn, scope.tenant_id, id).await?))
+}
+
 /// Why nothing changed: the message is not the tenant's (404), or not in the state the step starts from (409,
 /// naming the state it is in).
 async fn not_now(
@@ -138,7 +155,7 @@ async fn not_now(
     code: &'static str,
     rule: &str,
 ) -> AppError {
-    match find_in_tenant::<outbound_message::Entity, _>(txn, scope.tenant_id, id).await {
+    match find_shown(txn, scope.tenant_id, id).await {
         Ok(message) => AppError::Conflict { code, message: format!("the message is {}; {rule}", message.status.as_str()) },
         Err(e) => e,
     }
