@@ -76,6 +76,10 @@ async fn sent_messages_filter_by_status_account_and_time_with_cursors() {
     assert_error(&app.get("/v1/messages?account_id=nope", &admin).await, StatusCode::BAD_REQUEST, "invalid_query");
     let backwards = format!("/v1/messages?since={since}&until=2000-01-01T00:00:00Z");
     assert_error(&app.get(&backwards, &admin).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_range");
+    // RFC 3339 parsers take any signed year; Postgres would refuse these (a 500 before).
+    for far in ["since=-5000-01-01T00:00:00Z", "until=%2B20000-01-01T00:00:00Z", "since=0000-12-31T00:00:00Z"] {
+        assert_error(&app.get(&format!("/v1/messages?{far}"), &admin).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_time");
+    }
     // Another tenant's account id matches nothing of this tenant's.
     let (_, stranger) = app.tenant_with_admin().await;
     assert!(subjects(&app.get(&format!("/v1/messages?account_id={alice_account}"), &stranger).await).is_empty());
@@ -139,4 +143,5 @@ async fn received_messages_filter_by_folder_from_subject_and_time_with_cursors()
     assert_error(&list(&format!("subject={}", "x".repeat(201))).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter");
     assert_error(&list("subject=").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter");
     assert_error(&list("since=yesterday").await, StatusCode::BAD_REQUEST, "invalid_query");
+    assert_error(&list("until=-5000-01-01T00:00:00Z").await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_time");
 }

@@ -33,11 +33,21 @@ pub(crate) fn limit_of(page: &PageRequest) -> Result<u64, AppError> {
     page.limit()
 }
 
-/// A list's `since` (inclusive) and `until` (exclusive) times: since must not be after until.
+/// The years a list's times may name: RFC 3339 parsers accept any signed year, Postgres refuses many of them (a
+/// database error, which would answer 500).
+const LISTED_YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
+/// A list's `since` (inclusive) and `until` (exclusive) times: each within [`LISTED_YEARS`], since not after until.
 pub(crate) fn check_time_range(
     since: Option<chrono::DateTime<chrono::Utc>>,
     until: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), AppError> {
+    use chrono::Datelike;
+    for (field, time) in [("since", since), ("until", until)] {
+        if time.is_some_and(|time| !LISTED_YEARS.contains(&time.year())) {
+            return Err(AppError::validation(field, "invalid_time", "must be a time between the years 1 and 9999"));
+        }
+    }
     match (since, until) {
         (Some(since), Some(until)) if since > until => {
             Err(AppError::validation("since", "invalid_time_range", "since must not be after until"))
