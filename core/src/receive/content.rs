@@ -23,6 +23,21 @@ const MAX_FILENAME_BYTES: usize = 255;
 const MAX_CONTENT_TYPE_BYTES: usize = 127;
 /// Message ids kept of `References` (the most recent ones: the end of the thread).
 const MAX_REFERENCES: usize = 100;
+/// Bytes kept of a list of addresses (`To`, `Cc`) or message ids (`References`), whatever their count: each value is
+/// bounded on its own, but a thousand of the longest would make every row of a list page a megabyte.
+pub const MAX_LIST_BYTES: usize = 16 * 1024;
+
+/// The first of `values` that fit in [`MAX_LIST_BYTES`] together.
+pub(crate) fn within_list_bytes(values: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut left = MAX_LIST_BYTES;
+    values
+        .into_iter()
+        .map_while(|value| {
+            left = left.checked_sub(value.len())?;
+            Some(value)
+        })
+        .collect()
+}
 
 /// What is kept of a parsed message.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -54,7 +69,12 @@ fn parse_unguarded(raw: &[u8], headers_only: bool) -> Content {
     let references = message
         .references()
         .as_text_list()
-        .map(|ids| ids.iter().skip(ids.len().saturating_sub(MAX_REFERENCES)).map(|id| message_id(id)).collect())
+        .map(|ids| {
+            // The end of the thread is kept: the ids are taken from the last one back, then put in order again.
+            let mut kept = within_list_bytes(ids.iter().rev().take(MAX_REFERENCES).map(|id| message_id(id)));
+            kept.reverse();
+            kept
+        })
         .unwrap_or_default();
     if headers_only {
         return Content { in_reply_to, references, ..Content::default() };
@@ -227,6 +247,13 @@ Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--outer--\r\n";
         assert!(content.in_reply_to.as_deref().is_some_and(|id| id.len() <= MAX_HEADER_BYTES));
         assert_eq!(content.references.len(), MAX_REFERENCES);
         assert_eq!(content.references.last().map(String::as_str), Some("<r299@x>"), "the end of the thread is kept");
+        // A hundred of the longest ids would be 100 KB: the last ones within the list's bytes are kept, in order.
+        let long_ids: Vec<String> = (0..100).map(|i| format!("<{i}{}@x>", "r".repeat(900))).collect();
+        let threaded = parse(format!("Subject: x\r\nReferences: {}\r\n\r\nbody\r\n", long_ids.join(" ")).as_bytes(), false);
+        let kept = threaded.references.iter().map(String::len).sum::<usize>();
+        assert!(kept <= MAX_LIST_BYTES && kept > MAX_LIST_BYTES - 1000, "{kept} bytes kept");
+        assert_eq!(threaded.references.last(), long_ids.last(), "the end of the thread is kept");
+        assert_eq!(threaded.references[..], long_ids[100 - threaded.references.len()..], "in order");
         let attached = &content.attachments[0];
         assert_eq!(attached.content_type, "application/octet-stream", "an oversized type is no type");
         let name = attached.filename.as_deref().expect("a file name");
