@@ -824,6 +824,16 @@ async fn submit(app: &TestApp, key: &str, body: Value) -> String {
     let reply = app.post("/v1/messages", key, body).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     assert_eq!(reply.body["status"], "queued");
+    // The answer is built from the row as written: it says what a read of the row says (what a worker may have
+    // changed since aside).
+    let stored = app.get(&format!("/v1/messages/{}", reply.id()), key).await;
+    let settled = ["status", "attempts", "next_attempt_at", "last_error", "smtp_reply", "recipient_results", "sent_at"];
+    let unsettled = |body: &Value| {
+        let mut fields = body.as_object().cloned().unwrap_or_default();
+        fields.retain(|name, _| !settled.contains(&name.as_str()));
+        fields
+    };
+    assert_eq!(unsettled(&reply.body), unsettled(&stored.body), "as stored: {}", stored.text);
     reply.id()
 }
 
@@ -1354,6 +1364,7 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
         body
     };
     let big = base64_of(&vec![b'a'; 16 * 1024]);
+    let many = |prefix: &str, count: usize| (0..count).map(|i| format!("{prefix}-{i}@example.org")).collect::<Vec<_>>();
     let cases: Vec<(Value, &str, &str)> = vec![
         (with(json!({"from": "not an address"})), "invalid_email", "from"),
         (with(json!({"from": "Eve <eve@>"})), "invalid_email", "from"),
@@ -1369,6 +1380,13 @@ async fn invalid_messages_are_refused_with_the_field_at_fault_and_nothing_is_sto
         (with(json!({"headers": {"Bcc": "spy@example.com"}})), "invalid_message", "headers"),
         (with(json!({"headers": {"X-Injected": "a\r\nBcc: spy@example.com"}})), "invalid_message", "headers"),
         (with(json!({"idempotency_key": ""})), "required", "idempotency_key"),
+        // Counted before any is parsed: 1,001 recipients in all, or 101 extra headers.
+        (with(json!({"to": many("to", 400), "cc": many("cc", 400), "bcc": many("bcc", 201)})), "too_many_recipients", "to"),
+        (
+            with(json!({"headers": (0..101).map(|i| (format!("X-Extra-{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()})),
+            "too_many_headers",
+            "headers",
+        ),
     ];
     for (body, code, field) in &cases {
         let reply = app.post("/v1/messages", &o.admin, body.clone()).await;

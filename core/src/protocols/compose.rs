@@ -154,8 +154,10 @@ pub fn compose(message: &OutgoingMessage) -> Result<Composed, ComposeError> {
     }
 
     let mut envelope_to: Vec<Address> = Vec::new();
+    // Each recipient once, whatever its case; looked up in a set, so a long list costs no more than its length.
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut add_recipient = |address: &Address| {
-        if !envelope_to.iter().any(|known| AsRef::<str>::as_ref(known).eq_ignore_ascii_case(address.as_ref())) {
+        if known.insert(AsRef::<str>::as_ref(address).to_ascii_lowercase()) {
             envelope_to.push(address.clone());
         }
     };

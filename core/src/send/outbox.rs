@@ -5,7 +5,7 @@
 use base64::Engine;
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TryIntoModel};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -121,10 +121,8 @@ fn mailboxes(field: &str, values: &[String]) -> AppResult<Vec<Mailbox>> {
 }
 
 async fn find_by_key(ctx: &AppContext, tenant_id: TenantId, key: &str) -> AppResult<Option<outbound_message::Model>> {
-    Ok(outbound_message::Entity::in_tenant(tenant_id)
-        .filter(outbound_message::Column::IdempotencyKey.eq(key))
-        .one(&ctx.db)
-        .await?)
+    let found = positional::all(shown(tenant_id).filter(outbound_message::Column::IdempotencyKey.eq(key)).limit(1), &ctx.db);
+    Ok(found.await?.into_iter().next())
 }
 
 /// Longest idempotency key, in bytes.
@@ -172,10 +170,31 @@ fn same_request(existing: outbound_message::Model, hash: &str) -> AppResult<Outb
     view(existing)
 }
 
+/// Recipients one message may have, to, cc and bcc together: every one is checked, stored and given its own outcome,
+/// so the count is bounded before any of it (a mailing list is for a list server).
+pub const MAX_RECIPIENTS: usize = 1000;
+/// Extra headers one message may carry.
+pub const MAX_HEADERS: usize = 100;
+
 /// Validates, routes and stores a message to send; the same idempotency key with the same request returns the
 /// first message.
 pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessage) -> AppResult<OutboundMessage> {
     scope.require(Role::Member)?;
+    let recipients = input.to.len().saturating_add(input.cc.len()).saturating_add(input.bcc.len());
+    if recipients > MAX_RECIPIENTS {
+        return Err(AppError::validation(
+            "to",
+            "too_many_recipients",
+            format!("a message has at most {MAX_RECIPIENTS} recipients (to, cc and bcc together); this one has {recipients}"),
+        ));
+    }
+    if input.headers.as_ref().is_some_and(|headers| headers.len() > MAX_HEADERS) {
+        return Err(AppError::validation(
+            "headers",
+            "too_many_headers",
+            format!("a message has at most {MAX_HEADERS} extra headers"),
+        ));
+    }
     let key = input.idempotency_key.take().as_deref().map(idempotency_key).transpose()?;
     let hash = request_hash(&input)?;
     if let Some(key) = &key {
@@ -235,7 +254,8 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
             ),
         });
     }
-    let now = Utc::now();
+    // Postgres keeps microseconds: the answer shows the times as a later read of the row will.
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     let row = outbound_message::ActiveModel {
         id: Set(OutboundMessageId::new()),
         tenant_id: Set(scope.tenant_id),
@@ -266,8 +286,11 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
         request_hash: Set(Some(hash.clone())),
         recipient_results: Set(None),
     };
-    match row.insert(&ctx.db).await {
-        Ok(model) => {
+    // Inserted without `RETURNING *`, which would send the raw message straight back: the answer is built from
+    // the row as written (every column is set here).
+    let model = row.clone().try_into_model()?;
+    match outbound_message::Entity::insert(row).exec_without_returning(&ctx.db).await {
+        Ok(_) => {
             ctx.sends_due.announce();
             view(model)
         }
@@ -284,12 +307,25 @@ pub async fn submit(ctx: &AppContext, scope: &TenantScope, mut input: SendMessag
 
 pub async fn get(ctx: &AppContext, scope: &TenantScope, id: OutboundMessageId) -> AppResult<OutboundMessage> {
     scope.require(Role::Viewer)?;
-    let model = outbound_message::Entity::in_tenant(scope.tenant_id)
-        .filter(outbound_message::Column::Id.eq(id))
-        .one(&ctx.db)
-        .await?
-        .ok_or(AppError::not_found("message"))?;
-    view(model)
+    view(find_shown(&ctx.db, scope.tenant_id, id).await?)
+}
+
+/// The tenant's messages with every column but the raw message (up to the sending maximum each, 25 MiB by
+/// default), an empty value in its place: no view shows it, only a delivery reads it.
+pub(crate) fn shown(tenant_id: TenantId) -> sea_orm::Select<outbound_message::Entity> {
+    positional::with_columns(outbound_message::Entity::in_tenant(tenant_id), |column| {
+        matches!(column, outbound_message::Column::Raw).then(|| Expr::cust("''::bytea"))
+    })
+}
+
+/// One of the tenant's messages, [`shown`]; another tenant's is as missing as one that never was (404).
+pub(crate) async fn find_shown<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    tenant_id: TenantId,
+    id: OutboundMessageId,
+) -> AppResult<outbound_message::Model> {
+    let found = positional::all(shown(tenant_id).filter(outbound_message::Column::Id.eq(id)).limit(1), db).await?;
+    found.into_iter().next().ok_or(AppError::not_found(outbound_message::Entity::RESOURCE))
 }
 
 /// Which sent and queued messages a list shows; every condition given must hold.
@@ -316,11 +352,7 @@ pub async fn list(
     scope.require(Role::Viewer)?;
     let limit = limit_of(&page)?;
     crate::store::check_time_range(filter.since, filter.until)?;
-    // The page never shows the raw message (up to the size limit each): an empty value in its place.
-    let every_column_but_raw = positional::with_columns(outbound_message::Entity::in_tenant(scope.tenant_id), |column| {
-        matches!(column, outbound_message::Column::Raw).then(|| Expr::cust("''::bytea"))
-    });
-    let mut query = every_column_but_raw.order_by_desc(outbound_message::Column::Id).limit(limit + 1);
+    let mut query = shown(scope.tenant_id).order_by_desc(outbound_message::Column::Id).limit(limit + 1);
     if let Some(cursor) = page.cursor {
         query = query.filter(outbound_message::Column::Id.lt(cursor));
     }
