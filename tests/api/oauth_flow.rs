@@ -703,6 +703,35 @@ async fn a_return_url_outside_the_allowed_origins_is_refused_and_stores_nothing(
 }
 
 #[tokio::test]
+async fn the_app_reads_only_postbridges_answer_on_its_return_url() {
+    let app = spawn_app().await;
+    let (setup, inbound, _) = mailbox(&app).await;
+    // A caller may not plant an answer of its own for the app to read first.
+    let planted = format!("{RETURN_ORIGIN}/done?status=success&reason=connected");
+    assert_error(
+        &app.authorize(&setup, &inbound, Some(&planted)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "return_url_reserved_parameter",
+    );
+    assert!(rows(&app, "SELECT id FROM oauth_states").await.is_empty(), "no state was issued");
+
+    // A state stored with one before that rule (or written by hand) still gets only Postbridge's answer back.
+    let url = start(&app, &setup, &inbound, Some(&format!("{RETURN_ORIGIN}/done?tab=1"))).await;
+    app.sql_exec(&format!("UPDATE oauth_states SET return_url = '{RETURN_ORIGIN}/done?status=success&tab=1&account_id=someone'"))
+        .await;
+    setup.provider.set_deny_consent(true);
+    let denied = app.follow_authorization(&url).await;
+    let location = url::Url::parse(denied.location.as_deref().expect("back to the app")).expect("a URL");
+    let pairs: Vec<(String, String)> = location.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let expected = [("tab", "1"), ("status", "error"), ("reason", "access_denied"), ("account_id", inbound.as_str())];
+    assert_eq!(
+        pairs,
+        expected.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        "the app's own parameter kept, each answer once: {location}"
+    );
+}
+
+#[tokio::test]
 async fn without_a_return_url_the_callback_answers_an_html_page() {
     let app = spawn_app().await;
     let (setup, inbound, _) = mailbox(&app).await;

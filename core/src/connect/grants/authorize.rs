@@ -28,6 +28,13 @@ async fn check_return_url(ctx: &AppContext, tenant_id: TenantId, return_url: Opt
     if !matches!(url.scheme(), "https" | "http") {
         return Err(AppError::validation(field, "invalid_url", "return_url must be an http(s) URL"));
     }
+    if let Some((name, _)) = url.query_pairs().find(|(name, _)| super::callback::RESULT_PARAMETERS.contains(&name.as_ref())) {
+        return Err(AppError::validation(
+            field,
+            "return_url_reserved_parameter",
+            format!("return_url must not carry {name:?}: the callback sets status, reason and account_id itself"),
+        ));
+    }
     let origin = url.origin().ascii_serialization();
     let tenant = tenant::Entity::find_by_id(tenant_id).one(&ctx.db).await?.ok_or(AppError::not_found("tenant"))?;
     let allowed = tenant.allowed_return_origins.0;

@@ -67,11 +67,18 @@ impl CallbackOutcome {
         self
     }
 
-    /// The return URL with `status`, `reason` and `account_id` appended.
+    /// The return URL with `status`, `reason` and `account_id` set: any the URL carried already are taken out
+    /// first, so the app reads Postbridge's answer whichever of repeated parameters it reads.
     pub fn redirect_url(&self) -> Option<String> {
         let mut url = url::Url::parse(self.return_url.as_deref()?).ok()?;
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(name, _)| !RESULT_PARAMETERS.contains(&name.as_ref()))
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
         {
             let mut query = url.query_pairs_mut();
+            query.clear().extend_pairs(kept);
             query.append_pair("status", if self.success { "success" } else { "error" });
             query.append_pair("reason", &self.reason);
             if let Some(id) = self.account_id {
@@ -81,6 +88,9 @@ impl CallbackOutcome {
         Some(url.to_string())
     }
 }
+
+/// The parameters the callback's redirect sets on the return URL.
+pub(crate) const RESULT_PARAMETERS: [&str; 3] = ["status", "reason", "account_id"];
 
 /// Completes the user flow. A failed, replayed, expired or forged callback stores nothing, except that a consent by
 /// the wrong identity leaves its account's `last_error` naming who consented and who was expected.
