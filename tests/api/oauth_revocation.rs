@@ -125,3 +125,27 @@ async fn google_configurations_know_their_revocation_endpoint_and_microsoft_has_
         .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
 }
+
+#[tokio::test]
+async fn a_configuration_whose_grants_are_still_held_is_not_deleted_under_them() {
+    let app = postbridge_tests::spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let (grant, refresh) = consented_grant(&app, &setup).await;
+    let account =
+        app.sql_text(&format!("SELECT id::text FROM email_accounts WHERE grant_id = '{grant}'")).await.expect("its account");
+    let removed = app.delete(&format!("/v1/accounts/{account}"), &setup.admin).await;
+    assert!(removed.status.is_success(), "{}", removed.text);
+
+    // No account uses the configuration, but its grant would go with it, its refresh token live at the provider.
+    let config = format!("/v1/token-configs/{}", setup.config_id);
+    assert_error(&app.delete(&config, &setup.admin).await, StatusCode::CONFLICT, "token_config_has_grants");
+    assert_eq!(app.get(&format!("/v1/grants/{grant}"), &setup.admin).await.status, StatusCode::OK, "the grant stays");
+    assert_eq!(app.get(&config, &setup.admin).await.status, StatusCode::OK, "so does its configuration");
+    assert!(setup.provider.revocations().is_empty() && setup.provider.refresh_token_active(&refresh));
+
+    // Revoked the way that reaches the provider, the grant no longer holds the configuration.
+    assert!(app.delete(&format!("/v1/grants/{grant}"), &setup.admin).await.status.is_success());
+    assert!(!setup.provider.refresh_token_active(&refresh));
+    let deleted = app.delete(&config, &setup.admin).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+}

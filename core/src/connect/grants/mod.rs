@@ -238,7 +238,6 @@ pub async fn get(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppResul
 /// Deletes a grant; its accounts go back to draft until someone consents again.
 pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppResult<()> {
     scope.require(Role::Admin)?;
-    let model = find(ctx, scope.tenant_id, id).await?;
     let txn = ctx.db.begin().await?;
     email_account::Entity::update_in_tenant(scope.tenant_id)
         .col_expr(email_account::Column::State, Expr::cust(account_lifecycle::sql_after(AccountEvent::GrantRevoked)))
@@ -246,7 +245,13 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppRe
         .filter(email_account::Column::GrantId.eq(id))
         .exec(&txn)
         .await?;
-    grant::Entity::delete_in_tenant(scope.tenant_id).filter(grant::Column::Id.eq(id)).exec(&txn).await?;
+    // The tokens revoked at the provider below are the ones deleted here: a refresh that rotated them a moment
+    // earlier is in this row, not in one read before the deletion.
+    let deleted =
+        grant::Entity::delete_in_tenant(scope.tenant_id).filter(grant::Column::Id.eq(id)).exec_with_returning(&txn).await?;
+    let model = deleted.into_iter().next().ok_or(AppError::not_found(grant::Entity::RESOURCE))?;
+    // Read with the deletion: the configuration cannot go while its grant is there (see `token_configs::delete`).
+    let config = crate::connect::token_configs::find_in(&txn, scope.tenant_id, model.token_config_id).await?;
     events::record(
         &txn,
         scope.tenant_id,
@@ -262,7 +267,7 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: GrantId) -> AppRe
     // Routing in this process sees the change at once; the others hear it announced.
     ctx.route_cache.changed();
     // Deleted here whatever the provider says; then revoked there where it can be (RFC 7009).
-    if let Err(e) = provider_revocation::revoke_at_provider(ctx, &model).await {
+    if let Err(e) = provider_revocation::revoke_at_provider(ctx, &config, &model).await {
         tracing::warn!(grant_id = %id, error = %e, "could not record the provider's revocation of a deleted grant");
     }
     Ok(())

@@ -12,15 +12,15 @@ use crate::context::AppContext;
 use crate::error::AppResult;
 use crate::observe::events;
 use crate::secrets;
-use crate::store::entities::grant;
+use crate::store::entities::{grant, token_config};
 
 /// The longest a deletion waits for the provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Asks the provider to revoke the deleted `grant`'s refresh token (its access token when it has none). Does nothing
-/// without a revocation endpoint or a token. Errors are those of reading the configuration and recording the outcome.
-pub(super) async fn revoke_at_provider(ctx: &AppContext, grant: &grant::Model) -> AppResult<()> {
-    let config = crate::connect::token_configs::find_in(&ctx.db, grant.tenant_id, grant.token_config_id).await?;
+/// Asks the provider that issued them (`config`, read with the deletion) to revoke the deleted `grant`'s refresh
+/// token (its access token when it has none). Does nothing without a revocation endpoint or a token. Errors are
+/// those of recording the outcome.
+pub(super) async fn revoke_at_provider(ctx: &AppContext, config: &token_config::Model, grant: &grant::Model) -> AppResult<()> {
     let Some(url) = config.revocation_url.as_deref() else { return Ok(()) };
     let (sealed, column, hint) = match (&grant.refresh_token, &grant.access_token) {
         (Some(refresh), _) => (refresh, secrets::GRANT_REFRESH_TOKEN, "refresh_token"),
@@ -29,7 +29,7 @@ pub(super) async fn revoke_at_provider(ctx: &AppContext, grant: &grant::Model) -
     };
     let outcome = async {
         let token = column.open(&ctx.cipher, grant.tenant_id, grant.id, sealed).map_err(|e| e.to_string())?;
-        let client = oauth_client(ctx, &config).map_err(|e| e.to_string())?;
+        let client = oauth_client(ctx, config).map_err(|e| e.to_string())?;
         match tokio::time::timeout(PROVIDER_TIMEOUT, client.revoke(url, &token, hint)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

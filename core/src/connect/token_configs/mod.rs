@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use async_graphql::MaybeUndefined;
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
 use uuid::Uuid;
 
 use crate::access::auth::TenantScope;
@@ -450,11 +452,32 @@ pub async fn update(
     view(ctx, saved)
 }
 
-/// Deletes a configuration no account uses; one still in use answers 409.
+/// Deletes a configuration no account uses and no grant holds; one still in use answers 409. Grants are not
+/// deleted along with it: their refresh tokens would stay live at the provider, since only revoking a grant
+/// (`DELETE /v1/grants/{id}`) revokes them there too.
 pub async fn delete(ctx: &AppContext, scope: &TenantScope, id: TokenConfigId) -> AppResult<()> {
     find(ctx, scope.tenant_id, id).await?;
     scope.require(Role::Admin)?;
     let txn = ctx.db.begin().await?;
+    // The row lock keeps a consent from adding a grant between the count and the deletion (its insert takes a key
+    // share lock on this row).
+    token_config::Entity::in_tenant(scope.tenant_id)
+        .filter(token_config::Column::Id.eq(id))
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or(AppError::not_found(token_config::Entity::RESOURCE))?;
+    let grants = grant::Entity::in_tenant(scope.tenant_id).filter(grant::Column::TokenConfigId.eq(id)).count(&txn).await?;
+    if grants > 0 {
+        return Err(AppError::Conflict {
+            code: "token_config_has_grants",
+            message: format!(
+                "this configuration still has {grants} grant{} holding tokens it issued; revoke them first \
+                 (DELETE /v1/grants/{{id}}, which also revokes them at the provider)",
+                if grants == 1 { "" } else { "s" }
+            ),
+        });
+    }
     let result = token_config::Entity::delete_in_tenant(scope.tenant_id).filter(token_config::Column::Id.eq(id)).exec(&txn).await;
     match result {
         Ok(_) => {
