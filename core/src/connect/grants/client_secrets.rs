@@ -5,7 +5,7 @@
 //! recorded — so every later request uses it first.
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use serde_json::json;
 
 use super::provider_config;
@@ -33,7 +33,7 @@ async fn send(client: &OAuthClient, request: &TokenRequest<'_>) -> Result<TokenS
 
 /// Sends `request` with the current secret and, if the provider refuses the client and a next secret is stored,
 /// with the next one (promoting it when it works). The outer error is Postbridge's own (a secret that
-/// does not decrypt, the promotion's write); the inner result is the provider's answer.
+/// does not decrypt); the inner result is the provider's answer.
 pub(super) async fn request_tokens(
     ctx: &AppContext,
     config: &token_config::Model,
@@ -49,7 +49,13 @@ pub(super) async fn request_tokens(
     provider.client_secret = Some(next.clone());
     let second = send(&OAuthClient::new(ctx.http.clone(), &ctx.guard, provider), &request).await;
     match &second {
-        Ok(_) => promote(ctx, config, sealed_next, &next).await?,
+        Ok(_) => {
+            // The tokens just issued matter more than the promotion (a rotated refresh token would be lost with
+            // them): a failed promotion is logged, and the next refused request tries the next secret again.
+            if let Err(e) = promote(ctx, config, sealed_next, &next).await {
+                tracing::warn!(token_config_id = %config.id, error = %e, "the next client secret worked but could not be promoted");
+            }
+        }
         // Both refused: the admin must act; the current secret's refusal is the one to report.
         Err(e) if e.needs_admin() => return Ok(first),
         Err(_) => {}
@@ -62,8 +68,9 @@ pub(super) async fn request_tokens(
 async fn promote(ctx: &AppContext, config: &token_config::Model, sealed_next: &str, next: &str) -> AppResult<()> {
     // Sealed values are bound to their column: the secret is sealed again for `client_secret`.
     let sealed_current = secrets::TOKEN_CONFIG_CLIENT_SECRET.seal(&ctx.cipher, config.tenant_id, config.id, next)?;
-    let promoted = ctx
-        .db
+    // The promotion and its event are one write: never a promoted secret nobody heard of.
+    let txn = ctx.db.begin().await?;
+    let promoted = txn
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE token_configs SET client_secret = $3, client_secret_expires_at = client_secret_next_expires_at, \
@@ -84,7 +91,7 @@ async fn promote(ctx: &AppContext, config: &token_config::Model, sealed_next: &s
     if promoted == 1 {
         tracing::info!(token_config_id = %config.id, "the provider refused the client secret and accepted the next one: promoted");
         events::record(
-            &ctx.db,
+            &txn,
             config.tenant_id,
             events::TOKEN_CONFIG_SECRET_PROMOTED,
             "token_config",
@@ -93,5 +100,6 @@ async fn promote(ctx: &AppContext, config: &token_config::Model, sealed_next: &s
         )
         .await?;
     }
+    txn.commit().await?;
     Ok(())
 }

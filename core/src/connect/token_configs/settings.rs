@@ -255,7 +255,9 @@ pub(super) fn encrypt_secret(ctx: &AppContext, tenant_id: TenantId, id: TokenCon
     Ok(secrets::TOKEN_CONFIG_CLIENT_SECRET.seal(&ctx.cipher, tenant_id, id, secret)?)
 }
 
+/// Trimmed like the current secret, so a promoted one is sent as the current one would be.
 pub(super) fn encrypt_next_secret(ctx: &AppContext, tenant_id: TenantId, id: TokenConfigId, secret: &str) -> AppResult<String> {
+    let secret = secret.trim();
     if secret.len() > 4096 {
         return Err(AppError::validation("client_secret_next", "too_long", "client_secret_next is too long"));
     }
