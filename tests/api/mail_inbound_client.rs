@@ -10,7 +10,7 @@ use postbridge_core::model::Security;
 use postbridge_core::protocols::error::{Endpoint, MailAuth, MailError, Timeouts};
 use postbridge_core::protocols::imap::ImapSession;
 use postbridge_core::protocols::netguard::NetGuard;
-use postbridge_core::protocols::pop3::Pop3Session;
+use postbridge_core::protocols::pop3::{Limited, Pop3Session};
 use postbridge_tests::mail::MailServers;
 use tokio_rustls::rustls::ClientConfig;
 use uuid::Uuid;
@@ -21,6 +21,14 @@ fn new_login() -> String {
 
 fn timeouts() -> Timeouts {
     Timeouts { connect: Duration::from_secs(5), io: Duration::from_secs(20) }
+}
+
+/// `RETR`, the whole message (the tests' messages are small).
+async fn retr(session: &mut Pop3Session, number: u32) -> Result<Vec<u8>, MailError> {
+    match session.retr_limited(number, 64 * 1024 * 1024).await? {
+        Limited::Whole(raw) => Ok(raw),
+        Limited::Cut(raw) => panic!("message {number} cut at {} bytes", raw.len()),
+    }
 }
 
 fn password(login: &str, password: &str) -> MailAuth {
@@ -443,9 +451,9 @@ async fn pop3_over_tls_with_a_password_lists_and_retrieves_exact_bytes() {
     assert_eq!(uidl.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 2, 3]);
     for (number, raw) in (1..=3).zip(&seeded) {
         // Each holds ".leading dot line", "..two dots" and a lone "." line, which travel dot-stuffed.
-        assert_eq!(session.retr(number).await.expect("retr"), *raw);
+        assert_eq!(retr(&mut session, number).await.expect("retr"), *raw);
     }
-    let err = session.retr(99).await.expect_err("no such message");
+    let err = retr(&mut session, 99).await.expect_err("no such message");
     assert_eq!(err.step, MailStep::Command, "{err}");
     session.quit().await.expect("quit");
     assert_eq!(server.servers.mailbox_count(&login, "INBOX"), 3);
@@ -468,7 +476,7 @@ async fn pop3_stls_with_a_password_and_with_xoauth2() {
     server.servers.seed_messages(&oauth_login, "INBOX", &seeded);
     let token = server.servers.mint_access_token(&oauth_login);
     let mut session = server.pop3_with(Security::Starttls, &xoauth2(&oauth_login, &token)).await.expect("STLS XOAUTH2 session");
-    assert_eq!(session.retr(2).await.expect("retr"), seeded[1]);
+    assert_eq!(retr(&mut session, 2).await.expect("retr"), seeded[1]);
     session.quit().await.expect("quit");
 
     let logins = server.servers.dovecot_logins(&login, 1).await;
@@ -488,7 +496,7 @@ async fn pop3_xoauth2_over_tls_inline_and_after_a_continuation() {
         server.servers.seed_messages(&login, "INBOX", &seeded);
         let token = server.servers.mint_access_token(&login);
         let mut session = server.pop3(&xoauth2(&login, &token)).await;
-        assert_eq!(session.retr(1).await.expect("retr"), seeded[0]);
+        assert_eq!(retr(&mut session, 1).await.expect("retr"), seeded[0]);
         session.quit().await.expect("quit");
 
         let garbage = format!("garbage-{}", Uuid::new_v4().simple());
@@ -532,14 +540,14 @@ async fn pop3_dele_takes_effect_at_quit_only() {
     assert_eq!(session.stat().await.expect("stat").0, 3);
 
     session.dele(2).await.expect("dele");
-    let err = session.retr(2).await.expect_err("deleted message");
+    let err = retr(&mut session, 2).await.expect_err("deleted message");
     assert_eq!(err.step, MailStep::Command, "{err}");
     session.quit().await.expect("quit");
     assert_eq!(server.servers.mailbox_count(&login, "INBOX"), 2);
 
     let mut session = server.pop3(&auth).await;
     assert_eq!(session.stat().await.expect("stat").0, 2);
-    assert_eq!(session.retr(2).await.expect("retr"), seeded[2]);
+    assert_eq!(retr(&mut session, 2).await.expect("retr"), seeded[2]);
     session.quit().await.expect("quit");
 }
 
@@ -551,4 +559,83 @@ async fn pop3_wrong_password_is_an_auth_failure_in_dovecots_words() {
         let err = assert_auth_failure(server.pop3_with(security, &password(&login, "pop3-wrong-pw")).await, "pop3-wrong-pw");
         assert_eq!(err.message, "[AUTH] Authentication failed.");
     }
+}
+
+/// A plain-text server on loopback that greets with `greeting` and answers each command line `answer` says; to a
+/// command `answer` returns `None` for, it sends `start`, then `trickle` every 250 ms for ever. Returns its port.
+async fn trickling_server(
+    greeting: &'static str,
+    answer: fn(&str, &str) -> Option<String>,
+    (start, trickle): (&'static str, &'static str),
+) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let _ = write.write_all(greeting.as_bytes()).await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let (tag, command) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                    match answer(tag, command) {
+                        Some(reply) => {
+                            let _ = write.write_all(reply.as_bytes()).await;
+                        }
+                        None => {
+                            let _ = write.write_all(start.as_bytes()).await;
+                            // A little before every I/O timeout, never the end of the answer.
+                            while write.write_all(trickle.as_bytes()).await.is_ok() {
+                                tokio::time::sleep(Duration::from_millis(250)).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_server_that_answers_a_little_at_a_time_for_ever_fails_the_command_within_its_time() {
+    let server = Server::new().await;
+    let short = Timeouts { connect: Duration::from_secs(5), io: Duration::from_secs(1) };
+    let auth = password("someone@example.com", "pw");
+
+    // IMAP: a SELECT answered with "still here" for ever.
+    let imap = trickling_server(
+        "* OK [CAPABILITY IMAP4rev1 IDLE] scripted\r\n",
+        |tag, command| match command.split(' ').next().unwrap_or_default().to_ascii_uppercase().as_str() {
+            "SELECT" => None,
+            "LOGIN" => Some(format!("{tag} OK [CAPABILITY IMAP4rev1 IDLE] in\r\n")),
+            _ => Some(format!("{tag} OK done\r\n")),
+        },
+        ("", "* OK still here\r\n"),
+    )
+    .await;
+    let endpoint = Endpoint::new("127.0.0.1", imap, Security::None);
+    let mut session = ImapSession::connect(&server.guard, &server.tls, &endpoint, &auth, short).await.expect("logged in");
+    let started = Instant::now();
+    let selected = tokio::time::timeout(Duration::from_secs(30), session.select("INBOX")).await.expect("the command ends");
+    let err = selected.expect_err("no end to the answer");
+    assert_eq!(err.step, MailStep::Timeout, "{err}");
+    assert!((4..15).contains(&started.elapsed().as_secs()), "ended by the command's time: {:?}", started.elapsed());
+
+    // POP3: a UIDL listing that never reaches its end.
+    let pop3 = trickling_server(
+        "+OK scripted\r\n",
+        |tag, _| (!tag.eq_ignore_ascii_case("UIDL")).then(|| "+OK\r\n".to_owned()),
+        ("+OK\r\n", "1 a\r\n"),
+    )
+    .await;
+    let endpoint = Endpoint::new("127.0.0.1", pop3, Security::None);
+    let mut session = Pop3Session::connect(&server.guard, &server.tls, &endpoint, &auth, short).await.expect("logged in");
+    let started = Instant::now();
+    let listed = tokio::time::timeout(Duration::from_secs(30), session.uidl()).await.expect("the listing ends");
+    let err = listed.expect_err("no end to the listing");
+    assert_eq!(err.step, MailStep::Timeout, "{err}");
+    assert!((4..15).contains(&started.elapsed().as_secs()), "ended by the command's time: {:?}", started.elapsed());
 }

@@ -186,6 +186,13 @@ impl Default for Timeouts {
     }
 }
 
+/// How long one command may take in all (an IMAP command with its responses, a POP3 multi-line response), each
+/// read within the I/O timeout `io`: a server that answers a little before every timeout would otherwise hold a
+/// worker's slot for ever.
+pub(crate) fn command_time(io: Duration) -> Duration {
+    io.saturating_mul(5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

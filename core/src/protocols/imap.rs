@@ -177,7 +177,7 @@ impl ImapSession {
         // folder again. It must complete first: Dovecot delays the sync of pipelined commands until the last one.
         self.run("NOOP", MailStep::Command, ignore).await?;
         let mut uids = Vec::new();
-        self.run(&format!("UID SEARCH UID {first}:*"), MailStep::Command, |response| {
+        self.run_listing(&format!("UID SEARCH UID {first}:*"), MailStep::Command, |response| {
             if let Response::MailboxData(MailboxDatum::Search(found)) = response {
                 uids.extend(found.iter().copied().filter(|uid| *uid > last_uid));
             }
@@ -205,7 +205,7 @@ impl ImapSession {
         // `first:last` holds exactly the wanted UIDs (they are the lowest above `last_uid`); a bound range also avoids
         // `n:*`, which returns the highest message even when its UID is below n.
         let command = format!("UID FETCH {first}:{last} (UID FLAGS BODY.PEEK[])");
-        self.run(&command, MailStep::Command, |response| {
+        self.run_listing(&command, MailStep::Command, |response| {
             if let Response::Fetch(_, attributes) = response {
                 if let Some(message) = fetched_message(attributes) {
                     if (first..=last).contains(&message.uid) {
@@ -227,7 +227,7 @@ impl ImapSession {
         let wanted: HashSet<u32> = uids.iter().copied().collect();
         let mut sizes = Vec::with_capacity(uids.len());
         for set in uid_sets(uids) {
-            self.run(&format!("UID FETCH {set} (UID RFC822.SIZE)"), MailStep::Command, |response| {
+            self.run_listing(&format!("UID FETCH {set} (UID RFC822.SIZE)"), MailStep::Command, |response| {
                 if let Response::Fetch(_, attributes) = response {
                     let uid = attributes.iter().find_map(|a| if let AttributeValue::Uid(v) = a { Some(*v) } else { None });
                     let size =
@@ -357,7 +357,7 @@ impl ImapSession {
         }
         self.examine(folder).await?;
         let mut found = false;
-        self.run(&format!("UID SEARCH HEADER Message-ID {}", quote(id)), MailStep::Command, |response| {
+        self.run_listing(&format!("UID SEARCH HEADER Message-ID {}", quote(id)), MailStep::Command, |response| {
             if let Response::MailboxData(MailboxDatum::Search(uids)) = response {
                 found |= !uids.is_empty();
             }
@@ -413,8 +413,9 @@ impl ImapSession {
         let seen = |parsed: &Response<'_>| Seen::of(parsed, &tag);
         // The continuation says the server idles; untagged data may come first.
         let mut changed = false;
+        // The continuation within one I/O timeout, whatever comes before it.
+        let deadline = tokio::time::Instant::now() + io;
         loop {
-            let deadline = tokio::time::Instant::now() + io;
             match self.read_by(deadline, "IDLE", &mut bye, seen).await? {
                 None => return Err(MailError::timeout("IDLE", io)),
                 Some(Seen::Continue) => break,
@@ -449,8 +450,8 @@ impl ImapSession {
             Ok(Err(err)) => return Err(imap_error(MailStep::Command, err, None)),
             Ok(Ok(())) => {}
         }
+        let deadline = tokio::time::Instant::now() + io;
         loop {
-            let deadline = tokio::time::Instant::now() + io;
             match self.read_by(deadline, "DONE", &mut bye, seen).await? {
                 None => return Err(MailError::timeout("DONE", io)),
                 Some(Seen::Tagged(done)) => return done.map(|()| end),
@@ -502,6 +503,15 @@ impl ImapSession {
         self.run_armed(command, step, on_response).await
     }
 
+    /// [`Self::run`] for a command whose answer grows with the folder (a search, every message's size).
+    async fn run_listing<F>(&mut self, command: &str, step: MailStep, on_response: F) -> Result<(), MailError>
+    where
+        F: FnMut(&Response<'_>) -> Result<(), MailError>,
+    {
+        self.arm(LISTING_COMMAND_BYTES, LISTING_COMMAND_BYTES);
+        self.run_armed(command, step, on_response).await
+    }
+
     /// Bounds what the server may send from now on: `total` bytes in all, no literal above `max_literal`.
     fn arm(&mut self, total: u64, max_literal: u64) {
         self.session.get_mut().guard.arm(total, max_literal);
@@ -521,8 +531,14 @@ impl ImapSession {
         let verb = command_verb(command);
         let tag = self.send(command, step).await?;
         let mut bye = None;
+        // Every response within the I/O timeout, and the whole command within a few: a server answering a
+        // response a minute for ever would otherwise hold the worker's slot for ever.
+        let whole = super::error::command_time(io);
+        let deadline = tokio::time::Instant::now() + whole;
         loop {
-            let response = match tokio::time::timeout(io, self.session.read_response()).await {
+            let next = deadline.min(tokio::time::Instant::now() + io);
+            let response = match tokio::time::timeout_at(next, self.session.read_response()).await {
+                Err(_) if next == deadline => return Err(MailError::timeout(&verb, whole)),
                 Err(_) => return Err(MailError::timeout(&verb, io)),
                 Ok(Err(err)) => {
                     return Err(match self.guard_tripped() {
@@ -945,8 +961,12 @@ impl Transport {
     }
 }
 
-/// Bytes one command may make the client read unless it says otherwise, and the largest literal then.
-const DEFAULT_COMMAND_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes one command may make the client read unless it says otherwise, and the largest literal then: most answers
+/// are a few lines (a folder's status, an expunge's echo, the folder list), and a thousand watched connections each
+/// made to buffer 64 MiB would take the worker down.
+const DEFAULT_COMMAND_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes a command whose answer grows with the folder (a search, every message's size) may make the client read.
+const LISTING_COMMAND_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What the server may still send: at most `remaining` bytes for the command under way, and no literal (`{n}`)
 /// above `max_literal`. It reads the raw bytes before async-imap parses them, so neither a size the server

@@ -11,7 +11,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::failure::MailStep;
 use crate::model::Security;
-use crate::protocols::error::{server_words, Endpoint, MailAuth, MailError, Timeouts};
+use crate::protocols::error::{command_time, server_words, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
 
@@ -19,6 +19,10 @@ use crate::protocols::netguard::NetGuard;
 const MAX_STATUS_LINE: usize = 64 * 1024;
 /// Longest line of a multi-line response (RFC 5322 allows 1000 octets; real mail sometimes has far longer lines).
 const MAX_DATA_LINE: usize = 4 * 1024 * 1024;
+/// The longest line of a listing (`UIDL`, `LIST`): a message number and an id of at most 70 characters or a size.
+const MAX_LISTING_LINE: usize = 512;
+/// The most messages a listing may name: far beyond any real mailbox, and a bound on what one poll holds.
+const MAX_LISTED_MESSAGES: usize = 1_000_000;
 /// RFC 5034: an AUTH command with its initial response may be 255 octets at most; longer ones go after a `+`.
 const MAX_AUTH_LINE: usize = 255;
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -95,43 +99,31 @@ impl Pop3Session {
         }
     }
 
-    /// `UIDL`: every message's number and unique id (stable across sessions), in the server's order.
+    /// `UIDL`: every message's number and unique id (stable across sessions), in the server's order. An id is
+    /// what RFC 1939 allows (1 to 70 printable characters), or the listing is refused: it is stored and indexed.
     pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, MailError> {
         self.conn.command("UIDL", MailStep::Command).await?;
-        let mut entries = Vec::new();
-        for line in self.conn.multi_line_lines().await? {
-            let text = String::from_utf8_lossy(&line);
-            let mut words = text.split_whitespace();
-            match (words.next().and_then(|n| n.parse().ok()), words.next()) {
-                (Some(number), Some(uid)) => entries.push((number, uid.to_owned())),
-                _ => return Err(MailError::new(MailStep::Command, format!("unreadable UIDL line: {}", server_words(&text)))),
-            }
-        }
-        Ok(entries)
-    }
-
-    /// `RETR`: the message's exact bytes (dot-unstuffed, line endings as sent).
-    pub async fn retr(&mut self, msg_no: u32) -> Result<Vec<u8>, MailError> {
-        self.conn.command(&format!("RETR {msg_no}"), MailStep::Command).await?;
-        let mut raw = Vec::new();
-        self.conn.multi_line(|line| raw.extend_from_slice(line)).await?;
-        Ok(raw)
+        self.conn
+            .listing("UIDL", |text| {
+                let mut words = text.split_whitespace();
+                match (words.next().and_then(|n| n.parse().ok()), words.next()) {
+                    (Some(number), Some(uid)) if is_unique_id(uid) => Some((number, uid.to_owned())),
+                    _ => None,
+                }
+            })
+            .await
     }
 
     /// `LIST`: every message's number and size in octets as the server announces it (a hint only: what is read is
     /// bounded by [`Self::retr_limited`]).
     pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, MailError> {
         self.conn.command("LIST", MailStep::Command).await?;
-        let mut entries = Vec::new();
-        for line in self.conn.multi_line_lines().await? {
-            let text = String::from_utf8_lossy(&line);
-            let mut words = text.split_whitespace();
-            match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|n| n.parse().ok())) {
-                (Some(number), Some(size)) => entries.push((number, size)),
-                _ => return Err(MailError::new(MailStep::Command, format!("unreadable LIST line: {}", server_words(&text)))),
-            }
-        }
-        Ok(entries)
+        self.conn
+            .listing("LIST", |text| {
+                let mut words = text.split_whitespace();
+                words.next().and_then(|n| n.parse().ok()).zip(words.next().and_then(|n| n.parse().ok()))
+            })
+            .await
     }
 
     /// `RETR` reading at most `max` octets of the message: [`Limited::Whole`], or [`Limited::Cut`] with its first
@@ -288,24 +280,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads a multi-line response body up to the terminating `.` line, handing each dot-unstuffed line (with its
-    /// line ending) to `on_line`.
-    async fn multi_line(&mut self, mut on_line: impl FnMut(&[u8])) -> Result<(), MailError> {
-        loop {
-            let line = self.read_line(MAX_DATA_LINE, "a multi-line response").await?;
-            if line == b".\r\n" || line == b".\n" {
-                return Ok(());
-            }
-            match line.strip_prefix(b".") {
-                Some(unstuffed) => on_line(unstuffed),
-                None => on_line(&line),
-            }
-        }
-    }
-
-    /// [`Self::multi_line`] gathered into one buffer of at most `max` octets; past that it stops reading and returns
+    /// A multi-line response body up to the terminating `.` line, dot-unstuffed (line endings as sent), gathered into
+    /// one buffer of at most `max` octets; past that it stops reading and returns
     /// what it has (a little more than `max`, never more than one line beyond it).
     async fn multi_line_limited(&mut self, max: usize) -> Result<Limited, MailError> {
+        let whole = command_time(self.io);
+        tokio::time::timeout(whole, self.multi_line_limited_untimed(max))
+            .await
+            .unwrap_or_else(|_| Err(MailError::timeout("a multi-line response", whole)))
+    }
+
+    /// [`Self::multi_line_limited`] with only each read's I/O timeout.
+    async fn multi_line_limited_untimed(&mut self, max: usize) -> Result<Limited, MailError> {
         let mut raw = Vec::new();
         loop {
             let line = self.read_line(MAX_DATA_LINE, "a multi-line response").await?;
@@ -319,15 +305,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// A multi-line response's lines without line endings.
-    async fn multi_line_lines(&mut self) -> Result<Vec<Vec<u8>>, MailError> {
-        let mut lines = Vec::new();
-        self.multi_line(|line| {
-            let end = line.iter().rposition(|b| *b != b'\r' && *b != b'\n').map_or(0, |i| i + 1);
-            lines.push(line[..end].to_vec());
-        })
-        .await?;
-        Ok(lines)
+    /// A listing's entries (`UIDL`, `LIST`: one line per message), each line read by `entry`; a line it cannot
+    /// read, a line longer than a listing's, or more lines than a mailbox's messages could be, refuses the listing
+    /// (a server streaming lines without end would otherwise fill the worker's memory).
+    async fn listing<T>(&mut self, command: &str, entry: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, MailError> {
+        let whole = command_time(self.io);
+        tokio::time::timeout(whole, self.listing_untimed(command, entry))
+            .await
+            .unwrap_or_else(|_| Err(MailError::timeout(&format!("the {command} listing"), whole)))
+    }
+
+    /// [`Self::listing`] with only each read's I/O timeout.
+    async fn listing_untimed<T>(&mut self, command: &str, entry: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, MailError> {
+        let mut entries = Vec::new();
+        loop {
+            let line = self.read_line(MAX_LISTING_LINE, "a listing").await?;
+            if line == b".\r\n" || line == b".\n" {
+                return Ok(entries);
+            }
+            if entries.len() >= MAX_LISTED_MESSAGES {
+                let why = format!("the {command} listing goes on past {MAX_LISTED_MESSAGES} messages");
+                return Err(MailError::new(MailStep::Command, why));
+            }
+            let text = String::from_utf8_lossy(line.strip_prefix(b".").unwrap_or(&line));
+            match entry(text.trim_end_matches(['\r', '\n'])) {
+                Some(read) => entries.push(read),
+                None => {
+                    let why = format!("unreadable {command} line: {}", server_words(&text));
+                    return Err(MailError::new(MailStep::Command, why));
+                }
+            }
+        }
     }
 
     /// One line including its `\n`, at most `max` octets; every read bounded by the I/O timeout.
@@ -357,6 +365,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
     }
+}
+
+/// A unique id as RFC 1939 defines it: 1 to 70 characters in 0x21..=0x7E.
+fn is_unique_id(uid: &str) -> bool {
+    (1..=70).contains(&uid.len()) && uid.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
 fn has_line_break(text: &str) -> bool {
@@ -397,10 +410,45 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1024);
         server.write_all(b"line one\r\n..dot line\r\n.\r\nnext\r\n").await.expect("write");
         let mut conn = Conn::new(client, Duration::from_secs(5));
-        let mut raw = Vec::new();
-        conn.multi_line(|line| raw.extend_from_slice(line)).await.expect("multi-line");
-        assert_eq!(raw, b"line one\r\n.dot line\r\n");
+        match conn.multi_line_limited(usize::MAX).await.expect("multi-line") {
+            Limited::Whole(raw) => assert_eq!(raw, b"line one\r\n.dot line\r\n"),
+            Limited::Cut(raw) => panic!("cut at {} bytes", raw.len()),
+        }
         assert_eq!(conn.read_line(100, "next").await.expect("next line"), b"next\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_read_line_by_line_and_refused_when_a_line_or_the_count_goes_past_its_bound() {
+        let read =
+            |text: &str| text.split_once(' ').filter(|(_, uid)| is_unique_id(uid)).map(|(n, uid)| (n.to_owned(), uid.to_owned()));
+        let listing = async |wire: &'static [u8]| {
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            server.write_all(wire).await.expect("write");
+            Conn::new(client, Duration::from_secs(5)).listing("UIDL", read).await
+        };
+        let listed = listing(b"1 abc\r\n2 x.y\r\n.\r\n").await.expect("a listing");
+        assert_eq!(listed, [("1".to_owned(), "abc".to_owned()), ("2".to_owned(), "x.y".to_owned())]);
+        for (wire, why) in [
+            (&b"1 a\x00b\r\n.\r\n"[..], "an id Postgres cannot store"),
+            (b"1 has spaces inside\r\n.\r\n", "not one word"),
+            (b"1 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n.\r\n", "71 characters"),
+        ] {
+            let error = listing(wire).await.expect_err(why);
+            assert!(error.to_string().contains("unreadable UIDL line"), "{why}: {error}");
+        }
+        let long_line: &'static [u8] =
+            Box::leak([b"1 ".to_vec(), vec![b'x'; 600], b"\r\n.\r\n".to_vec()].concat().into_boxed_slice());
+        assert!(listing(long_line).await.is_err(), "a line longer than a listing's");
+
+        // A server streaming lines without end: refused at the bound, not held in memory until the worker dies.
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let streaming = tokio::spawn(async move {
+            let lines = b"1 a\r\n".repeat(10_000);
+            while server.write_all(&lines).await.is_ok() {}
+        });
+        let error = Conn::new(client, Duration::from_secs(5)).listing("UIDL", read).await.expect_err("an endless listing");
+        assert!(error.to_string().contains("goes on past 1000000 messages"), "{error}");
+        streaming.abort();
     }
 
     #[tokio::test]
