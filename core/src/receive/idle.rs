@@ -112,6 +112,9 @@ async fn watch_leased(ctx: &AppContext, account_id: AccountId, reissue: Duration
     end.unwrap_or_else(WatchEnd::Failed)
 }
 
+/// The shortest time between two syncs of one watched folder.
+const MIN_SYNC_GAP: Duration = Duration::from_millis(500);
+
 enum Cycle {
     /// The connection's time is up (or the account changed): open a new one.
     Again,
@@ -133,7 +136,17 @@ async fn cycle(
     }
     let deadline = tokio::time::Instant::now() + reissue;
     let mut account = account.clone();
+    let mut last_sync: Option<tokio::time::Instant> = None;
     let outcome = loop {
+        // A server announcing new mail at once after every IDLE (or ending each itself) gets a sync every
+        // `MIN_SYNC_GAP` at most, not hundreds of statements a second; mail arriving in a burst is synced together.
+        if let Some(next) = last_sync.map(|at| at + MIN_SYNC_GAP) {
+            tokio::select! {
+                () = stop.cancelled() => break Cycle::Stopped,
+                () = tokio::time::sleep_until(next) => {}
+            }
+        }
+        last_sync = Some(tokio::time::Instant::now());
         poll::sync_imap(ctx, &account, &mut open).await?;
         record_synced(ctx, &account).await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
