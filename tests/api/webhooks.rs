@@ -160,6 +160,25 @@ async fn unknown_event_types_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_tenant_has_at_most_fifty_endpoints_even_when_created_all_at_once() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.tenant_with_admin().await;
+    let body = |i: usize| json!({"url": format!("https://hooks.example.com/in/{i}")});
+    let replies = futures::future::join_all((0..55).map(|i| app.post("/v1/webhooks", &key, body(i)))).await;
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status != StatusCode::CREATED).collect();
+    assert_eq!(created, 50, "{:?}", refused.first().map(|r| &r.text));
+    for reply in &refused {
+        assert_error(reply, StatusCode::UNPROCESSABLE_ENTITY, "too_many_webhook_endpoints");
+    }
+    let stored = app.sql_i64(&format!("SELECT count(*) FROM webhook_endpoints WHERE tenant_id = '{tenant}'")).await;
+    assert_eq!(stored, 50, "none past the bound was written");
+    // The bound is the tenant's own: another tenant creates its first.
+    let (_, other) = app.tenant_with_admin().await;
+    assert_eq!(app.post("/v1/webhooks", &other, body(0)).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn an_event_is_delivered_signed_so_that_the_official_verifier_accepts_it() {
     let app = spawn_app().await;
     let (tenant, key) = app.tenant_with_admin().await;

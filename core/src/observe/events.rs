@@ -273,6 +273,7 @@ pub async fn purge_older_than(ctx: &AppContext, days: u32) -> AppResult<u64> {
     if days == 0 {
         return Ok(0);
     }
-    let cutoff = Utc::now() - chrono::Duration::days(i64::from(days));
+    // A retention reaching before the calendar's start keeps everything.
+    let Some(cutoff) = Utc::now().checked_sub_signed(chrono::Duration::days(i64::from(days))) else { return Ok(0) };
     Ok(crate::store::delete_in_batches(&ctx.db, "events", "created_at < $1", vec![cutoff.into()]).await?)
 }

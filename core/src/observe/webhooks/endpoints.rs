@@ -34,6 +34,10 @@ use crate::store::page_of;
 
 // ---- endpoints ----
 
+/// Webhook endpoints one tenant may have: every event is delivered to each, so a tenant with thousands would take
+/// every worker's webhook slots from the other tenants.
+pub const MAX_ENDPOINTS_PER_TENANT: i64 = 50;
+
 /// Creates an endpoint (admin); the answer carries its signing secret, the only time it is shown.
 pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookEndpoint) -> AppResult<WebhookEndpointSecret> {
     scope.require(Role::Admin)?;
@@ -66,6 +70,19 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
         .set("enabled", Some(enabled))
         .secret("secret", true);
     let txn = ctx.db.begin().await?;
+    // Creations in one tenant take turns, so two at once cannot both pass the count.
+    let lock = "SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints'), hashtext($1::text))";
+    txn.execute_raw(statement(lock.to_owned(), vec![scope.tenant_id.to_string().into()])).await?;
+    let counted = "SELECT count(*) AS n FROM webhook_endpoints WHERE tenant_id = $1";
+    let existing = txn.query_one_raw(statement(counted.to_owned(), vec![scope.tenant_id.into()])).await?;
+    let existing: i64 = existing.map(|row| row.try_get("", "n")).transpose()?.unwrap_or(0);
+    if existing >= MAX_ENDPOINTS_PER_TENANT {
+        return Err(AppError::validation(
+            "url",
+            "too_many_webhook_endpoints",
+            format!("a tenant has at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints; delete one it no longer needs"),
+        ));
+    }
     let row = one_endpoint(&txn, statement(sql, values))
         .await?
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("INSERT .. RETURNING gave no row")))?;
@@ -170,6 +187,19 @@ pub async fn update(
         .set("event_types", new_event_types.as_ref())
         .set("enabled", input.enabled);
     let txn = ctx.db.begin().await?;
+    // Creations in one tenant take turns, so two at once cannot both pass the count.
+    let lock = "SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints'), hashtext($1::text))";
+    txn.execute_raw(statement(lock.to_owned(), vec![scope.tenant_id.to_string().into()])).await?;
+    let counted = "SELECT count(*) AS n FROM webhook_endpoints WHERE tenant_id = $1";
+    let existing = txn.query_one_raw(statement(counted.to_owned(), vec![scope.tenant_id.into()])).await?;
+    let existing: i64 = existing.map(|row| row.try_get("", "n")).transpose()?.unwrap_or(0);
+    if existing >= MAX_ENDPOINTS_PER_TENANT {
+        return Err(AppError::validation(
+            "url",
+            "too_many_webhook_endpoints",
+            format!("a tenant has at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints; delete one it no longer needs"),
+        ));
+    }
     let row = one_endpoint(&txn, statement(sql, values)).await?.ok_or(AppError::not_found("webhook endpoint"))?;
     if current_view.enabled && !enabled {
         fail_pending(&txn, id, "the endpoint was disabled").await?;
