@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use anyhow::Context as _;
-use postbridge_core::error::AppResult;
+use postbridge_core::error::{AppError, AppResult};
 use postbridge_core::observe::events::{self, Event};
 use postbridge_core::observe::live_watchers;
 use postbridge_core::store::ids::TenantId;
@@ -26,6 +26,9 @@ use uuid::Uuid;
 const CHANNEL: &str = "postbridge_events";
 /// Events a slow subscriber may fall behind by before it misses some.
 const BUFFER: usize = 256;
+/// Live subscriptions of one tenant on one API process: each costs a copy of every event it is shown (and, for a
+/// member, a look-up), so a tenant opening thousands would slow every other tenant's.
+pub const MAX_SUBSCRIBERS_PER_TENANT: usize = 500;
 /// How long a watch on a tenant holds unless renewed: after a process dies, its tenants' events stop being
 /// announced for it this much later.
 const WATCH_SECONDS: i64 = 60;
@@ -90,7 +93,19 @@ impl EventHub {
     /// The events of one tenant from now on: every event committed after this returns is delivered. The caller has
     /// checked that its principal may see them.
     pub async fn subscribe(&self, tenant_id: TenantId) -> AppResult<TenantEvents> {
-        let receiver = self.inner.tenants().entry(tenant_id).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
+        let receiver = {
+            let mut tenants = self.inner.tenants();
+            let sender = tenants.entry(tenant_id).or_insert_with(|| broadcast::channel(BUFFER).0);
+            if sender.receiver_count() >= MAX_SUBSCRIBERS_PER_TENANT {
+                return Err(AppError::Conflict {
+                    code: "too_many_subscriptions",
+                    message: format!(
+                        "this tenant already has {MAX_SUBSCRIBERS_PER_TENANT} live subscriptions on this server; end some first"
+                    ),
+                });
+            }
+            sender.subscribe()
+        };
         let events = TenantEvents { receiver: Some(receiver), tenant_id, hub: self.inner.clone() };
         // Written on every subscription (they are rare), so none is answered before its tenant is watched.
         let ctx = &self.inner.ctx;

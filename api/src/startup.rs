@@ -8,7 +8,6 @@ use actix_web::middleware::from_fn;
 use actix_web::{guard, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::GraphQLSubscription;
 use postbridge_core::access::rate_limit::RateLimiter;
 use postbridge_core::{AppContext, AppError, Settings};
 use utoipa::OpenApi;
@@ -16,8 +15,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::bounds::{media_type, read_body, RouteTable};
 use crate::error::{json_config, path_config, query_config, shortened, ApiError};
-use crate::extract::{bearer_token, requested_tenant, resolve_caller};
-use crate::graphql::{build_schema, subscription, ApiSchema, RequestAuth};
+use crate::extract::{requested_tenant, resolve_caller};
+use crate::graphql::{build_schema, ApiSchema, RequestAuth};
 use crate::live::EventHub;
 use crate::openapi::ApiDoc;
 use crate::rest;
@@ -74,7 +73,10 @@ impl Application {
                 .configure(crate::metrics::routes)
                 .service(web::resource("/graphql").guard(guard::Post()).to(graphql))
                 .service(
-                    web::resource("/graphql").guard(guard::Get()).guard(guard::fn_guard(is_websocket_upgrade)).to(graphql_ws),
+                    web::resource("/graphql")
+                        .guard(guard::Get())
+                        .guard(guard::fn_guard(is_websocket_upgrade))
+                        .to(crate::graphql::socket::graphql_ws),
                 )
                 .service(web::resource("/graphql").guard(guard::Get()).to(graphiql))
                 .route("/docs", web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }))
@@ -152,22 +154,6 @@ async fn graphql(
 fn is_websocket_upgrade(ctx: &guard::GuardContext<'_>) -> bool {
     let upgrade = ctx.head().headers().get(actix_web::http::header::UPGRADE).and_then(|v| v.to_str().ok());
     upgrade.is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-}
-
-/// GraphQL subscriptions (and queries) over WebSocket: `graphql-transport-ws` (or the legacy `graphql-ws`).
-/// The credential comes from `connection_init`'s payload or from this upgrade request's headers.
-async fn graphql_ws(
-    schema: web::Data<ApiSchema>,
-    ctx: web::Data<AppContext>,
-    hub: web::Data<EventHub>,
-    http: HttpRequest,
-    payload: web::Payload,
-) -> actix_web::Result<HttpResponse> {
-    let (app, hub) = (AppContext::clone(&ctx), EventHub::clone(&hub));
-    let (header_token, header_tenant) = (bearer_token(&http), requested_tenant(&http));
-    GraphQLSubscription::new(ApiSchema::clone(&schema))
-        .on_connection_init(move |init| subscription::connection_init(app, hub, header_token, header_tenant, init))
-        .start(&http, payload)
 }
 
 async fn graphiql() -> HttpResponse {

@@ -84,10 +84,10 @@ async fn set_enabled(app: &TestApp, key: &str, account: &str, enabled: bool) {
 
 // ---- a graphql-transport-ws client -----------------------------------------------------------
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens `ws://.../graphql` speaking graphql-transport-ws, with extra headers on the upgrade request.
-async fn ws_open(app: &TestApp, headers: &[(&str, &str)]) -> Ws {
+pub(crate) async fn ws_open(app: &TestApp, headers: &[(&str, &str)]) -> Ws {
     let url = format!("{}/graphql", app.address.replacen("http://", "ws://", 1));
     let mut request = url.into_client_request().expect("a ws request");
     request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
@@ -100,12 +100,12 @@ async fn ws_open(app: &TestApp, headers: &[(&str, &str)]) -> Ws {
     ws
 }
 
-async fn ws_send(ws: &mut Ws, message: Value) {
+pub(crate) async fn ws_send(ws: &mut Ws, message: Value) {
     ws.send(Message::Text(message.to_string().into())).await.expect("ws send");
 }
 
 /// The next protocol message, or `Err(close frame reason)` once the server closes the connection.
-async fn ws_next(ws: &mut Ws) -> Result<Value, String> {
+pub(crate) async fn ws_next(ws: &mut Ws) -> Result<Value, String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).expect("a JSON message")),
@@ -118,7 +118,7 @@ async fn ws_next(ws: &mut Ws) -> Result<Value, String> {
 }
 
 /// Opens a connection and completes `connection_init` with this payload.
-async fn ws_connected(app: &TestApp, headers: &[(&str, &str)], init: Value) -> Ws {
+pub(crate) async fn ws_connected(app: &TestApp, headers: &[(&str, &str)], init: Value) -> Ws {
     let mut ws = ws_open(app, headers).await;
     ws_send(&mut ws, json!({"type": "connection_init", "payload": init})).await;
     let ack = tokio::time::timeout(Duration::from_secs(10), ws_next(&mut ws)).await.expect("an answer to connection_init");

@@ -16,6 +16,7 @@ mod health;
 mod idle_watches;
 mod large_mail;
 mod list_filters;
+mod live_socket;
 mod mail_flows;
 mod mail_inbound_client;
 mod mail_servers;

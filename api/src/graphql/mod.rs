@@ -11,6 +11,7 @@ mod messages;
 mod ops;
 mod received_messages;
 mod routing;
+pub mod socket;
 pub mod subscription;
 mod tenants;
 mod token_configs;

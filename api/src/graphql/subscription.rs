@@ -1,7 +1,7 @@
-//! Live updates over WebSocket (`graphql-transport-ws` on `GET /graphql`): a tenant's events and its
-//! accounts' state changes. Authenticated once at `connection_init` like a query (bearer token from the
-//! upgrade request or the init payload), tenant-scoped like a query, and the credential is checked again
-//! while a subscription runs, so a revoked key or a suspended tenant stops receiving.
+//! Live updates over WebSocket (`graphql-transport-ws` on `GET /graphql`, see `socket`): a tenant's events and
+//! its accounts' state changes. Authenticated at `connection_init` like a query (bearer token from the upgrade
+//! request or the init payload) and again for every operation, tenant-scoped like a query, and the credential is
+//! checked again while a subscription runs, so a revoked key or a suspended tenant stops receiving.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,17 +18,12 @@ use postbridge_core::{AppContext, AppError};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::socket::{CredentialSlot, LiveCredential};
 use super::{caller, gql_error, request_auth, tenant_scope, GqlResultExt, RequestAuth};
 use crate::live::{EventHub, TenantEvents};
 
 /// How long a subscription trusts its credential before authenticating it again (on its next event).
 const RECHECK_AFTER: Duration = Duration::from_secs(60);
-
-/// The credential a WebSocket connection authenticated with, kept to check it again later.
-struct LiveCredential {
-    token: String,
-    requested_tenant: Option<Uuid>,
-}
 
 /// `connection_init`: the token and tenant from the init payload (`authorization` / `Authorization`:
 /// `Bearer <token>`, `tenant` / `X-Postbridge-Tenant`), else from the upgrade request's headers. Failing
@@ -36,6 +31,7 @@ struct LiveCredential {
 pub async fn connection_init(
     app: AppContext,
     hub: EventHub,
+    credential: CredentialSlot,
     header_token: Option<String>,
     header_tenant: Result<Option<Uuid>, AppError>,
     payload: Value,
@@ -58,8 +54,10 @@ pub async fn connection_init(
     let principal = authenticate(&app, &token).await.gql()?;
     let mut data = Data::default();
     data.insert(RequestAuth { caller: Ok(principal), requested_tenant: Ok(requested_tenant) });
-    data.insert(LiveCredential { token, requested_tenant });
+    data.insert(LiveCredential { token: token.clone(), requested_tenant });
     data.insert(hub);
+    // Kept for the connection's operations, each authenticated again (`socket::LiveExecutor`).
+    let _ = credential.set(LiveCredential { token, requested_tenant });
     Ok(data)
 }
 

@@ -55,6 +55,16 @@ pub fn narrow_request(tenant_id: TenantId) {
     let _ = SCOPE.try_with(|scope| scope.set(DbScope::Tenant(tenant_id.into())));
 }
 
+/// Runs `poll` in `scope`, then keeps the scope as `poll` left it (an operator's request narrowed to the tenant it
+/// named stays narrowed): for work polled outside a request's own task, such as an operation on a WebSocket.
+pub fn poll_within<T>(scope: &mut DbScope, poll: impl FnOnce() -> T) -> T {
+    SCOPE.sync_scope(Cell::new(*scope), || {
+        let polled = poll();
+        *scope = current();
+        polled
+    })
+}
+
 /// The current task's scope. Tasks outside any scope (background loops, the scheduler) are operator-wide: they
 /// are Postbridge's own, never a tenant's request.
 pub fn current() -> DbScope {
