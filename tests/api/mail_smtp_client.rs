@@ -591,6 +591,8 @@ enum Script {
     XOAuth2Challenge,
     /// Accepts the message with a long reply holding a NUL (a hostile server; lettre refuses lines much longer).
     NulInReply,
+    /// Answers EHLO with a reply line that never ends (a hostile server filling the client's memory).
+    EndlessReply,
 }
 
 /// A plain-text SMTP server on loopback that follows `script`; counts connections.
@@ -623,7 +625,7 @@ async fn scripted_server(script: Script) -> (u16, Arc<AtomicUsize>) {
                                     let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
                                     return;
                                 }
-                                Script::XOAuth2Challenge => {
+                                Script::XOAuth2Challenge | Script::EndlessReply => {
                                     let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
                                 }
                                 Script::NulInReply => {
@@ -635,6 +637,12 @@ async fn scripted_server(script: Script) -> (u16, Arc<AtomicUsize>) {
                         continue;
                     }
                     let upper = command.to_ascii_uppercase();
+                    if upper.starts_with("EHLO") && script == Script::EndlessReply {
+                        let chunk = vec![b'x'; 64 * 1024];
+                        let _ = write.write_all(b"250-").await;
+                        while write.write_all(&chunk).await.is_ok() {}
+                        return;
+                    }
                     let reply: &[u8] = if upper.starts_with("EHLO") {
                         b"250-scripted\r\n250-AUTH PLAIN XOAUTH2\r\n250 8BITMIME\r\n"
                     } else if upper.starts_with("AUTH XOAUTH2") && script == Script::XOAuth2Challenge {
@@ -723,4 +731,23 @@ async fn a_reply_with_a_nul_and_no_end_is_kept_bounded_and_storable() {
     let reply = outcome.reply();
     assert!(reply.starts_with("250 2.0.0 queued\u{FFFD}as xxx"), "{reply}");
     assert!(!reply.contains('\0') && reply.len() <= 504, "{} bytes", reply.len());
+}
+
+#[tokio::test]
+async fn a_reply_that_never_ends_is_cut_at_the_bound_not_read_until_the_timeout() {
+    let (port, _) = scripted_server(Script::EndlessReply).await;
+    let smtp = SmtpClient::new(NetGuard::new(true), None, config()).unwrap();
+    let message = composed(&message("someone@example.com", "rcpt@example.org", "Endless"));
+    let started = Instant::now();
+    let err = smtp
+        .send(&Endpoint::new("127.0.0.1", port, Security::None), &password("someone@example.com", "pw"), &message)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("without an answer from the client"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cut at the bound, not at the 15 s I/O timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(smtp.idle_connections(), 0);
 }

@@ -9,4 +9,5 @@ pub mod netguard;
 pub mod oauth;
 pub mod pop3;
 pub mod smtp;
+mod smtp_stream;
 pub mod tls;

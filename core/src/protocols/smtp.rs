@@ -14,10 +14,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -29,9 +27,6 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::ClientConfig;
 
 use crate::config::Settings;
@@ -41,6 +36,7 @@ use crate::protocols::compose::Composed;
 use crate::protocols::error::{server_words, Endpoint, MailAuth, MailError, Timeouts};
 use crate::protocols::net::{connect_tcp, start_tls};
 use crate::protocols::netguard::NetGuard;
+use crate::protocols::smtp_stream::ServerStream;
 
 /// Tuning of an [`SmtpClient`].
 #[derive(Clone, Debug)]
@@ -435,8 +431,8 @@ impl SmtpClient {
         let host = endpoint.host.as_str();
         let tcp = connect_tcp(&inner.guard, host, endpoint.port, inner.config.timeouts.connect).await?;
         let stream: Box<dyn AsyncTokioStream> = match endpoint.security {
-            Security::Tls => Box::new(ImplicitTls(start_tls(Arc::clone(&inner.tls), host, tcp, io).await?)),
-            Security::Starttls | Security::None => Box::new(tcp),
+            Security::Tls => Box::new(ServerStream::tls(start_tls(Arc::clone(&inner.tls), host, tcp, io).await?)),
+            Security::Starttls | Security::None => Box::new(ServerStream::plain(tcp)),
         };
         let mut conn = match tokio::time::timeout(io, AsyncSmtpConnection::connect_with_transport(stream, &inner.hello)).await {
             Ok(Ok(conn)) => conn,
@@ -808,54 +804,6 @@ struct Line(String);
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}\r\n", self.0)
-    }
-}
-
-/// An implicit-TLS stream handed to lettre as if it were plain TCP (lettre's own implicit TLS would resolve the host
-/// name again; this way the connection goes to the address the guard checked).
-struct ImplicitTls(TlsStream<TcpStream>);
-
-impl fmt::Debug for ImplicitTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImplicitTls").field("peer", &self.0.get_ref().0.peer_addr().ok()).finish()
-    }
-}
-
-impl AsyncRead for ImplicitTls {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ImplicitTls {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-}
-
-impl AsyncTokioStream for ImplicitTls {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.get_ref().0.peer_addr()
     }
 }
 

@@ -1,0 +1,129 @@
+//! The stream an SMTP connection is handed to lettre as: plain TCP (upgraded by lettre at STARTTLS) or implicit TLS
+//! made here (lettre's own would resolve the host name again; this way the connection goes to the address the guard
+//! checked). It bounds what the server may send between two writes of the client: lettre reads a reply line until
+//! its newline with no limit, so a server streaming a reply without line end would fill the worker's memory within
+//! the I/O timeout.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use lettre::transport::smtp::client::AsyncTokioStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// The most a server may send without the client writing in between: a reply to one command (an EHLO's extensions,
+/// a multi-line error) is a few kilobytes; RFC 5321 lines are at most 512 bytes.
+pub const MAX_UNANSWERED_BYTES: usize = 1024 * 1024;
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+pub struct ServerStream {
+    transport: Transport,
+    /// Bytes read since the client last wrote.
+    unanswered: usize,
+}
+
+impl ServerStream {
+    pub fn plain(tcp: TcpStream) -> ServerStream {
+        ServerStream { transport: Transport::Plain(tcp), unanswered: 0 }
+    }
+
+    pub fn tls(tls: TlsStream<TcpStream>) -> ServerStream {
+        ServerStream { transport: Transport::Tls(Box::new(tls)), unanswered: 0 }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.transport {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    fn io(&mut self) -> Pin<&mut (dyn AsyncReadWrite + Unpin + Send + Sync)> {
+        match &mut self.transport {
+            Transport::Plain(tcp) => Pin::new(tcp),
+            Transport::Tls(tls) => Pin::new(tls.as_mut()),
+        }
+    }
+}
+
+trait AsyncReadWrite: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> AsyncReadWrite for T {}
+
+impl fmt::Debug for ServerStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tls = matches!(self.transport, Transport::Tls(_));
+        f.debug_struct("ServerStream").field("peer", &self.tcp().peer_addr().ok()).field("implicit_tls", &tls).finish()
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = this.io().poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.unanswered = this.unanswered.saturating_add(buf.filled().len() - before);
+            if this.unanswered > MAX_UNANSWERED_BYTES {
+                return Poll::Ready(Err(std::io::Error::other(format!(
+                    "the server sent more than {MAX_UNANSWERED_BYTES} bytes without an answer from the client"
+                ))));
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = this.io().poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = polled {
+            if written > 0 {
+                this.unanswered = 0;
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut().io().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = this.io().poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = polled {
+            if written > 0 {
+                this.unanswered = 0;
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.transport {
+            Transport::Plain(tcp) => tcp.is_write_vectored(),
+            Transport::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+}
+
+impl AsyncTokioStream for ServerStream {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp().peer_addr()
+    }
+}
