@@ -593,6 +593,9 @@ enum Script {
     NulInReply,
     /// Answers EHLO with a reply line that never ends (a hostile server filling the client's memory).
     EndlessReply,
+    /// Offers STARTTLS and answers it with `220` followed at once by a plaintext `250` (what an attacker on the path
+    /// injects, hoping it is read as the encrypted answer to the next EHLO, without AUTH).
+    InjectedAfterStarttls,
 }
 
 /// A plain-text SMTP server on loopback that follows `script`; counts connections.
@@ -625,7 +628,7 @@ async fn scripted_server(script: Script) -> (u16, Arc<AtomicUsize>) {
                                     let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
                                     return;
                                 }
-                                Script::XOAuth2Challenge | Script::EndlessReply => {
+                                Script::XOAuth2Challenge | Script::EndlessReply | Script::InjectedAfterStarttls => {
                                     let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
                                 }
                                 Script::NulInReply => {
@@ -642,6 +645,17 @@ async fn scripted_server(script: Script) -> (u16, Arc<AtomicUsize>) {
                         let _ = write.write_all(b"250-").await;
                         while write.write_all(&chunk).await.is_ok() {}
                         return;
+                    }
+                    if script == Script::InjectedAfterStarttls {
+                        let reply: &[u8] = if upper.starts_with("EHLO") {
+                            b"250-scripted\r\n250 STARTTLS\r\n"
+                        } else if upper.starts_with("STARTTLS") {
+                            b"220 2.0.0 go ahead\r\n250 scripted\r\n"
+                        } else {
+                            b"500 5.5.1 what\r\n"
+                        };
+                        let _ = write.write_all(reply).await;
+                        continue;
                     }
                     let reply: &[u8] = if upper.starts_with("EHLO") {
                         b"250-scripted\r\n250-AUTH PLAIN XOAUTH2\r\n250 8BITMIME\r\n"
@@ -750,4 +764,22 @@ async fn a_reply_that_never_ends_is_cut_at_the_bound_not_read_until_the_timeout(
         started.elapsed()
     );
     assert_eq!(smtp.idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn plaintext_after_the_starttls_reply_is_refused_before_the_handshake() {
+    let (port, _) = scripted_server(Script::InjectedAfterStarttls).await;
+    let smtp = SmtpClient::new(NetGuard::new(true), None, config()).unwrap();
+    let message = composed(&message("someone@example.com", "rcpt@example.org", "Injected"));
+    let err = smtp
+        .send(&Endpoint::new("127.0.0.1", port, Security::Starttls), &password("someone@example.com", "pw"), &message)
+        .await
+        .unwrap_err();
+    // A TLS failure, tried again later: not a refusal of the credentials that would put the account in error.
+    match &err {
+        SendError::Transient { step: MailStep::Tls, message, .. } => {
+            assert!(message.contains("before the TLS handshake"), "{message}")
+        }
+        other => panic!("expected a transient TLS failure, got {other:?}"),
+    }
 }

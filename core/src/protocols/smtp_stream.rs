@@ -26,15 +26,53 @@ pub struct ServerStream {
     transport: Transport,
     /// Bytes read since the client last wrote.
     unanswered: usize,
+    /// Where the reply to STARTTLS stands, once the client sent it.
+    starttls: Option<TlsReply>,
+}
+
+/// The reply to STARTTLS as it is read: nothing may follow its last line before the TLS handshake. lettre reads
+/// replies through a buffer it keeps across the upgrade, so plaintext bytes injected after `220` (by anyone on the
+/// path) would be read as the server's encrypted answer to the next EHLO.
+#[derive(Clone, Copy, Default)]
+struct TlsReply {
+    /// Bytes into the current line.
+    column: usize,
+    /// The current line is the reply's last (`220 `, not `220-`).
+    last_line: bool,
+    /// The last line has ended: the handshake comes next.
+    done: bool,
+}
+
+impl TlsReply {
+    /// Follows `read` through the reply; an error when bytes follow its end in the same read.
+    fn follow(&mut self, read: &[u8]) -> std::io::Result<()> {
+        for byte in read {
+            if self.done {
+                return Err(std::io::Error::other("the server sent data before the TLS handshake"));
+            }
+            match byte {
+                b'\n' => {
+                    self.done = self.last_line;
+                    self.column = 0;
+                }
+                b' ' if self.column == 3 => {
+                    self.last_line = true;
+                    self.column += 1;
+                }
+                _ => self.column += 1,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ServerStream {
     pub fn plain(tcp: TcpStream) -> ServerStream {
-        ServerStream { transport: Transport::Plain(tcp), unanswered: 0 }
+        ServerStream { transport: Transport::Plain(tcp), unanswered: 0, starttls: None }
     }
 
     pub fn tls(tls: TlsStream<TcpStream>) -> ServerStream {
-        ServerStream { transport: Transport::Tls(Box::new(tls)), unanswered: 0 }
+        ServerStream { transport: Transport::Tls(Box::new(tls)), unanswered: 0, starttls: None }
     }
 
     fn tcp(&self) -> &TcpStream {
@@ -68,7 +106,11 @@ impl AsyncRead for ServerStream {
         let before = buf.filled().len();
         let polled = this.io().poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            this.unanswered = this.unanswered.saturating_add(buf.filled().len() - before);
+            let read = &buf.filled()[before..];
+            this.unanswered = this.unanswered.saturating_add(read.len());
+            if let Some(reply) = this.starttls.as_mut().filter(|reply| !reply.done) {
+                reply.follow(read)?;
+            }
             if this.unanswered > MAX_UNANSWERED_BYTES {
                 return Poll::Ready(Err(std::io::Error::other(format!(
                     "the server sent more than {MAX_UNANSWERED_BYTES} bytes without an answer from the client"
@@ -86,6 +128,9 @@ impl AsyncWrite for ServerStream {
         if let Poll::Ready(Ok(written)) = polled {
             if written > 0 {
                 this.unanswered = 0;
+            }
+            if matches!(this.transport, Transport::Plain(_)) && buf.eq_ignore_ascii_case(b"STARTTLS\r\n") {
+                this.starttls = Some(TlsReply::default());
             }
         }
         polled
