@@ -91,13 +91,16 @@ pub const INTERNAL_REFRESH_ERROR: &str =
 /// fails inside Postbridge once it holds its grants, each backs off as after a provider outage; if it could not
 /// take them, they are dispatched again once their dispatch grace ends.
 pub async fn refresh_grants(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<RefreshPass> {
+    // Read before the grants are leased: a token URL moved in between erases the tokens the lease then reads, so a
+    // refresh token only ever goes to the endpoint of the configuration that issued it.
+    let configs = configs_of(ctx, grant_ids).await?;
     let leased = lease(ctx, grant_ids).await?;
     // One statement leased them all, with one value.
     let Some(until) = leased.iter().find_map(|model| model.refreshing_until) else {
         return Ok(RefreshPass::default());
     };
     let lease = RefreshLease::keep(ctx.db.clone(), leased.iter().map(|model| model.id).collect(), until);
-    let outcome = refresh_leased(ctx, &leased, &lease).await;
+    let outcome = refresh_leased(ctx, &leased, &configs, &lease).await;
     match &outcome {
         // Every grant's answer was stored, or its lease let go, as it arrived.
         Ok(_) => lease.ended(),
@@ -124,10 +127,13 @@ const STORE_CHUNK: usize = 25;
 type Answer = Option<AppResult<Result<TokenSet, TokenError>>>;
 
 /// Asks the provider for the leased grants and stores the answers (`refresh_grants`).
-async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model], lease: &RefreshLease) -> AppResult<RefreshPass> {
-    let configs = configs_of(ctx, leased).await?;
+async fn refresh_leased(
+    ctx: &AppContext,
+    leased: &[grant::Model],
+    configs: &HashMap<TokenConfigId, token_config::Model>,
+    lease: &RefreshLease,
+) -> AppResult<RefreshPass> {
     let window_ends = Instant::now() + ASK_WINDOW;
-    let configs = &configs;
     let asks: Vec<futures::future::BoxFuture<'_, (&grant::Model, Answer)>> = leased
         .iter()
         .map(|model| {
@@ -137,7 +143,7 @@ async fn refresh_leased(ctx: &AppContext, leased: &[grant::Model], lease: &Refre
                 let answer: Answer = if Instant::now() >= window_ends {
                     None
                 } else {
-                    Some(match configs.get(&model.token_config_id) {
+                    Some(match configs.get(&model.token_config_id).filter(|config| config.tenant_id == model.tenant_id) {
                         Some(config) => ask_provider(ctx, config, model).await,
                         None => Err(AppError::Internal(anyhow::anyhow!("the grant's token configuration is missing"))),
                     })
@@ -307,14 +313,18 @@ async fn store_answers(
 }
 
 /// The configurations of the grants, each checked to belong to its grant's tenant.
-async fn configs_of(ctx: &AppContext, grants: &[grant::Model]) -> AppResult<HashMap<TokenConfigId, token_config::Model>> {
-    let ids: HashSet<TokenConfigId> = grants.iter().map(|model| model.token_config_id).collect();
+/// The token configurations of the grants `grant_ids`, by id (each grant is matched with its own tenant's when used).
+async fn configs_of(ctx: &AppContext, grant_ids: &[GrantId]) -> AppResult<HashMap<TokenConfigId, token_config::Model>> {
+    let ids: Vec<TokenConfigId> = grant::Entity::find()
+        .select_only()
+        .column(grant::Column::TokenConfigId)
+        .distinct()
+        .filter(grant::Column::Id.is_in(grant_ids.iter().copied()))
+        .into_tuple()
+        .all(&ctx.db)
+        .await?;
     let found = token_config::Entity::find().filter(token_config::Column::Id.is_in(ids)).all(&ctx.db).await?;
-    Ok(found
-        .into_iter()
-        .filter(|config| grants.iter().any(|model| model.token_config_id == config.id && model.tenant_id == config.tenant_id))
-        .map(|config| (config.id, config))
-        .collect())
+    Ok(found.into_iter().map(|config| (config.id, config)).collect())
 }
 
 /// A refresh that failed on Postbridge's side (stored tokens that do not decrypt, a database error): the grant

@@ -122,11 +122,14 @@ pub async fn access_token(ctx: &AppContext, tenant_id: TenantId, grant_id: Grant
             tokio::time::sleep(left.min(LEASE_POLL)).await;
             continue;
         }
+        // Read before the grant is leased: a token URL moved in between erases the tokens the lease then reads, so
+        // a refresh token only ever goes to the endpoint of the configuration that issued it.
+        let config = token_configs::find_in(&ctx.db, model.tenant_id, model.token_config_id).await?;
         // Taken by another caller meanwhile (or refreshed already): the next round reads what it did.
         let Some((leased, until)) = take_lease(ctx, &model).await? else { continue };
         // Dropped with a cancelled caller, it lets the grant go at once; a killed process's runs out.
         let lease = RefreshLease::keep(ctx.db.clone(), vec![leased.id], until);
-        let refreshed = refresh_leased(ctx, &leased, &lease).await;
+        let refreshed = refresh_leased(ctx, &leased, &config, &lease).await;
         if matches!(refreshed, Err(TokenAccessError::App(_))) {
             // Postbridge's own failure: the lease goes, so the next caller (or batch) may try at once.
             let _ = lease.release().await;
@@ -163,9 +166,9 @@ async fn take_lease(ctx: &AppContext, model: &grant::Model) -> AppResult<Option<
 async fn refresh_leased(
     ctx: &AppContext,
     leased: &grant::Model,
+    config: &token_config::Model,
     lease: &RefreshLease,
 ) -> Result<Option<String>, TokenAccessError> {
-    let config = token_configs::find_in(&ctx.db, leased.tenant_id, leased.token_config_id).await?;
     // Backing off after a provider outage: while the stored token still works, use it rather than hammer the
     // provider. (A refused client is not an outage: keep asking, so the admin's fix is seen at once.)
     if !config.needs_admin && leased.next_refresh_at.is_some_and(|next| next > Utc::now()) {
@@ -174,15 +177,15 @@ async fn refresh_leased(
             return Ok(Some(token));
         }
     }
-    let answer = ask_provider(ctx, &config, leased).await;
+    let answer = ask_provider(ctx, config, leased).await;
     // Renewed while the provider took its time; from here on the answer is written under its value.
     let until = lease.stop_renewing().await;
     match answer? {
         Ok(tokens) => {
             let one = Refreshed { model: leased, tokens: &tokens, lease: until };
             let txn = ctx.db.begin().await?;
-            if let Err(first) = persist_refreshed(ctx, txn, &[one], &[&config]).await {
-                persist_refreshed_again(ctx, one, &config, first).await?;
+            if let Err(first) = persist_refreshed(ctx, txn, &[one], &[config]).await {
+                persist_refreshed_again(ctx, one, config, first).await?;
             }
             ctx.metrics.token_refresh("refreshed");
             // Stored, or the lease was lost to a new consent whose tokens win: these still work for this caller.
@@ -196,7 +199,7 @@ async fn refresh_leased(
                 txn.commit().await?;
                 return Ok(None);
             }
-            let failure = record_refusal(ctx, &txn, &current, &config, &refused).await?;
+            let failure = record_refusal(ctx, &txn, &current, config, &refused).await?;
             release_held(&txn, &[leased.id], until).await?;
             txn.commit().await?;
             match failure {
