@@ -4,6 +4,8 @@
 use postbridge_core::access::auth::authenticate;
 use postbridge_core::store::entities::{email_account, tenant};
 use postbridge_core::store::tenant_wall;
+use std::future::Future as _;
+
 use postbridge_tests::{spawn_app, TestApp};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement};
@@ -91,6 +93,29 @@ async fn a_tenant_credential_narrows_its_request_to_its_tenant() {
     })
     .await;
     assert_eq!(operator, 3);
+}
+
+#[tokio::test]
+async fn work_polled_in_a_scope_outside_any_request_sees_that_scope_and_keeps_its_narrowing() {
+    // A WebSocket's operations are polled by the connection's task, not a request's: each poll runs in its scope.
+    let app = spawn_app().await;
+    let (a, admin_a) = tenant_with_accounts(&app, 1).await;
+    tenant_with_accounts(&app, 2).await;
+    let mut scope = tenant_wall::DbScope::Tenant(a);
+    let mut query = std::pin::pin!(email_account::Entity::find().all(&app.ctx.db));
+    let seen = std::future::poll_fn(|cx| tenant_wall::poll_within(&mut scope, || query.as_mut().poll(cx))).await;
+    let seen = seen.expect("query");
+    assert_eq!((seen.len(), seen[0].tenant_id), (1, a.into()), "only the scope's tenant");
+
+    // Work that authenticates narrows itself, and stays narrowed at its next poll.
+    let mut scope = tenant_wall::DbScope::System;
+    let mut work = std::pin::pin!(async {
+        authenticate(&app.ctx, &admin_a).await.expect("authenticated");
+        tokio::task::yield_now().await;
+        email_account::Entity::find().all(&app.ctx.db).await.expect("query").len()
+    });
+    let seen = std::future::poll_fn(|cx| tenant_wall::poll_within(&mut scope, || work.as_mut().poll(cx))).await;
+    assert_eq!((seen, scope), (1, tenant_wall::DbScope::Tenant(a)));
 }
 
 #[tokio::test]
