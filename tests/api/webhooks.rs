@@ -173,6 +173,11 @@ async fn a_tenant_has_at_most_fifty_endpoints_even_when_created_all_at_once() {
     }
     let stored = app.sql_i64(&format!("SELECT count(*) FROM webhook_endpoints WHERE tenant_id = '{tenant}'")).await;
     assert_eq!(stored, 50, "none past the bound was written");
+    // At the bound, the endpoints the tenant has are still its to change.
+    let created = replies.iter().find(|r| r.status == StatusCode::CREATED).expect("a created one");
+    let some = created.body["endpoint"]["id"].as_str().expect("an id");
+    let changed = app.patch(&format!("/v1/webhooks/{some}"), &key, json!({"description": "still editable"})).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
     // The bound is the tenant's own: another tenant creates its first.
     let (_, other) = app.tenant_with_admin().await;
     assert_eq!(app.post("/v1/webhooks", &other, body(0)).await.status, StatusCode::CREATED);

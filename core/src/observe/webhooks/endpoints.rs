@@ -70,11 +70,22 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
         .set("enabled", Some(enabled))
         .secret("secret", true);
     let txn = ctx.db.begin().await?;
-    // Creations in one tenant take turns, so two at once cannot both pass the count.
+    check_room(&txn, scope).await?;
+    let row = one_endpoint(&txn, statement(sql, values))
+        .await?
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("INSERT .. RETURNING gave no row")))?;
+    audit::record_in_tenant(&txn, scope, "webhook_endpoint.created", id.into(), changes).await?;
+    txn.commit().await?;
+    Ok(WebhookEndpointSecret { endpoint: view(row)?, secret })
+}
+
+/// Refuses a new endpoint once the tenant has [`MAX_ENDPOINTS_PER_TENANT`]. Creations in one tenant take turns
+/// (a lock held to the end of `txn`), so two at once cannot both pass the count.
+async fn check_room(txn: &sea_orm::DatabaseTransaction, scope: &TenantScope) -> AppResult<()> {
     let lock = "SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints'), hashtext($1::text))";
-    txn.execute_raw(statement(lock.to_owned(), vec![scope.tenant_id.to_string().into()])).await?;
+    txn.execute_raw(statement(lock, vec![scope.tenant_id.to_string().into()])).await?;
     let counted = "SELECT count(*) AS n FROM webhook_endpoints WHERE tenant_id = $1";
-    let existing = txn.query_one_raw(statement(counted.to_owned(), vec![scope.tenant_id.into()])).await?;
+    let existing = txn.query_one_raw(statement(counted, vec![scope.tenant_id.into()])).await?;
     let existing: i64 = existing.map(|row| row.try_get("", "n")).transpose()?.unwrap_or(0);
     if existing >= MAX_ENDPOINTS_PER_TENANT {
         return Err(AppError::validation(
@@ -83,12 +94,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
             format!("a tenant has at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints; delete one it no longer needs"),
         ));
     }
-    let row = one_endpoint(&txn, statement(sql, values))
-        .await?
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("INSERT .. RETURNING gave no row")))?;
-    audit::record_in_tenant(&txn, scope, "webhook_endpoint.created", id.into(), changes).await?;
-    txn.commit().await?;
-    Ok(WebhookEndpointSecret { endpoint: view(row)?, secret })
+    Ok(())
 }
 
 /// A receiver's URL often is a bearer secret itself (a token in its path or query): only admins see it whole;
@@ -187,19 +193,6 @@ pub async fn update(
         .set("event_types", new_event_types.as_ref())
         .set("enabled", input.enabled);
     let txn = ctx.db.begin().await?;
-    // Creations in one tenant take turns, so two at once cannot both pass the count.
-    let lock = "SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints'), hashtext($1::text))";
-    txn.execute_raw(statement(lock.to_owned(), vec![scope.tenant_id.to_string().into()])).await?;
-    let counted = "SELECT count(*) AS n FROM webhook_endpoints WHERE tenant_id = $1";
-    let existing = txn.query_one_raw(statement(counted.to_owned(), vec![scope.tenant_id.into()])).await?;
-    let existing: i64 = existing.map(|row| row.try_get("", "n")).transpose()?.unwrap_or(0);
-    if existing >= MAX_ENDPOINTS_PER_TENANT {
-        return Err(AppError::validation(
-            "url",
-            "too_many_webhook_endpoints",
-            format!("a tenant has at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints; delete one it no longer needs"),
-        ));
-    }
     let row = one_endpoint(&txn, statement(sql, values)).await?.ok_or(AppError::not_found("webhook endpoint"))?;
     if current_view.enabled && !enabled {
         fail_pending(&txn, id, "the endpoint was disabled").await?;
