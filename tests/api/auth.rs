@@ -408,6 +408,26 @@ async fn a_revoked_api_key_is_refused() {
 }
 
 #[tokio::test]
+async fn a_token_is_not_exchanged_for_a_fresh_one_so_none_outlives_its_source() {
+    let app = spawn_app().await;
+    let (_, admin) = app.tenant_with_admin().await;
+    let exchange = async |credential: &str| app.request(Method::POST, "/v1/auth/token", Some(credential), None, None).await;
+    let from_key = exchange(&admin).await;
+    let from_operator = exchange(&app.operator_token()).await;
+    let tokens: Vec<String> = [&from_key, &from_operator]
+        .iter()
+        .map(|reply| reply.body["access_token"].as_str().unwrap_or_else(|| panic!("{}", reply.text)).to_owned())
+        .collect();
+    for (token, usable_at) in tokens.iter().zip(["/v1/accounts", "/v1/tenants"]) {
+        // Renewed with itself, a token would never expire, and one from the operator token would outlive it.
+        assert_error(&exchange(token).await, StatusCode::FORBIDDEN, "forbidden");
+        let body = app.graphql(Some(token), "mutation { issueToken { accessToken } }", json!({})).await;
+        assert_eq!(graphql_error_code(&body), "forbidden", "{body}");
+        assert_eq!(app.get(usable_at, token).await.status, StatusCode::OK, "the token itself still works");
+    }
+}
+
+#[tokio::test]
 async fn a_token_exchanged_from_an_api_key_stops_working_when_the_key_is_revoked() {
     let app = spawn_app().await;
     let (tenant, admin) = app.tenant_with_admin().await;

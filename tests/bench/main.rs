@@ -650,6 +650,7 @@ fn admin_scope(tenant: Uuid) -> postbridge_core::access::auth::TenantScope {
             role: postbridge_core::model::Role::Admin,
             tenant_id: Some(tenant.into()),
             api_rate_limit_per_minute: None,
+            credential: postbridge_core::access::auth::Credential::ApiKey,
         },
     }
 }

@@ -4,7 +4,7 @@ use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait};
 use uuid::Uuid;
 
-use crate::access::auth::{generate_api_key, Principal, TenantScope, API_KEY_PREFIX};
+use crate::access::auth::{generate_api_key, Credential, Principal, TenantScope, API_KEY_PREFIX};
 use crate::context::AppContext;
 use crate::error::{AppError, AppResult};
 use crate::model::{IssuedToken, Page, PageRequest, Role};
@@ -123,7 +123,14 @@ pub async fn revoke(ctx: &AppContext, scope: &TenantScope, id: ApiKeyId) -> AppR
     view(saved)
 }
 
-/// Exchanges the presented credential for a short-lived JWT with the same identity and role.
+/// Exchanges the presented API key or operator token for a short-lived JWT with the same identity and role. A JWT
+/// is not exchanged: a token renewed with itself would never expire, and would outlive the operator token it came
+/// from (a token from an API key dies with the key, one from the operator token only with the signing key).
 pub fn issue_token(ctx: &AppContext, principal: &Principal) -> AppResult<IssuedToken> {
+    if principal.credential == Credential::Token {
+        return Err(AppError::forbidden(
+            "a token is not exchanged for another: exchange the API key or operator token it was issued for",
+        ));
+    }
     ctx.jwt.issue(&principal.subject, principal.role, principal.tenant_id, None)
 }

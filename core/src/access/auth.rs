@@ -30,6 +30,17 @@ pub struct Principal {
     /// The tenant's own API rate limit, read with the tenant while authenticating (so the limiter needs no
     /// second lookup); `None` for operators and for tenants without one.
     pub api_rate_limit_per_minute: Option<i32>,
+    /// What the caller presented.
+    pub credential: Credential,
+}
+
+/// The kind of credential a principal authenticated with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    OperatorToken,
+    /// A JWT: one Postbridge issued, or one signed by a key a tenant registered.
+    Token,
 }
 
 /// A principal acting inside one tenant; every tenant-owned query is filtered by `tenant_id`.
@@ -49,12 +60,13 @@ fn rank(role: Role) -> u8 {
 }
 
 impl Principal {
-    fn operator(subject: String) -> Self {
-        Principal { subject, role: Role::Operator, tenant_id: None, api_rate_limit_per_minute: None }
+    fn operator(subject: String, credential: Credential) -> Self {
+        Principal { subject, role: Role::Operator, tenant_id: None, api_rate_limit_per_minute: None, credential }
     }
 
-    fn in_tenant(subject: String, role: Role, tenant: &tenant::Model) -> Self {
-        Principal { subject, role, tenant_id: Some(tenant.id), api_rate_limit_per_minute: tenant.api_rate_limit_per_minute }
+    fn in_tenant(subject: String, role: Role, tenant: &tenant::Model, credential: Credential) -> Self {
+        let api_rate_limit_per_minute = tenant.api_rate_limit_per_minute;
+        Principal { subject, role, tenant_id: Some(tenant.id), api_rate_limit_per_minute, credential }
     }
 
     pub fn is_operator(&self) -> bool {
@@ -133,16 +145,16 @@ async fn identify(ctx: &AppContext, bearer: &str) -> AppResult<Principal> {
     }
     if let Some(operator_token) = &ctx.settings.operator_token {
         if bool::from(operator_token.as_bytes().ct_eq(bearer.as_bytes())) {
-            return Ok(Principal::operator("operator".to_owned()));
+            return Ok(Principal::operator("operator".to_owned(), Credential::OperatorToken));
         }
     }
     let claims = ctx.jwt.verify(bearer)?;
     match (claims.role, claims.tid) {
-        (Role::Operator, _) => Ok(Principal::operator(claims.sub)),
+        (Role::Operator, _) => Ok(Principal::operator(claims.sub, Credential::Token)),
         (role, Some(tid)) => {
             let tenant = active_tenant(ctx, tid).await?;
             ensure_source_key_usable(ctx, &claims.sub, tid).await?;
-            Ok(Principal::in_tenant(claims.sub, role, &tenant))
+            Ok(Principal::in_tenant(claims.sub, role, &tenant, Credential::Token))
         }
         (_, None) => Err(AppError::Unauthenticated("invalid bearer token: no tenant".to_owned())),
     }
@@ -175,7 +187,7 @@ async fn authenticate_api_key(ctx: &AppContext, full_key: &str, rest: &str) -> A
         }
     }
     let role = key.role;
-    Ok(Principal::in_tenant(format!("apikey:{}", key.id), role, &tenant))
+    Ok(Principal::in_tenant(format!("apikey:{}", key.id), role, &tenant, Credential::ApiKey))
 }
 
 /// A token exchanged from an API key (subject `apikey:<id>`) lives no longer than the key: revoking the key ends it too.
