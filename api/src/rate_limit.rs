@@ -28,7 +28,8 @@ pub async fn limit<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    if !is_limited_path(req.path()) {
+    // The path as the router will match it (percent-decoded): `/%76%31/accounts` is `/v1/accounts`.
+    if !is_limited_path(req.match_info().as_str()) {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     let caller = match bearer_token(req.request()) {

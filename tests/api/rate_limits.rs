@@ -60,6 +60,11 @@ async fn a_tenant_over_its_limit_gets_429_with_retry_after_while_others_and_oper
     let metrics = app.request(Method::GET, "/metrics", None, None, None).await.text;
     assert!(metrics.contains("postbridge_api_rate_limited_total 2"), "{metrics}");
     assert!(metrics.contains(r#"postbridge_http_requests_total{method="GET",route="/v1/accounts",status="429"} 1"#), "{metrics}");
+    // A path spelled with percent-escapes, which the router decodes to the same route, counts the same.
+    for path in ["/%76%31/accounts", "/v1/%61ccounts", "/graphq%6C"] {
+        let reply = app.request(Method::GET, path, Some(&key), None, None).await;
+        assert_error(&reply, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    }
 }
 
 #[tokio::test]
