@@ -77,6 +77,7 @@ pub async fn graphql_ws(
         limiter: limiter.into_inner(),
         credential: credential.clone(),
         running: Arc::default(),
+        refused: Arc::default(),
     };
     let (app, hub) = (AppContext::clone(&ctx), EventHub::clone(&hub));
     let (header_token, header_tenant) = (bearer_token(&http), requested_tenant(&http));
@@ -162,6 +163,9 @@ struct LiveExecutor {
     limiter: Arc<RateLimiter>,
     credential: CredentialSlot,
     running: Arc<AtomicUsize>,
+    /// Set once the credential was refused: a revoked key stays revoked, so later operations are refused without
+    /// a look-up each (the client reconnects with a valid credential).
+    refused: Arc<OnceLock<AppError>>,
 }
 
 /// An operation let through: its request with the caller as authenticated now, the database scope it runs in, and
@@ -177,7 +181,17 @@ impl LiveExecutor {
         let credential = self.credential.get().ok_or_else(|| {
             AppError::Unauthenticated("the connection is not initialised: send connection_init first".to_owned())
         })?;
-        let principal = authenticate(&self.app, &credential.token).await?;
+        if let Some(refused) = self.refused.get() {
+            return Err(refused.clone_refusal());
+        }
+        let principal = match authenticate(&self.app, &credential.token).await {
+            Ok(principal) => principal,
+            Err(e @ (AppError::Unauthenticated(_) | AppError::TenantSuspended)) => {
+                let _ = self.refused.set(e.clone_refusal());
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(tenant_id) = principal.tenant_id {
             if let Decision::Limited { retry_after_seconds } =
                 self.limiter.check(&self.app, tenant_id, principal.api_rate_limit_per_minute).await
@@ -253,5 +267,20 @@ impl Stream for InScope {
         let this = self.get_mut();
         let responses = &mut this.responses;
         tenant_wall::poll_within(&mut this.scope, || responses.poll_next_unpin(cx))
+    }
+}
+
+trait CloneRefusal {
+    /// The same refusal again (errors in general do not clone: they may carry a cause).
+    fn clone_refusal(&self) -> AppError;
+}
+
+impl CloneRefusal for AppError {
+    fn clone_refusal(&self) -> AppError {
+        match self {
+            AppError::TenantSuspended => AppError::TenantSuspended,
+            AppError::Unauthenticated(message) => AppError::Unauthenticated(message.clone()),
+            other => AppError::Unauthenticated(other.to_string()),
+        }
     }
 }
