@@ -243,24 +243,39 @@ async fn no_token_is_sent_to_a_host_the_configuration_stopped_allowing() {
 // ---- from filters ----
 
 #[tokio::test]
-async fn members_may_only_claim_their_own_address_as_from_filter() {
+async fn members_may_only_claim_their_own_proven_address_as_from_filter() {
     let app = spawn_app().await;
-    let (tenant, admin) = app.tenant_with_admin().await;
+    let setup = app.oauth_setup().await;
+    let (tenant, admin) = (setup.tenant.clone(), setup.admin.clone());
     let member = app.api_key(&tenant, "member").await;
-    let smtp = |filter: &str| {
-        json!({"protocol": "smtp", "auth": "password", "login": "alice@example.com", "password": "p",
-               "host": "smtp.example.com", "from_filter": filter})
+    let smtp = |login: &str, filter: &str| {
+        json!({"protocol": "smtp", "auth": "oauth2", "login": login, "token_config_id": setup.config_id,
+               "host": OAUTH_MAIL_HOST, "from_filter": filter})
     };
     for filter in ["ceo@example.com", "example.com", "other.test"] {
-        assert_error(&app.post("/v1/accounts", &member, smtp(filter)).await, StatusCode::FORBIDDEN, "forbidden");
+        let reply = app.post("/v1/accounts", &member, smtp("alice@example.com", filter)).await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
     }
-    let own = create(&app, &member, smtp("Alice@Example.com")).await;
+    // A password proves only that some server takes it (perhaps the member's own): no filter, not even the login,
+    // and a login that is a domain routes nothing either.
+    let password = |login: &str| {
+        json!({"protocol": "smtp", "auth": "password", "login": login, "password": "p", "host": "smtp.attacker.test",
+               "from_filter": login})
+    };
+    for login in ["alice@example.com", "example.com"] {
+        assert_error(&app.post("/v1/accounts", &member, password(login)).await, StatusCode::FORBIDDEN, "forbidden");
+    }
+
+    let own = create(&app, &member, smtp("alice@example.com", "Alice@Example.com")).await;
     assert_eq!(own["from_filter"], json!("alice@example.com"));
     let id = own["id"].as_str().expect("id").to_owned();
     let path = format!("/v1/accounts/{id}");
     assert_error(&app.patch(&path, &member, json!({"from_filter": "example.com"})).await, StatusCode::FORBIDDEN, "forbidden");
-    // Moving the account to another login keeps a filter that is no longer its own address: refused too.
+    // Moving the account to another login keeps a filter that is no longer its own address: refused too; so is
+    // switching it to a password, which would no longer prove the address.
     assert_error(&app.patch(&path, &member, json!({"login": "bob@example.com"})).await, StatusCode::FORBIDDEN, "forbidden");
+    let to_password = json!({"auth": "password", "password": "p", "token_config_id": null});
+    assert_error(&app.patch(&path, &member, to_password).await, StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(app.get(&path, &member).await.body["login"], json!("alice@example.com"));
 
     // An admin may route a domain through the member's account; the member may still edit other fields.
@@ -270,6 +285,39 @@ async fn members_may_only_claim_their_own_address_as_from_filter() {
     assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.text);
     let cleared = app.patch(&path, &member, json!({"from_filter": null})).await;
     assert_eq!(cleared.body["from_filter"], Value::Null, "{}", cleared.text);
+}
+
+#[tokio::test]
+async fn an_admins_shared_mailbox_marking_and_a_stored_password_stay_with_the_identity_and_server_they_were_given_for() {
+    let app = spawn_app().await;
+    let setup = app.oauth_setup().await;
+    let member = app.api_key(&setup.tenant, "member").await;
+    let account = create(&app, &member, imap_account("support@example.com", &setup.config_id)).await;
+    let path = format!("/v1/accounts/{}", account["id"].as_str().expect("id"));
+    let marked = app.patch(&path, &setup.admin, json!({"shared_mailbox": true})).await;
+    assert_eq!(marked.body["shared_mailbox"], json!(true), "{}", marked.text);
+    // The member moves it to another mailbox: its consent is held to the new login again.
+    let moved = app.patch(&path, &member, json!({"login": "ceo@example.com"})).await;
+    assert_eq!((moved.status, moved.body["shared_mailbox"].clone()), (StatusCode::OK, json!(false)), "{}", moved.text);
+
+    // A password an admin set goes only to the server and login it was given for.
+    let imap = create(
+        &app,
+        &member,
+        json!({"protocol": "imap", "auth": "password", "login": "desk@example.com", "password": "member-pw", "host": "imap.example.com"}),
+    )
+    .await;
+    let path = format!("/v1/accounts/{}", imap["id"].as_str().expect("id"));
+    assert_eq!(app.patch(&path, &setup.admin, json!({"password": "admins-secret"})).await.status, StatusCode::OK);
+    for moved in [json!({"host": "imap.attacker.test"}), json!({"port": 1143}), json!({"login": "other@example.com"})] {
+        let reply = app.patch(&path, &member, moved.clone()).await;
+        assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "required");
+        assert_eq!(reply.body["field"], json!("password"), "{moved}: {}", reply.text);
+    }
+    let kept = app.patch(&path, &member, json!({"name": "Desk"})).await;
+    assert_eq!(kept.status, StatusCode::OK, "other changes keep the password: {}", kept.text);
+    let with_password = app.patch(&path, &member, json!({"host": "imap.attacker.test", "password": "their-own"})).await;
+    assert_eq!(with_password.status, StatusCode::OK, "{}", with_password.text);
 }
 
 // ---- the route explainer ----

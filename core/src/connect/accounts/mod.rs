@@ -321,11 +321,22 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: AccountId, input:
     let drop_move_target = input.after_fetch.is_some_and(|a| a != AfterFetch::Move) && input.move_to_folder.is_undefined();
     let password = match &input.password {
         Some(p) => PasswordChange::Set(p.expose()),
-        // Switching to password auth needs a new password; a stored one is kept otherwise.
-        None => PasswordChange::Keep { stored: current.password_set && current.auth == auth },
+        // Switching to password auth needs a new password; so does a member's move of the account to another
+        // server or login (a password an admin set goes only where it was given for). A stored one is kept otherwise.
+        None => {
+            let moved = scope.principal.role == Role::Member
+                && (input.host.as_ref().is_some_and(|h| !h.trim().eq_ignore_ascii_case(current.host.trim()))
+                    || input.port.is_some_and(|p| p != current.port)
+                    || input.login.as_ref().is_some_and(|l| *l != current.login));
+            PasswordChange::Keep { stored: current.password_set && current.auth == auth && !moved }
+        }
     };
     let direction = current.direction;
-    let from_filter_changed = !input.from_filter.is_undefined() || input.login.as_ref().is_some_and(|l| *l != current.login);
+    // A filter is checked again whenever what it rests on changes: the filter, the login, or how the login is proven.
+    let from_filter_changed = !input.from_filter.is_undefined()
+        || input.login.as_ref().is_some_and(|l| *l != current.login)
+        || auth != current.auth
+        || shared_mailbox != current.shared_mailbox;
     let mut spec = Spec {
         name: Some(input.name.unwrap_or(current.name.clone())),
         protocol: current.protocol,
@@ -354,6 +365,13 @@ pub async fn update(ctx: &AppContext, scope: &TenantScope, id: AccountId, input:
     // Switching to a password drops the token configuration unless the caller names one (which is then refused).
     if spec.auth == AuthMethod::Password && input.token_config_id.is_undefined() {
         spec.token_config_id = None;
+    }
+    // An admin's marking it a shared mailbox (whose consent is not held to the login) does not follow a member's
+    // move of the account to another identity: the new one is proven by its own consent.
+    let identity_moves =
+        spec.auth != current.auth || spec.login != current.login || spec.token_config_id != current.token_config_id;
+    if identity_moves && !may_approve_app_grants(scope) {
+        spec.shared_mailbox = false;
     }
     check_spec(ctx, scope, &mut spec).await?;
 

@@ -53,15 +53,26 @@ pub(super) struct Spec<'a> {
 }
 
 /// A from filter routes every message the tenant sends From that address (or domain) through the account, so a
-/// member may only claim the account's own address; any other address, and every domain, is an admin's decision.
-fn check_member_from_filter(scope: &TenantScope, filter: Option<&str>, login: &str) -> AppResult<()> {
-    let Some(filter) = filter else { return Ok(()) };
-    if scope.principal.role != Role::Member || filter.eq_ignore_ascii_case(login.trim()) {
+/// member may only claim the account's own address, and only where a consent proved it is theirs: an OAuth2
+/// account that is not a shared mailbox (the callback holds the consenting identity to the login). A password
+/// proves only that some server accepts it, perhaps the member's own. Any other filter is an admin's decision.
+fn check_member_from_filter(scope: &TenantScope, spec: &Spec<'_>) -> AppResult<()> {
+    let Some(filter) = spec.from_filter.as_deref() else { return Ok(()) };
+    if scope.principal.role != Role::Member {
         return Ok(());
     }
-    Err(AppError::forbidden(
-        "members may set from_filter only to the account's own address (its login); other addresses and domains are set by an admin",
-    ))
+    let login = spec.login.trim();
+    if !filter.eq_ignore_ascii_case(login) || !validate::is_email(login) {
+        return Err(AppError::forbidden(
+            "members may set from_filter only to the account's own address (its login); other addresses and domains are set by an admin",
+        ));
+    }
+    if spec.auth != AuthMethod::Oauth2 || spec.shared_mailbox {
+        return Err(AppError::forbidden(
+            "members may set from_filter only on an OAuth2 account whose sign-in proves the address (not a password or shared-mailbox account); an admin sets it here",
+        ));
+    }
+    Ok(())
 }
 
 fn not_for(field: &str, direction: Direction) -> AppError {
@@ -172,7 +183,7 @@ pub(super) async fn check_spec(ctx: &AppContext, scope: &TenantScope, spec: &mut
             }
             spec.from_filter = spec.from_filter.as_deref().map(|f| validate::from_filter("from_filter", f)).transpose()?;
             if spec.from_filter_changed {
-                check_member_from_filter(scope, spec.from_filter.as_deref(), &spec.login)?;
+                check_member_from_filter(scope, spec)?;
             }
         }
         Direction::Inbound => {
