@@ -425,3 +425,24 @@ async fn only_postbridges_own_signing_key_makes_operators_and_a_key_may_be_held_
     assert_error(&inside, StatusCode::UNAUTHORIZED, "unauthenticated");
     assert!(!inside.text.contains("limited to another tenant"), "{}", inside.text);
 }
+
+#[tokio::test]
+async fn a_member_owns_a_bounded_number_of_accounts_even_when_created_all_at_once() {
+    let app = spawn_app().await;
+    let (tenant, admin) = app.tenant_with_admin().await;
+    let member = app.api_key(&tenant, "member").await;
+    let body = |n: usize| {
+        json!({"protocol": "imap", "auth": "password", "login": format!("box{n}@example.com"), "password": "p",
+               "host": "imap.example.com"})
+    };
+    let replies = futures::future::join_all((0..55).map(|n| app.post("/v1/accounts", &member, body(n)))).await;
+    let created = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    assert_eq!(created, 50, "{:?}", replies.iter().find(|r| r.status != StatusCode::CREATED).map(|r| &r.text));
+    for refused in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert_error(refused, StatusCode::UNPROCESSABLE_ENTITY, "too_many_accounts");
+    }
+    // Another member of the tenant, and its admin, are not held back by this member's accounts.
+    let other = app.api_key(&tenant, "member").await;
+    assert_eq!(app.post("/v1/accounts", &other, body(100)).await.status, StatusCode::CREATED);
+    assert_eq!(app.post("/v1/accounts", &admin, body(101)).await.status, StatusCode::CREATED);
+}

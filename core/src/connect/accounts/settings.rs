@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, PaginatorTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
 use super::DEFAULT_POLL_INTERVAL_SECONDS;
@@ -293,6 +293,32 @@ pub(super) fn check_send_rate_change(scope: &TenantScope, changed: bool) -> AppR
 
 /// Saves `active` and, for a new default sender, clears the previous one in the same transaction, with
 /// the audit entry.
+/// Accounts one member may own: a member connects its own mailboxes, a handful; each inbound one is polled or
+/// watched by the tenant's share of the workers, so a member creating thousands would take that share from
+/// everyone else. Admins are the tenant's own authority and are not held to it.
+pub const MAX_ACCOUNTS_PER_MEMBER: i64 = 50;
+
+/// Refuses a member's new account past [`MAX_ACCOUNTS_PER_MEMBER`]. A member's creations take turns (a lock held
+/// to the end of `txn`), so two at once cannot both pass the count.
+async fn check_member_room(txn: &sea_orm::DatabaseTransaction, scope: &TenantScope) -> AppResult<()> {
+    let subject = scope.principal.subject.clone();
+    let lock = "SELECT pg_advisory_xact_lock(hashtext('email_accounts'), hashtext($1::text || ' ' || $2::text))";
+    let values: Vec<sea_orm::Value> = vec![scope.tenant_id.to_string().into(), subject.clone().into()];
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, lock, values)).await?;
+    let owned = email_account::Entity::in_tenant(scope.tenant_id)
+        .filter(email_account::Column::OwnerSubject.eq(subject))
+        .count(txn)
+        .await?;
+    if owned >= MAX_ACCOUNTS_PER_MEMBER as u64 {
+        return Err(AppError::validation(
+            "login",
+            "too_many_accounts",
+            format!("a member owns at most {MAX_ACCOUNTS_PER_MEMBER} accounts; delete one, or ask an admin to add this one"),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn save(
     ctx: &AppContext,
     scope: &TenantScope,
@@ -307,6 +333,9 @@ pub(super) async fn save(
         sea_orm::ActiveValue::NotSet => return Err(AppError::Internal(anyhow::anyhow!("account without id"))),
     };
     let txn = ctx.db.begin().await?;
+    if insert && scope.principal.role == Role::Member {
+        check_member_room(&txn, scope).await?;
+    }
     if becomes_default {
         email_account::Entity::update_in_tenant(tenant_id)
             .col_expr(email_account::Column::IsDefault, Expr::value(false))
