@@ -29,7 +29,7 @@ use postbridge_core::{AppContext, AppError};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{gql_error, subscription, ApiSchema, RequestAuth};
+use super::{clone_auth_error, gql_error, subscription, ApiSchema, RequestAuth};
 use crate::extract::{bearer_token, requested_tenant};
 use crate::live::EventHub;
 
@@ -182,12 +182,12 @@ impl LiveExecutor {
             AppError::Unauthenticated("the connection is not initialised: send connection_init first".to_owned())
         })?;
         if let Some(refused) = self.refused.get() {
-            return Err(refused.clone_refusal());
+            return Err(clone_auth_error(refused));
         }
         let principal = match authenticate(&self.app, &credential.token).await {
             Ok(principal) => principal,
             Err(e @ (AppError::Unauthenticated(_) | AppError::TenantSuspended)) => {
-                let _ = self.refused.set(e.clone_refusal());
+                let _ = self.refused.set(clone_auth_error(&e));
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -267,20 +267,5 @@ impl Stream for InScope {
         let this = self.get_mut();
         let responses = &mut this.responses;
         tenant_wall::poll_within(&mut this.scope, || responses.poll_next_unpin(cx))
-    }
-}
-
-trait CloneRefusal {
-    /// The same refusal again (errors in general do not clone: they may carry a cause).
-    fn clone_refusal(&self) -> AppError;
-}
-
-impl CloneRefusal for AppError {
-    fn clone_refusal(&self) -> AppError {
-        match self {
-            AppError::TenantSuspended => AppError::TenantSuspended,
-            AppError::Unauthenticated(message) => AppError::Unauthenticated(message.clone()),
-            other => AppError::Unauthenticated(other.to_string()),
-        }
     }
 }
