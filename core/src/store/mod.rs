@@ -74,6 +74,16 @@ pub(crate) fn contains_pattern(field: &'static str, text: &str) -> Result<String
     Ok(format!("%{escaped}%"))
 }
 
+/// Makes the writers of one `kind` of row for one `key` (a tenant, a member) take turns until `txn` ends, so a
+/// count-then-insert bound holds when two arrive at once.
+pub(crate) async fn take_turns(txn: &sea_orm::DatabaseTransaction, kind: &str, key: String) -> Result<(), DbErr> {
+    use sea_orm::ConnectionTrait;
+    let lock = "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))";
+    let values: Vec<sea_orm::Value> = vec![kind.into(), key.into()];
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, lock, values)).await?;
+    Ok(())
+}
+
 pub(crate) fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }

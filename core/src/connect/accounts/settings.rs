@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, PaginatorTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, PaginatorTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
 use super::DEFAULT_POLL_INTERVAL_SECONDS;
@@ -291,8 +291,6 @@ pub(super) fn check_send_rate_change(scope: &TenantScope, changed: bool) -> AppR
     Ok(())
 }
 
-/// Saves `active` and, for a new default sender, clears the previous one in the same transaction, with
-/// the audit entry.
 /// Accounts one member may own: a member connects its own mailboxes, a handful; each inbound one is polled or
 /// watched by the tenant's share of the workers, so a member creating thousands would take that share from
 /// everyone else. Admins are the tenant's own authority and are not held to it.
@@ -302,9 +300,7 @@ pub const MAX_ACCOUNTS_PER_MEMBER: i64 = 50;
 /// to the end of `txn`), so two at once cannot both pass the count.
 async fn check_member_room(txn: &sea_orm::DatabaseTransaction, scope: &TenantScope) -> AppResult<()> {
     let subject = scope.principal.subject.clone();
-    let lock = "SELECT pg_advisory_xact_lock(hashtext('email_accounts'), hashtext($1::text || ' ' || $2::text))";
-    let values: Vec<sea_orm::Value> = vec![scope.tenant_id.to_string().into(), subject.clone().into()];
-    txn.execute_raw(sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, lock, values)).await?;
+    crate::store::take_turns(txn, "email_accounts", format!("{} {subject}", scope.tenant_id)).await?;
     let owned = email_account::Entity::in_tenant(scope.tenant_id)
         .filter(email_account::Column::OwnerSubject.eq(subject))
         .count(txn)
@@ -319,6 +315,8 @@ async fn check_member_room(txn: &sea_orm::DatabaseTransaction, scope: &TenantSco
     Ok(())
 }
 
+/// Saves `active` and, for a new default sender, clears the previous one in the same transaction, with
+/// the audit entry.
 pub(super) async fn save(
     ctx: &AppContext,
     scope: &TenantScope,

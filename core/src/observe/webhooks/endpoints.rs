@@ -82,8 +82,7 @@ pub async fn create(ctx: &AppContext, scope: &TenantScope, input: CreateWebhookE
 /// Refuses a new endpoint once the tenant has [`MAX_ENDPOINTS_PER_TENANT`]. Creations in one tenant take turns
 /// (a lock held to the end of `txn`), so two at once cannot both pass the count.
 async fn check_room(txn: &sea_orm::DatabaseTransaction, scope: &TenantScope) -> AppResult<()> {
-    let lock = "SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints'), hashtext($1::text))";
-    txn.execute_raw(statement(lock, vec![scope.tenant_id.to_string().into()])).await?;
+    crate::store::take_turns(txn, "webhook_endpoints", scope.tenant_id.to_string()).await?;
     let counted = "SELECT count(*) AS n FROM webhook_endpoints WHERE tenant_id = $1";
     let existing = txn.query_one_raw(statement(counted, vec![scope.tenant_id.into()])).await?;
     let existing: i64 = existing.map(|row| row.try_get("", "n")).transpose()?.unwrap_or(0);
