@@ -121,6 +121,7 @@ impl AsyncRead for ServerStream {
     }
 }
 
+// Vectored writes are left to tokio's default, which goes through `poll_write`: every write passes its accounting.
 impl AsyncWrite for ServerStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
@@ -142,28 +143,6 @@ impl AsyncWrite for ServerStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.get_mut().io().poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = this.io().poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(written)) = polled {
-            if written > 0 {
-                this.unanswered = 0;
-            }
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match &self.transport {
-            Transport::Plain(tcp) => tcp.is_write_vectored(),
-            Transport::Tls(tls) => tls.is_write_vectored(),
-        }
     }
 }
 
